@@ -1,0 +1,20 @@
+//! Compiles `proto/` with the pure-Rust `protox` compiler, so building needs no system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["proto/syncline/v1/replication.proto"];
+    let descriptors = protox::compile(files, ["proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptor_path = out.join("syncline_descriptor.bin");
+    std::fs::write(
+        &descriptor_path,
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptor_path)
+        .skip_protoc_run()
+        .compile_fds(descriptors)?;
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    Ok(())
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every check and test. Sets up everything itself on a fresh Debian machine: PostgreSQL
+# (installed with apt-get when missing) in a throwaway cluster owned by an unprivileged user.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PORT=${SYNCLINE_TEST_PG_PORT:-55432}
+DIR=$(mktemp -d /tmp/syncline-test-pg.XXXXXX)
+chmod 755 "$DIR"
+cleanup() { scripts/pg-cluster.sh stop "$DIR" >/dev/null 2>&1 || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+
+echo "== PostgreSQL test cluster (port $PORT)"
+TEST_DATABASE_ADMIN_URL=$(scripts/pg-cluster.sh start "$DIR" "$PORT" fast)
+export TEST_DATABASE_ADMIN_URL
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --locked --all-targets
+echo "== deployment manifests"
+scripts/validate-deploy.sh
+echo "== all checks passed"

@@ -1,0 +1,632 @@
+#!/usr/bin/env bash
+# Validates the Kubernetes manifests under deploy/ offline.
+#
+#   scripts/validate-deploy.sh [DEPLOY_DIR]
+#
+# What it checks, with no cluster and no network (besides installing the PyPI
+# package kubernetes-validate when it is missing):
+#   1. every kustomization.yaml: known fields, and every file it names exists;
+#      every YAML file under DEPLOY_DIR is named by some kustomization;
+#   2. every full resource (a kustomization's `resources:` files) against the
+#      Kubernetes JSON schemas of kubernetes-validate in strict mode (unknown
+#      fields are errors, exactly as `kubernetes-validate --strict -k VERSION`);
+#      a kind with no schema is an ERROR (the kubernetes-validate CLI only warns);
+#      the ServiceMonitor CRD (which it does not know) against a small JSON schema
+#      kept below;
+#   3. patch files (partial resources): apiVersion/kind/name present and the
+#      patched resource exists;
+#   4. when `kustomize` or `kubectl kustomize` is on PATH: every kustomization is
+#      rendered and the output validated again (patches applied); otherwise the
+#      cross-checks below run on the unpatched resources;
+#   5. cross-references schemas cannot see: selectors match pod labels, Service
+#      target ports and probe ports exist, referenced ConfigMaps/Secrets/keys
+#      exist, the --config file and the JWKS file are mounted, syncline.toml
+#      parses and has the service's config keys, the grace period covers
+#      preStop + drain, HPA/PDB agree with the replica count.
+#
+# Exits 0 when everything passes, 1 otherwise.
+# Environment: K8S_VERSION (default 1.32.0), PYTHON (default python3).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEPLOY_DIR="$(cd "${1:-$ROOT/deploy}" && pwd)"
+K8S_VERSION="${K8S_VERSION:-1.32.0}"
+PYTHON="${PYTHON:-python3}"
+
+# --- kubernetes-validate -----------------------------------------------------
+if ! command -v kubernetes-validate >/dev/null 2>&1 \
+   || ! "$PYTHON" -c 'import kubernetes_validate' >/dev/null 2>&1; then
+  echo "installing kubernetes-validate (PyPI)..." >&2
+  if ! "$PYTHON" -m pip install --quiet 'kubernetes-validate>=1.32,<2' 2>/dev/null; then
+    # e.g. an "externally managed" system Python: use a private virtualenv.
+    venv="${XDG_CACHE_HOME:-$HOME/.cache}/syncline-validate-deploy-venv"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet 'kubernetes-validate>=1.32,<2'
+    PYTHON="$venv/bin/python"
+  fi
+fi
+"$PYTHON" -c 'import kubernetes_validate' \
+  || { echo "FATAL: kubernetes-validate could not be imported by $PYTHON" >&2; exit 1; }
+
+# --- render every kustomization, when a renderer is available -------------------
+RENDER_DIR="$(mktemp -d)"
+trap 'rm -rf "$RENDER_DIR"' EXIT
+renderer=""
+if command -v kustomize >/dev/null 2>&1; then
+  renderer="kustomize build"
+elif command -v kubectl >/dev/null 2>&1 && kubectl kustomize --help >/dev/null 2>&1; then
+  renderer="kubectl kustomize"
+fi
+
+render_failed=0
+rendered_args=()
+if [[ -n "$renderer" ]]; then
+  while IFS= read -r -d '' kfile; do
+    kdir="$(dirname "$kfile")"
+    rel="${kdir#"$DEPLOY_DIR"/}"
+    out="$RENDER_DIR/$(echo "$rel" | tr '/' '_').yaml"
+    if $renderer "$kdir" >"$out" 2>"$out.err"; then
+      rendered_args+=("$rel=$out")
+    else
+      echo "ERROR $rel: '$renderer' failed:" >&2
+      sed 's/^/    /' "$out.err" >&2
+      render_failed=1
+    fi
+  done < <(find "$DEPLOY_DIR" -name kustomization.yaml -print0 | sort -z)
+fi
+
+# --- validation ----------------------------------------------------------------
+set +e
+"$PYTHON" - "$DEPLOY_DIR" "$K8S_VERSION" "${renderer:-none}" "${rendered_args[@]}" <<'PY'
+import os
+import re
+import sys
+
+import jsonschema
+import yaml
+import kubernetes_validate as kv
+
+DEPLOY_DIR, K8S_VERSION, RENDERER = sys.argv[1], sys.argv[2], sys.argv[3]
+RENDERED = dict(arg.split("=", 1) for arg in sys.argv[4:])
+
+errors = 0
+
+
+def err(where, msg):
+    global errors
+    errors += 1
+    print(f"ERROR {where}: {msg}")
+
+
+def info(where, msg):
+    print(f"ok    {where}: {msg}")
+
+
+def rel(path):
+    return os.path.relpath(path, DEPLOY_DIR)
+
+
+def load_docs(path):
+    try:
+        with open(path) as f:
+            return [d for d in yaml.safe_load_all(f) if d is not None]
+    except (OSError, yaml.YAMLError) as e:
+        err(rel(path), f"cannot parse YAML: {e}")
+        return []
+
+
+# ---------------------------------------------------------------------------
+# Syncline's config contract (syncline.toml). database_url must NOT be in the
+# file: it comes from the DATABASE_URL environment variable.
+# ---------------------------------------------------------------------------
+CONFIG_KEYS = {
+    "listen": str, "metrics_listen": str, "pool_size": int,
+    "heartbeat_seconds": int, "pull_limit_default": int, "pull_limit_max": int,
+    "push_rows_max": int, "document_bytes_max": int, "json_depth_max": int,
+    "id_bytes_max": int, "max_connection_age_seconds": int, "drain_seconds": int,
+    "collections": list, "auth": dict,
+}
+COLLECTION_KEYS = {"name": str, "primary_key": str}
+AUTH_KEYS = {"mode": str, "jwks_file": str, "service_scope": str}
+
+# ---------------------------------------------------------------------------
+# CRDs kubernetes-validate has no schema for: a small schema of the fields we
+# may use (unknown fields are rejected, like --strict). Extend it when needed.
+# ---------------------------------------------------------------------------
+DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+LABEL_SELECTOR = {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "matchLabels": STRING_MAP,
+        "matchExpressions": {"type": "array", "items": {
+            "type": "object", "required": ["key", "operator"], "additionalProperties": False,
+            "properties": {"key": {"type": "string"},
+                           "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                           "values": {"type": "array", "items": {"type": "string"}}}}},
+    },
+}
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {
+            "type": "object", "required": ["name"], "additionalProperties": False,
+            "properties": {"name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"},
+                           "namespace": {"type": "string"},
+                           "labels": STRING_MAP, "annotations": STRING_MAP},
+        },
+        "spec": {
+            "type": "object", "required": ["selector", "endpoints"], "additionalProperties": False,
+            "properties": {
+                "selector": LABEL_SELECTOR,
+                "namespaceSelector": {"type": "object", "additionalProperties": False, "properties": {
+                    "any": {"type": "boolean"},
+                    "matchNames": {"type": "array", "items": {"type": "string"}}}},
+                "jobLabel": {"type": "string"},
+                "targetLabels": {"type": "array", "items": {"type": "string"}},
+                "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+                "sampleLimit": {"type": "integer", "minimum": 0},
+                "targetLimit": {"type": "integer", "minimum": 0},
+                "labelLimit": {"type": "integer", "minimum": 0},
+                "labelNameLengthLimit": {"type": "integer", "minimum": 0},
+                "labelValueLengthLimit": {"type": "integer", "minimum": 0},
+                "keepDroppedTargets": {"type": "integer", "minimum": 0},
+                "attachMetadata": {"type": "object"},
+                "scrapeClass": {"type": "string"},
+                "scrapeProtocols": {"type": "array", "items": {"type": "string"}},
+                "endpoints": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False,
+                    "anyOf": [{"required": ["port"]}, {"required": ["targetPort"]}],
+                    "properties": {
+                        "port": {"type": "string", "minLength": 1},
+                        "targetPort": {"type": ["integer", "string"]},
+                        "path": {"type": "string", "pattern": "^/"},
+                        "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                        "interval": {"type": "string", "pattern": DURATION},
+                        "scrapeTimeout": {"type": "string", "pattern": DURATION},
+                        "params": {"type": "object"},
+                        "honorLabels": {"type": "boolean"},
+                        "honorTimestamps": {"type": "boolean"},
+                        "trackTimestampsStaleness": {"type": "boolean"},
+                        "followRedirects": {"type": "boolean"},
+                        "enableHttp2": {"type": "boolean"},
+                        "filterRunning": {"type": "boolean"},
+                        "relabelings": {"type": "array", "items": {"type": "object"}},
+                        "metricRelabelings": {"type": "array", "items": {"type": "object"}},
+                        "tlsConfig": {"type": "object"},
+                        "authorization": {"type": "object"},
+                        "basicAuth": {"type": "object"},
+                        "oauth2": {"type": "object"},
+                        "bearerTokenSecret": {"type": "object"},
+                        "proxyUrl": {"type": "string"},
+                    },
+                }},
+            },
+        },
+    },
+}
+CRD_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR_SCHEMA}
+
+
+def kind_name(doc):
+    meta = doc.get("metadata") or {}
+    return f"{doc.get('kind')}/{meta.get('name')}"
+
+
+def validate_resource(where, doc):
+    """Schema-validate one full resource; returns True when it passed."""
+    if not isinstance(doc, dict) or not all(k in doc for k in ("apiVersion", "kind", "metadata")):
+        err(where, "not a Kubernetes resource (apiVersion, kind and metadata are required)")
+        return False
+    if not (doc.get("metadata") or {}).get("name"):
+        err(where, f"{doc['kind']} has no metadata.name")
+        return False
+    key = (doc["apiVersion"], doc["kind"])
+    if key in CRD_SCHEMAS:
+        problems = sorted(jsonschema.Draft202012Validator(CRD_SCHEMAS[key]).iter_errors(doc),
+                          key=lambda e: list(e.path))
+        for e in problems:
+            err(where, f"{kind_name(doc)}: {'.'.join(map(str, e.path)) or '<root>'}: {e.message}")
+        if not problems:
+            info(where, f"{kind_name(doc)} (CRD {doc['apiVersion']}, built-in minimal schema)")
+        return not problems
+    try:
+        v = kv.validate(doc, K8S_VERSION, strict=True)
+    except kv.ValidationError as e:
+        err(where, f"{kind_name(doc)}: {'.'.join(map(str, e.path)) or '<root>'}: {e.message}")
+        return False
+    except kv.SchemaNotFoundError as e:
+        err(where, f"{kind_name(doc)}: {e.message} (wrong apiVersion/kind, or a CRD this script does not know)")
+        return False
+    except Exception as e:  # noqa: BLE001 - report anything else as a failure
+        err(where, f"{kind_name(doc)}: could not be validated: {e}")
+        return False
+    info(where, f"{kind_name(doc)} (Kubernetes {v} schema, strict)")
+    return True
+
+
+# ---------------------------------------------------------------------------
+# 1. kustomizations: structure, referenced files, reachable resources
+# ---------------------------------------------------------------------------
+KUSTOMIZATION_FIELDS = {
+    "apiVersion", "kind", "metadata", "namespace", "namePrefix", "nameSuffix",
+    "resources", "components", "patches", "patchesStrategicMerge", "patchesJson6902",
+    "images", "labels", "commonLabels", "commonAnnotations", "configMapGenerator",
+    "secretGenerator", "generatorOptions", "replicas", "replacements", "crds",
+    "transformers", "generators", "validators", "buildMetadata", "openapi",
+    "sortOptions", "helmCharts", "vars",
+}
+
+kustomizations = {}  # dir -> parsed kustomization
+for dirpath, dirnames, filenames in os.walk(DEPLOY_DIR):
+    dirnames.sort()
+    for fn in ("kustomization.yaml", "kustomization.yml", "Kustomization"):
+        if fn in filenames:
+            docs = load_docs(os.path.join(dirpath, fn))
+            if len(docs) != 1 or not isinstance(docs[0], dict):
+                err(rel(os.path.join(dirpath, fn)), "must hold exactly one YAML mapping")
+                continue
+            kustomizations[dirpath] = (os.path.join(dirpath, fn), docs[0])
+
+if not kustomizations:
+    err(rel(DEPLOY_DIR), "no kustomization.yaml found")
+
+resource_files = set()   # full resources
+patch_files = {}         # patch file -> kustomization dir
+referenced = set()       # every file a kustomization names
+reachable = {}           # kustomization dir -> list of resource files (recursive)
+
+
+def resources_of(kdir, seen=()):
+    if kdir in reachable:
+        return reachable[kdir]
+    if kdir in seen or kdir not in kustomizations:
+        return []
+    out = []
+    for entry in kustomizations[kdir][1].get("resources") or []:
+        path = os.path.normpath(os.path.join(kdir, entry))
+        if os.path.isdir(path):
+            out += resources_of(path, seen + (kdir,))
+        elif os.path.isfile(path):
+            out.append(path)
+    reachable[kdir] = out
+    return out
+
+
+for kdir, (kfile, k) in sorted(kustomizations.items()):
+    where = rel(kfile)
+    referenced.add(kfile)
+    if k.get("apiVersion") != "kustomize.config.k8s.io/v1beta1" or k.get("kind") != "Kustomization":
+        err(where, "apiVersion must be kustomize.config.k8s.io/v1beta1 and kind Kustomization")
+    for field in sorted(set(k) - KUSTOMIZATION_FIELDS):
+        err(where, f"unknown field {field!r}")
+    for entry in k.get("resources") or []:
+        path = os.path.normpath(os.path.join(kdir, entry))
+        if os.path.isdir(path):
+            if path not in kustomizations:
+                err(where, f"resource directory {entry} has no kustomization.yaml")
+        elif os.path.isfile(path):
+            resource_files.add(path)
+            referenced.add(path)
+        else:
+            err(where, f"resource {entry} does not exist")
+    patch_entries = [p.get("path") for p in (k.get("patches") or []) if isinstance(p, dict)]
+    patch_entries += list(k.get("patchesStrategicMerge") or [])
+    patch_entries += [p.get("path") for p in (k.get("patchesJson6902") or []) if isinstance(p, dict)]
+    for entry in patch_entries:
+        if not entry:
+            continue  # inline patch: checked through the rendered output
+        path = os.path.normpath(os.path.join(kdir, entry))
+        if os.path.isfile(path):
+            patch_files[path] = kdir
+            referenced.add(path)
+        else:
+            err(where, f"patch {entry} does not exist")
+    for gen in (k.get("configMapGenerator") or []) + (k.get("secretGenerator") or []):
+        for entry in (gen.get("files") or []) + (gen.get("envs") or []):
+            src = entry.split("=", 1)[-1]
+            path = os.path.normpath(os.path.join(kdir, src))
+            referenced.add(path)
+            if not os.path.isfile(path):
+                err(where, f"generator {gen.get('name')}: file {src} does not exist")
+
+for dirpath, dirnames, filenames in os.walk(DEPLOY_DIR):
+    for fn in filenames:
+        path = os.path.join(dirpath, fn)
+        if fn.endswith((".yaml", ".yml")) and path not in referenced:
+            err(rel(path), "not named by any kustomization (add it, or move it out of deploy/)")
+
+# ---------------------------------------------------------------------------
+# 2. full resources, file by file
+# ---------------------------------------------------------------------------
+print(f"== resources (Kubernetes {K8S_VERSION}, strict)")
+docs_by_file = {}
+for path in sorted(resource_files):
+    docs_by_file[path] = load_docs(path)
+    if not docs_by_file[path]:
+        err(rel(path), "no resource in file")
+    for i, doc in enumerate(docs_by_file[path]):
+        validate_resource(rel(path) + (f"#{i}" if len(docs_by_file[path]) > 1 else ""), doc)
+
+# ---------------------------------------------------------------------------
+# 3. patches (partial resources: not schema-validated on their own)
+# ---------------------------------------------------------------------------
+print("== patches (partial resources)")
+for path, kdir in sorted(patch_files.items()):
+    targets = {(d.get("kind"), (d.get("metadata") or {}).get("name"))
+               for f in resources_of(kdir) for d in docs_by_file.get(f) or load_docs(f)
+               if isinstance(d, dict)}
+    docs = load_docs(path)
+    if not docs:
+        err(rel(path), "empty patch")
+    for doc in docs:
+        if not isinstance(doc, dict) or not doc.get("apiVersion") or not doc.get("kind") \
+                or not (doc.get("metadata") or {}).get("name"):
+            err(rel(path), "a strategic-merge patch needs apiVersion, kind and metadata.name")
+        elif (doc["kind"], doc["metadata"]["name"]) not in targets:
+            err(rel(path), f"patches {kind_name(doc)}, which no resource of {rel(kdir)} defines")
+        else:
+            info(rel(path), f"patches {kind_name(doc)}")
+
+# ---------------------------------------------------------------------------
+# 4./5. rendered output and cross-reference checks
+# ---------------------------------------------------------------------------
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    try:
+        import tomli as tomllib
+    except ImportError:
+        tomllib = None
+
+
+def selects(selector, labels):
+    sel = selector or {}
+    if sel.get("matchExpressions"):
+        return None  # not evaluated here
+    match = sel.get("matchLabels") or {}
+    return bool(match) and all(labels.get(k) == v for k, v in match.items())
+
+
+def pod_spec(doc):
+    spec = doc.get("spec") or {}
+    if doc.get("kind") in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"):
+        return spec.get("template") or {}
+    if doc.get("kind") == "CronJob":
+        return ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {}
+    return None
+
+
+def mounted_files(container, volumes, objects):
+    """Absolute paths of files a container sees from ConfigMap/Secret volumes."""
+    files = set()
+
+    def add(mount, source, kind):
+        obj = objects.get((kind, source.get("name")))
+        items = source.get("items")
+        if items:
+            paths = [it.get("path") for it in items]
+        elif obj is not None:
+            paths = list((obj.get("data") or {}).keys()) + list((obj.get("stringData") or {}).keys())
+        else:
+            paths = []
+        for p in paths:
+            files.add(os.path.normpath(os.path.join(mount, p)))
+
+    for vm in container.get("volumeMounts") or []:
+        vol = volumes.get(vm.get("name")) or {}
+        mount = vm.get("mountPath", "")
+        if vm.get("subPath"):
+            files.add(os.path.normpath(mount))
+            continue
+        if "configMap" in vol:
+            add(mount, vol["configMap"], "ConfigMap")
+        if "secret" in vol:
+            add(mount, {"name": vol["secret"].get("secretName"), "items": vol["secret"].get("items")}, "Secret")
+        for src in (vol.get("projected") or {}).get("sources") or []:
+            if "configMap" in src:
+                add(mount, src["configMap"], "ConfigMap")
+            if "secret" in src:
+                add(mount, src["secret"], "Secret")
+    return files
+
+
+def port_of(address):
+    m = re.fullmatch(r".*:(\d+)", address or "")
+    return int(m.group(1)) if m else None
+
+
+def cross_check(label, docs):
+    objects = {}
+    for d in docs:
+        if isinstance(d, dict) and d.get("kind") and (d.get("metadata") or {}).get("name"):
+            objects[(d["kind"], d["metadata"]["name"])] = d
+    where = lambda d: f"{label}: {kind_name(d)}"  # noqa: E731
+    keys_of = lambda o: set((o.get("data") or {}).keys()) | set((o.get("stringData") or {}).keys())  # noqa: E731
+
+    # syncline.toml
+    config = None
+    cm = objects.get(("ConfigMap", "syncline-config"))
+    if cm is None:
+        err(label, "ConfigMap/syncline-config is missing")
+    elif tomllib is None:
+        err(label, "cannot parse syncline.toml: needs Python >= 3.11 (tomllib) or the tomli package")
+    else:
+        try:
+            config = tomllib.loads((cm.get("data") or {}).get("syncline.toml", ""))
+        except Exception as e:  # noqa: BLE001
+            err(where(cm), f"syncline.toml does not parse: {e}")
+    if config is not None:
+        for key, typ in CONFIG_KEYS.items():
+            if key not in config:
+                err(where(cm), f"syncline.toml: missing key {key!r}")
+            elif not isinstance(config[key], typ) or isinstance(config[key], bool):
+                err(where(cm), f"syncline.toml: {key!r} must be a {typ.__name__}")
+        for key in sorted(set(config) - set(CONFIG_KEYS)):
+            err(where(cm), f"syncline.toml: unknown key {key!r}"
+                + (" (it comes from the DATABASE_URL env var)" if key == "database_url" else ""))
+        for i, c in enumerate(config.get("collections") or []):
+            if not isinstance(c, dict) or set(c) != set(COLLECTION_KEYS):
+                err(where(cm), f"syncline.toml: collections[{i}] needs exactly {sorted(COLLECTION_KEYS)}")
+        auth = config.get("auth") if isinstance(config.get("auth"), dict) else {}
+        if set(auth) != set(AUTH_KEYS):
+            err(where(cm), f"syncline.toml: [auth] needs exactly {sorted(AUTH_KEYS)}")
+
+    services = [d for d in docs if isinstance(d, dict) and d.get("kind") == "Service"]
+    workloads = [d for d in docs if isinstance(d, dict) and pod_spec(d) is not None]
+
+    for w in workloads:
+        tmpl = pod_spec(w)
+        labels = (tmpl.get("metadata") or {}).get("labels") or {}
+        ps = tmpl.get("spec") or {}
+        if w["kind"] != "Job" and selects((w.get("spec") or {}).get("selector"), labels) is False:
+            err(where(w), "spec.selector does not match the pod template labels")
+        sa = ps.get("serviceAccountName")
+        if sa and sa != "default" and ("ServiceAccount", sa) not in objects:
+            err(where(w), f"ServiceAccount {sa} is not defined")
+        volumes = {v.get("name"): v for v in ps.get("volumes") or []}
+        for v in volumes.values():
+            srcs = [v] + list((v.get("projected") or {}).get("sources") or [])
+            for s in srcs:
+                if "configMap" in s:
+                    ref, kind = s["configMap"], "ConfigMap"
+                elif "secret" in s:
+                    ref = dict(s["secret"], name=s["secret"].get("secretName", s["secret"].get("name")))
+                    kind = "Secret"
+                else:
+                    continue
+                obj = objects.get((kind, ref.get("name")))
+                if obj is None:
+                    if not ref.get("optional"):
+                        err(where(w), f"volume {v.get('name')}: {kind} {ref.get('name')} is not defined")
+                    continue
+                for it in ref.get("items") or []:
+                    if it.get("key") not in keys_of(obj):
+                        err(where(w), f"volume {v.get('name')}: {kind} {ref.get('name')} has no key {it.get('key')!r}")
+        for c in ps.get("containers") or []:
+            cw = f"{where(w)} container {c.get('name')}"
+            for vm in c.get("volumeMounts") or []:
+                if vm.get("name") not in volumes:
+                    err(cw, f"volumeMount {vm.get('name')} has no volume")
+            for e in c.get("env") or []:
+                vf = e.get("valueFrom") or {}
+                for kind, refkey in (("Secret", "secretKeyRef"), ("ConfigMap", "configMapKeyRef")):
+                    ref = vf.get(refkey)
+                    if not ref:
+                        continue
+                    obj = objects.get((kind, ref.get("name")))
+                    if ref.get("optional"):
+                        continue
+                    if obj is None:
+                        err(cw, f"env {e.get('name')}: {kind} {ref.get('name')} is not defined")
+                    elif ref.get("key") not in keys_of(obj):
+                        err(cw, f"env {e.get('name')}: {kind} {ref.get('name')} has no key {ref.get('key')!r}")
+            ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+            for probe_name in ("readinessProbe", "livenessProbe", "startupProbe"):
+                probe = c.get(probe_name) or {}
+                for handler in ("grpc", "httpGet", "tcpSocket"):
+                    if handler in probe:
+                        port = probe[handler].get("port")
+                        if port not in ports.values() and port not in ports:
+                            err(cw, f"{probe_name}.{handler}.port {port} is not a container port")
+            files = mounted_files(c, volumes, objects)
+            args = list(c.get("command") or []) + list(c.get("args") or [])
+            for i, a in enumerate(args[:-1]):
+                if a == "--config" and os.path.normpath(args[i + 1]) not in files:
+                    err(cw, f"--config {args[i + 1]} is not mounted")
+            if config is not None and any(a == "--config" for a in args):
+                jwks = (config.get("auth") or {}).get("jwks_file")
+                if jwks and os.path.normpath(jwks) not in files:
+                    err(cw, f"auth.jwks_file {jwks} is not mounted")
+                if "serve" in args:
+                    for key, pname in (("listen", "grpc"), ("metrics_listen", "metrics")):
+                        if port_of(config.get(key)) != ports.get(pname):
+                            err(cw, f"syncline.toml {key} port {port_of(config.get(key))} != container port {pname} {ports.get(pname)}")
+                    drain = config.get("drain_seconds") or 0
+                    pre = ((((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds") or 0)
+                    grace = ps.get("terminationGracePeriodSeconds", 30)
+                    if grace <= drain + pre:
+                        err(cw, f"terminationGracePeriodSeconds {grace} <= preStop {pre}s + drain_seconds {drain}")
+
+    for s in services:
+        sel = (s.get("spec") or {}).get("selector") or {}
+        targets = [w for w in workloads
+                   if sel and all(((pod_spec(w).get("metadata") or {}).get("labels") or {}).get(k) == v
+                                  for k, v in sel.items())]
+        if not targets:
+            err(where(s), "selector matches no pod template")
+            continue
+        for w in targets:
+            cports = [p for c in (pod_spec(w).get("spec") or {}).get("containers") or [] for p in c.get("ports") or []]
+            for p in (s.get("spec") or {}).get("ports") or []:
+                tp = p.get("targetPort", p.get("port"))
+                if not any(tp in (cp.get("name"), cp.get("containerPort")) for cp in cports):
+                    err(where(s), f"port {p.get('name')}: targetPort {tp} is not a port of {kind_name(w)}")
+
+    for d in docs:
+        if not isinstance(d, dict):
+            continue
+        spec = d.get("spec") or {}
+        if d.get("kind") == "HorizontalPodAutoscaler":
+            ref = spec.get("scaleTargetRef") or {}
+            target = objects.get((ref.get("kind"), ref.get("name")))
+            if target is None:
+                err(where(d), f"scaleTargetRef {ref.get('kind')}/{ref.get('name')} is not defined")
+            elif (target.get("spec") or {}).get("replicas", 1) != spec.get("minReplicas", 1):
+                err(where(d), f"minReplicas {spec.get('minReplicas', 1)} != {kind_name(target)} replicas "
+                    f"{(target.get('spec') or {}).get('replicas', 1)} (each apply would fight the autoscaler)")
+            if spec.get("minReplicas", 1) > spec.get("maxReplicas", 0):
+                err(where(d), "minReplicas > maxReplicas")
+        elif d.get("kind") == "PodDisruptionBudget":
+            matched = [w for w in workloads if w["kind"] != "Job"
+                       and selects(spec.get("selector"), (pod_spec(w).get("metadata") or {}).get("labels") or {})]
+            if not matched:
+                err(where(d), "selector matches no Deployment/StatefulSet pods")
+            for w in matched:
+                if isinstance(spec.get("minAvailable"), int) and \
+                        spec["minAvailable"] >= (w.get("spec") or {}).get("replicas", 1):
+                    err(where(d), f"minAvailable {spec['minAvailable']} >= replicas of {kind_name(w)}: no node could ever be drained")
+        elif d.get("kind") == "ServiceMonitor":
+            for ep in spec.get("endpoints") or []:
+                if "port" in ep and not any(
+                        selects(spec.get("selector"), (s.get("metadata") or {}).get("labels") or {})
+                        and any(p.get("name") == ep["port"] for p in (s.get("spec") or {}).get("ports") or [])
+                        for s in services):
+                    err(where(d), f"no selected Service has a port named {ep['port']!r}")
+
+
+if RENDERED:
+    for kdir_rel, out in sorted(RENDERED.items()):
+        print(f"== rendered: {kdir_rel} ({RENDERER})")
+        docs = load_docs(out)
+        before = errors
+        for doc in docs:
+            validate_resource(f"{kdir_rel} (rendered)", doc)
+        cross_check(f"{kdir_rel} (rendered)", docs)
+        if errors == before:
+            info(kdir_rel, f"{len(docs)} rendered resources valid, cross-references consistent")
+else:
+    print("== cross-references (no kustomize renderer: unpatched resources)")
+    for kdir in sorted(kustomizations):
+        before = errors
+        cross_check(rel(kdir), [d for f in resources_of(kdir) for d in docs_by_file.get(f) or []])
+        if errors == before:
+            info(rel(kdir), "cross-references consistent")
+
+print()
+if errors:
+    print(f"FAILED: {errors} error(s) in {DEPLOY_DIR}")
+    sys.exit(1)
+print(f"PASSED: {len(resource_files)} resource files, {len(patch_files)} patch files, "
+      f"{len(RENDERED)} rendered kustomizations (Kubernetes {K8S_VERSION}, strict)")
+PY
+rc=$?
+set -e
+if (( render_failed )); then
+  echo "FAILED: a kustomization did not render" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,63 @@
+//! Protobuf <-> domain conversions.
+
+use chrono::{DateTime, Utc};
+
+use crate::proto;
+use crate::protocol::{DocumentInput, RowInput};
+use crate::store::{ConflictState, StoredDocument};
+
+fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// A stored document as sent to clients.
+pub fn document(d: StoredDocument) -> proto::Document {
+    proto::Document {
+        id: d.id,
+        json: d.body.into_bytes(),
+        deleted: d.deleted,
+        revision: d.revision,
+        updated_at: Some(timestamp(d.updated_at)),
+    }
+}
+
+/// A conflict's server state as sent to clients.
+pub fn conflict(c: ConflictState) -> proto::Document {
+    proto::Document {
+        id: c.id,
+        json: c.body.into_bytes(),
+        deleted: c.deleted,
+        revision: c.revision,
+        updated_at: c.updated_at.map(timestamp),
+    }
+}
+
+fn input(d: proto::Document) -> DocumentInput {
+    DocumentInput {
+        id: d.id,
+        json: d.json,
+        deleted: d.deleted,
+        revision: d.revision,
+    }
+}
+
+/// A push row as the protocol takes it.
+pub fn row(r: proto::ChangeRow) -> RowInput {
+    RowInput {
+        new_state: r.new_document_state.map(input),
+        assumed: r.assumed_master_state.map(input),
+    }
+}
+
+/// The token of an optional checkpoint.
+pub fn token(c: Option<proto::Checkpoint>) -> String {
+    c.map(|c| c.token).unwrap_or_default()
+}
+
+/// A token as a checkpoint message.
+pub fn checkpoint(token: String) -> Option<proto::Checkpoint> {
+    Some(proto::Checkpoint { token })
+}

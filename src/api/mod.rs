@@ -1,0 +1,86 @@
+//! gRPC: thin handlers that decode, call the protocol, encode and map errors.
+
+pub mod convert;
+pub mod status;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::proto::replication_service_server::ReplicationService;
+use crate::proto::{
+    ChangeBatch, Heartbeat, PullRequest, PullResponse, PushRequest, PushResponse, SubscribeRequest,
+    SubscribeResponse, subscribe_response,
+};
+use crate::protocol::{Replicator, StreamEvent, StreamItem};
+use crate::store::Store;
+
+/// The `syncline.v1.ReplicationService` implementation.
+pub struct ReplicationApi<S> {
+    replicator: Arc<Replicator<S>>,
+}
+
+impl<S> ReplicationApi<S> {
+    /// Serves the given replicator.
+    pub fn new(replicator: Arc<Replicator<S>>) -> Self {
+        ReplicationApi { replicator }
+    }
+}
+
+/// The Subscribe response stream.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
+
+fn event(item: StreamItem) -> Result<SubscribeResponse, Status> {
+    let event = match item? {
+        StreamEvent::Changes {
+            documents,
+            checkpoint,
+        } => subscribe_response::Event::Changes(ChangeBatch {
+            documents: documents.into_iter().map(convert::document).collect(),
+            checkpoint: convert::checkpoint(checkpoint),
+        }),
+        StreamEvent::Heartbeat => subscribe_response::Event::Heartbeat(Heartbeat {}),
+    };
+    Ok(SubscribeResponse { event: Some(event) })
+}
+
+#[tonic::async_trait]
+impl<S: Store> ReplicationService for ReplicationApi<S> {
+    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullResponse>, Status> {
+        let r = request.into_inner();
+        let page = self
+            .replicator
+            .pull(&r.collection, &convert::token(r.checkpoint), r.limit)
+            .await?;
+        Ok(Response::new(PullResponse {
+            documents: page.documents.into_iter().map(convert::document).collect(),
+            checkpoint: convert::checkpoint(page.checkpoint),
+        }))
+    }
+
+    async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
+        let r = request.into_inner();
+        let rows = r.rows.into_iter().map(convert::row).collect();
+        let conflicts = self.replicator.push(&r.collection, rows).await?;
+        Ok(Response::new(PushResponse {
+            conflicts: conflicts.into_iter().map(convert::conflict).collect(),
+        }))
+    }
+
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let r = request.into_inner();
+        let events = self
+            .replicator
+            .subscribe(&r.collection, &convert::token(r.checkpoint))?;
+        let stream = ReceiverStream::new(events).map(event);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

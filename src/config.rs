@@ -1,0 +1,282 @@
+//! Configuration: a TOML file, overridden by `DATABASE_URL` and `SYNCLINE_...` environment
+//! variables (nested keys with `__`, e.g. `SYNCLINE_AUTH__MODE`). Unknown keys are an error so
+//! that typos never pass silently.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment variable holds an unknown key or a value of the wrong type.
+    #[error("configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    /// The values parse but do not make sense together.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole server configuration. Key names are part of the public contract.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL for queries (may point at a transaction-mode pooler). Also `DATABASE_URL`.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// Direct PostgreSQL URL for the LISTEN connection; defaults to `database_url`.
+    #[serde(default)]
+    pub listen_database_url: Option<String>,
+    /// Maximum connections in the query pool.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// Seconds to wait for a pooled connection (and to connect) before answering UNAVAILABLE.
+    #[serde(default = "default_acquire_timeout_seconds")]
+    pub acquire_timeout_seconds: u64,
+    /// A stream idle for this many seconds gets a Heartbeat.
+    #[serde(default = "default_heartbeat_seconds")]
+    pub heartbeat_seconds: u64,
+    /// Documents per Pull when the request says 0.
+    #[serde(default = "default_pull_limit_default")]
+    pub pull_limit_default: u32,
+    /// Upper bound on documents per Pull (larger requests are clamped) and per stream batch.
+    #[serde(default = "default_pull_limit_max")]
+    pub pull_limit_max: u32,
+    /// Most rows in one Push.
+    #[serde(default = "default_push_rows_max")]
+    pub push_rows_max: usize,
+    /// Most bytes in one document body.
+    #[serde(default = "default_document_bytes_max")]
+    pub document_bytes_max: usize,
+    /// Deepest JSON nesting accepted in a body.
+    #[serde(default = "default_json_depth_max")]
+    pub json_depth_max: usize,
+    /// Longest document id, in bytes.
+    #[serde(default = "default_id_bytes_max")]
+    pub id_bytes_max: usize,
+    /// Most open Subscribe streams in this process.
+    #[serde(default = "default_streams_max")]
+    pub streams_max: usize,
+    /// Largest gRPC message accepted, in bytes.
+    #[serde(default = "default_message_bytes_max")]
+    pub message_bytes_max: usize,
+    /// Connections older than this are asked to reconnect (GOAWAY), so long-lived HTTP/2
+    /// connections rebalance across replicas. 0 = never.
+    #[serde(default)]
+    pub max_connection_age_seconds: u64,
+    /// HTTP/2 keepalive ping interval; 0 = off.
+    #[serde(default = "default_keepalive_seconds")]
+    pub keepalive_seconds: u64,
+    /// The declared collections; any other name is NOT_FOUND.
+    #[serde(default)]
+    pub collections: Vec<CollectionConfig>,
+}
+
+/// One replicated collection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionConfig {
+    /// Name used in requests: 1-64 of `[A-Za-z0-9_.-]`.
+    pub name: String,
+    /// Optional JSON Schema file for live documents; relative paths start at the config file's folder.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    /// Body field that, when present, must equal the document id.
+    #[serde(default = "default_primary_key")]
+    pub primary_key: String,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 50051))
+}
+fn default_pool_size() -> u32 {
+    16
+}
+fn default_acquire_timeout_seconds() -> u64 {
+    5
+}
+fn default_heartbeat_seconds() -> u64 {
+    15
+}
+fn default_pull_limit_default() -> u32 {
+    100
+}
+fn default_pull_limit_max() -> u32 {
+    1000
+}
+fn default_push_rows_max() -> usize {
+    1000
+}
+fn default_document_bytes_max() -> usize {
+    1024 * 1024
+}
+fn default_json_depth_max() -> usize {
+    64
+}
+fn default_id_bytes_max() -> usize {
+    512
+}
+fn default_streams_max() -> usize {
+    10_000
+}
+fn default_message_bytes_max() -> usize {
+    64 * 1024 * 1024
+}
+fn default_keepalive_seconds() -> u64 {
+    30
+}
+fn default_primary_key() -> String {
+    "id".to_owned()
+}
+
+impl Config {
+    /// Loads the file (if any), applies the environment, resolves schema paths and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment
+            .merge(Env::raw().only(&["DATABASE_URL"]))
+            .merge(Env::prefixed("SYNCLINE_").split("__"));
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        let base = path.and_then(Path::parent).unwrap_or(Path::new("."));
+        for collection in &mut config.collections {
+            if let Some(schema) = &collection.schema
+                && schema.is_relative()
+            {
+                collection.schema = Some(base.join(schema));
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML string without the environment (tests and examples).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The URL for the LISTEN connection.
+    pub fn listener_url(&self) -> Option<&str> {
+        self.listen_database_url
+            .as_deref()
+            .or(self.database_url.as_deref())
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.pool_size == 0 {
+            return invalid("pool_size must be at least 1".into());
+        }
+        if self.heartbeat_seconds == 0 {
+            return invalid("heartbeat_seconds must be at least 1".into());
+        }
+        if self.pull_limit_max == 0 || self.pull_limit_default == 0 {
+            return invalid("pull_limit_default and pull_limit_max must be at least 1".into());
+        }
+        if self.pull_limit_default > self.pull_limit_max {
+            return invalid("pull_limit_default must not exceed pull_limit_max".into());
+        }
+        if self.push_rows_max == 0 || self.document_bytes_max == 0 || self.id_bytes_max == 0 {
+            return invalid(
+                "push_rows_max, document_bytes_max and id_bytes_max must be at least 1".into(),
+            );
+        }
+        if self.collections.is_empty() {
+            return invalid("declare at least one [[collections]] entry".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.collections {
+            let ok = !c.name.is_empty()
+                && c.name.len() <= 64
+                && c.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if !ok {
+                return invalid(format!(
+                    "collection name {:?} must be 1-64 characters of [A-Za-z0-9_.-]",
+                    c.name
+                ));
+            }
+            if !seen.insert(c.name.as_str()) {
+                return invalid(format!("collection {:?} is declared twice", c.name));
+            }
+            if c.primary_key.is_empty() {
+                return invalid(format!("collection {:?}: primary_key is empty", c.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::from_toml("[[collections]]\nname = \"tasks\"\n").unwrap();
+        assert_eq!(c.listen, default_listen());
+        assert_eq!(c.pull_limit_max, 1000);
+        assert_eq!(c.collections[0].primary_key, "id");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::from_toml("pool_sise = 3\n[[collections]]\nname = \"t\"\n").unwrap_err();
+        assert!(err.to_string().contains("pool_sise"), "{err}");
+        let err =
+            Config::from_toml("[[collections]]\nname = \"t\"\nschemaa = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("schemaa"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for bad in [
+            "pull_limit_default = 2000\n[[collections]]\nname = \"t\"\n",
+            "[[collections]]\nname = \"bad name\"\n",
+            "[[collections]]\nname = \"t\"\n[[collections]]\nname = \"t\"\n",
+            "pool_size = 0\n[[collections]]\nname = \"t\"\n",
+            "",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "accepted: {bad}");
+        }
+    }
+
+    #[test]
+    fn file_and_environment_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("syncline.toml");
+        std::fs::write(
+            &path,
+            "pool_size = 3\n[[collections]]\nname = \"tasks\"\nschema = \"schemas/tasks.json\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SYNCLINE_POOL_SIZE", "7");
+            jail.set_env("DATABASE_URL", "postgres://example/db");
+            let c = Config::load(Some(&path)).map_err(|e| e.to_string())?;
+            assert_eq!(c.pool_size, 7);
+            assert_eq!(c.database_url.as_deref(), Some("postgres://example/db"));
+            assert_eq!(
+                c.collections[0].schema.as_deref(),
+                Some(dir.path().join("schemas/tasks.json").as_path())
+            );
+            jail.set_env("SYNCLINE_POOL_SIZ", "7");
+            assert!(Config::load(Some(&path)).is_err());
+            Ok(())
+        });
+    }
+}

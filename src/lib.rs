@@ -1,0 +1,23 @@
+//! Syncline: RxDB-style document replication (pull by checkpoint, push with conflict detection,
+//! live change stream) as a gRPC service on PostgreSQL.
+//!
+//! Layers, outermost first: [`api`] (tonic handlers) → [`protocol`] (the replication rules) →
+//! [`store`] (the storage trait and its PostgreSQL implementation); [`fanout`] wakes streams.
+//! [`server`] wires them together from a [`config::Config`], for `main` and the tests alike.
+
+pub mod api;
+pub mod config;
+pub mod fanout;
+pub mod protocol;
+pub mod server;
+pub mod store;
+
+/// Code generated from `proto/syncline/v1/replication.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("syncline.v1");
+
+    /// Encoded file descriptors, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("syncline_descriptor");
+}

@@ -1,0 +1,127 @@
+//! The declared collections, their compiled JSON Schemas and the request limits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::ProtocolError;
+use crate::config::Config;
+
+/// One declared collection.
+pub struct Collection {
+    /// Its name.
+    pub name: String,
+    /// Body field that must equal the document id when present.
+    pub primary_key: String,
+    /// Compiled schema for live documents, if configured.
+    pub schema: Option<jsonschema::Validator>,
+}
+
+impl std::fmt::Debug for Collection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collection")
+            .field("name", &self.name)
+            .field("primary_key", &self.primary_key)
+            .field("schema", &self.schema.is_some())
+            .finish()
+    }
+}
+
+/// Limits applied to every request.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Documents per pull when the request says 0.
+    pub pull_default: u32,
+    /// Maximum documents per pull or stream batch.
+    pub pull_max: u32,
+    /// Maximum rows per push.
+    pub push_rows_max: usize,
+    /// Maximum body bytes.
+    pub document_bytes_max: usize,
+    /// Maximum JSON nesting.
+    pub json_depth_max: usize,
+    /// Maximum id bytes.
+    pub id_bytes_max: usize,
+}
+
+impl Limits {
+    /// Takes the limits from the configuration.
+    pub fn from_config(c: &Config) -> Limits {
+        Limits {
+            pull_default: c.pull_limit_default,
+            pull_max: c.pull_limit_max,
+            push_rows_max: c.push_rows_max,
+            document_bytes_max: c.document_bytes_max,
+            json_depth_max: c.json_depth_max,
+            id_bytes_max: c.id_bytes_max,
+        }
+    }
+
+    /// The effective page size for a requested limit.
+    pub fn pull_limit(&self, requested: u32) -> u32 {
+        match requested {
+            0 => self.pull_default,
+            n => n.min(self.pull_max),
+        }
+    }
+}
+
+/// All declared collections by name.
+#[derive(Debug, Clone, Default)]
+pub struct Collections {
+    by_name: HashMap<String, Arc<Collection>>,
+}
+
+impl Collections {
+    /// Loads and compiles every collection's schema. Errors name the collection and file.
+    pub fn from_config(c: &Config) -> Result<Collections, String> {
+        let mut by_name = HashMap::new();
+        for cc in &c.collections {
+            let schema = match &cc.schema {
+                None => None,
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        format!("collection {:?}: schema {}: {e}", cc.name, path.display())
+                    })?;
+                    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                        format!("collection {:?}: schema {}: {e}", cc.name, path.display())
+                    })?;
+                    Some(compile_schema(&value).map_err(|e| {
+                        format!("collection {:?}: schema {}: {e}", cc.name, path.display())
+                    })?)
+                }
+            };
+            let collection = Collection {
+                name: cc.name.clone(),
+                primary_key: cc.primary_key.clone(),
+                schema,
+            };
+            by_name.insert(cc.name.clone(), Arc::new(collection));
+        }
+        Ok(Collections { by_name })
+    }
+
+    /// Looks a collection up; unknown names are NOT_FOUND.
+    pub fn get(&self, name: &str) -> Result<Arc<Collection>, ProtocolError> {
+        if name.is_empty() {
+            return Err(ProtocolError::InvalidArgument(
+                "collection: must not be empty".into(),
+            ));
+        }
+        self.by_name.get(name).cloned().ok_or_else(|| {
+            ProtocolError::NotFound(format!(
+                "collection {name:?} is not declared on this server"
+            ))
+        })
+    }
+
+    /// Every collection name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+}
+
+/// Compiles a JSON Schema. RxDB schemas carry keywords of their own (`primaryKey`, `version`,
+/// `encrypted`, ...) that standard validators ignore, so an RxDB schema file works as is.
+fn compile_schema(value: &serde_json::Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::validator_for(value).map_err(|e| e.to_string())
+}

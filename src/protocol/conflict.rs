@@ -1,0 +1,284 @@
+//! The push decision: which rows conflict, which states get written, with what revisions.
+//! Pure functions of the rows and the current server states, so they run (again) inside the
+//! store's transaction.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::ProtocolError;
+use super::validate::{Assumed, ValidRow};
+use crate::store::{ConflictState, DocumentWrite, PushPlan, StoredDocument};
+
+/// The state of one id while the batch is being decided.
+struct Current {
+    body: String,
+    deleted: bool,
+    revision: String,
+    /// `None` once a row of this batch has replaced the stored state.
+    updated_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Decides a batch against the current server states. Rows are applied in order: a later row
+/// for the same id sees the state an earlier row wrote.
+pub fn plan_push(
+    rows: &[ValidRow],
+    stored: &HashMap<String, StoredDocument>,
+) -> Result<PushPlan, ProtocolError> {
+    let mut state: HashMap<&str, Current> = stored
+        .values()
+        .map(|d| {
+            let current = Current {
+                body: d.body.clone(),
+                deleted: d.deleted,
+                revision: d.revision.clone(),
+                updated_at: Some(d.updated_at),
+            };
+            (d.id.as_str(), current)
+        })
+        .collect();
+    let mut written_order: Vec<&str> = Vec::new();
+    let mut conflicts = Vec::new();
+    for row in rows {
+        let current = state.get(row.id.as_str());
+        if let Some(cur) = current
+            && conflicts_with(row.assumed.as_ref(), cur)?
+        {
+            conflicts.push(ConflictState {
+                id: row.id.clone(),
+                body: cur.body.clone(),
+                deleted: cur.deleted,
+                revision: cur.revision.clone(),
+                updated_at: cur.updated_at,
+            });
+            continue;
+        }
+        let revision = next_revision(current.map(|c| c.revision.as_str()), &row.body, row.deleted);
+        if !written_order.contains(&row.id.as_str()) {
+            written_order.push(row.id.as_str());
+        }
+        state.insert(
+            row.id.as_str(),
+            Current {
+                body: row.body.clone(),
+                deleted: row.deleted,
+                revision,
+                updated_at: None,
+            },
+        );
+    }
+    let writes = written_order
+        .into_iter()
+        .filter_map(|id| {
+            let s = state.remove(id)?;
+            Some(DocumentWrite {
+                id: id.to_owned(),
+                body: s.body,
+                deleted: s.deleted,
+                revision: s.revision,
+                is_new: !stored.contains_key(id),
+            })
+        })
+        .collect();
+    Ok(PushPlan { writes, conflicts })
+}
+
+/// A row conflicts when the server has the document (tombstones included) and the row either
+/// assumes it is new or assumes a different state.
+fn conflicts_with(assumed: Option<&Assumed>, current: &Current) -> Result<bool, ProtocolError> {
+    Ok(match assumed {
+        None => true,
+        Some(Assumed::Revision(r)) => *r != current.revision,
+        Some(Assumed::State { body, deleted }) => {
+            if *deleted != current.deleted {
+                true
+            } else {
+                let server: Value = serde_json::from_str(&current.body).map_err(|e| {
+                    ProtocolError::Internal(format!("stored body is not JSON: {e}"))
+                })?;
+                !json_eq(body, &server)
+            }
+        }
+    })
+}
+
+/// JSON equality by value, as PostgreSQL's jsonb compares: key order is ignored (serde_json
+/// maps are ordered by key) and numbers compare by value, so `1` equals `1.0`.
+pub fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(i), Some(j)) => i == j,
+            _ => match (x.as_u64(), y.as_u64()) {
+                (Some(i), Some(j)) => i == j,
+                _ => x.as_f64() == y.as_f64(),
+            },
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(i, j)| json_eq(i, j))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// `<generation>-<hash>`: the generation grows by one per write of the document, so a revision
+/// never repeats for one id; the hash makes equal generations of different content differ.
+pub fn next_revision(previous: Option<&str>, body: &str, deleted: bool) -> String {
+    let generation = previous
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(n, _)| n.parse::<u64>().ok())
+        .unwrap_or(0)
+        + 1;
+    let digest = Sha256::new()
+        .chain_update(body.as_bytes())
+        .chain_update([u8::from(deleted)])
+        .finalize();
+    let mut hash = String::with_capacity(16);
+    for byte in &digest[..8] {
+        hash.push_str(&format!("{byte:02x}"));
+    }
+    format!("{generation}-{hash}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Position;
+    use serde_json::json;
+
+    fn stored(id: &str, body: &str, deleted: bool, revision: &str) -> StoredDocument {
+        StoredDocument {
+            id: id.into(),
+            body: body.into(),
+            deleted,
+            revision: revision.into(),
+            updated_at: chrono::Utc::now(),
+            position: Position { tx: 5, seq: 1 },
+        }
+    }
+
+    fn row(id: &str, body: &str, assumed: Option<Assumed>) -> ValidRow {
+        ValidRow {
+            id: id.into(),
+            body: body.into(),
+            deleted: false,
+            assumed,
+        }
+    }
+
+    #[test]
+    fn json_equality_ignores_key_order_and_number_form() {
+        assert!(json_eq(
+            &json!({"a":1,"b":[1,2]}),
+            &json!({"b":[1,2],"a":1.0})
+        ));
+        assert!(!json_eq(&json!({"a":1}), &json!({"a":2})));
+        assert!(!json_eq(&json!({"a":[1,2]}), &json!({"a":[2,1]})));
+        assert!(!json_eq(&json!({"a":1}), &json!({"a":1,"b":null})));
+    }
+
+    #[test]
+    fn revisions_grow_per_write() {
+        let r1 = next_revision(None, "{}", false);
+        assert!(r1.starts_with("1-"));
+        let r2 = next_revision(Some(&r1), "{}", false);
+        assert!(r2.starts_with("2-"));
+        assert_ne!(next_revision(None, "{}", true), r1);
+    }
+
+    #[test]
+    fn conflict_rules() {
+        let server: HashMap<_, _> =
+            [("x".to_owned(), stored("x", r#"{"v": 1}"#, false, "4-aa"))].into();
+        // Assumed new but the server has it: conflict, server state returned.
+        let p = plan_push(&[row("x", r#"{"v":2}"#, None)], &server).unwrap();
+        assert_eq!(p.conflicts.len(), 1);
+        assert_eq!(p.conflicts[0].revision, "4-aa");
+        assert!(p.writes.is_empty());
+        // Matching revision: written whatever the assumed body.
+        let p = plan_push(
+            &[row(
+                "x",
+                r#"{"v":2}"#,
+                Some(Assumed::Revision("4-aa".into())),
+            )],
+            &server,
+        )
+        .unwrap();
+        assert!(p.conflicts.is_empty());
+        assert!(p.writes[0].revision.starts_with("5-") && !p.writes[0].is_new);
+        // Stale revision: conflict.
+        let p = plan_push(
+            &[row(
+                "x",
+                r#"{"v":2}"#,
+                Some(Assumed::Revision("3-aa".into())),
+            )],
+            &server,
+        )
+        .unwrap();
+        assert_eq!(p.conflicts.len(), 1);
+        // No revision: body by value plus deleted.
+        let same = Assumed::State {
+            body: json!({"v":1.0}),
+            deleted: false,
+        };
+        assert!(
+            plan_push(&[row("x", "{}", Some(same))], &server)
+                .unwrap()
+                .conflicts
+                .is_empty()
+        );
+        let tomb = Assumed::State {
+            body: json!({"v":1}),
+            deleted: true,
+        };
+        assert_eq!(
+            plan_push(&[row("x", "{}", Some(tomb))], &server)
+                .unwrap()
+                .conflicts
+                .len(),
+            1
+        );
+        // Assumed state for a document the server lacks: not a conflict.
+        let p = plan_push(
+            &[row("y", "{}", Some(Assumed::Revision("9-zz".into())))],
+            &server,
+        )
+        .unwrap();
+        assert!(p.conflicts.is_empty() && p.writes[0].is_new);
+    }
+
+    #[test]
+    fn rows_for_one_id_apply_in_order() {
+        let none = HashMap::new();
+        let p = plan_push(
+            &[row("n", r#"{"a":1}"#, None), row("n", r#"{"a":2}"#, None)],
+            &none,
+        )
+        .unwrap();
+        assert_eq!(p.writes.len(), 1);
+        assert_eq!(p.writes[0].body, r#"{"a":1}"#);
+        assert_eq!(p.conflicts.len(), 1);
+        assert_eq!(p.conflicts[0].body, r#"{"a":1}"#);
+        assert_eq!(p.conflicts[0].updated_at, None);
+        let first = p.writes[0].revision.clone();
+        let p = plan_push(
+            &[
+                row("n", r#"{"a":1}"#, None),
+                row("n", r#"{"a":3}"#, Some(Assumed::Revision(first))),
+            ],
+            &none,
+        )
+        .unwrap();
+        assert!(p.conflicts.is_empty());
+        assert_eq!(p.writes.len(), 1);
+        assert_eq!(p.writes[0].body, r#"{"a":3}"#);
+        assert!(p.writes[0].revision.starts_with("2-") && p.writes[0].is_new);
+    }
+}

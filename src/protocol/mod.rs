@@ -1,0 +1,173 @@
+//! The replication rules, independent of gRPC: checkpoints, validation, conflict decisions,
+//! limits and the stream loop. Handlers in [`crate::api`] only translate to and from protobuf.
+
+pub mod checkpoint;
+pub mod collections;
+pub mod conflict;
+mod error;
+pub mod stream;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+pub use collections::{Collection, Collections, Limits};
+pub use error::ProtocolError;
+pub use stream::{StreamEvent, StreamItem};
+pub use validate::{DocumentInput, RowInput};
+
+use crate::fanout::Hub;
+use crate::store::{ConflictState, Store, StoredDocument};
+
+/// A page of a Pull.
+#[derive(Debug, Clone)]
+pub struct PullPage {
+    /// Documents in change order.
+    pub documents: Vec<StoredDocument>,
+    /// The checkpoint after them (the request's own when empty).
+    pub checkpoint: String,
+}
+
+/// The replication service's logic over a store.
+pub struct Replicator<S> {
+    store: Arc<S>,
+    collections: Collections,
+    limits: Limits,
+    hub: Hub,
+    streams: Arc<Semaphore>,
+    streams_max: usize,
+    heartbeat: Duration,
+    shutdown: CancellationToken,
+}
+
+/// Settings a [`Replicator`] is built from.
+pub struct ReplicatorParts<S> {
+    /// The store.
+    pub store: Arc<S>,
+    /// Declared collections.
+    pub collections: Collections,
+    /// Request limits.
+    pub limits: Limits,
+    /// Wake-up hub (fed by the listener and by local pushes).
+    pub hub: Hub,
+    /// Most concurrent streams.
+    pub streams_max: usize,
+    /// Idle interval before a Heartbeat.
+    pub heartbeat: Duration,
+    /// Cancelled when the server drains: streams end with UNAVAILABLE.
+    pub shutdown: CancellationToken,
+}
+
+impl<S: Store> Replicator<S> {
+    /// Builds the replicator.
+    pub fn new(p: ReplicatorParts<S>) -> Replicator<S> {
+        Replicator {
+            store: p.store,
+            collections: p.collections,
+            limits: p.limits,
+            hub: p.hub,
+            streams: Arc::new(Semaphore::new(p.streams_max)),
+            streams_max: p.streams_max,
+            heartbeat: p.heartbeat,
+            shutdown: p.shutdown,
+        }
+    }
+
+    /// Pull: the documents whose latest write is after `checkpoint`, at most `limit`.
+    pub async fn pull(
+        &self,
+        collection: &str,
+        checkpoint: &str,
+        limit: u32,
+    ) -> Result<PullPage, ProtocolError> {
+        let collection = self.collections.get(collection)?;
+        let after = checkpoint::decode(checkpoint, "checkpoint.token")?;
+        let limit = self.limits.pull_limit(limit);
+        let page = self
+            .store
+            .read_changes(&collection.name, after, limit)
+            .await?;
+        let checkpoint = match page.documents.last() {
+            Some(last) => checkpoint::encode(last.position),
+            None => checkpoint.to_owned(),
+        };
+        Ok(PullPage {
+            documents: page.documents,
+            checkpoint,
+        })
+    }
+
+    /// Push: validates every row, then decides and writes the batch in one transaction.
+    /// Returns the server state of every conflicting row.
+    pub async fn push(
+        &self,
+        collection: &str,
+        rows: Vec<RowInput>,
+    ) -> Result<Vec<ConflictState>, ProtocolError> {
+        let collection = self.collections.get(collection)?;
+        let rows = validate::validate_rows(&collection, &self.limits, rows)?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let outcome = self
+            .store
+            .apply_push(&collection.name, &ids, |current| {
+                conflict::plan_push(&rows, current)
+            })
+            .await?;
+        if let Some(tx) = outcome.tx {
+            // Wake local subscribers now; other processes hear the NOTIFY.
+            self.hub.notify(&collection.name, tx);
+        }
+        Ok(outcome.conflicts)
+    }
+
+    /// Subscribe: starts a stream task and returns its channel. The first event comes from
+    /// the catch-up read.
+    pub fn subscribe(
+        &self,
+        collection: &str,
+        checkpoint: &str,
+    ) -> Result<mpsc::Receiver<StreamItem>, ProtocolError> {
+        let collection = self.collections.get(collection)?;
+        let position = checkpoint::decode(checkpoint, "checkpoint.token")?;
+        if self.shutdown.is_cancelled() {
+            return Err(ProtocolError::Unavailable(
+                "the server is shutting down; reconnect to another instance".into(),
+            ));
+        }
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            ProtocolError::ResourceExhausted(format!(
+                "this server already holds its limit of {} streams; retry later or elsewhere",
+                self.streams_max
+            ))
+        })?;
+        let signals = self
+            .hub
+            .subscribe(&collection.name)
+            .ok_or_else(|| ProtocolError::Internal("collection without a hub channel".into()))?;
+        let (out, events) = mpsc::channel(1);
+        let subscription = stream::Subscription {
+            store: self.store.clone(),
+            collection: collection.name.clone(),
+            position,
+            page_size: self.limits.pull_max,
+            heartbeat: self.heartbeat,
+            signals,
+            shutdown: self.shutdown.clone(),
+            out,
+            _permit: permit,
+        };
+        tokio::spawn(subscription.run());
+        Ok(events)
+    }
+
+    /// Streams currently open.
+    pub fn open_streams(&self) -> usize {
+        self.streams_max - self.streams.available_permits()
+    }
+}

@@ -1,0 +1,134 @@
+//! One Subscribe stream: catch up from the checkpoint in pages, then wait for wake-ups and read
+//! again. Documents are read from the table, never queued per subscriber: the only buffer is a
+//! channel of one event, and a page is read only once the client has taken the previous one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{ProtocolError, checkpoint};
+use crate::store::{Position, Store, StoredDocument};
+
+/// What a stream sends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// Documents in change order and the checkpoint after them.
+    Changes {
+        /// The documents.
+        documents: Vec<StoredDocument>,
+        /// Token of the position after the last one.
+        checkpoint: String,
+    },
+    /// Nothing happened for a heartbeat interval.
+    Heartbeat,
+}
+
+/// Items on a stream's channel: an event, or the error that ends the stream.
+pub type StreamItem = Result<StreamEvent, ProtocolError>;
+
+/// Shortest and longest pause before re-reading when a signalled commit is not yet readable
+/// in order (an older transaction is still running).
+const PENDING_BACKOFF_MIN: Duration = Duration::from_millis(2);
+const PENDING_BACKOFF_MAX: Duration = Duration::from_millis(250);
+
+/// Everything one stream task needs.
+pub(super) struct Subscription<S> {
+    pub store: Arc<S>,
+    pub collection: String,
+    pub position: Position,
+    pub page_size: u32,
+    pub heartbeat: Duration,
+    pub signals: watch::Receiver<i64>,
+    pub shutdown: CancellationToken,
+    pub out: mpsc::Sender<StreamItem>,
+    /// Held for the stream's life: counts against the stream limit.
+    pub _permit: OwnedSemaphorePermit,
+}
+
+impl<S: Store> Subscription<S> {
+    /// Runs until the client goes away, the server shuts down or the store fails.
+    pub async fn run(mut self) {
+        let mut last_sent = Instant::now();
+        let mut pending_backoff = PENDING_BACKOFF_MIN;
+        let mut read = true;
+        loop {
+            if read {
+                // Wait for room before reading, so a slow client holds back reads, not memory.
+                let permit = tokio::select! {
+                    _ = self.shutdown.cancelled() => return self.end_for_shutdown().await,
+                    permit = self.out.reserve() => match permit {
+                        Ok(p) => p,
+                        Err(_) => return, // the client went away
+                    },
+                };
+                // Mark signals seen before reading: a commit signalled during the read wakes
+                // us again.
+                let signalled = *self.signals.borrow_and_update();
+                let page = match self
+                    .store
+                    .read_changes(&self.collection, self.position, self.page_size)
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(e) => {
+                        permit.send(Err(e.into()));
+                        return;
+                    }
+                };
+                let full = page.documents.len() >= self.page_size as usize;
+                if let Some(last) = page.documents.last() {
+                    self.position = last.position;
+                    permit.send(Ok(StreamEvent::Changes {
+                        documents: page.documents,
+                        checkpoint: checkpoint::encode(self.position),
+                    }));
+                    last_sent = Instant::now();
+                    if full {
+                        continue;
+                    }
+                } else {
+                    drop(permit);
+                }
+                // A commit was signalled that the horizon does not cover yet: its rows exist
+                // but cannot be handed out in order until older transactions finish.
+                if page.horizon <= signalled {
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return self.end_for_shutdown().await,
+                        _ = tokio::time::sleep(pending_backoff) => {}
+                    }
+                    pending_backoff = (pending_backoff * 2).min(PENDING_BACKOFF_MAX);
+                    continue;
+                }
+                pending_backoff = PENDING_BACKOFF_MIN;
+            }
+            read = true;
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return self.end_for_shutdown().await,
+                _ = self.out.closed() => return,
+                changed = self.signals.changed() => {
+                    if changed.is_err() {
+                        return; // the hub is gone: the server is stopping
+                    }
+                }
+                _ = tokio::time::sleep_until(last_sent + self.heartbeat) => {
+                    if self.out.send(Ok(StreamEvent::Heartbeat)).await.is_err() {
+                        return;
+                    }
+                    last_sent = Instant::now();
+                    read = false;
+                }
+            }
+        }
+    }
+
+    async fn end_for_shutdown(&self) {
+        // Bounded: a client that stopped reading must not hold up shutdown.
+        let end = self.out.send(Err(ProtocolError::Unavailable(
+            "the server is shutting down; reconnect from your last checkpoint".into(),
+        )));
+        let _ = tokio::time::timeout(Duration::from_secs(1), end).await;
+    }
+}

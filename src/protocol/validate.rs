@@ -1,0 +1,353 @@
+//! Input validation for pushes: ids, sizes, JSON shape and depth, primary key, schema. Every
+//! message names the row by index and id, e.g. `rows[3] (id "t-17"): ...`.
+
+use serde_json::Value;
+
+use super::ProtocolError;
+use super::collections::{Collection, Limits};
+
+/// A document as a client sent it.
+#[derive(Debug, Clone, Default)]
+pub struct DocumentInput {
+    /// Primary key.
+    pub id: String,
+    /// Body bytes (a JSON object, or empty for a tombstone).
+    pub json: Vec<u8>,
+    /// Tombstone flag.
+    pub deleted: bool,
+    /// Revision (meaningful in assumed states only).
+    pub revision: String,
+}
+
+/// One push row as a client sent it.
+#[derive(Debug, Clone, Default)]
+pub struct RowInput {
+    /// The desired state; `None` is invalid.
+    pub new_state: Option<DocumentInput>,
+    /// The state the client believes the server has; `None` = believed new.
+    pub assumed: Option<DocumentInput>,
+}
+
+/// What the client believes the server holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Assumed {
+    /// The server's revision: it alone decides.
+    Revision(String),
+    /// No revision: body (by JSON value) and tombstone flag decide.
+    State {
+        /// Parsed body.
+        body: Value,
+        /// Tombstone flag.
+        deleted: bool,
+    },
+}
+
+/// A row that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidRow {
+    /// Primary key.
+    pub id: String,
+    /// Body text to store (the client's bytes, or `{}` for an empty tombstone).
+    pub body: String,
+    /// Tombstone flag.
+    pub deleted: bool,
+    /// The client's belief, if any.
+    pub assumed: Option<Assumed>,
+}
+
+/// Validates every row; the first invalid one fails the whole push.
+pub fn validate_rows(
+    collection: &Collection,
+    limits: &Limits,
+    rows: Vec<RowInput>,
+) -> Result<Vec<ValidRow>, ProtocolError> {
+    if rows.len() > limits.push_rows_max {
+        return Err(ProtocolError::InvalidArgument(format!(
+            "rows: {} rows exceed the limit of {} per push",
+            rows.len(),
+            limits.push_rows_max
+        )));
+    }
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, row)| validate_row(collection, limits, i, row))
+        .collect()
+}
+
+fn validate_row(
+    collection: &Collection,
+    limits: &Limits,
+    index: usize,
+    row: RowInput,
+) -> Result<ValidRow, ProtocolError> {
+    let Some(new) = row.new_state else {
+        return Err(ProtocolError::InvalidArgument(format!(
+            "rows[{index}]: new_document_state is required"
+        )));
+    };
+    let fail = |what: String| {
+        ProtocolError::InvalidArgument(format!("rows[{index}] (id {:?}): {what}", new.id))
+    };
+    if new.id.is_empty() {
+        return Err(fail("new_document_state.id must not be empty".into()));
+    }
+    if new.id.len() > limits.id_bytes_max {
+        return Err(fail(format!(
+            "new_document_state.id is {} bytes, over the limit of {}",
+            new.id.len(),
+            limits.id_bytes_max
+        )));
+    }
+    if new.id.contains('\0') {
+        return Err(fail("new_document_state.id must not contain NUL".into()));
+    }
+    let body = if new.deleted && new.json.is_empty() {
+        None
+    } else {
+        Some(
+            parse_body(limits, &new.json)
+                .map_err(|e| fail(format!("new_document_state.json: {e}")))?,
+        )
+    };
+    if let Some(value) = &body {
+        check_primary_key(collection, &new.id, value)
+            .map_err(|e| fail(format!("new_document_state.json: {e}")))?;
+        if !new.deleted
+            && let Some(schema) = &collection.schema
+            && let Some(error) = schema.iter_errors(value).next()
+        {
+            let path = error.instance_path.to_string();
+            let path = if path.is_empty() {
+                "/".to_owned()
+            } else {
+                path
+            };
+            return Err(fail(format!(
+                "new_document_state.json does not match the collection schema at {path}: {error}"
+            )));
+        }
+    }
+    let assumed = match row.assumed {
+        None => None,
+        Some(a) => {
+            if a.id != new.id {
+                return Err(fail(format!(
+                    "assumed_master_state.id {:?} differs from new_document_state.id",
+                    a.id
+                )));
+            }
+            if !a.revision.is_empty() {
+                Some(Assumed::Revision(a.revision))
+            } else {
+                let body = if a.json.is_empty() {
+                    Value::Object(Default::default())
+                } else {
+                    parse_body(limits, &a.json)
+                        .map_err(|e| fail(format!("assumed_master_state.json: {e}")))?
+                };
+                Some(Assumed::State {
+                    body,
+                    deleted: a.deleted,
+                })
+            }
+        }
+    };
+    let body = match body {
+        // Safe: parse_body checked the bytes are UTF-8.
+        Some(_) => String::from_utf8(new.json)
+            .map_err(|_| fail("new_document_state.json is not UTF-8".into()))?,
+        None => "{}".to_owned(),
+    };
+    Ok(ValidRow {
+        id: new.id,
+        body,
+        deleted: new.deleted,
+        assumed,
+    })
+}
+
+/// Parses a body: size, UTF-8 JSON, an object, depth, no NUL in strings (PostgreSQL's jsonb
+/// cannot store `\u0000`).
+fn parse_body(limits: &Limits, json: &[u8]) -> Result<Value, String> {
+    if json.len() > limits.document_bytes_max {
+        return Err(format!(
+            "{} bytes, over the limit of {}",
+            json.len(),
+            limits.document_bytes_max
+        ));
+    }
+    if json.is_empty() {
+        return Err("empty; a live document needs a JSON object".into());
+    }
+    let text = std::str::from_utf8(json).map_err(|_| "not valid UTF-8".to_owned())?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        if e.to_string().contains("recursion limit") {
+            format!("nested deeper than the limit of {}", limits.json_depth_max)
+        } else {
+            format!("invalid JSON: {e}")
+        }
+    })?;
+    if !value.is_object() {
+        return Err("must be a JSON object".into());
+    }
+    check_shape(&value, limits.json_depth_max)?;
+    Ok(value)
+}
+
+/// Walks the value without recursion: depth limit and NUL characters.
+fn check_shape(value: &Value, depth_max: usize) -> Result<(), String> {
+    let mut stack = vec![(value, 1usize)];
+    while let Some((v, depth)) = stack.pop() {
+        if depth > depth_max {
+            return Err(format!("nested deeper than the limit of {depth_max}"));
+        }
+        match v {
+            Value::String(s) if s.contains('\0') => {
+                return Err("strings must not contain \\u0000".into());
+            }
+            Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
+            Value::Object(map) => {
+                for (k, item) in map {
+                    if k.contains('\0') {
+                        return Err("keys must not contain \\u0000".into());
+                    }
+                    stack.push((item, depth + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_primary_key(collection: &Collection, id: &str, body: &Value) -> Result<(), String> {
+    match body.get(&collection.primary_key) {
+        None => Ok(()),
+        Some(Value::String(s)) if s == id => Ok(()),
+        Some(other) => Err(format!(
+            "primary key field {:?} is {other}, not the document id",
+            collection.primary_key
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            pull_default: 10,
+            pull_max: 100,
+            push_rows_max: 3,
+            document_bytes_max: 200,
+            json_depth_max: 4,
+            id_bytes_max: 8,
+        }
+    }
+
+    fn collection(schema: Option<Value>) -> Collection {
+        Collection {
+            name: "t".into(),
+            primary_key: "id".into(),
+            schema: schema.map(|s| jsonschema::validator_for(&s).unwrap()),
+        }
+    }
+
+    fn row(id: &str, json: &str) -> RowInput {
+        RowInput {
+            new_state: Some(DocumentInput {
+                id: id.into(),
+                json: json.as_bytes().to_vec(),
+                ..Default::default()
+            }),
+            assumed: None,
+        }
+    }
+
+    fn error_of(c: &Collection, rows: Vec<RowInput>) -> String {
+        match validate_rows(c, &limits(), rows) {
+            Err(ProtocolError::InvalidArgument(m)) => m,
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_bad_input_names_row_and_field() {
+        let c = collection(None);
+        let ok = row("a", "{}");
+        let cases = [
+            (
+                row("", "{}"),
+                "rows[1] (id \"\"): new_document_state.id must not be empty",
+            ),
+            (row("123456789", "{}"), "over the limit of 8"),
+            (
+                row("b", "{"),
+                "rows[1] (id \"b\"): new_document_state.json: invalid JSON",
+            ),
+            (row("b", "[1]"), "must be a JSON object"),
+            (
+                row("b", r#"{"a":{"b":{"c":{"d":{}}}}}"#),
+                "nested deeper than the limit of 4",
+            ),
+            (
+                row("b", &format!("{{\"a\":\"{}\"}}", "x".repeat(300))),
+                "over the limit of 200",
+            ),
+            (row("b", r#"{"id":"c"}"#), "primary key field \"id\""),
+            (row("b", r#"{"s":"a\u0000"}"#), "\\u0000"),
+            (
+                RowInput::default(),
+                "rows[1]: new_document_state is required",
+            ),
+        ];
+        for (bad, expected) in cases {
+            let m = error_of(&c, vec![ok.clone(), bad]);
+            assert!(m.contains(expected), "{m:?} should contain {expected:?}");
+        }
+        let m = error_of(&c, vec![ok.clone(), ok.clone(), ok.clone(), ok]);
+        assert!(m.contains("4 rows exceed the limit of 3"), "{m}");
+    }
+
+    #[test]
+    fn schema_failures_name_the_path_and_tombstones_skip_the_schema() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {"n": {"type": "integer"}},
+            "required": ["n"]
+        });
+        let c = collection(Some(schema));
+        let m = error_of(&c, vec![row("a", r#"{"n":"x"}"#)]);
+        assert!(m.contains("rows[0] (id \"a\")") && m.contains("/n"), "{m}");
+        let mut tomb = row("a", "");
+        tomb.new_state.as_mut().unwrap().deleted = true;
+        let rows = validate_rows(&c, &limits(), vec![tomb]).unwrap();
+        assert_eq!(rows[0].body, "{}");
+        assert!(rows[0].deleted);
+    }
+
+    #[test]
+    fn assumed_state_is_parsed_or_taken_as_revision() {
+        let c = collection(None);
+        let mut r = row("a", r#"{"id":"a"}"#);
+        r.assumed = Some(DocumentInput {
+            id: "a".into(),
+            json: br#"{"x":1}"#.to_vec(),
+            ..Default::default()
+        });
+        let v = validate_rows(&c, &limits(), vec![r.clone()]).unwrap();
+        assert_eq!(
+            v[0].assumed,
+            Some(Assumed::State {
+                body: serde_json::json!({"x":1}),
+                deleted: false
+            })
+        );
+        r.assumed.as_mut().unwrap().revision = "3-abc".into();
+        let v = validate_rows(&c, &limits(), vec![r.clone()]).unwrap();
+        assert_eq!(v[0].assumed, Some(Assumed::Revision("3-abc".into())));
+        r.assumed.as_mut().unwrap().id = "b".into();
+        assert!(error_of(&c, vec![r]).contains("assumed_master_state.id"));
+    }
+}

@@ -1,0 +1,121 @@
+//! Builds and runs the whole server from a configuration: shared by `main` and the tests.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ReplicationApi;
+use crate::config::Config;
+use crate::fanout::{Hub, listener};
+use crate::proto::replication_service_server::ReplicationServiceServer;
+use crate::protocol::{Collections, Limits, Replicator, ReplicatorParts};
+use crate::store::StoreError;
+use crate::store::postgres::{PgStore, PoolSettings};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration cannot be served (missing database URL, bad schema file...).
+    #[error("{0}")]
+    Config(String),
+    /// The database refused the migrations or could not be reached.
+    #[error("database: {0}")]
+    Database(#[from] StoreError),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Opens the store described by the configuration (lazily: nothing connects yet).
+pub fn open_store(config: &Config) -> Result<PgStore, ServerError> {
+    let url = config.database_url.as_deref().ok_or_else(|| {
+        ServerError::Config("no database: set database_url or DATABASE_URL".into())
+    })?;
+    let settings = PoolSettings {
+        size: config.pool_size,
+        acquire_timeout: Duration::from_secs(config.acquire_timeout_seconds),
+    };
+    Ok(PgStore::connect_lazy(url, &settings)?)
+}
+
+/// Applies the database migrations and returns.
+pub async fn migrate(config: &Config) -> Result<(), ServerError> {
+    let store = open_store(config)?;
+    store.migrate().await?;
+    store.close().await;
+    Ok(())
+}
+
+/// Serves gRPC on `listener` until `shutdown` resolves, then drains: streams end with
+/// UNAVAILABLE (clients reconnect elsewhere), in-flight calls finish, the pool closes.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let collections = Collections::from_config(&config).map_err(ServerError::Config)?;
+    let store = Arc::new(open_store(&config)?);
+    store.migrate().await?;
+
+    let hub = Hub::new(collections.names());
+    let streams_shutdown = CancellationToken::new();
+    let background = CancellationToken::new();
+    let listen_url = config
+        .listener_url()
+        .ok_or_else(|| ServerError::Config("no database URL for the listener".into()))?
+        .to_owned();
+    let listener_task = tokio::spawn(listener::run(
+        listen_url,
+        hub.clone(),
+        background.clone(),
+        |_connected| {},
+    ));
+
+    let replicator = Arc::new(Replicator::new(ReplicatorParts {
+        store: store.clone(),
+        collections,
+        limits: Limits::from_config(&config),
+        hub,
+        streams_max: config.streams_max,
+        heartbeat: Duration::from_secs(config.heartbeat_seconds),
+        shutdown: streams_shutdown.clone(),
+    }));
+    let service = ReplicationServiceServer::new(ReplicationApi::new(replicator))
+        .max_decoding_message_size(config.message_bytes_max)
+        .max_encoding_message_size(config.message_bytes_max);
+
+    let mut builder = tonic::transport::Server::builder();
+    if config.max_connection_age_seconds > 0 {
+        builder =
+            builder.max_connection_age(Duration::from_secs(config.max_connection_age_seconds));
+    }
+    if config.keepalive_seconds > 0 {
+        builder = builder
+            .http2_keepalive_interval(Some(Duration::from_secs(config.keepalive_seconds)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_seconds)));
+    }
+    let local = listener.local_addr().ok();
+    tracing::info!(address = ?local, "serving gRPC");
+    let drain = {
+        let streams_shutdown = streams_shutdown.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: ending streams, finishing in-flight calls");
+            streams_shutdown.cancel();
+        }
+    };
+    let result = builder
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
+        .await;
+
+    background.cancel();
+    let _ = listener_task.await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(result?)
+}

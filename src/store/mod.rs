@@ -1,0 +1,148 @@
+//! Storage behind a narrow interface: read a page of changes after a position, and apply a
+//! push atomically with a caller-supplied decision. The protocol rules live in
+//! [`crate::protocol`]; a store only guarantees ordering, atomicity and isolation.
+
+pub mod postgres;
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+
+/// A position in a collection's change order. Ordered lexicographically; the PostgreSQL store
+/// uses (writing transaction id, tie-breaking sequence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position {
+    /// Major component: the writing transaction.
+    pub tx: i64,
+    /// Minor component: order within the transaction.
+    pub seq: i64,
+}
+
+impl Position {
+    /// Before every write.
+    pub const START: Position = Position { tx: 0, seq: 0 };
+}
+
+/// A document as stored, with its server-owned metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDocument {
+    /// Primary key within the collection.
+    pub id: String,
+    /// The JSON object, as text.
+    pub body: String,
+    /// Tombstone flag.
+    pub deleted: bool,
+    /// Server-assigned revision of the latest write.
+    pub revision: String,
+    /// Server time of the latest write.
+    pub updated_at: DateTime<Utc>,
+    /// Position of the latest write.
+    pub position: Position,
+}
+
+/// A page of changes read after a position.
+#[derive(Debug, Clone)]
+pub struct ChangePage {
+    /// Documents in change order.
+    pub documents: Vec<StoredDocument>,
+    /// Every transaction below this id had finished when the page was read; writes of later
+    /// transactions may still become visible. Streams use it to tell "nothing new" from
+    /// "something committed but not yet readable in order".
+    pub horizon: i64,
+}
+
+/// A document state a push wants to store. Revision and body are already decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentWrite {
+    /// Primary key.
+    pub id: String,
+    /// The JSON object, as text.
+    pub body: String,
+    /// Tombstone flag.
+    pub deleted: bool,
+    /// The new revision.
+    pub revision: String,
+    /// True when the document was absent when the push read it (an insert).
+    pub is_new: bool,
+}
+
+/// A server state reported back as a conflict. `updated_at` is `None` when the state was
+/// written earlier in the same push; the store fills in the push's commit time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConflictState {
+    /// Primary key.
+    pub id: String,
+    /// The JSON object, as text.
+    pub body: String,
+    /// Tombstone flag.
+    pub deleted: bool,
+    /// Revision of this state.
+    pub revision: String,
+    /// Time of the write, when it is already stored.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// What a push decided, given the current states: the final state of every written id and the
+/// conflicting rows' server states.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PushPlan {
+    /// One entry per written id, its final state.
+    pub writes: Vec<DocumentWrite>,
+    /// One entry per conflicting row, in row order.
+    pub conflicts: Vec<ConflictState>,
+}
+
+/// The outcome of an applied push.
+#[derive(Debug, Clone)]
+pub struct PushOutcome {
+    /// Conflicts with every `updated_at` filled in.
+    pub conflicts: Vec<ConflictState>,
+    /// Number of documents written.
+    pub written: usize,
+    /// The transaction the writes are positioned under, when anything was written.
+    pub tx: Option<i64>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or is shutting down: the client may retry.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Concurrent writers kept colliding after every retry: the client may retry.
+    #[error("too much contention: {0}")]
+    Contention(String),
+    /// The decision callback rejected the push; nothing was applied.
+    #[error(transparent)]
+    Rejected(#[from] crate::protocol::ProtocolError),
+    /// Anything else; details are logged, never sent to clients.
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+/// The storage interface the protocol needs.
+pub trait Store: Send + Sync + 'static {
+    /// Reads up to `limit` documents of `collection` whose latest write is after `after`, in
+    /// change order, returning only positions that can no longer be preceded by a later commit.
+    fn read_changes(
+        &self,
+        collection: &str,
+        after: Position,
+        limit: u32,
+    ) -> impl Future<Output = Result<ChangePage, StoreError>> + Send;
+
+    /// In one transaction: locks and reads the current states of `ids`, calls `decide` with
+    /// them, stores its writes with new positions, and wakes listeners of `collection`.
+    /// `decide` may run more than once when the transaction is retried.
+    fn apply_push<F>(
+        &self,
+        collection: &str,
+        ids: &[String],
+        decide: F,
+    ) -> impl Future<Output = Result<PushOutcome, StoreError>> + Send
+    where
+        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, crate::protocol::ProtocolError>
+            + Send
+            + Sync;
+}

@@ -1,0 +1,99 @@
+//! The PostgreSQL store: documents in one table, positions from transaction ids under a
+//! visibility horizon (see `migrations/0001_documents.sql` and docs/architecture.md).
+
+mod error;
+mod read;
+mod write;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use std::collections::HashMap;
+
+use super::{ChangePage, Position, PushOutcome, PushPlan, Store, StoreError, StoredDocument};
+use crate::protocol::ProtocolError;
+
+/// NOTIFY channel that carries `<tx>:<collection>` after every committed push.
+pub const NOTIFY_CHANNEL: &str = "syncline_changes";
+
+/// A [`super::Store`] on a PostgreSQL connection pool.
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// Pool settings taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Maximum connections.
+    pub size: u32,
+    /// How long to wait for a connection before failing with UNAVAILABLE.
+    pub acquire_timeout: Duration,
+}
+
+impl PgStore {
+    /// Opens a pool lazily (the server starts even while the database is down; requests then
+    /// fail with UNAVAILABLE until it is back).
+    pub fn connect_lazy(url: &str, settings: &PoolSettings) -> Result<PgStore, StoreError> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e: sqlx::Error| StoreError::Internal(format!("database_url: {e}")))?;
+        let options = options.application_name("syncline");
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.size)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_lazy_with(options);
+        Ok(PgStore { pool })
+    }
+
+    /// Wraps an existing pool.
+    pub fn from_pool(pool: PgPool) -> PgStore {
+        PgStore { pool }
+    }
+
+    /// The underlying pool (health checks, tests).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the embedded migrations. Safe to run from several processes at once: sqlx
+    /// serializes them with an advisory lock.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations")
+            .run(&self.pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(inner) => error::to_store_error(inner),
+                other => StoreError::Internal(other.to_string()),
+            })
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl Store for PgStore {
+    fn read_changes(
+        &self,
+        collection: &str,
+        after: Position,
+        limit: u32,
+    ) -> impl Future<Output = Result<ChangePage, StoreError>> + Send {
+        self.read_page(collection, after, limit)
+    }
+
+    fn apply_push<F>(
+        &self,
+        collection: &str,
+        ids: &[String],
+        decide: F,
+    ) -> impl Future<Output = Result<PushOutcome, StoreError>> + Send
+    where
+        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, ProtocolError> + Send + Sync,
+    {
+        self.push(collection, ids, decide)
+    }
+}
