@@ -42,6 +42,10 @@ pub struct Config {
     /// A stream idle for this many seconds gets a Heartbeat.
     #[serde(default = "default_heartbeat_seconds")]
     pub heartbeat_seconds: u64,
+    /// How long a Pull may wait for older transactions to finish when a write it has heard of
+    /// is committed but not yet readable in order; bounds read-your-writes latency.
+    #[serde(default = "default_visibility_wait_ms")]
+    pub visibility_wait_ms: u64,
     /// Documents per Pull when the request says 0.
     #[serde(default = "default_pull_limit_default")]
     pub pull_limit_default: u32,
@@ -103,6 +107,9 @@ fn default_acquire_timeout_seconds() -> u64 {
 }
 fn default_heartbeat_seconds() -> u64 {
     15
+}
+fn default_visibility_wait_ms() -> u64 {
+    1000
 }
 fn default_pull_limit_default() -> u32 {
     100
@@ -183,6 +190,9 @@ impl Config {
         if self.heartbeat_seconds == 0 {
             return invalid("heartbeat_seconds must be at least 1".into());
         }
+        if self.json_depth_max == 0 || self.json_depth_max > 128 {
+            return invalid("json_depth_max must be between 1 and 128".into());
+        }
         if self.pull_limit_max == 0 || self.pull_limit_default == 0 {
             return invalid("pull_limit_default and pull_limit_max must be at least 1".into());
         }
@@ -256,6 +266,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the error type
     fn file_and_environment_merge() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("syncline.toml");

@@ -82,6 +82,7 @@ pub async fn serve(
         hub,
         streams_max: config.streams_max,
         heartbeat: Duration::from_secs(config.heartbeat_seconds),
+        visibility_wait: Duration::from_millis(config.visibility_wait_ms),
         shutdown: streams_shutdown.clone(),
     }));
     let service = ReplicationServiceServer::new(ReplicationApi::new(replicator))

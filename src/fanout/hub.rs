@@ -41,6 +41,11 @@ impl Hub {
         }
     }
 
+    /// The newest transaction signalled for `collection` (0 when none or undeclared).
+    pub fn latest(&self, collection: &str) -> i64 {
+        self.channels.get(collection).map_or(0, |s| *s.borrow())
+    }
+
     /// Wakes every subscriber of every collection: after the listener reconnects, since
     /// notifications sent while it was away are lost.
     pub fn wake_all(&self) {
@@ -66,7 +71,7 @@ mod tests {
     async fn notify_and_wake_all_reach_subscribers() {
         let hub = Hub::new(["a", "b"]);
         let mut a = hub.subscribe("a").unwrap();
-        let mut b = hub.subscribe("b").unwrap();
+        let b = hub.subscribe("b").unwrap();
         assert!(hub.subscribe("c").is_none());
         hub.notify("a", 7);
         hub.notify("a", 3);

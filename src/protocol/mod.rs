@@ -40,6 +40,7 @@ pub struct Replicator<S> {
     streams: Arc<Semaphore>,
     streams_max: usize,
     heartbeat: Duration,
+    visibility_wait: Duration,
     shutdown: CancellationToken,
 }
 
@@ -57,6 +58,8 @@ pub struct ReplicatorParts<S> {
     pub streams_max: usize,
     /// Idle interval before a Heartbeat.
     pub heartbeat: Duration,
+    /// Longest wait of a Pull for signalled writes to become readable in order.
+    pub visibility_wait: Duration,
     /// Cancelled when the server drains: streams end with UNAVAILABLE.
     pub shutdown: CancellationToken,
 }
@@ -72,6 +75,7 @@ impl<S: Store> Replicator<S> {
             streams: Arc::new(Semaphore::new(p.streams_max)),
             streams_max: p.streams_max,
             heartbeat: p.heartbeat,
+            visibility_wait: p.visibility_wait,
             shutdown: p.shutdown,
         }
     }
@@ -86,10 +90,24 @@ impl<S: Store> Replicator<S> {
         let collection = self.collections.get(collection)?;
         let after = checkpoint::decode(checkpoint, "checkpoint.token")?;
         let limit = self.limits.pull_limit(limit);
-        let page = self
-            .store
-            .read_changes(&collection.name, after, limit)
-            .await?;
+        // A write this process has heard of (its own pushes, or NOTIFY from others) may be
+        // committed yet not readable in order while an older transaction runs. Wait a little
+        // for it, so that a client sees its own acknowledged writes.
+        let signalled = self.hub.latest(&collection.name);
+        let deadline = tokio::time::Instant::now() + self.visibility_wait;
+        let mut backoff = Duration::from_millis(1);
+        let page = loop {
+            let page = self
+                .store
+                .read_changes(&collection.name, after, limit)
+                .await?;
+            let complete = page.horizon > signalled || page.documents.len() >= limit as usize;
+            if complete || tokio::time::Instant::now() + backoff > deadline {
+                break page;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+        };
         let checkpoint = match page.documents.last() {
             Some(last) => checkpoint::encode(last.position),
             None => checkpoint.to_owned(),

@@ -69,6 +69,33 @@ impl PgStore {
             })
     }
 
+    /// The plans of the page and lock queries, with sequential scans discouraged: tests and
+    /// benchmarks check that an index serves each of them.
+    pub async fn explain_queries(&self, collection: &str) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(error::to_store_error)?;
+        sqlx::query("SET LOCAL enable_seqscan = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(error::to_store_error)?;
+        let mut plans = Vec::new();
+        for (sql, ids) in [(read::PAGE_SQL, false), (write::LOCK_SQL, true)] {
+            let explain = sqlx::AssertSqlSafe(format!("EXPLAIN {sql}"));
+            let query = sqlx::query_scalar::<_, String>(explain).bind(collection);
+            let query = if ids {
+                query.bind(vec!["a".to_owned(), "b".to_owned()])
+            } else {
+                query.bind(0_i64).bind(0_i64).bind(100_i64)
+            };
+            let lines = query
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(error::to_store_error)?;
+            plans.push(lines.join("\n"));
+        }
+        tx.rollback().await.map_err(error::to_store_error)?;
+        Ok(plans)
+    }
+
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         self.pool.close().await;

@@ -23,7 +23,7 @@ struct PageRow {
 // The horizon is the snapshot's xmin: every transaction id below it has committed or aborted,
 // and this statement sees all of the committed ones. Returning only rows below it means no
 // transaction can later commit a row at a position at or before the last one returned.
-const PAGE_SQL: &str = "
+pub(super) const PAGE_SQL: &str = "
 WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon)
 SELECT h.horizon, d.id, d.body::text AS body, d.deleted, d.revision, d.updated_at,
        d.change_xid, d.change_seq

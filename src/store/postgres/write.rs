@@ -16,7 +16,7 @@ use crate::store::{DocumentWrite, Position, PushOutcome, PushPlan, StoreError, S
 const MAX_ATTEMPTS: u32 = 12;
 
 // Locks in id order so two pushes over the same ids cannot deadlock.
-const LOCK_SQL: &str = "
+pub(super) const LOCK_SQL: &str = "
 SELECT id, body::text AS body, deleted, revision, updated_at, change_xid, change_seq
 FROM syncline_documents
 WHERE collection = $1 AND id = ANY($2)

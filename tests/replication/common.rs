@@ -1,0 +1,295 @@
+//! Test harness: a fresh database per test in the throwaway cluster that `scripts/test.sh`
+//! starts, and the real server on an ephemeral 127.0.0.1 port.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sqlx::Connection;
+use syncline::config::Config;
+use syncline::proto::replication_service_client::ReplicationServiceClient;
+use syncline::proto::{ChangeRow, Checkpoint, Document, PullRequest, PushRequest};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// The admin URL of the test cluster. Missing means the environment is broken: fail loudly.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_ADMIN_URL").unwrap_or_else(|_| {
+        panic!(
+            "TEST_DATABASE_ADMIN_URL is not set: these tests need a real PostgreSQL. \
+             Run scripts/test.sh, which starts a throwaway cluster."
+        )
+    })
+}
+
+/// Replaces the database name of a URL.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("admin URL has a database path");
+    format!("{base}/{name}")
+}
+
+/// Creates an empty database and returns its URL.
+pub async fn fresh_database() -> String {
+    let admin = admin_url();
+    let name = format!("syncline_t_{:016x}", rand::random::<u64>());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to the test cluster");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    with_database(&admin, &name)
+}
+
+/// A configuration with two collections and test-friendly limits.
+pub fn config(db_url: &str) -> Config {
+    let mut c = Config::from_toml(
+        r#"
+        listen = "127.0.0.1:0"
+        pool_size = 8
+        heartbeat_seconds = 60
+        keepalive_seconds = 0
+        [[collections]]
+        name = "tasks"
+        [[collections]]
+        name = "notes"
+        "#,
+    )
+    .expect("test config parses");
+    c.database_url = Some(db_url.to_owned());
+    c
+}
+
+/// A running server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub db_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), syncline::server::ServerError>>>,
+}
+
+impl TestServer {
+    /// Starts a server on a fresh database.
+    pub async fn start() -> TestServer {
+        let db = fresh_database().await;
+        TestServer::start_with(config(&db)).await
+    }
+
+    /// Starts a server with the given configuration.
+    pub async fn start_with(config: Config) -> TestServer {
+        let db_url = config.database_url.clone().expect("database_url set");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(syncline::server::serve(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let server = TestServer {
+            addr,
+            db_url,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        // Ready when a call gets through (migrations run before serving).
+        let mut client = server.connect().await;
+        for _ in 0..200 {
+            let r = client
+                .pull(PullRequest {
+                    collection: "tasks".into(),
+                    checkpoint: None,
+                    limit: 1,
+                })
+                .await;
+            if r.is_ok() {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server did not become ready");
+    }
+
+    /// A client connected to this server.
+    pub async fn client(&self) -> ReplicationServiceClient<Channel> {
+        self.connect().await
+    }
+
+    async fn connect(&self) -> ReplicationServiceClient<Channel> {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(5));
+        for _ in 0..200 {
+            if let Ok(channel) = endpoint.connect().await {
+                return ReplicationServiceClient::new(channel);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("cannot connect to the test server at {}", self.addr);
+    }
+
+    /// Asks the server to stop and waits (bounded) for it to finish.
+    pub async fn stop(mut self) -> Result<(), syncline::server::ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("server stops within 20 s")
+            .expect("server task did not panic")
+    }
+
+    /// A direct database connection (to inspect or disturb the state).
+    pub async fn db(&self) -> sqlx::PgConnection {
+        sqlx::PgConnection::connect(&self.db_url)
+            .await
+            .expect("connect to test database")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A document with a JSON body.
+pub fn doc(id: &str, json: serde_json::Value) -> Document {
+    Document {
+        id: id.into(),
+        json: json.to_string().into_bytes(),
+        ..Default::default()
+    }
+}
+
+/// A tombstone.
+pub fn tombstone(id: &str) -> Document {
+    Document {
+        id: id.into(),
+        deleted: true,
+        ..Default::default()
+    }
+}
+
+/// A row that believes the document is new.
+pub fn insert(d: Document) -> ChangeRow {
+    ChangeRow {
+        new_document_state: Some(d),
+        assumed_master_state: None,
+    }
+}
+
+/// A row that believes the server holds `assumed`.
+pub fn update(d: Document, assumed: Document) -> ChangeRow {
+    ChangeRow {
+        new_document_state: Some(d),
+        assumed_master_state: Some(assumed),
+    }
+}
+
+/// Pushes rows and returns the conflicts.
+pub async fn push(
+    client: &mut ReplicationServiceClient<Channel>,
+    collection: &str,
+    rows: Vec<ChangeRow>,
+) -> Vec<Document> {
+    client
+        .push(PushRequest {
+            collection: collection.into(),
+            rows,
+        })
+        .await
+        .expect("push succeeds")
+        .into_inner()
+        .conflicts
+}
+
+/// One pull.
+pub async fn pull(
+    client: &mut ReplicationServiceClient<Channel>,
+    collection: &str,
+    token: &str,
+    limit: u32,
+) -> (Vec<Document>, String) {
+    let r = client
+        .pull(PullRequest {
+            collection: collection.into(),
+            checkpoint: Some(Checkpoint {
+                token: token.into(),
+            }),
+            limit,
+        })
+        .await
+        .expect("pull succeeds")
+        .into_inner();
+    (
+        r.documents,
+        r.checkpoint.map(|c| c.token).unwrap_or_default(),
+    )
+}
+
+/// Pulls from `token` until a page comes back empty; returns every document and the last token.
+pub async fn pull_all(
+    client: &mut ReplicationServiceClient<Channel>,
+    collection: &str,
+    token: &str,
+    limit: u32,
+) -> (Vec<Document>, String) {
+    let mut token = token.to_owned();
+    let mut all = Vec::new();
+    for _ in 0..100_000 {
+        let (docs, next) = pull(client, collection, &token, limit).await;
+        if docs.is_empty() {
+            assert_eq!(next, token, "an empty page returns the same checkpoint");
+            return (all, token);
+        }
+        all.extend(docs);
+        token = next;
+    }
+    panic!("pull_all did not finish");
+}
+
+/// The body of a document as JSON.
+pub fn body(d: &Document) -> serde_json::Value {
+    serde_json::from_slice(&d.json).expect("document body is JSON")
+}
+
+/// Every row of a collection as (id, revision, deleted, body), sorted by id.
+pub async fn table(
+    db: &mut sqlx::PgConnection,
+    collection: &str,
+) -> Vec<(String, String, bool, serde_json::Value)> {
+    let rows: Vec<(String, String, bool, String)> = sqlx::query_as(
+        "SELECT id, revision, deleted, body::text FROM syncline_documents WHERE collection = $1 ORDER BY id",
+    )
+    .bind(collection)
+    .fetch_all(db)
+    .await
+    .expect("read table");
+    rows.into_iter()
+        .map(|(id, rev, del, b)| (id, rev, del, serde_json::from_str(&b).expect("json")))
+        .collect()
+}
+
+/// A client's view built from pulled documents, as (id, revision, deleted, body) sorted by id.
+pub fn view(docs: &[Document]) -> Vec<(String, String, bool, serde_json::Value)> {
+    let mut map = std::collections::BTreeMap::new();
+    for d in docs {
+        map.insert(d.id.clone(), (d.revision.clone(), d.deleted, body(d)));
+    }
+    map.into_iter()
+        .map(|(id, (r, del, b))| (id, r, del, b))
+        .collect()
+}
+
+/// Revision generation ("3-abc" -> 3).
+pub fn generation(revision: &str) -> u64 {
+    revision
+        .split_once('-')
+        .and_then(|(n, _)| n.parse().ok())
+        .expect("revision has a generation")
+}

@@ -1,0 +1,129 @@
+//! A client that stops reading costs a bounded amount: the stream reads the next page only
+//! after the previous one was taken, so writes pile up in the table, not in server memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use syncline::fanout::Hub;
+use syncline::protocol::{
+    Collections, DocumentInput, Limits, Replicator, ReplicatorParts, RowInput, StreamEvent,
+};
+use syncline::store::postgres::{PgStore, PoolSettings};
+use syncline::store::{
+    ChangePage, Position, PushOutcome, PushPlan, Store, StoreError, StoredDocument,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
+
+/// The real PostgreSQL store, counting page reads and documents read.
+struct Counting {
+    inner: PgStore,
+    reads: AtomicUsize,
+    documents: AtomicUsize,
+}
+
+impl Store for Counting {
+    async fn read_changes(
+        &self,
+        c: &str,
+        after: Position,
+        limit: u32,
+    ) -> Result<ChangePage, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let page = self.inner.read_changes(c, after, limit).await?;
+        self.documents
+            .fetch_add(page.documents.len(), Ordering::SeqCst);
+        Ok(page)
+    }
+
+    async fn apply_push<F>(
+        &self,
+        c: &str,
+        ids: &[String],
+        decide: F,
+    ) -> Result<PushOutcome, StoreError>
+    where
+        F: Fn(
+                &HashMap<String, StoredDocument>,
+            ) -> Result<PushPlan, syncline::protocol::ProtocolError>
+            + Send
+            + Sync,
+    {
+        self.inner.apply_push(c, ids, decide).await
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_subscriber_holds_at_most_two_pages() {
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.pull_limit_max = 20;
+    let inner = PgStore::connect_lazy(
+        &db,
+        &PoolSettings {
+            size: 4,
+            acquire_timeout: Duration::from_secs(5),
+        },
+    )
+    .unwrap();
+    inner.migrate().await.unwrap();
+    let store = Arc::new(Counting {
+        inner,
+        reads: AtomicUsize::new(0),
+        documents: AtomicUsize::new(0),
+    });
+    let collections = Collections::from_config(&cfg).unwrap();
+    let hub = Hub::new(collections.names());
+    let replicator = Replicator::new(ReplicatorParts {
+        store: store.clone(),
+        collections,
+        limits: Limits::from_config(&cfg),
+        hub,
+        streams_max: 10,
+        heartbeat: Duration::from_secs(60),
+        visibility_wait: Duration::from_millis(100),
+        shutdown: CancellationToken::new(),
+    });
+    let mut events = replicator.subscribe("tasks", "").unwrap();
+    // 100 pushes of 10 documents while nobody reads the stream.
+    for b in 0..100 {
+        let rows = (0..10)
+            .map(|i| RowInput {
+                new_state: Some(DocumentInput {
+                    id: format!("slow-{b}-{i}"),
+                    json:
+                        br#"{"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#
+                            .to_vec(),
+                    ..Default::default()
+                }),
+                assumed: None,
+            })
+            .collect();
+        replicator.push("tasks", rows).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let read = store.documents.load(Ordering::SeqCst);
+    assert!(
+        read <= 2 * 20,
+        "a stalled stream read {read} documents ahead of its client"
+    );
+    // Reading resumes and delivers everything, in order, once each.
+    let mut got = Vec::new();
+    while got.len() < 1000 {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            StreamEvent::Changes { documents, .. } => got.extend(documents),
+            StreamEvent::Heartbeat => {}
+        }
+    }
+    assert_eq!(got.len(), 1000);
+    let positions: Vec<Position> = got.iter().map(|d| d.position).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "in change order");
+}
