@@ -77,6 +77,13 @@ pub struct Config {
     /// HTTP/2 keepalive ping interval; 0 = off.
     #[serde(default = "default_keepalive_seconds")]
     pub keepalive_seconds: u64,
+    /// Seconds between database health probes.
+    #[serde(default = "default_health_check_seconds")]
+    pub health_check_seconds: u64,
+    /// On SIGTERM: seconds to keep serving while health reports NOT_SERVING (so load balancers
+    /// stop routing here) before streams are ended and in-flight calls drained.
+    #[serde(default)]
+    pub drain_seconds: u64,
     /// The declared collections; any other name is NOT_FOUND.
     #[serde(default)]
     pub collections: Vec<CollectionConfig>,
@@ -137,6 +144,9 @@ fn default_message_bytes_max() -> usize {
 }
 fn default_keepalive_seconds() -> u64 {
     30
+}
+fn default_health_check_seconds() -> u64 {
+    2
 }
 fn default_primary_key() -> String {
     "id".to_owned()

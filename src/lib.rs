@@ -8,6 +8,7 @@
 pub mod api;
 pub mod config;
 pub mod fanout;
+pub mod health;
 pub mod protocol;
 pub mod server;
 pub mod store;

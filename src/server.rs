@@ -85,6 +85,24 @@ pub async fn serve(
         visibility_wait: Duration::from_millis(config.visibility_wait_ms),
         shutdown: streams_shutdown.clone(),
     }));
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(
+            crate::health::LIVENESS_SERVICE,
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    let health_task = tokio::spawn(crate::health::watch_database(
+        (*store).clone(),
+        reporter.clone(),
+        Duration::from_secs(config.health_check_seconds.max(1)),
+        background.clone(),
+    ));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
     let service = ReplicationServiceServer::new(ReplicationApi::new(replicator))
         .max_decoding_message_size(config.message_bytes_max)
         .max_encoding_message_size(config.message_bytes_max);
@@ -101,21 +119,37 @@ pub async fn serve(
     }
     let local = listener.local_addr().ok();
     tracing::info!(address = ?local, "serving gRPC");
+    let drain_for = Duration::from_secs(config.drain_seconds);
     let drain = {
         let streams_shutdown = streams_shutdown.clone();
+        let background = background.clone();
+        let reporter = reporter.clone();
         async move {
             shutdown.await;
-            tracing::info!("shutting down: ending streams, finishing in-flight calls");
+            // Order matters: stop health probes from flipping us back, report NOT_SERVING,
+            // keep serving while load balancers notice, then end streams (clients reconnect
+            // elsewhere) and let tonic finish in-flight calls.
+            background.cancel();
+            crate::health::set_ready(&reporter, false).await;
+            tracing::info!(
+                drain_seconds = drain_for.as_secs(),
+                "shutting down: NOT_SERVING"
+            );
+            tokio::time::sleep(drain_for).await;
+            tracing::info!("ending streams, finishing in-flight calls");
             streams_shutdown.cancel();
         }
     };
     let result = builder
+        .add_service(health_service)
+        .add_service(reflection)
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
         .await;
 
     background.cancel();
     let _ = listener_task.await;
+    let _ = health_task.await;
     store.close().await;
     tracing::info!("stopped");
     Ok(result?)

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod common;
+mod health;
 mod ordering;
 mod pull;
 mod push;
