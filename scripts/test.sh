@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PORT=${SYNCLINE_TEST_PG_PORT:-55432}
+PORT=${SYNCLINE_TEST_PG_PORT:-55439}
 DIR=$(mktemp -d /tmp/syncline-test-pg.XXXXXX)
 chmod 755 "$DIR"
 cleanup() { scripts/pg-cluster.sh stop "$DIR" >/dev/null 2>&1 || true; rm -rf "$DIR"; }

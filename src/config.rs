@@ -27,6 +27,9 @@ pub struct Config {
     /// gRPC listen address.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Prometheus `/metrics` HTTP listen address.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: SocketAddr,
     /// PostgreSQL URL for queries (may point at a transaction-mode pooler). Also `DATABASE_URL`.
     #[serde(default)]
     pub database_url: Option<String>,
@@ -105,6 +108,9 @@ pub struct CollectionConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 50051))
+}
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9464))
 }
 fn default_pool_size() -> u32 {
     16

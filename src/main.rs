@@ -26,6 +26,8 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Load and validate the configuration (schema files included) without connecting.
+    CheckConfig,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +44,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::CheckConfig = cli.command {
+        return match syncline::protocol::Collections::from_config(&config) {
+            Ok(_) => {
+                println!(
+                    "configuration OK: {} collection(s)",
+                    config.collections.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("syncline: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -52,6 +69,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Migrate => syncline::server::migrate(&config).await,
+            Command::CheckConfig => Ok(()),
             Command::Serve => {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
