@@ -20,18 +20,31 @@
 #      cross-checks below run on the unpatched resources;
 #   5. cross-references schemas cannot see: selectors match pod labels, Service
 #      target ports and probe ports exist, referenced ConfigMaps/Secrets/keys
-#      exist, the --config file and the JWKS file are mounted, syncline.toml
-#      parses and has the service's config keys, the grace period covers
-#      preStop + drain, HPA/PDB agree with the replica count.
+#      exist, the --config file is mounted, the listen/metrics_listen ports match
+#      the container ports, syncline.toml holds no database URL, the grace period
+#      covers preStop + drain, HPA/PDB agree with the replica count;
+#   6. the ConfigMap's syncline.toml (base, and every rendered kustomization) is
+#      extracted to a temp file and checked by the server itself:
+#      `$SYNCLINE_BIN check-config --config FILE`, run without any SYNCLINE_* or
+#      DATABASE_URL variable in its environment. The config contract (keys, types,
+#      values) is the server's: this script does not duplicate it.
 #
 # Exits 0 when everything passes, 1 otherwise.
-# Environment: K8S_VERSION (default 1.32.0), PYTHON (default python3).
+# Environment: K8S_VERSION (default 1.32.0), PYTHON (default python3),
+#   SYNCLINE_BIN (default $ROOT/target/debug/syncline; build it with cargo build).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEPLOY_DIR="$(cd "${1:-$ROOT/deploy}" && pwd)"
 K8S_VERSION="${K8S_VERSION:-1.32.0}"
 PYTHON="${PYTHON:-python3}"
+SYNCLINE_BIN="${SYNCLINE_BIN:-$ROOT/target/debug/syncline}"
+
+if [[ ! -x "$SYNCLINE_BIN" ]]; then
+  echo "FATAL: $SYNCLINE_BIN does not exist or is not executable:" \
+       "build it first with cargo build (or set SYNCLINE_BIN to a syncline binary)" >&2
+  exit 1
+fi
 
 # --- kubernetes-validate -----------------------------------------------------
 if ! command -v kubernetes-validate >/dev/null 2>&1 \
@@ -77,17 +90,19 @@ fi
 
 # --- validation ----------------------------------------------------------------
 set +e
-"$PYTHON" - "$DEPLOY_DIR" "$K8S_VERSION" "${renderer:-none}" "${rendered_args[@]}" <<'PY'
+"$PYTHON" - "$DEPLOY_DIR" "$K8S_VERSION" "${renderer:-none}" "$SYNCLINE_BIN" "${rendered_args[@]}" <<'PY'
 import os
 import re
+import subprocess
 import sys
+import tempfile
 
 import jsonschema
 import yaml
 import kubernetes_validate as kv
 
-DEPLOY_DIR, K8S_VERSION, RENDERER = sys.argv[1], sys.argv[2], sys.argv[3]
-RENDERED = dict(arg.split("=", 1) for arg in sys.argv[4:])
+DEPLOY_DIR, K8S_VERSION, RENDERER, SYNCLINE_BIN = sys.argv[1:5]
+RENDERED = dict(arg.split("=", 1) for arg in sys.argv[5:])
 
 errors = 0
 
@@ -116,18 +131,34 @@ def load_docs(path):
 
 
 # ---------------------------------------------------------------------------
-# Syncline's config contract (syncline.toml). database_url must NOT be in the
-# file: it comes from the DATABASE_URL environment variable.
+# syncline.toml is validated by the server (`syncline check-config`), not here.
+# The database URLs must NOT be in the file (a ConfigMap is no place for
+# credentials): they come from the Secret, as environment variables.
 # ---------------------------------------------------------------------------
-CONFIG_KEYS = {
-    "listen": str, "metrics_listen": str, "pool_size": int,
-    "heartbeat_seconds": int, "pull_limit_default": int, "pull_limit_max": int,
-    "push_rows_max": int, "document_bytes_max": int, "json_depth_max": int,
-    "id_bytes_max": int, "max_connection_age_seconds": int, "drain_seconds": int,
-    "collections": list, "auth": dict,
-}
-COLLECTION_KEYS = {"name": str, "primary_key": str}
-AUTH_KEYS = {"mode": str, "jwks_file": str, "service_scope": str}
+URL_KEYS = {"database_url": "DATABASE_URL", "listen_database_url": "SYNCLINE_LISTEN_DATABASE_URL"}
+
+
+def check_config(where, text):
+    """Runs `syncline check-config` on syncline.toml, with no SYNCLINE_*/DATABASE_URL
+    variable in the environment (they would override or add keys)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.upper().startswith("SYNCLINE_") and k.upper() != "DATABASE_URL"}
+    with tempfile.TemporaryDirectory(prefix="syncline-check-config.") as tmp:
+        path = os.path.join(tmp, "syncline.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        try:
+            r = subprocess.run([SYNCLINE_BIN, "check-config", "--config", path], env=env,
+                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            err(where, f"syncline.toml: could not run {SYNCLINE_BIN} check-config: {e}")
+            return
+    out = (r.stdout.strip() + "\n" + r.stderr.strip()).strip().replace(path, "syncline.toml")
+    if r.returncode != 0:
+        err(where, f"syncline.toml rejected by `syncline check-config` (exit {r.returncode}): {out}")
+    else:
+        info(where, f"syncline.toml: syncline check-config: {out}")
+
 
 # ---------------------------------------------------------------------------
 # CRDs kubernetes-validate has no schema for: a small schema of the fields we
@@ -459,21 +490,13 @@ def cross_check(label, docs):
             config = tomllib.loads((cm.get("data") or {}).get("syncline.toml", ""))
         except Exception as e:  # noqa: BLE001
             err(where(cm), f"syncline.toml does not parse: {e}")
+    if cm is not None:
+        check_config(where(cm), (cm.get("data") or {}).get("syncline.toml", ""))
     if config is not None:
-        for key, typ in CONFIG_KEYS.items():
-            if key not in config:
-                err(where(cm), f"syncline.toml: missing key {key!r}")
-            elif not isinstance(config[key], typ) or isinstance(config[key], bool):
-                err(where(cm), f"syncline.toml: {key!r} must be a {typ.__name__}")
-        for key in sorted(set(config) - set(CONFIG_KEYS)):
-            err(where(cm), f"syncline.toml: unknown key {key!r}"
-                + (" (it comes from the DATABASE_URL env var)" if key == "database_url" else ""))
-        for i, c in enumerate(config.get("collections") or []):
-            if not isinstance(c, dict) or set(c) != set(COLLECTION_KEYS):
-                err(where(cm), f"syncline.toml: collections[{i}] needs exactly {sorted(COLLECTION_KEYS)}")
-        auth = config.get("auth") if isinstance(config.get("auth"), dict) else {}
-        if set(auth) != set(AUTH_KEYS):
-            err(where(cm), f"syncline.toml: [auth] needs exactly {sorted(AUTH_KEYS)}")
+        for key, var in URL_KEYS.items():
+            if key in config:
+                err(where(cm), f"syncline.toml: {key} must not be in the ConfigMap "
+                    f"(set it from the Secret, as the {var} env var)")
 
     services = [d for d in docs if isinstance(d, dict) and d.get("kind") == "Service"]
     workloads = [d for d in docs if isinstance(d, dict) and pod_spec(d) is not None]
@@ -538,12 +561,12 @@ def cross_check(label, docs):
                 if a == "--config" and os.path.normpath(args[i + 1]) not in files:
                     err(cw, f"--config {args[i + 1]} is not mounted")
             if config is not None and any(a == "--config" for a in args):
-                jwks = (config.get("auth") or {}).get("jwks_file")
-                if jwks and os.path.normpath(jwks) not in files:
-                    err(cw, f"auth.jwks_file {jwks} is not mounted")
                 if "serve" in args:
                     for key, pname in (("listen", "grpc"), ("metrics_listen", "metrics")):
-                        if port_of(config.get(key)) != ports.get(pname):
+                        if key not in config:
+                            err(cw, f"syncline.toml: set {key} explicitly, so that its port can be "
+                                f"checked against container port {pname}")
+                        elif port_of(config.get(key)) != ports.get(pname):
                             err(cw, f"syncline.toml {key} port {port_of(config.get(key))} != container port {pname} {ports.get(pname)}")
                     drain = config.get("drain_seconds") or 0
                     pre = ((((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds") or 0)

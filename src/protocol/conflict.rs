@@ -39,6 +39,7 @@ pub fn plan_push(
         })
         .collect();
     let mut written_order: Vec<&str> = Vec::new();
+    let mut written: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let mut conflicts = Vec::new();
     for row in rows {
         let current = state.get(row.id.as_str());
@@ -55,7 +56,7 @@ pub fn plan_push(
             continue;
         }
         let revision = next_revision(current.map(|c| c.revision.as_str()), &row.body, row.deleted);
-        if !written_order.contains(&row.id.as_str()) {
+        if written.insert(row.id.as_str()) {
             written_order.push(row.id.as_str());
         }
         state.insert(
