@@ -8,7 +8,7 @@ config=${SYNCLINE_CONFIG:-config/syncline.toml}
 if [ -z "${DATABASE_URL:-}" ]; then
   mkdir -p .data
   chmod 755 .data
-  admin=$(scripts/pg-cluster.sh start .data/pg "${SYNCLINE_DEV_PG_PORT:-55432}")
+  admin=$(scripts/pg-cluster.sh start .data/pg "${PG_DEV_PORT:-55432}")
   if ! psql "$admin" -Atc "SELECT 1 FROM pg_database WHERE datname = 'syncline'" | grep -q 1; then
     psql "$admin" -qc "CREATE DATABASE syncline"
   fi

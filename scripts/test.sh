@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PORT=${SYNCLINE_TEST_PG_PORT:-55439}
+PORT=${PG_TEST_PORT:-55439}
 DIR=$(mktemp -d /tmp/syncline-test-pg.XXXXXX)
 chmod 755 "$DIR"
 cleanup() { scripts/pg-cluster.sh stop "$DIR" >/dev/null 2>&1 || true; rm -rf "$DIR"; }
@@ -20,6 +20,9 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --locked --all-targets
+cargo build --locked --bin syncline
+echo "== Python client against the real server"
+SYNCLINE_BIN=target/debug/syncline scripts/test-python.sh
 echo "== deployment manifests"
 scripts/validate-deploy.sh
 echo "== all checks passed"

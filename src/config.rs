@@ -167,7 +167,8 @@ impl Config {
         }
         figment = figment
             .merge(Env::raw().only(&["DATABASE_URL"]))
-            .merge(Env::prefixed("SYNCLINE_").split("__"));
+            // SYNCLINE_CONFIG names the file itself (see main.rs), it is not a key.
+            .merge(Env::prefixed("SYNCLINE_").ignore(&["config"]).split("__"));
         let mut config: Config = figment.extract().map_err(Box::new)?;
         let base = path.and_then(Path::parent).unwrap_or(Path::new("."));
         for collection in &mut config.collections {
@@ -300,6 +301,11 @@ mod tests {
             assert_eq!(
                 c.collections[0].schema.as_deref(),
                 Some(dir.path().join("schemas/tasks.json").as_path())
+            );
+            jail.set_env("SYNCLINE_CONFIG", path.display().to_string());
+            assert!(
+                Config::load(Some(&path)).is_ok(),
+                "SYNCLINE_CONFIG is not a key"
             );
             jail.set_env("SYNCLINE_POOL_SIZ", "7");
             assert!(Config::load(Some(&path)).is_err());

@@ -85,8 +85,9 @@ fn validate_row(
             "rows[{index}]: new_document_state is required"
         )));
     };
+    let shown = shown_id(&new.id);
     let fail = |what: String| {
-        ProtocolError::InvalidArgument(format!("rows[{index}] (id {:?}): {what}", new.id))
+        ProtocolError::InvalidArgument(format!("rows[{index}] (id {shown:?}): {what}"))
     };
     if new.id.is_empty() {
         return Err(fail("new_document_state.id must not be empty".into()));
@@ -164,6 +165,15 @@ fn validate_row(
         deleted: new.deleted,
         assumed,
     })
+}
+
+/// The id as quoted in messages: long ids are cut so that errors stay small.
+fn shown_id(id: &str) -> String {
+    const SHOWN: usize = 64;
+    match id.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}...", &id[..cut]),
+        None => id.to_owned(),
+    }
 }
 
 /// Parses a body: size, UTF-8 JSON, an object, depth, no NUL in strings (PostgreSQL's jsonb

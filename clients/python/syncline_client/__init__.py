@@ -1,0 +1,14 @@
+"""Python client for Syncline: RxDB-style replication (pull, push, live stream) over gRPC.
+
+>>> from syncline_client import SynclineClient, Doc, ChangeRow
+>>> with SynclineClient("127.0.0.1:50051") as client:            # doctest: +SKIP
+...     client.push("tasks", [ChangeRow(Doc("t-1", {"title": "write docs"}))])
+...     docs, checkpoint = client.pull_all("tasks")
+
+The generated stubs live in ``syncline_client._gen`` (create them with ``generate.py``).
+"""
+
+from .client import ChangeRow, Doc, ResyncRequired, Subscription, SynclineClient
+
+__all__ = ["ChangeRow", "Doc", "ResyncRequired", "Subscription", "SynclineClient"]
+__version__ = "0.1.0"

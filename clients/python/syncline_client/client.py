@@ -1,0 +1,372 @@
+"""A small typed client for the Syncline replication service (``syncline.v1``).
+
+The helpers wrap the generated stubs: documents are :class:`Doc` dataclasses with a decoded
+JSON ``body``; checkpoints are the server's opaque token strings (``""`` = from the
+beginning). gRPC failures surface as :class:`grpc.RpcError`; read ``err.code()``
+(``INVALID_ARGUMENT``, ``NOT_FOUND``, ``UNAVAILABLE``, ...) and ``err.details()``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from collections.abc import Iterator, Sequence
+from typing import Any, Optional
+
+import grpc
+
+try:
+    from ._gen.syncline.v1 import replication_pb2 as pb
+    from ._gen.syncline.v1 import replication_pb2_grpc as pb_grpc
+except ImportError as exc:  # pragma: no cover - depends on the checkout
+    raise ImportError(
+        "syncline_client: the generated gRPC stubs are missing; install the 'dev' extra and "
+        "run `python clients/python/generate.py` (see clients/python/README.md)"
+    ) from exc
+
+__all__ = [
+    "ChangeRow",
+    "Doc",
+    "ResyncRequired",
+    "Subscription",
+    "SynclineClient",
+]
+
+
+@dataclass
+class Doc:
+    """One document as the server stores it.
+
+    ``revision`` and ``updated_at`` are assigned by the server; they are ignored in a new
+    document state. In an assumed master state a non-empty ``revision`` is what the server's
+    conflict check compares; with an empty one it compares ``body`` (by JSON value) and
+    ``deleted``.
+    """
+
+    id: str
+    body: dict[str, Any] = field(default_factory=dict)
+    deleted: bool = False
+    revision: str = ""
+    updated_at: Optional[datetime] = None
+
+    def to_proto(self) -> pb.Document:
+        """Encodes the document as a ``syncline.v1.Document`` (``body`` as compact UTF-8 JSON)."""
+        message = pb.Document(
+            id=self.id,
+            json=json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode(),
+            deleted=self.deleted,
+            revision=self.revision,
+        )
+        if self.updated_at is not None:
+            updated_at = self.updated_at
+            if updated_at.tzinfo is None:
+                updated_at = updated_at.replace(tzinfo=timezone.utc)
+            message.updated_at.FromDatetime(updated_at)
+        return message
+
+    @classmethod
+    def from_proto(cls, message: pb.Document) -> Doc:
+        """Decodes a ``syncline.v1.Document``; an empty ``json`` (a bare tombstone) gives ``{}``."""
+        body = json.loads(message.json) if message.json else {}
+        updated_at = (
+            message.updated_at.ToDatetime(tzinfo=timezone.utc)
+            if message.HasField("updated_at")
+            else None
+        )
+        return cls(
+            id=message.id,
+            body=body,
+            deleted=message.deleted,
+            revision=message.revision,
+            updated_at=updated_at,
+        )
+
+
+@dataclass
+class ChangeRow:
+    """One write in a push: the wanted state and the state the client believes the server has.
+
+    ``assumed=None`` means the client believes the document is new.
+    """
+
+    new: Doc
+    assumed: Optional[Doc] = None
+
+    def to_proto(self) -> pb.ChangeRow:
+        """Encodes the row as a ``syncline.v1.ChangeRow``."""
+        row = pb.ChangeRow(new_document_state=self.new.to_proto())
+        if self.assumed is not None:
+            row.assumed_master_state.CopyFrom(self.assumed.to_proto())
+        return row
+
+
+class ResyncRequired(Exception):
+    """Raised by a :class:`Subscription` opened with ``reconnect=False`` when the server sends
+    ``Resync``: re-run :meth:`SynclineClient.pull_all` from :attr:`checkpoint`."""
+
+    def __init__(self, reason: str, checkpoint: str) -> None:
+        super().__init__(f"the server asked for a resync: {reason}")
+        self.reason = reason
+        self.checkpoint = checkpoint
+
+
+class SynclineClient:
+    """A connection to a Syncline server.
+
+    ``target`` is ``host:port``. Without ``credentials`` the channel is plaintext; pass
+    ``grpc.ssl_channel_credentials()`` (or any ``grpc.ChannelCredentials``) for TLS. When
+    ``token`` is given every call carries ``authorization: Bearer <token>``. ``timeout``
+    (seconds) bounds each unary call; streams are not bounded by it.
+
+    Use as a context manager, or call :meth:`close`, to release the channel.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: Optional[str] = None,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        timeout: Optional[float] = 30.0,
+        options: Optional[Sequence[tuple[str, Any]]] = None,
+    ) -> None:
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._stub = pb_grpc.ReplicationServiceStub(self._channel)
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        self._timeout = timeout
+        self._closed = False
+        self.target = target
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the channel; open subscriptions end (their iteration stops)."""
+        self._closed = True
+        self._channel.close()
+
+    def __enter__(self) -> SynclineClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Blocks until the channel is connected; raises ``grpc.FutureTimeoutError`` after
+        ``timeout`` seconds."""
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+    @property
+    def stub(self) -> pb_grpc.ReplicationServiceStub:
+        """The generated stub, for calls the helpers do not cover (pass :attr:`metadata`)."""
+        return self._stub
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata sent with every call (the bearer token, if any)."""
+        return self._metadata
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def pull(
+        self, collection: str, checkpoint: str = "", limit: int = 0
+    ) -> tuple[list[Doc], str]:
+        """Returns one page of documents changed after ``checkpoint`` and the checkpoint after
+        them (the same checkpoint when nothing is new). ``limit=0`` uses the server default."""
+        response = self._stub.Pull(
+            pb.PullRequest(
+                collection=collection,
+                checkpoint=pb.Checkpoint(token=checkpoint),
+                limit=limit,
+            ),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return [Doc.from_proto(d) for d in response.documents], response.checkpoint.token
+
+    def pull_all(
+        self, collection: str, checkpoint: str = "", limit: int = 500
+    ) -> tuple[list[Doc], str]:
+        """Pulls page after page until a page comes back empty.
+
+        Returns every document changed after ``checkpoint``, each once at the latest state
+        seen (a document written again while paging appears once, at its later position), in
+        change order, and the final checkpoint.
+        """
+        docs: dict[str, Doc] = {}
+        while True:
+            page, next_checkpoint = self.pull(collection, checkpoint, limit)
+            if not page:
+                return list(docs.values()), next_checkpoint
+            if next_checkpoint == checkpoint:
+                raise RuntimeError(
+                    f"syncline: pull of {collection!r} returned {len(page)} documents without "
+                    "advancing the checkpoint"
+                )
+            for doc in page:
+                docs.pop(doc.id, None)
+                docs[doc.id] = doc
+            checkpoint = next_checkpoint
+
+    def push(self, collection: str, rows: Sequence[ChangeRow]) -> list[Doc]:
+        """Writes ``rows`` in one transaction. Returns the server's current state of every row
+        that conflicted (those rows were not written), in row order; ``[]`` when all were
+        written."""
+        response = self._stub.Push(
+            pb.PushRequest(collection=collection, rows=[r.to_proto() for r in rows]),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return [Doc.from_proto(d) for d in response.conflicts]
+
+    def subscribe(
+        self,
+        collection: str,
+        checkpoint: str = "",
+        *,
+        reconnect: bool = True,
+        max_backoff: float = 5.0,
+    ) -> Subscription:
+        """Opens a live change stream: an iterator of ``(docs, checkpoint)`` batches.
+
+        Heartbeats are skipped. With ``reconnect=True`` the stream is reopened from the last
+        checkpoint received after ``UNAVAILABLE``, after the server ends the stream and after a
+        ``Resync``, waiting with exponential backoff (capped at ``max_backoff`` seconds) between
+        attempts; other errors are raised. Stop it with :meth:`Subscription.close` (safe from
+        another thread) or by leaving its ``with`` block.
+        """
+        return Subscription(
+            self, collection, checkpoint, reconnect=reconnect, max_backoff=max_backoff
+        )
+
+
+class Subscription(Iterator[tuple[list[Doc], str]]):
+    """A (re)connecting ``Subscribe`` stream; see :meth:`SynclineClient.subscribe`.
+
+    :attr:`checkpoint` is the checkpoint after the last batch handed out; store it to resume.
+    :attr:`reconnects` counts how many times the stream was reopened.
+    """
+
+    INITIAL_BACKOFF = 0.1
+
+    def __init__(
+        self,
+        client: SynclineClient,
+        collection: str,
+        checkpoint: str = "",
+        *,
+        reconnect: bool = True,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.collection = collection
+        self.checkpoint = checkpoint
+        self.reconnects = 0
+        self._client = client
+        self._reconnect = reconnect
+        self._max_backoff = max(max_backoff, 0.0)
+        self._backoff = min(self.INITIAL_BACKOFF, self._max_backoff)
+        self._call: Any = None
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> Subscription:
+        return self
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called (or the stream ended without reconnecting)."""
+        return self._closed.is_set()
+
+    def close(self) -> None:
+        """Stops the stream; a blocked ``next()`` (in any thread) ends with ``StopIteration``."""
+        with self._lock:
+            self._closed.set()
+            call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+
+    def _open(self) -> Any:
+        with self._lock:
+            if self._client._closed:
+                self._closed.set()
+            if self._closed.is_set():
+                return None
+            if self._call is None:
+                self._call = self._client._stub.Subscribe(
+                    pb.SubscribeRequest(
+                        collection=self.collection,
+                        checkpoint=pb.Checkpoint(token=self.checkpoint),
+                    ),
+                    metadata=self._client._metadata,
+                )
+            return self._call
+
+    def _drop(self, call: Any) -> None:
+        with self._lock:
+            if self._call is call:
+                self._call = None
+        call.cancel()
+
+    def _wait_before_reconnect(self) -> None:
+        # Jitter (half to full delay) keeps many clients from reconnecting in step after a restart.
+        delay = random.uniform(self._backoff / 2, self._backoff)
+        self._backoff = min(self._backoff * 2, self._max_backoff)
+        self._closed.wait(delay)
+        self.reconnects += 1
+
+    def __next__(self) -> tuple[list[Doc], str]:
+        while True:
+            call = self._open()
+            if call is None:
+                raise StopIteration
+            try:
+                response = next(call)
+            except StopIteration:
+                # The server ended the stream (e.g. draining): resume from our checkpoint.
+                self._drop(call)
+                if not self._reconnect:
+                    self.close()
+                    raise
+                self._wait_before_reconnect()
+                continue
+            except grpc.RpcError as err:
+                self._drop(call)
+                if self._client._closed:
+                    self.close()
+                if self._closed.is_set():
+                    raise StopIteration from None
+                if self._reconnect and err.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._wait_before_reconnect()
+                    continue
+                self.close()
+                raise
+            event = response.WhichOneof("event")
+            if event == "changes":
+                self._backoff = min(self.INITIAL_BACKOFF, self._max_backoff)
+                docs = [Doc.from_proto(d) for d in response.changes.documents]
+                self.checkpoint = response.changes.checkpoint.token
+                return docs, self.checkpoint
+            if event == "heartbeat":
+                self._backoff = min(self.INITIAL_BACKOFF, self._max_backoff)
+                continue
+            if event == "resync":
+                self._drop(call)
+                if not self._reconnect:
+                    self.close()
+                    raise ResyncRequired(response.resync.reason, self.checkpoint)
+                self._wait_before_reconnect()
+                continue
+            # An event this client does not know (a newer server): ignore it.
