@@ -36,6 +36,15 @@ pub struct Config {
     /// Direct PostgreSQL URL for the LISTEN connection; defaults to `database_url`.
     #[serde(default)]
     pub listen_database_url: Option<String>,
+    /// Prepared statements cached per connection; 0 turns the cache off, which a
+    /// transaction-mode pooler (PgBouncer) in front of `database_url` needs.
+    #[serde(default = "default_statement_cache_capacity")]
+    pub statement_cache_capacity: usize,
+    /// Apply migrations when `serve` starts. Turn off when a separate job runs `syncline
+    /// migrate` (e.g. through a direct connection while serving goes through a pooler); health
+    /// then stays NOT_SERVING until the migrations are applied.
+    #[serde(default = "default_true")]
+    pub migrate_on_start: bool,
     /// Maximum connections in the query pool.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
@@ -111,6 +120,12 @@ fn default_listen() -> SocketAddr {
 }
 fn default_metrics_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 9464))
+}
+fn default_statement_cache_capacity() -> usize {
+    100
+}
+fn default_true() -> bool {
+    true
 }
 fn default_pool_size() -> u32 {
     16

@@ -1,5 +1,5 @@
-//! `grpc.health.v1.Health`: SERVING only while the database answers (migrations were applied
-//! before serving began), NOT_SERVING while it does not and during shutdown. The overall
+//! `grpc.health.v1.Health`: SERVING only while the database answers and every migration is
+//! applied, NOT_SERVING while it does not and during shutdown. The overall
 //! status ("") and `syncline.v1.ReplicationService` move together; the service name
 //! `liveness` stays SERVING while the process runs, for liveness probes that must not restart
 //! pods during a database outage.
@@ -40,8 +40,8 @@ pub async fn watch_database(
     let mut last = None;
     loop {
         let ok = matches!(
-            tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ping()).await,
-            Ok(Ok(()))
+            tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ready()).await,
+            Ok(Ok(true))
         );
         if last != Some(ok) {
             if ok {

@@ -38,6 +38,7 @@ pub fn open_store(config: &Config) -> Result<PgStore, ServerError> {
     let settings = PoolSettings {
         size: config.pool_size,
         acquire_timeout: Duration::from_secs(config.acquire_timeout_seconds),
+        statement_cache_capacity: config.statement_cache_capacity,
     };
     Ok(PgStore::connect_lazy(url, &settings)?)
 }
@@ -59,7 +60,9 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let collections = Collections::from_config(&config).map_err(ServerError::Config)?;
     let store = Arc::new(open_store(&config)?);
-    store.migrate().await?;
+    if config.migrate_on_start {
+        store.migrate().await?;
+    }
 
     let hub = Hub::new(collections.names());
     let streams_shutdown = CancellationToken::new();

@@ -76,24 +76,9 @@ impl TestServer {
         TestServer::start_with(config(&db)).await
     }
 
-    /// Starts a server with the given configuration.
+    /// Starts a server with the given configuration and waits until it answers calls.
     pub async fn start_with(config: Config) -> TestServer {
-        let db_url = config.database_url.clone().expect("database_url set");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(syncline::server::serve(config, listener, async move {
-            let _ = stopped.await;
-        }));
-        let server = TestServer {
-            addr,
-            db_url,
-            stop: Some(stop),
-            task: Some(task),
-        };
-        // Ready when a call gets through (migrations run before serving).
+        let server = TestServer::start_unready(config).await;
         let mut client = server.connect().await;
         for _ in 0..200 {
             let r = client
@@ -109,6 +94,27 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("server did not become ready");
+    }
+
+    /// Starts a server and returns once it accepts connections, ready or not.
+    pub async fn start_unready(config: Config) -> TestServer {
+        let db_url = config.database_url.clone().expect("database_url set");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(syncline::server::serve(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let server = TestServer {
+            addr,
+            db_url,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        server.connect().await;
+        server
     }
 
     /// A client connected to this server.

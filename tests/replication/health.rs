@@ -151,6 +151,36 @@ async fn shutdown_reports_not_serving_during_the_drain_period() {
     stopping.await.unwrap().expect("clean stop");
 }
 
+#[tokio::test]
+async fn without_migrations_health_waits_for_them_and_the_statement_cache_can_be_off() {
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.migrate_on_start = false;
+    cfg.statement_cache_capacity = 0; // as behind a transaction-mode PgBouncer
+    cfg.health_check_seconds = 1;
+    let server = TestServer::start_unready(cfg.clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        status(&server, "").await,
+        ServingStatus::NotServing,
+        "no migrations yet"
+    );
+    syncline::server::migrate(&cfg)
+        .await
+        .expect("syncline migrate");
+    wait_for(&server, ServingStatus::Serving).await;
+    let mut c = server.client().await;
+    for i in 0..3 {
+        push(
+            &mut c,
+            "tasks",
+            vec![insert(doc(&format!("p{i}"), json!({"i": i})))],
+        )
+        .await;
+    }
+    assert_eq!(pull_all(&mut c, "tasks", "", 2).await.0.len(), 3);
+}
+
 /// Just enough URL handling for postgres://user@host:port/db.
 mod url_parts {
     pub struct Parts {

@@ -66,6 +66,7 @@ async fn a_stalled_subscriber_holds_at_most_two_pages() {
         &PoolSettings {
             size: 4,
             acquire_timeout: Duration::from_secs(5),
+            statement_cache_capacity: 100,
         },
     )
     .unwrap();

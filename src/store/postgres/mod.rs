@@ -14,6 +14,9 @@ use std::collections::HashMap;
 use super::{ChangePage, Position, PushOutcome, PushPlan, Store, StoreError, StoredDocument};
 use crate::protocol::ProtocolError;
 
+/// The embedded migrations.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
 /// NOTIFY channel that carries `<tx>:<collection>` after every committed push.
 pub const NOTIFY_CHANNEL: &str = "syncline_changes";
 
@@ -30,6 +33,8 @@ pub struct PoolSettings {
     pub size: u32,
     /// How long to wait for a connection before failing with UNAVAILABLE.
     pub acquire_timeout: Duration,
+    /// Prepared statements cached per connection (0 for transaction-mode poolers).
+    pub statement_cache_capacity: usize,
 }
 
 impl PgStore {
@@ -39,7 +44,9 @@ impl PgStore {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e: sqlx::Error| StoreError::Internal(format!("database_url: {e}")))?;
-        let options = options.application_name("syncline");
+        let options = options
+            .application_name("syncline")
+            .statement_cache_capacity(settings.statement_cache_capacity);
         let pool = PgPoolOptions::new()
             .max_connections(settings.size)
             .acquire_timeout(settings.acquire_timeout)
@@ -60,13 +67,10 @@ impl PgStore {
     /// Applies the embedded migrations. Safe to run from several processes at once: sqlx
     /// serializes them with an advisory lock.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations")
-            .run(&self.pool)
-            .await
-            .map_err(|e| match e {
-                sqlx::migrate::MigrateError::Execute(inner) => error::to_store_error(inner),
-                other => StoreError::Internal(other.to_string()),
-            })
+        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(inner) => error::to_store_error(inner),
+            other => StoreError::Internal(other.to_string()),
+        })
     }
 
     /// The plans of the page and lock queries, with sequential scans discouraged: tests and
@@ -96,13 +100,20 @@ impl PgStore {
         Ok(plans)
     }
 
-    /// Runs a trivial query: the health check.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(error::to_store_error)
+    /// The health check: the database answers and every embedded migration is applied.
+    pub async fn ready(&self) -> Result<bool, StoreError> {
+        let latest = MIGRATOR
+            .migrations
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0);
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(error::to_store_error)?;
+        Ok(applied.unwrap_or(0) >= latest)
     }
 
     /// Closes the pool, waiting for connections in use to be returned.
