@@ -96,6 +96,13 @@ pub struct Config {
     /// stop routing here) before streams are ended and in-flight calls drained.
     #[serde(default)]
     pub drain_seconds: u64,
+    /// Accept gRPC-Web (HTTP/1.1 and HTTP/2) besides native gRPC, for browsers.
+    #[serde(default)]
+    pub grpc_web: bool,
+    /// Origins allowed to call through gRPC-Web (CORS), e.g. `["https://app.example"]`;
+    /// `["*"]` allows any origin. Empty: no cross-origin browser calls.
+    #[serde(default)]
+    pub cors_allowed_origins: Vec<String>,
     /// The declared collections; any other name is NOT_FOUND.
     #[serde(default)]
     pub collections: Vec<CollectionConfig>,

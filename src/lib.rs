@@ -12,6 +12,7 @@ pub mod health;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod web;
 
 /// Code generated from `proto/syncline/v1/replication.proto`.
 #[allow(missing_docs, clippy::all)]

@@ -143,7 +143,17 @@ pub async fn serve(
             streams_shutdown.cancel();
         }
     };
+    let (cors, web) = if config.grpc_web {
+        let cors =
+            crate::web::cors_layer(&config.cors_allowed_origins).map_err(ServerError::Config)?;
+        (Some(cors), Some(tonic_web::GrpcWebLayer::new()))
+    } else {
+        (None, None)
+    };
     let result = builder
+        .accept_http1(config.grpc_web)
+        .layer(tower::util::option_layer(cors))
+        .layer(tower::util::option_layer(web))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)

@@ -9,3 +9,4 @@ mod push;
 mod slow_reader;
 mod subscribe;
 mod validation;
+mod web;
