@@ -85,6 +85,9 @@ cat >"$WORK/syncline.toml" <<EOF
 listen = "$ADDR"
 heartbeat_seconds = 2
 
+[auth]
+mode = "none"
+
 [[collections]]
 name = "tasks"
 

@@ -103,9 +103,67 @@ pub struct Config {
     /// `["*"]` allows any origin. Empty: no cross-origin browser calls.
     #[serde(default)]
     pub cors_allowed_origins: Vec<String>,
+    /// Most open Subscribe streams per principal.
+    #[serde(default = "default_streams_per_principal_max")]
+    pub streams_per_principal_max: usize,
+    /// Authentication. Required: `mode = "none"` must be said explicitly.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// TLS for the gRPC listener; absent = plain text.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// The declared collections; any other name is NOT_FOUND.
     #[serde(default)]
     pub collections: Vec<CollectionConfig>,
+}
+
+/// How callers are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// `authorization: Bearer <JWT>` on every replication call.
+    Jwt,
+    /// No authentication: every caller acts as a service principal. Logged as a warning.
+    None,
+}
+
+/// The `[auth]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `jwt` or `none`.
+    pub mode: AuthMode,
+    /// Shared secret for HS256 tokens.
+    #[serde(default)]
+    pub hs256_secret: Option<String>,
+    /// JWKS file with RS256/ES256 public keys; re-read when it changes.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss`, when set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// The scope that lets a principal read and write every document.
+    #[serde(default = "default_service_scope")]
+    pub service_scope: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway_seconds")]
+    pub leeway_seconds: u64,
+}
+
+/// The `[tls]` table: rustls with PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Server private key (PEM).
+    pub key_file: PathBuf,
+    /// CA bundle (PEM) that client certificates must chain to: mutual TLS when set.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// One replicated collection.
@@ -120,6 +178,14 @@ pub struct CollectionConfig {
     /// Body field that, when present, must equal the document id.
     #[serde(default = "default_primary_key")]
     pub primary_key: String,
+    /// When non-empty, only principals holding one of these scopes (or the service scope) may
+    /// Pull or Subscribe.
+    #[serde(default)]
+    pub read_scopes: Vec<String>,
+    /// When non-empty, only principals holding one of these scopes (or the service scope) may
+    /// Push.
+    #[serde(default)]
+    pub write_scopes: Vec<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -176,6 +242,15 @@ fn default_keepalive_seconds() -> u64 {
 fn default_health_check_seconds() -> u64 {
     2
 }
+fn default_streams_per_principal_max() -> usize {
+    100
+}
+fn default_service_scope() -> String {
+    "syncline:service".to_owned()
+}
+fn default_leeway_seconds() -> u64 {
+    30
+}
 fn default_primary_key() -> String {
     "id".to_owned()
 }
@@ -193,11 +268,26 @@ impl Config {
             .merge(Env::prefixed("SYNCLINE_").ignore(&["config"]).split("__"));
         let mut config: Config = figment.extract().map_err(Box::new)?;
         let base = path.and_then(Path::parent).unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
         for collection in &mut config.collections {
-            if let Some(schema) = &collection.schema
-                && schema.is_relative()
-            {
-                collection.schema = Some(base.join(schema));
+            if let Some(schema) = &mut collection.schema {
+                resolve(schema);
+            }
+        }
+        if let Some(auth) = &mut config.auth
+            && let Some(jwks) = &mut auth.jwks_file
+        {
+            resolve(jwks);
+        }
+        if let Some(tls) = &mut config.tls {
+            resolve(&mut tls.cert_file);
+            resolve(&mut tls.key_file);
+            if let Some(ca) = &mut tls.client_ca_file {
+                resolve(ca);
             }
         }
         config.validate()?;
@@ -243,6 +333,27 @@ impl Config {
                 "push_rows_max, document_bytes_max and id_bytes_max must be at least 1".into(),
             );
         }
+        match &self.auth {
+            None => {
+                return invalid(
+                    "no [auth] table: configure auth.mode = \"jwt\" with hs256_secret and/or \
+                     jwks_file, or say auth.mode = \"none\" to run without authentication"
+                        .into(),
+                );
+            }
+            Some(a)
+                if a.mode == AuthMode::Jwt && a.hs256_secret.is_none() && a.jwks_file.is_none() =>
+            {
+                return invalid("auth.mode = \"jwt\" needs hs256_secret and/or jwks_file".into());
+            }
+            Some(a) if a.hs256_secret.as_deref().is_some_and(|s| s.len() < 32) => {
+                return invalid("auth.hs256_secret must be at least 32 bytes".into());
+            }
+            Some(a) if a.service_scope.is_empty() => {
+                return invalid("auth.service_scope must not be empty".into());
+            }
+            _ => {}
+        }
         if self.collections.is_empty() {
             return invalid("declare at least one [[collections]] entry".into());
         }
@@ -276,7 +387,8 @@ mod tests {
 
     #[test]
     fn defaults_apply() {
-        let c = Config::from_toml("[[collections]]\nname = \"tasks\"\n").unwrap();
+        let c = Config::from_toml("[auth]\nmode = \"none\"\n[[collections]]\nname = \"tasks\"\n")
+            .unwrap();
         assert_eq!(c.listen, default_listen());
         assert_eq!(c.pull_limit_max, 1000);
         assert_eq!(c.collections[0].primary_key, "id");
@@ -284,20 +396,39 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected() {
-        let err = Config::from_toml("pool_sise = 3\n[[collections]]\nname = \"t\"\n").unwrap_err();
+        let err = Config::from_toml(
+            "pool_sise = 3\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("pool_sise"), "{err}");
-        let err =
-            Config::from_toml("[[collections]]\nname = \"t\"\nschemaa = \"x\"\n").unwrap_err();
+        let err = Config::from_toml(
+            "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\nschemaa = \"x\"\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("schemaa"), "{err}");
+    }
+
+    #[test]
+    fn auth_must_be_configured_explicitly() {
+        let err = Config::from_toml("[[collections]]\nname = \"t\"\n").unwrap_err();
+        assert!(err.to_string().contains("auth.mode"), "{err}");
+        let err = Config::from_toml("[auth]\nmode = \"jwt\"\n[[collections]]\nname = \"t\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("hs256_secret"), "{err}");
+        let err = Config::from_toml(
+            "[auth]\nmode = \"jwt\"\nhs256_secret = \"short\"\n[[collections]]\nname = \"t\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("32 bytes"), "{err}");
     }
 
     #[test]
     fn bad_values_are_rejected() {
         for bad in [
-            "pull_limit_default = 2000\n[[collections]]\nname = \"t\"\n",
-            "[[collections]]\nname = \"bad name\"\n",
-            "[[collections]]\nname = \"t\"\n[[collections]]\nname = \"t\"\n",
-            "pool_size = 0\n[[collections]]\nname = \"t\"\n",
+            "pull_limit_default = 2000\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
+            "[auth]\nmode = \"none\"\n[[collections]]\nname = \"bad name\"\n",
+            "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n[[collections]]\nname = \"t\"\n",
+            "pool_size = 0\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
             "",
         ] {
             assert!(Config::from_toml(bad).is_err(), "accepted: {bad}");
@@ -311,7 +442,7 @@ mod tests {
         let path = dir.path().join("syncline.toml");
         std::fs::write(
             &path,
-            "pool_size = 3\n[[collections]]\nname = \"tasks\"\nschema = \"schemas/tasks.json\"\n",
+            "pool_size = 3\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"tasks\"\nschema = \"schemas/tasks.json\"\n",
         )
         .unwrap();
         figment::Jail::expect_with(|jail| {

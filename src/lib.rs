@@ -6,6 +6,7 @@
 //! [`server`] wires them together from a [`config::Config`], for `main` and the tests alike.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod fanout;
 pub mod health;

@@ -46,7 +46,13 @@ fn main() -> ExitCode {
         }
     };
     if let Command::CheckConfig = cli.command {
-        return match syncline::protocol::Collections::from_config(&config) {
+        let auth = config
+            .auth
+            .as_ref()
+            .map(syncline::auth::Authenticator::from_config)
+            .transpose();
+        let checked = auth.and_then(|_| syncline::protocol::Collections::from_config(&config));
+        return match checked {
             Ok(_) => {
                 println!(
                     "configuration OK: {} collection(s)",

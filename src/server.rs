@@ -8,8 +8,14 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
 use crate::api::ReplicationApi;
+use crate::api::auth::AuthInterceptor;
+use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::config::TlsConfig;
 use crate::fanout::{Hub, listener};
 use crate::proto::replication_service_server::ReplicationServiceServer;
 use crate::protocol::{Collections, Limits, Replicator, ReplicatorParts};
@@ -59,6 +65,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let collections = Collections::from_config(&config).map_err(ServerError::Config)?;
+    let auth_config = config
+        .auth
+        .as_ref()
+        .ok_or_else(|| ServerError::Config("no [auth] configuration".into()))?;
+    let authenticator = Authenticator::from_config(auth_config).map_err(ServerError::Config)?;
+    let tls = config.tls.as_ref().map(tls_config).transpose()?;
     let store = Arc::new(open_store(&config)?);
     if config.migrate_on_start {
         store.migrate().await?;
@@ -84,6 +96,7 @@ pub async fn serve(
         limits: Limits::from_config(&config),
         hub,
         streams_max: config.streams_max,
+        streams_per_principal_max: config.streams_per_principal_max,
         heartbeat: Duration::from_secs(config.heartbeat_seconds),
         visibility_wait: Duration::from_millis(config.visibility_wait_ms),
         shutdown: streams_shutdown.clone(),
@@ -109,8 +122,19 @@ pub async fn serve(
     let service = ReplicationServiceServer::new(ReplicationApi::new(replicator))
         .max_decoding_message_size(config.message_bytes_max)
         .max_encoding_message_size(config.message_bytes_max);
+    let service = InterceptedService::new(service, AuthInterceptor::new(authenticator.clone()));
+    if let Authenticator::Jwt(verifier) = &authenticator {
+        tokio::spawn(
+            verifier
+                .clone()
+                .watch_jwks(Duration::from_secs(2), background.clone()),
+        );
+    }
 
     let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
     if config.max_connection_age_seconds > 0 {
         builder =
             builder.max_connection_age(Duration::from_secs(config.max_connection_age_seconds));
@@ -166,4 +190,18 @@ pub async fn serve(
     store.close().await;
     tracing::info!("stopped");
     Ok(result?)
+}
+
+/// Reads the PEM files of the `[tls]` table; a client CA turns on mutual TLS.
+fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, ServerError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| ServerError::Config(format!("tls: {}: {e}", path.display())))
+    };
+    let identity = Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca_file {
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(config)
 }

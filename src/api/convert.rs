@@ -21,6 +21,7 @@ pub fn document(d: StoredDocument) -> proto::Document {
         deleted: d.deleted,
         revision: d.revision,
         updated_at: Some(timestamp(d.updated_at)),
+        owner: d.owner,
     }
 }
 
@@ -32,6 +33,7 @@ pub fn conflict(c: ConflictState) -> proto::Document {
         deleted: c.deleted,
         revision: c.revision,
         updated_at: c.updated_at.map(timestamp),
+        owner: c.owner,
     }
 }
 
@@ -41,6 +43,7 @@ fn input(d: proto::Document) -> DocumentInput {
         json: d.json,
         deleted: d.deleted,
         revision: d.revision,
+        owner: d.owner,
     }
 }
 

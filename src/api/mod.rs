@@ -1,5 +1,6 @@
 //! gRPC: thin handlers that decode, call the protocol, encode and map errors.
 
+pub mod auth;
 pub mod convert;
 pub mod status;
 
@@ -50,10 +51,16 @@ fn event(item: StreamItem) -> Result<SubscribeResponse, Status> {
 #[tonic::async_trait]
 impl<S: Store> ReplicationService for ReplicationApi<S> {
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullResponse>, Status> {
+        let principal = auth::principal(&request)?;
         let r = request.into_inner();
         let page = self
             .replicator
-            .pull(&r.collection, &convert::token(r.checkpoint), r.limit)
+            .pull(
+                &principal,
+                &r.collection,
+                &convert::token(r.checkpoint),
+                r.limit,
+            )
             .await?;
         Ok(Response::new(PullResponse {
             documents: page.documents.into_iter().map(convert::document).collect(),
@@ -62,9 +69,13 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
     }
 
     async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
+        let principal = auth::principal(&request)?;
         let r = request.into_inner();
         let rows = r.rows.into_iter().map(convert::row).collect();
-        let conflicts = self.replicator.push(&r.collection, rows).await?;
+        let conflicts = self
+            .replicator
+            .push(&principal, &r.collection, rows)
+            .await?;
         Ok(Response::new(PushResponse {
             conflicts: conflicts.into_iter().map(convert::conflict).collect(),
         }))
@@ -76,10 +87,11 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let principal = auth::principal(&request)?;
         let r = request.into_inner();
-        let events = self
-            .replicator
-            .subscribe(&r.collection, &convert::token(r.checkpoint))?;
+        let events =
+            self.replicator
+                .subscribe(&principal, &r.collection, &convert::token(r.checkpoint))?;
         let stream = ReceiverStream::new(events).map(event);
         Ok(Response::new(Box::pin(stream)))
     }

@@ -10,6 +10,8 @@ pub fn to_status(err: ProtocolError) -> Status {
     match err {
         ProtocolError::InvalidArgument(m) => Status::invalid_argument(m),
         ProtocolError::NotFound(m) => Status::not_found(m),
+        ProtocolError::Unauthenticated(m) => Status::unauthenticated(m),
+        ProtocolError::PermissionDenied(m) => Status::permission_denied(m),
         ProtocolError::ResourceExhausted(m) => Status::resource_exhausted(m),
         ProtocolError::Unavailable(m) => Status::unavailable(m),
         ProtocolError::Internal(m) => {

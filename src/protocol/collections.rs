@@ -14,6 +14,10 @@ pub struct Collection {
     pub primary_key: String,
     /// Compiled schema for live documents, if configured.
     pub schema: Option<jsonschema::Validator>,
+    /// Scopes allowed to read (empty = any principal).
+    pub read_scopes: Vec<String>,
+    /// Scopes allowed to write (empty = any principal).
+    pub write_scopes: Vec<String>,
 }
 
 impl std::fmt::Debug for Collection {
@@ -94,6 +98,8 @@ impl Collections {
                 name: cc.name.clone(),
                 primary_key: cc.primary_key.clone(),
                 schema,
+                read_scopes: cc.read_scopes.clone(),
+                write_scopes: cc.write_scopes.clone(),
             };
             by_name.insert(cc.name.clone(), Arc::new(collection));
         }

@@ -8,11 +8,13 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::ProtocolError;
+use super::principal::Principal;
 use super::validate::{Assumed, ValidRow};
 use crate::store::{ConflictState, DocumentWrite, PushPlan, StoredDocument};
 
 /// The state of one id while the batch is being decided.
 struct Current {
+    owner: String,
     body: String,
     deleted: bool,
     revision: String,
@@ -21,15 +23,19 @@ struct Current {
 }
 
 /// Decides a batch against the current server states. Rows are applied in order: a later row
-/// for the same id sees the state an earlier row wrote.
+/// for the same id sees the state an earlier row wrote. A row touching another owner's
+/// document refuses the whole batch (PERMISSION_DENIED), revealing only that the id is taken.
 pub fn plan_push(
     rows: &[ValidRow],
     stored: &HashMap<String, StoredDocument>,
+    principal: &Principal,
 ) -> Result<PushPlan, ProtocolError> {
+    check_ownership(rows, stored, principal)?;
     let mut state: HashMap<&str, Current> = stored
         .values()
         .map(|d| {
             let current = Current {
+                owner: d.owner.clone(),
                 body: d.body.clone(),
                 deleted: d.deleted,
                 revision: d.revision.clone(),
@@ -48,6 +54,7 @@ pub fn plan_push(
         {
             conflicts.push(ConflictState {
                 id: row.id.clone(),
+                owner: cur.owner.clone(),
                 body: cur.body.clone(),
                 deleted: cur.deleted,
                 revision: cur.revision.clone(),
@@ -56,12 +63,22 @@ pub fn plan_push(
             continue;
         }
         let revision = next_revision(current.map(|c| c.revision.as_str()), &row.body, row.deleted);
+        // Updates keep the owner; a new document belongs to the caller, or to the owner a
+        // service principal names.
+        let owner = match current {
+            Some(c) => c.owner.clone(),
+            None => row
+                .owner
+                .clone()
+                .unwrap_or_else(|| principal.subject.clone()),
+        };
         if written.insert(row.id.as_str()) {
             written_order.push(row.id.as_str());
         }
         state.insert(
             row.id.as_str(),
             Current {
+                owner,
                 body: row.body.clone(),
                 deleted: row.deleted,
                 revision,
@@ -75,6 +92,7 @@ pub fn plan_push(
             let s = state.remove(id)?;
             Some(DocumentWrite {
                 id: id.to_owned(),
+                owner: s.owner,
                 body: s.body,
                 deleted: s.deleted,
                 revision: s.revision,
@@ -83,6 +101,36 @@ pub fn plan_push(
         })
         .collect();
     Ok(PushPlan { writes, conflicts })
+}
+
+/// Ordinary principals may only touch their own documents and may only name themselves as
+/// owner; service principals may do both.
+fn check_ownership(
+    rows: &[ValidRow],
+    stored: &HashMap<String, StoredDocument>,
+    principal: &Principal,
+) -> Result<(), ProtocolError> {
+    if principal.service {
+        return Ok(());
+    }
+    for (i, row) in rows.iter().enumerate() {
+        if row.owner.as_ref().is_some_and(|o| *o != principal.subject) {
+            return Err(ProtocolError::PermissionDenied(format!(
+                "rows[{i}] (id {:?}): new_document_state.owner may only name yourself",
+                row.id
+            )));
+        }
+        if stored
+            .get(&row.id)
+            .is_some_and(|d| d.owner != principal.subject)
+        {
+            return Err(ProtocolError::PermissionDenied(format!(
+                "rows[{i}] (id {:?}): this id is taken by another owner",
+                row.id
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A row conflicts when the server has the document (tombstones included) and the row either
@@ -155,6 +203,7 @@ mod tests {
     fn stored(id: &str, body: &str, deleted: bool, revision: &str) -> StoredDocument {
         StoredDocument {
             id: id.into(),
+            owner: "alice".into(),
             body: body.into(),
             deleted,
             revision: revision.into(),
@@ -166,10 +215,55 @@ mod tests {
     fn row(id: &str, body: &str, assumed: Option<Assumed>) -> ValidRow {
         ValidRow {
             id: id.into(),
+            owner: None,
             body: body.into(),
             deleted: false,
             assumed,
         }
+    }
+
+    fn plan(
+        rows: &[ValidRow],
+        stored: &HashMap<String, StoredDocument>,
+    ) -> Result<PushPlan, ProtocolError> {
+        plan_push(rows, stored, &alice())
+    }
+
+    fn alice() -> Principal {
+        Principal {
+            subject: "alice".into(),
+            scopes: Default::default(),
+            service: false,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn other_owners_documents_are_refused_and_services_pass() {
+        let server: HashMap<_, _> = [("x".to_owned(), stored("x", "{}", false, "1-a"))].into();
+        let bob = Principal {
+            subject: "bob".into(),
+            ..alice()
+        };
+        let err = plan_push(&[row("x", "{}", None)], &server, &bob).unwrap_err();
+        assert!(matches!(err, ProtocolError::PermissionDenied(m) if m.contains("taken")));
+        let mut named = row("y", "{}", None);
+        named.owner = Some("alice".into());
+        assert!(plan_push(&[named.clone()], &server, &bob).is_err());
+        let service = Principal {
+            subject: "svc".into(),
+            service: true,
+            ..alice()
+        };
+        let p = plan_push(&[named], &server, &service).unwrap();
+        assert_eq!(p.writes[0].owner, "alice");
+        let p = plan_push(
+            &[row("x", "{}", Some(Assumed::Revision("1-a".into())))],
+            &server,
+            &service,
+        )
+        .unwrap();
+        assert_eq!(p.writes[0].owner, "alice", "updates keep the owner");
     }
 
     #[test]
@@ -197,12 +291,12 @@ mod tests {
         let server: HashMap<_, _> =
             [("x".to_owned(), stored("x", r#"{"v": 1}"#, false, "4-aa"))].into();
         // Assumed new but the server has it: conflict, server state returned.
-        let p = plan_push(&[row("x", r#"{"v":2}"#, None)], &server).unwrap();
+        let p = plan(&[row("x", r#"{"v":2}"#, None)], &server).unwrap();
         assert_eq!(p.conflicts.len(), 1);
         assert_eq!(p.conflicts[0].revision, "4-aa");
         assert!(p.writes.is_empty());
         // Matching revision: written whatever the assumed body.
-        let p = plan_push(
+        let p = plan(
             &[row(
                 "x",
                 r#"{"v":2}"#,
@@ -214,7 +308,7 @@ mod tests {
         assert!(p.conflicts.is_empty());
         assert!(p.writes[0].revision.starts_with("5-") && !p.writes[0].is_new);
         // Stale revision: conflict.
-        let p = plan_push(
+        let p = plan(
             &[row(
                 "x",
                 r#"{"v":2}"#,
@@ -230,7 +324,7 @@ mod tests {
             deleted: false,
         };
         assert!(
-            plan_push(&[row("x", "{}", Some(same))], &server)
+            plan(&[row("x", "{}", Some(same))], &server)
                 .unwrap()
                 .conflicts
                 .is_empty()
@@ -240,14 +334,14 @@ mod tests {
             deleted: true,
         };
         assert_eq!(
-            plan_push(&[row("x", "{}", Some(tomb))], &server)
+            plan(&[row("x", "{}", Some(tomb))], &server)
                 .unwrap()
                 .conflicts
                 .len(),
             1
         );
         // Assumed state for a document the server lacks: not a conflict.
-        let p = plan_push(
+        let p = plan(
             &[row("y", "{}", Some(Assumed::Revision("9-zz".into())))],
             &server,
         )
@@ -258,7 +352,7 @@ mod tests {
     #[test]
     fn rows_for_one_id_apply_in_order() {
         let none = HashMap::new();
-        let p = plan_push(
+        let p = plan(
             &[row("n", r#"{"a":1}"#, None), row("n", r#"{"a":2}"#, None)],
             &none,
         )
@@ -269,7 +363,7 @@ mod tests {
         assert_eq!(p.conflicts[0].body, r#"{"a":1}"#);
         assert_eq!(p.conflicts[0].updated_at, None);
         let first = p.writes[0].revision.clone();
-        let p = plan_push(
+        let p = plan(
             &[
                 row("n", r#"{"a":1}"#, None),
                 row("n", r#"{"a":3}"#, Some(Assumed::Revision(first))),

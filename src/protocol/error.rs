@@ -6,6 +6,12 @@ pub enum ProtocolError {
     /// Bad input; the message names the field (and row).
     #[error("{0}")]
     InvalidArgument(String),
+    /// Missing, malformed, expired or badly signed credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The principal may not do this (another owner's document, a scope it lacks).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// Unknown collection.
     #[error("{0}")]
     NotFound(String),

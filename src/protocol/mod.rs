@@ -5,18 +5,22 @@ pub mod checkpoint;
 pub mod collections;
 pub mod conflict;
 mod error;
+pub mod principal;
 pub mod stream;
+pub mod stream_limits;
 pub mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use collections::{Collection, Collections, Limits};
 pub use error::ProtocolError;
+pub use principal::Principal;
 pub use stream::{StreamEvent, StreamItem};
+use stream_limits::StreamLimits;
 pub use validate::{DocumentInput, RowInput};
 
 use crate::fanout::Hub;
@@ -37,8 +41,7 @@ pub struct Replicator<S> {
     collections: Collections,
     limits: Limits,
     hub: Hub,
-    streams: Arc<Semaphore>,
-    streams_max: usize,
+    streams: StreamLimits,
     heartbeat: Duration,
     visibility_wait: Duration,
     shutdown: CancellationToken,
@@ -54,8 +57,10 @@ pub struct ReplicatorParts<S> {
     pub limits: Limits,
     /// Wake-up hub (fed by the listener and by local pushes).
     pub hub: Hub,
-    /// Most concurrent streams.
+    /// Most concurrent streams in this process.
     pub streams_max: usize,
+    /// Most concurrent streams per principal.
+    pub streams_per_principal_max: usize,
     /// Idle interval before a Heartbeat.
     pub heartbeat: Duration,
     /// Longest wait of a Pull for signalled writes to become readable in order.
@@ -72,8 +77,7 @@ impl<S: Store> Replicator<S> {
             collections: p.collections,
             limits: p.limits,
             hub: p.hub,
-            streams: Arc::new(Semaphore::new(p.streams_max)),
-            streams_max: p.streams_max,
+            streams: StreamLimits::new(p.streams_max, p.streams_per_principal_max),
             heartbeat: p.heartbeat,
             visibility_wait: p.visibility_wait,
             shutdown: p.shutdown,
@@ -83,11 +87,13 @@ impl<S: Store> Replicator<S> {
     /// Pull: the documents whose latest write is after `checkpoint`, at most `limit`.
     pub async fn pull(
         &self,
+        principal: &Principal,
         collection: &str,
         checkpoint: &str,
         limit: u32,
     ) -> Result<PullPage, ProtocolError> {
         let collection = self.collections.get(collection)?;
+        principal.check_read(&collection)?;
         let after = checkpoint::decode(checkpoint, "checkpoint.token")?;
         let limit = self.limits.pull_limit(limit);
         // A write this process has heard of (its own pushes, or NOTIFY from others) may be
@@ -99,7 +105,7 @@ impl<S: Store> Replicator<S> {
         let page = loop {
             let page = self
                 .store
-                .read_changes(&collection.name, after, limit)
+                .read_changes(&collection.name, principal.owner_filter(), after, limit)
                 .await?;
             let complete = page.horizon > signalled || page.documents.len() >= limit as usize;
             if complete || tokio::time::Instant::now() + backoff > deadline {
@@ -122,10 +128,12 @@ impl<S: Store> Replicator<S> {
     /// Returns the server state of every conflicting row.
     pub async fn push(
         &self,
+        principal: &Principal,
         collection: &str,
         rows: Vec<RowInput>,
     ) -> Result<Vec<ConflictState>, ProtocolError> {
         let collection = self.collections.get(collection)?;
+        principal.check_write(&collection)?;
         let rows = validate::validate_rows(&collection, &self.limits, rows)?;
         if rows.is_empty() {
             return Ok(Vec::new());
@@ -134,7 +142,7 @@ impl<S: Store> Replicator<S> {
         let outcome = self
             .store
             .apply_push(&collection.name, &ids, |current| {
-                conflict::plan_push(&rows, current)
+                conflict::plan_push(&rows, current, principal)
             })
             .await?;
         if let Some(tx) = outcome.tx {
@@ -148,22 +156,19 @@ impl<S: Store> Replicator<S> {
     /// the catch-up read.
     pub fn subscribe(
         &self,
+        principal: &Principal,
         collection: &str,
         checkpoint: &str,
     ) -> Result<mpsc::Receiver<StreamItem>, ProtocolError> {
         let collection = self.collections.get(collection)?;
+        principal.check_read(&collection)?;
         let position = checkpoint::decode(checkpoint, "checkpoint.token")?;
         if self.shutdown.is_cancelled() {
             return Err(ProtocolError::Unavailable(
                 "the server is shutting down; reconnect to another instance".into(),
             ));
         }
-        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
-            ProtocolError::ResourceExhausted(format!(
-                "this server already holds its limit of {} streams; retry later or elsewhere",
-                self.streams_max
-            ))
-        })?;
+        let slot = self.streams.acquire(&principal.subject)?;
         let signals = self
             .hub
             .subscribe(&collection.name)
@@ -172,13 +177,15 @@ impl<S: Store> Replicator<S> {
         let subscription = stream::Subscription {
             store: self.store.clone(),
             collection: collection.name.clone(),
+            owner: principal.owner_filter().map(str::to_owned),
+            expires_at: principal.expires_at,
             position,
             page_size: self.limits.pull_max,
             heartbeat: self.heartbeat,
             signals,
             shutdown: self.shutdown.clone(),
             out,
-            _permit: permit,
+            _slot: slot,
         };
         tokio::spawn(subscription.run());
         Ok(events)
@@ -186,6 +193,6 @@ impl<S: Store> Replicator<S> {
 
     /// Streams currently open.
     pub fn open_streams(&self) -> usize {
-        self.streams_max - self.streams.available_permits()
+        self.streams.open()
     }
 }

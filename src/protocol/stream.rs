@@ -5,10 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use std::time::SystemTime;
+
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::stream_limits::StreamSlot;
 use super::{ProtocolError, checkpoint};
 use crate::store::{Position, Store, StoredDocument};
 
@@ -38,19 +41,24 @@ const PENDING_BACKOFF_MAX: Duration = Duration::from_millis(250);
 pub(super) struct Subscription<S> {
     pub store: Arc<S>,
     pub collection: String,
+    /// Only this owner's documents (every document for a service principal).
+    pub owner: Option<String>,
+    /// The credential's expiry: the stream ends with UNAUTHENTICATED then.
+    pub expires_at: Option<SystemTime>,
     pub position: Position,
     pub page_size: u32,
     pub heartbeat: Duration,
     pub signals: watch::Receiver<i64>,
     pub shutdown: CancellationToken,
     pub out: mpsc::Sender<StreamItem>,
-    /// Held for the stream's life: counts against the stream limit.
-    pub _permit: OwnedSemaphorePermit,
+    /// Held for the stream's life: counts against the stream limits.
+    pub _slot: StreamSlot,
 }
 
 impl<S: Store> Subscription<S> {
     /// Runs until the client goes away, the server shuts down or the store fails.
     pub async fn run(mut self) {
+        let expiry = self.expiry();
         let mut last_sent = Instant::now();
         let mut pending_backoff = PENDING_BACKOFF_MIN;
         let mut read = true;
@@ -69,7 +77,12 @@ impl<S: Store> Subscription<S> {
                 let signalled = *self.signals.borrow_and_update();
                 let page = match self
                     .store
-                    .read_changes(&self.collection, self.position, self.page_size)
+                    .read_changes(
+                        &self.collection,
+                        self.owner.as_deref(),
+                        self.position,
+                        self.page_size,
+                    )
                     .await
                 {
                     Ok(page) => page,
@@ -107,6 +120,9 @@ impl<S: Store> Subscription<S> {
             read = true;
             tokio::select! {
                 _ = self.shutdown.cancelled() => return self.end_for_shutdown().await,
+                _ = tokio::time::sleep_until(expiry) => return self.end(ProtocolError::Unauthenticated(
+                    "the token expired; reconnect with a fresh one".into(),
+                )).await,
                 _ = self.out.closed() => return,
                 changed = self.signals.changed() => {
                     if changed.is_err() {
@@ -125,10 +141,26 @@ impl<S: Store> Subscription<S> {
     }
 
     async fn end_for_shutdown(&self) {
-        // Bounded: a client that stopped reading must not hold up shutdown.
-        let end = self.out.send(Err(ProtocolError::Unavailable(
+        self.end(ProtocolError::Unavailable(
             "the server is shutting down; reconnect from your last checkpoint".into(),
-        )));
-        let _ = tokio::time::timeout(Duration::from_secs(1), end).await;
+        ))
+        .await;
+    }
+
+    async fn end(&self, error: ProtocolError) {
+        // Bounded: a client that stopped reading must not hold up shutdown.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.out.send(Err(error))).await;
+    }
+
+    /// The instant the credential expires (far in the future when it never does).
+    fn expiry(&self) -> Instant {
+        const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        let left = match self.expires_at {
+            None => NEVER,
+            Some(at) => at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        };
+        Instant::now() + left.min(NEVER)
     }
 }

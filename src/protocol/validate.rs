@@ -17,6 +17,8 @@ pub struct DocumentInput {
     pub deleted: bool,
     /// Revision (meaningful in assumed states only).
     pub revision: String,
+    /// Requested owner (new documents of service principals); empty = the caller.
+    pub owner: String,
 }
 
 /// One push row as a client sent it.
@@ -47,6 +49,8 @@ pub enum Assumed {
 pub struct ValidRow {
     /// Primary key.
     pub id: String,
+    /// Requested owner, when the row names one.
+    pub owner: Option<String>,
     /// Body text to store (the client's bytes, or `{}` for an empty tombstone).
     pub body: String,
     /// Tombstone flag.
@@ -159,7 +163,9 @@ fn validate_row(
             .map_err(|_| fail("new_document_state.json is not UTF-8".into()))?,
         None => "{}".to_owned(),
     };
+    let owner = (!new.owner.is_empty()).then_some(new.owner);
     Ok(ValidRow {
+        owner,
         id: new.id,
         body,
         deleted: new.deleted,
@@ -261,6 +267,8 @@ mod tests {
             name: "t".into(),
             primary_key: "id".into(),
             schema: schema.map(|s| jsonschema::validator_for(&s).unwrap()),
+            read_scopes: vec![],
+            write_scopes: vec![],
         }
     }
 

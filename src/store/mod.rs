@@ -29,6 +29,8 @@ impl Position {
 pub struct StoredDocument {
     /// Primary key within the collection.
     pub id: String,
+    /// The owning principal's subject.
+    pub owner: String,
     /// The JSON object, as text.
     pub body: String,
     /// Tombstone flag.
@@ -57,6 +59,8 @@ pub struct ChangePage {
 pub struct DocumentWrite {
     /// Primary key.
     pub id: String,
+    /// Owner; only stored for new documents (updates keep the existing owner).
+    pub owner: String,
     /// The JSON object, as text.
     pub body: String,
     /// Tombstone flag.
@@ -73,6 +77,8 @@ pub struct DocumentWrite {
 pub struct ConflictState {
     /// Primary key.
     pub id: String,
+    /// Owner.
+    pub owner: String,
     /// The JSON object, as text.
     pub body: String,
     /// Tombstone flag.
@@ -123,11 +129,13 @@ pub enum StoreError {
 
 /// The storage interface the protocol needs.
 pub trait Store: Send + Sync + 'static {
-    /// Reads up to `limit` documents of `collection` whose latest write is after `after`, in
-    /// change order, returning only positions that can no longer be preceded by a later commit.
+    /// Reads up to `limit` documents of `collection` (only `owner`'s when given) whose latest
+    /// write is after `after`, in change order, returning only positions that can no longer be
+    /// preceded by a later commit.
     fn read_changes(
         &self,
         collection: &str,
+        owner: Option<&str>,
         after: Position,
         limit: u32,
     ) -> impl Future<Output = Result<ChangePage, StoreError>> + Send;

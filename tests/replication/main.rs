@@ -1,5 +1,6 @@
 //! Integration tests: the real server, a real PostgreSQL, the generated client.
 
+mod auth;
 mod cluster;
 mod common;
 mod health;
@@ -8,5 +9,6 @@ mod pull;
 mod push;
 mod slow_reader;
 mod subscribe;
+mod tls;
 mod validation;
 mod web;

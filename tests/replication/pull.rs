@@ -210,7 +210,13 @@ async fn pull_and_push_lock_queries_are_served_by_indexes() {
     let store = syncline::store::postgres::PgStore::from_pool(
         sqlx::PgPool::connect(&server.db_url).await.unwrap(),
     );
-    for plan in store.explain_queries("tasks").await.unwrap() {
+    let plans = store.explain_queries("tasks").await.unwrap();
+    assert!(
+        plans[1].contains("syncline_documents_owner_changes"),
+        "one owner's pull uses the owner index:\n{}",
+        plans[1]
+    );
+    for plan in plans {
         assert!(
             !plan.contains("Seq Scan"),
             "a query scans the table:\n{plan}"

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use syncline::fanout::Hub;
 use syncline::protocol::{
-    Collections, DocumentInput, Limits, Replicator, ReplicatorParts, RowInput, StreamEvent,
+    Collections, DocumentInput, Limits, Principal, Replicator, ReplicatorParts, RowInput,
+    StreamEvent,
 };
 use syncline::store::postgres::{PgStore, PoolSettings};
 use syncline::store::{
@@ -29,11 +30,12 @@ impl Store for Counting {
     async fn read_changes(
         &self,
         c: &str,
+        owner: Option<&str>,
         after: Position,
         limit: u32,
     ) -> Result<ChangePage, StoreError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
-        let page = self.inner.read_changes(c, after, limit).await?;
+        let page = self.inner.read_changes(c, owner, after, limit).await?;
         self.documents
             .fetch_add(page.documents.len(), Ordering::SeqCst);
         Ok(page)
@@ -84,11 +86,13 @@ async fn a_stalled_subscriber_holds_at_most_two_pages() {
         limits: Limits::from_config(&cfg),
         hub,
         streams_max: 10,
+        streams_per_principal_max: 10,
         heartbeat: Duration::from_secs(60),
         visibility_wait: Duration::from_millis(100),
         shutdown: CancellationToken::new(),
     });
-    let mut events = replicator.subscribe("tasks", "").unwrap();
+    let service = Principal::anonymous_service();
+    let mut events = replicator.subscribe(&service, "tasks", "").unwrap();
     // 100 pushes of 10 documents while nobody reads the stream.
     for b in 0..100 {
         let rows = (0..10)
@@ -103,7 +107,7 @@ async fn a_stalled_subscriber_holds_at_most_two_pages() {
                 assumed: None,
             })
             .collect();
-        replicator.push("tasks", rows).await.unwrap();
+        replicator.push(&service, "tasks", rows).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let read = store.documents.load(Ordering::SeqCst);

@@ -73,7 +73,7 @@ impl PgStore {
         })
     }
 
-    /// The plans of the page and lock queries, with sequential scans discouraged: tests and
+    /// The plans of the page (all owners, one owner) and lock queries, with sequential scans discouraged: tests and
     /// benchmarks check that an index serves each of them.
     pub async fn explain_queries(&self, collection: &str) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(error::to_store_error)?;
@@ -82,13 +82,17 @@ impl PgStore {
             .await
             .map_err(error::to_store_error)?;
         let mut plans = Vec::new();
-        for (sql, ids) in [(read::PAGE_SQL, false), (write::LOCK_SQL, true)] {
+        for (sql, kind) in [
+            (read::PAGE_SQL, 0),
+            (read::OWNER_PAGE_SQL, 1),
+            (write::LOCK_SQL, 2),
+        ] {
             let explain = sqlx::AssertSqlSafe(format!("EXPLAIN {sql}"));
             let query = sqlx::query_scalar::<_, String>(explain).bind(collection);
-            let query = if ids {
-                query.bind(vec!["a".to_owned(), "b".to_owned()])
-            } else {
-                query.bind(0_i64).bind(0_i64).bind(100_i64)
+            let query = match kind {
+                0 => query.bind(0_i64).bind(0_i64).bind(100_i64),
+                1 => query.bind(0_i64).bind(0_i64).bind(100_i64).bind("owner"),
+                _ => query.bind(vec!["a".to_owned(), "b".to_owned()]),
             };
             let lines = query
                 .fetch_all(&mut *tx)
@@ -126,10 +130,11 @@ impl Store for PgStore {
     fn read_changes(
         &self,
         collection: &str,
+        owner: Option<&str>,
         after: Position,
         limit: u32,
     ) -> impl Future<Output = Result<ChangePage, StoreError>> + Send {
-        self.read_page(collection, after, limit)
+        self.read_page(collection, owner, after, limit)
     }
 
     fn apply_push<F>(

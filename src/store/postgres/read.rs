@@ -12,6 +12,7 @@ use crate::store::{ChangePage, Position, StoreError, StoredDocument};
 struct PageRow {
     horizon: i64,
     id: Option<String>,
+    owner: Option<String>,
     body: Option<String>,
     deleted: Option<bool>,
     revision: Option<String>,
@@ -23,37 +24,57 @@ struct PageRow {
 // The horizon is the snapshot's xmin: every transaction id below it has committed or aborted,
 // and this statement sees all of the committed ones. Returning only rows below it means no
 // transaction can later commit a row at a position at or before the last one returned.
-pub(super) const PAGE_SQL: &str = "
-WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon)
-SELECT h.horizon, d.id, d.body::text AS body, d.deleted, d.revision, d.updated_at,
+// Two statements rather than an optional filter, so that each has a plan on its own index.
+macro_rules! page_sql {
+    ($owner_filter:literal) => {
+        concat!(
+            "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon)
+SELECT h.horizon, d.id, d.owner, d.body::text AS body, d.deleted, d.revision, d.updated_at,
        d.change_xid, d.change_seq
 FROM h
 LEFT JOIN LATERAL (
-    SELECT id, body, deleted, revision, updated_at, change_xid, change_seq
+    SELECT id, owner, body, deleted, revision, updated_at, change_xid, change_seq
     FROM syncline_documents
     WHERE collection = $1
       AND (change_xid, change_seq) > ($2, $3)
-      AND change_xid < h.horizon
+      AND change_xid < h.horizon",
+            $owner_filter,
+            "
     ORDER BY change_xid, change_seq
     LIMIT $4
 ) d ON true
-ORDER BY d.change_xid, d.change_seq";
+ORDER BY d.change_xid, d.change_seq"
+        )
+    };
+}
+
+/// Every owner's documents (service principals).
+pub(super) const PAGE_SQL: &str = page_sql!("");
+/// One owner's documents; `$5` is the owner.
+pub(super) const OWNER_PAGE_SQL: &str = page_sql!("\n      AND owner = $5");
 
 impl PgStore {
     pub(crate) async fn read_page(
         &self,
         collection: &str,
+        owner: Option<&str>,
         after: Position,
         limit: u32,
     ) -> Result<ChangePage, StoreError> {
-        let rows: Vec<PageRow> = sqlx::query_as(PAGE_SQL)
+        let sql = if owner.is_some() {
+            OWNER_PAGE_SQL
+        } else {
+            PAGE_SQL
+        };
+        let mut query = sqlx::query_as::<_, PageRow>(sql)
             .bind(collection)
             .bind(after.tx)
             .bind(after.seq)
-            .bind(i64::from(limit))
-            .fetch_all(self.pool())
-            .await
-            .map_err(to_store_error)?;
+            .bind(i64::from(limit));
+        if let Some(owner) = owner {
+            query = query.bind(owner);
+        }
+        let rows = query.fetch_all(self.pool()).await.map_err(to_store_error)?;
         let horizon = rows.first().map(|r| r.horizon).unwrap_or_default();
         let documents = rows.into_iter().filter_map(into_document).collect();
         Ok(ChangePage { documents, horizon })
@@ -63,6 +84,7 @@ impl PgStore {
 fn into_document(row: PageRow) -> Option<StoredDocument> {
     Some(StoredDocument {
         id: row.id?,
+        owner: row.owner?,
         body: row.body?,
         deleted: row.deleted?,
         revision: row.revision?,

@@ -17,7 +17,7 @@ const MAX_ATTEMPTS: u32 = 12;
 
 // Locks in id order so two pushes over the same ids cannot deadlock.
 pub(super) const LOCK_SQL: &str = "
-SELECT id, body::text AS body, deleted, revision, updated_at, change_xid, change_seq
+SELECT id, owner, body::text AS body, deleted, revision, updated_at, change_xid, change_seq
 FROM syncline_documents
 WHERE collection = $1 AND id = ANY($2)
 ORDER BY id
@@ -29,10 +29,11 @@ FOR UPDATE";
 const WRITE_SQL: &str = "
 WITH ins AS (
     INSERT INTO syncline_documents
-        (collection, id, body, deleted, revision, updated_at, change_xid, change_seq)
-    SELECT $1, t.id, t.body::jsonb, t.deleted, t.revision, now(),
+        (collection, id, owner, body, deleted, revision, updated_at, change_xid, change_seq)
+    SELECT $1, t.id, t.owner, t.body::jsonb, t.deleted, t.revision, now(),
            pg_current_xact_id()::text::bigint, nextval('syncline_change_seq')
-    FROM unnest($2::text[], $3::text[], $4::bool[], $5::text[]) AS t(id, body, deleted, revision)
+    FROM unnest($2::text[], $3::text[], $4::bool[], $5::text[], $11::text[])
+         AS t(id, body, deleted, revision, owner)
     ON CONFLICT (collection, id) DO NOTHING
     RETURNING 1
 ), upd AS (
@@ -55,6 +56,7 @@ SELECT (SELECT count(*) FROM ins) AS inserted,
 #[derive(sqlx::FromRow)]
 struct LockedRow {
     id: String,
+    owner: String,
     body: String,
     deleted: bool,
     revision: String,
@@ -137,6 +139,7 @@ impl PgStore {
             .map(|r| {
                 let doc = StoredDocument {
                     id: r.id,
+                    owner: r.owner,
                     body: r.body,
                     deleted: r.deleted,
                     revision: r.revision,
@@ -175,6 +178,7 @@ impl PgStore {
             .bind(&u_del)
             .bind(&u_rev)
             .bind(NOTIFY_CHANNEL)
+            .bind(inserts.iter().map(|w| w.owner.as_str()).collect::<Vec<_>>())
             .fetch_one(&mut *tx)
             .await?;
         if result.inserted as usize != inserts.len() || result.updated as usize != updates.len() {

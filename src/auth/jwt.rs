@@ -1,0 +1,204 @@
+//! JWT verification with jsonwebtoken: an HS256 secret and/or public keys from a JWKS file that
+//! is re-read when it changes, so keys rotate without a restart.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AuthConfig;
+use crate::protocol::Principal;
+
+/// The claims Syncline reads.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+/// Public keys from the JWKS file, with the key id each one was published under.
+#[derive(Default)]
+struct KeySet {
+    keys: Vec<(Option<String>, DecodingKey)>,
+    /// (modified time, length) of the file last loaded, to notice changes.
+    stamp: Option<(SystemTime, u64)>,
+}
+
+/// Verifies bearer tokens.
+pub struct JwtVerifier {
+    hs256: Option<DecodingKey>,
+    jwks_file: Option<PathBuf>,
+    jwks: RwLock<KeySet>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    service_scope: String,
+    leeway: u64,
+}
+
+/// Why a token was refused: logged at debug level, never sent (clients get one generic message).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Structurally or cryptographically invalid, expired, wrong issuer or audience.
+    #[error("{0}")]
+    Invalid(String),
+    /// No key can verify it.
+    #[error("no key for this token")]
+    NoKey,
+}
+
+const PUBLIC_KEY_ALGORITHMS: [Algorithm; 7] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+impl JwtVerifier {
+    /// Builds a verifier and loads the JWKS file once (an unreadable file is an error here).
+    pub fn new(config: &AuthConfig) -> Result<Arc<JwtVerifier>, String> {
+        let verifier = JwtVerifier {
+            hs256: config
+                .hs256_secret
+                .as_ref()
+                .map(|s| DecodingKey::from_secret(s.as_bytes())),
+            jwks_file: config.jwks_file.clone(),
+            jwks: RwLock::default(),
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            service_scope: config.service_scope.clone(),
+            leeway: config.leeway_seconds,
+        };
+        if verifier.jwks_file.is_some() {
+            verifier.reload_jwks()?;
+        }
+        Ok(Arc::new(verifier))
+    }
+
+    /// Re-reads the JWKS file if it changed. On error the previous keys stay in use.
+    fn reload_jwks(&self) -> Result<bool, String> {
+        let Some(path) = &self.jwks_file else {
+            return Ok(false);
+        };
+        let meta =
+            std::fs::metadata(path).map_err(|e| format!("jwks_file {}: {e}", path.display()))?;
+        let stamp = (meta.modified().unwrap_or(UNIX_EPOCH), meta.len());
+        if self.jwks.read().unwrap_or_else(|e| e.into_inner()).stamp == Some(stamp) {
+            return Ok(false);
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("jwks_file {}: {e}", path.display()))?;
+        let set: JwkSet = serde_json::from_str(&text)
+            .map_err(|e| format!("jwks_file {}: {e}", path.display()))?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+                format!(
+                    "jwks_file {}: key {:?}: {e}",
+                    path.display(),
+                    jwk.common.key_id
+                )
+            })?;
+            keys.push((jwk.common.key_id.clone(), key));
+        }
+        *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = KeySet {
+            keys,
+            stamp: Some(stamp),
+        };
+        Ok(true)
+    }
+
+    /// Polls the JWKS file every `interval` until `stop`, reloading it when it changes.
+    pub async fn watch_jwks(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
+        if self.jwks_file.is_none() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            match self.reload_jwks() {
+                Ok(true) => tracing::info!("JWKS file reloaded"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "JWKS file not reloaded; keeping the previous keys")
+                }
+            }
+        }
+    }
+
+    /// Verifies a token and returns its principal.
+    pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.leeway;
+        validation.validate_nbf = true;
+        validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
+        match &self.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let claims = if header.alg == Algorithm::HS256 {
+            let key = self.hs256.as_ref().ok_or(TokenError::NoKey)?;
+            decode(token, key, &validation)?
+        } else if PUBLIC_KEY_ALGORITHMS.contains(&header.alg) {
+            let keys = self.jwks.read().unwrap_or_else(|e| e.into_inner());
+            let mut last = TokenError::NoKey;
+            let mut found = None;
+            for (kid, key) in &keys.keys {
+                if header.kid.is_some() && kid.is_some() && header.kid != *kid {
+                    continue;
+                }
+                match decode(token, key, &validation) {
+                    Ok(c) => {
+                        found = Some(c);
+                        break;
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            found.ok_or(last)?
+        } else {
+            return Err(TokenError::Invalid(format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
+        };
+        if claims.sub.is_empty() {
+            return Err(TokenError::Invalid("empty sub".into()));
+        }
+        let scopes: HashSet<String> = claims
+            .scope
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        Ok(Principal {
+            service: scopes.contains(&self.service_scope),
+            subject: claims.sub,
+            scopes,
+            expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+        })
+    }
+}
+
+fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Claims, TokenError> {
+    jsonwebtoken::decode::<Claims>(token, key, validation)
+        .map(|d| d.claims)
+        .map_err(|e| TokenError::Invalid(e.to_string()))
+}
