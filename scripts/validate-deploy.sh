@@ -20,14 +20,21 @@
 #      cross-checks below run on the unpatched resources;
 #   5. cross-references schemas cannot see: selectors match pod labels, Service
 #      target ports and probe ports exist, referenced ConfigMaps/Secrets/keys
-#      exist, the --config file is mounted, the listen/metrics_listen ports match
-#      the container ports, syncline.toml holds no database URL, the grace period
-#      covers preStop + drain, HPA/PDB agree with the replica count;
+#      exist, the --config file and auth.jwks_file are mounted (the same JWKS
+#      source in every container that loads the config), the listen/metrics_listen
+#      ports match the container ports, syncline.toml holds no database URL and no
+#      auth.hs256_secret, the grace period covers preStop + drain, HPA/PDB agree
+#      with the replica count;
 #   6. the ConfigMap's syncline.toml (base, and every rendered kustomization) is
 #      extracted to a temp file and checked by the server itself:
 #      `$SYNCLINE_BIN check-config --config FILE`, run without any SYNCLINE_* or
 #      DATABASE_URL variable in its environment. The config contract (keys, types,
-#      values) is the server's: this script does not duplicate it.
+#      values) is the server's: this script does not duplicate it. auth.jwks_file
+#      names a path inside the pod (/etc/syncline/keys/jwks.json), which does not
+#      exist here: the file the Deployment mounts there (ConfigMap syncline-jwks,
+#      as rendered) is written to the temp dir and jwks_file in the temp copy of
+#      syncline.toml is rewritten to point at it, so the server checks the JWKS the
+#      pods will actually see.
 #
 # Exits 0 when everything passes, 1 otherwise.
 # Environment: K8S_VERSION (default 1.32.0), PYTHON (default python3),
@@ -91,6 +98,8 @@ fi
 # --- validation ----------------------------------------------------------------
 set +e
 "$PYTHON" - "$DEPLOY_DIR" "$K8S_VERSION" "${renderer:-none}" "$SYNCLINE_BIN" "${rendered_args[@]}" <<'PY'
+import base64
+import json
 import os
 import re
 import subprocess
@@ -100,6 +109,14 @@ import tempfile
 import jsonschema
 import yaml
 import kubernetes_validate as kv
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    try:
+        import tomli as tomllib
+    except ImportError:
+        tomllib = None
 
 DEPLOY_DIR, K8S_VERSION, RENDERER, SYNCLINE_BIN = sys.argv[1:5]
 RENDERED = dict(arg.split("=", 1) for arg in sys.argv[5:])
@@ -136,15 +153,61 @@ def load_docs(path):
 # credentials): they come from the Secret, as environment variables.
 # ---------------------------------------------------------------------------
 URL_KEYS = {"database_url": "DATABASE_URL", "listen_database_url": "SYNCLINE_LISTEN_DATABASE_URL"}
+# Likewise the HS256 secret: Secret key hs256-secret, env SYNCLINE_AUTH__HS256_SECRET.
+SECRET_AUTH_KEYS = {"hs256_secret": "SYNCLINE_AUTH__HS256_SECRET"}
+# Env vars that carry credentials: from a Secret (valueFrom), never a literal value.
+SECRET_ENV = set(URL_KEYS.values()) | set(SECRET_AUTH_KEYS.values())
+
+# `jwks_file = "..."` (in [auth], or `auth.jwks_file` before any table), with a basic
+# or literal string value.
+JWKS_FILE_RE = re.compile(
+    r"""(?m)^([ \t]*(?:auth[ \t]*\.[ \t]*)?jwks_file[ \t]*=[ \t]*)("(?:[^"\\\n]|\\.)*"|'[^'\n]*')""")
 
 
-def check_config(where, text):
+def with_jwks_file(text, new_path):
+    """syncline.toml with auth.jwks_file replaced by new_path, or None when the text
+    cannot be rewritten safely (checked by parsing both versions: only that value
+    may differ)."""
+    if tomllib is None:
+        return None
+    new_text, n = JWKS_FILE_RE.subn(lambda m: m.group(1) + json.dumps(new_path), text)
+    try:
+        before, after = tomllib.loads(text), tomllib.loads(new_text)
+    except Exception:  # noqa: BLE001
+        return None
+    if n != 1 or not isinstance(after.get("auth"), dict) or after["auth"].get("jwks_file") != new_path:
+        return None
+    after["auth"]["jwks_file"] = (before.get("auth") or {}).get("jwks_file")
+    return new_text if after == before else None
+
+
+def check_config(where, text, jwks=None):
     """Runs `syncline check-config` on syncline.toml, with no SYNCLINE_*/DATABASE_URL
-    variable in the environment (they would override or add keys)."""
+    variable in the environment (they would override or add keys).
+
+    jwks: None, or (pod path of auth.jwks_file, file content as bytes, where it comes
+    from): the content is written to the temp dir and jwks_file is pointed at it."""
     env = {k: v for k, v in os.environ.items()
            if not k.upper().startswith("SYNCLINE_") and k.upper() != "DATABASE_URL"}
+    replacements = []
+    note = ""
     with tempfile.TemporaryDirectory(prefix="syncline-check-config.") as tmp:
         path = os.path.join(tmp, "syncline.toml")
+        if jwks is not None:
+            pod_path, content, origin = jwks
+            jwks_path = os.path.join(tmp, "keys", "jwks.json")
+            os.makedirs(os.path.dirname(jwks_path))
+            with open(jwks_path, "wb") as f:
+                f.write(content)
+            rewritten = with_jwks_file(text, jwks_path)
+            if rewritten is None:
+                err(where, "syncline.toml: cannot point auth.jwks_file at the extracted JWKS for "
+                    "check-config (write it as `jwks_file = \"...\"` inside the [auth] table)")
+                return
+            text = rewritten
+            replacements.append((jwks_path, pod_path))
+            note = f" (auth.jwks_file {pod_path} = {origin})"
+        replacements.insert(0, (path, "syncline.toml"))
         with open(path, "w") as f:
             f.write(text)
         try:
@@ -153,11 +216,13 @@ def check_config(where, text):
         except (OSError, subprocess.TimeoutExpired) as e:
             err(where, f"syncline.toml: could not run {SYNCLINE_BIN} check-config: {e}")
             return
-    out = (r.stdout.strip() + "\n" + r.stderr.strip()).strip().replace(path, "syncline.toml")
+    out = (r.stdout.strip() + "\n" + r.stderr.strip()).strip()
+    for tmp_path, shown in replacements:
+        out = out.replace(tmp_path, shown)
     if r.returncode != 0:
-        err(where, f"syncline.toml rejected by `syncline check-config` (exit {r.returncode}): {out}")
+        err(where, f"syncline.toml rejected by `syncline check-config`{note} (exit {r.returncode}): {out}")
     else:
-        info(where, f"syncline.toml: syncline check-config: {out}")
+        info(where, f"syncline.toml: syncline check-config{note}: {out}")
 
 
 # ---------------------------------------------------------------------------
@@ -405,13 +470,6 @@ for path, kdir in sorted(patch_files.items()):
 # ---------------------------------------------------------------------------
 # 4./5. rendered output and cross-reference checks
 # ---------------------------------------------------------------------------
-try:
-    import tomllib
-except ImportError:  # Python < 3.11
-    try:
-        import tomli as tomllib
-    except ImportError:
-        tomllib = None
 
 
 def selects(selector, labels):
@@ -431,27 +489,28 @@ def pod_spec(doc):
     return None
 
 
-def mounted_files(container, volumes, objects):
-    """Absolute paths of files a container sees from ConfigMap/Secret volumes."""
-    files = set()
+def mounted_sources(container, volumes, objects):
+    """Files a container sees from ConfigMap/Secret volumes: {absolute path: (kind, name, key)}."""
+    files = {}
 
     def add(mount, source, kind):
         obj = objects.get((kind, source.get("name")))
         items = source.get("items")
         if items:
-            paths = [it.get("path") for it in items]
+            pairs = [(it.get("key"), it.get("path")) for it in items]
         elif obj is not None:
-            paths = list((obj.get("data") or {}).keys()) + list((obj.get("stringData") or {}).keys())
+            pairs = [(k, k) for k in object_keys(obj)]
         else:
-            paths = []
-        for p in paths:
-            files.add(os.path.normpath(os.path.join(mount, p)))
+            pairs = []
+        for key, p in pairs:
+            if p:
+                files[os.path.normpath(os.path.join(mount, p))] = (kind, source.get("name"), key)
 
     for vm in container.get("volumeMounts") or []:
         vol = volumes.get(vm.get("name")) or {}
         mount = vm.get("mountPath", "")
         if vm.get("subPath"):
-            files.add(os.path.normpath(mount))
+            files[os.path.normpath(mount)] = ("subPath", vm.get("name"), vm.get("subPath"))
             continue
         if "configMap" in vol:
             add(mount, vol["configMap"], "ConfigMap")
@@ -465,6 +524,26 @@ def mounted_files(container, volumes, objects):
     return files
 
 
+def object_keys(obj):
+    return (set((obj.get("data") or {}).keys()) | set((obj.get("stringData") or {}).keys())
+            | set((obj.get("binaryData") or {}).keys()))
+
+
+def object_value(obj, key):
+    """The bytes of a ConfigMap/Secret key as mounted in a pod, or None."""
+    try:
+        if key in (obj.get("stringData") or {}):
+            return str(obj["stringData"][key]).encode()
+        if key in (obj.get("binaryData") or {}):
+            return base64.b64decode(obj["binaryData"][key], validate=True)
+        if key in (obj.get("data") or {}):
+            value = str(obj["data"][key])
+            return base64.b64decode(value, validate=True) if obj.get("kind") == "Secret" else value.encode()
+    except ValueError:  # binascii.Error: not base64
+        return None
+    return None
+
+
 def port_of(address):
     m = re.fullmatch(r".*:(\d+)", address or "")
     return int(m.group(1)) if m else None
@@ -476,7 +555,7 @@ def cross_check(label, docs):
         if isinstance(d, dict) and d.get("kind") and (d.get("metadata") or {}).get("name"):
             objects[(d["kind"], d["metadata"]["name"])] = d
     where = lambda d: f"{label}: {kind_name(d)}"  # noqa: E731
-    keys_of = lambda o: set((o.get("data") or {}).keys()) | set((o.get("stringData") or {}).keys())  # noqa: E731
+    keys_of = object_keys
 
     # syncline.toml
     config = None
@@ -490,13 +569,21 @@ def cross_check(label, docs):
             config = tomllib.loads((cm.get("data") or {}).get("syncline.toml", ""))
         except Exception as e:  # noqa: BLE001
             err(where(cm), f"syncline.toml does not parse: {e}")
-    if cm is not None:
-        check_config(where(cm), (cm.get("data") or {}).get("syncline.toml", ""))
     if config is not None:
         for key, var in URL_KEYS.items():
             if key in config:
                 err(where(cm), f"syncline.toml: {key} must not be in the ConfigMap "
                     f"(set it from the Secret, as the {var} env var)")
+        for key, var in SECRET_AUTH_KEYS.items():
+            if key in (config.get("auth") if isinstance(config.get("auth"), dict) else {}):
+                err(where(cm), f"syncline.toml: auth.{key} must not be in the ConfigMap "
+                    f"(set it from the Secret key hs256-secret, as the {var} env var)")
+    jwks_file = None
+    if config is not None and isinstance(config.get("auth"), dict):
+        jwks_file = config["auth"].get("jwks_file")
+    # Where each container that loads the config finds auth.jwks_file:
+    # [(container label, runs `serve`, (kind, name, key) or None, pod path)].
+    jwks_mounts = []
 
     services = [d for d in docs if isinstance(d, dict) and d.get("kind") == "Service"]
     workloads = [d for d in docs if isinstance(d, dict) and pod_spec(d) is not None]
@@ -535,6 +622,8 @@ def cross_check(label, docs):
                 if vm.get("name") not in volumes:
                     err(cw, f"volumeMount {vm.get('name')} has no volume")
             for e in c.get("env") or []:
+                if e.get("name") in SECRET_ENV and "value" in e:
+                    err(cw, f"env {e.get('name')}: a credential as a literal value: use valueFrom.secretKeyRef")
                 vf = e.get("valueFrom") or {}
                 for kind, refkey in (("Secret", "secretKeyRef"), ("ConfigMap", "configMapKeyRef")):
                     ref = vf.get(refkey)
@@ -555,11 +644,22 @@ def cross_check(label, docs):
                         port = probe[handler].get("port")
                         if port not in ports.values() and port not in ports:
                             err(cw, f"{probe_name}.{handler}.port {port} is not a container port")
-            files = mounted_files(c, volumes, objects)
+            files = mounted_sources(c, volumes, objects)
             args = list(c.get("command") or []) + list(c.get("args") or [])
             for i, a in enumerate(args[:-1]):
                 if a == "--config" and os.path.normpath(args[i + 1]) not in files:
                     err(cw, f"--config {args[i + 1]} is not mounted")
+                if a == "--config" and isinstance(jwks_file, str) and jwks_file:
+                    # Relative paths start at the config file's folder (as in the server).
+                    pod_path = os.path.normpath(os.path.join(os.path.dirname(args[i + 1]), jwks_file))
+                    source = files.get(pod_path)
+                    if source is None:
+                        shown = jwks_file if pod_path == os.path.normpath(jwks_file) else f"{jwks_file} ({pod_path})"
+                        err(cw, f"auth.jwks_file {shown} is not mounted")
+                    elif source[0] == "subPath":
+                        err(cw, f"auth.jwks_file {pod_path} is a subPath mount, which never receives "
+                            "ConfigMap updates (keys would not rotate): mount the volume as a directory")
+                    jwks_mounts.append((cw, "serve" in args, source, pod_path))
             if config is not None and any(a == "--config" for a in args):
                 if "serve" in args:
                     for key, pname in (("listen", "grpc"), ("metrics_listen", "metrics")):
@@ -573,6 +673,24 @@ def cross_check(label, docs):
                     grace = ps.get("terminationGracePeriodSeconds", 30)
                     if grace <= drain + pre:
                         err(cw, f"terminationGracePeriodSeconds {grace} <= preStop {pre}s + drain_seconds {drain}")
+
+    # The JWKS every config-loading container mounts must be the same; check-config
+    # gets the one of the server (`serve`), else of any other such container.
+    if len({src for _, _, src, _ in jwks_mounts if src is not None}) > 1:
+        err(label, "auth.jwks_file comes from different sources in different containers: "
+            + "; ".join(f"{cw}: {src[0]}/{src[1]} key {src[2]}" for cw, _, src, _ in jwks_mounts if src))
+    jwks = None
+    for cw, _, src, pod_path in sorted(jwks_mounts, key=lambda m: not m[1]):
+        obj = objects.get(src[:2]) if src and src[0] in ("ConfigMap", "Secret") else None
+        content = object_value(obj, src[2]) if obj is not None else None
+        if content is not None:
+            jwks = (pod_path, content, f"{src[0]}/{src[1]} key {src[2]}")
+            break
+    if isinstance(jwks_file, str) and jwks_file and jwks is None:
+        err(label, f"auth.jwks_file {jwks_file}: no container mounts it from a ConfigMap/Secret "
+            "defined here, so check-config cannot see it")
+    if cm is not None:
+        check_config(where(cm), (cm.get("data") or {}).get("syncline.toml", ""), jwks)
 
     for s in services:
         sel = (s.get("spec") or {}).get("selector") or {}

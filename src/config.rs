@@ -30,6 +30,16 @@ pub struct Config {
     /// Prometheus `/metrics` HTTP listen address.
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: SocketAddr,
+    /// Serve Prometheus metrics at all.
+    #[serde(default = "default_true")]
+    pub metrics_enabled: bool,
+    /// `pretty` or `json` log lines.
+    #[serde(default)]
+    pub log_format: crate::telemetry::LogFormat,
+    /// OTLP/gRPC endpoint for traces (e.g. `http://otel-collector:4317`); unset: the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, and with neither no traces are exported.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
     /// PostgreSQL URL for queries (may point at a transaction-mode pooler). Also `DATABASE_URL`.
     #[serde(default)]
     pub database_url: Option<String>,

@@ -43,6 +43,7 @@ pub async fn watch_database(
             tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ready()).await,
             Ok(Ok(true))
         );
+        store.report_pool_metrics();
         if last != Some(ok) {
             if ok {
                 tracing::info!("database reachable: SERVING");

@@ -13,6 +13,7 @@ pub mod health;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod web;
 
 /// Code generated from `proto/syncline/v1/replication.proto`.

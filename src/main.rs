@@ -32,12 +32,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -74,7 +68,10 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command {
+        let endpoint = syncline::telemetry::otlp_endpoint(config.otlp_endpoint.as_deref());
+        let telemetry = syncline::telemetry::init(config.log_format, endpoint)
+            .map_err(syncline::server::ServerError::Config)?;
+        let result = match cli.command {
             Command::Migrate => syncline::server::migrate(&config).await,
             Command::CheckConfig => Ok(()),
             Command::Serve => {
@@ -88,7 +85,9 @@ fn main() -> ExitCode {
                     })?;
                 syncline::server::serve(config, listener, shutdown_signal()).await
             }
-        }
+        };
+        telemetry.shutdown();
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -76,6 +76,9 @@ pub async fn serve(
         store.migrate().await?;
     }
 
+    if config.metrics_enabled {
+        crate::telemetry::metrics::install(config.metrics_listen).map_err(ServerError::Config)?;
+    }
     let hub = Hub::new(collections.names());
     let streams_shutdown = CancellationToken::new();
     let background = CancellationToken::new();
@@ -87,7 +90,13 @@ pub async fn serve(
         listen_url,
         hub.clone(),
         background.clone(),
-        |_connected| {},
+        |connected| {
+            use crate::telemetry::metrics::{LISTENER_RECONNECTS, LISTENER_UP};
+            metrics::gauge!(LISTENER_UP).set(if connected { 1.0 } else { 0.0 });
+            if !connected {
+                metrics::counter!(LISTENER_RECONNECTS).increment(1);
+            }
+        },
     ));
 
     let replicator = Arc::new(Replicator::new(ReplicatorParts {
@@ -178,6 +187,7 @@ pub async fn serve(
         .accept_http1(config.grpc_web)
         .layer(tower::util::option_layer(cors))
         .layer(tower::util::option_layer(web))
+        .layer(crate::telemetry::rpc_layer::RpcLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)

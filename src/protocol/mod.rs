@@ -25,6 +25,7 @@ pub use validate::{DocumentInput, RowInput};
 
 use crate::fanout::Hub;
 use crate::store::{ConflictState, Store, StoredDocument};
+use crate::telemetry::metrics as m;
 
 /// A page of a Pull.
 #[derive(Debug, Clone)]
@@ -114,6 +115,8 @@ impl<S: Store> Replicator<S> {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(50));
         };
+        metrics::counter!(m::DOCS_PULLED, "collection" => collection.name.clone())
+            .increment(page.documents.len() as u64);
         let checkpoint = match page.documents.last() {
             Some(last) => checkpoint::encode(last.position),
             None => checkpoint.to_owned(),
@@ -134,7 +137,15 @@ impl<S: Store> Replicator<S> {
     ) -> Result<Vec<ConflictState>, ProtocolError> {
         let collection = self.collections.get(collection)?;
         principal.check_write(&collection)?;
-        let rows = validate::validate_rows(&collection, &self.limits, rows)?;
+        let row_count = rows.len() as u64;
+        let name = collection.name.clone();
+        let rejected = |reason: &'static str, n: u64| {
+            metrics::counter!(m::PUSH_ROWS_REJECTED, "collection" => name.clone(), "reason" => reason)
+                .increment(n);
+        };
+        let rows = validate::validate_rows(&collection, &self.limits, rows).inspect_err(|_| {
+            rejected("invalid", row_count);
+        })?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -144,10 +155,22 @@ impl<S: Store> Replicator<S> {
             .apply_push(&collection.name, &ids, |current| {
                 conflict::plan_push(&rows, current, principal)
             })
-            .await?;
+            .await
+            .inspect_err(|e| {
+                if let crate::store::StoreError::Rejected(ProtocolError::PermissionDenied(_)) = e {
+                    rejected("permission", row_count);
+                }
+            })?;
         if let Some(tx) = outcome.tx {
             // Wake local subscribers now; other processes hear the NOTIFY.
             self.hub.notify(&collection.name, tx);
+        }
+        metrics::counter!(m::DOCS_PUSHED, "collection" => name.clone())
+            .increment(outcome.written as u64);
+        if !outcome.conflicts.is_empty() {
+            let n = outcome.conflicts.len() as u64;
+            metrics::counter!(m::CONFLICTS, "collection" => name.clone()).increment(n);
+            rejected("conflict", n);
         }
         Ok(outcome.conflicts)
     }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::stream_limits::StreamSlot;
 use super::{ProtocolError, checkpoint};
 use crate::store::{Position, Store, StoredDocument};
+use crate::telemetry::metrics as m;
 
 /// What a stream sends.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +95,7 @@ impl<S: Store> Subscription<S> {
                 let full = page.documents.len() >= self.page_size as usize;
                 if let Some(last) = page.documents.last() {
                     self.position = last.position;
+                    self.observe_sent(&page.documents);
                     permit.send(Ok(StreamEvent::Changes {
                         documents: page.documents,
                         checkpoint: checkpoint::encode(self.position),
@@ -133,10 +135,22 @@ impl<S: Store> Subscription<S> {
                     if self.out.send(Ok(StreamEvent::Heartbeat)).await.is_err() {
                         return;
                     }
+                    metrics::counter!(m::HEARTBEATS).increment(1);
                     last_sent = Instant::now();
                     read = false;
                 }
             }
+        }
+    }
+
+    /// Counts streamed documents and their lag from commit to send.
+    fn observe_sent(&self, documents: &[StoredDocument]) {
+        metrics::counter!(m::DOCS_STREAMED, "collection" => self.collection.clone())
+            .increment(documents.len() as u64);
+        let now = chrono::Utc::now();
+        let lag = metrics::histogram!(m::STREAM_LAG_SECONDS);
+        for d in documents {
+            lag.record((now - d.updated_at).as_seconds_f64().max(0.0));
         }
     }
 

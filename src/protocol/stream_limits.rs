@@ -27,8 +27,19 @@ pub struct StreamSlot {
     principal: Option<(Counts, String)>,
 }
 
+impl StreamSlot {
+    fn new(process: OwnedSemaphorePermit, principal: Option<(Counts, String)>) -> StreamSlot {
+        metrics::gauge!(crate::telemetry::metrics::STREAMS_OPEN).increment(1.0);
+        StreamSlot {
+            _process: process,
+            principal,
+        }
+    }
+}
+
 impl Drop for StreamSlot {
     fn drop(&mut self) {
+        metrics::gauge!(crate::telemetry::metrics::STREAMS_OPEN).decrement(1.0);
         if let Some((counts, subject)) = self.principal.take() {
             let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(n) = counts.get_mut(&subject) {
@@ -61,10 +72,7 @@ impl StreamLimits {
             ))
         })?;
         if subject.is_empty() {
-            return Ok(StreamSlot {
-                _process: process,
-                principal: None,
-            });
+            return Ok(StreamSlot::new(process, None));
         }
         let mut counts = self.per_principal.lock().unwrap_or_else(|e| e.into_inner());
         let n = counts.entry(subject.to_owned()).or_default();
@@ -75,10 +83,10 @@ impl StreamLimits {
             )));
         }
         *n += 1;
-        Ok(StreamSlot {
-            _process: process,
-            principal: Some((self.per_principal.clone(), subject.to_owned())),
-        })
+        Ok(StreamSlot::new(
+            process,
+            Some((self.per_principal.clone(), subject.to_owned())),
+        ))
     }
 
     /// Streams currently open in this process.

@@ -50,6 +50,7 @@ pub fn config(db_url: &str) -> Config {
         pool_size = 8
         heartbeat_seconds = 60
         keepalive_seconds = 0
+        metrics_enabled = false
         [auth]
         mode = "none"
         [[collections]]

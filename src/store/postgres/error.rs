@@ -11,8 +11,19 @@ pub(super) enum Class {
     Fail(StoreError),
 }
 
-/// Maps an error from a statement or connection.
+/// Maps an error from a statement or connection, counting it.
 pub(super) fn classify(err: sqlx::Error) -> Class {
+    let class = classify_only(err);
+    let kind = match &class {
+        Class::Retry => "contention",
+        Class::Fail(StoreError::Unavailable(_)) => "unavailable",
+        Class::Fail(_) => "internal",
+    };
+    metrics::counter!(crate::telemetry::metrics::DB_ERRORS, "kind" => kind).increment(1);
+    class
+}
+
+fn classify_only(err: sqlx::Error) -> Class {
     match &err {
         sqlx::Error::Database(db) => match db.code().as_deref() {
             Some("40001") | Some("40P01") => Class::Retry,

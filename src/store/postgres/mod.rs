@@ -54,6 +54,17 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
+    /// Takes a pooled connection, measuring the wait.
+    pub(crate) async fn acquire(
+        &self,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, StoreError> {
+        let started = std::time::Instant::now();
+        let conn = self.pool.acquire().await.map_err(error::to_store_error);
+        metrics::histogram!(crate::telemetry::metrics::POOL_ACQUIRE_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        conn
+    }
+
     /// Wraps an existing pool.
     pub fn from_pool(pool: PgPool) -> PgStore {
         PgStore { pool }
@@ -118,6 +129,17 @@ impl PgStore {
                 .await
                 .map_err(error::to_store_error)?;
         Ok(applied.unwrap_or(0) >= latest)
+    }
+
+    /// Publishes the pool's connection counts as gauges.
+    pub fn report_pool_metrics(&self) {
+        use crate::telemetry::metrics::POOL_CONNECTIONS;
+        let size = self.pool.size() as f64;
+        let idle = self.pool.num_idle() as f64;
+        metrics::gauge!(POOL_CONNECTIONS, "state" => "in_use").set(size - idle);
+        metrics::gauge!(POOL_CONNECTIONS, "state" => "idle").set(idle);
+        metrics::gauge!(POOL_CONNECTIONS, "state" => "max")
+            .set(f64::from(self.pool.options().get_max_connections()));
     }
 
     /// Closes the pool, waiting for connections in use to be returned.

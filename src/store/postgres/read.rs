@@ -54,6 +54,7 @@ pub(super) const PAGE_SQL: &str = page_sql!("");
 pub(super) const OWNER_PAGE_SQL: &str = page_sql!("\n      AND owner = $5");
 
 impl PgStore {
+    #[tracing::instrument(name = "db.read_changes", skip_all, fields(db.system = "postgresql", collection = %collection, limit = limit))]
     pub(crate) async fn read_page(
         &self,
         collection: &str,
@@ -74,7 +75,8 @@ impl PgStore {
         if let Some(owner) = owner {
             query = query.bind(owner);
         }
-        let rows = query.fetch_all(self.pool()).await.map_err(to_store_error)?;
+        let mut conn = self.acquire().await?;
+        let rows = query.fetch_all(&mut *conn).await.map_err(to_store_error)?;
         let horizon = rows.first().map(|r| r.horizon).unwrap_or_default();
         let documents = rows.into_iter().filter_map(into_document).collect();
         Ok(ChangePage { documents, horizon })

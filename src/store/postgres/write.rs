@@ -89,6 +89,7 @@ impl From<sqlx::Error> for AttemptError {
 }
 
 impl PgStore {
+    #[tracing::instrument(name = "db.push", skip_all, fields(db.system = "postgresql", collection = %collection, rows = ids.len()))]
     pub(crate) async fn push<F>(
         &self,
         collection: &str,
@@ -128,7 +129,11 @@ impl PgStore {
     where
         F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, ProtocolError> + Send + Sync,
     {
+        // The wait for a connection, measured with the BEGIN round trip it includes.
+        let started = std::time::Instant::now();
         let mut tx: Transaction<'_, Postgres> = self.pool().begin().await?;
+        metrics::histogram!(crate::telemetry::metrics::POOL_ACQUIRE_SECONDS)
+            .record(started.elapsed().as_secs_f64());
         let locked: Vec<LockedRow> = sqlx::query_as(LOCK_SQL)
             .bind(collection)
             .bind(ids)

@@ -1,0 +1,115 @@
+//! Prometheus metrics: the exporter, the metric names (one place), and their descriptions.
+//! Labels stay bounded: collection, RPC service and method, status code, reason. Never ids,
+//! owners or tokens.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+/// Requests handled, by `grpc_service`, `grpc_method`, `grpc_code`.
+pub const GRPC_HANDLED: &str = "grpc_server_handled_total";
+/// Handling time (until the last byte of the response; a stream's whole life), seconds.
+pub const GRPC_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
+/// Documents returned by Pull, by collection.
+pub const DOCS_PULLED: &str = "syncline_documents_pulled_total";
+/// Documents written by Push, by collection.
+pub const DOCS_PUSHED: &str = "syncline_documents_pushed_total";
+/// Documents sent on streams, by collection.
+pub const DOCS_STREAMED: &str = "syncline_documents_streamed_total";
+/// Push rows not written, by collection and reason (`conflict`, `invalid`, `permission`).
+pub const PUSH_ROWS_REJECTED: &str = "syncline_push_rows_rejected_total";
+/// Conflicting push rows, by collection.
+pub const CONFLICTS: &str = "syncline_conflicts_total";
+/// Open Subscribe streams.
+pub const STREAMS_OPEN: &str = "syncline_streams_open";
+/// Time from a write's commit to its send on a stream, seconds.
+pub const STREAM_LAG_SECONDS: &str = "syncline_stream_lag_seconds";
+/// Heartbeats sent.
+pub const HEARTBEATS: &str = "syncline_heartbeats_sent_total";
+/// Resync events sent.
+pub const RESYNCS: &str = "syncline_resyncs_sent_total";
+/// Pool connections by `state` (`in_use`, `idle`) and the configured maximum (`max`).
+pub const POOL_CONNECTIONS: &str = "syncline_db_pool_connections";
+/// Time to get a pooled connection, seconds.
+pub const POOL_ACQUIRE_SECONDS: &str = "syncline_db_pool_acquire_seconds";
+/// Failed database operations, by `kind` (`unavailable`, `contention`, `internal`).
+pub const DB_ERRORS: &str = "syncline_db_errors_total";
+/// 1 while the LISTEN connection is up.
+pub const LISTENER_UP: &str = "syncline_listener_connected";
+/// LISTEN connection (re)connects after the first.
+pub const LISTENER_RECONNECTS: &str = "syncline_listener_reconnects_total";
+/// Always 1, labelled with `version` and `git_commit`.
+pub const BUILD_INFO: &str = "syncline_build_info";
+
+/// Histogram buckets for every `_seconds` metric.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the process-wide Prometheus recorder and its HTTP listener (`/metrics`). Only the
+/// first call in a process installs; later calls (several servers in one test process) are
+/// no-ops, since the recorder is global.
+pub fn install(addr: SocketAddr) -> Result<(), String> {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    if INSTALLED.get().is_some() {
+        return Ok(());
+    }
+    let (recorder, exporter) = PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(BUCKETS)
+        .map_err(|e| format!("metrics: {e}"))?
+        .build()
+        .map_err(|e| format!("metrics_listen {addr}: {e}"))?;
+    metrics::set_global_recorder(recorder).map_err(|e| format!("metrics: {e}"))?;
+    let _ = INSTALLED.set(());
+    tokio::spawn(async move {
+        if let Err(e) = exporter.await {
+            tracing::error!(error = ?e, "metrics listener stopped");
+        }
+    });
+    describe();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "git_commit" => env!("BUILD_GIT_COMMIT"))
+        .set(1.0);
+    tracing::info!(address = %addr, "serving Prometheus metrics");
+    Ok(())
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        GRPC_HANDLED,
+        "RPCs completed, by service, method and gRPC status code"
+    );
+    describe_histogram!(
+        GRPC_HANDLING_SECONDS,
+        Unit::Seconds,
+        "RPC handling time (streams: their whole life)"
+    );
+    describe_counter!(DOCS_PULLED, "Documents returned by Pull");
+    describe_counter!(DOCS_PUSHED, "Documents written by Push");
+    describe_counter!(DOCS_STREAMED, "Documents sent on Subscribe streams");
+    describe_counter!(PUSH_ROWS_REJECTED, "Push rows not written, by reason");
+    describe_counter!(CONFLICTS, "Push rows that conflicted with the server state");
+    describe_gauge!(STREAMS_OPEN, "Open Subscribe streams");
+    describe_histogram!(
+        STREAM_LAG_SECONDS,
+        Unit::Seconds,
+        "Time from a write's commit to its send on a stream"
+    );
+    describe_counter!(HEARTBEATS, "Heartbeats sent on idle streams");
+    describe_counter!(RESYNCS, "Resync events sent");
+    describe_gauge!(
+        POOL_CONNECTIONS,
+        "Database pool connections by state (in_use, idle, max)"
+    );
+    describe_histogram!(
+        POOL_ACQUIRE_SECONDS,
+        Unit::Seconds,
+        "Wait for a pooled database connection"
+    );
+    describe_counter!(DB_ERRORS, "Failed database operations by kind");
+    describe_gauge!(LISTENER_UP, "1 while the LISTEN connection is up");
+    describe_counter!(LISTENER_RECONNECTS, "LISTEN connection reconnects");
+    describe_gauge!(BUILD_INFO, "Build information");
+}

@@ -1,0 +1,251 @@
+//! Metrics and traces, in a process of their own (the metrics recorder and the tracing
+//! subscriber are global): a scripted session, then exact counter values from `/metrics` and
+//! one OpenTelemetry span per RPC, continuing the caller's `traceparent`.
+
+#[path = "replication/common.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Request;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use common::*;
+use syncline::proto::subscribe_response::Event;
+use syncline::proto::{Checkpoint, PullRequest, SubscribeRequest};
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    for _ in 0..100 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = String::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+                .await
+                .unwrap()
+                .unwrap();
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no metrics listener at {addr}");
+}
+
+/// The value of one exact series line, e.g. `name{a="b"}`.
+fn value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+}
+
+#[tokio::test]
+async fn a_scripted_session_shows_in_metrics_and_traces() {
+    // Traces: the SDK's in-memory exporter behind tracing-opentelemetry.
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+        .init();
+
+    let metrics_addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.metrics_enabled = true;
+    cfg.metrics_listen = metrics_addr;
+    cfg.heartbeat_seconds = 1;
+    let server = TestServer::start_with(cfg).await;
+    let mut c = server.client().await;
+
+    // The session: a stream, three pushes (one conflict, one invalid), a traced pull.
+    let mut stream = c
+        .subscribe(SubscribeRequest {
+            collection: "tasks".into(),
+            checkpoint: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    push(
+        &mut c,
+        "tasks",
+        vec![insert(doc("m1", json!({}))), insert(doc("m2", json!({})))],
+    )
+    .await;
+    let conflicts = push(
+        &mut c,
+        "tasks",
+        vec![insert(doc("m1", json!({"again": true})))],
+    )
+    .await;
+    assert_eq!(conflicts.len(), 1);
+    let invalid = c
+        .push(syncline::proto::PushRequest {
+            collection: "tasks".into(),
+            rows: vec![insert(syncline::proto::Document {
+                id: "bad".into(),
+                json: b"[".to_vec(),
+                ..Default::default()
+            })],
+        })
+        .await;
+    assert!(invalid.is_err());
+    let mut streamed = 0;
+    let mut heartbeat = false;
+    while streamed < 2 || !heartbeat {
+        let msg = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match msg.event {
+            Some(Event::Changes(b)) => streamed += b.documents.len(),
+            Some(Event::Heartbeat(_)) => heartbeat = true,
+            _ => {}
+        }
+    }
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut traced = Request::new(PullRequest {
+        collection: "tasks".into(),
+        checkpoint: Some(Checkpoint {
+            token: String::new(),
+        }),
+        limit: 10,
+    });
+    traced.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    assert_eq!(
+        c.pull(traced).await.unwrap().into_inner().documents.len(),
+        2
+    );
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let m = scrape(metrics_addr).await;
+    let rpc = |method: &str, code: &str| {
+        format!(
+            "grpc_server_handled_total{{grpc_service=\"syncline.v1.ReplicationService\",grpc_method=\"{method}\",grpc_code=\"{code}\"}}"
+        )
+    };
+    assert_eq!(value(&m, &rpc("Push", "OK")), 2.0);
+    assert_eq!(value(&m, &rpc("Push", "InvalidArgument")), 1.0);
+    assert_eq!(
+        value(&m, &rpc("Subscribe", "Canceled")),
+        1.0,
+        "the client dropped the stream"
+    );
+    assert!(
+        value(&m, &rpc("Pull", "OK")) >= 2.0,
+        "the harness's readiness pull plus ours"
+    );
+    assert!(
+        value(
+            &m,
+            "grpc_server_handling_seconds_count{grpc_service=\"syncline.v1.ReplicationService\",grpc_method=\"Push\"}"
+        ) >= 3.0
+    );
+    assert!(
+        m.contains("grpc_server_handling_seconds_bucket{"),
+        "a histogram, not a summary"
+    );
+    assert_eq!(
+        value(&m, "syncline_documents_pushed_total{collection=\"tasks\"}"),
+        2.0
+    );
+    assert_eq!(
+        value(&m, "syncline_conflicts_total{collection=\"tasks\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "syncline_push_rows_rejected_total{collection=\"tasks\",reason=\"conflict\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "syncline_push_rows_rejected_total{collection=\"tasks\",reason=\"invalid\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "syncline_documents_streamed_total{collection=\"tasks\"}"
+        ),
+        2.0
+    );
+    assert!(value(&m, "syncline_documents_pulled_total{collection=\"tasks\"}") >= 2.0);
+    assert!(value(&m, "syncline_heartbeats_sent_total") >= 1.0);
+    assert_eq!(value(&m, "syncline_streams_open"), 0.0);
+    assert!(value(&m, "syncline_stream_lag_seconds_count") >= 2.0);
+    assert!(value(&m, "syncline_db_pool_acquire_seconds_count") >= 1.0);
+    assert_eq!(value(&m, "syncline_listener_connected"), 1.0);
+    assert!(value(&m, "syncline_db_pool_connections{state=\"max\"}") >= 1.0);
+    assert!(m.contains("syncline_build_info{version=\""), "{m}");
+    assert!(
+        !m.contains("m1") && !m.contains("bad\""),
+        "no document ids in labels"
+    );
+
+    // Traces: one server span per RPC with the RPC conventions; the pull continues our trace.
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let rpc_spans: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("syncline.v1.ReplicationService/"))
+        .collect();
+    let pushes = rpc_spans
+        .iter()
+        .filter(|s| s.name == "syncline.v1.ReplicationService/Push")
+        .count();
+    assert_eq!(pushes, 3, "one span per Push");
+    let pull = rpc_spans
+        .iter()
+        .find(|s| s.span_context.trace_id().to_string() == trace_id)
+        .expect("the traced pull continues the caller's trace");
+    assert_eq!(pull.name, "syncline.v1.ReplicationService/Pull");
+    assert_eq!(pull.parent_span_id.to_string(), "00f067aa0ba902b7");
+    assert_eq!(pull.span_kind, opentelemetry::trace::SpanKind::Server);
+    let attr = |k: &str| {
+        pull.attributes
+            .iter()
+            .find(|a| a.key.as_str() == k)
+            .map(|a| a.value.to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(attr("rpc.system"), "grpc");
+    assert_eq!(attr("rpc.service"), "syncline.v1.ReplicationService");
+    assert_eq!(attr("rpc.method"), "Pull");
+    assert_eq!(attr("rpc.grpc.status_code"), "0");
+    let db_child = spans
+        .iter()
+        .find(|s| {
+            s.name == "db.read_changes" && s.span_context.trace_id() == pull.span_context.trace_id()
+        })
+        .expect("a child span for the database read");
+    assert_eq!(db_child.parent_span_id, pull.span_context.span_id());
+}
