@@ -7,6 +7,7 @@ mod health;
 mod ordering;
 mod pull;
 mod push;
+mod sigterm;
 mod slow_reader;
 mod subscribe;
 mod tls;
