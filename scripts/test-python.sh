@@ -84,6 +84,7 @@ ADDR="127.0.0.1:$PORT"
 cat >"$WORK/syncline.toml" <<EOF
 listen = "$ADDR"
 heartbeat_seconds = 2
+metrics_enabled = false
 
 [auth]
 mode = "none"

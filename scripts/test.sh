@@ -23,6 +23,10 @@ cargo test --locked --all-targets
 cargo build --locked --bin syncline
 echo "== Python client against the real server"
 SYNCLINE_BIN=target/debug/syncline scripts/test-python.sh
+echo "== TypeScript client (RxDB) against the real server, native gRPC and gRPC-Web"
+SYNCLINE_BIN=target/debug/syncline scripts/test-typescript.sh
+echo "== proto lint and breaking-change check"
+scripts/check-proto.sh
 echo "== deployment manifests"
 scripts/validate-deploy.sh
 echo "== all checks passed"

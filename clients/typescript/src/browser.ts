@@ -1,0 +1,27 @@
+// syncline-rxdb for browsers: the same API as the Node entry point, over gRPC-Web (fetch).
+
+import {
+    replicateSynclineWith,
+    type SynclineReplicationOptions,
+    type SynclineReplicationState,
+} from "./core.js";
+import { createBrowserTransport } from "./transport-web.js";
+
+export type {
+    SynclineCheckpoint,
+    SynclineReplicationOptions,
+    SynclineReplicationState,
+    SynclineTransportKind,
+} from "./core.js";
+export { documentBody, fromServerDocument, toServerDocument } from "./convert.js";
+export * from "./gen/syncline/v1/replication_pb.js";
+
+/**
+ * Starts RxDB replication of one collection through a Syncline server (gRPC-Web; the server
+ * needs `grpc_web = true` and the page's origin in `cors_allowed_origins`).
+ */
+export function replicateSyncline<RxDocType>(
+    options: SynclineReplicationOptions<RxDocType>,
+): SynclineReplicationState<RxDocType> {
+    return replicateSynclineWith(options, "grpc-web", createBrowserTransport);
+}

@@ -1,0 +1,73 @@
+// Mapping between RxDB document states and Syncline's `Document` message.
+//
+// RxDB side: `WithDeleted<RxDocType>` — the document's own fields (primary key included) plus
+// `_deleted`, sometimes with `_meta`, `_rev` and `_attachments` still attached.
+// Syncline side: `Document { id, json, deleted, revision, updated_at }` where `json` is the
+// document body as one UTF-8 JSON object.
+
+import { create } from "@bufbuild/protobuf";
+import { DocumentSchema, type Document } from "./gen/syncline/v1/replication_pb.js";
+
+/** RxDB's bookkeeping fields, never sent to the server as part of a body. */
+const RXDB_INTERNAL_FIELDS = ["_deleted", "_meta", "_rev", "_attachments"] as const;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+/** A plain RxDB document state: the document's fields plus `_deleted`. */
+export type RxDocState = Record<string, unknown> & { _deleted: boolean };
+
+/** The document body sent to the server: the RxDB state without RxDB's own fields. */
+export function documentBody(state: Record<string, unknown>): Record<string, unknown> {
+    const body: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries(state)) {
+        if ((RXDB_INTERNAL_FIELDS as readonly string[]).includes(key)) {
+            continue;
+        }
+        body[key] = value;
+    }
+    return body;
+}
+
+/**
+ * An RxDB document state as a Syncline `Document`. `revision` stays empty: the server assigns
+ * revisions, and an assumed master state without one is compared by JSON value plus `deleted`
+ * (see the README for why this client does not carry revisions).
+ */
+export function toServerDocument(state: Record<string, unknown>, primaryPath: string): Document {
+    const id = state[primaryPath];
+    if (typeof id !== "string" || id.length === 0) {
+        throw new Error(`syncline-rxdb: document has no string primary key in '${primaryPath}'`);
+    }
+    return create(DocumentSchema, {
+        id,
+        json: encoder.encode(JSON.stringify(documentBody(state))),
+        deleted: state._deleted === true,
+    });
+}
+
+/**
+ * A Syncline `Document` as an RxDB document state: the body's fields, the primary key from
+ * `id`, `_deleted` from `deleted`. A tombstone with an empty body becomes `{ [primaryPath]:
+ * id, _deleted: true }`.
+ */
+export function fromServerDocument(doc: Document, primaryPath: string): RxDocState {
+    let body: Record<string, unknown> = {};
+    if (doc.json.length > 0) {
+        const parsed: unknown = JSON.parse(decoder.decode(doc.json));
+        if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+            throw new Error(`syncline-rxdb: document "${doc.id}" body is not a JSON object`);
+        }
+        body = parsed as Record<string, unknown>;
+    }
+    const state: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries(body)) {
+        if ((RXDB_INTERNAL_FIELDS as readonly string[]).includes(key)) {
+            continue;
+        }
+        state[key] = value;
+    }
+    state[primaryPath] = doc.id;
+    state._deleted = doc.deleted;
+    return state as RxDocState;
+}

@@ -1,0 +1,407 @@
+// replicateSyncline(): RxDB replication of one collection through a Syncline server.
+//
+// Built on RxDB's replicateRxCollection():
+//   pull.handler  -> ReplicationService.Pull   (checkpoint = { token })
+//   push.handler  -> ReplicationService.Push   (conflicts come back as RxDB master states)
+//   pull.stream$  <- ReplicationService.Subscribe (ChangeBatch -> { documents, checkpoint },
+//                    Resync / stream errors / reconnects -> 'RESYNC', Heartbeat ignored)
+//
+// This module is transport-agnostic: the entry points (index.ts for Node, browser.ts for
+// browsers) pass in how to build a Connect transport for 'grpc' and 'grpc-web'.
+
+import { create } from "@bufbuild/protobuf";
+import {
+    Code,
+    ConnectError,
+    createClient,
+    type CallOptions,
+    type Client,
+    type Interceptor,
+    type Transport,
+} from "@connectrpc/connect";
+import { Observable } from "rxjs";
+import { errorToPlainJson, newRxError } from "rxdb";
+import type {
+    ReplicationPullOptions,
+    ReplicationPushOptions,
+    RxCollection,
+    RxReplicationPullStreamItem,
+    RxReplicationWriteToMasterRow,
+    WithDeleted,
+} from "rxdb";
+import { replicateRxCollection, type RxReplicationState } from "rxdb/plugins/replication";
+
+import { fromServerDocument, toServerDocument } from "./convert.js";
+import {
+    ChangeRowSchema,
+    PullRequestSchema,
+    PushRequestSchema,
+    ReplicationService,
+    SubscribeRequestSchema,
+} from "./gen/syncline/v1/replication_pb.js";
+
+/** The checkpoint RxDB stores for a Syncline replication: the server's opaque token. */
+export interface SynclineCheckpoint {
+    token: string;
+}
+
+/** Which wire protocol to use. Browsers support only 'grpc-web'. */
+export type SynclineTransportKind = "grpc" | "grpc-web";
+
+export interface SynclineReplicationOptions<RxDocType> {
+    /** The RxDB collection to replicate. */
+    collection: RxCollection<RxDocType, any, any, any>;
+    /** The server's base URL, e.g. `http://127.0.0.1:50051`. */
+    url: string;
+    /** The collection's name on the server (default: the RxDB collection's name). */
+    collectionName?: string;
+    /** A bearer token sent as `authorization: Bearer <token>` on every call. */
+    token?: string;
+    /**
+     * Returns the bearer token; called before every call and every stream (re)connect, so
+     * a refreshed token is picked up. Takes precedence over `token`.
+     */
+    getToken?: () => string | undefined | Promise<string | undefined>;
+    /**
+     * 'grpc' (native gRPC over HTTP/2; Node only), 'grpc-web' (HTTP/1.1; Node and browsers),
+     * or a ready Connect transport. Default: 'grpc' in Node, 'grpc-web' in browsers.
+     */
+    transport?: SynclineTransportKind | Transport;
+    /** Keep replicating (pull stream + live pushes). Default true. */
+    live?: boolean;
+    /**
+     * Documents per Pull and rows per Push. Default 100. Must not exceed the server's
+     * `pull_limit_max` and `push_rows_max` (1000 by default).
+     */
+    batchSize?: number;
+    /** Milliseconds before a failed Pull or Push is retried (RxDB's retryTime). Default 5000. */
+    retryTime?: number;
+    /** Start replicating at once (RxDB's autoStart). Default true. */
+    autoStart?: boolean;
+    /** RxDB's waitForLeadership (multi-tab). Default true. */
+    waitForLeadership?: boolean;
+    /** RxDB's toggleOnDocumentVisible. Default true. */
+    toggleOnDocumentVisible?: boolean;
+    /**
+     * RxDB's replication identifier (keys the stored checkpoints). Default:
+     * `syncline:<collectionName>:<url>`.
+     */
+    replicationIdentifier?: string;
+    /** Deadline of each Pull and Push in milliseconds. Default 30000. */
+    callTimeoutMs?: number;
+    /** First delay before re-opening a failed Subscribe stream. Default 250 ms. */
+    reconnectInitialDelayMs?: number;
+    /** Largest delay between stream reconnect attempts (exponential backoff). Default 10000 ms. */
+    reconnectMaxDelayMs?: number;
+    /**
+     * Re-open the stream when nothing (not even a Heartbeat) arrived for this long; set it
+     * above the server's `heartbeat_seconds` (default 15 s). Default 45000 ms; 0 turns it off.
+     */
+    streamIdleTimeoutMs?: number;
+    /** Extra Connect interceptors (logging, tracing, custom headers). */
+    interceptors?: Interceptor[];
+    /** RxDB pull/push modifiers, passed through. */
+    pull?: Pick<ReplicationPullOptions<RxDocType, SynclineCheckpoint>, "modifier">;
+    push?: Pick<ReplicationPushOptions<RxDocType>, "modifier">;
+}
+
+/** Builds a Connect transport for a transport kind; supplied by the entry point. */
+export type TransportFactory = (
+    kind: SynclineTransportKind,
+    url: string,
+    interceptors: Interceptor[],
+) => Transport;
+
+export type SynclineReplicationState<RxDocType> = RxReplicationState<RxDocType, SynclineCheckpoint>;
+
+type ReplicationClient = Client<typeof ReplicationService>;
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+        if (signal.aborted) {
+            resolve();
+            return;
+        }
+        const timer = setTimeout(done, ms);
+        function done(): void {
+            clearTimeout(timer);
+            signal.removeEventListener("abort", done);
+            resolve();
+        }
+        signal.addEventListener("abort", done);
+    });
+}
+
+function authInterceptor(
+    token: string | undefined,
+    getToken: SynclineReplicationOptions<unknown>["getToken"],
+): Interceptor | undefined {
+    if (token === undefined && getToken === undefined) {
+        return undefined;
+    }
+    return (next) => async (req) => {
+        const value = getToken ? await getToken() : token;
+        if (value) {
+            req.header.set("authorization", `Bearer ${value}`);
+        }
+        return next(req);
+    };
+}
+
+/**
+ * Starts RxDB replication of `options.collection` through Syncline and returns RxDB's
+ * replication state (awaitInitialReplication, awaitInSync, error$, cancel, ...).
+ */
+export function replicateSynclineWith<RxDocType>(
+    options: SynclineReplicationOptions<RxDocType>,
+    defaultTransport: SynclineTransportKind,
+    transportFactory: TransportFactory,
+): SynclineReplicationState<RxDocType> {
+    const collection = options.collection;
+    const collectionName = options.collectionName ?? collection.name;
+    const primaryPath = collection.schema.primaryPath as string;
+    const batchSize = options.batchSize ?? 100;
+    const live = options.live ?? true;
+    const callTimeoutMs = options.callTimeoutMs ?? 30_000;
+    const reconnectInitialDelayMs = options.reconnectInitialDelayMs ?? 250;
+    const reconnectMaxDelayMs = options.reconnectMaxDelayMs ?? 10_000;
+    const streamIdleTimeoutMs = options.streamIdleTimeoutMs ?? 45_000;
+    if (!Number.isInteger(batchSize) || batchSize < 1) {
+        throw new Error(`syncline-rxdb: batchSize must be a positive integer, not ${batchSize}`);
+    }
+
+    const interceptors: Interceptor[] = [];
+    const auth = authInterceptor(options.token, options.getToken);
+    if (auth) {
+        interceptors.push(auth);
+    }
+    interceptors.push(...(options.interceptors ?? []));
+    const transportOption = options.transport ?? defaultTransport;
+    const transport =
+        typeof transportOption === "string"
+            ? transportFactory(transportOption, options.url, interceptors)
+            : transportOption;
+    const client: ReplicationClient = createClient(ReplicationService, transport);
+
+    // The newest checkpoint this replication has seen (from Pull or the stream): where a
+    // (re)opened Subscribe starts. RxDB keeps its own, persisted checkpoint for Pull.
+    let streamCheckpoint: SynclineCheckpoint | undefined;
+    let pullSucceeded = false;
+    const pullSucceededWaiters: Array<() => void> = [];
+
+    // RxDB issue 5571: change batches that arrive while a push is in flight are not handed
+    // to RxDB (it could store their checkpoint without storing their documents); instead a
+    // 'RESYNC' is emitted when the last push in flight has finished, so RxDB pulls from its
+    // own checkpoint and gets those documents by Pull.
+    let pushesInFlight = 0;
+    let batchWithheldDuringPush = false;
+    let emitToStream: ((item: RxReplicationPullStreamItem<RxDocType, SynclineCheckpoint>) => void) | undefined;
+
+    const callOptions = (): CallOptions => ({ timeoutMs: callTimeoutMs });
+
+    const pullHandler = async (
+        checkpoint: SynclineCheckpoint | undefined,
+        limit: number,
+    ): Promise<{ documents: WithDeleted<RxDocType>[]; checkpoint: SynclineCheckpoint | undefined }> => {
+        const request = create(PullRequestSchema, {
+            collection: collectionName,
+            limit,
+            checkpoint: checkpoint?.token ? { token: checkpoint.token } : undefined,
+        });
+        const response = await client.pull(request, callOptions());
+        const documents = response.documents.map(
+            (doc) => fromServerDocument(doc, primaryPath) as unknown as WithDeleted<RxDocType>,
+        );
+        const token = response.checkpoint?.token;
+        const next: SynclineCheckpoint | undefined = token ? { token } : checkpoint;
+        if (next && (streamCheckpoint === undefined || documents.length > 0)) {
+            streamCheckpoint = next;
+        }
+        if (!pullSucceeded) {
+            pullSucceeded = true;
+            pullSucceededWaiters.splice(0).forEach((wake) => wake());
+        }
+        return { documents, checkpoint: next };
+    };
+
+    const pushHandler = async (
+        rows: RxReplicationWriteToMasterRow<RxDocType>[],
+    ): Promise<WithDeleted<RxDocType>[]> => {
+        pushesInFlight += 1;
+        try {
+            const request = create(PushRequestSchema, {
+                collection: collectionName,
+                rows: rows.map((row) =>
+                    create(ChangeRowSchema, {
+                        newDocumentState: toServerDocument(
+                            row.newDocumentState as unknown as Record<string, unknown>,
+                            primaryPath,
+                        ),
+                        assumedMasterState: row.assumedMasterState
+                            ? toServerDocument(
+                                  row.assumedMasterState as unknown as Record<string, unknown>,
+                                  primaryPath,
+                              )
+                            : undefined,
+                    }),
+                ),
+            });
+            const response = await client.push(request, callOptions());
+            return response.conflicts.map(
+                (doc) => fromServerDocument(doc, primaryPath) as unknown as WithDeleted<RxDocType>,
+            );
+        } finally {
+            pushesInFlight -= 1;
+            if (pushesInFlight === 0 && batchWithheldDuringPush) {
+                batchWithheldDuringPush = false;
+                emitToStream?.("RESYNC");
+            }
+        }
+    };
+
+    let replicationState: SynclineReplicationState<RxDocType> | undefined;
+    const reportStreamError = (err: unknown): void => {
+        replicationState?.subjects.error.next(
+            newRxError("RC_STREAM", { error: errorToPlainJson(err as Error) }),
+        );
+    };
+
+    const stream$ = new Observable<RxReplicationPullStreamItem<RxDocType, SynclineCheckpoint>>(
+        (subscriber) => {
+            const stop = new AbortController();
+            emitToStream = (item) => subscriber.next(item);
+
+            const run = async (): Promise<void> => {
+                // Open the stream only once a Pull has succeeded, so that it starts at the
+                // checkpoint RxDB has reached rather than replaying the whole collection.
+                if (!pullSucceeded) {
+                    await new Promise<void>((resolve) => {
+                        pullSucceededWaiters.push(resolve);
+                        stop.signal.addEventListener("abort", () => resolve());
+                    });
+                }
+                let attempt = 0;
+                let connections = 0;
+                while (!stop.signal.aborted) {
+                    const call = new AbortController();
+                    const abortCall = (): void => call.abort();
+                    stop.signal.addEventListener("abort", abortCall);
+                    let idleTimer: ReturnType<typeof setTimeout> | undefined;
+                    const armIdleTimer = (): void => {
+                        if (streamIdleTimeoutMs > 0) {
+                            clearTimeout(idleTimer);
+                            idleTimer = setTimeout(
+                                () =>
+                                    call.abort(
+                                        new ConnectError(
+                                            `no message for ${streamIdleTimeoutMs} ms`,
+                                            Code.DeadlineExceeded,
+                                        ),
+                                    ),
+                                streamIdleTimeoutMs,
+                            );
+                        }
+                    };
+                    let connected = false;
+                    const onConnected = (): void => {
+                        if (connected) {
+                            return;
+                        }
+                        connected = true;
+                        attempt = 0;
+                        connections += 1;
+                        // Changes may have been missed while the stream was down: let RxDB
+                        // pull from its own checkpoint.
+                        if (connections > 1) {
+                            subscriber.next("RESYNC");
+                        }
+                    };
+                    try {
+                        armIdleTimer();
+                        const request = create(SubscribeRequestSchema, {
+                            collection: collectionName,
+                            checkpoint: streamCheckpoint ? { token: streamCheckpoint.token } : undefined,
+                        });
+                        const responses = client.subscribe(request, {
+                            signal: call.signal,
+                            timeoutMs: 0,
+                            onHeader: onConnected,
+                        });
+                        for await (const response of responses) {
+                            onConnected();
+                            armIdleTimer();
+                            const event = response.event;
+                            if (event.case === "changes") {
+                                const token = event.value.checkpoint?.token;
+                                if (token) {
+                                    streamCheckpoint = { token };
+                                }
+                                if (event.value.documents.length === 0 || !token) {
+                                    continue;
+                                }
+                                if (pushesInFlight > 0) {
+                                    batchWithheldDuringPush = true;
+                                    continue;
+                                }
+                                subscriber.next({
+                                    documents: event.value.documents.map(
+                                        (doc) =>
+                                            fromServerDocument(doc, primaryPath) as unknown as WithDeleted<RxDocType>,
+                                    ),
+                                    checkpoint: { token },
+                                });
+                            } else if (event.case === "resync") {
+                                subscriber.next("RESYNC");
+                            }
+                            // Heartbeat (and unknown future events): nothing to do.
+                        }
+                        if (!stop.signal.aborted) {
+                            throw new ConnectError("Subscribe stream ended", Code.Unavailable);
+                        }
+                    } catch (err) {
+                        if (!stop.signal.aborted) {
+                            reportStreamError(err);
+                        }
+                    } finally {
+                        clearTimeout(idleTimer);
+                        stop.signal.removeEventListener("abort", abortCall);
+                    }
+                    if (stop.signal.aborted) {
+                        break;
+                    }
+                    const base = Math.min(reconnectMaxDelayMs, reconnectInitialDelayMs * 2 ** attempt);
+                    attempt = Math.min(attempt + 1, 30);
+                    await sleep(base / 2 + Math.random() * (base / 2), stop.signal);
+                }
+            };
+            run().catch((err: unknown) => reportStreamError(err));
+            return () => {
+                emitToStream = undefined;
+                stop.abort();
+            };
+        },
+    );
+
+    replicationState = replicateRxCollection<RxDocType, SynclineCheckpoint>({
+        replicationIdentifier:
+            options.replicationIdentifier ?? `syncline:${collectionName}:${options.url}`,
+        collection,
+        live,
+        retryTime: options.retryTime,
+        autoStart: options.autoStart,
+        waitForLeadership: options.waitForLeadership,
+        toggleOnDocumentVisible: options.toggleOnDocumentVisible,
+        pull: {
+            handler: pullHandler,
+            batchSize,
+            modifier: options.pull?.modifier,
+            stream$: live ? stream$ : undefined,
+        },
+        push: {
+            handler: pushHandler,
+            batchSize,
+            modifier: options.push?.modifier,
+        },
+    });
+    return replicationState;
+}

@@ -1,0 +1,29 @@
+// syncline-rxdb for Node.js: replicate an RxDB collection through Syncline over native gRPC
+// (default) or gRPC-Web. Browsers get ./browser.js through the package's "browser" export
+// condition, with the same API.
+
+import {
+    replicateSynclineWith,
+    type SynclineReplicationOptions,
+    type SynclineReplicationState,
+} from "./core.js";
+import { createNodeTransport } from "./transport-node.js";
+
+export type {
+    SynclineCheckpoint,
+    SynclineReplicationOptions,
+    SynclineReplicationState,
+    SynclineTransportKind,
+} from "./core.js";
+export { documentBody, fromServerDocument, toServerDocument } from "./convert.js";
+export * from "./gen/syncline/v1/replication_pb.js";
+
+/**
+ * Starts RxDB replication of one collection through a Syncline server and returns RxDB's
+ * replication state. `transport` defaults to 'grpc' (HTTP/2); 'grpc-web' uses HTTP/1.1.
+ */
+export function replicateSyncline<RxDocType>(
+    options: SynclineReplicationOptions<RxDocType>,
+): SynclineReplicationState<RxDocType> {
+    return replicateSynclineWith(options, "grpc", createNodeTransport);
+}

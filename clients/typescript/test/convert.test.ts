@@ -1,0 +1,44 @@
+// Unit tests of the RxDB <-> Syncline document mapping (no server needed).
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { create } from "@bufbuild/protobuf";
+
+import { DocumentSchema, fromServerDocument, toServerDocument } from "../src/index.js";
+
+const text = (b: Uint8Array): string => new TextDecoder().decode(b);
+
+test("toServerDocument strips RxDB's fields and maps _deleted", () => {
+    const doc = toServerDocument(
+        { id: "t1", title: "x", nested: { a: 1 }, _deleted: true, _meta: { lwt: 1 }, _rev: "1-a", _attachments: {} },
+        "id",
+    );
+    assert.equal(doc.id, "t1");
+    assert.equal(doc.deleted, true);
+    assert.equal(doc.revision, "");
+    assert.deepEqual(JSON.parse(text(doc.json)), { id: "t1", title: "x", nested: { a: 1 } });
+});
+
+test("toServerDocument needs a string primary key", () => {
+    assert.throws(() => toServerDocument({ title: "no id", _deleted: false }, "id"), /primary key/);
+});
+
+test("fromServerDocument restores the primary key and _deleted", () => {
+    const state = fromServerDocument(
+        create(DocumentSchema, { id: "k1", json: new TextEncoder().encode('{"title":"t","n":2}'), deleted: false, revision: "3-abc" }),
+        "key",
+    );
+    assert.deepEqual(state, { title: "t", n: 2, key: "k1", _deleted: false });
+});
+
+test("fromServerDocument accepts a tombstone with an empty body", () => {
+    const state = fromServerDocument(create(DocumentSchema, { id: "k2", deleted: true }), "id");
+    assert.deepEqual(state, { id: "k2", _deleted: true });
+});
+
+test("fromServerDocument rejects a body that is not an object", () => {
+    assert.throws(
+        () => fromServerDocument(create(DocumentSchema, { id: "k3", json: new TextEncoder().encode("[1]") }), "id"),
+        /not a JSON object/,
+    );
+});

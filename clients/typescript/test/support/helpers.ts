@@ -1,0 +1,177 @@
+// Test helpers: RxDB databases on memory storage, a call-recording interceptor, a raw client
+// for looking at the server's state, and polling.
+
+import { createClient, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
+import { createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { createRxDatabase, type RxCollection, type RxConflictHandler, type RxDatabase, type RxJsonSchema } from "rxdb";
+import { getRxStorageMemory } from "rxdb/plugins/storage-memory";
+
+import {
+    ReplicationService,
+    type PullResponse,
+    type SubscribeResponse,
+} from "../../src/gen/syncline/v1/replication_pb.js";
+import type { SynclineTransportKind } from "../../src/index.js";
+
+export interface Task {
+    id: string;
+    title: string;
+    done?: boolean;
+    n?: number;
+}
+
+export const taskSchema: RxJsonSchema<Task> = {
+    version: 0,
+    primaryKey: "id",
+    type: "object",
+    properties: {
+        id: { type: "string", maxLength: 100 },
+        title: { type: "string" },
+        done: { type: "boolean" },
+        n: { type: "number" },
+    },
+    required: ["id", "title"],
+};
+
+let databaseCounter = 0;
+
+export interface TestDatabase {
+    db: RxDatabase;
+    tasks: RxCollection<Task>;
+}
+
+export async function createTestDatabase(
+    name: string,
+    conflictHandler?: RxConflictHandler<Task>,
+): Promise<TestDatabase> {
+    databaseCounter += 1;
+    const db = await createRxDatabase({
+        name: `${name}${databaseCounter}x${Date.now()}`.toLowerCase().replace(/[^a-z0-9]/g, ""),
+        storage: getRxStorageMemory(),
+        multiInstance: false,
+        eventReduce: true,
+    });
+    const collections = await db.addCollections({
+        tasks: { schema: taskSchema, conflictHandler },
+    });
+    return { db, tasks: collections.tasks as RxCollection<Task> };
+}
+
+/** Records every call a replication makes; can delay Push responses. */
+export class CallLog {
+    pulls = 0;
+    pullTimes: number[] = [];
+    pushes = 0;
+    pushRows: number[] = [];
+    subscribesOpened = 0;
+    /** Change batches received on Subscribe, with the time they arrived. */
+    changeBatches: Array<{ at: number; ids: string[] }> = [];
+    /** [start, end] of each Push, end after the added delay. */
+    pushWindows: Array<{ start: number; end: number }> = [];
+    /** Added to every Push after the server answered (simulates a slow network). */
+    pushDelayMs = 0;
+
+    readonly interceptor: Interceptor = (next) => async (req) => {
+        const name = req.method.name;
+        if (name === "Pull") {
+            this.pulls += 1;
+            this.pullTimes.push(Date.now());
+            return next(req);
+        }
+        if (name === "Push") {
+            this.pushes += 1;
+            const start = Date.now();
+            const message = req.message as unknown as { rows: unknown[] };
+            this.pushRows.push(message.rows.length);
+            const window = { start, end: Number.POSITIVE_INFINITY };
+            this.pushWindows.push(window);
+            try {
+                const res = (await next(req)) as UnaryResponse;
+                if (this.pushDelayMs > 0) {
+                    await new Promise((r) => setTimeout(r, this.pushDelayMs));
+                }
+                return res as never;
+            } finally {
+                window.end = Date.now();
+            }
+        }
+        if (name === "Subscribe") {
+            const res = (await next(req)) as StreamResponse;
+            this.subscribesOpened += 1;
+            const log = this.changeBatches;
+            const inner = res.message as AsyncIterable<SubscribeResponse>;
+            async function* observe(): AsyncGenerator<SubscribeResponse> {
+                for await (const message of inner) {
+                    if (message.event.case === "changes" && message.event.value.documents.length > 0) {
+                        log.push({ at: Date.now(), ids: message.event.value.documents.map((d) => d.id) });
+                    }
+                    yield message;
+                }
+            }
+            return { ...res, message: observe() } as never;
+        }
+        return next(req);
+    };
+
+    /** Whether a change batch holding `id` arrived while a Push was in flight. */
+    batchArrivedDuringPush(id: string): boolean {
+        return this.changeBatches.some(
+            (b) => b.ids.includes(id) && this.pushWindows.some((w) => b.at > w.start && b.at < w.end),
+        );
+    }
+}
+
+/** A plain client for checking the server's state directly. */
+export function rawClient(url: string, kind: SynclineTransportKind) {
+    const transport =
+        kind === "grpc"
+            ? createGrpcTransport({ baseUrl: url })
+            : createGrpcWebTransport({ baseUrl: url, httpVersion: "1.1" });
+    return createClient(ReplicationService, transport);
+}
+
+export interface ServerDoc {
+    id: string;
+    deleted: boolean;
+    body: Record<string, unknown>;
+}
+
+/** Every document of a server collection at its latest state (Pull until empty). */
+export async function pullAll(url: string, kind: SynclineTransportKind, collection: string): Promise<Map<string, ServerDoc>> {
+    const client = rawClient(url, kind);
+    const docs = new Map<string, ServerDoc>();
+    let token = "";
+    for (;;) {
+        const res: PullResponse = await client.pull({ collection, checkpoint: { token }, limit: 1000 });
+        if (res.documents.length === 0) {
+            return docs;
+        }
+        for (const d of res.documents) {
+            const text = new TextDecoder().decode(d.json);
+            docs.set(d.id, { id: d.id, deleted: d.deleted, body: text ? JSON.parse(text) : {} });
+        }
+        token = res.checkpoint?.token ?? token;
+    }
+}
+
+/** Polls `check` every 20 ms until it returns true; fails with `what` after `timeoutMs`. */
+export async function waitFor(what: string, timeoutMs: number, check: () => boolean | Promise<boolean>): Promise<number> {
+    const start = Date.now();
+    for (;;) {
+        if (await check()) {
+            return Date.now() - start;
+        }
+        if (Date.now() - start > timeoutMs) {
+            throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+        }
+        await new Promise((r) => setTimeout(r, 20));
+    }
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** The collection's live (not deleted) documents as plain objects by id. */
+export async function snapshot(tasks: RxCollection<Task>): Promise<Map<string, Task>> {
+    const docs = await tasks.find().exec();
+    return new Map(docs.map((d) => [d.id, d.toJSON() as Task]));
+}

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Runs the TypeScript client's tests (clients/typescript: syncline-rxdb) against a real Syncline
+# server: two RxDB databases replicating through it, once over native gRPC and once over gRPC-Web.
+#
+# Usage: TEST_DATABASE_ADMIN_URL=postgres://postgres@127.0.0.1:55433/postgres scripts/test-typescript.sh
+#   TEST_DATABASE_ADMIN_URL  a throwaway cluster where the tests may CREATE DATABASE (required)
+#   SYNCLINE_BIN             the server binary (default target/debug/syncline)
+# Extra arguments go to `node --test` (e.g. --test-name-pattern=restart).
+#
+# Installs clients/typescript's packages from package-lock.json (`npm ci`, skipped while
+# node_modules matches the lock), generates the stubs from proto/ and compiles (tsc), then runs
+# the suites. Each suite starts its own server on a free port against a fresh database
+# (syncline_ts_<run>_<transport>), kills and restarts it mid-test, and drops the database at
+# the end. This script drops leftover databases and stops leftover servers on exit, prints the
+# server logs when a test failed, and exits with the test runner's status.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+if [ -z "${TEST_DATABASE_ADMIN_URL:-}" ]; then
+    echo "test-typescript.sh: set TEST_DATABASE_ADMIN_URL (e.g. postgres://postgres@127.0.0.1:55433/postgres)" >&2
+    exit 2
+fi
+SYNCLINE_BIN=${SYNCLINE_BIN:-target/debug/syncline}
+if [ ! -x "$SYNCLINE_BIN" ]; then
+    echo "test-typescript.sh: $SYNCLINE_BIN not found; run 'cargo build --bin syncline' or set SYNCLINE_BIN" >&2
+    exit 2
+fi
+SYNCLINE_BIN=$(cd "$(dirname "$SYNCLINE_BIN")" && pwd)/$(basename "$SYNCLINE_BIN")
+for tool in node npm psql; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "test-typescript.sh: '$tool' is not installed" >&2
+        exit 2
+    fi
+done
+
+cd clients/typescript
+STAMP=node_modules/.syncline-npm-ci
+if [ ! -f "$STAMP" ] || [ package-lock.json -nt "$STAMP" ] || [ package.json -nt "$STAMP" ]; then
+    echo "== npm ci (clients/typescript)"
+    npm ci --no-audit --no-fund
+    touch "$STAMP"
+fi
+echo "== generating stubs and compiling"
+npm run --silent build:test
+
+WORK=$(mktemp -d /tmp/syncline-ts-test.XXXXXX)
+RUN_ID="r$$_$(date +%s)"
+cleanup() {
+    status=$?
+    # Servers the suites started and could not stop (a crashed or killed test process).
+    for pidfile in "$WORK"/*.pid; do
+        [ -f "$pidfile" ] || continue
+        pid=$(cat "$pidfile")
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    for db in $(psql "$TEST_DATABASE_ADMIN_URL" -At -c \
+        "SELECT datname FROM pg_database WHERE datname LIKE 'syncline\_ts\_${RUN_ID,,}\_%'" 2>/dev/null); do
+        psql "$TEST_DATABASE_ADMIN_URL" -q -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+    done
+    if [ "$status" -ne 0 ]; then
+        for log in "$WORK"/*.log; do
+            [ -f "$log" ] || continue
+            echo "== server log ($(basename "$log"))" >&2
+            tail -n 200 "$log" >&2
+        done
+    fi
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "== node --test (gRPC and gRPC-Web against $(basename "$SYNCLINE_BIN"))"
+set +e
+SYNCLINE_BIN="$SYNCLINE_BIN" SYNCLINE_TEST_LOG_DIR="$WORK" SYNCLINE_TEST_RUN_ID="$RUN_ID" \
+    node --test --test-concurrency=1 "$@" \
+    build/test/convert.test.js build/test/interop-grpc.test.js build/test/interop-grpc-web.test.js
+status=$?
+set -e
+cd "$ROOT"
+exit "$status"
