@@ -40,12 +40,7 @@ fn main() -> ExitCode {
         }
     };
     if let Command::CheckConfig = cli.command {
-        let auth = config
-            .auth
-            .as_ref()
-            .map(syncline::auth::Authenticator::from_config)
-            .transpose();
-        let checked = auth.and_then(|_| syncline::protocol::Collections::from_config(&config));
+        let checked = syncline::server::check(&config);
         return match checked {
             Ok(_) => {
                 println!(

@@ -49,6 +49,18 @@ pub fn open_store(config: &Config) -> Result<PgStore, ServerError> {
     Ok(PgStore::connect_lazy(url, &settings)?)
 }
 
+/// Everything `serve` checks before connecting: collection schemas, auth keys, TLS files.
+pub fn check(config: &Config) -> Result<(), ServerError> {
+    Collections::from_config(config).map_err(ServerError::Config)?;
+    if let Some(auth) = &config.auth {
+        Authenticator::from_config(auth).map_err(ServerError::Config)?;
+    }
+    if let Some(tls) = &config.tls {
+        tls_config(tls)?;
+    }
+    Ok(())
+}
+
 /// Applies the database migrations and returns.
 pub async fn migrate(config: &Config) -> Result<(), ServerError> {
     let store = open_store(config)?;
