@@ -448,17 +448,24 @@ async fn a_stream_ends_when_its_token_expires() {
         .await
         .unwrap()
         .into_inner();
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(8), stream.message())
-            .await
-            .expect("ends by expiry")
-        {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("ended without a status"),
-            Err(s) => break s,
-        }
-    };
+    let status = stream_end_status(&mut stream, Duration::from_secs(8)).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+}
+
+/// Polls (bounded) until a pull with `token` succeeds: the JWKS file is re-read every 2 s.
+async fn eventually_accepted(c: &mut Client, token: &str) -> bool {
+    for _ in 0..100 {
+        let pull = PullRequest {
+            collection: "tasks".into(),
+            checkpoint: None,
+            limit: 1,
+        };
+        if c.pull(authed(pull, token)).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 #[tokio::test]
@@ -479,15 +486,10 @@ async fn jwks_keys_rotate_without_a_restart() {
         checkpoint: None,
         limit: 1,
     };
-    let mut accepted = false;
-    for _ in 0..100 {
-        if c.pull(authed(pull(), &sign(&k1, "k1"))).await.is_ok() {
-            accepted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(accepted, "a key added to the JWKS file is picked up");
+    assert!(
+        eventually_accepted(&mut c, &sign(&k1, "k1")).await,
+        "a key added to the JWKS file is picked up"
+    );
     assert_eq!(
         c.pull(authed(pull(), &sign(&k2, "k2")))
             .await
@@ -496,15 +498,10 @@ async fn jwks_keys_rotate_without_a_restart() {
         Code::Unauthenticated
     );
     write_jwks(&jwks, &[&jwk2]);
-    let mut rotated = false;
-    for _ in 0..100 {
-        if c.pull(authed(pull(), &sign(&k2, "k2"))).await.is_ok() {
-            rotated = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(rotated, "the new key is accepted after rotation");
+    assert!(
+        eventually_accepted(&mut c, &sign(&k2, "k2")).await,
+        "the new key is accepted after rotation"
+    );
     assert_eq!(
         c.pull(authed(pull(), &sign(&k1, "k1")))
             .await

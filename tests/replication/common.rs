@@ -304,3 +304,22 @@ pub fn generation(revision: &str) -> u64 {
         .and_then(|(n, _)| n.parse().ok())
         .expect("revision has a generation")
 }
+
+/// Reads a stream until it ends and returns its final status; panics if it ends with OK or
+/// not within `wait`.
+pub async fn stream_end_status<T>(
+    stream: &mut tonic::Streaming<T>,
+    wait: Duration,
+) -> tonic::Status {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("the stream ends in time")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => return status,
+        }
+    }
+}

@@ -113,16 +113,7 @@ async fn sigterm_finishes_the_push_ends_the_stream_and_exits_zero() {
             .conflicts
             .is_empty()
     );
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("stream ends")
-        {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("stream ended without a status"),
-            Err(s) => break s,
-        }
-    };
+    let status = stream_end_status(&mut stream, Duration::from_secs(10)).await;
     assert_eq!(status.code(), Code::Unavailable, "retryable: {status:?}");
     let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await

@@ -249,16 +249,7 @@ async fn shutdown_ends_streams_with_a_retryable_status() {
     let server = TestServer::start().await;
     let mut stream = subscribe(&server, "tasks", "").await;
     let stopping = tokio::spawn(server.stop());
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("stream ends")
-        {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("stream ended without a status"),
-            Err(status) => break status,
-        }
-    };
+    let status = stream_end_status(&mut stream, Duration::from_secs(10)).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     stopping.await.unwrap().expect("clean stop");
 }
