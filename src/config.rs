@@ -113,6 +113,10 @@ pub struct Config {
     /// `["*"]` allows any origin. Empty: no cross-origin browser calls.
     #[serde(default)]
     pub cors_allowed_origins: Vec<String>,
+    /// Recent changes kept in memory per collection and served to every caught-up stream, so
+    /// that a write is read once, not once per stream.
+    #[serde(default = "default_stream_buffer_documents")]
+    pub stream_buffer_documents: usize,
     /// Most open Subscribe streams per principal.
     #[serde(default = "default_streams_per_principal_max")]
     pub streams_per_principal_max: usize,
@@ -251,6 +255,9 @@ fn default_keepalive_seconds() -> u64 {
 }
 fn default_health_check_seconds() -> u64 {
     2
+}
+fn default_stream_buffer_documents() -> usize {
+    10_000
 }
 fn default_streams_per_principal_max() -> usize {
     100

@@ -117,6 +117,7 @@ pub async fn serve(
         limits: Limits::from_config(&config),
         hub,
         streams_max: config.streams_max,
+        stream_buffer_documents: config.stream_buffer_documents,
         streams_per_principal_max: config.streams_per_principal_max,
         heartbeat: Duration::from_secs(config.heartbeat_seconds),
         visibility_wait: Duration::from_millis(config.visibility_wait_ms),

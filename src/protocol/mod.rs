@@ -8,6 +8,7 @@ mod error;
 pub mod principal;
 pub mod stream;
 pub mod stream_limits;
+pub mod tail;
 pub mod validate;
 
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub struct Replicator<S> {
     collections: Collections,
     limits: Limits,
     hub: Hub,
+    tails: std::collections::HashMap<String, Arc<tail::Tail>>,
     streams: StreamLimits,
     heartbeat: Duration,
     visibility_wait: Duration,
@@ -60,6 +62,8 @@ pub struct ReplicatorParts<S> {
     pub hub: Hub,
     /// Most concurrent streams in this process.
     pub streams_max: usize,
+    /// Recent changes kept per collection for caught-up streams.
+    pub stream_buffer_documents: usize,
     /// Most concurrent streams per principal.
     pub streams_per_principal_max: usize,
     /// Idle interval before a Heartbeat.
@@ -73,7 +77,22 @@ pub struct ReplicatorParts<S> {
 impl<S: Store> Replicator<S> {
     /// Builds the replicator.
     pub fn new(p: ReplicatorParts<S>) -> Replicator<S> {
+        let page = p.limits.pull_max;
+        let tails = p
+            .collections
+            .names()
+            .filter_map(|name| {
+                let signals = p.hub.subscribe(name)?;
+                let tail = tail::Tail::new(name, p.stream_buffer_documents);
+                let run = tail
+                    .clone()
+                    .run(p.store.clone(), signals, page, p.shutdown.clone());
+                tokio::spawn(run);
+                Some((name.to_owned(), tail))
+            })
+            .collect();
         Replicator {
+            tails,
             store: p.store,
             collections: p.collections,
             limits: p.limits,
@@ -192,10 +211,11 @@ impl<S: Store> Replicator<S> {
             ));
         }
         let slot = self.streams.acquire(&principal.subject)?;
-        let signals = self
-            .hub
-            .subscribe(&collection.name)
-            .ok_or_else(|| ProtocolError::Internal("collection without a hub channel".into()))?;
+        let tail = self
+            .tails
+            .get(&collection.name)
+            .cloned()
+            .ok_or_else(|| ProtocolError::Internal("collection without a tail".into()))?;
         let (out, events) = mpsc::channel(1);
         let subscription = stream::Subscription {
             store: self.store.clone(),
@@ -205,13 +225,18 @@ impl<S: Store> Replicator<S> {
             position,
             page_size: self.limits.pull_max,
             heartbeat: self.heartbeat,
-            signals,
+            tail,
             shutdown: self.shutdown.clone(),
             out,
             _slot: slot,
         };
         tokio::spawn(subscription.run());
         Ok(events)
+    }
+
+    /// Documents held in `collection`'s shared stream buffer (0 for unknown collections).
+    pub fn buffered(&self, collection: &str) -> usize {
+        self.tails.get(collection).map_or(0, |t| t.len())
     }
 
     /// Streams currently open.

@@ -1,17 +1,20 @@
-//! One Subscribe stream: catch up from the checkpoint in pages, then wait for wake-ups and read
-//! again. Documents are read from the table, never queued per subscriber: the only buffer is a
-//! channel of one event, and a page is read only once the client has taken the previous one.
+//! One Subscribe stream: catch up from the checkpoint in pages read from the table, then follow
+//! the collection's shared [`Tail`] (changes read once for all streams). Nothing is queued per
+//! subscriber: the only buffer is a channel of one event, and the next page is taken only once
+//! the client has received the previous one; a stream that falls behind the tail's window
+//! reads the table again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use std::time::SystemTime;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::stream_limits::StreamSlot;
+use super::tail::{Tail, Take, covered_below};
 use super::{ProtocolError, checkpoint};
 use crate::store::{Position, Store, StoredDocument};
 use crate::telemetry::metrics as m;
@@ -33,11 +36,6 @@ pub enum StreamEvent {
 /// Items on a stream's channel: an event, or the error that ends the stream.
 pub type StreamItem = Result<StreamEvent, ProtocolError>;
 
-/// Shortest and longest pause before re-reading when a signalled commit is not yet readable
-/// in order (an older transaction is still running).
-const PENDING_BACKOFF_MIN: Duration = Duration::from_millis(2);
-const PENDING_BACKOFF_MAX: Duration = Duration::from_millis(250);
-
 /// Everything one stream task needs.
 pub(super) struct Subscription<S> {
     pub store: Arc<S>,
@@ -49,7 +47,7 @@ pub(super) struct Subscription<S> {
     pub position: Position,
     pub page_size: u32,
     pub heartbeat: Duration,
-    pub signals: watch::Receiver<i64>,
+    pub tail: Arc<Tail>,
     pub shutdown: CancellationToken,
     pub out: mpsc::Sender<StreamItem>,
     /// Held for the stream's life: counts against the stream limits.
@@ -60,8 +58,8 @@ impl<S: Store> Subscription<S> {
     /// Runs until the client goes away, the server shuts down or the store fails.
     pub async fn run(mut self) {
         let expiry = self.expiry();
+        let mut head = self.tail.watch();
         let mut last_sent = Instant::now();
-        let mut pending_backoff = PENDING_BACKOFF_MIN;
         let mut read = true;
         loop {
             if read {
@@ -73,51 +71,31 @@ impl<S: Store> Subscription<S> {
                         Err(_) => return, // the client went away
                     },
                 };
-                // Mark signals seen before reading: a commit signalled during the read wakes
-                // us again.
-                let signalled = *self.signals.borrow_and_update();
-                let page = match self
-                    .store
-                    .read_changes(
-                        &self.collection,
-                        self.owner.as_deref(),
-                        self.position,
-                        self.page_size,
-                    )
-                    .await
-                {
-                    Ok(page) => page,
+                // Mark the head seen before looking: a change appended meanwhile wakes us.
+                head.borrow_and_update();
+                let (documents, position) = match self.next_page().await {
+                    Ok(next) => next,
                     Err(e) => {
-                        permit.send(Err(e.into()));
+                        permit.send(Err(e));
                         return;
                     }
                 };
-                let full = page.documents.len() >= self.page_size as usize;
-                if let Some(last) = page.documents.last() {
-                    self.position = last.position;
-                    self.observe_sent(&page.documents);
+                let more = documents.len() >= self.page_size as usize;
+                self.position = self.position.max(position);
+                if let Some(last) = documents.last() {
+                    let checkpoint = checkpoint::encode(last.position);
+                    self.observe_sent(&documents);
                     permit.send(Ok(StreamEvent::Changes {
-                        documents: page.documents,
-                        checkpoint: checkpoint::encode(self.position),
+                        documents,
+                        checkpoint,
                     }));
                     last_sent = Instant::now();
-                    if full {
-                        continue;
-                    }
                 } else {
                     drop(permit);
                 }
-                // A commit was signalled that the horizon does not cover yet: its rows exist
-                // but cannot be handed out in order until older transactions finish.
-                if page.horizon <= signalled {
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return self.end_for_shutdown().await,
-                        _ = tokio::time::sleep(pending_backoff) => {}
-                    }
-                    pending_backoff = (pending_backoff * 2).min(PENDING_BACKOFF_MAX);
+                if more {
                     continue;
                 }
-                pending_backoff = PENDING_BACKOFF_MIN;
             }
             read = true;
             tokio::select! {
@@ -126,9 +104,9 @@ impl<S: Store> Subscription<S> {
                     "the token expired; reconnect with a fresh one".into(),
                 )).await,
                 _ = self.out.closed() => return,
-                changed = self.signals.changed() => {
+                changed = head.changed() => {
                     if changed.is_err() {
-                        return; // the hub is gone: the server is stopping
+                        return; // the tail is gone: the server is stopping
                     }
                 }
                 _ = tokio::time::sleep_until(last_sent + self.heartbeat) => {
@@ -141,6 +119,34 @@ impl<S: Store> Subscription<S> {
                 }
             }
         }
+    }
+
+    /// The next page after the stream's position: from the shared tail when it covers the
+    /// position, else from the table. Returns the documents and the position they reach.
+    async fn next_page(&self) -> Result<(Vec<StoredDocument>, Position), ProtocolError> {
+        let limit = self.page_size as usize;
+        if let Take::Covered {
+            documents,
+            position,
+        } = self.tail.take(self.position, self.owner.as_deref(), limit)
+        {
+            return Ok((documents, position));
+        }
+        let page = self
+            .store
+            .read_changes(
+                &self.collection,
+                self.owner.as_deref(),
+                self.position,
+                self.page_size,
+            )
+            .await?;
+        let position = match page.documents.last() {
+            Some(last) if page.documents.len() >= limit => last.position,
+            // Not full: everything below the horizon has been seen.
+            _ => self.position.max(covered_below(page.horizon)),
+        };
+        Ok((page.documents, position))
     }
 
     /// Counts streamed documents and their lag from commit to send.

@@ -140,6 +140,10 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<ChangePage, StoreError>> + Send;
 
+    /// The visibility horizon now: every transaction below it has finished, so no change at a
+    /// position with a smaller transaction can still appear.
+    fn horizon(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
     /// In one transaction: locks and reads the current states of `ids`, calls `decide` with
     /// them, stores its writes with new positions, and wakes listeners of `collection`.
     /// `decide` may run more than once when the transaction is retried.

@@ -51,6 +51,9 @@ pub fn config(db_url: &str) -> Config {
         heartbeat_seconds = 60
         keepalive_seconds = 0
         metrics_enabled = false
+        # Tests share one cluster; some hold transactions open on purpose, which holds every
+        # database's visibility horizon back. Let pulls wait that out.
+        visibility_wait_ms = 10000
         [auth]
         mode = "none"
         [[collections]]

@@ -32,7 +32,11 @@ async fn wait_for_lock_waiter(db: &mut sqlx::PgConnection) {
 
 #[tokio::test]
 async fn a_transaction_that_commits_late_is_not_skipped() {
-    let server = TestServer::start().await;
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    // The pull in the middle must not wait for the held transaction.
+    cfg.visibility_wait_ms = 200;
+    let server = TestServer::start_with(cfg).await;
     let mut c = server.client().await;
     push(
         &mut c,

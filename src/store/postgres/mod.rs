@@ -159,6 +159,13 @@ impl Store for PgStore {
         self.read_page(collection, owner, after, limit)
     }
 
+    async fn horizon(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(error::to_store_error)
+    }
+
     fn apply_push<F>(
         &self,
         collection: &str,

@@ -1,0 +1,174 @@
+//! The load generator's side of gRPC: connections, and Pull / Push / Subscribe helpers on the
+//! generated client; and the document bodies every scenario writes (~300 bytes of JSON).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use syncline::proto::replication_service_client::ReplicationServiceClient;
+use syncline::proto::{
+    ChangeRow, Checkpoint, Document, PullRequest, PushRequest, SubscribeRequest, SubscribeResponse,
+};
+use tonic::transport::{Channel, Endpoint};
+
+pub type Client = ReplicationServiceClient<Channel>;
+
+/// The server accepts at most 200 concurrent streams per HTTP/2 connection; stay well below.
+pub const STREAMS_PER_CONNECTION: usize = 100;
+
+/// One HTTP/2 connection, or the error.
+pub async fn try_channel(addr: SocketAddr) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint URL")
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+}
+
+/// One HTTP/2 connection to a running server.
+pub async fn channel(addr: SocketAddr) -> Channel {
+    try_channel(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to syncline at {addr}: {e}"))
+}
+
+/// Enough connections for `streams` concurrent streams.
+pub async fn channels_for(addr: SocketAddr, streams: usize) -> Vec<Channel> {
+    let n = streams.div_ceil(STREAMS_PER_CONNECTION).max(1);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(channel(addr).await);
+    }
+    out
+}
+
+/// A client on a connection.
+pub fn client(channel: Channel) -> Client {
+    ReplicationServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024)
+}
+
+/// A client on a new connection.
+pub async fn connect(addr: SocketAddr) -> Client {
+    client(channel(addr).await)
+}
+
+/// One Pull: the documents and the checkpoint after them.
+pub async fn pull_page(
+    client: &mut Client,
+    collection: &str,
+    token: &str,
+    limit: u32,
+) -> Result<(Vec<Document>, String), tonic::Status> {
+    let r = client
+        .pull(PullRequest {
+            collection: collection.into(),
+            checkpoint: Some(Checkpoint {
+                token: token.into(),
+            }),
+            limit,
+        })
+        .await?
+        .into_inner();
+    Ok((
+        r.documents,
+        r.checkpoint.map(|c| c.token).unwrap_or_default(),
+    ))
+}
+
+/// Pulls from `token` until a page comes back empty, handing every page and the checkpoint
+/// after it to `on_page`; returns the documents seen and the last checkpoint.
+pub async fn pull_all(
+    client: &mut Client,
+    collection: &str,
+    token: &str,
+    limit: u32,
+    mut on_page: impl FnMut(Vec<Document>, &str),
+) -> (usize, String) {
+    let mut token = token.to_owned();
+    let mut count = 0;
+    loop {
+        let (docs, next) = pull_page(client, collection, &token, limit)
+            .await
+            .unwrap_or_else(|s| panic!("pull {collection}: {s}"));
+        if docs.is_empty() {
+            return (count, token);
+        }
+        count += docs.len();
+        token = next;
+        on_page(docs, &token);
+    }
+}
+
+/// One Push; returns the conflicts.
+pub async fn push(client: &mut Client, collection: &str, rows: Vec<ChangeRow>) -> Vec<Document> {
+    client
+        .push(PushRequest {
+            collection: collection.into(),
+            rows,
+        })
+        .await
+        .unwrap_or_else(|s| panic!("push to {collection}: {s}"))
+        .into_inner()
+        .conflicts
+}
+
+/// Opens a Subscribe stream from `token`.
+pub async fn subscribe(
+    client: &mut Client,
+    collection: &str,
+    token: &str,
+) -> Result<tonic::Streaming<SubscribeResponse>, tonic::Status> {
+    Ok(client
+        .subscribe(SubscribeRequest {
+            collection: collection.into(),
+            checkpoint: Some(Checkpoint {
+                token: token.into(),
+            }),
+        })
+        .await?
+        .into_inner())
+}
+
+/// The document id the scenarios use for number `i` under `prefix`.
+pub fn doc_id(prefix: &str, i: usize) -> String {
+    format!("{prefix}{i:08}")
+}
+
+/// A ~300-byte JSON body, shaped like the one `load.rs` writes in SQL.
+pub fn body(id: &str, i: usize, version: u32) -> Vec<u8> {
+    let notes: String = std::iter::repeat_n("0123456789abcdef0123456789abcdef", 6).collect();
+    format!(
+        r#"{{"id": "{id}", "done": {}, "tags": ["alpha", "beta", "gamma"], "notes": "{notes}", "title": "Document {i}", "version": {version}, "priority": {}}}"#,
+        i % 2 == 0,
+        i % 5
+    )
+    .into_bytes()
+}
+
+/// A row that believes the document is new.
+pub fn insert_row(id: String, json: Vec<u8>) -> ChangeRow {
+    ChangeRow {
+        new_document_state: Some(Document {
+            id,
+            json,
+            ..Default::default()
+        }),
+        assumed_master_state: None,
+    }
+}
+
+/// A row that believes the server holds `assumed_revision`.
+pub fn update_row(id: String, json: Vec<u8>, assumed_revision: String) -> ChangeRow {
+    ChangeRow {
+        new_document_state: Some(Document {
+            id: id.clone(),
+            json,
+            ..Default::default()
+        }),
+        assumed_master_state: Some(Document {
+            id,
+            revision: assumed_revision,
+            ..Default::default()
+        }),
+    }
+}

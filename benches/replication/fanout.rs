@@ -1,0 +1,343 @@
+//! Scenario 3: one writer pushes single-row batches at a fixed rate while many Subscribe
+//! streams (on one process, then split over two on the same database) receive them; latency
+//! from the push's acknowledgement to each arrival, and every document missed or duplicated.
+//! Baseline: the raw LISTEN/NOTIFY round trip (pg_notify sent -> notification received).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sqlx::Connection;
+use sqlx::postgres::PgListener;
+use syncline::proto::subscribe_response::Event;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::Ctx;
+use crate::client::{self, Client, STREAMS_PER_CONNECTION};
+use crate::report::{Report, Row, thousands};
+use crate::server::{Server, ServerOptions};
+use crate::settings::Settings;
+use crate::stats::Latency;
+
+const COLLECTION: &str = "fan";
+const CHANNEL: &str = "syncline_bench_fanout";
+
+/// One configuration: how many subscribers, over how many processes, and the p99 target.
+struct Setup {
+    subscribers: usize,
+    processes: usize,
+    target_p99_ms: f64,
+}
+
+/// What one Syncline run saw.
+#[derive(Default)]
+struct Outcome {
+    latency: Latency,
+    missed: usize,
+    duplicated: usize,
+    reconnects: usize,
+    write_rate: f64,
+}
+
+pub async fn run(ctx: &Ctx<'_>, report: &mut Report) {
+    let s = ctx.settings;
+    let db = ctx.cluster.fresh_database("fanout").await;
+    let mut options = ServerOptions::new(&[COLLECTION]);
+    options.streams_max = options.streams_max.max(s.subscribers + 100);
+    let a = Server::start(&db, &options, &ctx.work, "fanout-a").await;
+    let b = Server::start(&db, &options, &ctx.work, "fanout-b").await;
+    let setups = [
+        Setup {
+            subscribers: 1,
+            processes: 1,
+            target_p99_ms: 5.0,
+        },
+        Setup {
+            subscribers: s.subscribers,
+            processes: 1,
+            target_p99_ms: 25.0,
+        },
+        Setup {
+            subscribers: s.subscribers,
+            processes: 2,
+            target_p99_ms: 25.0,
+        },
+    ];
+    for (i, setup) in setups.iter().enumerate() {
+        let servers: Vec<&Server> = [&a, &b].into_iter().take(setup.processes).collect();
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for round in 0..s.rounds {
+            theirs.push(notify_baseline(&db, s).await);
+            let tag = format!("s{i}r{round}-");
+            ours.push(syncline(&servers, setup.subscribers, s, &tag).await);
+        }
+        add_row(report, s, setup, &ours, &theirs);
+    }
+}
+
+fn add_row(report: &mut Report, s: &Settings, setup: &Setup, ours: &[Outcome], theirs: &[Latency]) {
+    let latency = Latency::across(&ours.iter().map(|o| o.latency).collect::<Vec<_>>());
+    let base = Latency::across(theirs);
+    let missed: usize = ours.iter().map(|o| o.missed).sum();
+    let duplicated: usize = ours.iter().map(|o| o.duplicated).sum();
+    let reconnects: usize = ours.iter().map(|o| o.reconnects).sum();
+    let write_rate = crate::stats::median(&ours.iter().map(|o| o.write_rate).collect::<Vec<_>>());
+    let who = match (setup.subscribers, setup.processes) {
+        (1, _) => "1 subscriber".to_owned(),
+        (n, 1) => format!("{} subscribers", thousands(n as u64)),
+        (n, p) => format!("{} subscribers over {p} processes", thousands(n as u64)),
+    };
+    if missed > 0 || duplicated > 0 {
+        report.violation(format!(
+            "fan-out, {who}: {missed} deliveries missed, {duplicated} duplicated"
+        ));
+    }
+    let mut ours_text = format!(
+        "p50 {:.1} / p99 {:.1} / max {:.1} ms; {missed} missed, {duplicated} dup",
+        latency.p50, latency.p99, latency.max
+    );
+    if reconnects > 0 {
+        ours_text.push_str(&format!("; {reconnects} stream errors (resumed)"));
+    }
+    if write_rate < 0.9 * f64::from(s.fanout_rate) {
+        ours_text.push_str(&format!("; writer held to {write_rate:.0} pushes/s"));
+    }
+    report.add(Row {
+        scenario: format!(
+            "3. Fan-out: {who}, {} single-row pushes/s for {:.0} s",
+            s.fanout_rate,
+            s.fanout_duration.as_secs_f64()
+        ),
+        syncline: ours_text,
+        baseline: format!(
+            "p50 {:.2} / p99 {:.2} / max {:.1} ms (LISTEN/NOTIFY)",
+            base.p50, base.p99, base.max
+        ),
+        ratio: Some(latency.p99 / base.p99.max(0.001)),
+        target: format!("p99 < {} ms; 0 missed, 0 dup", setup.target_p99_ms),
+        met: Some(latency.p99 < setup.target_p99_ms && missed == 0 && duplicated == 0),
+        figures: json!({
+            "subscribers": setup.subscribers, "processes": setup.processes,
+            "p50_ms": latency.p50, "p99_ms": latency.p99, "max_ms": latency.max,
+            "deliveries": latency.count, "missed": missed, "duplicated": duplicated,
+            "stream_errors": reconnects, "achieved_writes_per_s": write_rate,
+            "baseline_p50_ms": base.p50, "baseline_p99_ms": base.p99, "baseline_max_ms": base.max,
+        }),
+    });
+}
+
+/// One run: subscribe everyone, write at the fixed rate, wait for the stragglers, count.
+async fn syncline(servers: &[&Server], subscribers: usize, s: &Settings, tag: &str) -> Outcome {
+    let mut writer = client::connect(servers[0].addr).await;
+    let (_, start_token) = client::pull_all(&mut writer, COLLECTION, "", 1000, |_, _| {}).await;
+    let planned = (f64::from(s.fanout_rate) * s.fanout_duration.as_secs_f64()).round() as usize;
+    let cancel = CancellationToken::new();
+    let (ready_tx, mut ready_rx) = mpsc::channel(subscribers.max(1));
+    let (mut tasks, mut progress) = (Vec::new(), Vec::new());
+    for (p, server) in servers.iter().enumerate() {
+        let mine = (0..subscribers).filter(|k| k % servers.len() == p).count();
+        let channels = client::channels_for(server.addr, mine).await;
+        for k in 0..mine {
+            let sub = Subscriber {
+                client: client::client(channels[k / STREAMS_PER_CONNECTION].clone()),
+                token: start_token.clone(),
+                tag: tag.to_owned(),
+                distinct: Arc::new(AtomicUsize::new(0)),
+                cancel: cancel.clone(),
+            };
+            progress.push(sub.distinct.clone());
+            tasks.push(tokio::spawn(sub.run(planned, ready_tx.clone())));
+        }
+    }
+    drop(ready_tx);
+    for _ in 0..subscribers {
+        tokio::time::timeout(Duration::from_secs(120), ready_rx.recv())
+            .await
+            .expect("every subscriber opens its stream within 120 s")
+            .expect("a subscriber task ended before its stream opened");
+    }
+    let (acks, write_elapsed) = write(&mut writer, tag, planned, s).await;
+    let sent = acks.len();
+    let deadline = Instant::now() + s.fanout_grace;
+    while progress.iter().any(|d| d.load(Ordering::Relaxed) < sent) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
+    let mut outcome = Outcome {
+        write_rate: sent as f64 / write_elapsed.as_secs_f64(),
+        ..Outcome::default()
+    };
+    let mut latencies = Vec::with_capacity(sent * subscribers);
+    for t in tasks {
+        let r = t.await.expect("subscriber task");
+        outcome.reconnects += r.reconnects;
+        outcome.missed += sent - r.distinct;
+        outcome.duplicated += r.arrivals.len() - r.distinct;
+        latencies.extend(
+            r.arrivals
+                .iter()
+                .map(|(seq, at)| at.saturating_duration_since(acks[*seq])),
+        );
+    }
+    outcome.latency = Latency::of(latencies);
+    eprintln!(
+        "bench:   {subscribers} subscriber(s): {sent} writes at {:.0}/s, p99 {:.1} ms, {} missed",
+        outcome.write_rate, outcome.latency.p99, outcome.missed
+    );
+    outcome
+}
+
+/// Pushes single-row batches at the configured rate (at most `planned`, and none after the
+/// configured duration: a server that falls behind gets fewer); the acknowledgement times.
+async fn write(
+    client: &mut Client,
+    tag: &str,
+    planned: usize,
+    s: &Settings,
+) -> (Vec<Instant>, Duration) {
+    let period = Duration::from_secs_f64(1.0 / f64::from(s.fanout_rate));
+    let start = tokio::time::Instant::now();
+    let mut acks = Vec::with_capacity(planned);
+    for seq in 0..planned {
+        tokio::time::sleep_until(start + period.mul_f64(seq as f64)).await;
+        if start.elapsed() >= s.fanout_duration {
+            break;
+        }
+        let id = client::doc_id(tag, seq);
+        let body = client::body(&id, seq, 1);
+        let conflicts = client::push(client, COLLECTION, vec![client::insert_row(id, body)]).await;
+        assert!(conflicts.is_empty(), "fan-out writer: unexpected conflict");
+        acks.push(Instant::now());
+    }
+    (acks, start.elapsed())
+}
+
+/// One stream's reader.
+struct Subscriber {
+    client: Client,
+    token: String,
+    /// Ids of this run are `<tag><number>`.
+    tag: String,
+    /// Distinct documents received so far (watched by the run).
+    distinct: Arc<AtomicUsize>,
+    cancel: CancellationToken,
+}
+
+/// What one subscriber received.
+struct Received {
+    /// (document number, arrival) for every document delivered, duplicates included.
+    arrivals: Vec<(usize, Instant)>,
+    distinct: usize,
+    reconnects: usize,
+}
+
+impl Subscriber {
+    /// Streams until cancelled, resuming from the last checkpoint after an error (as a client
+    /// must). Numbers at or above `capacity` are not expected.
+    async fn run(mut self, capacity: usize, ready: mpsc::Sender<()>) -> Received {
+        let mut seen = vec![false; capacity];
+        let mut got = Received {
+            arrivals: Vec::with_capacity(capacity),
+            distinct: 0,
+            reconnects: 0,
+        };
+        let mut ready = Some(ready);
+        'connect: while !self.cancel.is_cancelled() {
+            let opened = tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                opened = client::subscribe(&mut self.client, COLLECTION, &self.token) => opened,
+            };
+            let Ok(mut stream) = opened else {
+                got.reconnects += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            if let Some(r) = ready.take() {
+                let _ = r.send(()).await;
+            }
+            loop {
+                let message = tokio::select! {
+                    _ = self.cancel.cancelled() => break 'connect,
+                    m = stream.message() => m,
+                };
+                let Ok(Some(message)) = message else {
+                    got.reconnects += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue 'connect;
+                };
+                if let Some(Event::Changes(batch)) = message.event {
+                    let now = Instant::now();
+                    for d in batch.documents {
+                        self.record(&d.id, now, &mut seen, &mut got);
+                    }
+                    if let Some(c) = batch.checkpoint {
+                        self.token = c.token;
+                    }
+                }
+            }
+        }
+        got
+    }
+
+    fn record(&self, id: &str, now: Instant, seen: &mut [bool], got: &mut Received) {
+        let Some(seq) = id
+            .strip_prefix(&self.tag)
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            return;
+        };
+        if seq >= seen.len() {
+            return;
+        }
+        got.arrivals.push((seq, now));
+        if !seen[seq] {
+            seen[seq] = true;
+            got.distinct += 1;
+            self.distinct.store(got.distinct, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Raw LISTEN/NOTIFY at the same rate: pg_notify sent -> notification received.
+async fn notify_baseline(db: &str, s: &Settings) -> Latency {
+    let total = (f64::from(s.fanout_rate) * s.notify_duration.as_secs_f64()).round() as usize;
+    let mut listener = PgListener::connect(db).await.expect("connect the listener");
+    listener.listen(CHANNEL).await.expect("LISTEN");
+    let receiver = tokio::spawn(async move {
+        let mut arrivals = Vec::with_capacity(total);
+        while arrivals.len() < total {
+            let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+                .await
+                .expect("notification within 10 s")
+                .expect("receive a notification");
+            let seq: usize = n.payload().parse().expect("numeric payload");
+            arrivals.push((seq, Instant::now()));
+        }
+        arrivals
+    });
+    let mut conn = sqlx::PgConnection::connect(db)
+        .await
+        .expect("connect the notifier");
+    let period = Duration::from_secs_f64(1.0 / f64::from(s.fanout_rate));
+    let start = tokio::time::Instant::now();
+    let mut sent = Vec::with_capacity(total);
+    for seq in 0..total {
+        tokio::time::sleep_until(start + period.mul_f64(seq as f64)).await;
+        sent.push(Instant::now());
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(seq.to_string())
+            .execute(&mut conn)
+            .await
+            .expect("pg_notify");
+    }
+    let arrivals = receiver.await.expect("listener task");
+    Latency::of(
+        arrivals
+            .iter()
+            .map(|(seq, at)| at.saturating_duration_since(sent[*seq]))
+            .collect(),
+    )
+}

@@ -1,0 +1,311 @@
+//! Scenario 2: concurrent clients push batches — (a) new documents, (b) updates with the
+//! right assumed revision, (c) the same with 10% of rows stale — against the same rows
+//! upserted directly with one set-based statement per batch at the same concurrency.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sqlx::Connection;
+use syncline::proto::ChangeRow;
+use tokio::sync::Barrier;
+
+use crate::report::{Report, Row, rate};
+use crate::server::{Server, ServerOptions};
+use crate::stats::median;
+use crate::{Ctx, client};
+
+const COLLECTION: &str = "push";
+/// The baseline writes the same ids into another collection of the same table.
+const BASE_COLLECTION: &str = "push_base";
+const TARGET: f64 = 0.6;
+const STALE_REVISION: &str = "0-stale";
+
+const UPSERT_SQL: &str = "
+INSERT INTO syncline_documents AS d
+    (collection, id, body, deleted, revision, updated_at, change_xid, change_seq)
+SELECT $1, t.id, t.body::jsonb, false, t.revision, now(),
+       pg_current_xact_id()::text::bigint, nextval('syncline_change_seq')
+FROM unnest($2::text[], $3::text[], $4::text[]) AS t(id, body, revision)
+ON CONFLICT (collection, id) DO UPDATE
+SET body = excluded.body, deleted = excluded.deleted, revision = excluded.revision,
+    updated_at = excluded.updated_at, change_xid = excluded.change_xid,
+    change_seq = excluded.change_seq";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Variant {
+    New,
+    Update,
+    TenPercentStale,
+}
+
+const VARIANTS: [Variant; 3] = [Variant::New, Variant::Update, Variant::TenPercentStale];
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Variant::New => "(a) new docs",
+            Variant::Update => "(b) updates, right revision",
+            Variant::TenPercentStale => "(c) updates, 10% conflicting",
+        }
+    }
+
+    fn version(self) -> u32 {
+        match self {
+            Variant::New => 1,
+            Variant::Update => 2,
+            Variant::TenPercentStale => 3,
+        }
+    }
+
+    /// Row `j` of a batch carries a stale assumption.
+    fn stale(self, j: usize) -> bool {
+        self == Variant::TenPercentStale && j % 10 == 0
+    }
+}
+
+/// Who writes what: `clients` clients, each `batches` pushes of `batch` rows.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    clients: usize,
+    batches: usize,
+    batch: usize,
+}
+
+impl Shape {
+    fn rows(self) -> usize {
+        self.clients * self.batches * self.batch
+    }
+
+    /// The document number of row `j` of push `k` of client `c`.
+    fn number(self, c: usize, k: usize, j: usize) -> usize {
+        (c * self.batches + k) * self.batch + j
+    }
+
+    fn stale_rows(self, variant: Variant) -> usize {
+        self.clients * self.batches * (0..self.batch).filter(|&j| variant.stale(j)).count()
+    }
+}
+
+pub async fn run(ctx: &Ctx<'_>, report: &mut Report) {
+    let s = ctx.settings;
+    let shape = Shape {
+        clients: s.push_clients,
+        batches: s.push_batches,
+        batch: s.push_batch,
+    };
+    let db = ctx.cluster.fresh_database("push").await;
+    let server = Server::start(&db, &ServerOptions::new(&[COLLECTION]), &ctx.work, "push").await;
+    let mut revisions = HashMap::new();
+    let mut token = String::new();
+    for variant in VARIANTS {
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for round in 0..s.rounds {
+            theirs.push(baseline(&db, shape, variant, round, report).await);
+            ours.push(syncline(&server, shape, variant, round, &revisions, report).await);
+        }
+        if variant != Variant::TenPercentStale {
+            // The next variant updates these documents: learn their revisions as a client would.
+            token = learn_revisions(&server, &token, &mut revisions).await;
+        }
+        add_row(report, shape, variant, median(&ours), median(&theirs));
+    }
+}
+
+fn add_row(report: &mut Report, shape: Shape, variant: Variant, ours: f64, theirs: f64) {
+    let ratio = ours / theirs;
+    let targeted = variant != Variant::TenPercentStale;
+    report.add(Row {
+        scenario: format!(
+            "2. Push {}: {} clients x batches of {}",
+            variant.label(),
+            shape.clients,
+            shape.batch
+        ),
+        syncline: rate(ours),
+        baseline: rate(theirs),
+        ratio: Some(ratio),
+        target: if targeted {
+            format!(">= {TARGET}")
+        } else {
+            "— (baseline writes every row)".into()
+        },
+        met: targeted.then_some(ratio >= TARGET),
+        figures: json!({ "syncline_docs_per_s": ours, "baseline_docs_per_s": theirs,
+                         "rows_per_run": shape.rows() }),
+    });
+}
+
+/// Pulls what changed since `token` and records each document's revision.
+async fn learn_revisions(
+    server: &Server,
+    token: &str,
+    revisions: &mut HashMap<String, String>,
+) -> String {
+    let mut client = client::connect(server.addr).await;
+    let (_, token) = client::pull_all(&mut client, COLLECTION, token, 1000, |docs, _| {
+        revisions.extend(docs.into_iter().map(|d| (d.id, d.revision)));
+    })
+    .await;
+    token
+}
+
+/// The pushes of each client, built before the clock starts.
+fn requests(
+    shape: Shape,
+    variant: Variant,
+    round: usize,
+    revisions: &HashMap<String, String>,
+) -> Vec<Vec<Vec<ChangeRow>>> {
+    let prefix = format!("r{round}-");
+    let row = |i: usize, j: usize| {
+        let id = client::doc_id(&prefix, i);
+        let body = client::body(&id, i, variant.version());
+        if variant == Variant::New {
+            return client::insert_row(id, body);
+        }
+        let assumed = if variant.stale(j) {
+            STALE_REVISION.to_owned()
+        } else {
+            revisions
+                .get(&id)
+                .unwrap_or_else(|| panic!("no revision pulled for {id}"))
+                .clone()
+        };
+        client::update_row(id, body, assumed)
+    };
+    (0..shape.clients)
+        .map(|c| {
+            (0..shape.batches)
+                .map(|k| {
+                    (0..shape.batch)
+                        .map(|j| row(shape.number(c, k, j), j))
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Every client pushes its batches, all at once; docs/s. Checks the conflicts returned.
+async fn syncline(
+    server: &Server,
+    shape: Shape,
+    variant: Variant,
+    round: usize,
+    revisions: &HashMap<String, String>,
+    report: &mut Report,
+) -> f64 {
+    let work = requests(shape, variant, round, revisions);
+    let start = Arc::new(Barrier::new(shape.clients + 1));
+    let mut tasks = Vec::new();
+    for batches in work {
+        let mut client = client::connect(server.addr).await;
+        let start = start.clone();
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut conflicts = 0;
+            for rows in batches {
+                conflicts += client::push(&mut client, COLLECTION, rows).await.len();
+            }
+            conflicts
+        }));
+    }
+    let (elapsed, conflicts) = timed(start, tasks).await;
+    report.expect_eq(
+        &format!("push {}: conflicts", variant.label()),
+        conflicts.iter().sum(),
+        shape.stale_rows(variant),
+    );
+    shape.rows() as f64 / elapsed.as_secs_f64()
+}
+
+/// The column arrays of one baseline upsert.
+struct Columns {
+    ids: Vec<String>,
+    bodies: Vec<String>,
+    revisions: Vec<String>,
+}
+
+fn baseline_requests(shape: Shape, variant: Variant, round: usize) -> Vec<Vec<Columns>> {
+    let prefix = format!("r{round}-");
+    let revision = format!("{}-baseline", variant.version());
+    let batch = |c: usize, k: usize| {
+        let ids: Vec<String> = (0..shape.batch)
+            .map(|j| client::doc_id(&prefix, shape.number(c, k, j)))
+            .collect();
+        let bodies = ids
+            .iter()
+            .enumerate()
+            .map(|(j, id)| {
+                let body = client::body(id, shape.number(c, k, j), variant.version());
+                String::from_utf8(body).expect("bodies are UTF-8")
+            })
+            .collect();
+        Columns {
+            revisions: vec![revision.clone(); ids.len()],
+            ids,
+            bodies,
+        }
+    };
+    (0..shape.clients)
+        .map(|c| (0..shape.batches).map(|k| batch(c, k)).collect())
+        .collect()
+}
+
+/// The same rows upserted directly, one statement per batch, same concurrency; docs/s.
+async fn baseline(
+    db: &str,
+    shape: Shape,
+    variant: Variant,
+    round: usize,
+    report: &mut Report,
+) -> f64 {
+    let work = baseline_requests(shape, variant, round);
+    let start = Arc::new(Barrier::new(shape.clients + 1));
+    let mut tasks = Vec::new();
+    for batches in work {
+        let mut conn = sqlx::PgConnection::connect(db)
+            .await
+            .expect("connect for the baseline");
+        let start = start.clone();
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut written = 0;
+            for b in batches {
+                let done = sqlx::query(UPSERT_SQL)
+                    .bind(BASE_COLLECTION)
+                    .bind(&b.ids)
+                    .bind(&b.bodies)
+                    .bind(&b.revisions)
+                    .execute(&mut conn)
+                    .await
+                    .expect("baseline upsert");
+                written += done.rows_affected() as usize;
+            }
+            written
+        }));
+    }
+    let (elapsed, written) = timed(start, tasks).await;
+    report.expect_eq(
+        &format!("push baseline {}: rows written", variant.label()),
+        written.iter().sum(),
+        shape.rows(),
+    );
+    shape.rows() as f64 / elapsed.as_secs_f64()
+}
+
+/// Releases the tasks waiting on `start` and times them until the last one finishes.
+async fn timed(
+    start: Arc<Barrier>,
+    tasks: Vec<tokio::task::JoinHandle<usize>>,
+) -> (Duration, Vec<usize>) {
+    start.wait().await;
+    let clock = Instant::now();
+    let mut results = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        results.push(t.await.expect("push task"));
+    }
+    (clock.elapsed(), results)
+}

@@ -1,0 +1,195 @@
+//! The real `syncline` binary as a child process, configured through a generated TOML file,
+//! and what `/proc` says about it.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use syncline::config::Config;
+
+use crate::client;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_syncline");
+
+/// What differs between the servers the scenarios start.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub collections: Vec<String>,
+    pub pool_size: u32,
+    pub heartbeat_seconds: u64,
+    pub keepalive_seconds: u64,
+    pub streams_max: usize,
+}
+
+impl ServerOptions {
+    /// Defaults of the shipped configuration, with the given collections.
+    pub fn new(collections: &[&str]) -> ServerOptions {
+        ServerOptions {
+            collections: collections.iter().map(|c| (*c).to_owned()).collect(),
+            pool_size: 16,
+            heartbeat_seconds: 15,
+            keepalive_seconds: 30,
+            streams_max: 10_000,
+        }
+    }
+
+    /// The configuration file. `[auth]` (with `streams_per_principal_max`) is required once
+    /// authentication exists and an unknown key before: offer it only when the configuration
+    /// code built into this very server accepts it.
+    fn toml(&self, listen: SocketAddr, metrics: SocketAddr) -> String {
+        let mut base = format!(
+            "listen = \"{listen}\"\nmetrics_listen = \"{metrics}\"\npool_size = {}\n\
+             heartbeat_seconds = {}\nkeepalive_seconds = {}\nstreams_max = {}\n\
+             pull_limit_max = 1000\npush_rows_max = 1000\n",
+            self.pool_size, self.heartbeat_seconds, self.keepalive_seconds, self.streams_max
+        );
+        let mut collections = String::new();
+        for c in &self.collections {
+            let _ = write!(collections, "\n[[collections]]\nname = \"{c}\"\n");
+        }
+        let with_auth = format!(
+            "{base}streams_per_principal_max = {}\n\n[auth]\nmode = \"none\"\n{collections}",
+            self.streams_max
+        );
+        if Config::from_toml(&with_auth).is_ok() {
+            return with_auth;
+        }
+        base.push_str(&collections);
+        if let Err(e) = Config::from_toml(&base) {
+            panic!("the benchmark's server configuration is rejected: {e}\n{base}");
+        }
+        base
+    }
+}
+
+/// A running server process; killed when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `syncline serve` on a free port and waits until it answers a Pull. A port taken
+    /// between choosing and binding it is retried with new ports.
+    pub async fn start(db_url: &str, options: &ServerOptions, work: &Path, name: &str) -> Server {
+        const ATTEMPTS: u32 = 3;
+        for attempt in 1..=ATTEMPTS {
+            let mut server = Server::spawn(db_url, options, work, name);
+            match server.wait_ready(&options.collections[0]).await {
+                Ok(()) => return server,
+                Err(log) if attempt < ATTEMPTS && log.contains("Address already in use") => {
+                    eprintln!("bench: {name}: a port was taken meanwhile; retrying");
+                }
+                Err(log) => panic!("syncline ({name}) did not start:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn spawn(db_url: &str, options: &ServerOptions, work: &Path, name: &str) -> Server {
+        let addr = free_port();
+        let config = work.join(format!("{name}.toml"));
+        std::fs::write(&config, options.toml(addr, free_port())).expect("write server config");
+        let log = work.join(format!("{name}.log"));
+        let log_file = std::fs::File::create(&log).expect("create server log");
+        let mut command = Command::new(BINARY);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("DATABASE_URL", db_url)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone log handle"))
+            .stderr(log_file);
+        // The server rejects unknown SYNCLINE_* variables; the file says everything.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SYNCLINE_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command.spawn().expect("start the syncline binary");
+        Server { child, addr, log }
+    }
+
+    /// Ok once a Pull succeeds; the end of the log when the process exits or never answers.
+    async fn wait_ready(&mut self, collection: &str) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("exited with {status}:\n{}", self.log_tail()));
+            }
+            if let Ok(channel) = client::try_channel(self.addr).await {
+                let mut c = client::client(channel);
+                if client::pull_page(&mut c, collection, "", 1).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("no answer within 60 s:\n{}", self.log_tail()))
+    }
+
+    /// The process id, for `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        kib * 1024
+    }
+
+    /// User + system CPU time used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read /proc/<pid>/stat");
+        // Fields after the command name (which is in parentheses and may hold spaces):
+        // state is field 3, utime field 14, stime field 15.
+        let rest = stat.rsplit_once(')').expect("stat has a command name").1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        ticks as f64 / clock_ticks_per_second()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("find a free port")
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}

@@ -1,0 +1,126 @@
+//! Sizes and switches: full sizes with `--bench`, tiny ones for the smoke run that
+//! `cargo test` does. Every size can be overridden by an environment variable.
+
+use std::time::Duration;
+
+/// Every knob of one run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Tiny sizes, sanity assertions only (run by `cargo test`).
+    pub smoke: bool,
+    /// A B rounds per scenario (`BENCH_ROUNDS`).
+    pub rounds: usize,
+    /// Scenario 1: documents in the collection (`BENCH_DOCS`).
+    pub sync_docs: usize,
+    /// Scenario 2: concurrent pushing clients (`BENCH_PUSH_CLIENTS`).
+    pub push_clients: usize,
+    /// Scenario 2: rows per push (`BENCH_PUSH_BATCH`).
+    pub push_batch: usize,
+    /// Scenario 2: pushes per client per run (`BENCH_PUSH_BATCHES`).
+    pub push_batches: usize,
+    /// Scenario 3: concurrent subscribers (`BENCH_SUBSCRIBERS`).
+    pub subscribers: usize,
+    /// Scenario 3: single-row pushes per second (`BENCH_FANOUT_RATE`).
+    pub fanout_rate: u32,
+    /// Scenario 3: how long the writer writes (`BENCH_FANOUT_SECONDS`).
+    pub fanout_duration: Duration,
+    /// Scenario 3: how long the raw LISTEN/NOTIFY baseline runs (`BENCH_NOTIFY_SECONDS`).
+    pub notify_duration: Duration,
+    /// Scenario 3: how long to wait for late deliveries before counting a document as missed.
+    pub fanout_grace: Duration,
+    /// Scenario 4: idle streams on one process (`BENCH_IDLE_STREAMS`).
+    pub idle_streams: usize,
+    /// Scenario 4: CPU sampling window (`BENCH_IDLE_SECONDS`; default one heartbeat period).
+    pub idle_window: Duration,
+    /// Scenario 4: the server's heartbeat interval.
+    pub idle_heartbeat_seconds: u64,
+    /// Scenario 5: the small collection (`BENCH_SCALE_SMALL`).
+    pub scale_small: usize,
+    /// Scenario 5: the large collection (`BENCH_SCALE_DOCS`).
+    pub scale_large: usize,
+    /// Scenario 5: timed calls per size per round (`BENCH_SCALE_SAMPLES`).
+    pub scale_samples: usize,
+    /// Port of the benchmark's own PostgreSQL cluster (`BENCH_PG_PORT`).
+    pub pg_port: u16,
+    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale`); all when unset.
+    pub only: Option<Vec<String>>,
+}
+
+impl Settings {
+    /// Full sizes for `--bench`, tiny ones otherwise; then the environment's overrides.
+    pub fn from_env(smoke: bool) -> Settings {
+        let pick = |full: usize, tiny: usize| if smoke { tiny } else { full };
+        let seconds = |full: f64, tiny: f64| if smoke { tiny } else { full };
+        Settings {
+            smoke,
+            rounds: env_usize("BENCH_ROUNDS", pick(3, 1)).max(1),
+            sync_docs: env_usize("BENCH_DOCS", pick(200_000, 2_000)),
+            push_clients: env_usize("BENCH_PUSH_CLIENTS", pick(8, 4)).max(1),
+            push_batch: env_usize("BENCH_PUSH_BATCH", pick(100, 20)).max(10),
+            push_batches: env_usize("BENCH_PUSH_BATCHES", pick(50, 3)).max(1),
+            subscribers: env_usize("BENCH_SUBSCRIBERS", pick(1_000, 20)).max(2),
+            fanout_rate: env_usize("BENCH_FANOUT_RATE", pick(200, 100)).max(1) as u32,
+            fanout_duration: env_seconds("BENCH_FANOUT_SECONDS", seconds(10.0, 1.0)),
+            notify_duration: env_seconds("BENCH_NOTIFY_SECONDS", seconds(3.0, 0.5)),
+            fanout_grace: Duration::from_secs(pick(60, 15) as u64),
+            idle_streams: env_usize("BENCH_IDLE_STREAMS", pick(10_000, 200)).max(1),
+            idle_window: env_seconds("BENCH_IDLE_SECONDS", seconds(15.0, 1.0)),
+            idle_heartbeat_seconds: 15,
+            scale_small: env_usize("BENCH_SCALE_SMALL", pick(10_000, 500)).max(100),
+            scale_large: env_usize("BENCH_SCALE_DOCS", pick(1_000_000, 5_000)).max(100),
+            scale_samples: env_usize("BENCH_SCALE_SAMPLES", pick(300, 20)).max(1),
+            pg_port: env_usize("BENCH_PG_PORT", 55460) as u16,
+            only: std::env::var("BENCH_ONLY")
+                .ok()
+                .map(|s| s.split(',').map(|p| p.trim().to_owned()).collect()),
+        }
+    }
+
+    /// Whether the scenario named `name` is selected.
+    pub fn runs(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == name))
+    }
+
+    /// One line for the report header.
+    pub fn describe(&self) -> String {
+        format!(
+            "mode {}, {} round(s); docs {}; push {} clients x {} batches x {} rows; \
+             fan-out {} subscribers at {}/s for {:?}; idle {} streams over {:?}; scale {} vs {}",
+            if self.smoke { "smoke" } else { "bench" },
+            self.rounds,
+            self.sync_docs,
+            self.push_clients,
+            self.push_batches,
+            self.push_batch,
+            self.subscribers,
+            self.fanout_rate,
+            self.fanout_duration,
+            self.idle_streams,
+            self.idle_window,
+            self.scale_small,
+            self.scale_large,
+        )
+    }
+}
+
+fn env_usize(key: &str, default: usize) -> usize {
+    match std::env::var(key) {
+        Ok(v) => v
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={v:?} is not a whole number")),
+        Err(_) => default,
+    }
+}
+
+fn env_seconds(key: &str, default: f64) -> Duration {
+    let secs = match std::env::var(key) {
+        Ok(v) => v
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("{key}={v:?} is not a number of seconds")),
+        Err(_) => default,
+    };
+    Duration::from_secs_f64(secs.max(0.1))
+}

@@ -1,0 +1,324 @@
+//! The shared tail of one collection: recent changes read from the table **once** and served
+//! to every caught-up stream, so a write costs one read however many streams follow the
+//! collection. It is bounded (`stream_buffer_documents`); a stream whose position is older
+//! than the oldest buffered change reads the table itself until it catches up.
+//!
+//! Invariant: the buffer holds every change with a position in `(from, head]`, and no change
+//! at a position `<= head` can commit later (head only moves to positions the visibility
+//! horizon covers). An entry superseded by a later write of the same document is skipped, so
+//! a stream sends each document once, at its latest buffered state, like a Pull.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Position, Store, StoredDocument};
+
+/// Pauses before re-reading when a signalled commit is not yet readable in order (an older
+/// transaction is still running), and after a failed read.
+const PENDING_BACKOFF_MIN: Duration = Duration::from_millis(2);
+const PENDING_BACKOFF_MAX: Duration = Duration::from_millis(250);
+const ERROR_BACKOFF: Duration = Duration::from_millis(500);
+
+/// What the buffer can say about the changes after a position.
+#[derive(Debug)]
+pub enum Take {
+    /// The buffer covers the position: these documents (possibly none) follow it, and the
+    /// stream may move to `position`.
+    Covered {
+        /// Documents in change order.
+        documents: Vec<StoredDocument>,
+        /// Where the stream stands after them.
+        position: Position,
+    },
+    /// The position is older than the buffer (or the tail is not ready): read the table.
+    NotCovered,
+}
+
+#[derive(Default)]
+struct Buffer {
+    ready: bool,
+    from: Position,
+    head: Position,
+    entries: VecDeque<Arc<StoredDocument>>,
+    /// Position of each buffered document's latest entry.
+    latest: HashMap<String, Position>,
+}
+
+/// One collection's tail.
+pub struct Tail {
+    collection: String,
+    capacity: usize,
+    buffer: RwLock<Buffer>,
+    head: watch::Sender<Position>,
+}
+
+impl Tail {
+    /// An empty tail; [`Tail::run`] fills it.
+    pub fn new(collection: &str, capacity: usize) -> Arc<Tail> {
+        Arc::new(Tail {
+            collection: collection.to_owned(),
+            capacity: capacity.max(1),
+            buffer: RwLock::default(),
+            head: watch::channel(Position::START).0,
+        })
+    }
+
+    /// Signals every time the head moves.
+    pub fn watch(&self) -> watch::Receiver<Position> {
+        self.head.subscribe()
+    }
+
+    /// Documents buffered now.
+    pub fn len(&self) -> usize {
+        self.read().entries.len()
+    }
+
+    /// True when nothing is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Buffer> {
+        self.buffer.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The changes after `after` that `owner` may see (every owner's for `None`), at most
+    /// `limit`, each document at its latest buffered state.
+    pub fn take(&self, after: Position, owner: Option<&str>, limit: usize) -> Take {
+        let buffer = self.read();
+        if !buffer.ready || after < buffer.from {
+            return Take::NotCovered;
+        }
+        if after >= buffer.head {
+            return Take::Covered {
+                documents: Vec::new(),
+                position: after,
+            };
+        }
+        let start = buffer.entries.partition_point(|d| d.position <= after);
+        let mut documents = Vec::new();
+        for doc in buffer.entries.range(start..) {
+            let latest = buffer.latest.get(&doc.id) == Some(&doc.position);
+            if latest && owner.is_none_or(|o| o == doc.owner) {
+                documents.push(StoredDocument::clone(doc));
+                if documents.len() >= limit {
+                    return Take::Covered {
+                        position: doc.position,
+                        documents,
+                    };
+                }
+            }
+        }
+        Take::Covered {
+            documents,
+            position: buffer.head,
+        }
+    }
+
+    fn append(&self, documents: Vec<StoredDocument>, covered: Position) {
+        let mut buffer = self.buffer.write().unwrap_or_else(|e| e.into_inner());
+        for doc in documents {
+            buffer.latest.insert(doc.id.clone(), doc.position);
+            buffer.entries.push_back(Arc::new(doc));
+        }
+        while buffer.entries.len() > self.capacity {
+            let Some(old) = buffer.entries.pop_front() else {
+                break;
+            };
+            buffer.from = old.position;
+            if buffer.latest.get(&old.id) == Some(&old.position) {
+                buffer.latest.remove(&old.id);
+            }
+        }
+        buffer.head = buffer.head.max(covered);
+        let head = buffer.head;
+        drop(buffer);
+        self.head.send_replace(head);
+    }
+
+    /// Reads new changes whenever `signals` (the hub) says something committed, until
+    /// `shutdown`. Starts from the newest position: older changes are read by the streams that
+    /// need them.
+    pub async fn run<S: Store>(
+        self: Arc<Self>,
+        store: Arc<S>,
+        mut signals: watch::Receiver<i64>,
+        page: u32,
+        shutdown: CancellationToken,
+    ) {
+        let start = loop {
+            match store.horizon().await {
+                Ok(h) => break covered_below(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, collection = %self.collection, "stream tail cannot start yet");
+                    if pause(&shutdown, ERROR_BACKOFF).await {
+                        return;
+                    }
+                }
+            }
+        };
+        {
+            let mut buffer = self.buffer.write().unwrap_or_else(|e| e.into_inner());
+            buffer.from = start;
+            buffer.head = start;
+            buffer.ready = true;
+        }
+        self.head.send_replace(start);
+        let mut backoff = PENDING_BACKOFF_MIN;
+        loop {
+            let signalled = *signals.borrow_and_update();
+            let head = self.read().head;
+            let result = store.read_changes(&self.collection, None, head, page).await;
+            let page_read = match result {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, collection = %self.collection, "stream tail read failed");
+                    if pause(&shutdown, ERROR_BACKOFF).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let full = page_read.documents.len() >= page as usize;
+            // Everything below the horizon has been read once the page is not full.
+            let covered = match (page_read.documents.last(), full) {
+                (Some(last), true) => last.position,
+                _ => head.max(covered_below(page_read.horizon)),
+            };
+            self.append(page_read.documents, covered);
+            if full {
+                continue;
+            }
+            if page_read.horizon <= signalled {
+                if pause(&shutdown, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(PENDING_BACKOFF_MAX);
+                continue;
+            }
+            backoff = PENDING_BACKOFF_MIN;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = signals.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+}
+
+/// The greatest position of any transaction below `horizon`: every change up to it is final.
+pub fn covered_below(horizon: i64) -> Position {
+    Position {
+        tx: horizon.saturating_sub(1).max(0),
+        seq: i64::MAX,
+    }
+}
+
+/// Sleeps unless shut down first; true when shutting down.
+async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(id: &str, owner: &str, tx: i64) -> StoredDocument {
+        StoredDocument {
+            id: id.into(),
+            owner: owner.into(),
+            body: "{}".into(),
+            deleted: false,
+            revision: format!("{tx}-x"),
+            updated_at: chrono::Utc::now(),
+            position: Position { tx, seq: 0 },
+        }
+    }
+
+    fn ids(t: Take) -> (Vec<String>, Position) {
+        match t {
+            Take::Covered {
+                documents,
+                position,
+            } => (documents.into_iter().map(|d| d.id).collect(), position),
+            Take::NotCovered => panic!("not covered"),
+        }
+    }
+
+    fn ready(capacity: usize) -> Arc<Tail> {
+        let tail = Tail::new("c", capacity);
+        {
+            let mut b = tail.buffer.write().unwrap();
+            b.ready = true;
+            b.from = Position { tx: 10, seq: 0 };
+            b.head = b.from;
+        }
+        tail
+    }
+
+    #[test]
+    fn serves_latest_states_in_order_filtered_per_document() {
+        let tail = ready(100);
+        let p = |tx| Position { tx, seq: 0 };
+        tail.append(
+            vec![
+                doc("a", "alice", 11),
+                doc("b", "bob", 12),
+                doc("a", "alice", 13),
+                doc("c", "alice", 14),
+            ],
+            p(14),
+        );
+        assert_eq!(
+            ids(tail.take(p(10), None, 100)),
+            (vec!["b".into(), "a".into(), "c".into()], p(14))
+        );
+        assert_eq!(
+            ids(tail.take(p(10), Some("alice"), 100)),
+            (vec!["a".into(), "c".into()], p(14))
+        );
+        assert_eq!(
+            ids(tail.take(p(10), Some("alice"), 1)),
+            (vec!["a".into()], p(13))
+        );
+        assert_eq!(ids(tail.take(p(12), Some("bob"), 100)), (vec![], p(14)));
+        assert_eq!(
+            ids(tail.take(p(20), None, 100)),
+            (vec![], p(20)),
+            "never moves back"
+        );
+        assert!(matches!(tail.take(p(5), None, 100), Take::NotCovered));
+    }
+
+    #[test]
+    fn eviction_moves_the_covered_range() {
+        let tail = ready(2);
+        let p = |tx| Position { tx, seq: 0 };
+        tail.append(
+            vec![doc("a", "", 11), doc("b", "", 12), doc("c", "", 13)],
+            p(13),
+        );
+        assert_eq!(tail.len(), 2);
+        assert!(
+            matches!(tail.take(p(10), None, 10), Take::NotCovered),
+            "a was evicted"
+        );
+        assert_eq!(ids(tail.take(p(11), None, 10)).0, vec!["b", "c"]);
+        assert!(
+            !Tail::new("x", 1).take(p(0), None, 1).is_covered(),
+            "not ready: read the table"
+        );
+    }
+
+    impl Take {
+        fn is_covered(&self) -> bool {
+            matches!(self, Take::Covered { .. })
+        }
+    }
+}
