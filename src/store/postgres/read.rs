@@ -6,20 +6,20 @@ use super::PgStore;
 use super::error::to_store_error;
 use crate::store::{ChangePage, Position, StoreError, StoredDocument};
 
-/// One row of the page query; the document columns are NULL when the page is empty, so that
-/// the horizon still comes back.
-#[derive(sqlx::FromRow)]
-struct PageRow {
-    horizon: i64,
-    id: Option<String>,
-    owner: Option<String>,
-    body: Option<String>,
-    deleted: Option<bool>,
-    revision: Option<String>,
-    updated_at: Option<DateTime<Utc>>,
-    change_xid: Option<i64>,
-    change_seq: Option<i64>,
-}
+/// One row of the page query, decoded by column position (cheaper than by name on the hot
+/// path): horizon, id, owner, body, deleted, revision, updated_at, change_xid, change_seq. The
+/// document columns are NULL when the page is empty, so that the horizon still comes back.
+type PageRow = (
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<bool>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<i64>,
+    Option<i64>,
+);
 
 // The horizon is the snapshot's xmin: every transaction id below it has committed or aborted,
 // and this statement sees all of the committed ones. Returning only rows below it means no
@@ -42,8 +42,7 @@ LEFT JOIN LATERAL (
             "
     ORDER BY change_xid, change_seq
     LIMIT $4
-) d ON true
-ORDER BY d.change_xid, d.change_seq"
+) d ON true"
         )
     };
 }
@@ -77,23 +76,25 @@ impl PgStore {
         }
         let mut conn = self.acquire().await?;
         let rows = query.fetch_all(&mut *conn).await.map_err(to_store_error)?;
-        let horizon = rows.first().map(|r| r.horizon).unwrap_or_default();
-        let documents = rows.into_iter().filter_map(into_document).collect();
+        let horizon = rows.first().map(|r| r.0).unwrap_or_default();
+        let mut documents: Vec<StoredDocument> =
+            rows.into_iter().filter_map(into_document).collect();
+        // The join does not promise the lateral's order; sorting here is cheaper than a Sort
+        // node in the plan (and a no-op on already ordered rows).
+        documents.sort_by_key(|d| d.position);
         Ok(ChangePage { documents, horizon })
     }
 }
 
 fn into_document(row: PageRow) -> Option<StoredDocument> {
+    let (_, id, owner, body, deleted, revision, updated_at, tx, seq) = row;
     Some(StoredDocument {
-        id: row.id?,
-        owner: row.owner?,
-        body: row.body?,
-        deleted: row.deleted?,
-        revision: row.revision?,
-        updated_at: row.updated_at?,
-        position: Position {
-            tx: row.change_xid?,
-            seq: row.change_seq?,
-        },
+        id: id?,
+        owner: owner?,
+        body: body?,
+        deleted: deleted?,
+        revision: revision?,
+        updated_at: updated_at?,
+        position: Position { tx: tx?, seq: seq? },
     })
 }
