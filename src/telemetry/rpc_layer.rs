@@ -27,6 +27,31 @@ const KNOWN_SERVICES: &[&str] = &[
 /// gRPC's CANCELLED: a response dropped before its status was sent.
 const CANCELLED: i32 = 1;
 
+/// How much earlier than the deadline this layer answers DEADLINE_EXCEEDED: before tonic's own
+/// timer (which answers CANCELLED) and before the caller's (started earlier, one trip away).
+fn deadline_margin(deadline: std::time::Duration) -> std::time::Duration {
+    (deadline / 20).min(std::time::Duration::from_millis(50)) + std::time::Duration::from_millis(2)
+}
+
+/// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// The layer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RpcLayer;
@@ -69,6 +94,7 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ResBody: Body<Data = bytes::Bytes> + Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Response = Response<tonic::body::Body>;
@@ -107,12 +133,29 @@ where
             span.record("trace_id", tracing::field::display(trace_id));
         }
         let start = Instant::now();
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
         let future = {
             let _entered = span.enter();
             self.inner.call(request)
         };
         Box::pin(async move {
-            let response = tracing::Instrument::instrument(future, span.clone()).await?;
+            let future = tracing::Instrument::instrument(future, span.clone());
+            // tonic's own deadline (outside this layer) answers CANCELLED; Go and Java clients
+            // expect DEADLINE_EXCEEDED, and the call must still be counted. Fire just before it.
+            let response = match deadline {
+                None => future.await?.map(tonic::body::Body::new),
+                Some(d) => {
+                    match tokio::time::timeout(d.saturating_sub(deadline_margin(d)), future).await {
+                        Ok(response) => response?.map(tonic::body::Body::new),
+                        Err(_) => tonic::Status::deadline_exceeded("the call's deadline expired")
+                            .into_http::<tonic::body::Body>(),
+                    }
+                }
+            };
             let code = grpc_status(response.headers());
             let observer = Observer {
                 span,
@@ -228,6 +271,17 @@ impl<B: Body> Body for ObservedBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        use std::time::Duration;
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "m", "123456789S", "5x", "-1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn labels_are_bounded() {

@@ -410,3 +410,43 @@ async fn concurrent_updates_on_overlapping_ids_never_fail_or_lose_a_write() {
         assert_eq!(generation(rev), n + 1, "{id}: one revision per write");
     }
 }
+
+#[tokio::test]
+async fn an_expired_deadline_is_deadline_exceeded_and_applies_nothing() {
+    use sqlx::Connection;
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    push(&mut c, "tasks", vec![insert(doc("slow", json!({"v": 0})))]).await;
+    let (docs, _) = pull_all(&mut c, "tasks", "", 10).await;
+    // Hold the row so the push cannot finish within its deadline.
+    let mut blocker = server.db().await;
+    let mut held = blocker.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM syncline_documents WHERE id = 'slow' FOR UPDATE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(PushRequest {
+        collection: "tasks".into(),
+        rows: vec![
+            insert(doc("fresh", json!({}))),
+            update(doc("slow", json!({"v": 1})), docs[0].clone()),
+        ],
+    });
+    // The server answers shortly before the deadline, so its DEADLINE_EXCEEDED reaches the
+    // client before the client's own timer would report CANCELLED.
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "300m".parse().unwrap());
+    let err = c.push(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    held.commit().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut db = server.db().await;
+    let rows = table(&mut db, "tasks").await;
+    assert_eq!(
+        rows.len(),
+        1,
+        "nothing of the timed-out push was applied: {rows:?}"
+    );
+    assert_eq!(rows[0].3, json!({"v": 0}));
+}
