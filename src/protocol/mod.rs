@@ -223,6 +223,7 @@ impl<S: Store> Replicator<S> {
             owner: principal.owner_filter().map(str::to_owned),
             expires_at: principal.expires_at,
             position,
+            caught_up: false,
             page_size: self.limits.pull_max,
             heartbeat: self.heartbeat,
             tail,

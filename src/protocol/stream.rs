@@ -36,6 +36,14 @@ pub enum StreamEvent {
 /// Items on a stream's channel: an event, or the error that ends the stream.
 pub type StreamItem = Result<StreamEvent, ProtocolError>;
 
+/// A page for a stream: documents, the position they reach, and whether the stream is now
+/// caught up with the table.
+struct Page {
+    documents: Vec<StoredDocument>,
+    position: Position,
+    caught_up: bool,
+}
+
 /// Everything one stream task needs.
 pub(super) struct Subscription<S> {
     pub store: Arc<S>,
@@ -45,6 +53,8 @@ pub(super) struct Subscription<S> {
     /// The credential's expiry: the stream ends with UNAUTHENTICATED then.
     pub expires_at: Option<SystemTime>,
     pub position: Position,
+    /// False until a table read came back not full; until then pages come from the table.
+    pub caught_up: bool,
     pub page_size: u32,
     pub heartbeat: Duration,
     pub tail: Arc<Tail>,
@@ -73,7 +83,11 @@ impl<S: Store> Subscription<S> {
                 };
                 // Mark the head seen before looking: a change appended meanwhile wakes us.
                 head.borrow_and_update();
-                let (documents, position) = match self.next_page().await {
+                let Page {
+                    documents,
+                    position,
+                    caught_up,
+                } = match self.next_page().await {
                     Ok(next) => next,
                     Err(e) => {
                         permit.send(Err(e));
@@ -82,6 +96,7 @@ impl<S: Store> Subscription<S> {
                 };
                 let more = documents.len() >= self.page_size as usize;
                 self.position = self.position.max(position);
+                self.caught_up |= caught_up;
                 if let Some(last) = documents.last() {
                     let checkpoint = checkpoint::encode(last.position);
                     self.observe_sent(&documents);
@@ -123,14 +138,23 @@ impl<S: Store> Subscription<S> {
 
     /// The next page after the stream's position: from the shared tail when it covers the
     /// position, else from the table. Returns the documents and the position they reach.
-    async fn next_page(&self) -> Result<(Vec<StoredDocument>, Position), ProtocolError> {
+    ///
+    /// Catch-up always reads the table, until a page comes back not full: the tail may lag the
+    /// table, and a document committed before the stream started must arrive at its latest
+    /// state, not at an older one still buffered.
+    async fn next_page(&self) -> Result<Page, ProtocolError> {
         let limit = self.page_size as usize;
-        if let Take::Covered {
-            documents,
-            position,
-        } = self.tail.take(self.position, self.owner.as_deref(), limit)
+        if self.caught_up
+            && let Take::Covered {
+                documents,
+                position,
+            } = self.tail.take(self.position, self.owner.as_deref(), limit)
         {
-            return Ok((documents, position));
+            return Ok(Page {
+                documents,
+                position,
+                caught_up: true,
+            });
         }
         let page = self
             .store
@@ -141,12 +165,17 @@ impl<S: Store> Subscription<S> {
                 self.page_size,
             )
             .await?;
+        let full = page.documents.len() >= limit;
         let position = match page.documents.last() {
-            Some(last) if page.documents.len() >= limit => last.position,
+            Some(last) if full => last.position,
             // Not full: everything below the horizon has been seen.
             _ => self.position.max(covered_below(page.horizon)),
         };
-        Ok((page.documents, position))
+        Ok(Page {
+            documents: page.documents,
+            position,
+            caught_up: !full,
+        })
     }
 
     /// Counts streamed documents and their lag from commit to send.

@@ -253,3 +253,43 @@ async fn shutdown_ends_streams_with_a_retryable_status() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     stopping.await.unwrap().expect("clean stop");
 }
+
+#[tokio::test]
+async fn catch_up_sends_documents_at_their_latest_state_even_when_the_tail_lags() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    // A checkpoint inside the tail's window (written after the server started).
+    push(&mut c, "tasks", vec![insert(doc("before", json!({})))]).await;
+    let (_, start) = pull_all(&mut c, "tasks", "", 10).await;
+    push(&mut c, "tasks", vec![insert(doc("x", json!({"v": 1})))]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // the shared tail buffers x@v1
+    // An open transaction holds the horizon: the tail cannot read x's next write yet, so its
+    // buffer says x is at v1 while the table already has the tombstone.
+    let mut blocker = server.db().await;
+    sqlx::raw_sql("BEGIN; SELECT pg_current_xact_id();")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    push(
+        &mut c,
+        "tasks",
+        vec![update(tombstone("x"), doc("x", json!({"v": 1})))],
+    )
+    .await;
+    let mut stream = subscribe(&server, "tasks", &start).await;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sqlx::raw_sql("COMMIT").execute(&mut blocker).await.unwrap();
+    });
+    let first = loop {
+        let batch = next_batch(&mut stream, Duration::from_secs(10)).await;
+        if let Some(d) = batch.documents.into_iter().find(|d| d.id == "x") {
+            break d;
+        }
+    };
+    assert!(
+        first.deleted,
+        "catch-up sent an older state of x: {first:?}"
+    );
+    release.await.unwrap();
+}
