@@ -26,7 +26,9 @@ pub(super) fn classify(err: sqlx::Error) -> Class {
 fn classify_only(err: sqlx::Error) -> Class {
     match &err {
         sqlx::Error::Database(db) => match db.code().as_deref() {
-            Some("40001") | Some("40P01") => Class::Retry,
+            // Serialization failure, deadlock, or a push planned on a stale state (the guard in
+            // the write statement, see write.rs).
+            Some("40001") | Some("40P01") | Some("SY001") => Class::Retry,
             // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections,
             // and the whole connection-exception class.
             Some(code)

@@ -1,5 +1,7 @@
-//! Applying a push: lock the touched rows, let the protocol decide, write everything with one
-//! statement, notify, commit. Retried on serialization failures, deadlocks and insert races.
+//! Applying a push. First optimistically: read the touched rows, let the protocol decide, and
+//! write everything with one guarded statement (two round trips, no row locks). The statement
+//! applies nothing if any row changed since the read; then the push is decided again inside a
+//! transaction that locks the rows first, retried on serialization failures and deadlocks.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,6 +17,12 @@ use crate::store::{DocumentWrite, Position, PushOutcome, PushPlan, StoreError, S
 /// Attempts before a contended push gives up with a retryable error.
 const MAX_ATTEMPTS: u32 = 12;
 
+// The rows a push touches, as the optimistic path reads them.
+const READ_SQL: &str = "
+SELECT id, owner, body::text AS body, deleted, revision, updated_at, change_xid, change_seq
+FROM syncline_documents
+WHERE collection = $1 AND id = ANY($2)";
+
 // Locks in id order so two pushes over the same ids cannot deadlock.
 pub(super) const LOCK_SQL: &str = "
 SELECT id, owner, body::text AS body, deleted, revision, updated_at, change_xid, change_seq
@@ -23,9 +31,10 @@ WHERE collection = $1 AND id = ANY($2)
 ORDER BY id
 FOR UPDATE";
 
-// One round trip for every write of the push. Inserts use DO NOTHING: a row that appeared
-// since LOCK_SQL read (a concurrent insert of the same new id) is counted as missing and the
-// whole transaction is retried, now seeing that row. Updated rows are already locked.
+// One round trip for every write of the push. Inserts use DO NOTHING and updates require the
+// revision the plan saw: if any row changed since it was read (a concurrent insert of the same
+// new id, a concurrent update), the counts fall short and syncline_stale_push() aborts the
+// statement, so nothing is applied and the push is decided again.
 const WRITE_SQL: &str = "
 WITH ins AS (
     INSERT INTO syncline_documents
@@ -41,17 +50,19 @@ WITH ins AS (
     SET body = t.body::jsonb, deleted = t.deleted, revision = t.revision, updated_at = now(),
         change_xid = pg_current_xact_id()::text::bigint,
         change_seq = nextval('syncline_change_seq')
-    FROM unnest($6::text[], $7::text[], $8::bool[], $9::text[]) AS t(id, body, deleted, revision)
-    WHERE d.collection = $1 AND d.id = t.id
+    FROM unnest($6::text[], $7::text[], $8::bool[], $9::text[], $12::text[])
+         AS t(id, body, deleted, revision, expected)
+    WHERE d.collection = $1 AND d.id = t.id AND d.revision = t.expected
     RETURNING 1
 ), note AS (
     SELECT pg_notify($10, pg_current_xact_id()::text || ':' || $1)
 )
-SELECT (SELECT count(*) FROM ins) AS inserted,
-       (SELECT count(*) FROM upd) AS updated,
+SELECT CASE WHEN (SELECT count(*) FROM ins) = cardinality($2::text[])
+             AND (SELECT count(*) FROM upd) = cardinality($6::text[])
+            THEN pg_current_xact_id()::text::bigint
+            ELSE syncline_stale_push() END AS tx,
        (SELECT count(*) FROM note) AS notified,
-       now() AS written_at,
-       pg_current_xact_id()::text::bigint AS tx";
+       now() AS written_at";
 
 #[derive(sqlx::FromRow)]
 struct LockedRow {
@@ -67,8 +78,6 @@ struct LockedRow {
 
 #[derive(sqlx::FromRow)]
 struct WriteResult {
-    inserted: i64,
-    updated: i64,
     written_at: DateTime<Utc>,
     tx: i64,
 }
@@ -103,7 +112,8 @@ impl PgStore {
         ids.sort_unstable();
         ids.dedup();
         for attempt in 1..=MAX_ATTEMPTS {
-            match self.attempt(collection, &ids, &decide).await {
+            // Optimistic first; after any collision, under row locks.
+            match self.attempt(collection, &ids, &decide, attempt > 1).await {
                 Ok(outcome) => return Ok(outcome),
                 Err(AttemptError::Fail(e)) => return Err(e),
                 Err(AttemptError::Retry) => {
@@ -120,87 +130,112 @@ impl PgStore {
         )))
     }
 
+    /// One try. Optimistic: read without locks and write with the guarded statement in its own
+    /// implicit transaction. Locking: the same inside a transaction that locks the rows first.
     async fn attempt<F>(
         &self,
         collection: &str,
         ids: &[String],
         decide: &F,
+        locking: bool,
     ) -> Result<PushOutcome, AttemptError>
     where
         F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, ProtocolError> + Send + Sync,
     {
-        // The wait for a connection, measured with the BEGIN round trip it includes.
+        // The wait for a connection (with the BEGIN round trip, when locking).
         let started = std::time::Instant::now();
+        if !locking {
+            let mut conn = self.acquire().await.map_err(AttemptError::Fail)?;
+            let rows: Vec<LockedRow> = sqlx::query_as(READ_SQL)
+                .bind(collection)
+                .bind(ids)
+                .fetch_all(&mut *conn)
+                .await?;
+            return write_plan(&mut conn, collection, rows, decide).await;
+        }
         let mut tx: Transaction<'_, Postgres> = self.pool().begin().await?;
         metrics::histogram!(crate::telemetry::metrics::POOL_ACQUIRE_SECONDS)
             .record(started.elapsed().as_secs_f64());
-        let locked: Vec<LockedRow> = sqlx::query_as(LOCK_SQL)
+        let rows: Vec<LockedRow> = sqlx::query_as(LOCK_SQL)
             .bind(collection)
             .bind(ids)
             .fetch_all(&mut *tx)
             .await?;
-        let current: HashMap<String, StoredDocument> = locked
-            .into_iter()
-            .map(|r| {
-                let doc = StoredDocument {
-                    id: r.id,
-                    owner: r.owner,
-                    body: r.body,
-                    deleted: r.deleted,
-                    revision: r.revision,
-                    updated_at: r.updated_at,
-                    position: Position {
-                        tx: r.change_xid,
-                        seq: r.change_seq,
-                    },
-                };
-                (doc.id.clone(), doc)
-            })
-            .collect();
-        let plan = decide(&current).map_err(|e| AttemptError::Fail(StoreError::Rejected(e)))?;
-        let mut conflicts = plan.conflicts;
-        if plan.writes.is_empty() {
-            // Nothing to write: release the locks without touching anything.
-            tx.rollback().await?;
-            return Ok(PushOutcome {
-                conflicts,
-                written: 0,
-                tx: None,
-            });
-        }
-
-        let (inserts, updates): (Vec<_>, Vec<_>) = plan.writes.iter().partition(|w| w.is_new);
-        let (i_id, i_body, i_del, i_rev) = columns(&inserts);
-        let (u_id, u_body, u_del, u_rev) = columns(&updates);
-        let result: WriteResult = sqlx::query_as(WRITE_SQL)
-            .bind(collection)
-            .bind(&i_id)
-            .bind(&i_body)
-            .bind(&i_del)
-            .bind(&i_rev)
-            .bind(&u_id)
-            .bind(&u_body)
-            .bind(&u_del)
-            .bind(&u_rev)
-            .bind(NOTIFY_CHANNEL)
-            .bind(inserts.iter().map(|w| w.owner.as_str()).collect::<Vec<_>>())
-            .fetch_one(&mut *tx)
-            .await?;
-        if result.inserted as usize != inserts.len() || result.updated as usize != updates.len() {
-            // A concurrent push inserted one of our "new" ids after we read: decide again.
-            tx.rollback().await?;
-            return Err(AttemptError::Retry);
-        }
+        let outcome = write_plan(&mut tx, collection, rows, decide).await?;
         tx.commit().await?;
-        for c in &mut conflicts {
-            c.updated_at.get_or_insert(result.written_at);
-        }
-        Ok(PushOutcome {
-            conflicts,
-            written: plan.writes.len(),
-            tx: Some(result.tx),
-        })
+        Ok(outcome)
     }
+}
+
+/// Decides the push on `rows` (the current states) and writes the plan with the guarded
+/// statement on `conn`.
+async fn write_plan<F>(
+    conn: &mut sqlx::PgConnection,
+    collection: &str,
+    rows: Vec<LockedRow>,
+    decide: &F,
+) -> Result<PushOutcome, AttemptError>
+where
+    F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, ProtocolError> + Send + Sync,
+{
+    let current: HashMap<String, StoredDocument> = rows
+        .into_iter()
+        .map(|r| {
+            let doc = StoredDocument {
+                id: r.id,
+                owner: r.owner,
+                body: r.body,
+                deleted: r.deleted,
+                revision: r.revision,
+                updated_at: r.updated_at,
+                position: Position {
+                    tx: r.change_xid,
+                    seq: r.change_seq,
+                },
+            };
+            (doc.id.clone(), doc)
+        })
+        .collect();
+    let plan = decide(&current).map_err(|e| AttemptError::Fail(StoreError::Rejected(e)))?;
+    let mut conflicts = plan.conflicts;
+    if plan.writes.is_empty() {
+        return Ok(PushOutcome {
+            conflicts,
+            written: 0,
+            tx: None,
+        });
+    }
+    let (inserts, updates): (Vec<_>, Vec<_>) = plan.writes.iter().partition(|w| w.is_new);
+    let (i_id, i_body, i_del, i_rev) = columns(&inserts);
+    let (u_id, u_body, u_del, u_rev) = columns(&updates);
+    // The revision each update was planned on: the guard that makes the write safe.
+    let expected: Vec<&str> = updates
+        .iter()
+        .map(|w| current.get(&w.id).map_or("", |d| d.revision.as_str()))
+        .collect();
+    let result: WriteResult = sqlx::query_as(WRITE_SQL)
+        .bind(collection)
+        .bind(&i_id)
+        .bind(&i_body)
+        .bind(&i_del)
+        .bind(&i_rev)
+        .bind(&u_id)
+        .bind(&u_body)
+        .bind(&u_del)
+        .bind(&u_rev)
+        .bind(NOTIFY_CHANNEL)
+        .bind(inserts.iter().map(|w| w.owner.as_str()).collect::<Vec<_>>())
+        .bind(&expected)
+        .fetch_one(&mut *conn)
+        .await?;
+    for c in &mut conflicts {
+        c.updated_at.get_or_insert(result.written_at);
+    }
+    Ok(PushOutcome {
+        conflicts,
+        written: plan.writes.len(),
+        tx: Some(result.tx),
+    })
 }
 
 /// Splits writes into the column arrays that `unnest` takes.
