@@ -164,6 +164,12 @@ async fn try_push(
     .map(|r| r.into_inner().conflicts)
 }
 
+/// Pushes rows that must be written without conflicts.
+async fn push_ok(c: &mut Client, token: &str, rows: Vec<ChangeRow>) {
+    let conflicts = try_push(c, token, rows).await.expect("push succeeds");
+    assert!(conflicts.is_empty(), "unexpected conflicts: {conflicts:?}");
+}
+
 fn owned(id: &str, body: Value, owner: &str) -> Document {
     Document {
         owner: owner.into(),
@@ -306,26 +312,18 @@ async fn owners_never_see_each_others_documents() {
         .unwrap()
         .into_inner();
 
-    assert!(
-        try_push(
-            &mut c,
-            &alice,
-            vec![insert(doc("a1", json!({"mine": "alice"})))]
-        )
-        .await
-        .unwrap()
-        .is_empty()
-    );
-    assert!(
-        try_push(
-            &mut c,
-            &bob,
-            vec![insert(doc("b1", json!({"secret": "bob's"})))]
-        )
-        .await
-        .unwrap()
-        .is_empty()
-    );
+    push_ok(
+        &mut c,
+        &alice,
+        vec![insert(doc("a1", json!({"mine": "alice"})))],
+    )
+    .await;
+    push_ok(
+        &mut c,
+        &bob,
+        vec![insert(doc("b1", json!({"secret": "bob's"})))],
+    )
+    .await;
     // One service push commits documents of both owners (and one of its own) together.
     let mixed = vec![
         insert(owned("m-a", json!({"for": "alice"}), "alice")),
@@ -333,12 +331,7 @@ async fn owners_never_see_each_others_documents() {
         insert(doc("m-s", json!({"for": "nobody"}))),
     ];
     assert!(try_push(&mut c, &service, mixed).await.unwrap().is_empty());
-    assert!(
-        try_push(&mut c, &alice, vec![insert(doc("a-last", json!({})))])
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    push_ok(&mut c, &alice, vec![insert(doc("a-last", json!({})))]).await;
 
     // The stream delivers exactly alice's documents, filtered per document.
     let mut streamed = Vec::new();
@@ -418,16 +411,12 @@ async fn owners_never_see_each_others_documents() {
     );
     // A service update keeps the owner.
     let b1 = all.iter().find(|d| d.id == "b1").unwrap().clone();
-    assert!(
-        try_push(
-            &mut c,
-            &service,
-            vec![update(owned("b1", json!({"v": 2}), "alice"), b1)]
-        )
-        .await
-        .unwrap()
-        .is_empty()
-    );
+    push_ok(
+        &mut c,
+        &service,
+        vec![update(owned("b1", json!({"v": 2}), "alice"), b1)],
+    )
+    .await;
     assert_eq!(pull_ids(&mut c, &bob).await, ["b1", "m-b"]);
 }
 
@@ -605,12 +594,7 @@ async fn random_interleavings_of_owners_each_pull_exactly_their_own_documents() 
                     if choice < 5 || mine.is_empty() {
                         let id = format!("s{seed}-{me}-{i}");
                         let b = json!({"o": o, "i": i});
-                        assert!(
-                            try_push(&mut c, &tok, vec![insert(doc(&id, b.clone()))])
-                                .await
-                                .unwrap()
-                                .is_empty()
-                        );
+                        push_ok(&mut c, &tok, vec![insert(doc(&id, b.clone()))]).await;
                         mine.push((id, b));
                     } else if choice < 8 {
                         let k = rng.random_range(0..mine.len());

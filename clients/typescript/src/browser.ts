@@ -7,14 +7,7 @@ import {
 } from "./core.js";
 import { createBrowserTransport } from "./transport-web.js";
 
-export type {
-    SynclineCheckpoint,
-    SynclineReplicationOptions,
-    SynclineReplicationState,
-    SynclineTransportKind,
-} from "./core.js";
-export { documentBody, fromServerDocument, toServerDocument } from "./convert.js";
-export * from "./gen/syncline/v1/replication_pb.js";
+export * from "./exports.js";
 
 /**
  * Starts RxDB replication of one collection through a Syncline server (gRPC-Web; the server
