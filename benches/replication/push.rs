@@ -12,7 +12,7 @@ use syncline::proto::ChangeRow;
 use tokio::sync::Barrier;
 
 use crate::report::{Report, Row, rate};
-use crate::server::{Server, ServerOptions};
+use crate::server::{Server, ServerOptions, micros_per};
 use crate::stats::median;
 use crate::{Ctx, client};
 
@@ -100,20 +100,25 @@ pub async fn run(ctx: &Ctx<'_>, report: &mut Report) {
     let mut revisions = HashMap::new();
     let mut token = String::new();
     for variant in VARIANTS {
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let (mut ours, mut theirs, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..s.rounds {
             theirs.push(baseline(&db, shape, variant, round, report).await);
+            let cpu_before = server.cpu_seconds();
             ours.push(syncline(&server, shape, variant, round, &revisions, report).await);
+            cpu.push(micros_per(server.cpu_seconds() - cpu_before, shape.rows()));
         }
         if variant != Variant::TenPercentStale {
             // The next variant updates these documents: learn their revisions as a client would.
             token = learn_revisions(&server, &token, &mut revisions).await;
         }
-        add_row(report, shape, variant, median(&ours), median(&theirs));
+        let measured = [median(&ours), median(&theirs), median(&cpu)];
+        add_row(report, shape, variant, measured);
     }
 }
 
-fn add_row(report: &mut Report, shape: Shape, variant: Variant, ours: f64, theirs: f64) {
+/// `[syncline docs/s, baseline docs/s, server CPU µs per row]`, medians.
+fn add_row(report: &mut Report, shape: Shape, variant: Variant, measured: [f64; 3]) {
+    let [ours, theirs, cpu] = measured;
     let ratio = ours / theirs;
     let targeted = variant != Variant::TenPercentStale;
     report.add(Row {
@@ -123,7 +128,7 @@ fn add_row(report: &mut Report, shape: Shape, variant: Variant, ours: f64, their
             shape.clients,
             shape.batch
         ),
-        syncline: rate(ours),
+        syncline: format!("{}; server CPU {cpu:.1} µs/doc", rate(ours)),
         baseline: rate(theirs),
         ratio: Some(ratio),
         target: if targeted {
@@ -133,7 +138,7 @@ fn add_row(report: &mut Report, shape: Shape, variant: Variant, ours: f64, their
         },
         met: targeted.then_some(ratio >= TARGET),
         figures: json!({ "syncline_docs_per_s": ours, "baseline_docs_per_s": theirs,
-                         "rows_per_run": shape.rows() }),
+                         "server_cpu_us_per_doc": cpu, "rows_per_run": shape.rows() }),
     });
 }
 

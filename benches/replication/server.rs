@@ -11,7 +11,13 @@ use syncline::config::Config;
 
 use crate::client;
 
+/// The server built with this benchmark; `BENCH_SERVER_BINARY` points at another build (to
+/// compare two versions of the server under the same load generator).
 const BINARY: &str = env!("CARGO_BIN_EXE_syncline");
+
+fn binary() -> String {
+    std::env::var("BENCH_SERVER_BINARY").unwrap_or_else(|_| BINARY.to_owned())
+}
 
 /// What differs between the servers the scenarios start.
 #[derive(Debug, Clone)]
@@ -95,7 +101,7 @@ impl Server {
         std::fs::write(&config, options.toml(addr, free_port())).expect("write server config");
         let log = work.join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log).expect("create server log");
-        let mut command = Command::new(BINARY);
+        let mut command = Command::new(binary());
         command
             .arg("serve")
             .arg("--config")
@@ -176,6 +182,11 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU seconds spent on `n` items, in microseconds per item.
+pub fn micros_per(cpu_seconds: f64, n: usize) -> f64 {
+    cpu_seconds * 1e6 / n.max(1) as f64
 }
 
 /// A port nobody listens on right now.

@@ -3,6 +3,9 @@
 //! collection. It is bounded (`stream_buffer_documents`); a stream whose position is older
 //! than the oldest buffered change reads the table itself until it catches up.
 //!
+//! A tail with no stream to serve goes dormant (empty, not ready) instead of reading every
+//! write back for nobody; the next stream wakes it, and reads the table until it is ready.
+//!
 //! Invariant: the buffer holds every change with a position in `(from, head]`, and no change
 //! at a position `<= head` can commit later (head only moves to positions the visibility
 //! horizon covers). An entry superseded by a later write of the same document is skipped, so
@@ -12,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Position, Store, StoredDocument};
@@ -54,6 +57,8 @@ pub struct Tail {
     capacity: usize,
     buffer: RwLock<Buffer>,
     head: watch::Sender<Position>,
+    /// Wakes a dormant tail when a stream starts watching.
+    wake: Notify,
 }
 
 impl Tail {
@@ -64,12 +69,29 @@ impl Tail {
             capacity: capacity.max(1),
             buffer: RwLock::default(),
             head: watch::channel(Position::START).0,
+            wake: Notify::new(),
         })
     }
 
-    /// Signals every time the head moves.
+    /// Signals every time the head moves. The tail follows the table while at least one
+    /// receiver is alive.
     pub fn watch(&self) -> watch::Receiver<Position> {
-        self.head.subscribe()
+        let receiver = self.head.subscribe();
+        self.wake.notify_one();
+        receiver
+    }
+
+    /// True while some stream holds a receiver from [`Tail::watch`].
+    fn watched(&self) -> bool {
+        self.head.receiver_count() > 0
+    }
+
+    /// Forgets everything and stops covering any position: streams read the table.
+    fn sleep(&self) {
+        let mut buffer = self.buffer.write().unwrap_or_else(|e| e.into_inner());
+        buffer.ready = false;
+        buffer.entries = VecDeque::new();
+        buffer.latest = HashMap::new();
     }
 
     /// Documents buffered now.
@@ -141,8 +163,8 @@ impl Tail {
     }
 
     /// Reads new changes whenever `signals` (the hub) says something committed, until
-    /// `shutdown`. Starts from the newest position: older changes are read by the streams that
-    /// need them.
+    /// `shutdown`, while some stream watches; dormant otherwise. Each time it wakes it starts
+    /// from the newest position: older changes are read by the streams that need them.
     pub async fn run<S: Store>(
         self: Arc<Self>,
         store: Arc<S>,
@@ -150,26 +172,57 @@ impl Tail {
         page: u32,
         shutdown: CancellationToken,
     ) {
+        loop {
+            if !self.watched() {
+                self.sleep();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.wake.notified() => continue,
+                }
+            }
+            if self
+                .follow(store.as_ref(), &mut signals, page, &shutdown)
+                .await
+            {
+                return;
+            }
+        }
+    }
+
+    /// Follows the table until no stream watches (false) or shutdown (true).
+    async fn follow<S: Store>(
+        &self,
+        store: &S,
+        signals: &mut watch::Receiver<i64>,
+        page: u32,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let start = loop {
             match store.horizon().await {
                 Ok(h) => break covered_below(h),
                 Err(e) => {
                     tracing::warn!(error = %e, collection = %self.collection, "stream tail cannot start yet");
-                    if pause(&shutdown, ERROR_BACKOFF).await {
-                        return;
+                    if pause(shutdown, ERROR_BACKOFF).await {
+                        return true;
                     }
                 }
             }
         };
-        {
+        let start = {
             let mut buffer = self.buffer.write().unwrap_or_else(|e| e.into_inner());
+            // Positions only grow: a restart never moves the head back.
+            let start = start.max(buffer.head);
             buffer.from = start;
             buffer.head = start;
             buffer.ready = true;
-        }
+            start
+        };
         self.head.send_replace(start);
         let mut backoff = PENDING_BACKOFF_MIN;
         loop {
+            if !self.watched() {
+                return false;
+            }
             let signalled = *signals.borrow_and_update();
             let head = self.read().head;
             let result = store.read_changes(&self.collection, None, head, page).await;
@@ -177,8 +230,8 @@ impl Tail {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, collection = %self.collection, "stream tail read failed");
-                    if pause(&shutdown, ERROR_BACKOFF).await {
-                        return;
+                    if pause(shutdown, ERROR_BACKOFF).await {
+                        return true;
                     }
                     continue;
                 }
@@ -194,16 +247,17 @@ impl Tail {
                 continue;
             }
             if page_read.horizon <= signalled {
-                if pause(&shutdown, backoff).await {
-                    return;
+                if pause(shutdown, backoff).await {
+                    return true;
                 }
                 backoff = (backoff * 2).min(PENDING_BACKOFF_MAX);
                 continue;
             }
             backoff = PENDING_BACKOFF_MIN;
             tokio::select! {
-                _ = shutdown.cancelled() => return,
-                changed = signals.changed() => if changed.is_err() { return },
+                _ = shutdown.cancelled() => return true,
+                _ = self.head.closed() => return false,
+                changed = signals.changed() => if changed.is_err() { return true },
             }
         }
     }

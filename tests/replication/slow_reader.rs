@@ -62,8 +62,8 @@ impl Store for Counting {
     }
 }
 
-#[tokio::test]
-async fn stalled_subscribers_hold_at_most_two_pages_and_catch_up_from_the_table() {
+/// A replicator on the counting store: pages of 20, a shared buffer of 50 documents.
+async fn counting_replicator() -> (Arc<Counting>, Replicator<Counting>) {
     let db = fresh_database().await;
     let mut cfg = config(&db);
     cfg.pull_limit_max = 20;
@@ -96,15 +96,17 @@ async fn stalled_subscribers_hold_at_most_two_pages_and_catch_up_from_the_table(
         visibility_wait: Duration::from_millis(100),
         shutdown: CancellationToken::new(),
     });
+    (store, replicator)
+}
+
+/// Pushes `batches` batches of 10 new documents named `<prefix>-<batch>-<i>`.
+async fn push_batches(replicator: &Replicator<Counting>, prefix: &str, batches: usize) {
     let service = Principal::anonymous_service();
-    let _second_stalled = replicator.subscribe(&service, "tasks", "").unwrap();
-    let mut events = replicator.subscribe(&service, "tasks", "").unwrap();
-    // 100 pushes of 10 documents while nobody reads the stream.
-    for b in 0..100 {
+    for b in 0..batches {
         let rows = (0..10)
             .map(|i| RowInput {
                 new_state: Some(DocumentInput {
-                    id: format!("slow-{b}-{i}"),
+                    id: format!("{prefix}-{b}-{i}"),
                     json:
                         br#"{"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#
                             .to_vec(),
@@ -115,6 +117,47 @@ async fn stalled_subscribers_hold_at_most_two_pages_and_catch_up_from_the_table(
             .collect();
         replicator.push(&service, "tasks", rows).await.unwrap();
     }
+}
+
+/// Receives until `n` documents came; heartbeats are skipped.
+async fn receive(
+    events: &mut tokio::sync::mpsc::Receiver<syncline::protocol::StreamItem>,
+    n: usize,
+) -> Vec<StoredDocument> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("documents within 10 s")
+            .expect("the stream is open")
+            .expect("no stream error")
+        {
+            StreamEvent::Changes { documents, .. } => got.extend(documents),
+            StreamEvent::Heartbeat => {}
+        }
+    }
+    got
+}
+
+/// Polls `done` every 20 ms for up to 10 s.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not within 10 s: {what}");
+}
+
+#[tokio::test]
+async fn stalled_subscribers_hold_at_most_two_pages_and_catch_up_from_the_table() {
+    let (store, replicator) = counting_replicator().await;
+    let service = Principal::anonymous_service();
+    let _second_stalled = replicator.subscribe(&service, "tasks", "").unwrap();
+    let mut events = replicator.subscribe(&service, "tasks", "").unwrap();
+    // 100 pushes of 10 documents while nobody reads the stream.
+    push_batches(&replicator, "slow", 100).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The shared tail read the 1,000 changes once and keeps only its window; each stalled
     // stream holds at most one page in its channel and one being read.
@@ -128,19 +171,47 @@ async fn stalled_subscribers_hold_at_most_two_pages_and_catch_up_from_the_table(
         "stalled streams read {read} documents: more than the tail's one pass plus two pages each"
     );
     // Reading resumes and delivers everything, in order, once each.
-    let mut got = Vec::new();
-    while got.len() < 1000 {
-        match tokio::time::timeout(Duration::from_secs(10), events.recv())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            StreamEvent::Changes { documents, .. } => got.extend(documents),
-            StreamEvent::Heartbeat => {}
-        }
-    }
+    let got = receive(&mut events, 1000).await;
     assert_eq!(got.len(), 1000);
     let positions: Vec<Position> = got.iter().map(|d| d.position).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "in change order");
+}
+
+#[tokio::test]
+async fn the_shared_tail_reads_nothing_while_no_stream_watches() {
+    let (store, replicator) = counting_replicator().await;
+    push_batches(&replicator, "unwatched", 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        store.documents.load(Ordering::SeqCst),
+        0,
+        "with no stream open, writes are not read back"
+    );
+    assert_eq!(replicator.buffered("tasks"), 0);
+
+    // A stream wakes the tail: it gets the 50 older documents from the table, then live ones.
+    let service = Principal::anonymous_service();
+    let mut events = replicator.subscribe(&service, "tasks", "").unwrap();
+    assert_eq!(receive(&mut events, 50).await.len(), 50);
+    push_batches(&replicator, "watched", 3).await;
+    let live = receive(&mut events, 30).await;
+    assert!(
+        live.iter().all(|d| d.id.starts_with("watched-")),
+        "{live:?}"
+    );
+    eventually("the tail buffers the live writes", || {
+        replicator.buffered("tasks") >= 30
+    })
+    .await;
+
+    // The last stream goes away: the tail forgets its buffer and stops reading.
+    drop(events);
+    eventually("the tail empties once unwatched", || {
+        replicator.buffered("tasks") == 0
+    })
+    .await;
+    let read = store.documents.load(Ordering::SeqCst);
+    push_batches(&replicator, "unwatched-again", 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.documents.load(Ordering::SeqCst), read);
 }

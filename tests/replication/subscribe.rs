@@ -258,7 +258,9 @@ async fn shutdown_ends_streams_with_a_retryable_status() {
 async fn catch_up_sends_documents_at_their_latest_state_even_when_the_tail_lags() {
     let server = TestServer::start().await;
     let mut c = server.client().await;
-    // A checkpoint inside the tail's window (written after the server started).
+    // Another stream keeps the shared tail following the collection.
+    let _watcher = subscribe(&server, "tasks", "").await;
+    // A checkpoint inside the tail's window (written after the tail started).
     push(&mut c, "tasks", vec![insert(doc("before", json!({})))]).await;
     let (_, start) = pull_all(&mut c, "tasks", "", 10).await;
     push(&mut c, "tasks", vec![insert(doc("x", json!({"v": 1})))]).await;

@@ -20,6 +20,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// NOTIFY channel that carries `<tx>:<collection>` after every committed push.
 pub const NOTIFY_CHANNEL: &str = "syncline_changes";
 
+/// Pooled connections idle at least this long are pinged before use.
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// A [`super::Store`] on a PostgreSQL connection pool.
 #[derive(Clone, Debug)]
 pub struct PgStore {
@@ -47,9 +50,21 @@ impl PgStore {
         let options = options
             .application_name("syncline")
             .statement_cache_capacity(settings.statement_cache_capacity);
+        // sqlx pings every connection it hands out by default: one extra round trip per
+        // request. A connection in steady use has just proven itself; only one that sat idle
+        // (where a restart or a proxy's idle timeout may have cut it) is worth the ping.
         let pool = PgPoolOptions::new()
             .max_connections(settings.size)
             .acquire_timeout(settings.acquire_timeout)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(options);
         Ok(PgStore { pool })
     }
