@@ -187,11 +187,10 @@ pub fn next_revision(previous: Option<&str>, body: &str, deleted: bool) -> Strin
         .chain_update(body.as_bytes())
         .chain_update([u8::from(deleted)])
         .finalize();
-    let mut hash = String::with_capacity(16);
-    for byte in &digest[..8] {
-        hash.push_str(&format!("{byte:02x}"));
-    }
-    format!("{generation}-{hash}")
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    // The first 8 bytes as 16 hex digits.
+    format!("{generation}-{:016x}", u64::from_be_bytes(first))
 }
 
 #[cfg(test)]
@@ -280,7 +279,8 @@ mod tests {
     #[test]
     fn revisions_grow_per_write() {
         let r1 = next_revision(None, "{}", false);
-        assert!(r1.starts_with("1-"));
+        // Generation, then the first 8 bytes of SHA-256(body, deleted) in hex.
+        assert_eq!(r1, "1-68e9e86b6926cc2b");
         let r2 = next_revision(Some(&r1), "{}", false);
         assert!(r2.starts_with("2-"));
         assert_ne!(next_revision(None, "{}", true), r1);

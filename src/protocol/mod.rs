@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod collections;
 pub mod conflict;
 mod error;
+mod json_check;
 pub mod principal;
 pub mod stream;
 pub mod stream_limits;

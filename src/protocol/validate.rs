@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::ProtocolError;
 use super::collections::{Collection, Limits};
+use super::json_check;
 
 /// A document as a client sent it.
 #[derive(Debug, Clone, Default)]
@@ -110,26 +111,22 @@ fn validate_row(
         None
     } else {
         Some(
-            parse_body(limits, &new.json)
+            body_text(limits, new.json)
                 .map_err(|e| fail(format!("new_document_state.json: {e}")))?,
         )
     };
-    if let Some(value) = &body {
-        check_primary_key(collection, &new.id, value)
-            .map_err(|e| fail(format!("new_document_state.json: {e}")))?;
-        if !new.deleted
-            && let Some(schema) = &collection.schema
-            && let Some(error) = schema.iter_errors(value).next()
-        {
-            let path = error.instance_path.to_string();
-            let path = if path.is_empty() {
-                "/".to_owned()
-            } else {
-                path
-            };
-            return Err(fail(format!(
-                "new_document_state.json does not match the collection schema at {path}: {error}"
-            )));
+    if let Some(text) = &body {
+        // The tree is built only when a schema needs it or the body may be invalid: the
+        // slow path then words the exact error.
+        let certain = collection.schema.is_none()
+            && json_check::certainly_valid(
+                text,
+                limits.json_depth_max,
+                &collection.primary_key,
+                &new.id,
+            );
+        if !certain {
+            check_value(collection, limits, &new.id, text, new.deleted).map_err(fail)?;
         }
     }
     let assumed = match row.assumed {
@@ -157,12 +154,7 @@ fn validate_row(
             }
         }
     };
-    let body = match body {
-        // Safe: parse_body checked the bytes are UTF-8.
-        Some(_) => String::from_utf8(new.json)
-            .map_err(|_| fail("new_document_state.json is not UTF-8".into()))?,
-        None => "{}".to_owned(),
-    };
+    let body = body.unwrap_or_else(|| "{}".to_owned());
     let owner = (!new.owner.is_empty()).then_some(new.owner);
     Ok(ValidRow {
         owner,
@@ -182,9 +174,13 @@ fn shown_id(id: &str) -> String {
     }
 }
 
-/// Parses a body: size, UTF-8 JSON, an object, depth, no NUL in strings (PostgreSQL's jsonb
-/// cannot store `\u0000`).
-fn parse_body(limits: &Limits, json: &[u8]) -> Result<Value, String> {
+/// The body's text: within the size limit, not empty, UTF-8.
+fn body_text(limits: &Limits, json: Vec<u8>) -> Result<String, String> {
+    check_size(limits, &json)?;
+    String::from_utf8(json).map_err(|_| "not valid UTF-8".to_owned())
+}
+
+fn check_size(limits: &Limits, json: &[u8]) -> Result<(), String> {
     if json.len() > limits.document_bytes_max {
         return Err(format!(
             "{} bytes, over the limit of {}",
@@ -195,7 +191,48 @@ fn parse_body(limits: &Limits, json: &[u8]) -> Result<Value, String> {
     if json.is_empty() {
         return Err("empty; a live document needs a JSON object".into());
     }
+    Ok(())
+}
+
+/// The full check on the parsed tree, with the message naming the field: shape, primary key,
+/// and the collection's schema for live documents.
+fn check_value(
+    collection: &Collection,
+    limits: &Limits,
+    id: &str,
+    text: &str,
+    deleted: bool,
+) -> Result<(), String> {
+    let value = parse_value(limits, text).map_err(|e| format!("new_document_state.json: {e}"))?;
+    check_primary_key(collection, id, &value)
+        .map_err(|e| format!("new_document_state.json: {e}"))?;
+    if !deleted
+        && let Some(schema) = &collection.schema
+        && let Some(error) = schema.iter_errors(&value).next()
+    {
+        let path = error.instance_path.to_string();
+        let path = if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path
+        };
+        return Err(format!(
+            "new_document_state.json does not match the collection schema at {path}: {error}"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a body: size, UTF-8 JSON, an object, depth, no NUL in strings (PostgreSQL's jsonb
+/// cannot store `\u0000`).
+fn parse_body(limits: &Limits, json: &[u8]) -> Result<Value, String> {
+    check_size(limits, json)?;
     let text = std::str::from_utf8(json).map_err(|_| "not valid UTF-8".to_owned())?;
+    parse_value(limits, text)
+}
+
+/// Parses JSON text into a tree: an object, within the depth limit, without NUL.
+fn parse_value(limits: &Limits, text: &str) -> Result<Value, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         if e.to_string().contains("recursion limit") {
             format!("nested deeper than the limit of {}", limits.json_depth_max)
@@ -367,5 +404,67 @@ mod tests {
         assert_eq!(v[0].assumed, Some(Assumed::Revision("3-abc".into())));
         r.assumed.as_mut().unwrap().id = "b".into();
         assert!(error_of(&c, vec![r]).contains("assumed_master_state.id"));
+    }
+
+    /// Random JSON with unique keys: nested objects and arrays, NULs, the primary key with
+    /// the right or a wrong value or type.
+    fn random_json(rng: &mut impl rand::Rng, depth: usize, top: bool) -> String {
+        let scalar = |rng: &mut dyn rand::RngCore| match rng.next_u32() % 7 {
+            0 => "1".to_owned(),
+            1 => "-2.5e3".to_owned(),
+            2 => "true".to_owned(),
+            3 => "null".to_owned(),
+            4 => r#""a\u0000b""#.to_owned(),
+            5 => r#""\u00e9\"""#.to_owned(),
+            _ => r#""plain""#.to_owned(),
+        };
+        if !top && (depth >= 6 || rng.random_bool(0.4)) {
+            return scalar(rng);
+        }
+        if !top && rng.random_bool(0.3) {
+            let items: Vec<String> = (0..rng.random_range(0..3))
+                .map(|_| random_json(rng, depth + 1, false))
+                .collect();
+            return format!("[{}]", items.join(","));
+        }
+        let mut fields = Vec::new();
+        for k in 0..rng.random_range(0..4) {
+            let key = if rng.random_bool(0.05) {
+                format!(r#""k\u0000{k}""#)
+            } else {
+                format!(r#""k{k}""#)
+            };
+            fields.push(format!("{key}:{}", random_json(rng, depth + 1, false)));
+        }
+        if top && rng.random_bool(0.5) {
+            let value = match rng.next_u32() % 4 {
+                0 => r#""a""#,
+                1 => r#""b""#,
+                2 => "7",
+                _ => r#"{"x":1}"#,
+            };
+            fields.push(format!(r#""id":{value}"#));
+        }
+        format!("{{{}}}", fields.join(","))
+    }
+
+    #[test]
+    fn the_fast_check_agrees_with_the_full_one() {
+        use rand::SeedableRng;
+        let c = collection(None);
+        let l = limits();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (mut valid, mut invalid) = (0, 0);
+        for _ in 0..5_000 {
+            let text = random_json(&mut rng, 1, true);
+            let full = check_value(&c, &l, "a", &text, false).is_ok();
+            let fast = json_check::certainly_valid(&text, l.json_depth_max, "id", "a");
+            assert_eq!(fast, full, "{text}");
+            if full { valid += 1 } else { invalid += 1 }
+        }
+        assert!(
+            valid > 500 && invalid > 500,
+            "{valid} valid, {invalid} invalid"
+        );
     }
 }

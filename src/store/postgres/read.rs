@@ -79,24 +79,29 @@ impl PgStore {
     }
 }
 
-/// A row of the page query: horizon, id, owner, body, deleted, revision, updated_at,
-/// change_xid, change_seq; the document columns are NULL when the page is empty, so that the
-/// horizon still comes back. Decoded by position and without sqlx's per-value type check: the
-/// statement above fixes every column's type, and this is the hottest loop of a Pull.
+/// A row of the page query: horizon, then the document columns, NULL when the page is empty
+/// (so that the horizon still comes back).
 fn into_document(row: &PgRow) -> Result<Option<StoredDocument>, sqlx::Error> {
-    let Some(id) = row.try_get_unchecked::<Option<String>, _>(1)? else {
+    if row.try_get_unchecked::<Option<&str>, _>(1)?.is_none() {
         return Ok(None);
-    };
-    Ok(Some(StoredDocument {
-        id,
-        owner: row.try_get_unchecked(2)?,
-        body: row.try_get_unchecked(3)?,
-        deleted: row.try_get_unchecked(4)?,
-        revision: row.try_get_unchecked(5)?,
-        updated_at: row.try_get_unchecked(6)?,
+    }
+    document_at(row, 1).map(Some)
+}
+
+/// The document whose columns start at `first`: id, owner, body (as text), deleted, revision,
+/// updated_at, change_xid, change_seq. Decoded by position and without sqlx's per-value type
+/// check: the statements fix every column's type, and this is the hottest loop of a Pull.
+pub(super) fn document_at(row: &PgRow, first: usize) -> Result<StoredDocument, sqlx::Error> {
+    Ok(StoredDocument {
+        id: row.try_get_unchecked(first)?,
+        owner: row.try_get_unchecked(first + 1)?,
+        body: row.try_get_unchecked(first + 2)?,
+        deleted: row.try_get_unchecked(first + 3)?,
+        revision: row.try_get_unchecked(first + 4)?,
+        updated_at: row.try_get_unchecked(first + 5)?,
         position: Position {
-            tx: row.try_get_unchecked(7)?,
-            seq: row.try_get_unchecked(8)?,
+            tx: row.try_get_unchecked(first + 6)?,
+            seq: row.try_get_unchecked(first + 7)?,
         },
-    }))
+    })
 }

@@ -12,7 +12,7 @@ use sqlx::{Postgres, Transaction};
 use super::error::{Class, classify};
 use super::{NOTIFY_CHANNEL, PgStore};
 use crate::protocol::ProtocolError;
-use crate::store::{DocumentWrite, Position, PushOutcome, PushPlan, StoreError, StoredDocument};
+use crate::store::{DocumentWrite, PushOutcome, PushPlan, StoreError, StoredDocument};
 
 /// Attempts before a contended push gives up with a retryable error.
 const MAX_ATTEMPTS: u32 = 12;
@@ -63,18 +63,6 @@ SELECT CASE WHEN (SELECT count(*) FROM ins) = cardinality($2::text[])
             ELSE syncline_stale_push() END AS tx,
        (SELECT count(*) FROM note) AS notified,
        now() AS written_at";
-
-#[derive(sqlx::FromRow)]
-struct LockedRow {
-    id: String,
-    owner: String,
-    body: String,
-    deleted: bool,
-    revision: String,
-    updated_at: DateTime<Utc>,
-    change_xid: i64,
-    change_seq: i64,
-}
 
 #[derive(sqlx::FromRow)]
 struct WriteResult {
@@ -146,22 +134,22 @@ impl PgStore {
         let started = std::time::Instant::now();
         if !locking {
             let mut conn = self.acquire().await.map_err(AttemptError::Fail)?;
-            let rows: Vec<LockedRow> = sqlx::query_as(READ_SQL)
+            let rows = sqlx::query(READ_SQL)
                 .bind(collection)
                 .bind(ids)
                 .fetch_all(&mut *conn)
                 .await?;
-            return write_plan(&mut conn, collection, rows, decide).await;
+            return write_plan(&mut conn, collection, documents(&rows)?, decide).await;
         }
         let mut tx: Transaction<'_, Postgres> = self.pool().begin().await?;
         metrics::histogram!(crate::telemetry::metrics::POOL_ACQUIRE_SECONDS)
             .record(started.elapsed().as_secs_f64());
-        let rows: Vec<LockedRow> = sqlx::query_as(LOCK_SQL)
+        let rows = sqlx::query(LOCK_SQL)
             .bind(collection)
             .bind(ids)
             .fetch_all(&mut *tx)
             .await?;
-        let outcome = write_plan(&mut tx, collection, rows, decide).await?;
+        let outcome = write_plan(&mut tx, collection, documents(&rows)?, decide).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -172,30 +160,14 @@ impl PgStore {
 async fn write_plan<F>(
     conn: &mut sqlx::PgConnection,
     collection: &str,
-    rows: Vec<LockedRow>,
+    rows: Vec<StoredDocument>,
     decide: &F,
 ) -> Result<PushOutcome, AttemptError>
 where
     F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, ProtocolError> + Send + Sync,
 {
-    let current: HashMap<String, StoredDocument> = rows
-        .into_iter()
-        .map(|r| {
-            let doc = StoredDocument {
-                id: r.id,
-                owner: r.owner,
-                body: r.body,
-                deleted: r.deleted,
-                revision: r.revision,
-                updated_at: r.updated_at,
-                position: Position {
-                    tx: r.change_xid,
-                    seq: r.change_seq,
-                },
-            };
-            (doc.id.clone(), doc)
-        })
-        .collect();
+    let current: HashMap<String, StoredDocument> =
+        rows.into_iter().map(|d| (d.id.clone(), d)).collect();
     let plan = decide(&current).map_err(|e| AttemptError::Fail(StoreError::Rejected(e)))?;
     let mut conflicts = plan.conflicts;
     if plan.writes.is_empty() {
@@ -236,6 +208,13 @@ where
         written: plan.writes.len(),
         tx: Some(result.tx),
     })
+}
+
+/// The current states as READ_SQL and LOCK_SQL return them.
+fn documents(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<StoredDocument>, sqlx::Error> {
+    rows.iter()
+        .map(|r| super::read::document_at(r, 0))
+        .collect()
 }
 
 /// Splits writes into the column arrays that `unnest` takes.
