@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor_path)
         .skip_protoc_run()
+        // Smaller per-stream buffers than tonic's default; see src/api/codec.rs.
+        .codec_path("crate::api::codec::ProtoCodec")
         .compile_fds(descriptors)?;
     for f in files {
         println!("cargo:rerun-if-changed={f}");

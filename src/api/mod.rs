@@ -1,6 +1,7 @@
 //! gRPC: thin handlers that decode, call the protocol, encode and map errors.
 
 pub mod auth;
+pub mod codec;
 pub mod convert;
 pub mod status;
 

@@ -87,7 +87,9 @@ impl<S: Store> Subscription<S> {
                     documents,
                     position,
                     caught_up,
-                } = match self.next_page().await {
+                    // Boxed: the read's future is large, and inline it would sit in every idle
+                    // stream's task for the stream's whole life.
+                } = match Box::pin(self.next_page()).await {
                     Ok(next) => next,
                     Err(e) => {
                         permit.send(Err(e));
