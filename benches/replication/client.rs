@@ -1,13 +1,17 @@
 //! The load generator's side of gRPC: connections, and Pull / Push / Subscribe helpers on the
-//! generated client; and the document bodies every scenario writes (~300 bytes of JSON).
+//! generated client, anonymous or as a JWT principal; and the document bodies every scenario
+//! writes (~300 bytes of JSON).
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
 use syncline::proto::replication_service_client::ReplicationServiceClient;
 use syncline::proto::{
     ChangeRow, Checkpoint, Document, PullRequest, PushRequest, SubscribeRequest, SubscribeResponse,
 };
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 pub type Client = ReplicationServiceClient<Channel>;
@@ -52,6 +56,40 @@ pub async fn connect(addr: SocketAddr) -> Client {
     client(channel(addr).await)
 }
 
+/// The `authorization` metadata of one JWT principal, sent with each call made as it (per
+/// request, so that anonymous calls on the same client type pay nothing for it).
+#[derive(Debug, Clone)]
+pub struct Bearer(AsciiMetadataValue);
+
+impl Bearer {
+    /// An HS256 token for `sub` without scopes (an owner, not a service principal), valid for
+    /// a day: longer than any run.
+    pub fn hs256(secret: &str, sub: &str) -> Bearer {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("the clock is after 1970")
+            .as_secs();
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"sub": sub, "exp": now + 86_400}),
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign a token");
+        Bearer(format!("Bearer {token}").parse().expect("a JWT is ASCII"))
+    }
+}
+
+/// `message` as a request of `bearer`'s principal, or an anonymous one.
+fn request<T>(message: T, bearer: Option<&Bearer>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(Bearer(value)) = bearer {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
+    request
+}
+
 /// One Pull: the documents and the checkpoint after them.
 pub async fn pull_page(
     client: &mut Client,
@@ -59,16 +97,25 @@ pub async fn pull_page(
     token: &str,
     limit: u32,
 ) -> Result<(Vec<Document>, String), tonic::Status> {
-    let r = client
-        .pull(PullRequest {
-            collection: collection.into(),
-            checkpoint: Some(Checkpoint {
-                token: token.into(),
-            }),
-            limit,
-        })
-        .await?
-        .into_inner();
+    pull_page_as(client, None, collection, token, limit).await
+}
+
+/// `pull_page` as `bearer`'s principal.
+pub async fn pull_page_as(
+    client: &mut Client,
+    bearer: Option<&Bearer>,
+    collection: &str,
+    token: &str,
+    limit: u32,
+) -> Result<(Vec<Document>, String), tonic::Status> {
+    let message = PullRequest {
+        collection: collection.into(),
+        checkpoint: Some(Checkpoint {
+            token: token.into(),
+        }),
+        limit,
+    };
+    let r = client.pull(request(message, bearer)).await?.into_inner();
     Ok((
         r.documents,
         r.checkpoint.map(|c| c.token).unwrap_or_default(),
@@ -82,12 +129,24 @@ pub async fn pull_all(
     collection: &str,
     token: &str,
     limit: u32,
+    on_page: impl FnMut(Vec<Document>, &str),
+) -> (usize, String) {
+    pull_all_as(client, None, collection, token, limit, on_page).await
+}
+
+/// `pull_all` as `bearer`'s principal.
+pub async fn pull_all_as(
+    client: &mut Client,
+    bearer: Option<&Bearer>,
+    collection: &str,
+    token: &str,
+    limit: u32,
     mut on_page: impl FnMut(Vec<Document>, &str),
 ) -> (usize, String) {
     let mut token = token.to_owned();
     let mut count = 0;
     loop {
-        let (docs, next) = pull_page(client, collection, &token, limit)
+        let (docs, next) = pull_page_as(client, bearer, collection, &token, limit)
             .await
             .unwrap_or_else(|s| panic!("pull {collection}: {s}"));
         if docs.is_empty() {
@@ -101,11 +160,22 @@ pub async fn pull_all(
 
 /// One Push; returns the conflicts.
 pub async fn push(client: &mut Client, collection: &str, rows: Vec<ChangeRow>) -> Vec<Document> {
+    push_as(client, None, collection, rows).await
+}
+
+/// `push` as `bearer`'s principal.
+pub async fn push_as(
+    client: &mut Client,
+    bearer: Option<&Bearer>,
+    collection: &str,
+    rows: Vec<ChangeRow>,
+) -> Vec<Document> {
+    let message = PushRequest {
+        collection: collection.into(),
+        rows,
+    };
     client
-        .push(PushRequest {
-            collection: collection.into(),
-            rows,
-        })
+        .push(request(message, bearer))
         .await
         .unwrap_or_else(|s| panic!("push to {collection}: {s}"))
         .into_inner()

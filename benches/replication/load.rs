@@ -1,7 +1,7 @@
 //! Fast loading of large collections straight into `syncline_documents` (the server must
 //! have applied its migrations first), in transactions of 1,000 rows on two connections, with
 //! the same metadata the server writes: a change position from the writing transaction and
-//! the change sequence, and a `<generation>-<hash>` revision.
+//! the change sequence, a `<generation>-<hash>` revision, and optionally spread over owners.
 
 use sqlx::Connection;
 
@@ -11,11 +11,12 @@ const CHUNK: usize = 1_000;
 const LOADERS: usize = 2;
 
 // Bodies are ~300 bytes, shaped like `client::body`; ids and revisions like `doc_id` and
-// `loaded_revision`.
+// `loaded_revision`; owners like `owner` (`$5` = 0: the column's default, no owner).
 const INSERT_SQL: &str = "
 INSERT INTO syncline_documents
-    (collection, id, body, deleted, revision, updated_at, change_xid, change_seq)
+    (collection, id, owner, body, deleted, revision, updated_at, change_xid, change_seq)
 SELECT $1, $2 || lpad(i::text, 8, '0'),
+       CASE WHEN $5::bigint = 0 THEN '' ELSE 'owner-' || (i % $5::bigint) END,
        jsonb_build_object(
            'id', $2 || lpad(i::text, 8, '0'), 'title', 'Document ' || i, 'done', i % 2 = 0,
            'priority', i % 5, 'tags', jsonb_build_array('alpha', 'beta', 'gamma'),
@@ -29,9 +30,26 @@ pub fn loaded_revision(i: usize) -> String {
     format!("1-{i:016x}")
 }
 
-/// Inserts documents `0..n` of `collection` with ids `client::doc_id(prefix, i)`, then
-/// vacuums and analyzes the table so plans and visibility are as in a settled database.
+/// The owner `documents_owned` gives document number `i` when spreading over `owners`.
+pub fn owner(i: usize, owners: usize) -> String {
+    format!("owner-{}", i % owners)
+}
+
+/// Inserts documents `0..n` of `collection` with ids `client::doc_id(prefix, i)` and no owner.
 pub async fn documents(db_url: &str, collection: &str, prefix: &str, n: usize) {
+    documents_owned(db_url, collection, prefix, n, 0).await;
+}
+
+/// Inserts documents `0..n` of `collection` with ids `client::doc_id(prefix, i)`, document `i`
+/// owned by `owner(i, owners)` (no owner when `owners` is 0), then vacuums and analyzes the
+/// table so plans and visibility are as in a settled database.
+pub async fn documents_owned(
+    db_url: &str,
+    collection: &str,
+    prefix: &str,
+    n: usize,
+    owners: usize,
+) {
     let chunks: Vec<(usize, usize)> = (0..n)
         .step_by(CHUNK)
         .map(|start| (start, (start + CHUNK).min(n) - 1))
@@ -56,6 +74,7 @@ pub async fn documents(db_url: &str, collection: &str, prefix: &str, n: usize) {
                     .bind(&prefix)
                     .bind(first as i64)
                     .bind(last as i64)
+                    .bind(owners as i64)
                     .execute(&mut conn)
                     .await
                     .expect("load documents");

@@ -16,6 +16,7 @@ mod fanout;
 mod idle;
 mod initial_sync;
 mod load;
+mod owners;
 mod push;
 mod report;
 mod scaling;
@@ -108,14 +109,15 @@ async fn run_all(ctx: &Ctx<'_>) -> Report {
         phase("5. scaling with size");
         scaling::run(ctx, &mut report).await;
     }
+    if s.runs("owners") {
+        phase("5. scaling by owners");
+        owners::run(ctx, &mut report).await;
+    }
     report.notes.push(
         "Each figure is the median of the rounds; Syncline and its baseline alternate \
          (A B A B). Everything (PostgreSQL, server, load generator) shares the same cores."
             .into(),
     );
-    report
-        .notes
-        .push("Scaling by owners (100 vs 1) waits for per-owner scoping (issue 3).".into());
     report
 }
 

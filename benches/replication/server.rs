@@ -27,6 +27,8 @@ pub struct ServerOptions {
     pub heartbeat_seconds: u64,
     pub keepalive_seconds: u64,
     pub streams_max: usize,
+    /// `auth.mode = "jwt"` with this HS256 secret (at least 32 bytes); none: `mode = "none"`.
+    pub hs256_secret: Option<String>,
 }
 
 impl ServerOptions {
@@ -38,12 +40,20 @@ impl ServerOptions {
             heartbeat_seconds: 15,
             keepalive_seconds: 30,
             streams_max: 10_000,
+            hs256_secret: None,
         }
+    }
+
+    /// A token for `sub` when the server authenticates callers, none when everyone may call.
+    pub fn bearer(&self, sub: &str) -> Option<client::Bearer> {
+        self.hs256_secret
+            .as_deref()
+            .map(|secret| client::Bearer::hs256(secret, sub))
     }
 
     /// The configuration file. `[auth]` (with `streams_per_principal_max`) is required once
     /// authentication exists and an unknown key before: offer it only when the configuration
-    /// code built into this very server accepts it.
+    /// code built into this very server accepts it. JWT authentication has no such fallback.
     fn toml(&self, listen: SocketAddr, metrics: SocketAddr) -> String {
         let mut base = format!(
             "listen = \"{listen}\"\nmetrics_listen = \"{metrics}\"\npool_size = {}\n\
@@ -55,12 +65,20 @@ impl ServerOptions {
         for c in &self.collections {
             let _ = write!(collections, "\n[[collections]]\nname = \"{c}\"\n");
         }
+        let auth = match &self.hs256_secret {
+            Some(secret) => format!("mode = \"jwt\"\nhs256_secret = \"{secret}\"\n"),
+            None => "mode = \"none\"\n".to_owned(),
+        };
         let with_auth = format!(
-            "{base}streams_per_principal_max = {}\n\n[auth]\nmode = \"none\"\n{collections}",
+            "{base}streams_per_principal_max = {}\n\n[auth]\n{auth}{collections}",
             self.streams_max
         );
-        if Config::from_toml(&with_auth).is_ok() {
-            return with_auth;
+        match Config::from_toml(&with_auth) {
+            Ok(_) => return with_auth,
+            Err(e) if self.hs256_secret.is_some() => {
+                panic!("the benchmark's server configuration is rejected: {e}\n{with_auth}")
+            }
+            Err(_) => {}
         }
         base.push_str(&collections);
         if let Err(e) = Config::from_toml(&base) {
@@ -78,13 +96,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `syncline serve` on a free port and waits until it answers a Pull. A port taken
-    /// between choosing and binding it is retried with new ports.
+    /// Starts `syncline serve` on a free port and waits until it answers a Pull (with a token
+    /// when it authenticates callers). A port taken between choosing and binding it is retried
+    /// with new ports.
     pub async fn start(db_url: &str, options: &ServerOptions, work: &Path, name: &str) -> Server {
         const ATTEMPTS: u32 = 3;
+        let bearer = options.bearer("bench-ready");
         for attempt in 1..=ATTEMPTS {
             let mut server = Server::spawn(db_url, options, work, name);
-            match server.wait_ready(&options.collections[0]).await {
+            match server
+                .wait_ready(&options.collections[0], bearer.as_ref())
+                .await
+            {
                 Ok(()) => return server,
                 Err(log) if attempt < ATTEMPTS && log.contains("Address already in use") => {
                     eprintln!("bench: {name}: a port was taken meanwhile; retrying");
@@ -122,7 +145,11 @@ impl Server {
     }
 
     /// Ok once a Pull succeeds; the end of the log when the process exits or never answers.
-    async fn wait_ready(&mut self, collection: &str) -> Result<(), String> {
+    async fn wait_ready(
+        &mut self,
+        collection: &str,
+        bearer: Option<&client::Bearer>,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -130,7 +157,10 @@ impl Server {
             }
             if let Ok(channel) = client::try_channel(self.addr).await {
                 let mut c = client::client(channel);
-                if client::pull_page(&mut c, collection, "", 1).await.is_ok() {
+                if client::pull_page_as(&mut c, bearer, collection, "", 1)
+                    .await
+                    .is_ok()
+                {
                     return Ok(());
                 }
             }

@@ -40,9 +40,12 @@ pub struct Settings {
     pub scale_large: usize,
     /// Scenario 5: timed calls per size per round (`BENCH_SCALE_SAMPLES`).
     pub scale_samples: usize,
+    /// Scenario 5 by owners: documents in each database, of 100 owners or of one
+    /// (`BENCH_SCALE_OWNER_DOCS`).
+    pub scale_owners_docs: usize,
     /// Port of the benchmark's own PostgreSQL cluster (`BENCH_PG_PORT`).
     pub pg_port: u16,
-    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale`); all when unset.
+    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners`); all when unset.
     pub only: Option<Vec<String>>,
 }
 
@@ -69,6 +72,9 @@ impl Settings {
             scale_small: env_usize("BENCH_SCALE_SMALL", pick(10_000, 500)).max(100),
             scale_large: env_usize("BENCH_SCALE_DOCS", pick(1_000_000, 5_000)).max(100),
             scale_samples: env_usize("BENCH_SCALE_SAMPLES", pick(300, 20)).max(1),
+            // Smoke: 100 documents per owner, enough for the updates of one round.
+            scale_owners_docs: env_usize("BENCH_SCALE_OWNER_DOCS", pick(1_000_000, 10_000))
+                .max(100),
             pg_port: env_usize("BENCH_PG_PORT", 55460) as u16,
             only: std::env::var("BENCH_ONLY")
                 .ok()
@@ -87,7 +93,8 @@ impl Settings {
     pub fn describe(&self) -> String {
         format!(
             "mode {}, {} round(s); docs {}; push {} clients x {} batches x {} rows; \
-             fan-out {} subscribers at {}/s for {:?}; idle {} streams over {:?}; scale {} vs {}",
+             fan-out {} subscribers at {}/s for {:?}; idle {} streams over {:?}; scale {} vs {}; \
+             owners 100 vs 1 of {}",
             if self.smoke { "smoke" } else { "bench" },
             self.rounds,
             self.sync_docs,
@@ -101,6 +108,7 @@ impl Settings {
             self.idle_window,
             self.scale_small,
             self.scale_large,
+            self.scale_owners_docs,
         )
     }
 }
