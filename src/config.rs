@@ -50,6 +50,10 @@ pub struct Config {
     /// transaction-mode pooler (PgBouncer) in front of `database_url` needs.
     #[serde(default = "default_statement_cache_capacity")]
     pub statement_cache_capacity: usize,
+    /// After a full Pull or stream page, read the next page in the background; at most this
+    /// many prepared pages per process (each up to `pull_limit_max` documents); 0 turns it off.
+    #[serde(default = "default_read_ahead_pages")]
+    pub read_ahead_pages: usize,
     /// Apply migrations when `serve` starts. Turn off when a separate job runs `syncline
     /// migrate` (e.g. through a direct connection while serving goes through a pooler); health
     /// then stays NOT_SERVING until the migrations are applied.
@@ -210,6 +214,9 @@ fn default_metrics_listen() -> SocketAddr {
 }
 fn default_statement_cache_capacity() -> usize {
     100
+}
+fn default_read_ahead_pages() -> usize {
+    16
 }
 fn default_true() -> bool {
     true

@@ -45,6 +45,7 @@ pub fn open_store(config: &Config) -> Result<PgStore, ServerError> {
         size: config.pool_size,
         acquire_timeout: Duration::from_secs(config.acquire_timeout_seconds),
         statement_cache_capacity: config.statement_cache_capacity,
+        read_ahead_pages: config.read_ahead_pages,
     };
     Ok(PgStore::connect_lazy(url, &settings)?)
 }

@@ -39,6 +39,9 @@ pub const DB_ERRORS: &str = "syncline_db_errors_total";
 pub const LISTENER_UP: &str = "syncline_listener_connected";
 /// LISTEN connection (re)connects after the first.
 pub const LISTENER_RECONNECTS: &str = "syncline_listener_reconnects_total";
+/// Pages read ahead, by `outcome`: `used`, `stale` (a document in it was written since),
+/// `unused` (the read failed or came back short).
+pub const READ_AHEAD: &str = "syncline_read_ahead_pages_total";
 /// Always 1, labelled with `version` and `git_commit`.
 pub const BUILD_INFO: &str = "syncline_build_info";
 
@@ -87,6 +90,10 @@ fn describe() {
         "RPC handling time (streams: their whole life)"
     );
     describe_counter!(DOCS_PULLED, "Documents returned by Pull");
+    describe_counter!(
+        READ_AHEAD,
+        "Pages read ahead after a full page, by outcome (used, stale, unused)"
+    );
     describe_counter!(DOCS_PUSHED, "Documents written by Push");
     describe_counter!(DOCS_STREAMED, "Documents sent on Subscribe streams");
     describe_counter!(PUSH_ROWS_REJECTED, "Push rows not written, by reason");

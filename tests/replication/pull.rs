@@ -227,3 +227,43 @@ async fn pull_and_push_lock_queries_are_served_by_indexes() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_page_read_ahead_is_never_served_once_one_of_its_documents_changed() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    let mut start = String::new();
+    for round in 0..5 {
+        let ids: Vec<String> = (0..4).map(|i| format!("r{round}-d{i}")).collect();
+        let rows = ids
+            .iter()
+            .map(|id| insert(doc(id, json!({"v": 0}))))
+            .collect();
+        push(&mut c, "tasks", rows).await;
+        // A full first page of 2 starts reading the next 2 ahead.
+        let (first, cp) = pull(&mut c, "tasks", &start, 2).await;
+        let first: Vec<&str> = first.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(first, [ids[0].as_str(), ids[1].as_str()]);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // ids[2] changes: read now, the next page is ids[3], then ids[2] at its new state.
+        let stale = doc(&ids[2], json!({"v": 0}));
+        push(
+            &mut c,
+            "tasks",
+            vec![update(doc(&ids[2], json!({"v": 1})), stale)],
+        )
+        .await;
+        let (second, _) = pull(&mut c, "tasks", &cp, 2).await;
+        let second: Vec<(&str, serde_json::Value)> =
+            second.iter().map(|d| (d.id.as_str(), body(d))).collect();
+        assert_eq!(
+            second,
+            [
+                (ids[3].as_str(), json!({"v": 0})),
+                (ids[2].as_str(), json!({"v": 1}))
+            ],
+            "round {round}: a page read before the write was served"
+        );
+        (_, start) = pull_all(&mut c, "tasks", &cp, 100).await;
+    }
+}

@@ -73,6 +73,7 @@ async fn counting_replicator() -> (Arc<Counting>, Replicator<Counting>) {
             size: 4,
             acquire_timeout: Duration::from_secs(5),
             statement_cache_capacity: 100,
+            read_ahead_pages: 16,
         },
     )
     .unwrap();

@@ -3,6 +3,7 @@
 
 mod error;
 mod read;
+mod read_ahead;
 mod write;
 
 use std::time::Duration;
@@ -23,10 +24,20 @@ pub const NOTIFY_CHANNEL: &str = "syncline_changes";
 /// Pooled connections idle at least this long are pinged before use.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 
+/// Pages read ahead when nothing configures it (`from_pool`).
+const READ_AHEAD_PAGES: usize = 16;
+
 /// A [`super::Store`] on a PostgreSQL connection pool.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    read_ahead: std::sync::Arc<read_ahead::ReadAhead>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("pool", &self.pool).finish()
+    }
 }
 
 /// Pool settings taken from the configuration.
@@ -38,6 +49,8 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
     /// Prepared statements cached per connection (0 for transaction-mode poolers).
     pub statement_cache_capacity: usize,
+    /// Next pages read ahead after full pages, at most this many at once (0: off).
+    pub read_ahead_pages: usize,
 }
 
 impl PgStore {
@@ -66,7 +79,10 @@ impl PgStore {
                 })
             })
             .connect_lazy_with(options);
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            read_ahead: std::sync::Arc::new(read_ahead::ReadAhead::new(settings.read_ahead_pages)),
+        })
     }
 
     /// Takes a pooled connection, measuring the wait.
@@ -80,9 +96,12 @@ impl PgStore {
         conn
     }
 
-    /// Wraps an existing pool.
+    /// Wraps an existing pool (with read-ahead of up to 16 pages).
     pub fn from_pool(pool: PgPool) -> PgStore {
-        PgStore { pool }
+        PgStore {
+            pool,
+            read_ahead: std::sync::Arc::new(read_ahead::ReadAhead::new(READ_AHEAD_PAGES)),
+        }
     }
 
     /// The underlying pool (health checks, tests).

@@ -1,11 +1,15 @@
 //! Reading changes in order under the visibility horizon.
 
+use std::collections::HashSet;
+
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use super::PgStore;
 use super::error::to_store_error;
+use super::read_ahead::{PageKey, Prepared, WRITTEN_SINCE_MAX, WRITTEN_SINCE_SQL};
 use crate::store::{ChangePage, Position, StoreError, StoredDocument};
+use crate::telemetry::metrics::READ_AHEAD;
 
 // The horizon is the snapshot's xmin: every transaction id below it has committed or aborted,
 // and this statement sees all of the committed ones. Returning only rows below it means no
@@ -39,8 +43,86 @@ pub(super) const PAGE_SQL: &str = page_sql!("");
 pub(super) const OWNER_PAGE_SQL: &str = page_sql!("\n      AND owner = $5");
 
 impl PgStore {
+    /// The page after `after`: the one read ahead when it is still exactly what a read now
+    /// would return, else read now. A full page starts the read of the next one.
     #[tracing::instrument(name = "db.read_changes", skip_all, fields(db.system = "postgresql", collection = %collection, limit = limit))]
     pub(crate) async fn read_page(
+        &self,
+        collection: &str,
+        owner: Option<&str>,
+        after: Position,
+        limit: u32,
+    ) -> Result<ChangePage, StoreError> {
+        let key = PageKey {
+            collection: collection.to_owned(),
+            owner: owner.map(str::to_owned),
+            after,
+            limit,
+        };
+        let prepared = match self.read_ahead.take(&key) {
+            Some(prepared) => self.still_valid(prepared, &key).await,
+            None => None,
+        };
+        let page = match prepared {
+            Some(page) => page,
+            None => self.query_page(collection, owner, after, limit).await?,
+        };
+        if let Some(last) = page.documents.last()
+            && page.documents.len() >= limit as usize
+        {
+            let next = key.from(last.position);
+            self.read_ahead.start(next.clone(), page.horizon, || {
+                let store = self.clone();
+                tokio::spawn(async move {
+                    store
+                        .query_page(
+                            &next.collection,
+                            next.owner.as_deref(),
+                            next.after,
+                            next.limit,
+                        )
+                        .await
+                })
+            });
+        }
+        Ok(page)
+    }
+
+    /// The prepared page if it is full and none of its documents was written since its read.
+    /// Which documents were written since is asked while the read finishes.
+    async fn still_valid(&self, prepared: Prepared, key: &PageKey) -> Option<ChangePage> {
+        let outcome = |o: &'static str| metrics::counter!(READ_AHEAD, "outcome" => o).increment(1);
+        let written = sqlx::query_scalar::<_, String>(WRITTEN_SINCE_SQL)
+            .bind(&key.collection)
+            .bind(prepared.horizon_before)
+            .bind(WRITTEN_SINCE_MAX)
+            .fetch_all(self.pool());
+        let (read, written) = tokio::join!(prepared.read, written);
+        let page = match read {
+            Ok(Ok(page)) if page.documents.len() >= key.limit as usize => page,
+            _ => {
+                outcome("unused");
+                return None;
+            }
+        };
+        let unchanged = written.is_ok_and(|ids| {
+            let written: HashSet<&str> = ids.iter().map(String::as_str).collect();
+            (ids.len() as i64) < WRITTEN_SINCE_MAX
+                && !page
+                    .documents
+                    .iter()
+                    .any(|d| written.contains(d.id.as_str()))
+        });
+        if unchanged {
+            outcome("used");
+            Some(page)
+        } else {
+            outcome("stale");
+            None
+        }
+    }
+
+    async fn query_page(
         &self,
         collection: &str,
         owner: Option<&str>,
