@@ -52,6 +52,13 @@ pub fn plan_push(
         if let Some(cur) = current
             && conflicts_with(row.assumed.as_ref(), cur)?
         {
+            if cur.body.is_empty() {
+                // The store skipped a body this decision needs: a bug, never a wrong answer.
+                return Err(ProtocolError::Internal(format!(
+                    "the stored body of {:?} was not read",
+                    row.id
+                )));
+            }
             conflicts.push(ConflictState {
                 id: row.id.clone(),
                 owner: cur.owner.clone(),
@@ -235,6 +242,26 @@ mod tests {
             service: false,
             expires_at: None,
         }
+    }
+
+    #[test]
+    fn a_matching_first_row_never_needs_the_stored_body_and_a_missing_one_is_not_returned() {
+        // Stored at 1-a with its body left unread ("", as the store does for a match).
+        let server: HashMap<_, _> = [("x".to_owned(), stored("x", "", false, "1-a"))].into();
+        let first = row("x", r#"{"v":1}"#, Some(Assumed::Revision("1-a".into())));
+        let again = row("x", r#"{"v":2}"#, Some(Assumed::Revision("1-a".into())));
+        let p = plan(&[first, again], &server).unwrap();
+        assert_eq!(p.writes[0].body, r#"{"v":1}"#);
+        assert_eq!(
+            p.conflicts[0].body, r#"{"v":1}"#,
+            "the second row meets the first's write"
+        );
+        // A row that does conflict with an unread body is an internal error, not an empty state.
+        let stale = row("x", "{}", Some(Assumed::Revision("0-z".into())));
+        assert!(matches!(
+            plan(&[stale], &server),
+            Err(ProtocolError::Internal(m)) if m.contains("not read")
+        ));
     }
 
     #[test]

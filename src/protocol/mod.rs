@@ -169,10 +169,10 @@ impl<S: Store> Replicator<S> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let targets = push_targets(&rows);
         let outcome = self
             .store
-            .apply_push(&collection.name, &ids, |current| {
+            .apply_push(&collection.name, &targets, |current| {
                 conflict::plan_push(&rows, current, principal)
             })
             .await
@@ -245,4 +245,20 @@ impl<S: Store> Replicator<S> {
     pub fn open_streams(&self) -> usize {
         self.streams.open()
     }
+}
+
+/// Each id a push touches once, with the revision its first row assumes: only that row ever
+/// compares with the stored state, so a match replaces it unread.
+fn push_targets(rows: &[validate::ValidRow]) -> Vec<crate::store::PushTarget> {
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    rows.iter()
+        .filter(|r| seen.insert(r.id.as_str()))
+        .map(|r| crate::store::PushTarget {
+            id: r.id.clone(),
+            skip_body_at: match &r.assumed {
+                Some(validate::Assumed::Revision(rev)) => Some(rev.clone()),
+                _ => None,
+            },
+        })
+        .collect()
 }

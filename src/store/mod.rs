@@ -127,6 +127,17 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// A document a push touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushTarget {
+    /// The document's id.
+    pub id: String,
+    /// The revision the push's first row for this id assumes, when it names one. A current
+    /// state at exactly this revision is replaced without being looked at, so the store may
+    /// leave its `body` empty (which no stored body ever is).
+    pub skip_body_at: Option<String>,
+}
+
 /// The storage interface the protocol needs.
 pub trait Store: Send + Sync + 'static {
     /// Reads up to `limit` documents of `collection` (only `owner`'s when given) whose latest
@@ -144,13 +155,13 @@ pub trait Store: Send + Sync + 'static {
     /// position with a smaller transaction can still appear.
     fn horizon(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
-    /// In one transaction: locks and reads the current states of `ids`, calls `decide` with
-    /// them, stores its writes with new positions, and wakes listeners of `collection`.
-    /// `decide` may run more than once when the transaction is retried.
+    /// In one transaction: reads the current states of `targets` (distinct ids), calls
+    /// `decide` with them, stores its writes with new positions, and wakes listeners of
+    /// `collection`. `decide` may run more than once when the transaction is retried.
     fn apply_push<F>(
         &self,
         collection: &str,
-        ids: &[String],
+        targets: &[PushTarget],
         decide: F,
     ) -> impl Future<Output = Result<PushOutcome, StoreError>> + Send
     where

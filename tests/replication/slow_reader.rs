@@ -13,7 +13,7 @@ use syncline::protocol::{
 };
 use syncline::store::postgres::{PgStore, PoolSettings};
 use syncline::store::{
-    ChangePage, Position, PushOutcome, PushPlan, Store, StoreError, StoredDocument,
+    ChangePage, Position, PushOutcome, PushPlan, PushTarget, Store, StoreError, StoredDocument,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -48,7 +48,7 @@ impl Store for Counting {
     async fn apply_push<F>(
         &self,
         c: &str,
-        ids: &[String],
+        targets: &[PushTarget],
         decide: F,
     ) -> Result<PushOutcome, StoreError>
     where
@@ -58,7 +58,7 @@ impl Store for Counting {
             + Send
             + Sync,
     {
-        self.inner.apply_push(c, ids, decide).await
+        self.inner.apply_push(c, targets, decide).await
     }
 }
 

@@ -12,7 +12,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use std::collections::HashMap;
 
-use super::{ChangePage, Position, PushOutcome, PushPlan, Store, StoreError, StoredDocument};
+use super::{
+    ChangePage, Position, PushOutcome, PushPlan, PushTarget, Store, StoreError, StoredDocument,
+};
 use crate::protocol::ProtocolError;
 
 /// The embedded migrations.
@@ -137,7 +139,9 @@ impl PgStore {
             let query = match kind {
                 0 => query.bind(0_i64).bind(0_i64).bind(100_i64),
                 1 => query.bind(0_i64).bind(0_i64).bind(100_i64).bind("owner"),
-                _ => query.bind(vec!["a".to_owned(), "b".to_owned()]),
+                _ => query
+                    .bind(vec!["a".to_owned(), "b".to_owned()])
+                    .bind(vec![Some("1-x".to_owned()), None]),
             };
             let lines = query
                 .fetch_all(&mut *tx)
@@ -203,12 +207,12 @@ impl Store for PgStore {
     fn apply_push<F>(
         &self,
         collection: &str,
-        ids: &[String],
+        targets: &[PushTarget],
         decide: F,
     ) -> impl Future<Output = Result<PushOutcome, StoreError>> + Send
     where
         F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, ProtocolError> + Send + Sync,
     {
-        self.push(collection, ids, decide)
+        self.push(collection, targets, decide)
     }
 }

@@ -12,24 +12,31 @@ use sqlx::{Postgres, Transaction};
 use super::error::{Class, classify};
 use super::{NOTIFY_CHANNEL, PgStore};
 use crate::protocol::ProtocolError;
-use crate::store::{DocumentWrite, PushOutcome, PushPlan, StoreError, StoredDocument};
+use crate::store::{DocumentWrite, PushOutcome, PushPlan, PushTarget, StoreError, StoredDocument};
 
 /// Attempts before a contended push gives up with a retryable error.
 const MAX_ATTEMPTS: u32 = 12;
 
-// The rows a push touches, as the optimistic path reads them.
-const READ_SQL: &str = "
-SELECT id, owner, body::text AS body, deleted, revision, updated_at, change_xid, change_seq
-FROM syncline_documents
-WHERE collection = $1 AND id = ANY($2)";
+// The rows a push touches, as the optimistic path reads them. A body is read only when the
+// row's revision is not the one the push's first row for it assumes ($3): at that revision the
+// row is replaced unread, and bodies are most of what a push would otherwise read back.
+macro_rules! current_sql {
+    ($tail:literal) => {
+        concat!(
+            "
+SELECT d.id, d.owner,
+       CASE WHEN d.revision = t.skip_at THEN '' ELSE d.body::text END AS body,
+       d.deleted, d.revision, d.updated_at, d.change_xid, d.change_seq
+FROM unnest($2::text[], $3::text[]) AS t(id, skip_at)
+JOIN syncline_documents d ON d.collection = $1 AND d.id = t.id",
+            $tail
+        )
+    };
+}
+const READ_SQL: &str = current_sql!("");
 
 // Locks in id order so two pushes over the same ids cannot deadlock.
-pub(super) const LOCK_SQL: &str = "
-SELECT id, owner, body::text AS body, deleted, revision, updated_at, change_xid, change_seq
-FROM syncline_documents
-WHERE collection = $1 AND id = ANY($2)
-ORDER BY id
-FOR UPDATE";
+pub(super) const LOCK_SQL: &str = current_sql!("\nORDER BY d.id\nFOR UPDATE OF d");
 
 // One round trip for every write of the push. Inserts use DO NOTHING and updates require the
 // revision the plan saw: if any row changed since it was read (a concurrent insert of the same
@@ -86,22 +93,25 @@ impl From<sqlx::Error> for AttemptError {
 }
 
 impl PgStore {
-    #[tracing::instrument(name = "db.push", skip_all, fields(db.system = "postgresql", collection = %collection, rows = ids.len()))]
+    #[tracing::instrument(name = "db.push", skip_all, fields(db.system = "postgresql", collection = %collection, rows = targets.len()))]
     pub(crate) async fn push<F>(
         &self,
         collection: &str,
-        ids: &[String],
+        targets: &[PushTarget],
         decide: F,
     ) -> Result<PushOutcome, StoreError>
     where
         F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, ProtocolError> + Send + Sync,
     {
-        let mut ids = ids.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
+        let mut targets: Vec<&PushTarget> = targets.iter().collect();
+        targets.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let ids: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
+        let skip_at: Vec<Option<&str>> =
+            targets.iter().map(|t| t.skip_body_at.as_deref()).collect();
+        let ids = (ids.as_slice(), skip_at.as_slice());
         for attempt in 1..=MAX_ATTEMPTS {
             // Optimistic first; after any collision, under row locks.
-            match self.attempt(collection, &ids, &decide, attempt > 1).await {
+            match self.attempt(collection, ids, &decide, attempt > 1).await {
                 Ok(outcome) => return Ok(outcome),
                 Err(AttemptError::Fail(e)) => return Err(e),
                 Err(AttemptError::Retry) => {
@@ -123,7 +133,7 @@ impl PgStore {
     async fn attempt<F>(
         &self,
         collection: &str,
-        ids: &[String],
+        ids: (&[&str], &[Option<&str>]),
         decide: &F,
         locking: bool,
     ) -> Result<PushOutcome, AttemptError>
@@ -136,7 +146,8 @@ impl PgStore {
             let mut conn = self.acquire().await.map_err(AttemptError::Fail)?;
             let rows = sqlx::query(READ_SQL)
                 .bind(collection)
-                .bind(ids)
+                .bind(ids.0)
+                .bind(ids.1)
                 .fetch_all(&mut *conn)
                 .await?;
             return write_plan(&mut conn, collection, documents(&rows)?, decide).await;
@@ -146,7 +157,8 @@ impl PgStore {
             .record(started.elapsed().as_secs_f64());
         let rows = sqlx::query(LOCK_SQL)
             .bind(collection)
-            .bind(ids)
+            .bind(ids.0)
+            .bind(ids.1)
             .fetch_all(&mut *tx)
             .await?;
         let outcome = write_plan(&mut tx, collection, documents(&rows)?, decide).await?;
