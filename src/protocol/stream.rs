@@ -67,15 +67,23 @@ pub(super) struct Subscription<S> {
 impl<S: Store> Subscription<S> {
     /// Runs until the client goes away, the server shuts down or the store fails.
     pub async fn run(mut self) {
-        let expiry = self.expiry();
         let mut head = self.tail.watch();
         let mut last_sent = Instant::now();
         let mut read = true;
+        // Built once and reset, not rebuilt at every wake-up: with many streams, registering
+        // timers and waiters per iteration was a visible share of the fan-out's CPU.
+        let expired = tokio::time::sleep_until(self.expiry());
+        let heartbeat = tokio::time::sleep_until(last_sent + self.heartbeat);
+        let shutdown = self.shutdown.clone();
+        let stopping = shutdown.cancelled();
+        let out = self.out.clone();
+        let gone = out.closed();
+        tokio::pin!(expired, heartbeat, stopping, gone);
         loop {
             if read {
                 // Wait for room before reading, so a slow client holds back reads, not memory.
                 let permit = tokio::select! {
-                    _ = self.shutdown.cancelled() => return self.end_for_shutdown().await,
+                    _ = &mut stopping => return self.end_for_shutdown().await,
                     permit = self.out.reserve() => match permit {
                         Ok(p) => p,
                         Err(_) => return, // the client went away
@@ -107,6 +115,7 @@ impl<S: Store> Subscription<S> {
                         checkpoint,
                     }));
                     last_sent = Instant::now();
+                    heartbeat.as_mut().reset(last_sent + self.heartbeat);
                 } else {
                     drop(permit);
                 }
@@ -116,22 +125,23 @@ impl<S: Store> Subscription<S> {
             }
             read = true;
             tokio::select! {
-                _ = self.shutdown.cancelled() => return self.end_for_shutdown().await,
-                _ = tokio::time::sleep_until(expiry) => return self.end(ProtocolError::Unauthenticated(
+                _ = &mut stopping => return self.end_for_shutdown().await,
+                _ = &mut expired => return self.end(ProtocolError::Unauthenticated(
                     "the token expired; reconnect with a fresh one".into(),
                 )).await,
-                _ = self.out.closed() => return,
+                _ = &mut gone => return,
                 changed = head.changed() => {
                     if changed.is_err() {
                         return; // the tail is gone: the server is stopping
                     }
                 }
-                _ = tokio::time::sleep_until(last_sent + self.heartbeat) => {
+                _ = &mut heartbeat => {
                     if self.out.send(Ok(StreamEvent::Heartbeat)).await.is_err() {
                         return;
                     }
                     metrics::counter!(m::HEARTBEATS).increment(1);
                     last_sent = Instant::now();
+                    heartbeat.as_mut().reset(last_sent + self.heartbeat);
                     read = false;
                 }
             }
