@@ -90,17 +90,8 @@ fn request<T>(message: T, bearer: Option<&Bearer>) -> tonic::Request<T> {
     request
 }
 
-/// One Pull: the documents and the checkpoint after them.
-pub async fn pull_page(
-    client: &mut Client,
-    collection: &str,
-    token: &str,
-    limit: u32,
-) -> Result<(Vec<Document>, String), tonic::Status> {
-    pull_page_as(client, None, collection, token, limit).await
-}
-
-/// `pull_page` as `bearer`'s principal.
+/// One Pull as `bearer`'s principal (anonymous for `None`): the documents and the checkpoint
+/// after them.
 pub async fn pull_page_as(
     client: &mut Client,
     bearer: Option<&Bearer>,

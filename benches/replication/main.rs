@@ -17,6 +17,7 @@ mod idle;
 mod initial_sync;
 mod load;
 mod owners;
+mod probe;
 mod push;
 mod report;
 mod scaling;
