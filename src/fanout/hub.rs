@@ -4,13 +4,22 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use tokio::sync::watch;
 
 /// The wake-up hub shared by the listener, local pushes and every subscriber.
 #[derive(Debug, Clone, Default)]
 pub struct Hub {
-    channels: Arc<HashMap<String, watch::Sender<i64>>>,
+    channels: Arc<HashMap<String, Channel>>,
+}
+
+#[derive(Debug)]
+struct Channel {
+    signal: watch::Sender<i64>,
+    /// The highest signalled transaction a reader already waited for in vain: a remembered
+    /// position keeps readers waiting once, never again.
+    waited_out: AtomicI64,
 }
 
 impl Hub {
@@ -18,7 +27,13 @@ impl Hub {
     pub fn new<'a>(collections: impl IntoIterator<Item = &'a str>) -> Hub {
         let channels = collections
             .into_iter()
-            .map(|name| (name.to_owned(), watch::channel(0).0))
+            .map(|name| {
+                let channel = Channel {
+                    signal: watch::channel(0).0,
+                    waited_out: AtomicI64::new(0),
+                };
+                (name.to_owned(), channel)
+            })
             .collect();
         Hub {
             channels: Arc::new(channels),
@@ -27,14 +42,14 @@ impl Hub {
 
     /// A receiver for `collection`'s signals; `None` for an undeclared collection.
     pub fn subscribe(&self, collection: &str) -> Option<watch::Receiver<i64>> {
-        self.channels.get(collection).map(watch::Sender::subscribe)
+        self.channels.get(collection).map(|c| c.signal.subscribe())
     }
 
     /// Records that transaction `tx` committed writes to `collection` and wakes its subscribers.
     /// Unknown collections (another process with a newer configuration) are ignored.
     pub fn notify(&self, collection: &str, tx: i64) {
-        if let Some(sender) = self.channels.get(collection) {
-            sender.send_if_modified(|latest| {
+        if let Some(channel) = self.channels.get(collection) {
+            channel.signal.send_if_modified(|latest| {
                 *latest = (*latest).max(tx);
                 true
             });
@@ -43,14 +58,52 @@ impl Hub {
 
     /// The newest transaction signalled for `collection` (0 when none or undeclared).
     pub fn latest(&self, collection: &str) -> i64 {
-        self.channels.get(collection).map_or(0, |s| *s.borrow())
+        self.channels
+            .get(collection)
+            .map_or(0, |c| *c.signal.borrow())
+    }
+
+    /// The newest signalled transaction that a reader should still wait for, or `None` when a
+    /// reader already waited for it (or a newer one) in vain.
+    pub fn pending(&self, collection: &str) -> Option<i64> {
+        let channel = self.channels.get(collection)?;
+        let latest = *channel.signal.borrow();
+        (latest > channel.waited_out.load(Ordering::Relaxed)).then_some(latest)
+    }
+
+    /// Records that a reader waited for `tx` as long as it may: later readers do not wait for
+    /// it again (it may belong to a long transaction, or to a cluster we failed over from).
+    pub fn waited_out(&self, collection: &str, tx: i64) {
+        if let Some(channel) = self.channels.get(collection) {
+            channel.waited_out.fetch_max(tx, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets signals at or above `xmax`, a transaction counter read from the database:
+    /// after a failover or restore to a cluster whose counter is behind, remembered
+    /// positions name transactions that do not exist there.
+    pub fn forget_from(&self, xmax: i64) {
+        for channel in self.channels.values() {
+            channel.signal.send_if_modified(|latest| {
+                let forget = *latest >= xmax;
+                if forget {
+                    *latest = 0;
+                }
+                forget
+            });
+            let _ = channel
+                .waited_out
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                    (w >= xmax).then_some(0)
+                });
+        }
     }
 
     /// Wakes every subscriber of every collection: after the listener reconnects, since
     /// notifications sent while it was away are lost.
     pub fn wake_all(&self) {
-        for sender in self.channels.values() {
-            sender.send_modify(|_| {});
+        for channel in self.channels.values() {
+            channel.signal.send_modify(|_| {});
         }
     }
 
@@ -58,7 +111,7 @@ impl Hub {
     pub fn receivers(&self) -> usize {
         self.channels
             .values()
-            .map(watch::Sender::receiver_count)
+            .map(|c| c.signal.receiver_count())
             .sum()
     }
 }
@@ -80,5 +133,30 @@ mod tests {
         assert!(!b.has_changed().unwrap());
         hub.wake_all();
         assert!(a.has_changed().unwrap() && b.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_position_waited_out_is_not_pending_until_a_newer_one_arrives() {
+        let hub = Hub::new(["a"]);
+        assert_eq!(hub.pending("a"), None);
+        hub.notify("a", 9);
+        assert_eq!(hub.pending("a"), Some(9));
+        hub.waited_out("a", 9);
+        assert_eq!(hub.pending("a"), None);
+        hub.notify("a", 10);
+        assert_eq!(hub.pending("a"), Some(10));
+    }
+
+    #[test]
+    fn forgetting_drops_positions_the_cluster_cannot_have() {
+        let hub = Hub::new(["a", "b"]);
+        hub.notify("a", 9_000_000);
+        hub.notify("b", 40);
+        hub.waited_out("a", 9_000_000);
+        hub.forget_from(100);
+        assert_eq!(hub.latest("a"), 0);
+        hub.notify("a", 150);
+        assert_eq!(hub.pending("a"), Some(150));
+        assert_eq!(hub.latest("b"), 40);
     }
 }

@@ -1,14 +1,15 @@
-//! The process's one LISTEN connection. Notifications carry `<tx>:<collection>` only; they
-//! wake the hub. When the connection drops, it reconnects with backoff and wakes every
-//! subscriber, because notifications sent while it was away are lost.
+//! The process's one LISTEN connection, feeding the hub. Notifications are hints (decoded and
+//! checked in [`crate::store::postgres::notify`]); when the connection drops, it reconnects
+//! with backoff and wakes every subscriber, because notifications sent while it was away are
+//! lost.
 
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
-use crate::store::postgres::NOTIFY_CHANNEL;
+use crate::store::postgres::notify::{ChangeListener, Dropped};
+use crate::telemetry::metrics::NOTIFICATIONS_DROPPED;
 
 /// Runs until `shutdown` is cancelled. `on_state` is told whether the listener is connected.
 pub async fn run(url: String, hub: Hub, shutdown: CancellationToken, on_state: impl Fn(bool)) {
@@ -46,25 +47,38 @@ async fn session(
     on_state: &impl Fn(bool),
     connected: &mut bool,
 ) -> Result<(), sqlx::Error> {
-    let mut listener = PgListener::connect(url).await?;
-    listener.listen(NOTIFY_CHANNEL).await?;
+    let mut listener = ChangeListener::connect(url).await?;
     *connected = true;
     on_state(true);
-    // Anything committed while we were away was not signalled: everyone re-reads.
+    // A failover or restore may have put us on a cluster whose counter is behind what we
+    // remember; and anything committed while we were away was not signalled: everyone
+    // re-reads.
+    hub.forget_from(listener.known_xmax());
     hub.wake_all();
     tracing::info!("change listener connected");
-    while let Some(n) = listener.try_recv().await? {
-        dispatch(hub, n.payload());
+    let mut logged = 0u32;
+    while let Some(changes) = listener
+        .next_batch(|why, payload| dropped(why, payload, &mut logged))
+        .await?
+    {
+        for change in changes {
+            hub.notify(&change.collection, change.tx);
+        }
     }
     Ok(())
 }
 
-fn dispatch(hub: &Hub, payload: &str) {
-    match payload.split_once(':') {
-        Some((tx, collection)) => match tx.parse::<i64>() {
-            Ok(tx) => hub.notify(collection, tx),
-            Err(_) => tracing::warn!(payload, "malformed change notification"),
-        },
-        None => tracing::warn!(payload, "malformed change notification"),
+/// Counts a dropped notification; logs the first few of each connection (any database role
+/// can send them, so the log must not become theirs to fill).
+fn dropped(why: Dropped, payload: &str, logged: &mut u32) {
+    let reason = match why {
+        Dropped::Malformed => "malformed",
+        Dropped::Impossible => "impossible",
+    };
+    metrics::counter!(NOTIFICATIONS_DROPPED, "reason" => reason).increment(1);
+    if *logged < 10 {
+        *logged += 1;
+        let shown: String = payload.chars().take(80).collect();
+        tracing::warn!(reason, payload = %shown, "change notification ignored");
     }
 }

@@ -49,6 +49,7 @@ pub struct Replicator<S> {
     heartbeat: Duration,
     visibility_wait: Duration,
     shutdown: CancellationToken,
+    waits_out: std::sync::atomic::AtomicU64,
 }
 
 /// Settings a [`Replicator`] is built from.
@@ -102,6 +103,7 @@ impl<S: Store> Replicator<S> {
             heartbeat: p.heartbeat,
             visibility_wait: p.visibility_wait,
             shutdown: p.shutdown,
+            waits_out: Default::default(),
         }
     }
 
@@ -119,19 +121,32 @@ impl<S: Store> Replicator<S> {
         let limit = self.limits.pull_limit(limit);
         // A write this process has heard of (its own pushes, or NOTIFY from others) may be
         // committed yet not readable in order while an older transaction runs. Wait a little
-        // for it, so that a client sees its own acknowledged writes.
-        let signalled = self.hub.latest(&collection.name);
+        // for it, so that a client sees its own acknowledged writes; but wait for any one
+        // position only once (it may be a long transaction's, or a stale hint).
+        let pending = self.hub.pending(&collection.name);
         let deadline = tokio::time::Instant::now() + self.visibility_wait;
         let mut backoff = Duration::from_millis(1);
+        let mut waited = false;
         let page = loop {
             let page = self
                 .store
                 .read_changes(&collection.name, principal.owner_filter(), after, limit)
                 .await?;
-            let complete = page.horizon > signalled || page.documents.len() >= limit as usize;
-            if complete || tokio::time::Instant::now() + backoff > deadline {
+            let Some(signalled) = pending else {
+                break page;
+            };
+            if page.horizon > signalled || page.documents.len() >= limit as usize {
+                if waited {
+                    self.count_wait(&collection.name, "readable");
+                }
                 break page;
             }
+            if tokio::time::Instant::now() + backoff > deadline {
+                self.hub.waited_out(&collection.name, signalled);
+                self.count_wait(&collection.name, "waited_out");
+                break page;
+            }
+            waited = true;
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(50));
         };
@@ -234,6 +249,21 @@ impl<S: Store> Replicator<S> {
         };
         tokio::spawn(subscription.run());
         Ok(events)
+    }
+
+    fn count_wait(&self, collection: &str, outcome: &'static str) {
+        if outcome == "waited_out" {
+            self.waits_out
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        metrics::counter!(m::VISIBILITY_WAITS, "collection" => collection.to_owned(), "outcome" => outcome)
+            .increment(1);
+    }
+
+    /// Pulls whose wait for a signalled commit ran out, since start (the metric
+    /// `syncline_visibility_waits_total{outcome="waited_out"}`, readable without a recorder).
+    pub fn visibility_waits_out(&self) -> u64 {
+        self.waits_out.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Documents held in `collection`'s shared stream buffer (0 for unknown collections).

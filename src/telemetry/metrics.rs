@@ -39,6 +39,18 @@ pub const DB_ERRORS: &str = "syncline_db_errors_total";
 pub const LISTENER_UP: &str = "syncline_listener_connected";
 /// LISTEN connection (re)connects after the first.
 pub const LISTENER_RECONNECTS: &str = "syncline_listener_reconnects_total";
+/// Change notifications ignored, by `reason`: `malformed`, or `impossible` (names a
+/// transaction that has not started: forged, or remembered from another cluster).
+pub const NOTIFICATIONS_DROPPED: &str = "syncline_notifications_dropped_total";
+/// Pulls that waited for a signalled commit to become readable in order, by `outcome`:
+/// `readable` (it did), `waited_out` (the wait ran out; not waited for again).
+pub const VISIBILITY_WAITS: &str = "syncline_visibility_waits_total";
+/// Seconds the oldest transaction holding back the visibility horizon has been running
+/// (prepared transactions included); 0 when none.
+pub const HORIZON_AGE_SECONDS: &str = "syncline_horizon_age_seconds";
+/// Seconds since the oldest commit this process heard of became pending, that is, still not
+/// readable in order; 0 when every signalled commit is readable.
+pub const PENDING_COMMIT_AGE_SECONDS: &str = "syncline_pending_commit_age_seconds";
 /// Pages read ahead, by `outcome`: `used`, `stale` (a document in it was written since),
 /// `unused` (the read failed or came back short).
 pub const READ_AHEAD: &str = "syncline_read_ahead_pages_total";
@@ -118,5 +130,18 @@ fn describe() {
     describe_counter!(DB_ERRORS, "Failed database operations by kind");
     describe_gauge!(LISTENER_UP, "1 while the LISTEN connection is up");
     describe_counter!(LISTENER_RECONNECTS, "LISTEN connection reconnects");
+    describe_counter!(NOTIFICATIONS_DROPPED, "Change notifications ignored");
+    describe_counter!(
+        VISIBILITY_WAITS,
+        "Pulls that waited for a commit to become readable"
+    );
+    describe_gauge!(
+        HORIZON_AGE_SECONDS,
+        "Age of the oldest transaction holding back the visibility horizon"
+    );
+    describe_gauge!(
+        PENDING_COMMIT_AGE_SECONDS,
+        "Age of the oldest heard-of commit not yet readable in order"
+    );
     describe_gauge!(BUILD_INFO, "Build information");
 }

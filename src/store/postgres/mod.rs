@@ -2,6 +2,7 @@
 //! visibility horizon (see `migrations/0001_documents.sql` and docs/architecture.md).
 
 mod error;
+pub mod notify;
 mod read;
 mod read_ahead;
 mod write;
@@ -20,8 +21,7 @@ use crate::protocol::ProtocolError;
 /// The embedded migrations.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// NOTIFY channel that carries `<tx>:<collection>` after every committed push.
-pub const NOTIFY_CHANNEL: &str = "syncline_changes";
+pub use notify::NOTIFY_CHANNEL;
 
 /// Pooled connections idle at least this long are pinged before use.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
