@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
@@ -72,6 +73,12 @@ pub async fn migrate(config: &Config) -> Result<(), ServerError> {
 
 /// Serves gRPC on `listener` until `shutdown` resolves, then drains: streams end with
 /// UNAVAILABLE (clients reconnect elsewhere), in-flight calls finish, the pool closes.
+///
+/// Everything fallible is built before any background task starts, so an error returns
+/// without leaving tasks behind. Background tasks run on one [`TaskTracker`] and stop in one
+/// order (docs/architecture.md, "Shutdown"): the database prober first, so that health stays
+/// NOT_SERVING; the change listener, the stream tails and the JWKS watcher only after the
+/// streams ended, so that streams keep receiving every process's changes while draining.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
@@ -84,22 +91,42 @@ pub async fn serve(
         .ok_or_else(|| ServerError::Config("no [auth] configuration".into()))?;
     let authenticator = Authenticator::from_config(auth_config).map_err(ServerError::Config)?;
     let tls = config.tls.as_ref().map(tls_config).transpose()?;
-    let store = Arc::new(open_store(&config)?);
-    if config.migrate_on_start {
-        store.migrate().await?;
-    }
-
-    if config.metrics_enabled {
-        crate::telemetry::metrics::install(config.metrics_listen).map_err(ServerError::Config)?;
-    }
-    let hub = Hub::new(collections.names());
-    let streams_shutdown = CancellationToken::new();
-    let background = CancellationToken::new();
     let listen_url = config
         .listener_url()
         .ok_or_else(|| ServerError::Config("no database URL for the listener".into()))?
         .to_owned();
-    let listener_task = tokio::spawn(listener::run(
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
+    let (cors, web) = if config.grpc_web {
+        let cors =
+            crate::web::cors_layer(&config.cors_allowed_origins).map_err(ServerError::Config)?;
+        (Some(cors), Some(tonic_web::GrpcWebLayer::new()))
+    } else {
+        (None, None)
+    };
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let store = Arc::new(open_store(&config)?);
+    if config.migrate_on_start {
+        store.migrate().await?;
+    }
+    if config.metrics_enabled {
+        crate::telemetry::metrics::install(config.metrics_listen).map_err(ServerError::Config)?;
+    }
+
+    // Stopped in this order at shutdown: prober, streams (and their tails), the rest.
+    let prober_stop = CancellationToken::new();
+    let streams_shutdown = CancellationToken::new();
+    let background = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    let hub = Hub::new(collections.names());
+    tasks.spawn(listener::run(
         listen_url,
         hub.clone(),
         background.clone(),
@@ -111,7 +138,6 @@ pub async fn serve(
             }
         },
     ));
-
     let replicator = Arc::new(Replicator::new(ReplicatorParts {
         store: store.clone(),
         collections,
@@ -124,6 +150,7 @@ pub async fn serve(
         visibility_wait: Duration::from_millis(config.visibility_wait_ms),
         shutdown: streams_shutdown.clone(),
     }));
+    replicator.start(&tasks);
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
         .set_service_status(
@@ -131,33 +158,24 @@ pub async fn serve(
             tonic_health::ServingStatus::Serving,
         )
         .await;
-    let health_task = tokio::spawn(crate::health::watch_database(
+    tasks.spawn(crate::health::watch_database(
         (*store).clone(),
         reporter.clone(),
         Duration::from_secs(config.health_check_seconds.max(1)),
-        background.clone(),
+        prober_stop.clone(),
     ));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
-    let service = ReplicationServiceServer::new(ReplicationApi::new(replicator))
-        .max_decoding_message_size(config.message_bytes_max)
-        .max_encoding_message_size(config.message_bytes_max);
-    let service = InterceptedService::new(service, AuthInterceptor::new(authenticator.clone()));
     if let Authenticator::Jwt(verifier) = &authenticator {
-        tokio::spawn(
+        tasks.spawn(
             verifier
                 .clone()
                 .watch_jwks(Duration::from_secs(2), background.clone()),
         );
     }
+    let service = ReplicationServiceServer::new(ReplicationApi::new(replicator))
+        .max_decoding_message_size(config.message_bytes_max)
+        .max_encoding_message_size(config.message_bytes_max);
+    let service = InterceptedService::new(service, AuthInterceptor::new(authenticator));
 
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
     if config.max_connection_age_seconds > 0 {
         builder =
             builder.max_connection_age(Duration::from_secs(config.max_connection_age_seconds));
@@ -172,14 +190,15 @@ pub async fn serve(
     let drain_for = Duration::from_secs(config.drain_seconds);
     let drain = {
         let streams_shutdown = streams_shutdown.clone();
-        let background = background.clone();
+        let prober_stop = prober_stop.clone();
         let reporter = reporter.clone();
         async move {
             shutdown.await;
-            // Order matters: stop health probes from flipping us back, report NOT_SERVING,
-            // keep serving while load balancers notice, then end streams (clients reconnect
-            // elsewhere) and let tonic finish in-flight calls.
-            background.cancel();
+            // Stop the prober so it cannot flip us back, report NOT_SERVING, keep serving
+            // (streams included, still fed by the listener) while load balancers notice,
+            // then end streams (clients reconnect elsewhere) and let tonic finish in-flight
+            // calls.
+            prober_stop.cancel();
             crate::health::set_ready(&reporter, false).await;
             tracing::info!(
                 drain_seconds = drain_for.as_secs(),
@@ -189,13 +208,6 @@ pub async fn serve(
             tracing::info!("ending streams, finishing in-flight calls");
             streams_shutdown.cancel();
         }
-    };
-    let (cors, web) = if config.grpc_web {
-        let cors =
-            crate::web::cors_layer(&config.cors_allowed_origins).map_err(ServerError::Config)?;
-        (Some(cors), Some(tonic_web::GrpcWebLayer::new()))
-    } else {
-        (None, None)
     };
     let result = builder
         .accept_http1(config.grpc_web)
@@ -209,9 +221,12 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain)
         .await;
 
+    // Also reached when serving failed before any shutdown signal: stop everything anyway.
+    prober_stop.cancel();
+    streams_shutdown.cancel();
     background.cancel();
-    let _ = listener_task.await;
-    let _ = health_task.await;
+    tasks.close();
+    tasks.wait().await;
     store.close().await;
     tracing::info!("stopped");
     Ok(result?)

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use collections::{Collection, Collections, Limits};
 pub use error::ProtocolError;
@@ -77,20 +78,14 @@ pub struct ReplicatorParts<S> {
 }
 
 impl<S: Store> Replicator<S> {
-    /// Builds the replicator.
+    /// Builds the replicator; its background work starts with [`Replicator::start`].
     pub fn new(p: ReplicatorParts<S>) -> Replicator<S> {
-        let page = p.limits.pull_max;
         let tails = p
             .collections
             .names()
-            .filter_map(|name| {
-                let signals = p.hub.subscribe(name)?;
+            .map(|name| {
                 let tail = tail::Tail::new(name, p.stream_buffer_documents);
-                let run = tail
-                    .clone()
-                    .run(p.store.clone(), signals, page, p.shutdown.clone());
-                tokio::spawn(run);
-                Some((name.to_owned(), tail))
+                (name.to_owned(), tail)
             })
             .collect();
         Replicator {
@@ -104,6 +99,21 @@ impl<S: Store> Replicator<S> {
             visibility_wait: p.visibility_wait,
             shutdown: p.shutdown,
             waits_out: Default::default(),
+        }
+    }
+
+    /// Starts each collection's shared stream tail on `tasks`; they run until the streams'
+    /// shutdown.
+    pub fn start(&self, tasks: &TaskTracker) {
+        for (name, tail) in &self.tails {
+            if let Some(signals) = self.hub.subscribe(name) {
+                tasks.spawn(tail.clone().run(
+                    self.store.clone(),
+                    signals,
+                    self.limits.pull_max,
+                    self.shutdown.clone(),
+                ));
+            }
         }
     }
 

@@ -79,3 +79,31 @@ async fn subscribers_re_read_after_the_listener_reconnects() {
     let batch = next_batch(&mut stream, Duration::from_secs(10)).await;
     assert_eq!(batch.documents[0].id, "while-away");
 }
+
+#[tokio::test]
+async fn streams_keep_receiving_other_processes_changes_while_draining() {
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.drain_seconds = 4;
+    let mut a = TestServer::start_with(cfg).await;
+    let b = TestServer::start_with(config(&db)).await;
+    let mut stream = subscribe(&a, "tasks", "").await;
+    let mut cb = b.client().await;
+
+    a.begin_stop();
+    // A is draining (NOT_SERVING) but its stream is open: changes pushed through B must keep
+    // arriving, through A's listener, until the stream is ended.
+    for i in 0..3 {
+        push(
+            &mut cb,
+            "tasks",
+            vec![insert(doc(&format!("d{i}"), json!({"i": i})))],
+        )
+        .await;
+        let batch = next_batch(&mut stream, Duration::from_secs(2)).await;
+        assert_eq!(batch.documents[0].id, format!("d{i}"));
+    }
+    let status = stream_end_status(&mut stream, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    a.stop().await.unwrap();
+}

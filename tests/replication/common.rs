@@ -143,6 +143,13 @@ impl TestServer {
         panic!("cannot connect to the test server at {}", self.addr);
     }
 
+    /// Sends the shutdown signal (SIGTERM's part) without waiting: the server drains.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Asks the server to stop and waits (bounded) for it to finish.
     pub async fn stop(mut self) -> Result<(), syncline::server::ServerError> {
         if let Some(stop) = self.stop.take() {

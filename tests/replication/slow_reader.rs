@@ -97,6 +97,7 @@ async fn counting_replicator() -> (Arc<Counting>, Replicator<Counting>) {
         visibility_wait: Duration::from_millis(100),
         shutdown: CancellationToken::new(),
     });
+    replicator.start(&tokio_util::task::TaskTracker::new());
     (store, replicator)
 }
 
