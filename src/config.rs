@@ -106,6 +106,10 @@ pub struct Config {
     /// Seconds between database health probes.
     #[serde(default = "default_health_check_seconds")]
     pub health_check_seconds: u64,
+    /// Warn when the visibility horizon has been held back (or a heard-of commit has not been
+    /// readable) this many seconds: a long-running or prepared transaction delays delivery.
+    #[serde(default = "default_horizon_warn_seconds")]
+    pub horizon_warn_seconds: u64,
     /// On SIGTERM: seconds to keep serving while health reports NOT_SERVING (so load balancers
     /// stop routing here) before streams are ended and in-flight calls drained.
     #[serde(default)]
@@ -262,6 +266,10 @@ fn default_keepalive_seconds() -> u64 {
 }
 fn default_health_check_seconds() -> u64 {
     2
+}
+
+fn default_horizon_warn_seconds() -> u64 {
+    60
 }
 fn default_stream_buffer_documents() -> usize {
     10_000

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod fanout;
 pub mod health;
+pub mod horizon;
 pub mod protocol;
 pub mod server;
 pub mod store;

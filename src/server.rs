@@ -126,6 +126,14 @@ pub async fn serve(
     let tasks = TaskTracker::new();
 
     let hub = Hub::new(collections.names());
+    tasks.spawn(crate::horizon::watch(
+        (*store).clone(),
+        hub.clone(),
+        collections.names().map(str::to_owned).collect(),
+        Duration::from_secs(config.health_check_seconds.max(1)),
+        Duration::from_secs(config.horizon_warn_seconds),
+        background.clone(),
+    ));
     tasks.spawn(listener::run(
         listen_url,
         hub.clone(),

@@ -204,3 +204,43 @@ mod url_parts {
         }
     }
 }
+
+#[tokio::test]
+async fn a_transaction_holding_the_horizon_shows_as_its_age() {
+    use syncline::horizon::HorizonWatch;
+    use syncline::store::postgres::{PgStore, PoolSettings};
+
+    let db = fresh_database().await;
+    let store = PgStore::connect_lazy(
+        &db,
+        &PoolSettings {
+            size: 2,
+            acquire_timeout: Duration::from_secs(5),
+            statement_cache_capacity: 10,
+            read_ahead_pages: 0,
+        },
+    )
+    .unwrap();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db)
+        .await
+        .unwrap();
+    let mut held = sqlx::Connection::begin(&mut conn).await.unwrap();
+    let tx: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(&mut *held)
+        .await
+        .unwrap();
+    let mut watch = HorizonWatch::default();
+    let mut aged = false;
+    for _ in 0..50 {
+        let (xmin, xmax) = store.snapshot_bounds().await.unwrap();
+        assert!(xmin <= tx && tx < xmax, "{xmin} <= {tx} < {xmax}");
+        let ages = watch.observe(xmin, xmax, tx, tokio::time::Instant::now());
+        if ages.horizon >= Duration::from_secs(1) && ages.pending_commit >= Duration::from_secs(1) {
+            aged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(aged, "a held horizon never showed an age");
+    held.rollback().await.unwrap();
+}

@@ -153,6 +153,18 @@ impl PgStore {
         Ok(plans)
     }
 
+    /// The current snapshot's bounds `(xmin, xmax)`: transactions below xmin have finished;
+    /// xmin < xmax means some transaction between them is still running.
+    pub async fn snapshot_bounds(&self) -> Result<(i64, i64), StoreError> {
+        sqlx::query_as(
+            "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint \
+             FROM pg_current_snapshot() AS s",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(error::to_store_error)
+    }
+
     /// The health check: the database answers and every embedded migration is applied.
     pub async fn ready(&self) -> Result<bool, StoreError> {
         let latest = MIGRATOR
