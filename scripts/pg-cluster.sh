@@ -2,7 +2,8 @@
 # A throwaway (or local development) PostgreSQL cluster owned by an unprivileged user.
 #
 #   scripts/pg-cluster.sh start <dir> <port> [fast]   initialise if needed, start, print the admin URL
-#   scripts/pg-cluster.sh stop  <dir>                 stop it (the data stays in <dir>)
+#   scripts/pg-cluster.sh stop  <dir> [immediate]     stop it (the data stays in <dir>); `immediate`
+#                                                     stops like a crash (tests of durability)
 #
 # Installs PostgreSQL with apt-get when no server binaries are found. `initdb` refuses to run as
 # root, so as root the cluster belongs to the `postgres` user. `fast` turns off fsync: only for
@@ -42,7 +43,7 @@ as_owner() {
 }
 
 cmd=${1:-}; dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || die "usage: $0 start <dir> <port> [fast] | stop <dir>"
+[ -n "$cmd" ] && [ -n "$dir" ] || die "usage: $0 start <dir> <port> [fast] | stop <dir> [fast|immediate]"
 ensure_postgres
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
@@ -67,7 +68,7 @@ case "$cmd" in
     echo "postgres://postgres@127.0.0.1:$port/postgres"
     ;;
   stop)
-    as_owner "$BINDIR/pg_ctl" -D "$dir/data" -m fast -w stop >&2 || true
+    as_owner "$BINDIR/pg_ctl" -D "$dir/data" -m "${3:-fast}" -w stop >&2 || true
     ;;
   *) die "unknown command $cmd" ;;
 esac

@@ -10,10 +10,13 @@
 //! or beyond that bound (a forged one, or one remembered from before a failover to a cluster
 //! whose counter is behind) is dropped.
 
-use sqlx::postgres::{PgListener, PgNotification};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPoolOptions};
 
 /// NOTIFY channel that carries `<xid>:<collection>` after every committed write.
 pub const NOTIFY_CHANNEL: &str = "syncline_changes";
+
+/// `application_name` of the LISTEN connection.
+pub const LISTENER_APPLICATION_NAME: &str = "syncline-listener";
 
 /// Notifications handled per database round trip at most; the rest wait for the next batch.
 const BATCH_MAX: usize = 1024;
@@ -63,7 +66,14 @@ pub struct ChangeListener {
 impl ChangeListener {
     /// Connects and listens.
     pub async fn connect(url: &str) -> Result<ChangeListener, sqlx::Error> {
-        let mut listener = PgListener::connect(url).await?;
+        // Named, so that operators (and the fault tests) can find it in pg_stat_activity.
+        let options = url
+            .parse::<PgConnectOptions>()?
+            .application_name(LISTENER_APPLICATION_NAME);
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options);
+        let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
         let known_xmax = sqlx::query_scalar(XMAX_SQL)
             .fetch_one(&mut listener)
