@@ -209,7 +209,7 @@ async fn writer(
     ledger: Shared<Ledger>,
     until: Instant,
 ) -> u64 {
-    let mut rng = StdRng::seed_from_u64(seed ^ (w as u64 + 1) * 0x9e37_79b9);
+    let mut rng = StdRng::seed_from_u64(seed ^ ((w as u64 + 1) * 0x9e37_79b9));
     let mut beliefs: Vec<Belief> = vec![Belief::Absent; IDS];
     let mut seq = 0u64;
     let mut applied = 0;
@@ -415,7 +415,7 @@ async fn puller(
     ledger: Shared<Ledger>,
     until: Instant,
 ) -> Replica {
-    let mut rng = StdRng::seed_from_u64(seed ^ (p as u64 + 101) * 0x85eb_ca6b);
+    let mut rng = StdRng::seed_from_u64(seed ^ ((p as u64 + 101) * 0x85eb_ca6b));
     let mut replica = Replica::default();
     let who = format!("puller {p}");
     while Instant::now() < until {
@@ -451,7 +451,7 @@ async fn streamer(
     stop: tokio_util::sync::CancellationToken,
     replica: Shared<Replica>,
 ) {
-    let mut rng = StdRng::seed_from_u64(seed ^ (s as u64 + 201) * 0xc2b2_ae35);
+    let mut rng = StdRng::seed_from_u64(seed ^ ((s as u64 + 201) * 0xc2b2_ae35));
     let who = format!("stream {s}");
     while !stop.is_cancelled() {
         let Some(addr) = servers.pick(&mut rng) else {
