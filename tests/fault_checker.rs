@@ -798,6 +798,9 @@ async fn replicas_converge_exactly_under_faults() {
     for s in streams {
         s.await.expect("stream task");
     }
+    for server in slots.into_iter().flatten() {
+        let _ = server.stop().await;
+    }
     let ledger = ledger.lock().unwrap();
     failures.extend(ledger.violations.iter().cloned());
     failures.extend(lost_writes(&ledger, &truth));
@@ -817,7 +820,4 @@ async fn replicas_converge_exactly_under_faults() {
             .join("\n")
     );
     assert!(applied > 0, "no write was ever applied (seed {seed})");
-    for server in slots.into_iter().flatten() {
-        let _ = server.stop().await;
-    }
 }
