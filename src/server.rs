@@ -95,11 +95,13 @@ pub async fn serve(
         .listener_url()
         .ok_or_else(|| ServerError::Config("no database URL for the listener".into()))?
         .to_owned();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
+    // Both reflection versions: many tools in use (grpcurl before 1.9, grpcui, Evans,
+    // Postman) still ask for v1alpha.
+    let reflection_error = |e| ServerError::Config(format!("reflection: {e}"));
+    let reflection = reflection_builder().build_v1().map_err(reflection_error)?;
+    let reflection_alpha = reflection_builder()
+        .build_v1alpha()
+        .map_err(reflection_error)?;
     let (cors, web) = if config.grpc_web {
         let cors =
             crate::web::cors_layer(&config.cors_allowed_origins).map_err(ServerError::Config)?;
@@ -224,6 +226,7 @@ pub async fn serve(
         .layer(crate::telemetry::rpc_layer::RpcLayer)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(service)
         // TCP_NODELAY: without it, small HTTP/2 frames wait on delayed ACKs (~40 ms per call).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain)
@@ -238,6 +241,13 @@ pub async fn serve(
     store.close().await;
     tracing::info!("stopped");
     Ok(result?)
+}
+
+/// Server reflection over the replication and health services.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// Reads the PEM files of the `[tls]` table; a client CA turns on mutual TLS.
