@@ -84,6 +84,9 @@ pub async fn serve(
         .ok_or_else(|| ServerError::Config("no [auth] configuration".into()))?;
     let authenticator = Authenticator::from_config(auth_config).map_err(ServerError::Config)?;
     let tls = config.tls.as_ref().map(tls_config).transpose()?;
+    let checkpoint_key = config
+        .checkpoint_key_bytes()
+        .map_err(|e| ServerError::Config(e.to_string()))?;
     let store = Arc::new(open_store(&config)?);
     if config.migrate_on_start {
         store.migrate().await?;
@@ -123,6 +126,7 @@ pub async fn serve(
         heartbeat: Duration::from_secs(config.heartbeat_seconds),
         visibility_wait: Duration::from_millis(config.visibility_wait_ms),
         shutdown: streams_shutdown.clone(),
+        checkpoint_key,
     }));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter

@@ -2,6 +2,7 @@
 //! visibility horizon (see `migrations/0001_documents.sql` and docs/architecture.md).
 
 mod error;
+mod keys;
 mod read;
 mod read_ahead;
 mod write;
@@ -214,5 +215,9 @@ impl Store for PgStore {
         F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, ProtocolError> + Send + Sync,
     {
         self.push(collection, targets, decide)
+    }
+
+    fn checkpoint_key(&self) -> impl Future<Output = Result<[u8; 32], StoreError>> + Send {
+        self.load_checkpoint_key()
     }
 }
