@@ -80,12 +80,12 @@ impl Sealer {
     /// The tokens of `principal` on `collection`.
     pub fn bind(&self, collection: &str, principal: &Principal) -> Tokens {
         let scope = scope_data(principal.owner_filter());
+        let associated = associated_data(collection, &scope);
         Tokens {
             cipher: self.cipher.clone(),
             generation: self.generation,
-            collection: collection.to_owned(),
-            associated: associated_data(collection, &scope),
-            scope,
+            scope_at: associated.len() - scope.len(),
+            associated: associated.into_boxed_slice(),
         }
     }
 }
@@ -107,6 +107,10 @@ fn scope_data(owner: Option<&str>) -> Vec<u8> {
     out
 }
 
+/// Where the collection name starts in [`associated_data`]: after the domain, the version and
+/// the name's length.
+const COLLECTION_AT: usize = DOMAIN.len() + 1 + 8;
+
 fn associated_data(collection: &str, scope: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(DOMAIN.len() + 1 + 8 + collection.len() + scope.len());
     out.extend_from_slice(DOMAIN);
@@ -126,10 +130,10 @@ fn put(out: &mut Vec<u8>, part: &[u8]) {
 pub struct Tokens {
     cipher: Arc<Aes256GcmSiv>,
     generation: u32,
-    collection: String,
-    /// The scope part of the associated data, to try other collections with.
-    scope: Vec<u8>,
-    associated: Vec<u8>,
+    /// Built once: every stream holds one, so it is kept to one allocation.
+    associated: Box<[u8]>,
+    /// Where the scope part of `associated` starts (the collection name ends there).
+    scope_at: usize,
 }
 
 impl Tokens {
@@ -189,11 +193,11 @@ impl Tokens {
             return Err(foreign());
         }
         let Some(plain) = self.open(&raw, &self.associated) else {
+            let this = &self.associated[COLLECTION_AT..self.scope_at];
+            let scope = &self.associated[self.scope_at..];
             let elsewhere = collections.into_iter().any(|other| {
-                other != self.collection
-                    && self
-                        .open(&raw, &associated_data(other, &self.scope))
-                        .is_some()
+                other.as_bytes() != this
+                    && self.open(&raw, &associated_data(other, scope)).is_some()
             });
             return Err(if elsewhere {
                 refuse("issued for another collection")

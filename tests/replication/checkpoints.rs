@@ -495,3 +495,22 @@ async fn a_configured_key_wins_over_the_stored_one() {
         .expect_err("refused");
     assert!(err.to_string().contains("checkpoint_key"), "{err}");
 }
+
+#[tokio::test]
+async fn before_its_migration_the_key_is_unavailable_not_an_internal_error() {
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.migrate_on_start = false;
+    let server = TestServer::start_unready(cfg.clone()).await;
+    let mut c = server.client().await;
+    let err = try_pull(&mut c, None, "tasks", "", 10)
+        .await
+        .expect_err("no migrations yet");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    syncline::server::migrate(&cfg).await.expect("migrate");
+    push_as(&mut c, None, "tasks", docs("m", 2)).await;
+    let (page, token) = try_pull(&mut c, None, "tasks", "", 1).await.unwrap();
+    assert_eq!(page.len(), 1);
+    let (rest, _) = try_pull(&mut c, None, "tasks", &token, 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+}

@@ -46,7 +46,7 @@ impl PgStore {
         let key: Option<Vec<u8>> = sqlx::query_scalar(READ_SQL)
             .fetch_optional(self.pool())
             .await
-            .map_err(to_store_error)?;
+            .map_err(missing_table_is_unavailable)?;
         key.map(|k| {
             <[u8; KEY_LEN]>::try_from(k.as_slice()).map_err(|_| {
                 StoreError::Internal(format!(
@@ -56,5 +56,19 @@ impl PgStore {
             })
         })
         .transpose()
+    }
+}
+
+/// Without its migration (a server started with `migrate_on_start = false` before `syncline
+/// migrate` ran) the table is missing: health says NOT_SERVING then, and requests should be
+/// retried (UNAVAILABLE), not reported as a server bug.
+fn missing_table_is_unavailable(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => {
+            StoreError::Unavailable(
+                "the checkpoint key table is missing: run the migrations".into(),
+            )
+        }
+        _ => to_store_error(err),
     }
 }
