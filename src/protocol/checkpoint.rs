@@ -136,6 +136,14 @@ pub struct Tokens {
     scope_at: usize,
 }
 
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Tokens {
     /// Seals a position. [`Position::START`] is the empty token.
     pub fn encode(&self, position: Position) -> String {
@@ -156,7 +164,8 @@ impl Tokens {
             .encrypt_inout_detached(&nonce, &self.associated, plain.into())
         {
             Ok(t) => tag.copy_from_slice(&t),
-            // Only inputs over 2^36 bytes fail; ours are a few dozen.
+            // Only inputs over 2^36 bytes fail: the plaintext is 20 bytes and the associated
+            // data a collection name and a credential's subject, both bounded far below that.
             Err(_) => unreachable!("AES-GCM-SIV refused a 20-byte plaintext"),
         }
         URL_SAFE_NO_PAD.encode(raw)
@@ -215,6 +224,8 @@ impl Tokens {
         };
         let generation = u32::from_be_bytes([plain[0], plain[1], plain[2], plain[3]]);
         if generation != self.generation {
+            // Restores move the dataset to a new generation (issue 13): such a token will be
+            // FAILED_PRECONDITION then, sending the client to reconcile.
             return Err(refuse(&format!(
                 "issued for generation {generation} of the dataset, which is now at generation {}",
                 self.generation
