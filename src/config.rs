@@ -137,6 +137,10 @@ pub struct Config {
     /// The declared collections; any other name is NOT_FOUND.
     #[serde(default)]
     pub collections: Vec<CollectionConfig>,
+    /// The key that seals checkpoint tokens: base64 of 32 random bytes (`openssl rand -base64
+    /// 32`), the same on every replica. Unset: a key generated once and kept in the database.
+    #[serde(default)]
+    pub checkpoint_key: Option<String>,
 }
 
 /// How callers are authenticated.
@@ -335,6 +339,31 @@ impl Config {
         Ok(config)
     }
 
+    /// The configured checkpoint key's bytes, when one is set.
+    pub fn checkpoint_key_bytes(&self) -> Result<Option<[u8; 32]>, ConfigError> {
+        use base64::Engine;
+        use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+        let Some(text) = &self.checkpoint_key else {
+            return Ok(None);
+        };
+        // Standard or URL-safe alphabet, padded or not; the value itself is never echoed.
+        let lenient =
+            GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+        let text = text.trim();
+        let bytes = GeneralPurpose::new(&base64::alphabet::STANDARD, lenient)
+            .decode(text)
+            .or_else(|_| GeneralPurpose::new(&base64::alphabet::URL_SAFE, lenient).decode(text))
+            .map_err(|_| ConfigError::Invalid("checkpoint_key is not base64".into()))?;
+        <[u8; 32]>::try_from(bytes.as_slice())
+            .map(Some)
+            .map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "checkpoint_key must be base64 of 32 bytes, not {}",
+                    bytes.len()
+                ))
+            })
+    }
+
     /// The URL for the LISTEN connection.
     pub fn listener_url(&self) -> Option<&str> {
         self.listen_database_url
@@ -386,6 +415,7 @@ impl Config {
             }
             _ => {}
         }
+        self.checkpoint_key_bytes()?;
         if self.collections.is_empty() {
             return invalid("declare at least one [[collections]] entry".into());
         }
@@ -464,6 +494,29 @@ mod tests {
             "",
         ] {
             assert!(Config::from_toml(bad).is_err(), "accepted: {bad}");
+        }
+    }
+
+    #[test]
+    fn checkpoint_key_is_32_bytes_of_base64() {
+        let with = |key: &str| {
+            Config::from_toml(&format!(
+                "checkpoint_key = \"{key}\"\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n"
+            ))
+        };
+        let standard = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let url_safe = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+        for ok in [standard, url_safe] {
+            let key = with(ok).unwrap().checkpoint_key_bytes().unwrap().unwrap();
+            assert_eq!(key, std::array::from_fn(|i| i as u8));
+        }
+        for bad in ["AAECAwQFBgcICQoLDA0ODw==", "not base64!", ""] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains("checkpoint_key"), "{err}");
+            assert!(
+                bad.is_empty() || !err.contains(bad),
+                "the key is echoed: {err}"
+            );
         }
     }
 

@@ -91,6 +91,9 @@ pub async fn serve(
         .ok_or_else(|| ServerError::Config("no [auth] configuration".into()))?;
     let authenticator = Authenticator::from_config(auth_config).map_err(ServerError::Config)?;
     let tls = config.tls.as_ref().map(tls_config).transpose()?;
+    let checkpoint_key = config
+        .checkpoint_key_bytes()
+        .map_err(|e| ServerError::Config(e.to_string()))?;
     let listen_url = config
         .listener_url()
         .ok_or_else(|| ServerError::Config("no database URL for the listener".into()))?
@@ -159,6 +162,7 @@ pub async fn serve(
         heartbeat: Duration::from_secs(config.heartbeat_seconds),
         visibility_wait: Duration::from_millis(config.visibility_wait_ms),
         shutdown: streams_shutdown.clone(),
+        checkpoint_key,
     }));
     replicator.start(&tasks);
     let (reporter, health_service) = tonic_health::server::health_reporter();

@@ -90,9 +90,10 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let principal = auth::principal(&request)?;
         let r = request.into_inner();
-        let events =
-            self.replicator
-                .subscribe(&principal, &r.collection, &convert::token(r.checkpoint))?;
+        let events = self
+            .replicator
+            .subscribe(&principal, &r.collection, &convert::token(r.checkpoint))
+            .await?;
         let stream = ReceiverStream::new(events).map(event);
         Ok(Response::new(Box::pin(stream)))
     }

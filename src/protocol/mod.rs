@@ -51,6 +51,9 @@ pub struct Replicator<S> {
     visibility_wait: Duration,
     shutdown: CancellationToken,
     waits_out: std::sync::atomic::AtomicU64,
+    /// Set from the configuration, else loaded from the store on first use (the server starts
+    /// and waits for migrations without a database).
+    checkpoints: tokio::sync::OnceCell<checkpoint::Sealer>,
 }
 
 /// Settings a [`Replicator`] is built from.
@@ -75,6 +78,8 @@ pub struct ReplicatorParts<S> {
     pub visibility_wait: Duration,
     /// Cancelled when the server drains: streams end with UNAVAILABLE.
     pub shutdown: CancellationToken,
+    /// The key that seals checkpoint tokens; `None`: the store's.
+    pub checkpoint_key: Option<[u8; checkpoint::KEY_LEN]>,
 }
 
 impl<S: Store> Replicator<S> {
@@ -99,6 +104,9 @@ impl<S: Store> Replicator<S> {
             visibility_wait: p.visibility_wait,
             shutdown: p.shutdown,
             waits_out: Default::default(),
+            checkpoints: tokio::sync::OnceCell::new_with(
+                p.checkpoint_key.as_ref().map(checkpoint::Sealer::new),
+            ),
         }
     }
 
@@ -117,6 +125,22 @@ impl<S: Store> Replicator<S> {
         }
     }
 
+    /// The checkpoint tokens of `principal` on `collection`.
+    async fn tokens(
+        &self,
+        collection: &str,
+        principal: &Principal,
+    ) -> Result<checkpoint::Tokens, ProtocolError> {
+        let sealer = self
+            .checkpoints
+            .get_or_try_init(|| async {
+                let key = self.store.checkpoint_key().await?;
+                Ok::<_, ProtocolError>(checkpoint::Sealer::new(&key))
+            })
+            .await?;
+        Ok(sealer.bind(collection, principal))
+    }
+
     /// Pull: the documents whose latest write is after `checkpoint`, at most `limit`.
     pub async fn pull(
         &self,
@@ -127,7 +151,8 @@ impl<S: Store> Replicator<S> {
     ) -> Result<PullPage, ProtocolError> {
         let collection = self.collections.get(collection)?;
         principal.check_read(&collection)?;
-        let after = checkpoint::decode(checkpoint, "checkpoint.token")?;
+        let tokens = self.tokens(&collection.name, principal).await?;
+        let after = tokens.decode(checkpoint, "checkpoint.token", self.collections.names())?;
         let limit = self.limits.pull_limit(limit);
         // A write this process has heard of (its own pushes, or NOTIFY from others) may be
         // committed yet not readable in order while an older transaction runs. Wait a little
@@ -163,7 +188,7 @@ impl<S: Store> Replicator<S> {
         metrics::counter!(m::DOCS_PULLED, "collection" => collection.name.clone())
             .increment(page.documents.len() as u64);
         let checkpoint = match page.documents.last() {
-            Some(last) => checkpoint::encode(last.position),
+            Some(last) => tokens.encode(last.position),
             None => checkpoint.to_owned(),
         };
         Ok(PullPage {
@@ -222,7 +247,7 @@ impl<S: Store> Replicator<S> {
 
     /// Subscribe: starts a stream task and returns its channel. The first event comes from
     /// the catch-up read.
-    pub fn subscribe(
+    pub async fn subscribe(
         &self,
         principal: &Principal,
         collection: &str,
@@ -230,7 +255,8 @@ impl<S: Store> Replicator<S> {
     ) -> Result<mpsc::Receiver<StreamItem>, ProtocolError> {
         let collection = self.collections.get(collection)?;
         principal.check_read(&collection)?;
-        let position = checkpoint::decode(checkpoint, "checkpoint.token")?;
+        let tokens = self.tokens(&collection.name, principal).await?;
+        let position = tokens.decode(checkpoint, "checkpoint.token", self.collections.names())?;
         if self.shutdown.is_cancelled() {
             return Err(ProtocolError::Unavailable(
                 "the server is shutting down; reconnect to another instance".into(),
@@ -253,6 +279,7 @@ impl<S: Store> Replicator<S> {
             page_size: self.limits.pull_max,
             heartbeat: self.heartbeat,
             tail,
+            tokens,
             shutdown: self.shutdown.clone(),
             out,
             _slot: slot,

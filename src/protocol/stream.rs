@@ -58,6 +58,8 @@ pub(super) struct Subscription<S> {
     pub page_size: u32,
     pub heartbeat: Duration,
     pub tail: Arc<Tail>,
+    /// Seals the checkpoint of each batch for this stream's collection and principal.
+    pub tokens: checkpoint::Tokens,
     pub shutdown: CancellationToken,
     pub out: mpsc::Sender<StreamItem>,
     /// Held for the stream's life: counts against the stream limits.
@@ -108,7 +110,7 @@ impl<S: Store> Subscription<S> {
                 self.position = self.position.max(position);
                 self.caught_up |= caught_up;
                 if let Some(last) = documents.last() {
-                    let checkpoint = checkpoint::encode(last.position);
+                    let checkpoint = self.tokens.encode(last.position);
                     self.observe_sent(&documents);
                     permit.send(Ok(StreamEvent::Changes {
                         documents,

@@ -168,4 +168,8 @@ pub trait Store: Send + Sync + 'static {
         F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, crate::protocol::ProtocolError>
             + Send
             + Sync;
+
+    /// The 32-byte secret that seals checkpoint tokens, the same for every process on this
+    /// store and across restarts: created at random on first use, then kept.
+    fn checkpoint_key(&self) -> impl Future<Output = Result<[u8; 32], StoreError>> + Send;
 }

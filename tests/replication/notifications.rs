@@ -43,6 +43,7 @@ async fn replicator(db: &str, wait: Duration) -> (Hub, Replicator<PgStore>) {
         heartbeat: Duration::from_secs(60),
         visibility_wait: wait,
         shutdown: CancellationToken::new(),
+        checkpoint_key: None,
     });
     (hub, replicator)
 }

@@ -60,6 +60,10 @@ impl Store for Counting {
     {
         self.inner.apply_push(c, targets, decide).await
     }
+
+    async fn checkpoint_key(&self) -> Result<[u8; 32], StoreError> {
+        self.inner.checkpoint_key().await
+    }
 }
 
 /// A replicator on the counting store: pages of 20, a shared buffer of 50 documents.
@@ -96,6 +100,7 @@ async fn counting_replicator() -> (Arc<Counting>, Replicator<Counting>) {
         heartbeat: Duration::from_secs(60),
         visibility_wait: Duration::from_millis(100),
         shutdown: CancellationToken::new(),
+        checkpoint_key: None,
     });
     replicator.start(&tokio_util::task::TaskTracker::new());
     (store, replicator)
@@ -156,8 +161,8 @@ async fn eventually(what: &str, done: impl Fn() -> bool) {
 async fn stalled_subscribers_hold_at_most_two_pages_and_catch_up_from_the_table() {
     let (store, replicator) = counting_replicator().await;
     let service = Principal::anonymous_service();
-    let _second_stalled = replicator.subscribe(&service, "tasks", "").unwrap();
-    let mut events = replicator.subscribe(&service, "tasks", "").unwrap();
+    let _second_stalled = replicator.subscribe(&service, "tasks", "").await.unwrap();
+    let mut events = replicator.subscribe(&service, "tasks", "").await.unwrap();
     // 100 pushes of 10 documents while nobody reads the stream.
     push_batches(&replicator, "slow", 100).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -193,7 +198,7 @@ async fn the_shared_tail_reads_nothing_while_no_stream_watches() {
 
     // A stream wakes the tail: it gets the 50 older documents from the table, then live ones.
     let service = Principal::anonymous_service();
-    let mut events = replicator.subscribe(&service, "tasks", "").unwrap();
+    let mut events = replicator.subscribe(&service, "tasks", "").await.unwrap();
     assert_eq!(receive(&mut events, 50).await.len(), 50);
     push_batches(&replicator, "watched", 3).await;
     let live = receive(&mut events, 30).await;

@@ -2,6 +2,7 @@
 //! visibility horizon (see `migrations/0001_documents.sql` and docs/architecture.md).
 
 mod error;
+mod keys;
 pub mod notify;
 mod read;
 mod read_ahead;
@@ -226,5 +227,9 @@ impl Store for PgStore {
         F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, ProtocolError> + Send + Sync,
     {
         self.push(collection, targets, decide)
+    }
+
+    fn checkpoint_key(&self) -> impl Future<Output = Result<[u8; 32], StoreError>> + Send {
+        self.load_checkpoint_key()
     }
 }
