@@ -42,6 +42,12 @@ pub const LISTENER_RECONNECTS: &str = "syncline_listener_reconnects_total";
 /// Pages read ahead, by `outcome`: `used`, `stale` (a document in it was written since),
 /// `unused` (the read failed or came back short).
 pub const READ_AHEAD: &str = "syncline_read_ahead_pages_total";
+/// Open client connections (each holds one of `connections_max` slots).
+pub const CONNECTIONS_OPEN: &str = "syncline_connections_open";
+/// Connections closed at once because `connections_max` were open.
+pub const CONNECTIONS_REFUSED: &str = "syncline_connections_refused_total";
+/// Connections closed because no request came within `handshake_timeout_ms`.
+pub const CONNECTIONS_TIMED_OUT: &str = "syncline_connections_timed_out_total";
 /// Always 1, labelled with `version` and `git_commit`.
 pub const BUILD_INFO: &str = "syncline_build_info";
 
@@ -119,4 +125,13 @@ fn describe() {
     describe_gauge!(LISTENER_UP, "1 while the LISTEN connection is up");
     describe_counter!(LISTENER_RECONNECTS, "LISTEN connection reconnects");
     describe_gauge!(BUILD_INFO, "Build information");
+    describe_gauge!(CONNECTIONS_OPEN, "Open client connections");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed on arrival because connections_max were open"
+    );
+    describe_counter!(
+        CONNECTIONS_TIMED_OUT,
+        "Connections closed for sending no request within handshake_timeout_ms"
+    );
 }

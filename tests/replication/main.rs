@@ -3,6 +3,7 @@
 mod auth;
 mod cluster;
 mod common;
+mod connections;
 mod health;
 mod ordering;
 mod pull;
