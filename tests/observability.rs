@@ -413,3 +413,84 @@ async fn made_up_method_names() {
         assert!(!after.contains(method), "{method} is a label");
     }
 }
+
+/// Reads until the server closes the connection; panics if it stays open for 10 s.
+async fn until_closed(mut tcp: tokio::net::TcpStream) {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => panic!("the server kept the connection open"),
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[test]
+fn refused_and_silent_connections_are_counted() {
+    run(connection_metrics());
+}
+
+async fn connection_metrics() {
+    use syncline::proto::PullRequest;
+
+    let metrics_addr = metrics_addr();
+    let refused = "syncline_connections_refused_total";
+    let timed_out = "syncline_connections_timed_out_total";
+    let count = |m: &str, name: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    };
+
+    // One connection allowed: hold it with a served client (retried while the harness's own
+    // connections are still closing), then 5 more are refused.
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.metrics_enabled = true;
+    cfg.metrics_listen = metrics_addr;
+    cfg.connections_max = 1;
+    let full = TestServer::start_with(cfg).await;
+    let mut held = None;
+    for _ in 0..400 {
+        let mut c = full.client().await;
+        let pulled = c
+            .pull(PullRequest {
+                collection: "tasks".into(),
+                checkpoint: None,
+                limit: 1,
+            })
+            .await;
+        if pulled.is_ok() {
+            held = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(held.is_some(), "no connection was served");
+    let before = scrape(metrics_addr).await;
+    for _ in 0..5 {
+        until_closed(tokio::net::TcpStream::connect(full.addr).await.unwrap()).await;
+    }
+    let after = scrape(metrics_addr).await;
+    assert_eq!(count(&after, refused) - count(&before, refused), 5.0);
+    assert!(count(&after, "syncline_connections_open") >= 1.0, "{after}");
+
+    // Connections that never send a request are closed and counted.
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.metrics_enabled = true;
+    cfg.metrics_listen = metrics_addr;
+    cfg.handshake_timeout_ms = 200;
+    let quiet = TestServer::start_with(cfg).await;
+    let before = scrape(metrics_addr).await;
+    for _ in 0..3 {
+        until_closed(tokio::net::TcpStream::connect(quiet.addr).await.unwrap()).await;
+    }
+    let after = scrape(metrics_addr).await;
+    // At least: a connection of the harness's own readiness probe may also have been slow to
+    // close.
+    assert!(count(&after, timed_out) - count(&before, timed_out) >= 3.0);
+    drop(held);
+}
