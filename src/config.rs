@@ -103,6 +103,29 @@ pub struct Config {
     /// HTTP/2 keepalive ping interval; 0 = off.
     #[serde(default = "default_keepalive_seconds")]
     pub keepalive_seconds: u64,
+    /// Most open client connections in this process; beyond it a new connection is accepted
+    /// and closed at once. Lowered at start-up to fit the open-file limit (`ulimit -n`).
+    #[serde(default = "default_connections_max")]
+    pub connections_max: usize,
+    /// A new connection must finish TLS and send its first request within this many
+    /// milliseconds, or it is closed.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Most concurrent HTTP/2 streams (calls) on one connection; clients queue the rest.
+    #[serde(default = "default_streams_per_connection_max")]
+    pub streams_per_connection_max: u32,
+    /// HTTP/2 streams a client may reset before the server accepted them before the
+    /// connection gets a GOAWAY (rapid-reset protection).
+    #[serde(default = "default_http2_pending_resets_max")]
+    pub http2_pending_resets_max: usize,
+    /// HTTP/2 streams the server may reset for a client's protocol errors (malformed
+    /// requests) before the connection gets a GOAWAY.
+    #[serde(default = "default_http2_error_resets_max")]
+    pub http2_error_resets_max: usize,
+    /// Most open `grpc.health.v1.Health/Watch` streams in this process (they need no token);
+    /// beyond it Watch answers RESOURCE_EXHAUSTED. 0 turns Watch off; Check is unaffected.
+    #[serde(default = "default_health_watches_max")]
+    pub health_watches_max: usize,
     /// Seconds between database health probes.
     #[serde(default = "default_health_check_seconds")]
     pub health_check_seconds: u64,
@@ -268,6 +291,24 @@ fn default_message_bytes_max() -> usize {
 fn default_keepalive_seconds() -> u64 {
     30
 }
+fn default_connections_max() -> usize {
+    10_000
+}
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+fn default_streams_per_connection_max() -> u32 {
+    100
+}
+fn default_http2_pending_resets_max() -> usize {
+    20
+}
+fn default_http2_error_resets_max() -> usize {
+    1024
+}
+fn default_health_watches_max() -> usize {
+    1000
+}
 fn default_health_check_seconds() -> u64 {
     2
 }
@@ -394,6 +435,18 @@ impl Config {
                 "push_rows_max, document_bytes_max and id_bytes_max must be at least 1".into(),
             );
         }
+        if self.connections_max == 0
+            || self.handshake_timeout_ms == 0
+            || self.streams_per_connection_max == 0
+            || self.http2_pending_resets_max == 0
+            || self.http2_error_resets_max == 0
+        {
+            return invalid(
+                "connections_max, handshake_timeout_ms, streams_per_connection_max, \
+                 http2_pending_resets_max and http2_error_resets_max must be at least 1"
+                    .into(),
+            );
+        }
         match &self.auth {
             None => {
                 return invalid(
@@ -491,6 +544,9 @@ mod tests {
             "[auth]\nmode = \"none\"\n[[collections]]\nname = \"bad name\"\n",
             "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n[[collections]]\nname = \"t\"\n",
             "pool_size = 0\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
+            "connections_max = 0\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
+            "handshake_timeout_ms = 0\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
+            "streams_per_connection_max = 0\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
             "",
         ] {
             assert!(Config::from_toml(bad).is_err(), "accepted: {bad}");

@@ -15,6 +15,7 @@ pub mod protocol;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 pub mod web;
 
 /// Code generated from `proto/syncline/v1/replication.proto`.

@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::api::ReplicationApi;
@@ -112,7 +111,8 @@ pub async fn serve(
     } else {
         (None, None)
     };
-    let mut builder = tonic::transport::Server::builder();
+    let edge = crate::transport::Edge::from_config(&config);
+    let mut builder = edge.configure(tonic::transport::Server::builder());
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
@@ -228,12 +228,12 @@ pub async fn serve(
         .layer(tower::util::option_layer(cors))
         .layer(tower::util::option_layer(web))
         .layer(crate::telemetry::rpc_layer::RpcLayer)
+        .layer(edge.layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(service)
-        // TCP_NODELAY: without it, small HTTP/2 frames wait on delayed ACKs (~40 ms per call).
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain)
+        .serve_with_incoming_shutdown(edge.incoming(listener), drain)
         .await;
 
     // Also reached when serving failed before any shutdown signal: stop everything anyway.

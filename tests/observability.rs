@@ -21,6 +21,34 @@ use common::*;
 use syncline::proto::subscribe_response::Event;
 use syncline::proto::{Checkpoint, PullRequest, SubscribeRequest};
 
+/// The metrics recorder is global: every test here shares one `/metrics` listener.
+fn metrics_addr() -> std::net::SocketAddr {
+    static ADDR: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+    *ADDR.get_or_init(|| {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    })
+}
+
+/// Runs a test on the one runtime of this file (the metrics listener is a task of the runtime
+/// that installed it, so it must outlive every test), one test at a time so that series counts
+/// are exact.
+fn run<F: std::future::Future>(test: F) -> F::Output {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let runtime = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    });
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    runtime.block_on(test)
+}
+
 async fn scrape(addr: std::net::SocketAddr) -> String {
     for _ in 0..100 {
         if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
@@ -50,8 +78,12 @@ fn value(metrics: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
 }
 
-#[tokio::test]
-async fn a_scripted_session_shows_in_metrics_and_traces() {
+#[test]
+fn a_scripted_session_shows_in_metrics_and_traces() {
+    run(scripted_session());
+}
+
+async fn scripted_session() {
     // Traces: the SDK's in-memory exporter behind tracing-opentelemetry.
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let exporter = InMemorySpanExporter::default();
@@ -62,10 +94,7 @@ async fn a_scripted_session_shows_in_metrics_and_traces() {
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
         .init();
 
-    let metrics_addr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
-    };
+    let metrics_addr = metrics_addr();
     let db = fresh_database().await;
     let mut cfg = config(&db);
     cfg.metrics_enabled = true;
@@ -248,4 +277,220 @@ async fn a_scripted_session_shows_in_metrics_and_traces() {
         })
         .expect("a child span for the database read");
     assert_eq!(db_child.parent_span_id, pull.span_context.span_id());
+}
+
+/// The sum of every `grpc_server_handled_total` series: RPCs recorded so far.
+fn handled_total(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("grpc_server_handled_total{"))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Scrapes until `ready` holds (bounded).
+async fn scrape_until(addr: std::net::SocketAddr, ready: impl Fn(&str) -> bool) -> String {
+    for _ in 0..100 {
+        let m = scrape(addr).await;
+        if ready(&m) {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "metrics did not reach the expected state:\n{}",
+        scrape(addr).await
+    );
+}
+
+/// The `grpc_server_*` series in a render (names and labels, without values).
+fn grpc_series(metrics: &str) -> std::collections::BTreeSet<String> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("grpc_server_"))
+        .filter_map(|l| l.rsplit_once(' ').map(|(series, _)| series.to_owned()))
+        .collect()
+}
+
+#[test]
+fn made_up_method_names_add_no_series() {
+    run(made_up_method_names());
+}
+
+async fn made_up_method_names() {
+    use syncline::proto::PullRequest;
+    use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+    let metrics_addr = metrics_addr();
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.metrics_enabled = true;
+    cfg.metrics_listen = metrics_addr;
+    let server = TestServer::start_with(cfg).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut call = async |path: String| {
+        grpc.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::try_from(path).unwrap();
+        grpc.unary::<HealthCheckRequest, HealthCheckResponse, _>(
+            Request::new(HealthCheckRequest::default()),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("no such method")
+    };
+    let services = [
+        "grpc.health.v1.Health",
+        "syncline.v1.ReplicationService",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "made.up.Service",
+    ];
+    let made_up = |i: usize| {
+        format!(
+            "/{}/M{:016x}",
+            services[i % services.len()],
+            rand::random::<u64>()
+        )
+    };
+    let unknown = "grpc_server_handled_total{grpc_service=\"unknown\",grpc_method=\"unknown\",grpc_code=\"Unimplemented\"}";
+
+    // The first made-up call creates the one "unknown" series; a real call keeps its name.
+    assert_eq!(
+        call("/made.up.Service/Warmup".into()).await.code(),
+        tonic::Code::Unimplemented
+    );
+    let mut client = server.client().await;
+    let pulled = client
+        .pull(PullRequest {
+            collection: "tasks".into(),
+            checkpoint: None,
+            limit: 1,
+        })
+        .await;
+    assert!(pulled.is_ok());
+    let pull_ok = "grpc_server_handled_total{grpc_service=\"syncline.v1.ReplicationService\",grpc_method=\"Pull\",grpc_code=\"OK\"}";
+    // A call is recorded when its response body ends, just after the client has its answer.
+    let before = scrape_until(metrics_addr, |m| m.contains(unknown) && m.contains(pull_ok)).await;
+
+    let mut names = Vec::new();
+    for i in 0..1000 {
+        let path = made_up(i);
+        let status = call(path.clone()).await;
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unimplemented,
+            "{path}: {status:?}"
+        );
+        names.push(path);
+    }
+    let after = scrape_until(metrics_addr, |m| {
+        handled_total(m) >= handled_total(&before) + 1000.0
+    })
+    .await;
+
+    let (b, a) = (grpc_series(&before), grpc_series(&after));
+    let added: Vec<_> = a.difference(&b).collect();
+    assert!(
+        added.is_empty(),
+        "1,000 made-up method names added {} series, e.g. {:?}",
+        added.len(),
+        added.first()
+    );
+    assert_eq!(
+        value(&after, unknown) - value(&before, unknown),
+        1000.0,
+        "every call is counted, under \"unknown\""
+    );
+    assert!(a.contains(pull_ok), "implemented methods keep their labels");
+    for name in &names {
+        let method = name.rsplit('/').next().unwrap();
+        assert!(!after.contains(method), "{method} is a label");
+    }
+}
+
+/// Reads until the server closes the connection; panics if it stays open for 10 s.
+async fn until_closed(mut tcp: tokio::net::TcpStream) {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => panic!("the server kept the connection open"),
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[test]
+fn refused_and_silent_connections_are_counted() {
+    run(connection_metrics());
+}
+
+async fn connection_metrics() {
+    use syncline::proto::PullRequest;
+
+    let metrics_addr = metrics_addr();
+    let refused = "syncline_connections_refused_total";
+    let timed_out = "syncline_connections_timed_out_total";
+    let count = |m: &str, name: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    };
+
+    // One connection allowed: hold it with a served client (retried while the harness's own
+    // connections are still closing), then 5 more are refused.
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.metrics_enabled = true;
+    cfg.metrics_listen = metrics_addr;
+    cfg.connections_max = 1;
+    let full = TestServer::start_with(cfg).await;
+    let mut held = None;
+    for _ in 0..400 {
+        let mut c = full.client().await;
+        let pulled = c
+            .pull(PullRequest {
+                collection: "tasks".into(),
+                checkpoint: None,
+                limit: 1,
+            })
+            .await;
+        if pulled.is_ok() {
+            held = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(held.is_some(), "no connection was served");
+    let before = scrape(metrics_addr).await;
+    for _ in 0..5 {
+        until_closed(tokio::net::TcpStream::connect(full.addr).await.unwrap()).await;
+    }
+    let after = scrape(metrics_addr).await;
+    assert_eq!(count(&after, refused) - count(&before, refused), 5.0);
+    assert!(count(&after, "syncline_connections_open") >= 1.0, "{after}");
+
+    // Connections that never send a request are closed and counted.
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.metrics_enabled = true;
+    cfg.metrics_listen = metrics_addr;
+    cfg.handshake_timeout_ms = 200;
+    let quiet = TestServer::start_with(cfg).await;
+    let before = scrape(metrics_addr).await;
+    for _ in 0..3 {
+        until_closed(tokio::net::TcpStream::connect(quiet.addr).await.unwrap()).await;
+    }
+    let after = scrape(metrics_addr).await;
+    // At least: a connection of the harness's own readiness probe may also have been slow to
+    // close.
+    assert!(count(&after, timed_out) - count(&before, timed_out) >= 3.0);
+    drop(held);
 }

@@ -54,6 +54,12 @@ pub const PENDING_COMMIT_AGE_SECONDS: &str = "syncline_pending_commit_age_second
 /// Pages read ahead, by `outcome`: `used`, `stale` (a document in it was written since),
 /// `unused` (the read failed or came back short).
 pub const READ_AHEAD: &str = "syncline_read_ahead_pages_total";
+/// Open client connections (each holds one of `connections_max` slots).
+pub const CONNECTIONS_OPEN: &str = "syncline_connections_open";
+/// Connections closed at once because `connections_max` were open.
+pub const CONNECTIONS_REFUSED: &str = "syncline_connections_refused_total";
+/// Connections closed because no request came within `handshake_timeout_ms`.
+pub const CONNECTIONS_TIMED_OUT: &str = "syncline_connections_timed_out_total";
 /// Always 1, labelled with `version` and `git_commit`.
 pub const BUILD_INFO: &str = "syncline_build_info";
 
@@ -144,4 +150,13 @@ fn describe() {
         "Age of the oldest heard-of commit not yet readable in order"
     );
     describe_gauge!(BUILD_INFO, "Build information");
+    describe_gauge!(CONNECTIONS_OPEN, "Open client connections");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed on arrival because connections_max were open"
+    );
+    describe_counter!(
+        CONNECTIONS_TIMED_OUT,
+        "Connections closed for sending no request within handshake_timeout_ms"
+    );
 }

@@ -3,29 +3,65 @@
 //! response headers (trailers-only errors) or the trailers at the end of the body, so streams
 //! are measured over their whole life.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use opentelemetry::trace::TraceContextExt;
+use prost::Message as _;
 use tower::{Layer, Service};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::metrics::{GRPC_HANDLED, GRPC_HANDLING_SECONDS};
 
-/// gRPC services whose names may appear as metric labels; anything else is "unknown", so a
-/// client cannot grow label cardinality with made-up paths.
-const KNOWN_SERVICES: &[&str] = &[
-    "syncline.v1.ReplicationService",
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1.ServerReflection",
+/// Descriptor sets of every service this server implements. Only their methods become metric
+/// labels; any other path is "unknown", so made-up paths cannot grow the number of series.
+const IMPLEMENTED: &[&[u8]] = &[
+    crate::proto::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
 ];
 
-/// gRPC's CANCELLED: a response dropped before its status was sent.
-const CANCELLED: i32 = 1;
+/// The label for every path that is not an implemented method.
+const UNKNOWN: &str = "unknown";
+
+/// `/package.Service/Method` -> (`package.Service`, `Method`) for every implemented method,
+/// read once from the generated descriptors (so a new RPC is labelled without a code change).
+fn implemented_methods() -> &'static HashMap<String, (String, String)> {
+    static METHODS: OnceLock<HashMap<String, (String, String)>> = OnceLock::new();
+    METHODS.get_or_init(|| {
+        let mut methods = HashMap::new();
+        for encoded in IMPLEMENTED {
+            // Compiled into the binary: a decode failure is a build bug, and only costs labels.
+            let Ok(set) = prost_types::FileDescriptorSet::decode(*encoded) else {
+                continue;
+            };
+            for file in &set.file {
+                let package = file.package();
+                for service in &file.service {
+                    let service_name = if package.is_empty() {
+                        service.name().to_owned()
+                    } else {
+                        format!("{package}.{}", service.name())
+                    };
+                    for method in &service.method {
+                        methods.insert(
+                            format!("/{service_name}/{}", method.name()),
+                            (service_name.clone(), method.name().to_owned()),
+                        );
+                    }
+                }
+            }
+        }
+        methods
+    })
+}
 
 /// How much earlier than the deadline this layer answers DEADLINE_EXCEEDED: before tonic's own
 /// timer (which answers CANCELLED) and before the caller's (started earlier, one trip away).
@@ -69,23 +105,18 @@ pub struct RpcService<S> {
     inner: S,
 }
 
-fn labels(path: &str) -> (&'static str, String) {
-    let mut parts = path.trim_start_matches('/').splitn(2, '/');
-    let service = parts.next().unwrap_or_default();
-    let method = parts.next().unwrap_or_default();
-    match KNOWN_SERVICES.iter().find(|s| **s == service) {
-        Some(known) if !method.is_empty() && method.len() <= 64 && !method.contains('/') => {
-            (known, method.to_owned())
-        }
-        _ => ("unknown", "unknown".to_owned()),
+/// The (service, method) labels of a request path: an implemented method, else "unknown".
+fn labels(path: &str) -> (&'static str, &'static str) {
+    match implemented_methods().get(path) {
+        Some((service, method)) => (service.as_str(), method.as_str()),
+        None => (UNKNOWN, UNKNOWN),
     }
 }
 
-fn grpc_status(headers: &HeaderMap) -> Option<i32> {
+fn grpc_status(headers: &HeaderMap) -> Option<tonic::Code> {
     headers
         .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+        .map(|v| tonic::Code::from_bytes(v.as_bytes()))
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RpcService<S>
@@ -114,7 +145,7 @@ where
             otel.kind = "server",
             rpc.system = "grpc",
             rpc.service = service,
-            rpc.method = %method,
+            rpc.method = method,
             rpc.grpc.status_code = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
@@ -179,42 +210,44 @@ struct Observer {
     span: Span,
     start: Instant,
     service: &'static str,
-    method: String,
-    code: Option<i32>,
+    method: &'static str,
+    code: Option<tonic::Code>,
 }
 
 impl Drop for Observer {
     fn drop(&mut self) {
-        let code = self.code.unwrap_or(CANCELLED);
-        let name = code_name(code);
-        metrics::counter!(GRPC_HANDLED, "grpc_service" => self.service, "grpc_method" => self.method.clone(), "grpc_code" => name)
+        let code = self.code.unwrap_or(tonic::Code::Cancelled);
+        metrics::counter!(GRPC_HANDLED, "grpc_service" => self.service, "grpc_method" => self.method, "grpc_code" => code_label(code))
             .increment(1);
-        metrics::histogram!(GRPC_HANDLING_SECONDS, "grpc_service" => self.service, "grpc_method" => self.method.clone())
+        metrics::histogram!(GRPC_HANDLING_SECONDS, "grpc_service" => self.service, "grpc_method" => self.method)
             .record(self.start.elapsed().as_secs_f64());
-        self.span.record("rpc.grpc.status_code", code);
+        self.span.record("rpc.grpc.status_code", code as i32);
     }
 }
 
-fn code_name(code: i32) -> &'static str {
+/// The `grpc_code` label: the name go-grpc-prometheus uses (Go's `codes.Code` names, e.g.
+/// `InvalidArgument`, `Canceled`), so existing gRPC dashboards and alerts work unchanged.
+/// Exhaustive over `tonic::Code`, so the label set is fixed at 17 values.
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code;
     match code {
-        0 => "OK",
-        1 => "Canceled",
-        2 => "Unknown",
-        3 => "InvalidArgument",
-        4 => "DeadlineExceeded",
-        5 => "NotFound",
-        6 => "AlreadyExists",
-        7 => "PermissionDenied",
-        8 => "ResourceExhausted",
-        9 => "FailedPrecondition",
-        10 => "Aborted",
-        11 => "OutOfRange",
-        12 => "Unimplemented",
-        13 => "Internal",
-        14 => "Unavailable",
-        15 => "DataLoss",
-        16 => "Unauthenticated",
-        _ => "Unknown",
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
     }
 }
 
@@ -247,7 +280,7 @@ impl<B: Body> Body for ObservedBody<B> {
             }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(mut observer) = this.observer.take() {
-                    observer.code = Some(2);
+                    observer.code = Some(tonic::Code::Unknown);
                 }
             }
             Poll::Ready(None) => {
@@ -284,15 +317,62 @@ mod tests {
     }
 
     #[test]
-    fn labels_are_bounded() {
-        assert_eq!(
-            labels("/syncline.v1.ReplicationService/Pull"),
-            ("syncline.v1.ReplicationService", "Pull".into())
-        );
-        assert_eq!(labels("/made.up.Service/X"), ("unknown", "unknown".into()));
-        assert_eq!(
-            labels("/syncline.v1.ReplicationService/"),
-            ("unknown", "unknown".into())
-        );
+    fn only_implemented_methods_are_labels() {
+        for (path, service, method) in [
+            (
+                "/syncline.v1.ReplicationService/Pull",
+                "syncline.v1.ReplicationService",
+                "Pull",
+            ),
+            (
+                "/syncline.v1.ReplicationService/Subscribe",
+                "syncline.v1.ReplicationService",
+                "Subscribe",
+            ),
+            (
+                "/grpc.health.v1.Health/Check",
+                "grpc.health.v1.Health",
+                "Check",
+            ),
+            (
+                "/grpc.health.v1.Health/Watch",
+                "grpc.health.v1.Health",
+                "Watch",
+            ),
+            (
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                "grpc.reflection.v1.ServerReflection",
+                "ServerReflectionInfo",
+            ),
+            (
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                "grpc.reflection.v1alpha.ServerReflection",
+                "ServerReflectionInfo",
+            ),
+        ] {
+            assert_eq!(labels(path), (service, method), "{path}");
+        }
+        for path in [
+            "/made.up.Service/X",
+            "/syncline.v1.ReplicationService/",
+            "/syncline.v1.ReplicationService/Pul",
+            "/grpc.health.v1.Health/Random123",
+            "/grpc.health.v1.Health/Check/extra",
+            "grpc.health.v1.Health/Check",
+            "",
+        ] {
+            assert_eq!(labels(path), (UNKNOWN, UNKNOWN), "{path}");
+        }
+    }
+
+    #[test]
+    fn status_labels_are_code_names() {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+        let code = grpc_status(&headers).unwrap();
+        assert_eq!(code_label(code), "InvalidArgument");
+        headers.insert("grpc-status", http::HeaderValue::from_static("999"));
+        assert_eq!(code_label(grpc_status(&headers).unwrap()), "Unknown");
+        assert_eq!(code_label(tonic::Code::Cancelled), "Canceled");
     }
 }

@@ -4,6 +4,7 @@ mod auth;
 mod checkpoints;
 mod cluster;
 mod common;
+mod connections;
 mod health;
 mod notifications;
 mod ordering;
