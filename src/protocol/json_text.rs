@@ -365,6 +365,66 @@ mod tests {
         }
     }
 
+    /// Random values: a text equals itself re-serialized (keys reordered), equality agrees
+    /// with serde_json's where numbers are small integers, and mangled texts never panic.
+    #[test]
+    fn agrees_with_serde_and_never_panics() {
+        use rand::{Rng, SeedableRng};
+        use serde_json::Value as V;
+        fn random(rng: &mut impl Rng, depth: usize) -> V {
+            match rng.random_range(0..if depth > 3 { 4 } else { 6 }) {
+                0 => V::Null,
+                1 => V::Bool(rng.random()),
+                2 => V::from(rng.random_range(-3..3)),
+                3 => V::from(["a", "é", "\"", "\u{1F600}", ""][rng.random_range(0..5)]),
+                4 => V::Array(
+                    (0..rng.random_range(0..3))
+                        .map(|_| random(rng, depth + 1))
+                        .collect(),
+                ),
+                _ => V::Object(
+                    (0..rng.random_range(0..3))
+                        .map(|k| (format!("k{k}"), random(rng, depth + 1)))
+                        .collect(),
+                ),
+            }
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let (mut same_count, mut different) = (0, 0);
+        for _ in 0..3_000 {
+            let (a, b) = (random(&mut rng, 0), random(&mut rng, 0));
+            let (ta, tb) = (a.to_string(), b.to_string());
+            assert_eq!(
+                equal(&ta, &serde_json::to_string_pretty(&a).unwrap()),
+                Ok(true),
+                "{ta}"
+            );
+            assert_eq!(equal(&ta, &tb), Ok(a == b), "{ta} vs {tb}");
+            if a == b {
+                same_count += 1
+            } else {
+                different += 1
+            }
+            let mut bytes = ta.into_bytes();
+            for _ in 0..3 {
+                let i = rng.random_range(0..bytes.len());
+                let alphabet = b"{}[]\",:0e-.\\ x";
+                bytes[i] = alphabet[rng.random_range(0..alphabet.len())];
+            }
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                let _ = (
+                    equal(text, text),
+                    numbers_fit(text),
+                    unstorable_number(text),
+                );
+            }
+        }
+        assert!(
+            same_count > 100 && different > 1000,
+            "{same_count} / {different}"
+        );
+    }
+
     #[test]
     fn finds_the_path_of_numbers_numeric_cannot_hold() {
         assert!(numbers_fit(r#"{"a":1,"b":[1.5e300,-2],"c":"1e-99999"}"#));
