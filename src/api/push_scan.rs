@@ -11,10 +11,7 @@
 //! are refused with the same generic message as prost's, the rest is left to prost.
 
 use crate::protocol::Limits;
-
-/// Most bytes of an assumed revision counted per document (server revisions are
-/// `<generation>-<16 hex digits>`, at most 37 bytes).
-pub const REVISION_BYTES_MAX: usize = 128;
+use crate::protocol::validate::REVISION_BYTES_MAX;
 /// Protobuf framing of one document besides its strings: six field keys and length prefixes,
 /// the `deleted` flag and an `updated_at` timestamp, rounded up.
 const DOCUMENT_FRAMING_BYTES: usize = 128;

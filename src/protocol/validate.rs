@@ -415,6 +415,17 @@ mod tests {
         let c = collection(Some(schema));
         let m = error_of(&c, vec![row("a", r#"{"n":"x"}"#)]);
         assert!(m.contains("rows[0] (id \"a\")") && m.contains("/n"), "{m}");
+        // The validator quotes the value: the message is cut.
+        let l = Limits {
+            document_bytes_max: 100_000,
+            ..limits()
+        };
+        let long = format!(r#"{{"n":"{}"}}"#, "x".repeat(50_000));
+        let m = match validate_rows(&c, &l, vec![row("a", &long)]) {
+            Err(ProtocolError::InvalidArgument(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(m.contains("/n") && m.len() < 600, "{} bytes", m.len());
         let mut tomb = row("a", "");
         tomb.new_state.as_mut().unwrap().deleted = true;
         let rows = validate_rows(&c, &limits(), vec![tomb]).unwrap();
