@@ -134,19 +134,24 @@ fn validate_row(
     if let Some(text) = &body {
         // The tree is built only when a schema needs it or the body may be invalid: the
         // slow path then words the exact error.
-        let certain = collection.schema.is_none()
-            && json_check::certainly_valid(
+        let checked = if collection.schema.is_none() {
+            json_check::check(
                 text,
                 limits.json_depth_max,
                 &collection.primary_key,
                 &new.id,
-            );
-        if !certain {
+            )
+        } else {
+            None
+        };
+        if checked.is_none() {
             check_value(collection, limits, &new.id, text, new.deleted).map_err(fail)?;
         }
         // serde_json reads numbers as f64; jsonb stores them as numeric, whose range is
-        // narrower in places (`1e-16384` is 0.0 to serde and an error to PostgreSQL).
-        if !json_text::numbers_fit(text) {
+        // narrower in places (`1e-16384` is 0.0 to serde and an error to PostgreSQL). Bodies
+        // of integers only (read exactly) skip the second pass.
+        let integers_only = checked.is_some_and(|c| !c.non_integers);
+        if !integers_only && !json_text::numbers_fit(text) {
             let at = json_text::unstorable_number(text).unwrap_or_else(|| "/".to_owned());
             return Err(fail(format!(
                 "new_document_state.json: the number at {at} is out of PostgreSQL's numeric \
@@ -393,6 +398,14 @@ mod tests {
             (row("b", r#"{"id":"c"}"#), "primary key field \"id\""),
             (row("b", r#"{"s":"a\u0000"}"#), "\\u0000"),
             (
+                row("b", r#"{"n":[1e-16384]}"#),
+                "the number at /n/0 is out of",
+            ),
+            (
+                row("b", r#"{"o":{"n":0e-99999}}"#),
+                "the number at /o/n is out of",
+            ),
+            (
                 RowInput::default(),
                 "rows[1]: new_document_state is required",
             ),
@@ -426,6 +439,9 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert!(m.contains("/n") && m.len() < 600, "{} bytes", m.len());
+        // The schema path reads numbers again too.
+        let m = error_of(&c, vec![row("a", r#"{"n":1,"x":1.50e-16382}"#)]);
+        assert!(m.contains("the number at /x is out of"), "{m}");
         let mut tomb = row("a", "");
         tomb.new_state.as_mut().unwrap().deleted = true;
         let rows = validate_rows(&c, &limits(), vec![tomb]).unwrap();
