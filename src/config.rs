@@ -456,6 +456,24 @@ mod tests {
     }
 
     #[test]
+    fn the_message_limits_follow_the_push_limits_unless_set() {
+        let base = "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n";
+        let c = Config::from_toml(base).unwrap();
+        // 64 MiB of bodies, 1000 rows of ids, owners and revisions, framing and slack.
+        let decoding = c.decoding_message_bytes_max();
+        assert!((66 << 20..67 << 20).contains(&decoding), "{decoding}");
+        assert_eq!(c.encoding_message_bytes_max(), 64 << 20);
+        let c = Config::from_toml(&format!("push_rows_max = 10\n{base}")).unwrap();
+        assert!(
+            c.decoding_message_bytes_max() < 21 << 20,
+            "10 rows of two 1 MiB bodies"
+        );
+        let c = Config::from_toml(&format!("message_bytes_max = 1000\n{base}")).unwrap();
+        assert_eq!(c.decoding_message_bytes_max(), 1000);
+        assert_eq!(c.encoding_message_bytes_max(), 1000);
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = Config::from_toml(
             "pool_sise = 3\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
@@ -490,6 +508,8 @@ mod tests {
             "[auth]\nmode = \"none\"\n[[collections]]\nname = \"bad name\"\n",
             "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n[[collections]]\nname = \"t\"\n",
             "pool_size = 0\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
+            "push_bytes_max = 10\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
+            "owner_bytes_max = 0\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
             "",
         ] {
             assert!(Config::from_toml(bad).is_err(), "accepted: {bad}");
