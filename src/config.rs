@@ -93,9 +93,11 @@ pub struct Config {
     /// Most open Subscribe streams in this process.
     #[serde(default = "default_streams_max")]
     pub streams_max: usize,
-    /// Largest gRPC message accepted, in bytes.
-    #[serde(default = "default_message_bytes_max")]
-    pub message_bytes_max: usize,
+    /// Largest gRPC message accepted and sent, in bytes. Unset: requests up to the largest
+    /// push the limits allow (see [`Config::decoding_message_bytes_max`]), responses up to
+    /// 64 MiB.
+    #[serde(default)]
+    pub message_bytes_max: Option<usize>,
     /// Connections older than this are asked to reconnect (GOAWAY), so long-lived HTTP/2
     /// connections rebalance across replicas. 0 = never.
     #[serde(default)]
@@ -151,6 +153,12 @@ pub struct Config {
     /// Most open Subscribe streams per principal.
     #[serde(default = "default_streams_per_principal_max")]
     pub streams_per_principal_max: usize,
+    /// Most bytes of document bodies in one Push, new and assumed states together.
+    #[serde(default = "default_push_bytes_max")]
+    pub push_bytes_max: usize,
+    /// Longest owner a service principal may name for a new document, in bytes.
+    #[serde(default = "default_owner_bytes_max")]
+    pub owner_bytes_max: usize,
     /// Authentication. Required: `mode = "none"` must be said explicitly.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
@@ -285,8 +293,13 @@ fn default_id_bytes_max() -> usize {
 fn default_streams_max() -> usize {
     10_000
 }
-fn default_message_bytes_max() -> usize {
+/// Responses when `message_bytes_max` is unset.
+const DEFAULT_ENCODING_BYTES_MAX: usize = 64 * 1024 * 1024;
+fn default_push_bytes_max() -> usize {
     64 * 1024 * 1024
+}
+fn default_owner_bytes_max() -> usize {
+    256
 }
 fn default_keepalive_seconds() -> u64 {
     30
@@ -412,6 +425,23 @@ impl Config {
             .or(self.database_url.as_deref())
     }
 
+    /// The largest request accepted: `message_bytes_max` when set, else the largest Push the
+    /// limits allow (bodies up to `push_bytes_max`, every other field at its limit, framing
+    /// and slack), so that no valid push is refused by the transport.
+    pub fn decoding_message_bytes_max(&self) -> usize {
+        self.message_bytes_max.unwrap_or_else(|| {
+            crate::api::push_scan::WireLimits::from_limits(&crate::protocol::Limits::from_config(
+                self,
+            ))
+            .message_bytes_max()
+        })
+    }
+
+    /// The largest response sent: `message_bytes_max` when set, else 64 MiB.
+    pub fn encoding_message_bytes_max(&self) -> usize {
+        self.message_bytes_max.unwrap_or(DEFAULT_ENCODING_BYTES_MAX)
+    }
+
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
@@ -444,6 +474,13 @@ impl Config {
             return invalid(
                 "connections_max, handshake_timeout_ms, streams_per_connection_max, \
                  http2_pending_resets_max and http2_error_resets_max must be at least 1"
+                    .into(),
+            );
+        }
+        if self.push_bytes_max < self.document_bytes_max || self.owner_bytes_max == 0 {
+            return invalid(
+                "push_bytes_max must be at least document_bytes_max, and owner_bytes_max at \
+                 least 1"
                     .into(),
             );
         }
@@ -510,6 +547,24 @@ mod tests {
     }
 
     #[test]
+    fn the_message_limits_follow_the_push_limits_unless_set() {
+        let base = "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n";
+        let c = Config::from_toml(base).unwrap();
+        // 64 MiB of bodies, 1000 rows of ids, owners and revisions, framing and slack.
+        let decoding = c.decoding_message_bytes_max();
+        assert!((66 << 20..67 << 20).contains(&decoding), "{decoding}");
+        assert_eq!(c.encoding_message_bytes_max(), 64 << 20);
+        let c = Config::from_toml(&format!("push_rows_max = 10\n{base}")).unwrap();
+        assert!(
+            c.decoding_message_bytes_max() < 21 << 20,
+            "10 rows of two 1 MiB bodies"
+        );
+        let c = Config::from_toml(&format!("message_bytes_max = 1000\n{base}")).unwrap();
+        assert_eq!(c.decoding_message_bytes_max(), 1000);
+        assert_eq!(c.encoding_message_bytes_max(), 1000);
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = Config::from_toml(
             "pool_sise = 3\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
@@ -547,6 +602,8 @@ mod tests {
             "connections_max = 0\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
             "handshake_timeout_ms = 0\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
             "streams_per_connection_max = 0\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
+            "push_bytes_max = 10\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
+            "owner_bytes_max = 0\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
             "",
         ] {
             assert!(Config::from_toml(bad).is_err(), "accepted: {bad}");

@@ -13,6 +13,8 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::api::ReplicationApi;
 use crate::api::auth::AuthInterceptor;
+use crate::api::codec::WireLimited;
+use crate::api::push_scan::WireLimits;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::config::TlsConfig;
@@ -186,8 +188,12 @@ pub async fn serve(
         );
     }
     let service = ReplicationServiceServer::new(ReplicationApi::new(replicator))
-        .max_decoding_message_size(config.message_bytes_max)
-        .max_encoding_message_size(config.message_bytes_max);
+        .max_decoding_message_size(config.decoding_message_bytes_max())
+        .max_encoding_message_size(config.encoding_message_bytes_max());
+    let service = WireLimited::new(
+        service,
+        WireLimits::from_limits(&Limits::from_config(&config)),
+    );
     let service = InterceptedService::new(service, AuthInterceptor::new(authenticator));
 
     if config.max_connection_age_seconds > 0 {

@@ -1,21 +1,35 @@
 //! The protobuf codec of the replication service: prost's, with a small starting buffer per
-//! response stream and an exact reservation per message.
+//! response stream and an exact reservation per message, and a decoder that checks a Push's
+//! wire bytes against the limits before decoding and never answers decoder text.
 //!
 //! tonic's default allocates 8 KiB per RPC for encoding and keeps it for the RPC's life: on an
 //! idle Subscribe stream that buffer outweighs everything else the stream holds. Reserving each
 //! message's exact encoded length instead keeps a 400 KiB Pull page to one allocation.
+//!
+//! The generated code builds the codec with `Default`, so the server's limits reach the decoder
+//! through a task-local set by [`WireLimited`] around each call of the service.
 
 use std::marker::PhantomData;
+use std::task::{Context, Poll};
 
+use bytes::Buf;
 use prost::Message;
 use tonic::Status;
-use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
-use tonic_prost::ProstDecoder;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::server::NamedService;
+
+use super::push_scan::{self, MALFORMED, ScanError, WireLimits};
+use crate::proto;
 
 /// Starting size of the encoding buffer (tonic's default is 8 KiB).
 const ENCODE_BUFFER_BYTES: usize = 256;
 /// tonic's default: how much it encodes before yielding to send.
 const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
+
+tokio::task_local! {
+    /// The limits of the server whose call is being polled.
+    static WIRE_LIMITS: WireLimits;
+}
 
 /// Codec for the generated client and server (`codec_path` in `build.rs`).
 #[derive(Debug, Clone)]
@@ -34,19 +48,19 @@ impl<T, U> Default for ProtoCodec<T, U> {
 impl<T, U> Codec for ProtoCodec<T, U>
 where
     T: Message + Send + 'static,
-    U: Message + Default + Send + 'static,
+    U: Message + Default + WireChecked + Send + 'static,
 {
     type Encode = T;
     type Decode = U;
     type Encoder = ReservingEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = CheckingDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ReservingEncoder { _type: PhantomData }
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::new(BufferSettings::default())
+        CheckingDecoder { _type: PhantomData }
     }
 }
 
@@ -68,5 +82,198 @@ impl<T: Message> Encoder for ReservingEncoder<T> {
 
     fn buffer_settings(&self) -> BufferSettings {
         BufferSettings::new(ENCODE_BUFFER_BYTES, YIELD_THRESHOLD_BYTES)
+    }
+}
+
+/// A message the decoder may check on the wire before decoding it.
+pub trait WireChecked {
+    /// Refuses bytes over the limits before anything is built; most messages hold nothing
+    /// that grows per element and pass.
+    fn check_wire(_bytes: &[u8], _limits: &WireLimits) -> Result<(), ScanError> {
+        Ok(())
+    }
+}
+
+impl WireChecked for proto::PushRequest {
+    fn check_wire(bytes: &[u8], limits: &WireLimits) -> Result<(), ScanError> {
+        push_scan::scan_push(bytes, limits)
+    }
+}
+impl WireChecked for proto::PullRequest {}
+impl WireChecked for proto::SubscribeRequest {}
+// Responses, for the generated client.
+impl WireChecked for proto::PushResponse {}
+impl WireChecked for proto::PullResponse {}
+impl WireChecked for proto::SubscribeResponse {}
+
+/// Decodes with prost after the wire check; a decoding failure is INVALID_ARGUMENT with a
+/// generic message (prost's text names internals and is no use to a client).
+#[derive(Debug, Clone)]
+pub struct CheckingDecoder<U> {
+    _type: PhantomData<U>,
+}
+
+impl<U: Message + Default + WireChecked> Decoder for CheckingDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        let limits = WIRE_LIMITS.try_with(|l| *l).ok();
+        // tonic hands over one contiguous buffer; copy only if that ever changes.
+        if buf.chunk().len() == buf.remaining() {
+            let n = buf.remaining();
+            let item = decode_checked(buf.chunk(), limits.as_ref());
+            buf.advance(n);
+            item.map(Some)
+        } else {
+            let bytes = buf.copy_to_bytes(buf.remaining());
+            decode_checked(&bytes, limits.as_ref()).map(Some)
+        }
+    }
+}
+
+/// The wire check (when limits are known: on the server), then prost.
+pub fn decode_checked<U: Message + Default + WireChecked>(
+    bytes: &[u8],
+    limits: Option<&WireLimits>,
+) -> Result<U, Status> {
+    if let Some(limits) = limits {
+        U::check_wire(bytes, limits).map_err(|e| match e {
+            ScanError::Malformed => Status::invalid_argument(MALFORMED),
+            ScanError::Limit(m) => Status::invalid_argument(m),
+        })?;
+    }
+    U::decode(bytes).map_err(|e| {
+        tracing::debug!(error = %e, "undecodable request");
+        Status::invalid_argument(MALFORMED)
+    })
+}
+
+/// Wraps the replication service so that its decoder sees the server's limits.
+#[derive(Debug, Clone)]
+pub struct WireLimited<S> {
+    inner: S,
+    limits: WireLimits,
+}
+
+impl<S> WireLimited<S> {
+    /// Serves `inner`, decoding its requests under `limits`.
+    pub fn new(inner: S, limits: WireLimits) -> Self {
+        WireLimited { inner, limits }
+    }
+}
+
+impl<S, R> tower::Service<R> for WireLimited<S>
+where
+    S: tower::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tokio::task::futures::TaskLocalFuture<WireLimits, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        // The body is decoded while this future is polled, so inside the scope.
+        WIRE_LIMITS.scope(self.limits, self.inner.call(request))
+    }
+}
+
+impl<S: NamedService> NamedService for WireLimited<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{ChangeRow, PushRequest};
+
+    /// Counts the bytes allocated by the current thread while it is switched on.
+    mod counting {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static ON: Cell<bool> = const { Cell::new(false) };
+            static BYTES: Cell<usize> = const { Cell::new(0) };
+        }
+
+        pub struct Counting;
+
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                let _ = ON.try_with(|on| {
+                    if on.get() {
+                        let _ = BYTES.try_with(|b| b.set(b.get() + layout.size()));
+                    }
+                });
+                // SAFETY: forwarded unchanged to the system allocator.
+                unsafe { System.alloc(layout) }
+            }
+
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: `ptr` came from `System.alloc` with this layout.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+        }
+
+        #[global_allocator]
+        static ALLOCATOR: Counting = Counting;
+
+        /// Bytes allocated by this thread while running `f`.
+        pub fn allocated<R>(f: impl FnOnce() -> R) -> (R, usize) {
+            BYTES.with(|b| b.set(0));
+            ON.with(|on| on.set(true));
+            let r = f();
+            ON.with(|on| on.set(false));
+            (r, BYTES.with(Cell::get))
+        }
+    }
+
+    fn limits() -> WireLimits {
+        WireLimits {
+            push_rows_max: 1000,
+            push_bytes_max: 64 << 20,
+            document_bytes_max: 1 << 20,
+            id_bytes_max: 512,
+            owner_bytes_max: 256,
+        }
+    }
+
+    #[test]
+    fn a_million_empty_rows_are_refused_before_any_row_is_built() {
+        let bytes = PushRequest {
+            collection: "tasks".into(),
+            rows: vec![ChangeRow::default(); 1_000_000],
+        }
+        .encode_to_vec();
+        assert!(bytes.len() < 2_100_000, "2 bytes per row");
+        let (result, allocated) =
+            counting::allocated(|| decode_checked::<PushRequest>(&bytes, Some(&limits())));
+        let status = result.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "rows: 1000000 rows exceed the limit of 1000 per push"
+        );
+        // The error message, nothing per row (decoding would build 1,000,000 rows of 100+
+        // bytes each).
+        assert!(allocated < 4096, "{allocated} bytes allocated");
+    }
+
+    #[test]
+    fn decoding_failures_are_invalid_argument_without_decoder_text() {
+        let invalid_utf8 = [0x0a, 0x02, 0xc3, 0x28]; // collection: invalid UTF-8
+        for bad in [&invalid_utf8[..], &[0x0a, 0x05, b'a'][..], &[0x08][..]] {
+            for limits in [None, Some(&limits())] {
+                let status = decode_checked::<PushRequest>(bad, limits).expect_err("refused");
+                assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                assert_eq!(status.message(), MALFORMED);
+            }
+            let status = decode_checked::<proto::PullRequest>(bad, None).expect_err("refused");
+            assert_eq!(status.message(), MALFORMED);
+        }
     }
 }

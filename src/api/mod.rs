@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod codec;
 pub mod convert;
+pub mod push_scan;
 pub mod status;
 
 use std::pin::Pin;

@@ -45,6 +45,10 @@ pub struct Limits {
     pub json_depth_max: usize,
     /// Maximum id bytes.
     pub id_bytes_max: usize,
+    /// Maximum body bytes in one push, new and assumed states together.
+    pub push_bytes_max: usize,
+    /// Maximum bytes of an owner named in a push.
+    pub owner_bytes_max: usize,
 }
 
 impl Limits {
@@ -57,6 +61,8 @@ impl Limits {
             document_bytes_max: c.document_bytes_max,
             json_depth_max: c.json_depth_max,
             id_bytes_max: c.id_bytes_max,
+            push_bytes_max: c.push_bytes_max,
+            owner_bytes_max: c.owner_bytes_max,
         }
     }
 
@@ -115,7 +121,8 @@ impl Collections {
         }
         self.by_name.get(name).cloned().ok_or_else(|| {
             ProtocolError::NotFound(format!(
-                "collection {name:?} is not declared on this server"
+                "collection {} is not declared on this server",
+                super::shown(name)
             ))
         })
     }

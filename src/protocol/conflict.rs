@@ -4,11 +4,9 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value;
-
-use super::ProtocolError;
 use super::principal::Principal;
 use super::validate::{Assumed, ValidRow};
+use super::{ProtocolError, json_text, shown};
 use crate::store::{ConflictState, DocumentWrite, PushPlan, StoredDocument};
 
 /// The state of one id while the batch is being decided.
@@ -122,8 +120,8 @@ fn check_ownership(
     for (i, row) in rows.iter().enumerate() {
         if row.owner.as_ref().is_some_and(|o| *o != principal.subject) {
             return Err(ProtocolError::PermissionDenied(format!(
-                "rows[{i}] (id {:?}): new_document_state.owner may only name yourself",
-                row.id
+                "rows[{i}] (id {}): new_document_state.owner may only name yourself",
+                shown(&row.id)
             )));
         }
         if stored
@@ -131,8 +129,8 @@ fn check_ownership(
             .is_some_and(|d| d.owner != principal.subject)
         {
             return Err(ProtocolError::PermissionDenied(format!(
-                "rows[{i}] (id {:?}): this id is taken by another owner",
-                row.id
+                "rows[{i}] (id {}): this id is taken by another owner",
+                shown(&row.id)
             )));
         }
     }
@@ -149,36 +147,13 @@ fn conflicts_with(assumed: Option<&Assumed>, current: &Current) -> Result<bool, 
             if *deleted != current.deleted {
                 true
             } else {
-                let server: Value = serde_json::from_str(&current.body).map_err(|e| {
-                    ProtocolError::Internal(format!("stored body is not JSON: {e}"))
-                })?;
-                !json_eq(body, &server)
+                // As jsonb compares: numbers by exact value, not as f64.
+                !json_text::equal(body, &current.body).map_err(|e| {
+                    ProtocolError::Internal(format!("a body is not readable JSON: {e:?}"))
+                })?
             }
         }
     })
-}
-
-/// JSON equality by value, as PostgreSQL's jsonb compares: key order is ignored (serde_json
-/// maps are ordered by key) and numbers compare by value, so `1` equals `1.0`.
-pub fn json_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
-            (Some(i), Some(j)) => i == j,
-            _ => match (x.as_u64(), y.as_u64()) {
-                (Some(i), Some(j)) => i == j,
-                _ => x.as_f64() == y.as_f64(),
-            },
-        },
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(i, j)| json_eq(i, j))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
-        }
-        _ => a == b,
-    }
 }
 
 /// `<generation>-<hash>`: the generation grows by one per write of the document, so a revision
@@ -199,7 +174,6 @@ pub fn next_revision(previous: Option<&str>, body: &str, deleted: bool) -> Strin
 mod tests {
     use super::*;
     use crate::store::Position;
-    use serde_json::json;
 
     fn stored(id: &str, body: &str, deleted: bool, revision: &str) -> StoredDocument {
         StoredDocument {
@@ -288,14 +262,38 @@ mod tests {
     }
 
     #[test]
-    fn json_equality_ignores_key_order_and_number_form() {
-        assert!(json_eq(
-            &json!({"a":1,"b":[1,2]}),
-            &json!({"b":[1,2],"a":1.0})
-        ));
-        assert!(!json_eq(&json!({"a":1}), &json!({"a":2})));
-        assert!(!json_eq(&json!({"a":[1,2]}), &json!({"a":[2,1]})));
-        assert!(!json_eq(&json!({"a":1}), &json!({"a":1,"b":null})));
+    fn bodies_compare_as_jsonb_does() {
+        // The stored text as PostgreSQL prints jsonb; assumed bodies as clients write them.
+        let server: HashMap<_, _> = [(
+            "x".to_owned(),
+            stored(
+                "x",
+                r#"{"a": 1, "b": [1, 2], "big": 100000000000000000000, "f": 0.3}"#,
+                false,
+                "4-aa",
+            ),
+        )]
+        .into();
+        let conflicts = |assumed: &str| {
+            let a = Assumed::State {
+                body: assumed.to_owned(),
+                deleted: false,
+            };
+            plan(&[row("x", "{}", Some(a))], &server)
+                .unwrap()
+                .conflicts
+                .len()
+        };
+        let same = r#"{"b":[1,2],"a":1.0,"f":3e-1,"big":1e20}"#;
+        assert_eq!(conflicts(same), 0);
+        for stale in [
+            r#"{"a":1,"b":[1,2],"big":100000000000000000001,"f":0.3}"#,
+            r#"{"a":1,"b":[1,2],"big":1e20,"f":0.30000000000000001}"#,
+            r#"{"a":1,"b":[2,1],"big":1e20,"f":0.3}"#,
+            r#"{"a":1,"b":[1,2],"big":1e20}"#,
+        ] {
+            assert_eq!(conflicts(stale), 1, "{stale}");
+        }
     }
 
     #[test]
@@ -342,7 +340,7 @@ mod tests {
         assert_eq!(p.conflicts.len(), 1);
         // No revision: body by value plus deleted.
         let same = Assumed::State {
-            body: json!({"v":1.0}),
+            body: r#"{"v":1.0}"#.into(),
             deleted: false,
         };
         assert!(
@@ -352,7 +350,7 @@ mod tests {
                 .is_empty()
         );
         let tomb = Assumed::State {
-            body: json!({"v":1}),
+            body: r#"{"v":1}"#.into(),
             deleted: true,
         };
         assert_eq!(

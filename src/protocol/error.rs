@@ -45,3 +45,39 @@ impl From<crate::store::StoreError> for ProtocolError {
         }
     }
 }
+
+/// Characters of a client value quoted in a message; longer values are cut.
+const SHOWN_CHARS: usize = 64;
+
+/// A client value as quoted in messages (`"value"`), cut after 64 characters (`"valu..."`), so
+/// that an error never grows with the input.
+pub fn shown(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => format!("{:?}", format!("{}...", &value[..cut])),
+        None => format!("{value:?}"),
+    }
+}
+
+/// Free text derived from client input (a parser's or schema validator's message) cut to a
+/// bounded length.
+pub fn cut_text(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_values_are_cut() {
+        assert_eq!(shown("t-1"), "\"t-1\"");
+        let long = "é".repeat(10_000_000);
+        let s = shown(&long);
+        assert!(s.ends_with("...\"") && s.chars().count() == 64 + 5, "{s}");
+        assert_eq!(cut_text("abcdef", 3), "abc...");
+        assert_eq!(cut_text("abc", 3), "abc");
+    }
+}

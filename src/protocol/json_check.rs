@@ -6,20 +6,41 @@
 //! It only says "certainly valid". On `false` the caller takes the slow path, which builds the
 //! tree and words the exact error; so this check may be stricter than the rules, never looser.
 
+use std::cell::Cell;
 use std::fmt;
 
 use serde::Deserializer as _;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 /// True when `json` is certainly a storable body for document `id`.
+#[cfg(test)]
 pub fn certainly_valid(json: &str, depth_max: usize, primary_key: &str, id: &str) -> bool {
+    check(json, depth_max, primary_key, id).is_some()
+}
+
+/// What the one pass learned of a body that is certainly valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    /// It holds a number serde_json read as f64 (a fraction, an exponent, or an integer
+    /// beyond 64 bits): only those can fall outside PostgreSQL's numeric range, which the f64
+    /// hides, so only then must the text be read again.
+    pub non_integers: bool,
+}
+
+/// [`certainly_valid`], telling also whether the body holds non-integer numbers; `None` when
+/// it is not certainly valid.
+pub fn check(json: &str, depth_max: usize, primary_key: &str, id: &str) -> Option<Checked> {
+    let non_integers = Cell::new(false);
     let mut de = serde_json::Deserializer::from_str(json);
     let top = Top {
         depth_max,
         primary_key,
         id,
+        non_integers: &non_integers,
     };
-    de.deserialize_map(top).is_ok() && de.end().is_ok()
+    (de.deserialize_map(top).is_ok() && de.end().is_ok()).then(|| Checked {
+        non_integers: non_integers.get(),
+    })
 }
 
 /// Any failure: the slow path says which.
@@ -32,6 +53,7 @@ struct Top<'a> {
     depth_max: usize,
     primary_key: &'a str,
     id: &'a str,
+    non_integers: &'a Cell<bool>,
 }
 
 impl<'de> Visitor<'de> for Top<'_> {
@@ -55,6 +77,7 @@ impl<'de> Visitor<'de> for Top<'_> {
                 map.next_value_seed(Nested {
                     depth: 2,
                     depth_max: self.depth_max,
+                    non_integers: self.non_integers,
                 })?;
             }
         }
@@ -134,13 +157,14 @@ impl<'de> Visitor<'de> for PrimaryKey<'_> {
 
 /// Any value at `depth` (the top-level object is depth 1).
 #[derive(Clone, Copy)]
-struct Nested {
+struct Nested<'a> {
     depth: usize,
     depth_max: usize,
+    non_integers: &'a Cell<bool>,
 }
 
-impl Nested {
-    fn deeper(self) -> Nested {
+impl<'a> Nested<'a> {
+    fn deeper(self) -> Nested<'a> {
         Nested {
             depth: self.depth + 1,
             ..self
@@ -148,7 +172,7 @@ impl Nested {
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Nested {
+impl<'de> DeserializeSeed<'de> for Nested<'_> {
     type Value = ();
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -160,7 +184,7 @@ impl<'de> DeserializeSeed<'de> for Nested {
     }
 }
 
-impl<'de> Visitor<'de> for Nested {
+impl<'de> Visitor<'de> for Nested<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -180,6 +204,7 @@ impl<'de> Visitor<'de> for Nested {
     }
 
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.non_integers.set(true);
         Ok(())
     }
 
@@ -226,6 +251,23 @@ mod tests {
         assert!(ok(r#"{"x":{"y":[]}}"#), "depth 3");
         assert!(ok(r#"{"escaped\u0041key":"v\u00e9"}"#));
         assert!(ok(r#"{"n":-1,"big":18446744073709551615,"e":-2.5e-3}"#));
+    }
+
+    #[test]
+    fn tells_whether_numbers_need_a_second_look() {
+        let seen = |json: &str| check(json, 3, "id", "a").map(|c| c.non_integers);
+        assert_eq!(
+            seen(r#"{"a":1,"b":[-2,18446744073709551615],"s":"1.5e3"}"#),
+            Some(false)
+        );
+        for json in [
+            r#"{"a":1.5}"#,
+            r#"{"a":[1e3]}"#,
+            r#"{"a":1e-16384}"#,
+            r#"{"a":{"b":100000000000000000000}}"#,
+        ] {
+            assert_eq!(seen(json), Some(true), "{json}");
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@ pub mod collections;
 pub mod conflict;
 mod error;
 mod json_check;
+mod json_number;
+mod json_text;
 pub mod principal;
 pub mod stream;
 pub mod stream_limits;
@@ -20,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use collections::{Collection, Collections, Limits};
-pub use error::ProtocolError;
+pub use error::{ProtocolError, cut_text, shown};
 pub use principal::Principal;
 pub use stream::{StreamEvent, StreamItem};
 use stream_limits::StreamLimits;

@@ -3,9 +3,13 @@
 
 use serde_json::Value;
 
-use super::ProtocolError;
 use super::collections::{Collection, Limits};
-use super::json_check;
+use super::{ProtocolError, cut_text, json_check, json_text, shown};
+
+/// Longest assumed revision accepted: server revisions are `<generation>-<16 hex digits>`.
+pub const REVISION_BYTES_MAX: usize = 128;
+/// Characters of a parser's or schema validator's message passed on to the client.
+const DETAIL_CHARS: usize = 200;
 
 /// A document as a client sent it.
 #[derive(Debug, Clone, Default)]
@@ -36,10 +40,10 @@ pub struct RowInput {
 pub enum Assumed {
     /// The server's revision: it alone decides.
     Revision(String),
-    /// No revision: body (by JSON value) and tombstone flag decide.
+    /// No revision: body (by JSON value, as jsonb compares) and tombstone flag decide.
     State {
-        /// Parsed body.
-        body: Value,
+        /// The body's text, checked to be a JSON object (`{}` when the client sent none).
+        body: String,
         /// Tombstone flag.
         deleted: bool,
     },
@@ -90,9 +94,9 @@ fn validate_row(
             "rows[{index}]: new_document_state is required"
         )));
     };
-    let shown = shown_id(&new.id);
+    let shown_id = shown(&new.id);
     let fail = |what: String| {
-        ProtocolError::InvalidArgument(format!("rows[{index}] (id {shown:?}): {what}"))
+        ProtocolError::InvalidArgument(format!("rows[{index}] (id {shown_id}): {what}"))
     };
     if new.id.is_empty() {
         return Err(fail("new_document_state.id must not be empty".into()));
@@ -107,6 +111,18 @@ fn validate_row(
     if new.id.contains('\0') {
         return Err(fail("new_document_state.id must not contain NUL".into()));
     }
+    // The owner is stored and indexed as text: bounded, and without NUL (PostgreSQL's text
+    // cannot hold it).
+    if new.owner.len() > limits.owner_bytes_max {
+        return Err(fail(format!(
+            "new_document_state.owner is {} bytes, over the limit of {}",
+            new.owner.len(),
+            limits.owner_bytes_max
+        )));
+    }
+    if new.owner.contains('\0') {
+        return Err(fail("new_document_state.owner must not contain NUL".into()));
+    }
     let body = if new.deleted && new.json.is_empty() {
         None
     } else {
@@ -118,15 +134,29 @@ fn validate_row(
     if let Some(text) = &body {
         // The tree is built only when a schema needs it or the body may be invalid: the
         // slow path then words the exact error.
-        let certain = collection.schema.is_none()
-            && json_check::certainly_valid(
+        let checked = if collection.schema.is_none() {
+            json_check::check(
                 text,
                 limits.json_depth_max,
                 &collection.primary_key,
                 &new.id,
-            );
-        if !certain {
+            )
+        } else {
+            None
+        };
+        if checked.is_none() {
             check_value(collection, limits, &new.id, text, new.deleted).map_err(fail)?;
+        }
+        // serde_json reads numbers as f64; jsonb stores them as numeric, whose range is
+        // narrower in places (`1e-16384` is 0.0 to serde and an error to PostgreSQL). Bodies
+        // of integers only (read exactly) skip the second pass.
+        let integers_only = checked.is_some_and(|c| !c.non_integers);
+        if !integers_only && !json_text::numbers_fit(text) {
+            let at = json_text::unstorable_number(text).unwrap_or_else(|| "/".to_owned());
+            return Err(fail(format!(
+                "new_document_state.json: the number at {at} is out of PostgreSQL's numeric \
+                 range (at most 16383 digits after the decimal point, values below 10^131072)"
+            )));
         }
     }
     let assumed = match row.assumed {
@@ -134,18 +164,34 @@ fn validate_row(
         Some(a) => {
             if a.id != new.id {
                 return Err(fail(format!(
-                    "assumed_master_state.id {:?} differs from new_document_state.id",
-                    a.id
+                    "assumed_master_state.id {} differs from new_document_state.id",
+                    shown(&a.id)
                 )));
             }
             if !a.revision.is_empty() {
+                // Compared in SQL: text without NUL, and no longer than a revision can be.
+                if a.revision.len() > REVISION_BYTES_MAX {
+                    return Err(fail(format!(
+                        "assumed_master_state.revision is {} bytes; revisions are at most {}",
+                        a.revision.len(),
+                        REVISION_BYTES_MAX
+                    )));
+                }
+                if a.revision.contains('\0') {
+                    return Err(fail(
+                        "assumed_master_state.revision must not contain NUL".into(),
+                    ));
+                }
                 Some(Assumed::Revision(a.revision))
             } else {
                 let body = if a.json.is_empty() {
-                    Value::Object(Default::default())
+                    "{}".to_owned()
                 } else {
                     parse_body(limits, &a.json)
-                        .map_err(|e| fail(format!("assumed_master_state.json: {e}")))?
+                        .map_err(|e| fail(format!("assumed_master_state.json: {e}")))?;
+                    // Checked UTF-8 by parse_body.
+                    String::from_utf8(a.json)
+                        .map_err(|_| fail("assumed_master_state.json: not valid UTF-8".into()))?
                 };
                 Some(Assumed::State {
                     body,
@@ -163,15 +209,6 @@ fn validate_row(
         deleted: new.deleted,
         assumed,
     })
-}
-
-/// The id as quoted in messages: long ids are cut so that errors stay small.
-fn shown_id(id: &str) -> String {
-    const SHOWN: usize = 64;
-    match id.char_indices().nth(SHOWN) {
-        Some((cut, _)) => format!("{}...", &id[..cut]),
-        None => id.to_owned(),
-    }
 }
 
 /// The body's text: within the size limit, not empty, UTF-8.
@@ -216,6 +253,11 @@ fn check_value(
         } else {
             path
         };
+        // The validator's message quotes the offending value: cut it.
+        let (path, error) = (
+            cut_text(&path, DETAIL_CHARS),
+            cut_text(&error.to_string(), DETAIL_CHARS),
+        );
         return Err(format!(
             "new_document_state.json does not match the collection schema at {path}: {error}"
         ));
@@ -237,7 +279,7 @@ fn parse_value(limits: &Limits, text: &str) -> Result<Value, String> {
         if e.to_string().contains("recursion limit") {
             format!("nested deeper than the limit of {}", limits.json_depth_max)
         } else {
-            format!("invalid JSON: {e}")
+            format!("invalid JSON: {}", cut_text(&e.to_string(), DETAIL_CHARS))
         }
     })?;
     if !value.is_object() {
@@ -278,8 +320,9 @@ fn check_primary_key(collection: &Collection, id: &str, body: &Value) -> Result<
         None => Ok(()),
         Some(Value::String(s)) if s == id => Ok(()),
         Some(other) => Err(format!(
-            "primary key field {:?} is {other}, not the document id",
-            collection.primary_key
+            "primary key field {:?} is {}, not the document id",
+            collection.primary_key,
+            cut_text(&other.to_string(), DETAIL_CHARS)
         )),
     }
 }
@@ -296,6 +339,8 @@ mod tests {
             document_bytes_max: 200,
             json_depth_max: 4,
             id_bytes_max: 8,
+            push_bytes_max: 1000,
+            owner_bytes_max: 8,
         }
     }
 
@@ -353,6 +398,14 @@ mod tests {
             (row("b", r#"{"id":"c"}"#), "primary key field \"id\""),
             (row("b", r#"{"s":"a\u0000"}"#), "\\u0000"),
             (
+                row("b", r#"{"n":[1e-16384]}"#),
+                "the number at /n/0 is out of",
+            ),
+            (
+                row("b", r#"{"o":{"n":0e-99999}}"#),
+                "the number at /o/n is out of",
+            ),
+            (
                 RowInput::default(),
                 "rows[1]: new_document_state is required",
             ),
@@ -375,6 +428,20 @@ mod tests {
         let c = collection(Some(schema));
         let m = error_of(&c, vec![row("a", r#"{"n":"x"}"#)]);
         assert!(m.contains("rows[0] (id \"a\")") && m.contains("/n"), "{m}");
+        // The validator quotes the value: the message is cut.
+        let l = Limits {
+            document_bytes_max: 100_000,
+            ..limits()
+        };
+        let long = format!(r#"{{"n":"{}"}}"#, "x".repeat(50_000));
+        let m = match validate_rows(&c, &l, vec![row("a", &long)]) {
+            Err(ProtocolError::InvalidArgument(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(m.contains("/n") && m.len() < 600, "{} bytes", m.len());
+        // The schema path reads numbers again too.
+        let m = error_of(&c, vec![row("a", r#"{"n":1,"x":1.50e-16382}"#)]);
+        assert!(m.contains("the number at /x is out of"), "{m}");
         let mut tomb = row("a", "");
         tomb.new_state.as_mut().unwrap().deleted = true;
         let rows = validate_rows(&c, &limits(), vec![tomb]).unwrap();
@@ -395,7 +462,7 @@ mod tests {
         assert_eq!(
             v[0].assumed,
             Some(Assumed::State {
-                body: serde_json::json!({"x":1}),
+                body: r#"{"x":1}"#.to_owned(),
                 deleted: false
             })
         );
