@@ -124,6 +124,11 @@ pub struct Config {
     /// Most open Subscribe streams per principal.
     #[serde(default = "default_streams_per_principal_max")]
     pub streams_per_principal_max: usize,
+    /// `synchronous_commit` of every push transaction: `on` (default) makes an acknowledged push
+    /// durable whatever the database's or role's default; `remote_apply`, `remote_write`,
+    /// `local` or `off` trade that for latency (`off` may lose acknowledged pushes on a crash).
+    #[serde(default = "default_push_synchronous_commit")]
+    pub push_synchronous_commit: String,
     /// Authentication. Required: `mode = "none"` must be said explicitly.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
@@ -214,6 +219,9 @@ fn default_metrics_listen() -> SocketAddr {
 }
 fn default_statement_cache_capacity() -> usize {
     100
+}
+fn default_push_synchronous_commit() -> String {
+    "on".into()
 }
 fn default_read_ahead_pages() -> usize {
     16
@@ -356,6 +364,14 @@ impl Config {
             return invalid(
                 "push_rows_max, document_bytes_max and id_bytes_max must be at least 1".into(),
             );
+        }
+        if !crate::store::postgres::SYNCHRONOUS_COMMIT_LEVELS
+            .contains(&self.push_synchronous_commit.as_str())
+        {
+            return invalid(format!(
+                "push_synchronous_commit must be one of {:?}",
+                crate::store::postgres::SYNCHRONOUS_COMMIT_LEVELS
+            ));
         }
         match &self.auth {
             None => {

@@ -3,6 +3,7 @@
 mod auth;
 mod cluster;
 mod common;
+mod deadlocks;
 mod health;
 mod ordering;
 mod pull;
