@@ -10,6 +10,7 @@ mod pull;
 mod push;
 mod sigterm;
 mod slow_reader;
+mod sql_writes;
 mod subscribe;
 mod tls;
 mod validation;
