@@ -476,6 +476,23 @@ mod tests {
     }
 
     #[test]
+    fn push_synchronous_commit_is_checked() {
+        let base = "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n";
+        assert_eq!(
+            Config::from_toml(base).unwrap().push_synchronous_commit,
+            "on"
+        );
+        let relaxed = format!("push_synchronous_commit = \"local\"\n{base}");
+        assert_eq!(
+            Config::from_toml(&relaxed).unwrap().push_synchronous_commit,
+            "local"
+        );
+        let err =
+            Config::from_toml(&format!("push_synchronous_commit = \"maybe\"\n{base}")).unwrap_err();
+        assert!(err.to_string().contains("push_synchronous_commit"), "{err}");
+    }
+
+    #[test]
     #[allow(clippy::result_large_err)] // figment's Jail fixes the error type
     fn file_and_environment_merge() {
         let dir = tempfile::tempdir().unwrap();

@@ -4,6 +4,7 @@ mod auth;
 mod cluster;
 mod common;
 mod deadlocks;
+mod durability;
 mod health;
 mod ordering;
 mod pull;
