@@ -117,3 +117,60 @@ async fn overlapping_batches_in_opposite_orders_never_deadlock() {
     assert!(errors.is_empty(), "pushes failed: {errors:?}");
     assert_eq!(after - before, 0, "deadlocks among pushes");
 }
+
+/// Without a barrier, so that a push retrying under locks overlaps fresh optimistic pushes:
+/// every push updates the same existing documents (its assumed state always matches: the body
+/// never changes) and inserts ids that sort before and after them, shared with other pushers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_retrying_under_locks_never_deadlock_with_fresh_pushes() {
+    const ITERATIONS: usize = 60;
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    let rows = (0..10)
+        .map(|i| insert(doc(&format!("m{i}"), json!({"v": 0}))))
+        .collect();
+    assert!(push(&mut c, "tasks", rows).await.is_empty());
+    let mut db = server.db().await;
+    let before = deadlocks(&mut db).await;
+
+    let mut pushers = Vec::new();
+    for p in 0..PUSHERS {
+        let mut c = server.client().await;
+        pushers.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            for it in 0..ITERATIONS {
+                let mut rows = vec![insert(doc(&format!("a{it:03}"), json!({"by": p})))];
+                rows.extend((0..10).map(|i| {
+                    let d = doc(&format!("m{i}"), json!({"v": 0}));
+                    update(d.clone(), d)
+                }));
+                rows.push(insert(doc(&format!("z{it:03}"), json!({"by": p}))));
+                if p % 2 == 1 {
+                    rows.reverse();
+                }
+                let request = syncline::proto::PushRequest {
+                    collection: "tasks".into(),
+                    rows,
+                };
+                match tokio::time::timeout(Duration::from_secs(60), c.push(request)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(status)) => errors.push(format!("iteration {it}: {status:?}")),
+                    Err(_) => errors.push(format!("iteration {it}: no answer in 60 s")),
+                }
+            }
+            errors
+        }));
+    }
+    let mut errors = Vec::new();
+    for p in pushers {
+        errors.extend(p.await.expect("pusher did not panic"));
+    }
+    let rows = table(&mut db, "tasks").await;
+    assert_eq!(rows.len(), 10 + 2 * ITERATIONS);
+
+    server.stop().await.expect("server stops");
+    wait_for_other_backends_to_exit(&mut db).await;
+    let after = deadlocks(&mut db).await;
+    assert!(errors.is_empty(), "pushes failed: {errors:?}");
+    assert_eq!(after - before, 0, "deadlocks among pushes");
+}

@@ -65,7 +65,9 @@ ON CONFLICT (collection, id) DO UPDATE SET revision = d.revision WHERE false
 RETURNING d.id"
 );
 
-// Removes the placeholders of ids the push did not write (they conflicted).
+// Removes the placeholders of ids the plan did not write. Today an absent id is always written
+// (only a stored document can conflict); this keeps a placeholder from ever committing if a
+// decision ever leaves one out.
 const UNCLAIM_SQL: &str = "DELETE FROM syncline_documents WHERE collection = $1 AND id = ANY($2::text[]) AND revision = ''";
 
 // One round trip for every write of the push: one upsert over all written ids in id order, so
