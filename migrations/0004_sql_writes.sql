@@ -83,3 +83,14 @@ CREATE TRIGGER syncline_refuse_truncate
     FOR EACH STATEMENT
     WHEN (current_setting('syncline.purge', true) IS DISTINCT FROM 'on')
     EXECUTE FUNCTION syncline_refuse_truncate();
+
+-- The documented way to write one document from SQL: creates it (owned by p_owner) or replaces
+-- its body (a tombstone comes back to life; the owner stays), stamped and notified by the
+-- triggers above. Returns the new revision.
+CREATE FUNCTION syncline_put(p_collection text, p_id text, p_body jsonb, p_owner text DEFAULT '')
+RETURNS text LANGUAGE sql AS $$
+    INSERT INTO syncline_documents AS d (collection, id, owner, body, deleted)
+    VALUES (p_collection, p_id, coalesce(p_owner, ''), p_body, false)
+    ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body, deleted = false
+    RETURNING d.revision
+$$;

@@ -192,6 +192,39 @@ async fn sql_updates_self_stamped_inserts_and_transactions_replicate() {
 }
 
 #[tokio::test]
+async fn syncline_put_creates_and_replaces_a_document_with_a_fresh_revision() {
+    let server = TestServer::start().await;
+    let mut stream = live_stream(&server).await;
+    let mut db = server.db().await;
+    let put = "SELECT syncline_put('tasks', 'put', $1::jsonb, 'svc')";
+    let first: String = sqlx::query_scalar(put)
+        .bind(r#"{"v": 1}"#)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let d = next_of(&mut stream, "put").await;
+    assert_eq!(
+        (d.revision.as_str(), d.owner.as_str()),
+        (first.as_str(), "svc")
+    );
+    sql(
+        &mut db,
+        "DELETE FROM syncline_documents WHERE collection = 'tasks' AND id = 'put'",
+    )
+    .await;
+    assert!(next_of(&mut stream, "put").await.deleted);
+    let third: String = sqlx::query_scalar(put)
+        .bind(r#"{"v": 3}"#)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let d = next_of(&mut stream, "put").await;
+    assert_eq!(d.revision, third);
+    assert_eq!(generation(&third), 3);
+    assert_eq!((body(&d), d.deleted), (json!({"v": 3}), false));
+}
+
+#[tokio::test]
 async fn sql_that_would_not_replicate_is_refused_and_a_purge_really_deletes() {
     let server = TestServer::start().await;
     let mut c = server.client().await;
