@@ -159,6 +159,11 @@ pub struct Config {
     /// Longest owner a service principal may name for a new document, in bytes.
     #[serde(default = "default_owner_bytes_max")]
     pub owner_bytes_max: usize,
+    /// `synchronous_commit` of every push transaction: `on` (default) makes an acknowledged push
+    /// durable whatever the database's or role's default; `remote_apply`, `remote_write`,
+    /// `local` or `off` trade that for latency (`off` may lose acknowledged pushes on a crash).
+    #[serde(default = "default_push_synchronous_commit")]
+    pub push_synchronous_commit: String,
     /// Authentication. Required: `mode = "none"` must be said explicitly.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
@@ -253,6 +258,9 @@ fn default_metrics_listen() -> SocketAddr {
 }
 fn default_statement_cache_capacity() -> usize {
     100
+}
+fn default_push_synchronous_commit() -> String {
+    "on".into()
 }
 fn default_read_ahead_pages() -> usize {
     16
@@ -484,6 +492,14 @@ impl Config {
                     .into(),
             );
         }
+        if !crate::store::postgres::SYNCHRONOUS_COMMIT_LEVELS
+            .contains(&self.push_synchronous_commit.as_str())
+        {
+            return invalid(format!(
+                "push_synchronous_commit must be one of {:?}",
+                crate::store::postgres::SYNCHRONOUS_COMMIT_LEVELS
+            ));
+        }
         match &self.auth {
             None => {
                 return invalid(
@@ -631,6 +647,23 @@ mod tests {
                 "the key is echoed: {err}"
             );
         }
+    }
+
+    #[test]
+    fn push_synchronous_commit_is_checked() {
+        let base = "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n";
+        assert_eq!(
+            Config::from_toml(base).unwrap().push_synchronous_commit,
+            "on"
+        );
+        let relaxed = format!("push_synchronous_commit = \"local\"\n{base}");
+        assert_eq!(
+            Config::from_toml(&relaxed).unwrap().push_synchronous_commit,
+            "local"
+        );
+        let err =
+            Config::from_toml(&format!("push_synchronous_commit = \"maybe\"\n{base}")).unwrap_err();
+        assert!(err.to_string().contains("push_synchronous_commit"), "{err}");
     }
 
     #[test]

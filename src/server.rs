@@ -49,7 +49,8 @@ pub fn open_store(config: &Config) -> Result<PgStore, ServerError> {
         statement_cache_capacity: config.statement_cache_capacity,
         read_ahead_pages: config.read_ahead_pages,
     };
-    Ok(PgStore::connect_lazy(url, &settings)?)
+    Ok(PgStore::connect_lazy(url, &settings)?
+        .with_push_synchronous_commit(&config.push_synchronous_commit)?)
 }
 
 /// Everything `serve` checks before connecting: collection schemas, auth keys, TLS files.

@@ -35,7 +35,13 @@ const READ_AHEAD_PAGES: usize = 16;
 pub struct PgStore {
     pool: PgPool,
     read_ahead: std::sync::Arc<read_ahead::ReadAhead>,
+    /// `synchronous_commit` of every push transaction (see `with_push_synchronous_commit`).
+    push_synchronous_commit: &'static str,
 }
+
+/// The `synchronous_commit` levels PostgreSQL accepts, strongest first.
+pub const SYNCHRONOUS_COMMIT_LEVELS: [&str; 5] =
+    ["remote_apply", "on", "remote_write", "local", "off"];
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,7 +91,23 @@ impl PgStore {
         Ok(PgStore {
             pool,
             read_ahead: std::sync::Arc::new(read_ahead::ReadAhead::new(settings.read_ahead_pages)),
+            push_synchronous_commit: "on",
         })
+    }
+
+    /// Sets the `synchronous_commit` every push transaction commits with (default `on`:
+    /// an acknowledged push survives a crash whatever the database's or role's default).
+    /// Unknown levels are refused.
+    pub fn with_push_synchronous_commit(mut self, level: &str) -> Result<PgStore, StoreError> {
+        self.push_synchronous_commit = SYNCHRONOUS_COMMIT_LEVELS
+            .into_iter()
+            .find(|l| *l == level)
+            .ok_or_else(|| {
+                StoreError::Internal(format!(
+                    "push_synchronous_commit must be one of {SYNCHRONOUS_COMMIT_LEVELS:?}"
+                ))
+            })?;
+        Ok(self)
     }
 
     /// Takes a pooled connection, measuring the wait.
@@ -104,6 +126,7 @@ impl PgStore {
         PgStore {
             pool,
             read_ahead: std::sync::Arc::new(read_ahead::ReadAhead::new(READ_AHEAD_PAGES)),
+            push_synchronous_commit: "on",
         }
     }
 
@@ -121,7 +144,7 @@ impl PgStore {
         })
     }
 
-    /// The plans of the page (all owners, one owner) and lock queries, with sequential scans discouraged: tests and
+    /// The plans of the page (all owners, one owner) and push read queries, with sequential scans discouraged: tests and
     /// benchmarks check that an index serves each of them.
     pub async fn explain_queries(&self, collection: &str) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(error::to_store_error)?;
@@ -133,7 +156,7 @@ impl PgStore {
         for (sql, kind) in [
             (read::PAGE_SQL, 0),
             (read::OWNER_PAGE_SQL, 1),
-            (write::LOCK_SQL, 2),
+            (write::READ_SQL, 2),
         ] {
             let explain = sqlx::AssertSqlSafe(format!("EXPLAIN {sql}"));
             let query = sqlx::query_scalar::<_, String>(explain).bind(collection);

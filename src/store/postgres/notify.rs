@@ -2,7 +2,8 @@
 //! the LISTEN side that reads them.
 //!
 //! A payload is `<xid>:<collection>` (written in SQL as
-//! `pg_current_xact_id()::text || ':' || collection` by every writer): the id of the transaction that committed writes to the
+//! `pg_current_xact_id()::text || ':' || collection` by the push statement in `write.rs` and by
+//! the SQL-write trigger in `migrations/0004_sql_writes.sql`): the id of the transaction that committed writes to the
 //! collection. Any database role can NOTIFY this channel, so a payload is an untrusted hint:
 //! it may wake readers, never make them wait for a transaction that cannot exist. A
 //! notification is delivered only after its transaction committed, so a genuine one always
@@ -12,7 +13,8 @@
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPoolOptions};
 
-/// NOTIFY channel that carries `<xid>:<collection>` after every committed write.
+/// NOTIFY channel that carries `<xid>:<collection>` after every committed write: every push,
+/// and every SQL write (the triggers of `migrations/0004_sql_writes.sql`).
 pub const NOTIFY_CHANNEL: &str = "syncline_changes";
 
 /// `application_name` of the LISTEN connection.

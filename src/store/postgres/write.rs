@@ -1,7 +1,9 @@
 //! Applying a push. First optimistically: read the touched rows, let the protocol decide, and
-//! write everything with one guarded statement (two round trips, no row locks). The statement
-//! applies nothing if any row changed since the read; then the push is decided again inside a
-//! transaction that locks the rows first, retried on serialization failures and deadlocks.
+//! write everything with one guarded statement (two round trips, no row locks held while
+//! deciding). The statement applies nothing if any row changed since the read; then the push is
+//! decided again inside a transaction that first claims every id, retried on serialization
+//! failures and deadlocks. Both paths take row locks and insert waits in id order (the one
+//! global order), so pushes over overlapping ids wait for each other but never deadlock.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,64 +14,100 @@ use sqlx::{Postgres, Transaction};
 use super::error::{Class, classify};
 use super::{NOTIFY_CHANNEL, PgStore};
 use crate::protocol::ProtocolError;
-use crate::store::{DocumentWrite, PushOutcome, PushPlan, PushTarget, StoreError, StoredDocument};
+use crate::store::{PushOutcome, PushPlan, PushTarget, StoreError, StoredDocument};
 
 /// Attempts before a contended push gives up with a retryable error.
 const MAX_ATTEMPTS: u32 = 12;
 
 // The rows a push touches, as the optimistic path reads them. A body is read only when the
 // row's revision is not the one the push's first row for it assumes ($3): at that revision the
-// row is replaced unread, and bodies are most of what a push would otherwise read back.
-macro_rules! current_sql {
-    ($tail:literal) => {
-        concat!(
-            "
+// row is replaced unread, and bodies are most of what a push would otherwise read back. Rows
+// with the empty revision are the locking path's own placeholders (CLAIM_SQL), not documents.
+pub(super) const READ_SQL: &str = "
 SELECT d.id, d.owner,
        CASE WHEN d.revision = t.skip_at THEN '' ELSE d.body::text END AS body,
        d.deleted, d.revision, d.updated_at, d.change_xid, d.change_seq
 FROM unnest($2::text[], $3::text[]) AS t(id, skip_at)
-JOIN syncline_documents d ON d.collection = $1 AND d.id = t.id",
-            $tail
+JOIN syncline_documents d ON d.collection = $1 AND d.id = t.id AND d.revision <> ''";
+
+// Every statement of a push first marks its transaction (set_config(.., true) lasts until the
+// transaction ends, commit included, and costs no round trip): `syncline.writer = push` tells
+// the SQL-write triggers (migrations/0004) that the rows are stamped and notified already, and
+// `synchronous_commit` makes the acknowledgement durable whatever the database's default. The
+// uncorrelated subquery is an InitPlan, evaluated once before the first row is written.
+macro_rules! marked {
+    ($param:literal) => {
+        concat!(
+            "(SELECT set_config('syncline.writer', 'push', true) || set_config('synchronous_commit', ",
+            $param,
+            ", true)) IS NOT NULL"
         )
     };
 }
-const READ_SQL: &str = current_sql!("");
 
-// Locks in id order so two pushes over the same ids cannot deadlock.
-pub(super) const LOCK_SQL: &str = current_sql!("\nORDER BY d.id\nFOR UPDATE OF d");
+// The locking path's first statement: takes every target id in id order, the one global order
+// every push path locks in. An existing row is locked (ON CONFLICT DO UPDATE locks the row even
+// though its WHERE is false); an absent id gets a placeholder row (empty revision, never
+// committed: the push overwrites or deletes it), so that a concurrent insert of the same id
+// waits for this transaction instead of this transaction waiting for it later, out of order.
+// Returns the ids that got a placeholder.
+const CLAIM_SQL: &str = concat!(
+    "
+INSERT INTO syncline_documents AS d
+    (collection, id, owner, body, deleted, revision, updated_at, change_xid, change_seq)
+SELECT $1, t.id, '', '{}', true, '', now(), pg_current_xact_id()::text::bigint, 0
+FROM unnest($2::text[]) AS t(id)
+WHERE ",
+    marked!("$3"),
+    "
+ORDER BY t.id
+ON CONFLICT (collection, id) DO UPDATE SET revision = d.revision WHERE false
+RETURNING d.id"
+);
 
-// One round trip for every write of the push. Inserts use DO NOTHING and updates require the
-// revision the plan saw: if any row changed since it was read (a concurrent insert of the same
-// new id, a concurrent update), the counts fall short and syncline_stale_push() aborts the
-// statement, so nothing is applied and the push is decided again.
-const WRITE_SQL: &str = "
-WITH ins AS (
-    INSERT INTO syncline_documents
+// Removes the placeholders of ids the plan did not write. Today an absent id is always written
+// (only a stored document can conflict); this keeps a placeholder from ever committing if a
+// decision ever leaves one out.
+const UNCLAIM_SQL: &str = "DELETE FROM syncline_documents WHERE collection = $1 AND id = ANY($2::text[]) AND revision = ''";
+
+// One round trip for every write of the push: one upsert over all written ids in id order, so
+// row locks and insert waits are taken in the same global order as CLAIM_SQL's (an INSERT and an
+// UPDATE in two CTEs would lock in two phases, and two pushes could each hold what the other
+// needs next). $7 maps each id that must exist to the revision the plan saw (a placeholder: '');
+// an id absent from it must be new. A row that changed since it was read (a concurrent insert of
+// a "new" id, an update) is neither inserted nor updated, so the counts fall short and
+// syncline_stale_push() aborts the statement: nothing is applied and the push is decided again.
+// `xmax = 0` holds for the rows this statement inserted (an updated row carries its lock).
+const WRITE_SQL: &str = concat!(
+    "
+WITH up AS (
+    INSERT INTO syncline_documents AS d
         (collection, id, owner, body, deleted, revision, updated_at, change_xid, change_seq)
     SELECT $1, t.id, t.owner, t.body::jsonb, t.deleted, t.revision, now(),
            pg_current_xact_id()::text::bigint, nextval('syncline_change_seq')
-    FROM unnest($2::text[], $3::text[], $4::bool[], $5::text[], $11::text[])
+    FROM unnest($2::text[], $3::text[], $4::bool[], $5::text[], $6::text[])
          AS t(id, body, deleted, revision, owner)
-    ON CONFLICT (collection, id) DO NOTHING
-    RETURNING 1
-), upd AS (
-    UPDATE syncline_documents d
-    SET body = t.body::jsonb, deleted = t.deleted, revision = t.revision, updated_at = now(),
-        change_xid = pg_current_xact_id()::text::bigint,
-        change_seq = nextval('syncline_change_seq')
-    FROM unnest($6::text[], $7::text[], $8::bool[], $9::text[], $12::text[])
-         AS t(id, body, deleted, revision, expected)
-    WHERE d.collection = $1 AND d.id = t.id AND d.revision = t.expected
-    RETURNING 1
+    WHERE ",
+    marked!("$10"),
+    "
+    ORDER BY t.id
+    ON CONFLICT (collection, id) DO UPDATE
+    SET body = excluded.body, deleted = excluded.deleted, revision = excluded.revision,
+        owner = CASE WHEN d.revision = '' THEN excluded.owner ELSE d.owner END,
+        updated_at = excluded.updated_at, change_xid = excluded.change_xid,
+        change_seq = excluded.change_seq
+    WHERE d.revision = ($7::jsonb ->> d.id)
+    RETURNING d.xmax = 0 AS inserted
 ), note AS (
-    SELECT pg_notify($10, pg_current_xact_id()::text || ':' || $1)
+    SELECT pg_notify($9, pg_current_xact_id()::text || ':' || $1)
 )
-SELECT CASE WHEN (SELECT count(*) FROM ins) = cardinality($2::text[])
-             AND (SELECT count(*) FROM upd) = cardinality($6::text[])
+SELECT CASE WHEN (SELECT count(*) FROM up) = cardinality($2::text[])
+             AND (SELECT count(*) FILTER (WHERE inserted) FROM up) = $8::bigint
             THEN pg_current_xact_id()::text::bigint
             ELSE syncline_stale_push() END AS tx,
        (SELECT count(*) FROM note) AS notified,
-       now() AS written_at";
+       now() AS written_at"
+);
 
 #[derive(sqlx::FromRow)]
 struct WriteResult {
@@ -103,8 +141,6 @@ impl PgStore {
     where
         F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, ProtocolError> + Send + Sync,
     {
-        let mut targets: Vec<&PushTarget> = targets.iter().collect();
-        targets.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         let ids: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
         let skip_at: Vec<Option<&str>> =
             targets.iter().map(|t| t.skip_body_at.as_deref()).collect();
@@ -129,7 +165,8 @@ impl PgStore {
     }
 
     /// One try. Optimistic: read without locks and write with the guarded statement in its own
-    /// implicit transaction. Locking: the same inside a transaction that locks the rows first.
+    /// implicit transaction. Locking: a transaction that first claims every id (CLAIM_SQL), then
+    /// reads, decides and writes the same way.
     async fn attempt<F>(
         &self,
         collection: &str,
@@ -142,38 +179,53 @@ impl PgStore {
     {
         // The wait for a connection (with the BEGIN round trip, when locking).
         let started = std::time::Instant::now();
+        let sync = self.push_synchronous_commit;
         if !locking {
             let mut conn = self.acquire().await.map_err(AttemptError::Fail)?;
-            let rows = sqlx::query(READ_SQL)
-                .bind(collection)
-                .bind(ids.0)
-                .bind(ids.1)
-                .fetch_all(&mut *conn)
-                .await?;
-            return write_plan(&mut conn, collection, documents(&rows)?, decide).await;
+            let rows = read(&mut conn, collection, ids).await?;
+            return write_plan(&mut conn, collection, rows, &[], decide, sync).await;
         }
         let mut tx: Transaction<'_, Postgres> = self.pool().begin().await?;
         metrics::histogram!(crate::telemetry::metrics::POOL_ACQUIRE_SECONDS)
             .record(started.elapsed().as_secs_f64());
-        let rows = sqlx::query(LOCK_SQL)
+        let claimed: Vec<String> = sqlx::query_scalar(CLAIM_SQL)
             .bind(collection)
             .bind(ids.0)
-            .bind(ids.1)
+            .bind(sync)
             .fetch_all(&mut *tx)
             .await?;
-        let outcome = write_plan(&mut tx, collection, documents(&rows)?, decide).await?;
+        let rows = read(&mut tx, collection, ids).await?;
+        let outcome = write_plan(&mut tx, collection, rows, &claimed, decide, sync).await?;
         tx.commit().await?;
         Ok(outcome)
     }
 }
 
+/// The current states of the targets (placeholders excluded).
+async fn read(
+    conn: &mut sqlx::PgConnection,
+    collection: &str,
+    ids: (&[&str], &[Option<&str>]),
+) -> Result<Vec<StoredDocument>, AttemptError> {
+    let rows = sqlx::query(READ_SQL)
+        .bind(collection)
+        .bind(ids.0)
+        .bind(ids.1)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(documents(&rows)?)
+}
+
 /// Decides the push on `rows` (the current states) and writes the plan with the guarded
-/// statement on `conn`.
+/// statement on `conn`. `claimed` are the ids that hold this transaction's placeholders: they
+/// are updated like existing rows, and removed when the plan does not write them.
 async fn write_plan<F>(
     conn: &mut sqlx::PgConnection,
     collection: &str,
     rows: Vec<StoredDocument>,
+    claimed: &[String],
     decide: &F,
+    synchronous_commit: &str,
 ) -> Result<PushOutcome, AttemptError>
 where
     F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, ProtocolError> + Send + Sync,
@@ -182,6 +234,20 @@ where
         rows.into_iter().map(|d| (d.id.clone(), d)).collect();
     let plan = decide(&current).map_err(|e| AttemptError::Fail(StoreError::Rejected(e)))?;
     let mut conflicts = plan.conflicts;
+    let written: std::collections::HashSet<&str> =
+        plan.writes.iter().map(|w| w.id.as_str()).collect();
+    let unwritten: Vec<&str> = claimed
+        .iter()
+        .map(String::as_str)
+        .filter(|id| !written.contains(id))
+        .collect();
+    if !unwritten.is_empty() {
+        sqlx::query(UNCLAIM_SQL)
+            .bind(collection)
+            .bind(&unwritten)
+            .execute(&mut *conn)
+            .await?;
+    }
     if plan.writes.is_empty() {
         return Ok(PushOutcome {
             conflicts,
@@ -189,27 +255,31 @@ where
             tx: None,
         });
     }
-    let (inserts, updates): (Vec<_>, Vec<_>) = plan.writes.iter().partition(|w| w.is_new);
-    let (i_id, i_body, i_del, i_rev) = columns(&inserts);
-    let (u_id, u_body, u_del, u_rev) = columns(&updates);
-    // The revision each update was planned on: the guard that makes the write safe.
-    let expected: Vec<&str> = updates
-        .iter()
-        .map(|w| current.get(&w.id).map_or("", |d| d.revision.as_str()))
-        .collect();
+    // The revision each write must find: the one the plan saw, or a placeholder's; absent for
+    // ids that must still be new.
+    let placeholders: std::collections::HashSet<&str> =
+        claimed.iter().map(String::as_str).collect();
+    let mut expected: HashMap<&str, &str> = HashMap::with_capacity(plan.writes.len());
+    for w in &plan.writes {
+        if let Some(d) = current.get(&w.id) {
+            expected.insert(&w.id, &d.revision);
+        } else if placeholders.contains(w.id.as_str()) {
+            expected.insert(&w.id, "");
+        }
+    }
+    let inserts = plan.writes.len() - expected.len();
+    let w = &plan.writes;
     let result: WriteResult = sqlx::query_as(WRITE_SQL)
         .bind(collection)
-        .bind(&i_id)
-        .bind(&i_body)
-        .bind(&i_del)
-        .bind(&i_rev)
-        .bind(&u_id)
-        .bind(&u_body)
-        .bind(&u_del)
-        .bind(&u_rev)
+        .bind(w.iter().map(|w| w.id.as_str()).collect::<Vec<_>>())
+        .bind(w.iter().map(|w| w.body.as_str()).collect::<Vec<_>>())
+        .bind(w.iter().map(|w| w.deleted).collect::<Vec<_>>())
+        .bind(w.iter().map(|w| w.revision.as_str()).collect::<Vec<_>>())
+        .bind(w.iter().map(|w| w.owner.as_str()).collect::<Vec<_>>())
+        .bind(sqlx::types::Json(&expected))
+        .bind(i64::try_from(inserts).unwrap_or(i64::MAX))
         .bind(NOTIFY_CHANNEL)
-        .bind(inserts.iter().map(|w| w.owner.as_str()).collect::<Vec<_>>())
-        .bind(&expected)
+        .bind(synchronous_commit)
         .fetch_one(&mut *conn)
         .await?;
     for c in &mut conflicts {
@@ -222,20 +292,9 @@ where
     })
 }
 
-/// The current states as READ_SQL and LOCK_SQL return them.
+/// The current states as READ_SQL returns them.
 fn documents(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<StoredDocument>, sqlx::Error> {
     rows.iter()
         .map(|r| super::read::document_at(r, 0))
         .collect()
-}
-
-/// Splits writes into the column arrays that `unnest` takes.
-#[allow(clippy::type_complexity)]
-fn columns<'a>(ws: &[&'a DocumentWrite]) -> (Vec<&'a str>, Vec<&'a str>, Vec<bool>, Vec<&'a str>) {
-    (
-        ws.iter().map(|w| w.id.as_str()).collect(),
-        ws.iter().map(|w| w.body.as_str()).collect(),
-        ws.iter().map(|w| w.deleted).collect(),
-        ws.iter().map(|w| w.revision.as_str()).collect(),
-    )
 }
