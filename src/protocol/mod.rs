@@ -26,7 +26,7 @@ use stream_limits::StreamLimits;
 pub use validate::{DocumentInput, RowInput};
 
 use crate::fanout::Hub;
-use crate::store::{ConflictState, Store, StoredDocument};
+use crate::store::{ConflictState, PageLimit, Store, StoredDocument};
 use crate::telemetry::metrics as m;
 
 /// A page of a Pull.
@@ -46,6 +46,8 @@ pub struct Replicator<S> {
     hub: Hub,
     tails: std::collections::HashMap<String, Arc<tail::Tail>>,
     streams: StreamLimits,
+    /// Most bytes per Pull page and stream batch.
+    page_bytes: usize,
     heartbeat: Duration,
     visibility_wait: Duration,
     shutdown: CancellationToken,
@@ -67,6 +69,12 @@ pub struct ReplicatorParts<S> {
     pub stream_buffer_documents: usize,
     /// Most concurrent streams per principal.
     pub streams_per_principal_max: usize,
+    /// Most bytes per Pull page and stream batch (at least one document each).
+    pub page_bytes_max: usize,
+    /// Most bytes kept per collection for caught-up streams.
+    pub stream_buffer_bytes: usize,
+    /// Most memory one principal's streams may pin (see [`stream_limits`]).
+    pub stream_bytes_per_principal_max: usize,
     /// Idle interval before a Heartbeat.
     pub heartbeat: Duration,
     /// Longest wait of a Pull for signalled writes to become readable in order.
@@ -78,13 +86,13 @@ pub struct ReplicatorParts<S> {
 impl<S: Store> Replicator<S> {
     /// Builds the replicator.
     pub fn new(p: ReplicatorParts<S>) -> Replicator<S> {
-        let page = p.limits.pull_max;
+        let page = PageLimit::new(p.limits.pull_max, p.page_bytes_max);
         let tails = p
             .collections
             .names()
             .filter_map(|name| {
                 let signals = p.hub.subscribe(name)?;
-                let tail = tail::Tail::new(name, p.stream_buffer_documents);
+                let tail = tail::Tail::new(name, p.stream_buffer_documents, p.stream_buffer_bytes);
                 let run = tail
                     .clone()
                     .run(p.store.clone(), signals, page, p.shutdown.clone());
@@ -98,7 +106,13 @@ impl<S: Store> Replicator<S> {
             collections: p.collections,
             limits: p.limits,
             hub: p.hub,
-            streams: StreamLimits::new(p.streams_max, p.streams_per_principal_max),
+            streams: StreamLimits::new(
+                p.streams_max,
+                p.streams_per_principal_max,
+                p.page_bytes_max,
+                p.stream_bytes_per_principal_max,
+            ),
+            page_bytes: p.page_bytes_max,
             heartbeat: p.heartbeat,
             visibility_wait: p.visibility_wait,
             shutdown: p.shutdown,
@@ -116,7 +130,7 @@ impl<S: Store> Replicator<S> {
         let collection = self.collections.get(collection)?;
         principal.check_read(&collection)?;
         let after = checkpoint::decode(checkpoint, "checkpoint.token")?;
-        let limit = self.limits.pull_limit(limit);
+        let limit = PageLimit::new(self.limits.pull_limit(limit), self.page_bytes);
         // A write this process has heard of (its own pushes, or NOTIFY from others) may be
         // committed yet not readable in order while an older transaction runs. Wait a little
         // for it, so that a client sees its own acknowledged writes.
@@ -128,7 +142,7 @@ impl<S: Store> Replicator<S> {
                 .store
                 .read_changes(&collection.name, principal.owner_filter(), after, limit)
                 .await?;
-            let complete = page.horizon > signalled || page.documents.len() >= limit as usize;
+            let complete = page.horizon > signalled || page.more;
             if complete || tokio::time::Instant::now() + backoff > deadline {
                 break page;
             }
@@ -225,7 +239,7 @@ impl<S: Store> Replicator<S> {
             expires_at: principal.expires_at,
             position,
             caught_up: false,
-            page_size: self.limits.pull_max,
+            page: PageLimit::new(self.limits.pull_max, self.page_bytes),
             heartbeat: self.heartbeat,
             tail,
             shutdown: self.shutdown.clone(),
@@ -239,6 +253,11 @@ impl<S: Store> Replicator<S> {
     /// Documents held in `collection`'s shared stream buffer (0 for unknown collections).
     pub fn buffered(&self, collection: &str) -> usize {
         self.tails.get(collection).map_or(0, |t| t.len())
+    }
+
+    /// Bytes held in `collection`'s shared stream buffer (0 for unknown collections).
+    pub fn buffered_bytes(&self, collection: &str) -> usize {
+        self.tails.get(collection).map_or(0, |t| t.bytes())
     }
 
     /// Streams currently open.

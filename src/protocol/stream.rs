@@ -2,7 +2,7 @@
 //! the collection's shared [`Tail`] (changes read once for all streams). Nothing is queued per
 //! subscriber: the only buffer is a channel of one event, and the next page is taken only once
 //! the client has received the previous one; a stream that falls behind the tail's window
-//! reads the table again.
+//! reads the table again. Batches are bounded in documents and bytes like Pull pages.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::stream_limits::StreamSlot;
 use super::tail::{Tail, Take, covered_below};
 use super::{ProtocolError, checkpoint};
-use crate::store::{Position, Store, StoredDocument};
+use crate::store::{PageLimit, Position, Store, StoredDocument};
 use crate::telemetry::metrics as m;
 
 /// What a stream sends.
@@ -42,6 +42,8 @@ struct Page {
     documents: Vec<StoredDocument>,
     position: Position,
     caught_up: bool,
+    /// The page ended at its limit: read the next one at once.
+    more: bool,
 }
 
 /// Everything one stream task needs.
@@ -55,7 +57,8 @@ pub(super) struct Subscription<S> {
     pub position: Position,
     /// False until a table read came back not full; until then pages come from the table.
     pub caught_up: bool,
-    pub page_size: u32,
+    /// Documents and bytes per batch.
+    pub page: PageLimit,
     pub heartbeat: Duration,
     pub tail: Arc<Tail>,
     pub shutdown: CancellationToken,
@@ -95,6 +98,7 @@ impl<S: Store> Subscription<S> {
                     documents,
                     position,
                     caught_up,
+                    more,
                     // Boxed: the read's future is large, and inline it would sit in every idle
                     // stream's task for the stream's whole life.
                 } = match Box::pin(self.next_page()).await {
@@ -104,7 +108,6 @@ impl<S: Store> Subscription<S> {
                         return;
                     }
                 };
-                let more = documents.len() >= self.page_size as usize;
                 self.position = self.position.max(position);
                 self.caught_up |= caught_up;
                 if let Some(last) = documents.last() {
@@ -126,9 +129,7 @@ impl<S: Store> Subscription<S> {
             read = true;
             tokio::select! {
                 _ = &mut stopping => return self.end_for_shutdown().await,
-                _ = &mut expired => return self.end(ProtocolError::Unauthenticated(
-                    "the token expired; reconnect with a fresh one".into(),
-                )).await,
+                _ = &mut expired => return self.end(token_expired()).await,
                 _ = &mut gone => return,
                 changed = head.changed() => {
                     if changed.is_err() {
@@ -155,17 +156,20 @@ impl<S: Store> Subscription<S> {
     /// table, and a document committed before the stream started must arrive at its latest
     /// state, not at an older one still buffered.
     async fn next_page(&self) -> Result<Page, ProtocolError> {
-        let limit = self.page_size as usize;
         if self.caught_up
             && let Take::Covered {
                 documents,
                 position,
-            } = self.tail.take(self.position, self.owner.as_deref(), limit)
+                more,
+            } = self
+                .tail
+                .take(self.position, self.owner.as_deref(), self.page)
         {
             return Ok(Page {
                 documents,
                 position,
                 caught_up: true,
+                more,
             });
         }
         let page = self
@@ -174,10 +178,10 @@ impl<S: Store> Subscription<S> {
                 &self.collection,
                 self.owner.as_deref(),
                 self.position,
-                self.page_size,
+                self.page,
             )
             .await?;
-        let full = page.documents.len() >= limit;
+        let full = page.more;
         let position = match page.documents.last() {
             Some(last) if full => last.position,
             // Not full: everything below the horizon has been seen.
@@ -187,6 +191,7 @@ impl<S: Store> Subscription<S> {
             documents: page.documents,
             position,
             caught_up: !full,
+            more: full,
         })
     }
 
@@ -224,4 +229,9 @@ impl<S: Store> Subscription<S> {
         };
         Instant::now() + left.min(NEVER)
     }
+}
+
+/// Ends a stream whose credential expired.
+fn token_expired() -> ProtocolError {
+    ProtocolError::Unauthenticated("the token expired; reconnect with a fresh one".into())
 }

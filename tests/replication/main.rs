@@ -4,6 +4,7 @@ mod auth;
 mod cluster;
 mod common;
 mod health;
+mod memory_bounds;
 mod ordering;
 mod pull;
 mod push;

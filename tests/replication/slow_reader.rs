@@ -13,7 +13,8 @@ use syncline::protocol::{
 };
 use syncline::store::postgres::{PgStore, PoolSettings};
 use syncline::store::{
-    ChangePage, Position, PushOutcome, PushPlan, PushTarget, Store, StoreError, StoredDocument,
+    ChangePage, PageLimit, Position, PushOutcome, PushPlan, PushTarget, Store, StoreError,
+    StoredDocument,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +33,7 @@ impl Store for Counting {
         c: &str,
         owner: Option<&str>,
         after: Position,
-        limit: u32,
+        limit: PageLimit,
     ) -> Result<ChangePage, StoreError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         let page = self.inner.read_changes(c, owner, after, limit).await?;
@@ -93,6 +94,9 @@ async fn counting_replicator() -> (Arc<Counting>, Replicator<Counting>) {
         streams_max: 10,
         streams_per_principal_max: 10,
         stream_buffer_documents: 50,
+        page_bytes_max: 4 << 20,
+        stream_buffer_bytes: 64 << 20,
+        stream_bytes_per_principal_max: 512 << 20,
         heartbeat: Duration::from_secs(60),
         visibility_wait: Duration::from_millis(100),
         shutdown: CancellationToken::new(),
