@@ -260,6 +260,12 @@ impl<S: Store> Replicator<S> {
         self.tails.get(collection).map_or(0, |t| t.bytes())
     }
 
+    /// `collection`'s shared tail (tests reach its hooks through it).
+    #[doc(hidden)]
+    pub fn tail(&self, collection: &str) -> Option<Arc<tail::Tail>> {
+        self.tails.get(collection).cloned()
+    }
+
     /// Streams currently open.
     pub fn open_streams(&self) -> usize {
         self.streams.open()

@@ -10,10 +10,12 @@
 //! Invariant: the buffer holds every change with a position in `(from, head]`, and no change
 //! at a position `<= head` can commit later (head only moves to positions the visibility
 //! horizon covers). An entry superseded by a later write of the same document is skipped, so
-//! a stream sends each document once, at its latest buffered state, like a Pull.
+//! a stream sends each document once, at its latest buffered state, like a Pull. `from` never
+//! moves back, and a tail that resumes following starts from an empty buffer: entries kept
+//! from before would sit below a gap of changes it never read.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -65,12 +67,34 @@ impl Buffer {
     }
 }
 
+/// A test hook: stops the tail between "no stream watches" and its re-check, the window in
+/// which a stream that subscribes must not make the tail resume with stale entries.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct Pause {
+    reached: Notify,
+    resume: Notify,
+}
+
+impl Pause {
+    /// Waits until the tail stops at the hook.
+    pub async fn reached(&self) {
+        self.reached.notified().await;
+    }
+
+    /// Lets the tail go on.
+    pub fn resume(&self) {
+        self.resume.notify_one();
+    }
+}
+
 /// One collection's tail.
 pub struct Tail {
     collection: String,
     capacity: usize,
     capacity_bytes: usize,
     buffer: RwLock<Buffer>,
+    pause: Mutex<Option<Arc<Pause>>>,
     head: watch::Sender<Position>,
     /// Wakes a dormant tail when a stream starts watching.
     wake: Notify,
@@ -85,6 +109,7 @@ impl Tail {
             capacity: capacity.max(1),
             capacity_bytes,
             buffer: RwLock::default(),
+            pause: Mutex::default(),
             head: watch::channel(Position::START).0,
             wake: Notify::new(),
         })
@@ -108,6 +133,15 @@ impl Tail {
         let mut buffer = self.buffer.write().unwrap_or_else(|e| e.into_inner());
         buffer.ready = false;
         buffer.clear();
+    }
+
+    /// Stops the tail at its next "no stream watches" re-check until the returned hook is
+    /// resumed (tests only).
+    #[doc(hidden)]
+    pub fn pause_before_recheck(&self) -> Arc<Pause> {
+        let pause = Arc::new(Pause::default());
+        *self.pause.lock().unwrap_or_else(|e| e.into_inner()) = Some(pause.clone());
+        pause
     }
 
     /// Documents buffered now.
@@ -189,7 +223,8 @@ impl Tail {
                 break;
             };
             buffer.bytes -= old.page_bytes();
-            buffer.from = old.position;
+            // Never back: a position below `from` may sit in a gap the buffer never held.
+            buffer.from = buffer.from.max(old.position);
             if buffer.latest.get(&old.id) == Some(&old.position) {
                 buffer.latest.remove(&old.id);
             }
@@ -224,6 +259,11 @@ impl Tail {
             {
                 return;
             }
+            let pause = self.pause.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(pause) = pause {
+                pause.reached.notify_one();
+                pause.resume.notified().await;
+            }
         }
     }
 
@@ -248,8 +288,11 @@ impl Tail {
         };
         let start = {
             let mut buffer = self.buffer.write().unwrap_or_else(|e| e.into_inner());
-            // Positions only grow: a restart never moves the head back.
+            // Positions only grow: a restart never moves the head back. Entries kept from an
+            // earlier run end at the old head, below changes this run will never read: drop
+            // them, or a later eviction would move `from` back across that gap.
             let start = start.max(buffer.head);
+            buffer.clear();
             buffer.from = start;
             buffer.head = start;
             buffer.ready = true;
@@ -470,7 +513,7 @@ mod tests {
     }
 
     #[test]
-    fn the_buffer_is_bounded_in_bytes() {
+    fn the_buffer_is_bounded_in_bytes_and_from_never_moves_back() {
         let weight = sized("d11", 11, 1000).page_bytes();
         let tail = ready_bytes(100, 3 * weight);
         let p = |tx| Position { tx, seq: 0 };
@@ -487,6 +530,17 @@ mod tests {
             ids(tail.take(p(12), None, n(10))).0,
             vec!["d13", "d14", "d15"]
         );
+
+        // Entries older than `from` (as a buffer kept across a restart would hold) never pull
+        // it back when they are evicted.
+        {
+            let mut b = tail.buffer.write().unwrap();
+            b.from = p(20);
+            b.head = p(20);
+        }
+        tail.append(vec![sized("e", 21, 1000)], p(21));
+        assert!(matches!(tail.take(p(15), None, n(10)), Take::NotCovered));
+        assert_eq!(ids(tail.take(p(20), None, n(10))).0, vec!["e"]);
     }
 
     impl Take {

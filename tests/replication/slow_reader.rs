@@ -1,5 +1,7 @@
 //! A client that stops reading costs a bounded amount: the stream reads the next page only
 //! after the previous one was taken, so writes pile up in the table, not in server memory.
+//! The shared tail never skips a change, even when a stream wakes it in the instant it decided
+//! to sleep.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -219,4 +221,92 @@ async fn the_shared_tail_reads_nothing_while_no_stream_watches() {
     push_batches(&replicator, "unwatched-again", 5).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(store.documents.load(Ordering::SeqCst), read);
+}
+
+/// Receives one batch of documents (heartbeats skipped).
+async fn receive_batch(
+    events: &mut tokio::sync::mpsc::Receiver<syncline::protocol::StreamItem>,
+) -> Vec<StoredDocument> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("a batch within 10 s")
+            .expect("the stream is open")
+            .expect("no stream error")
+        {
+            StreamEvent::Changes { documents, .. } => return documents,
+            StreamEvent::Heartbeat => {}
+        }
+    }
+}
+
+/// Issue 11 item 7. A stream subscribes in the instant the tail, its last stream gone, decided
+/// to sleep: the tail follows again at once, from the newest position. Changes written while
+/// it stood still are never in its buffer; if it kept its old entries, evicting them would
+/// move the start of the covered range back across those changes, and a stream positioned
+/// among them would be served from the buffer and skip them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_wakes_the_tail_as_it_goes_to_sleep_skips_nothing() {
+    let (store, replicator) = counting_replicator().await;
+    let service = Principal::anonymous_service();
+    let tail = replicator.tail("tasks").expect("a tail per collection");
+
+    // A watches while 50 documents are written: the tail buffers them (its capacity is 50).
+    let mut a = replicator.subscribe(&service, "tasks", "").unwrap();
+    push_batches(&replicator, "x", 5).await;
+    assert_eq!(receive(&mut a, 50).await.len(), 50);
+    eventually("the tail buffers the 50 documents", || {
+        replicator.buffered("tasks") == 50
+    })
+    .await;
+
+    // A leaves; the tail stops right before it re-checks whether anyone watches.
+    let pause = tail.pause_before_recheck();
+    drop(a);
+    tokio::time::timeout(Duration::from_secs(10), pause.reached())
+        .await
+        .expect("the tail reaches its re-check");
+
+    // B subscribes in that window and catches up from the table in pages of 20, 20 and 10;
+    // the last one (not full: B is now caught up) stays queued, so B reads nothing more until
+    // it is taken.
+    let mut b = replicator.subscribe(&service, "tasks", "").unwrap();
+    assert_eq!(receive_batch(&mut b).await.len(), 20);
+    assert_eq!(receive_batch(&mut b).await.len(), 20);
+    eventually("B queues its last catch-up page", || b.len() == 1).await;
+
+    // Written while the tail stands still, after B's position: the gap.
+    push_batches(&replicator, "gap", 1).await;
+    let mut head = tail.watch();
+    let before = *head.borrow_and_update();
+    pause.resume();
+    tokio::time::timeout(Duration::from_secs(10), head.changed())
+        .await
+        .expect("the tail follows again")
+        .expect("the tail is alive");
+    assert!(*head.borrow() > before);
+
+    // Written after the tail resumed: it reads them, and (with its old entries kept) would
+    // evict the 10 oldest.
+    let read = store.documents.load(Ordering::SeqCst);
+    push_batches(&replicator, "late", 1).await;
+    eventually("the tail reads the late writes", || {
+        store.documents.load(Ordering::SeqCst) >= read + 10
+    })
+    .await;
+
+    // B goes on: every document once, the gap included.
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..10 {
+        if got.iter().filter(|id| id.starts_with("late-")).count() == 10 {
+            break;
+        }
+        got.extend(receive_batch(&mut b).await.into_iter().map(|d| d.id));
+    }
+    let gap: Vec<&String> = got.iter().filter(|id| id.starts_with("gap-")).collect();
+    assert_eq!(gap.len(), 10, "B skipped the writes of the gap: {got:?}");
+    let mut unique = got.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), got.len(), "each document once: {got:?}");
 }
