@@ -3,6 +3,9 @@
 //! subscriber: the only buffer is a channel of one event, and the next page is taken only once
 //! the client has received the previous one; a stream that falls behind the tail's window
 //! reads the table again. Batches are bounded in documents and bytes like Pull pages.
+//!
+//! The credential's expiry is checked before every send, not only while the stream is idle: a
+//! client catching up slowly must not keep receiving on an expired token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,11 +90,16 @@ impl<S: Store> Subscription<S> {
                 // Wait for room before reading, so a slow client holds back reads, not memory.
                 let permit = tokio::select! {
                     _ = &mut stopping => return self.end_for_shutdown().await,
+                    _ = &mut expired => return self.end(token_expired()).await,
                     permit = self.out.reserve() => match permit {
                         Ok(p) => p,
                         Err(_) => return, // the client went away
                     },
                 };
+                if self.expired() {
+                    permit.send(Err(token_expired()));
+                    return;
+                }
                 // Mark the head seen before looking: a change appended meanwhile wakes us.
                 head.borrow_and_update();
                 let Page {
@@ -110,6 +118,11 @@ impl<S: Store> Subscription<S> {
                 };
                 self.position = self.position.max(position);
                 self.caught_up |= caught_up;
+                // The read may have outlived the token.
+                if self.expired() {
+                    permit.send(Err(token_expired()));
+                    return;
+                }
                 if let Some(last) = documents.last() {
                     let checkpoint = checkpoint::encode(last.position);
                     self.observe_sent(&documents);
@@ -137,6 +150,9 @@ impl<S: Store> Subscription<S> {
                     }
                 }
                 _ = &mut heartbeat => {
+                    if self.expired() {
+                        return self.end(token_expired()).await;
+                    }
                     if self.out.send(Ok(StreamEvent::Heartbeat)).await.is_err() {
                         return;
                     }
@@ -216,6 +232,11 @@ impl<S: Store> Subscription<S> {
     async fn end(&self, error: ProtocolError) {
         // Bounded: a client that stopped reading must not hold up shutdown.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.out.send(Err(error))).await;
+    }
+
+    /// True once the credential has expired.
+    fn expired(&self) -> bool {
+        self.expires_at.is_some_and(|at| SystemTime::now() >= at)
     }
 
     /// The instant the credential expires (far in the future when it never does).

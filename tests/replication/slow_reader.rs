@@ -1,7 +1,7 @@
 //! A client that stops reading costs a bounded amount: the stream reads the next page only
 //! after the previous one was taken, so writes pile up in the table, not in server memory.
-//! The shared tail never skips a change, even when a stream wakes it in the instant it decided
-//! to sleep.
+//! The shared tail never skips a change (even when a stream wakes it in the instant it decided
+//! to sleep), and a slow reader stops receiving as soon as its token expires.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -309,4 +309,128 @@ async fn a_stream_that_wakes_the_tail_as_it_goes_to_sleep_skips_nothing() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), got.len(), "each document once: {got:?}");
+}
+
+const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
+
+/// An HS256 token for `sub` expiring at `exp` (seconds since the epoch).
+fn token_expiring(sub: &str, exp: u64) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": sub, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Issue 10 item 6. A stream catching up is never idle, and expiry was checked only while it
+/// was: a slow reader kept receiving for as long as it had documents to catch up on. Now a
+/// stream checks before every send. Batches already on their way when the token expires may
+/// still arrive (the stream's one queued batch, what HTTP/2 has buffered); nothing sent later.
+#[tokio::test]
+async fn a_slow_reader_stops_receiving_when_its_token_expires() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    use syncline::config::{AuthConfig, AuthMode};
+    use syncline::proto::SubscribeRequest;
+    use syncline::proto::replication_service_client::ReplicationServiceClient;
+    use syncline::proto::subscribe_response::Event;
+
+    const LEEWAY_SECONDS: u64 = 0;
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.pull_limit_default = 20;
+    cfg.pull_limit_max = 20;
+    cfg.auth = Some(AuthConfig {
+        mode: AuthMode::Jwt,
+        hs256_secret: Some(SECRET.into()),
+        jwks_file: None,
+        issuer: None,
+        audience: None,
+        service_scope: "syncline:service".into(),
+        leeway_seconds: LEEWAY_SECONDS,
+    });
+    let server = TestServer::start_with(cfg).await;
+    // 40 batches of 20 documents of 8 KiB (160 KiB each) for alice to catch up on.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let long = token_expiring("alice", now + 600);
+    let mut client = server.client().await;
+    for b in 0..8 {
+        let rows = (0..100)
+            .map(|i| {
+                insert(doc(
+                    &format!("d-{b}-{i:03}"),
+                    serde_json::json!({ "pad": "x".repeat(8 * 1024) }),
+                ))
+            })
+            .collect();
+        let mut request = tonic::Request::new(syncline::proto::PushRequest {
+            collection: "tasks".into(),
+            rows,
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {long}").parse().unwrap());
+        client.push(request).await.expect("push succeeds");
+    }
+
+    // A client with small HTTP/2 windows, so that little can wait in its buffers.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(64 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ReplicationServiceClient::new(channel);
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 2;
+    let expires = UNIX_EPOCH + Duration::from_secs(exp + LEEWAY_SECONDS);
+    let mut request = tonic::Request::new(SubscribeRequest {
+        collection: "tasks".into(),
+        checkpoint: None,
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", token_expiring("alice", exp))
+            .parse()
+            .unwrap(),
+    );
+    let mut stream = client.subscribe(request).await.unwrap().into_inner();
+
+    // Read one batch every 150 ms: 40 batches would take 6 s, the token lasts 1 to 2 s.
+    let (mut before, mut after) = (0, 0);
+    let status = loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("the stream moves within 20 s");
+        match message {
+            Ok(Some(m)) => {
+                if let Some(Event::Changes(_)) = m.event {
+                    if SystemTime::now() > expires {
+                        after += 1;
+                    } else {
+                        before += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(before > 0, "the stream sent before the token expired");
+    // In flight at expiry: the queued batch, the one being encoded, up to 400 KiB in the
+    // server's HTTP/2 send buffer (two or three batches) and 64 KiB in the client's.
+    assert!(
+        after <= 6,
+        "{after} batches arrived after the token expired ({before} before)"
+    );
+    server.stop().await.unwrap();
 }
