@@ -90,7 +90,7 @@ impl<S: Store> Subscription<S> {
                 // Wait for room before reading, so a slow client holds back reads, not memory.
                 let permit = tokio::select! {
                     _ = &mut stopping => return self.end_for_shutdown().await,
-                    _ = &mut expired => return self.end(token_expired()).await,
+                    _ = &mut expired => return self.end_expired().await,
                     permit = self.out.reserve() => match permit {
                         Ok(p) => p,
                         Err(_) => return, // the client went away
@@ -142,7 +142,7 @@ impl<S: Store> Subscription<S> {
             read = true;
             tokio::select! {
                 _ = &mut stopping => return self.end_for_shutdown().await,
-                _ = &mut expired => return self.end(token_expired()).await,
+                _ = &mut expired => return self.end_expired().await,
                 _ = &mut gone => return,
                 changed = head.changed() => {
                     if changed.is_err() {
@@ -151,7 +151,7 @@ impl<S: Store> Subscription<S> {
                 }
                 _ = &mut heartbeat => {
                     if self.expired() {
-                        return self.end(token_expired()).await;
+                        return self.end_expired().await;
                     }
                     if self.out.send(Ok(StreamEvent::Heartbeat)).await.is_err() {
                         return;
@@ -234,6 +234,15 @@ impl<S: Store> Subscription<S> {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.out.send(Err(error))).await;
     }
 
+    /// Ends the stream with UNAUTHENTICATED. The client may be slow rather than gone: it gets
+    /// [`EXPIRED_STATUS_WAIT`] to take the batch ahead of the status, or the stream would end
+    /// without one (an OK end, to the client); then the stream gives up, so that an expired
+    /// stream whose client never reads does not hold its slot for good.
+    async fn end_expired(&self) {
+        let _ =
+            tokio::time::timeout(EXPIRED_STATUS_WAIT, self.out.send(Err(token_expired()))).await;
+    }
+
     /// True once the credential has expired.
     fn expired(&self) -> bool {
         self.expires_at.is_some_and(|at| SystemTime::now() >= at)
@@ -251,6 +260,9 @@ impl<S: Store> Subscription<S> {
         Instant::now() + left.min(NEVER)
     }
 }
+
+/// How long an expired stream waits for its client to take the status.
+const EXPIRED_STATUS_WAIT: Duration = Duration::from_secs(10);
 
 /// Ends a stream whose credential expired.
 fn token_expired() -> ProtocolError {
