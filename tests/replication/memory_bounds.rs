@@ -252,9 +252,9 @@ async fn the_shared_tail_stays_under_its_byte_bound() {
         while received.len() < (batch + 1) * 4 {
             max_bytes = max_bytes.max(replicator.buffered_bytes("tasks"));
             max_documents = max_documents.max(replicator.buffered("tasks"));
-            let item = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            let item = tokio::time::timeout(Duration::from_secs(30), events.recv())
                 .await
-                .expect("documents within 10 s")
+                .expect("documents within 30 s")
                 .expect("the stream is open")
                 .expect("no stream error");
             if let StreamEvent::Changes { documents, .. } = item {
