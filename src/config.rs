@@ -164,6 +164,20 @@ pub struct Config {
     /// `local` or `off` trade that for latency (`off` may lose acknowledged pushes on a crash).
     #[serde(default = "default_push_synchronous_commit")]
     pub push_synchronous_commit: String,
+    /// Most bytes in one Pull page or stream batch (bodies as sent, ids, owners, revisions and
+    /// 64 bytes per document); a page ends early at this budget, but always holds at least one
+    /// document so that paging progresses.
+    #[serde(default = "default_page_bytes_max")]
+    pub page_bytes_max: usize,
+    /// Most bytes (counted like `page_bytes_max`) kept per collection in the shared stream
+    /// buffer, besides `stream_buffer_documents`.
+    #[serde(default = "default_stream_buffer_bytes")]
+    pub stream_buffer_bytes: usize,
+    /// Most memory one principal's streams may pin: each stream counts for two batches of
+    /// `page_bytes_max` (one queued, one being sent); a Subscribe beyond it is refused with
+    /// RESOURCE_EXHAUSTED.
+    #[serde(default = "default_stream_bytes_per_principal_max")]
+    pub stream_bytes_per_principal_max: usize,
     /// Authentication. Required: `mode = "none"` must be said explicitly.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
@@ -343,6 +357,15 @@ fn default_stream_buffer_documents() -> usize {
 fn default_streams_per_principal_max() -> usize {
     100
 }
+fn default_page_bytes_max() -> usize {
+    4 * 1024 * 1024
+}
+fn default_stream_buffer_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_stream_bytes_per_principal_max() -> usize {
+    512 * 1024 * 1024
+}
 fn default_service_scope() -> String {
     "syncline:service".to_owned()
 }
@@ -500,6 +523,7 @@ impl Config {
                 crate::store::postgres::SYNCHRONOUS_COMMIT_LEVELS
             ));
         }
+        self.validate_page_bytes()?;
         match &self.auth {
             None => {
                 return invalid(
@@ -544,6 +568,61 @@ impl Config {
             if c.primary_key.is_empty() {
                 return invalid(format!("collection {:?}: primary_key is empty", c.name));
             }
+        }
+        Ok(())
+    }
+}
+
+/// Room for a document's owner, revision and fixed fields beside its body and id.
+const DOCUMENT_METADATA_BYTES: usize = 2048;
+/// Room for a page's checkpoint and protobuf framing beside its documents.
+const PAGE_FRAMING_BYTES: usize = 4096;
+
+impl Config {
+    /// The most one document can weigh in a page: its body as PostgreSQL gives it back (jsonb's
+    /// text form adds a space after each `,` and `:`, so up to half again the bytes pushed),
+    /// its id and its metadata.
+    pub fn document_page_bytes_max(&self) -> usize {
+        self.document_bytes_max
+            .saturating_add(self.document_bytes_max / 2)
+            .saturating_add(self.id_bytes_max)
+            .saturating_add(DOCUMENT_METADATA_BYTES)
+    }
+
+    /// No page or stream batch of documents within the limits may exceed the message size the
+    /// server itself will send: a page holds at most `page_bytes_max`, or one document alone.
+    fn validate_page_bytes(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.page_bytes_max == 0 {
+            return invalid("page_bytes_max must be at least 1".into());
+        }
+        let page = self.page_bytes_max.max(self.document_page_bytes_max());
+        let message = page.saturating_add(PAGE_FRAMING_BYTES);
+        if self.encoding_message_bytes_max() < message {
+            return invalid(format!(
+                "message_bytes_max ({}) must hold a full page: at least {message} bytes, \
+                 the larger of page_bytes_max ({}) and one document of document_bytes_max \
+                 ({}, up to {} as text with its id and metadata), plus {PAGE_FRAMING_BYTES}",
+                self.encoding_message_bytes_max(),
+                self.page_bytes_max,
+                self.document_bytes_max,
+                self.document_page_bytes_max()
+            ));
+        }
+        if self.stream_buffer_bytes < page {
+            return invalid(format!(
+                "stream_buffer_bytes ({}) must hold at least one page ({page} bytes)",
+                self.stream_buffer_bytes
+            ));
+        }
+        let stream =
+            page.saturating_mul(crate::protocol::stream_limits::StreamLimits::STREAM_PINS_PAGES);
+        if self.stream_bytes_per_principal_max < stream {
+            return invalid(format!(
+                "stream_bytes_per_principal_max ({}) must allow one stream: at least {stream} \
+                 bytes (two pages)",
+                self.stream_bytes_per_principal_max
+            ));
         }
         Ok(())
     }
@@ -606,6 +685,33 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn page_bytes_must_fit_in_a_message() {
+        let base = "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n";
+        let c = Config::from_toml(base).unwrap();
+        assert_eq!(c.page_bytes_max, 4 * 1024 * 1024);
+        assert!(
+            c.encoding_message_bytes_max() >= c.page_bytes_max.max(c.document_page_bytes_max())
+        );
+        for (bad, key) in [
+            ("page_bytes_max = 0\n", "page_bytes_max"),
+            ("page_bytes_max = 67108864\n", "message_bytes_max"),
+            ("document_bytes_max = 60000000\n", "message_bytes_max"),
+            ("message_bytes_max = 2000000\n", "message_bytes_max"),
+            ("stream_buffer_bytes = 1000000\n", "stream_buffer_bytes"),
+            (
+                "stream_bytes_per_principal_max = 8000000\n",
+                "stream_bytes_per_principal_max",
+            ),
+        ] {
+            let err = Config::from_toml(&format!("{bad}{base}")).unwrap_err();
+            assert!(err.to_string().contains(key), "{bad}: {err}");
+        }
+        let small = "page_bytes_max = 65536\ndocument_bytes_max = 16384\nmessage_bytes_max = 100000\n\
+                     stream_buffer_bytes = 65536\nstream_bytes_per_principal_max = 131072\n";
+        Config::from_toml(&format!("{small}{base}")).unwrap();
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! commit this process heard of has waited to become readable; both log a warning past
 //! `horizon_warn_seconds`. Sampling needs no privileges (no `pg_stat_activity`), so the age
 //! is measured from the first sample that saw the horizon where it is: a lower bound, within
-//! one interval.
+//! one interval. A snapshot's xmax is one past the latest *completed* transaction, so an old
+//! transaction counts as holding the horizon once a newer one has finished, that is, as soon
+//! as it delays anything.
 
 use std::time::Duration;
 

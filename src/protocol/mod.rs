@@ -29,7 +29,7 @@ use stream_limits::StreamLimits;
 pub use validate::{DocumentInput, RowInput};
 
 use crate::fanout::Hub;
-use crate::store::{ConflictState, Store, StoredDocument};
+use crate::store::{ConflictState, PageLimit, Store, StoredDocument};
 use crate::telemetry::metrics as m;
 
 /// A page of a Pull.
@@ -49,6 +49,8 @@ pub struct Replicator<S> {
     hub: Hub,
     tails: std::collections::HashMap<String, Arc<tail::Tail>>,
     streams: StreamLimits,
+    /// Most bytes per Pull page and stream batch.
+    page_bytes: usize,
     heartbeat: Duration,
     visibility_wait: Duration,
     shutdown: CancellationToken,
@@ -74,6 +76,12 @@ pub struct ReplicatorParts<S> {
     pub stream_buffer_documents: usize,
     /// Most concurrent streams per principal.
     pub streams_per_principal_max: usize,
+    /// Most bytes per Pull page and stream batch (at least one document each).
+    pub page_bytes_max: usize,
+    /// Most bytes kept per collection for caught-up streams.
+    pub stream_buffer_bytes: usize,
+    /// Most memory one principal's streams may pin (see [`stream_limits`]).
+    pub stream_bytes_per_principal_max: usize,
     /// Idle interval before a Heartbeat.
     pub heartbeat: Duration,
     /// Longest wait of a Pull for signalled writes to become readable in order.
@@ -91,7 +99,7 @@ impl<S: Store> Replicator<S> {
             .collections
             .names()
             .map(|name| {
-                let tail = tail::Tail::new(name, p.stream_buffer_documents);
+                let tail = tail::Tail::new(name, p.stream_buffer_documents, p.stream_buffer_bytes);
                 (name.to_owned(), tail)
             })
             .collect();
@@ -101,7 +109,13 @@ impl<S: Store> Replicator<S> {
             collections: p.collections,
             limits: p.limits,
             hub: p.hub,
-            streams: StreamLimits::new(p.streams_max, p.streams_per_principal_max),
+            streams: StreamLimits::new(
+                p.streams_max,
+                p.streams_per_principal_max,
+                p.page_bytes_max,
+                p.stream_bytes_per_principal_max,
+            ),
+            page_bytes: p.page_bytes_max,
             heartbeat: p.heartbeat,
             visibility_wait: p.visibility_wait,
             shutdown: p.shutdown,
@@ -120,7 +134,7 @@ impl<S: Store> Replicator<S> {
                 tasks.spawn(tail.clone().run(
                     self.store.clone(),
                     signals,
-                    self.limits.pull_max,
+                    PageLimit::new(self.limits.pull_max, self.page_bytes),
                     self.shutdown.clone(),
                 ));
             }
@@ -155,7 +169,7 @@ impl<S: Store> Replicator<S> {
         principal.check_read(&collection)?;
         let tokens = self.tokens(&collection.name, principal).await?;
         let after = tokens.decode(checkpoint, "checkpoint.token", self.collections.names())?;
-        let limit = self.limits.pull_limit(limit);
+        let limit = PageLimit::new(self.limits.pull_limit(limit), self.page_bytes);
         // A write this process has heard of (its own pushes, or NOTIFY from others) may be
         // committed yet not readable in order while an older transaction runs. Wait a little
         // for it, so that a client sees its own acknowledged writes; but wait for any one
@@ -172,7 +186,7 @@ impl<S: Store> Replicator<S> {
             let Some(signalled) = pending else {
                 break page;
             };
-            if page.horizon > signalled || page.documents.len() >= limit as usize {
+            if page.horizon > signalled || page.more {
                 if waited {
                     self.count_wait(&collection.name, "readable");
                 }
@@ -278,7 +292,7 @@ impl<S: Store> Replicator<S> {
             expires_at: principal.expires_at,
             position,
             caught_up: false,
-            page_size: self.limits.pull_max,
+            page: PageLimit::new(self.limits.pull_max, self.page_bytes),
             heartbeat: self.heartbeat,
             tail,
             tokens,
@@ -308,6 +322,17 @@ impl<S: Store> Replicator<S> {
     /// Documents held in `collection`'s shared stream buffer (0 for unknown collections).
     pub fn buffered(&self, collection: &str) -> usize {
         self.tails.get(collection).map_or(0, |t| t.len())
+    }
+
+    /// Bytes held in `collection`'s shared stream buffer (0 for unknown collections).
+    pub fn buffered_bytes(&self, collection: &str) -> usize {
+        self.tails.get(collection).map_or(0, |t| t.bytes())
+    }
+
+    /// `collection`'s shared tail (tests reach its hooks through it).
+    #[doc(hidden)]
+    pub fn tail(&self, collection: &str) -> Option<Arc<tail::Tail>> {
+        self.tails.get(collection).cloned()
     }
 
     /// Streams currently open.

@@ -2,7 +2,10 @@
 //! the collection's shared [`Tail`] (changes read once for all streams). Nothing is queued per
 //! subscriber: the only buffer is a channel of one event, and the next page is taken only once
 //! the client has received the previous one; a stream that falls behind the tail's window
-//! reads the table again.
+//! reads the table again. Batches are bounded in documents and bytes like Pull pages.
+//!
+//! The credential's expiry is checked before every send, not only while the stream is idle: a
+//! client catching up slowly must not keep receiving on an expired token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::stream_limits::StreamSlot;
 use super::tail::{Tail, Take, covered_below};
 use super::{ProtocolError, checkpoint};
-use crate::store::{Position, Store, StoredDocument};
+use crate::store::{PageLimit, Position, Store, StoredDocument};
 use crate::telemetry::metrics as m;
 
 /// What a stream sends.
@@ -42,6 +45,8 @@ struct Page {
     documents: Vec<StoredDocument>,
     position: Position,
     caught_up: bool,
+    /// The page ended at its limit: read the next one at once.
+    more: bool,
 }
 
 /// Everything one stream task needs.
@@ -55,7 +60,8 @@ pub(super) struct Subscription<S> {
     pub position: Position,
     /// False until a table read came back not full; until then pages come from the table.
     pub caught_up: bool,
-    pub page_size: u32,
+    /// Documents and bytes per batch.
+    pub page: PageLimit,
     pub heartbeat: Duration,
     pub tail: Arc<Tail>,
     /// Seals the checkpoint of each batch for this stream's collection and principal.
@@ -86,17 +92,23 @@ impl<S: Store> Subscription<S> {
                 // Wait for room before reading, so a slow client holds back reads, not memory.
                 let permit = tokio::select! {
                     _ = &mut stopping => return self.end_for_shutdown().await,
+                    _ = &mut expired => return self.end_expired().await,
                     permit = self.out.reserve() => match permit {
                         Ok(p) => p,
                         Err(_) => return, // the client went away
                     },
                 };
+                if self.expired() {
+                    permit.send(Err(token_expired()));
+                    return;
+                }
                 // Mark the head seen before looking: a change appended meanwhile wakes us.
                 head.borrow_and_update();
                 let Page {
                     documents,
                     position,
                     caught_up,
+                    more,
                     // Boxed: the read's future is large, and inline it would sit in every idle
                     // stream's task for the stream's whole life.
                 } = match Box::pin(self.next_page()).await {
@@ -106,9 +118,13 @@ impl<S: Store> Subscription<S> {
                         return;
                     }
                 };
-                let more = documents.len() >= self.page_size as usize;
                 self.position = self.position.max(position);
                 self.caught_up |= caught_up;
+                // The read may have outlived the token.
+                if self.expired() {
+                    permit.send(Err(token_expired()));
+                    return;
+                }
                 if let Some(last) = documents.last() {
                     let checkpoint = self.tokens.encode(last.position);
                     self.observe_sent(&documents);
@@ -128,9 +144,7 @@ impl<S: Store> Subscription<S> {
             read = true;
             tokio::select! {
                 _ = &mut stopping => return self.end_for_shutdown().await,
-                _ = &mut expired => return self.end(ProtocolError::Unauthenticated(
-                    "the token expired; reconnect with a fresh one".into(),
-                )).await,
+                _ = &mut expired => return self.end_expired().await,
                 _ = &mut gone => return,
                 changed = head.changed() => {
                     if changed.is_err() {
@@ -138,6 +152,9 @@ impl<S: Store> Subscription<S> {
                     }
                 }
                 _ = &mut heartbeat => {
+                    if self.expired() {
+                        return self.end_expired().await;
+                    }
                     if self.out.send(Ok(StreamEvent::Heartbeat)).await.is_err() {
                         return;
                     }
@@ -157,17 +174,20 @@ impl<S: Store> Subscription<S> {
     /// table, and a document committed before the stream started must arrive at its latest
     /// state, not at an older one still buffered.
     async fn next_page(&self) -> Result<Page, ProtocolError> {
-        let limit = self.page_size as usize;
         if self.caught_up
             && let Take::Covered {
                 documents,
                 position,
-            } = self.tail.take(self.position, self.owner.as_deref(), limit)
+                more,
+            } = self
+                .tail
+                .take(self.position, self.owner.as_deref(), self.page)
         {
             return Ok(Page {
                 documents,
                 position,
                 caught_up: true,
+                more,
             });
         }
         let page = self
@@ -176,10 +196,10 @@ impl<S: Store> Subscription<S> {
                 &self.collection,
                 self.owner.as_deref(),
                 self.position,
-                self.page_size,
+                self.page,
             )
             .await?;
-        let full = page.documents.len() >= limit;
+        let full = page.more;
         let position = match page.documents.last() {
             Some(last) if full => last.position,
             // Not full: everything below the horizon has been seen.
@@ -189,6 +209,7 @@ impl<S: Store> Subscription<S> {
             documents: page.documents,
             position,
             caught_up: !full,
+            more: full,
         })
     }
 
@@ -215,6 +236,20 @@ impl<S: Store> Subscription<S> {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.out.send(Err(error))).await;
     }
 
+    /// Ends the stream with UNAUTHENTICATED. The client may be slow rather than gone: it gets
+    /// [`EXPIRED_STATUS_WAIT`] to take the batch ahead of the status, or the stream would end
+    /// without one (an OK end, to the client); then the stream gives up, so that an expired
+    /// stream whose client never reads does not hold its slot for good.
+    async fn end_expired(&self) {
+        let _ =
+            tokio::time::timeout(EXPIRED_STATUS_WAIT, self.out.send(Err(token_expired()))).await;
+    }
+
+    /// True once the credential has expired.
+    fn expired(&self) -> bool {
+        self.expires_at.is_some_and(|at| SystemTime::now() >= at)
+    }
+
     /// The instant the credential expires (far in the future when it never does).
     fn expiry(&self) -> Instant {
         const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -226,4 +261,12 @@ impl<S: Store> Subscription<S> {
         };
         Instant::now() + left.min(NEVER)
     }
+}
+
+/// How long an expired stream waits for its client to take the status.
+const EXPIRED_STATUS_WAIT: Duration = Duration::from_secs(10);
+
+/// Ends a stream whose credential expired.
+fn token_expired() -> ProtocolError {
+    ProtocolError::Unauthenticated("the token expired; reconnect with a fresh one".into())
 }

@@ -1,5 +1,13 @@
 //! Stream limits: per process (a semaphore) and per principal (a counted registry whose guards
 //! give the slot back on drop, however the stream ends).
+//!
+//! The memory a principal's streams can pin is bounded by refusing the subscribe, not by making
+//! streams wait: every stream may pin up to [`StreamLimits::STREAM_PINS_PAGES`] batches of at
+//! most `page_bytes_max` (one queued in its channel, one ahead of it being encoded and in the
+//! HTTP/2 send buffer of a client that stopped reading), so `stream_bytes_per_principal_max`
+//! allows that many streams' worth. Refusing is decided once, costs nothing per batch, and
+//! tells the client at once (RESOURCE_EXHAUSTED); waiting would let one stalled stream hold
+//! back every other stream of its principal, indefinitely.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +26,9 @@ pub struct StreamLimits {
     process_max: usize,
     per_principal: Counts,
     per_principal_max: usize,
+    /// What one stream may pin, and what one principal's streams may pin in all.
+    stream_bytes: usize,
+    per_principal_bytes: usize,
 }
 
 /// Held for a stream's life.
@@ -53,13 +64,25 @@ impl Drop for StreamSlot {
 }
 
 impl StreamLimits {
-    /// Limits of `process_max` streams in all and `per_principal_max` per subject.
-    pub fn new(process_max: usize, per_principal_max: usize) -> StreamLimits {
+    /// Batches a stream may pin at once (see the module documentation).
+    pub const STREAM_PINS_PAGES: usize = 2;
+
+    /// Limits of `process_max` streams in all, and per subject `per_principal_max` streams and
+    /// `per_principal_bytes` of memory pinned, each stream counting for two batches of
+    /// `page_bytes` bytes.
+    pub fn new(
+        process_max: usize,
+        per_principal_max: usize,
+        page_bytes: usize,
+        per_principal_bytes: usize,
+    ) -> StreamLimits {
         StreamLimits {
             process: Arc::new(Semaphore::new(process_max)),
             process_max,
             per_principal: Arc::default(),
             per_principal_max,
+            stream_bytes: page_bytes.saturating_mul(Self::STREAM_PINS_PAGES).max(1),
+            per_principal_bytes,
         }
     }
 
@@ -75,14 +98,23 @@ impl StreamLimits {
             return Ok(StreamSlot::new(process, None));
         }
         let mut counts = self.per_principal.lock().unwrap_or_else(|e| e.into_inner());
-        let n = counts.entry(subject.to_owned()).or_default();
-        if *n >= self.per_principal_max {
+        // Looked up before inserting: a refused first stream must leave no entry behind.
+        let n = counts.get(subject).copied().unwrap_or(0);
+        if n >= self.per_principal_max {
             return Err(ProtocolError::ResourceExhausted(format!(
                 "you already hold the limit of {} streams on this server",
                 self.per_principal_max
             )));
         }
-        *n += 1;
+        if (n + 1).saturating_mul(self.stream_bytes) > self.per_principal_bytes {
+            return Err(ProtocolError::ResourceExhausted(format!(
+                "your {} streams on this server may already pin {} bytes, the limit for one \
+                 principal (stream_bytes_per_principal_max); close one first",
+                n,
+                n.saturating_mul(self.stream_bytes)
+            )));
+        }
+        counts.insert(subject.to_owned(), n + 1);
         Ok(StreamSlot::new(
             process,
             Some((self.per_principal.clone(), subject.to_owned())),
@@ -101,7 +133,7 @@ mod tests {
 
     #[test]
     fn limits_apply_per_process_and_per_principal_and_free_on_drop() {
-        let limits = StreamLimits::new(3, 2);
+        let limits = StreamLimits::new(3, 2, 1, usize::MAX);
         let a1 = limits.acquire("a").unwrap();
         let _a2 = limits.acquire("a").unwrap();
         assert!(matches!(
@@ -112,6 +144,23 @@ mod tests {
         assert!(limits.acquire("c").is_err(), "process limit");
         drop(a1);
         assert_eq!(limits.open(), 2);
+        let _a3 = limits.acquire("a").unwrap();
+    }
+
+    #[test]
+    fn a_principal_may_pin_only_so_many_bytes() {
+        // Each stream counts for two pages of 100 bytes: 450 bytes allow two streams.
+        let limits = StreamLimits::new(10, 10, 100, 450);
+        let a1 = limits.acquire("a").unwrap();
+        let _a2 = limits.acquire("a").unwrap();
+        let err = limits.acquire("a").unwrap_err();
+        assert!(
+            matches!(&err, ProtocolError::ResourceExhausted(m) if m.contains("stream_bytes_per_principal_max")),
+            "{err:?}"
+        );
+        let _b = limits.acquire("b").unwrap();
+        let _anonymous: Vec<_> = (0..5).map(|_| limits.acquire("").unwrap()).collect();
+        drop(a1);
         let _a3 = limits.acquire("a").unwrap();
     }
 }

@@ -1,7 +1,8 @@
 //! The shared tail of one collection: recent changes read from the table **once** and served
 //! to every caught-up stream, so a write costs one read however many streams follow the
-//! collection. It is bounded (`stream_buffer_documents`); a stream whose position is older
-//! than the oldest buffered change reads the table itself until it catches up.
+//! collection. It is bounded in documents and bytes (`stream_buffer_documents`,
+//! `stream_buffer_bytes`); a stream whose position is older than the oldest buffered change
+//! reads the table itself until it catches up.
 //!
 //! A tail with no stream to serve goes dormant (empty, not ready) instead of reading every
 //! write back for nobody; the next stream wakes it, and reads the table until it is ready.
@@ -9,16 +10,18 @@
 //! Invariant: the buffer holds every change with a position in `(from, head]`, and no change
 //! at a position `<= head` can commit later (head only moves to positions the visibility
 //! horizon covers). An entry superseded by a later write of the same document is skipped, so
-//! a stream sends each document once, at its latest buffered state, like a Pull.
+//! a stream sends each document once, at its latest buffered state, like a Pull. `from` never
+//! moves back, and a tail that resumes following starts from an empty buffer: entries kept
+//! from before would sit below a gap of changes it never read.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Position, Store, StoredDocument};
+use crate::store::{PageLimit, Position, Store, StoredDocument};
 
 /// Pauses before re-reading when a signalled commit is not yet readable in order (an older
 /// transaction is still running), and after a failed read.
@@ -36,6 +39,8 @@ pub enum Take {
         documents: Vec<StoredDocument>,
         /// Where the stream stands after them.
         position: Position,
+        /// The documents stopped at the limit: more may follow `position` at once.
+        more: bool,
     },
     /// The position is older than the buffer (or the tail is not ready): read the table.
     NotCovered,
@@ -47,27 +52,64 @@ struct Buffer {
     from: Position,
     head: Position,
     entries: VecDeque<Arc<StoredDocument>>,
+    /// What the entries weigh ([`StoredDocument::page_bytes`] each).
+    bytes: usize,
     /// Position of each buffered document's latest entry.
     latest: HashMap<String, Position>,
+}
+
+impl Buffer {
+    /// Drops every entry (the positions stay).
+    fn clear(&mut self) {
+        self.entries = VecDeque::new();
+        self.latest = HashMap::new();
+        self.bytes = 0;
+    }
+}
+
+/// A test hook: stops the tail between "no stream watches" and its re-check, the window in
+/// which a stream that subscribes must not make the tail resume with stale entries.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct Pause {
+    reached: Notify,
+    resume: Notify,
+}
+
+impl Pause {
+    /// Waits until the tail stops at the hook.
+    pub async fn reached(&self) {
+        self.reached.notified().await;
+    }
+
+    /// Lets the tail go on.
+    pub fn resume(&self) {
+        self.resume.notify_one();
+    }
 }
 
 /// One collection's tail.
 pub struct Tail {
     collection: String,
     capacity: usize,
+    capacity_bytes: usize,
     buffer: RwLock<Buffer>,
+    pause: Mutex<Option<Arc<Pause>>>,
     head: watch::Sender<Position>,
     /// Wakes a dormant tail when a stream starts watching.
     wake: Notify,
 }
 
 impl Tail {
-    /// An empty tail; [`Tail::run`] fills it.
-    pub fn new(collection: &str, capacity: usize) -> Arc<Tail> {
+    /// An empty tail keeping at most `capacity` documents and `capacity_bytes` bytes (counted
+    /// by [`StoredDocument::page_bytes`]); [`Tail::run`] fills it.
+    pub fn new(collection: &str, capacity: usize, capacity_bytes: usize) -> Arc<Tail> {
         Arc::new(Tail {
             collection: collection.to_owned(),
             capacity: capacity.max(1),
+            capacity_bytes,
             buffer: RwLock::default(),
+            pause: Mutex::default(),
             head: watch::channel(Position::START).0,
             wake: Notify::new(),
         })
@@ -90,8 +132,16 @@ impl Tail {
     fn sleep(&self) {
         let mut buffer = self.buffer.write().unwrap_or_else(|e| e.into_inner());
         buffer.ready = false;
-        buffer.entries = VecDeque::new();
-        buffer.latest = HashMap::new();
+        buffer.clear();
+    }
+
+    /// Stops the tail at its next "no stream watches" re-check until the returned hook is
+    /// resumed (tests only).
+    #[doc(hidden)]
+    pub fn pause_before_recheck(&self) -> Arc<Pause> {
+        let pause = Arc::new(Pause::default());
+        *self.pause.lock().unwrap_or_else(|e| e.into_inner()) = Some(pause.clone());
+        pause
     }
 
     /// Documents buffered now.
@@ -104,13 +154,18 @@ impl Tail {
         self.len() == 0
     }
 
+    /// Bytes buffered now, counted by [`StoredDocument::page_bytes`].
+    pub fn bytes(&self) -> usize {
+        self.read().bytes
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Buffer> {
         self.buffer.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The changes after `after` that `owner` may see (every owner's for `None`), at most
-    /// `limit`, each document at its latest buffered state.
-    pub fn take(&self, after: Position, owner: Option<&str>, limit: usize) -> Take {
+    /// The changes after `after` that `owner` may see (every owner's for `None`), within
+    /// `limit` (documents and bytes, at least one document), each at its latest buffered state.
+    pub fn take(&self, after: Position, owner: Option<&str>, limit: PageLimit) -> Take {
         let buffer = self.read();
         if !buffer.ready || after < buffer.from {
             return Take::NotCovered;
@@ -119,18 +174,32 @@ impl Tail {
             return Take::Covered {
                 documents: Vec::new(),
                 position: after,
+                more: false,
             };
         }
         let start = buffer.entries.partition_point(|d| d.position <= after);
-        let mut documents = Vec::new();
+        let mut documents: Vec<StoredDocument> = Vec::new();
+        let mut bytes = 0;
         for doc in buffer.entries.range(start..) {
             let latest = buffer.latest.get(&doc.id) == Some(&doc.position);
             if latest && owner.is_none_or(|o| o == doc.owner) {
+                let size = doc.page_bytes();
+                if let Some(last) = documents.last()
+                    && bytes + size > limit.bytes
+                {
+                    return Take::Covered {
+                        position: last.position,
+                        documents,
+                        more: true,
+                    };
+                }
+                bytes += size;
                 documents.push(StoredDocument::clone(doc));
-                if documents.len() >= limit {
+                if documents.len() >= limit.documents as usize {
                     return Take::Covered {
                         position: doc.position,
                         documents,
+                        more: true,
                     };
                 }
             }
@@ -138,20 +207,24 @@ impl Tail {
         Take::Covered {
             documents,
             position: buffer.head,
+            more: false,
         }
     }
 
     fn append(&self, documents: Vec<StoredDocument>, covered: Position) {
         let mut buffer = self.buffer.write().unwrap_or_else(|e| e.into_inner());
         for doc in documents {
+            buffer.bytes += doc.page_bytes();
             buffer.latest.insert(doc.id.clone(), doc.position);
             buffer.entries.push_back(Arc::new(doc));
         }
-        while buffer.entries.len() > self.capacity {
+        while buffer.entries.len() > self.capacity || buffer.bytes > self.capacity_bytes {
             let Some(old) = buffer.entries.pop_front() else {
                 break;
             };
-            buffer.from = old.position;
+            buffer.bytes -= old.page_bytes();
+            // Never back: a position below `from` may sit in a gap the buffer never held.
+            buffer.from = buffer.from.max(old.position);
             if buffer.latest.get(&old.id) == Some(&old.position) {
                 buffer.latest.remove(&old.id);
             }
@@ -169,7 +242,7 @@ impl Tail {
         self: Arc<Self>,
         store: Arc<S>,
         mut signals: watch::Receiver<i64>,
-        page: u32,
+        page: PageLimit,
         shutdown: CancellationToken,
     ) {
         loop {
@@ -186,6 +259,11 @@ impl Tail {
             {
                 return;
             }
+            let pause = self.pause.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(pause) = pause {
+                pause.reached.notify_one();
+                pause.resume.notified().await;
+            }
         }
     }
 
@@ -194,7 +272,7 @@ impl Tail {
         &self,
         store: &S,
         signals: &mut watch::Receiver<i64>,
-        page: u32,
+        page: PageLimit,
         shutdown: &CancellationToken,
     ) -> bool {
         let start = loop {
@@ -210,8 +288,11 @@ impl Tail {
         };
         let start = {
             let mut buffer = self.buffer.write().unwrap_or_else(|e| e.into_inner());
-            // Positions only grow: a restart never moves the head back.
+            // Positions only grow: a restart never moves the head back. Entries kept from an
+            // earlier run end at the old head, below changes this run will never read: drop
+            // them, or a later eviction would move `from` back across that gap.
             let start = start.max(buffer.head);
+            buffer.clear();
             buffer.from = start;
             buffer.head = start;
             buffer.ready = true;
@@ -236,7 +317,7 @@ impl Tail {
                     continue;
                 }
             };
-            let full = page_read.documents.len() >= page as usize;
+            let full = page_read.more;
             // Everything below the horizon has been read once the page is not full.
             let covered = match (page_read.documents.last(), full) {
                 (Some(last), true) => last.position,
@@ -300,13 +381,23 @@ mod tests {
             Take::Covered {
                 documents,
                 position,
+                ..
             } => (documents.into_iter().map(|d| d.id).collect(), position),
             Take::NotCovered => panic!("not covered"),
         }
     }
 
+    /// A limit of `documents` documents and no byte budget.
+    fn n(documents: u32) -> PageLimit {
+        PageLimit::new(documents, usize::MAX)
+    }
+
     fn ready(capacity: usize) -> Arc<Tail> {
-        let tail = Tail::new("c", capacity);
+        ready_bytes(capacity, usize::MAX)
+    }
+
+    fn ready_bytes(capacity: usize, capacity_bytes: usize) -> Arc<Tail> {
+        let tail = Tail::new("c", capacity, capacity_bytes);
         {
             let mut b = tail.buffer.write().unwrap();
             b.ready = true;
@@ -330,24 +421,24 @@ mod tests {
             p(14),
         );
         assert_eq!(
-            ids(tail.take(p(10), None, 100)),
+            ids(tail.take(p(10), None, n(100))),
             (vec!["b".into(), "a".into(), "c".into()], p(14))
         );
         assert_eq!(
-            ids(tail.take(p(10), Some("alice"), 100)),
+            ids(tail.take(p(10), Some("alice"), n(100))),
             (vec!["a".into(), "c".into()], p(14))
         );
         assert_eq!(
-            ids(tail.take(p(10), Some("alice"), 1)),
+            ids(tail.take(p(10), Some("alice"), n(1))),
             (vec!["a".into()], p(13))
         );
-        assert_eq!(ids(tail.take(p(12), Some("bob"), 100)), (vec![], p(14)));
+        assert_eq!(ids(tail.take(p(12), Some("bob"), n(100))), (vec![], p(14)));
         assert_eq!(
-            ids(tail.take(p(20), None, 100)),
+            ids(tail.take(p(20), None, n(100))),
             (vec![], p(20)),
             "never moves back"
         );
-        assert!(matches!(tail.take(p(5), None, 100), Take::NotCovered));
+        assert!(matches!(tail.take(p(5), None, n(100)), Take::NotCovered));
     }
 
     #[test]
@@ -360,14 +451,96 @@ mod tests {
         );
         assert_eq!(tail.len(), 2);
         assert!(
-            matches!(tail.take(p(10), None, 10), Take::NotCovered),
+            matches!(tail.take(p(10), None, n(10)), Take::NotCovered),
             "a was evicted"
         );
-        assert_eq!(ids(tail.take(p(11), None, 10)).0, vec!["b", "c"]);
+        assert_eq!(ids(tail.take(p(11), None, n(10))).0, vec!["b", "c"]);
         assert!(
-            !Tail::new("x", 1).take(p(0), None, 1).is_covered(),
+            !Tail::new("x", 1, usize::MAX)
+                .take(p(0), None, n(1))
+                .is_covered(),
             "not ready: read the table"
         );
+    }
+
+    fn sized(id: &str, tx: i64, body_bytes: usize) -> StoredDocument {
+        StoredDocument {
+            body: "x".repeat(body_bytes),
+            ..doc(id, "", tx)
+        }
+    }
+
+    #[test]
+    fn batches_end_at_the_byte_budget_with_at_least_one_document() {
+        let tail = ready(100);
+        let p = |tx| Position { tx, seq: 0 };
+        tail.append(
+            vec![
+                sized("a", 11, 1000),
+                sized("b", 12, 1000),
+                sized("c", 13, 5000),
+            ],
+            p(13),
+        );
+        let weight = sized("a", 11, 1000).page_bytes();
+        let take = |after, bytes| match tail.take(p(after), None, PageLimit::new(100, bytes)) {
+            Take::Covered {
+                documents,
+                position,
+                more,
+            } => (
+                documents.into_iter().map(|d| d.id).collect::<Vec<_>>(),
+                position,
+                more,
+            ),
+            Take::NotCovered => panic!("not covered"),
+        };
+        assert_eq!(
+            take(10, 2 * weight),
+            (vec!["a".into(), "b".into()], p(12), true)
+        );
+        assert_eq!(take(10, 2 * weight - 1), (vec!["a".into()], p(11), true));
+        assert_eq!(take(10, 1), (vec!["a".into()], p(11), true), "one at least");
+        assert_eq!(
+            take(12, 1),
+            (vec!["c".into()], p(13), false),
+            "one at least"
+        );
+        assert_eq!(
+            take(10, usize::MAX),
+            (vec!["a".into(), "b".into(), "c".into()], p(13), false)
+        );
+    }
+
+    #[test]
+    fn the_buffer_is_bounded_in_bytes_and_from_never_moves_back() {
+        let weight = sized("d11", 11, 1000).page_bytes();
+        let tail = ready_bytes(100, 3 * weight);
+        let p = |tx| Position { tx, seq: 0 };
+        tail.append(
+            (11..=15)
+                .map(|tx| sized(&format!("d{tx}"), tx, 1000))
+                .collect(),
+            p(15),
+        );
+        assert_eq!(tail.len(), 3);
+        assert!(tail.bytes() <= 3 * weight);
+        assert!(matches!(tail.take(p(11), None, n(10)), Take::NotCovered));
+        assert_eq!(
+            ids(tail.take(p(12), None, n(10))).0,
+            vec!["d13", "d14", "d15"]
+        );
+
+        // Entries older than `from` (as a buffer kept across a restart would hold) never pull
+        // it back when they are evicted.
+        {
+            let mut b = tail.buffer.write().unwrap();
+            b.from = p(20);
+            b.head = p(20);
+        }
+        tail.append(vec![sized("e", 21, 1000)], p(21));
+        assert!(matches!(tail.take(p(15), None, n(10)), Take::NotCovered));
+        assert_eq!(ids(tail.take(p(20), None, n(10))).0, vec!["e"]);
     }
 
     impl Take {

@@ -43,11 +43,50 @@ pub struct StoredDocument {
     pub position: Position,
 }
 
+impl StoredDocument {
+    /// What this document weighs in a page or a stream batch: its variable-length fields plus
+    /// [`DOCUMENT_OVERHEAD_BYTES`]. The PostgreSQL page query computes the same sum (body as
+    /// text, id, owner, revision), so that a page is cut at its byte budget before it is read.
+    pub fn page_bytes(&self) -> usize {
+        self.body.len()
+            + self.id.len()
+            + self.owner.len()
+            + self.revision.len()
+            + DOCUMENT_OVERHEAD_BYTES
+    }
+}
+
+/// The fixed part of a document's weight: timestamps, flags, positions and protobuf framing,
+/// rounded up.
+pub const DOCUMENT_OVERHEAD_BYTES: usize = 64;
+
+/// How much one page (or stream batch) may hold: it ends at whichever limit it reaches first,
+/// and always holds at least one document when any follows, so paging always progresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PageLimit {
+    /// Most documents.
+    pub documents: u32,
+    /// Most bytes, counted by [`StoredDocument::page_bytes`]; a single larger document still
+    /// makes a page of its own.
+    pub bytes: usize,
+}
+
+impl PageLimit {
+    /// A limit of `documents` documents and `bytes` bytes.
+    pub fn new(documents: u32, bytes: usize) -> PageLimit {
+        PageLimit { documents, bytes }
+    }
+}
+
 /// A page of changes read after a position.
 #[derive(Debug, Clone)]
 pub struct ChangePage {
     /// Documents in change order.
     pub documents: Vec<StoredDocument>,
+    /// The page ended at its limit (documents or bytes): more changes may follow its last
+    /// document right away. When false, it holds every change after the position it was read
+    /// from that is below `horizon`.
+    pub more: bool,
     /// Every transaction below this id had finished when the page was read; writes of later
     /// transactions may still become visible. Streams use it to tell "nothing new" from
     /// "something committed but not yet readable in order".
@@ -140,15 +179,15 @@ pub struct PushTarget {
 
 /// The storage interface the protocol needs.
 pub trait Store: Send + Sync + 'static {
-    /// Reads up to `limit` documents of `collection` (only `owner`'s when given) whose latest
-    /// write is after `after`, in change order, returning only positions that can no longer be
-    /// preceded by a later commit.
+    /// Reads the documents of `collection` (only `owner`'s when given) whose latest write is
+    /// after `after`, in change order, within `limit` (documents and bytes; at least one),
+    /// returning only positions that can no longer be preceded by a later commit.
     fn read_changes(
         &self,
         collection: &str,
         owner: Option<&str>,
         after: Position,
-        limit: u32,
+        limit: PageLimit,
     ) -> impl Future<Output = Result<ChangePage, StoreError>> + Send;
 
     /// The visibility horizon now: every transaction below it has finished, so no change at a

@@ -231,7 +231,16 @@ async fn a_transaction_holding_the_horizon_shows_as_its_age() {
         .unwrap();
     let mut watch = HorizonWatch::default();
     let mut aged = false;
+    let mut other = <sqlx::PgConnection as sqlx::Connection>::connect(&db)
+        .await
+        .unwrap();
     for _ in 0..50 {
+        // A snapshot's xmax is one past the latest *completed* transaction: the horizon is
+        // held back (xmin < xmax) once something newer than `held` has finished.
+        sqlx::query("SELECT pg_current_xact_id()")
+            .execute(&mut other)
+            .await
+            .unwrap();
         let (xmin, xmax) = store.snapshot_bounds().await.unwrap();
         assert!(xmin <= tx && tx < xmax, "{xmin} <= {tx} < {xmax}");
         let ages = watch.observe(xmin, xmax, tx, tokio::time::Instant::now());

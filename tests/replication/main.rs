@@ -9,6 +9,7 @@ mod deadlocks;
 mod durability;
 mod health;
 mod inputs;
+mod memory_bounds;
 mod notifications;
 mod ordering;
 mod pull;

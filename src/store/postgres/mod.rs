@@ -15,7 +15,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::collections::HashMap;
 
 use super::{
-    ChangePage, Position, PushOutcome, PushPlan, PushTarget, Store, StoreError, StoredDocument,
+    ChangePage, PageLimit, Position, PushOutcome, PushPlan, PushTarget, Store, StoreError,
+    StoredDocument,
 };
 use crate::protocol::ProtocolError;
 
@@ -161,8 +162,17 @@ impl PgStore {
             let explain = sqlx::AssertSqlSafe(format!("EXPLAIN {sql}"));
             let query = sqlx::query_scalar::<_, String>(explain).bind(collection);
             let query = match kind {
-                0 => query.bind(0_i64).bind(0_i64).bind(100_i64),
-                1 => query.bind(0_i64).bind(0_i64).bind(100_i64).bind("owner"),
+                0 => query
+                    .bind(0_i64)
+                    .bind(0_i64)
+                    .bind(100_i64)
+                    .bind(1_i64 << 22),
+                1 => query
+                    .bind(0_i64)
+                    .bind(0_i64)
+                    .bind(100_i64)
+                    .bind(1_i64 << 22)
+                    .bind("owner"),
                 _ => query
                     .bind(vec!["a".to_owned(), "b".to_owned()])
                     .bind(vec![Some("1-x".to_owned()), None]),
@@ -228,7 +238,7 @@ impl Store for PgStore {
         collection: &str,
         owner: Option<&str>,
         after: Position,
-        limit: u32,
+        limit: PageLimit,
     ) -> impl Future<Output = Result<ChangePage, StoreError>> + Send {
         self.read_page(collection, owner, after, limit)
     }

@@ -8,50 +8,73 @@ use sqlx::postgres::PgRow;
 use super::PgStore;
 use super::error::to_store_error;
 use super::read_ahead::{PageKey, Prepared, WRITTEN_SINCE_MAX, WRITTEN_SINCE_SQL};
-use crate::store::{ChangePage, Position, StoreError, StoredDocument};
+use crate::store::{
+    ChangePage, DOCUMENT_OVERHEAD_BYTES, PageLimit, Position, StoreError, StoredDocument,
+};
 use crate::telemetry::metrics::READ_AHEAD;
 
 // The horizon is the snapshot's xmin: every transaction id below it has committed or aborted,
 // and this statement sees all of the committed ones. Returning only rows below it means no
 // transaction can later commit a row at a position at or before the last one returned.
 // Two statements rather than an optional filter, so that each has a plan on its own index.
+//
+// The byte budget ($5) is applied here, from a running sum of each row's weight (the stored
+// `body_bytes` plus id, owner and revision, as `StoredDocument::page_bytes` counts), so that
+// rows past the budget are never turned into text nor sent: a page of 1 MiB documents reads
+// four bodies, not a thousand. The scan still stops at the row limit ($4). The first row always
+// fits (a page makes progress), and the rows that fit are a prefix; the first row that does not
+// fit (the one after the last that does: the second, or one whose predecessors' sum is within
+// the budget) comes back without its body, to say that the page ended at its budget.
 macro_rules! page_sql {
     ($owner_filter:literal) => {
         concat!(
             "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon)
-SELECT h.horizon, d.id, d.owner, d.body::text AS body, d.deleted, d.revision, d.updated_at,
-       d.change_xid, d.change_seq
+SELECT h.horizon, d.id, d.owner, CASE WHEN d.fits THEN d.body::text END AS body, d.deleted,
+       d.revision, d.updated_at, d.change_xid, d.change_seq
 FROM h
 LEFT JOIN LATERAL (
-    SELECT id, owner, body, deleted, revision, updated_at, change_xid, change_seq
-    FROM syncline_documents
-    WHERE collection = $1
-      AND (change_xid, change_seq) > ($2, $3)
-      AND change_xid < h.horizon",
+    SELECT w.*, (w.n = 1 OR w.total <= $5) AS fits
+    FROM (
+        SELECT id, owner, body, deleted, revision, updated_at, change_xid, change_seq,
+               row_number() OVER w AS n,
+               sum(body_bytes + octet_length(id) + octet_length(owner) + octet_length(revision)
+                   + 64) OVER w AS total,
+               body_bytes + octet_length(id) + octet_length(owner) + octet_length(revision)
+                   + 64 AS size
+        FROM syncline_documents
+        WHERE collection = $1
+          AND (change_xid, change_seq) > ($2, $3)
+          AND change_xid < h.horizon",
             $owner_filter,
             "
-    ORDER BY change_xid, change_seq
-    LIMIT $4
+        WINDOW w AS (ORDER BY change_xid, change_seq ROWS UNBOUNDED PRECEDING)
+        ORDER BY change_xid, change_seq
+        LIMIT $4
+    ) w
+    WHERE w.n <= 2 OR w.total - w.size <= $5
 ) d ON true"
         )
     };
 }
 
+// The statements spell DOCUMENT_OVERHEAD_BYTES as 64.
+const _: () = assert!(DOCUMENT_OVERHEAD_BYTES == 64, "update the page statements");
+
 /// Every owner's documents (service principals).
 pub(super) const PAGE_SQL: &str = page_sql!("");
-/// One owner's documents; `$5` is the owner.
-pub(super) const OWNER_PAGE_SQL: &str = page_sql!("\n      AND owner = $5");
+/// One owner's documents; `$6` is the owner.
+pub(super) const OWNER_PAGE_SQL: &str = page_sql!("\n          AND owner = $6");
 
 impl PgStore {
     /// The page after `after`: the one read ahead when it is still exactly what a read now
     /// would return, else read now. A full page starts the read of the next one.
-    #[tracing::instrument(name = "db.read_changes", skip_all, fields(db.system = "postgresql", collection = %collection, limit = limit))]
+    #[tracing::instrument(name = "db.read_changes", skip_all, fields(db.system = "postgresql", collection = %collection, limit = limit.documents))]
     pub(crate) async fn read_page(
         &self,
         collection: &str,
         owner: Option<&str>,
         after: Position,
-        limit: u32,
+        limit: PageLimit,
     ) -> Result<ChangePage, StoreError> {
         let key = PageKey {
             collection: collection.to_owned(),
@@ -68,7 +91,7 @@ impl PgStore {
             None => self.query_page(collection, owner, after, limit).await?,
         };
         if let Some(last) = page.documents.last()
-            && page.documents.len() >= limit as usize
+            && page.more
         {
             let next = key.from(last.position);
             self.read_ahead.start(next.clone(), page.horizon, || {
@@ -99,7 +122,7 @@ impl PgStore {
             .fetch_all(self.pool());
         let (read, written) = tokio::join!(prepared.read, written);
         let page = match read {
-            Ok(Ok(page)) if page.documents.len() >= key.limit as usize => page,
+            Ok(Ok(page)) if page.more => page,
             _ => {
                 outcome("unused");
                 return None;
@@ -127,18 +150,20 @@ impl PgStore {
         collection: &str,
         owner: Option<&str>,
         after: Position,
-        limit: u32,
+        limit: PageLimit,
     ) -> Result<ChangePage, StoreError> {
         let sql = if owner.is_some() {
             OWNER_PAGE_SQL
         } else {
             PAGE_SQL
         };
+        let budget = i64::try_from(limit.bytes).unwrap_or(i64::MAX);
         let mut query = sqlx::query(sql)
             .bind(collection)
             .bind(after.tx)
             .bind(after.seq)
-            .bind(i64::from(limit));
+            .bind(i64::from(limit.documents))
+            .bind(budget);
         if let Some(owner) = owner {
             query = query.bind(owner);
         }
@@ -149,25 +174,46 @@ impl PgStore {
             None => 0,
         };
         let mut documents = Vec::with_capacity(rows.len());
+        let mut cut = false;
         for row in &rows {
-            if let Some(document) = into_document(row).map_err(to_store_error)? {
-                documents.push(document);
+            match into_document(row).map_err(to_store_error)? {
+                PageRow::Document(document) => documents.push(document),
+                PageRow::OverBudget => cut = true,
+                PageRow::Empty => {}
             }
         }
         // The join does not promise the lateral's order; sorting here is cheaper than a Sort
         // node in the plan (and a no-op on already ordered rows).
         documents.sort_by_key(|d| d.position);
-        Ok(ChangePage { documents, horizon })
+        let more = cut || documents.len() >= limit.documents as usize;
+        Ok(ChangePage {
+            documents,
+            more,
+            horizon,
+        })
     }
 }
 
+/// What one row of the page query holds.
+enum PageRow {
+    /// A document of the page.
+    Document(StoredDocument),
+    /// The first document past the byte budget (sent without its body): the page is cut.
+    OverBudget,
+    /// No document (the page is empty; the row carries the horizon only).
+    Empty,
+}
+
 /// A row of the page query: horizon, then the document columns, NULL when the page is empty
-/// (so that the horizon still comes back).
-fn into_document(row: &PgRow) -> Result<Option<StoredDocument>, sqlx::Error> {
+/// (so that the horizon still comes back); the body is NULL for the row past the byte budget.
+fn into_document(row: &PgRow) -> Result<PageRow, sqlx::Error> {
     if row.try_get_unchecked::<Option<&str>, _>(1)?.is_none() {
-        return Ok(None);
+        return Ok(PageRow::Empty);
     }
-    document_at(row, 1).map(Some)
+    if row.try_get_unchecked::<Option<&str>, _>(3)?.is_none() {
+        return Ok(PageRow::OverBudget);
+    }
+    document_at(row, 1).map(PageRow::Document)
 }
 
 /// The document whose columns start at `first`: id, owner, body (as text), deleted, revision,

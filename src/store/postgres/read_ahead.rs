@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use crate::store::{ChangePage, Position, StoreError};
+use crate::store::{ChangePage, PageLimit, Position, StoreError};
 
 /// How long a prepared page waits for the pull that wants it.
 const TTL: Duration = Duration::from_secs(5);
@@ -37,7 +37,7 @@ pub(super) struct PageKey {
     pub collection: String,
     pub owner: Option<String>,
     pub after: Position,
-    pub limit: u32,
+    pub limit: PageLimit,
 }
 
 impl PageKey {
