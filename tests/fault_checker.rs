@@ -179,16 +179,19 @@ async fn connect(addr: SocketAddr) -> Option<ReplicationServiceClient<Channel>> 
     Some(ReplicationServiceClient::new(channel))
 }
 
-/// Statuses a fault may cause; anything else is a bug.
-fn transient(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::Unknown
-            | Code::Cancelled
-            | Code::DeadlineExceeded
-            | Code::Aborted
-    )
+/// Statuses a fault may cause; anything else is a bug. A status with a source was made by
+/// the client's transport (a connection reset, a GOAWAY while the server restarts), not sent
+/// by the server.
+fn transient(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+        || matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::Unknown
+                | Code::Cancelled
+                | Code::DeadlineExceeded
+                | Code::Aborted
+        )
 }
 
 fn token_of(body: &Value) -> Option<String> {
@@ -307,7 +310,7 @@ async fn writer(
                     }
                 }
                 Ok(Err(status)) => {
-                    if !transient(status.code()) {
+                    if !transient(&status) {
                         ledger
                             .lock()
                             .unwrap()
@@ -431,7 +434,7 @@ async fn puller(
         let limit = rng.random_range(1..=15);
         match pull_once(&mut client, &mut replica, &who, limit).await {
             Ok((_, problems)) => ledger.lock().unwrap().violations.extend(problems),
-            Err(status) if transient(status.code()) => {}
+            Err(status) if transient(&status) => {}
             Err(status) => ledger
                 .lock()
                 .unwrap()
@@ -469,7 +472,7 @@ async fn streamer(
         });
         let mut stream = match timeout(RPC_TIMEOUT, call).await {
             Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(status)) if !transient(status.code()) => {
+            Ok(Err(status)) if !transient(&status) => {
                 ledger
                     .lock()
                     .unwrap()
@@ -492,7 +495,7 @@ async fn streamer(
                         ledger.lock().unwrap().violations.extend(problems);
                     }
                 }
-                Ok(Err(status)) if !transient(status.code()) => {
+                Ok(Err(status)) if !transient(&status) => {
                     ledger
                         .lock()
                         .unwrap()
@@ -763,7 +766,7 @@ async fn replicas_converge_exactly_under_faults() {
                 }
                 Ok((_, problems)) => failures.extend(problems),
                 // The last fault may still be settling (a restarted PostgreSQL).
-                Err(status) if transient(status.code()) && errors < 50 => {
+                Err(status) if transient(&status) && errors < 50 => {
                     errors += 1;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
