@@ -139,6 +139,29 @@ pub fn fits_numeric(text: &str) -> bool {
     }
 }
 
+/// An upper bound of the length of the number as PostgreSQL prints it back (`numeric` has no
+/// exponent form: `1e5` reads back as `100000`, `1e-5` as `0.00001`); `None` when it is not a
+/// number `numeric` holds. A short text can print long: the difference counts towards a
+/// document's stored size.
+pub fn printed_len(text: &str) -> Option<usize> {
+    let p = parts(text)?;
+    let exp = p.exp?;
+    let frac_len = i64::try_from(p.frac.len()).ok()?;
+    // Digits after the decimal point: as written, shifted by the exponent.
+    let scale = frac_len.saturating_sub(exp).max(0);
+    // Digits before it: the significant ones and the zeros after them, or a single 0.
+    let int_digits = match Decimal::parse(text) {
+        Some(d) if !d.digits.is_empty() => {
+            let len = i64::try_from(d.digits.len()).ok()?;
+            len.saturating_add(d.exponent).max(1)
+        }
+        _ => 1,
+    };
+    // Sign, integer digits, point, fraction.
+    let total = 2i64.saturating_add(int_digits).saturating_add(scale);
+    usize::try_from(total).ok()
+}
+
 /// True when the text certainly fits without looking closer: short and without exponent.
 pub fn plainly_fits(text: &str) -> bool {
     text.len() <= 32 && !text.bytes().any(|b| b == b'e' || b == b'E')
@@ -189,6 +212,29 @@ mod tests {
 
     /// Each case was tried against PostgreSQL 15 (`SELECT '{"a": <n>}'::jsonb`);
     /// tests/replication/inputs.rs checks a table like it against the live database.
+    #[test]
+    fn printed_length_bounds_what_postgres_prints() {
+        for (text, printed) in [
+            ("0", "0"),
+            ("-12.50", "-12.50"),
+            ("1e5", "100000"),
+            ("1.5e3", "1500"),
+            ("1e-5", "0.00001"),
+            ("-2.5e-3", "-0.0025"),
+            ("12345678901234567890", "12345678901234567890"),
+        ] {
+            let bound = printed_len(text).unwrap();
+            assert!(
+                bound >= printed.len(),
+                "{text}: {bound} < {}",
+                printed.len()
+            );
+            assert!(bound <= printed.len() + 2, "{text}: {bound} is loose");
+        }
+        assert!(printed_len("1e100000").unwrap() > 100_000);
+        assert!(printed_len("9e-16000").unwrap() > 16_000);
+    }
+
     #[test]
     fn numeric_range_matches_postgres() {
         let digits = |n: usize| "1".repeat(n);

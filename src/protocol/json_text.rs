@@ -270,6 +270,25 @@ pub fn numbers_fit(text: &str) -> bool {
     }
 }
 
+/// How many bytes longer the text is as PostgreSQL prints it back than as written, from
+/// numbers written with exponents (`1e100000` is 8 bytes written, 100,001 printed). Only
+/// numbers with an exponent grow; a text that cannot be read grows by 0 (the caller refuses it
+/// anyway).
+pub fn printed_growth(text: &str) -> usize {
+    let mut tokens = Tokens::new(text);
+    let mut growth = 0usize;
+    loop {
+        match tokens.next() {
+            Ok(Some(Token::Number(n))) if n.bytes().any(|b| b == b'e' || b == b'E') => {
+                let printed = json_number::printed_len(n).unwrap_or(usize::MAX);
+                growth = growth.saturating_add(printed.saturating_sub(n.len()));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return growth,
+        }
+    }
+}
+
 /// The JSON Pointer of the first number `numeric` cannot hold (`/a/0`), if any. Keys in the
 /// pointer are cut so that the path stays short.
 pub fn unstorable_number(text: &str) -> Option<String> {

@@ -158,6 +158,19 @@ fn validate_row(
                  range (at most 16383 digits after the decimal point, values below 10^131072)"
             )));
         }
+        // PostgreSQL prints numbers without exponents, and pages carry the printed text:
+        // `[1e100000]` is 10 bytes pushed and 100 KB on every pull. The limit holds for the
+        // stored form too.
+        if !integers_only {
+            let stored = text.len().saturating_add(json_text::printed_growth(text));
+            if stored > limits.document_bytes_max {
+                return Err(fail(format!(
+                    "new_document_state.json is {stored} bytes as stored (numbers written with \
+                     exponents are stored in full), over the limit of {}",
+                    limits.document_bytes_max
+                )));
+            }
+        }
     }
     let assumed = match row.assumed {
         None => None,

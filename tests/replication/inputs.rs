@@ -277,3 +277,38 @@ async fn a_stale_push_with_a_near_equal_number_conflicts() {
     let (docs, _) = pull_all(&mut c, "tasks", "", 10).await;
     assert_eq!(body(&docs[0]), json!({"n": 1}));
 }
+
+/// Numbers are stored and sent back without exponents: `1e-16000` is 8 bytes pushed and
+/// 16 KB on every pull. A body is limited by its stored size, so a small push cannot become
+/// pages no client can receive.
+#[tokio::test]
+async fn numbers_that_expand_when_stored_count_against_the_document_limit() {
+    let server = TestServer::start().await;
+    // 70 x ~16 KB as stored: over the default 1 MiB.
+    let numbers = vec!["1e-16000"; 70].join(",");
+    let err = push_err(
+        &server,
+        vec![insert(raw("n-2", &format!(r#"{{"v":[{numbers}]}}"#)))],
+    )
+    .await;
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("rows[0] (id \"n-2\"): new_document_state.json is ")
+            && err.message().contains("as stored"),
+        "{}",
+        err.message()
+    );
+    // A few are fine, and come back in full.
+    let numbers = vec!["1e-16000"; 3].join(",");
+    let mut c = server.client().await;
+    push(
+        &mut c,
+        "tasks",
+        vec![insert(raw("n-3", &format!(r#"{{"v":[{numbers}]}}"#)))],
+    )
+    .await;
+    let (docs, _) = pull(&mut c, "tasks", "", 10).await;
+    assert_eq!(docs.len(), 1);
+    assert!(docs[0].json.len() > 3 * 16_000);
+}
