@@ -30,4 +30,5 @@ if [ -z "${DATABASE_URL:-}" ]; then
   echo "serve: development PostgreSQL data in $pgdir, at $DATABASE_URL" >&2
   echo "serve: stop it with: scripts/pg-cluster.sh stop $pgdir   (remove it with: rm -rf $pgdir)" >&2
 fi
-exec cargo run --release --locked --bin syncline -- serve --config "$config"
+# A debug build starts sooner on a new machine; SYNCLINE_PROFILE=release for measurements.
+exec cargo run --profile "${SYNCLINE_PROFILE:-dev}" --locked --bin syncline -- serve --config "$config"

@@ -285,7 +285,7 @@ async fn a_stale_push_with_a_near_equal_number_conflicts() {
 async fn numbers_that_expand_when_stored_count_against_the_document_limit() {
     let server = TestServer::start().await;
     // 70 x ~16 KB as stored: over the default 1 MiB.
-    let numbers = vec!["1e-16000"; 70].join(",");
+    let numbers = ["1e-16000"; 70].join(",");
     let err = push_err(
         &server,
         vec![insert(raw("n-2", &format!(r#"{{"v":[{numbers}]}}"#)))],
@@ -300,7 +300,7 @@ async fn numbers_that_expand_when_stored_count_against_the_document_limit() {
         err.message()
     );
     // A few are fine, and come back in full.
-    let numbers = vec!["1e-16000"; 3].join(",");
+    let numbers = ["1e-16000"; 3].join(",");
     let mut c = server.client().await;
     push(
         &mut c,
