@@ -25,6 +25,8 @@ echo "== Python client against the real server"
 SYNCLINE_BIN=target/debug/syncline scripts/test-python.sh
 echo "== TypeScript client (RxDB) against the real server, native gRPC and gRPC-Web"
 SYNCLINE_BIN=target/debug/syncline scripts/test-typescript.sh
+echo "== README: the first command from a private clone, and the example session verbatim"
+scripts/test-readme.sh
 echo "== proto lint and breaking-change check"
 scripts/check-proto.sh
 echo "== deployment manifests"
