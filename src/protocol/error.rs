@@ -40,7 +40,6 @@ impl From<crate::store::StoreError> for ProtocolError {
                     "too many concurrent writes to the same documents; retry".into(),
                 )
             }
-            StoreError::Rejected(e) => e,
             StoreError::Internal(m) => ProtocolError::Internal(m),
         }
     }

@@ -29,7 +29,7 @@ use stream_limits::StreamLimits;
 pub use validate::{DocumentInput, RowInput};
 
 use crate::fanout::Hub;
-use crate::store::{ConflictState, PageLimit, Store, StoredDocument};
+use crate::store::{ConflictState, PageLimit, PushError, Store, StoredDocument};
 use crate::telemetry::metrics as m;
 
 /// A page of a Pull.
@@ -242,10 +242,14 @@ impl<S: Store> Replicator<S> {
                 conflict::plan_push(&rows, current, principal)
             })
             .await
-            .inspect_err(|e| {
-                if let crate::store::StoreError::Rejected(ProtocolError::PermissionDenied(_)) = e {
-                    rejected("permission", row_count);
+            .map_err(|e| match e {
+                PushError::Refused(refusal) => {
+                    if let ProtocolError::PermissionDenied(_) = refusal {
+                        rejected("permission", row_count);
+                    }
+                    refusal
                 }
+                PushError::Store(e) => e.into(),
             })?;
         if let Some(tx) = outcome.tx {
             // Wake local subscribers now; other processes hear the NOTIFY.

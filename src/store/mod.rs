@@ -158,12 +158,25 @@ pub enum StoreError {
     /// Concurrent writers kept colliding after every retry: the client may retry.
     #[error("too much contention: {0}")]
     Contention(String),
-    /// The decision callback rejected the push; nothing was applied.
-    #[error(transparent)]
-    Rejected(#[from] crate::protocol::ProtocolError),
     /// Anything else; details are logged, never sent to clients.
     #[error("database error: {0}")]
     Internal(String),
+}
+
+/// Why a push was not applied: its decision refused it (with the decision's own error), or
+/// the store failed. Either way nothing was written.
+#[derive(Debug)]
+pub enum PushError<E> {
+    /// `decide` refused the batch.
+    Refused(E),
+    /// The store failed.
+    Store(StoreError),
+}
+
+impl<E> From<StoreError> for PushError<E> {
+    fn from(err: StoreError) -> Self {
+        PushError::Store(err)
+    }
 }
 
 /// A document a push touches.
@@ -196,17 +209,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// In one transaction: reads the current states of `targets` (distinct ids), calls
     /// `decide` with them, stores its writes with new positions, and wakes listeners of
-    /// `collection`. `decide` may run more than once when the transaction is retried.
-    fn apply_push<F>(
+    /// `collection`. `decide` may run more than once when the transaction is retried; its
+    /// error refuses the batch and comes back as [`PushError::Refused`].
+    fn apply_push<F, E>(
         &self,
         collection: &str,
         targets: &[PushTarget],
         decide: F,
-    ) -> impl Future<Output = Result<PushOutcome, StoreError>> + Send
+    ) -> impl Future<Output = Result<PushOutcome, PushError<E>>> + Send
     where
-        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, crate::protocol::ProtocolError>
-            + Send
-            + Sync;
+        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, E> + Send + Sync,
+        E: Send;
 
     /// The 32-byte secret that seals checkpoint tokens, the same for every process on this
     /// store and across restarts: created at random on first use, then kept.

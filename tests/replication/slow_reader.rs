@@ -15,8 +15,8 @@ use syncline::protocol::{
 };
 use syncline::store::postgres::{PgStore, PoolSettings};
 use syncline::store::{
-    ChangePage, PageLimit, Position, PushOutcome, PushPlan, PushTarget, Store, StoreError,
-    StoredDocument,
+    ChangePage, PageLimit, Position, PushError, PushOutcome, PushPlan, PushTarget, Store,
+    StoreError, StoredDocument,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -48,18 +48,15 @@ impl Store for Counting {
         self.inner.horizon().await
     }
 
-    async fn apply_push<F>(
+    async fn apply_push<F, E>(
         &self,
         c: &str,
         targets: &[PushTarget],
         decide: F,
-    ) -> Result<PushOutcome, StoreError>
+    ) -> Result<PushOutcome, PushError<E>>
     where
-        F: Fn(
-                &HashMap<String, StoredDocument>,
-            ) -> Result<PushPlan, syncline::protocol::ProtocolError>
-            + Send
-            + Sync,
+        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, E> + Send + Sync,
+        E: Send,
     {
         self.inner.apply_push(c, targets, decide).await
     }

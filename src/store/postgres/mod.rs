@@ -15,10 +15,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::collections::HashMap;
 
 use super::{
-    ChangePage, PageLimit, Position, PushOutcome, PushPlan, PushTarget, Store, StoreError,
-    StoredDocument,
+    ChangePage, PageLimit, Position, PushError, PushOutcome, PushPlan, PushTarget, Store,
+    StoreError, StoredDocument,
 };
-use crate::protocol::ProtocolError;
 
 /// The embedded migrations.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -250,14 +249,15 @@ impl Store for PgStore {
             .map_err(error::to_store_error)
     }
 
-    fn apply_push<F>(
+    fn apply_push<F, E>(
         &self,
         collection: &str,
         targets: &[PushTarget],
         decide: F,
-    ) -> impl Future<Output = Result<PushOutcome, StoreError>> + Send
+    ) -> impl Future<Output = Result<PushOutcome, PushError<E>>> + Send
     where
-        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, ProtocolError> + Send + Sync,
+        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, E> + Send + Sync,
+        E: Send,
     {
         self.push(collection, targets, decide)
     }

@@ -13,8 +13,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::error::{Class, classify};
 use super::{NOTIFY_CHANNEL, PgStore};
-use crate::protocol::ProtocolError;
-use crate::store::{PushOutcome, PushPlan, PushTarget, StoreError, StoredDocument};
+use crate::store::{PushError, PushOutcome, PushPlan, PushTarget, StoreError, StoredDocument};
 
 /// Attempts before a contended push gives up with a retryable error.
 const MAX_ATTEMPTS: u32 = 12;
@@ -116,12 +115,19 @@ struct WriteResult {
 }
 
 /// Why one attempt did not commit.
-enum AttemptError {
+enum AttemptError<E> {
     Retry,
     Fail(StoreError),
+    Refused(E),
 }
 
-impl From<sqlx::Error> for AttemptError {
+impl<E> From<StoreError> for AttemptError<E> {
+    fn from(err: StoreError) -> Self {
+        AttemptError::Fail(err)
+    }
+}
+
+impl<E> From<sqlx::Error> for AttemptError<E> {
     fn from(err: sqlx::Error) -> Self {
         match classify(err) {
             Class::Retry => AttemptError::Retry,
@@ -132,14 +138,15 @@ impl From<sqlx::Error> for AttemptError {
 
 impl PgStore {
     #[tracing::instrument(name = "db.push", skip_all, fields(db.system = "postgresql", collection = %collection, rows = targets.len()))]
-    pub(crate) async fn push<F>(
+    pub(crate) async fn push<F, E>(
         &self,
         collection: &str,
         targets: &[PushTarget],
         decide: F,
-    ) -> Result<PushOutcome, StoreError>
+    ) -> Result<PushOutcome, PushError<E>>
     where
-        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, ProtocolError> + Send + Sync,
+        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, E> + Send + Sync,
+        E: Send,
     {
         let ids: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
         let skip_at: Vec<Option<&str>> =
@@ -149,7 +156,8 @@ impl PgStore {
             // Optimistic first; after any collision, under row locks.
             match self.attempt(collection, ids, &decide, attempt > 1).await {
                 Ok(outcome) => return Ok(outcome),
-                Err(AttemptError::Fail(e)) => return Err(e),
+                Err(AttemptError::Fail(e)) => return Err(PushError::Store(e)),
+                Err(AttemptError::Refused(e)) => return Err(PushError::Refused(e)),
                 Err(AttemptError::Retry) => {
                     tracing::debug!(attempt, collection, "push collided; retrying");
                     // Jittered backoff so colliding pushes do not collide again in lockstep.
@@ -159,23 +167,24 @@ impl PgStore {
                 }
             }
         }
-        Err(StoreError::Contention(format!(
+        Err(PushError::Store(StoreError::Contention(format!(
             "push to {collection} collided with concurrent pushes {MAX_ATTEMPTS} times"
-        )))
+        ))))
     }
 
     /// One try. Optimistic: read without locks and write with the guarded statement in its own
     /// implicit transaction. Locking: a transaction that first claims every id (CLAIM_SQL), then
     /// reads, decides and writes the same way.
-    async fn attempt<F>(
+    async fn attempt<F, E>(
         &self,
         collection: &str,
         ids: (&[&str], &[Option<&str>]),
         decide: &F,
         locking: bool,
-    ) -> Result<PushOutcome, AttemptError>
+    ) -> Result<PushOutcome, AttemptError<E>>
     where
-        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, ProtocolError> + Send + Sync,
+        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, E> + Send + Sync,
+        E: Send,
     {
         // The wait for a connection (with the BEGIN round trip, when locking).
         let started = std::time::Instant::now();
@@ -202,11 +211,11 @@ impl PgStore {
 }
 
 /// The current states of the targets (placeholders excluded).
-async fn read(
+async fn read<E>(
     conn: &mut sqlx::PgConnection,
     collection: &str,
     ids: (&[&str], &[Option<&str>]),
-) -> Result<Vec<StoredDocument>, AttemptError> {
+) -> Result<Vec<StoredDocument>, AttemptError<E>> {
     let rows = sqlx::query(READ_SQL)
         .bind(collection)
         .bind(ids.0)
@@ -219,20 +228,21 @@ async fn read(
 /// Decides the push on `rows` (the current states) and writes the plan with the guarded
 /// statement on `conn`. `claimed` are the ids that hold this transaction's placeholders: they
 /// are updated like existing rows, and removed when the plan does not write them.
-async fn write_plan<F>(
+async fn write_plan<F, E>(
     conn: &mut sqlx::PgConnection,
     collection: &str,
     rows: Vec<StoredDocument>,
     claimed: &[String],
     decide: &F,
     synchronous_commit: &str,
-) -> Result<PushOutcome, AttemptError>
+) -> Result<PushOutcome, AttemptError<E>>
 where
-    F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, ProtocolError> + Send + Sync,
+    F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, E> + Send + Sync,
+    E: Send,
 {
     let current: HashMap<String, StoredDocument> =
         rows.into_iter().map(|d| (d.id.clone(), d)).collect();
-    let plan = decide(&current).map_err(|e| AttemptError::Fail(StoreError::Rejected(e)))?;
+    let plan = decide(&current).map_err(AttemptError::Refused)?;
     let mut conflicts = plan.conflicts;
     let written: std::collections::HashSet<&str> =
         plan.writes.iter().map(|w| w.id.as_str()).collect();
