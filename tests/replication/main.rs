@@ -11,5 +11,6 @@ mod sigterm;
 mod slow_reader;
 mod subscribe;
 mod tls;
+mod tokens;
 mod validation;
 mod web;
