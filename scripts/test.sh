@@ -31,4 +31,6 @@ echo "== proto lint and breaking-change check"
 scripts/check-proto.sh
 echo "== deployment manifests"
 scripts/validate-deploy.sh
+echo "== fuzz targets (10 s each)"
+scripts/fuzz.sh 10
 echo "== all checks passed"

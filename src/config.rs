@@ -227,6 +227,10 @@ pub struct AuthConfig {
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(default = "default_leeway_seconds")]
     pub leeway_seconds: u64,
+    /// Longest accepted `sub` in bytes: the subject becomes the owner of documents, stored and
+    /// indexed with each one, so a token may not bring an unbounded one.
+    #[serde(default = "default_subject_bytes_max")]
+    pub subject_bytes_max: usize,
 }
 
 /// The `[tls]` table: rustls with PEM files.
@@ -371,6 +375,9 @@ fn default_service_scope() -> String {
 }
 fn default_leeway_seconds() -> u64 {
     30
+}
+fn default_subject_bytes_max() -> usize {
+    256
 }
 fn default_primary_key() -> String {
     "id".to_owned()
@@ -542,6 +549,9 @@ impl Config {
             }
             Some(a) if a.service_scope.is_empty() => {
                 return invalid("auth.service_scope must not be empty".into());
+            }
+            Some(a) if a.subject_bytes_max == 0 => {
+                return invalid("auth.subject_bytes_max must be at least 1".into());
             }
             _ => {}
         }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AuthConfig;
 use crate::protocol::Principal;
+use crate::protocol::principal::subject_problem;
 
 /// The claims Syncline reads.
 #[derive(Debug, Deserialize)]
@@ -40,6 +41,7 @@ pub struct JwtVerifier {
     audience: Option<String>,
     service_scope: String,
     leeway: u64,
+    subject_bytes_max: usize,
 }
 
 /// Why a token was refused: logged at debug level, never sent (clients get one generic message).
@@ -77,6 +79,7 @@ impl JwtVerifier {
             audience: config.audience.clone(),
             service_scope: config.service_scope.clone(),
             leeway: config.leeway_seconds,
+            subject_bytes_max: config.subject_bytes_max,
         };
         if verifier.jwks_file.is_some() {
             verifier.reload_jwks()?;
@@ -144,15 +147,24 @@ impl JwtVerifier {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway;
         validation.validate_nbf = true;
-        validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
+        // jsonwebtoken checks `iss` and `aud` only when present: a configured one must also be
+        // required, or a token the same key signed for another purpose (no `aud`) gets in.
+        let mut required = vec!["exp", "sub"];
         match &self.issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
+            Some(iss) => {
+                validation.set_issuer(&[iss]);
+                required.push("iss");
+            }
             None => validation.iss = None,
         }
         match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         let claims = if header.alg == Algorithm::HS256 {
             let key = self.hs256.as_ref().ok_or(TokenError::NoKey)?;
             decode(token, key, &validation)?
@@ -179,26 +191,52 @@ impl JwtVerifier {
                 header.alg
             )));
         };
-        if claims.sub.is_empty() {
-            return Err(TokenError::Invalid("empty sub".into()));
+        if let Some(problem) = subject_problem(&claims.sub, self.subject_bytes_max) {
+            return Err(TokenError::Invalid(format!("sub: {problem}")));
         }
-        let scopes: HashSet<String> = claims
-            .scope
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
+        // A signed `exp` far in the future (2^63 s and more) does not fit a SystemTime.
+        let expires_at = UNIX_EPOCH
+            .checked_add(Duration::from_secs(claims.exp))
+            .ok_or_else(|| TokenError::Invalid("exp out of range".into()))?;
+        let scopes = scopes(claims.scope.as_deref().unwrap_or_default());
         Ok(Principal {
             service: scopes.contains(&self.service_scope),
             subject: claims.sub,
             scopes,
-            expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+            expires_at: Some(expires_at),
         })
     }
+}
+
+/// The scopes of a `scope` claim: separated by the ASCII space only (RFC 6749 section 3.3).
+/// Any other whitespace (U+00A0, U+3000, tab, ...) is part of a scope, so
+/// `"tenant:x\u{a0}syncline:service"` is one scope and never the service scope.
+fn scopes(claim: &str) -> HashSet<String> {
+    claim
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Claims, TokenError> {
     jsonwebtoken::decode::<Claims>(token, key, validation)
         .map(|d| d.claims)
         .map_err(|e| TokenError::Invalid(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_are_separated_by_ascii_spaces_only() {
+        let got = scopes("  a b\u{a0}c\td\u{3000}e  f ");
+        let want: HashSet<String> = ["a", "b\u{a0}c\td\u{3000}e", "f"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(got, want);
+        assert!(scopes("").is_empty() && scopes("   ").is_empty());
+    }
 }

@@ -19,6 +19,24 @@ pub struct Principal {
     pub expires_at: Option<SystemTime>,
 }
 
+/// Why `subject` cannot name a principal, if it cannot: empty, longer than `bytes_max`, or
+/// holding a control character (NUL included: PostgreSQL text cannot store it). A subject
+/// becomes the owner stored and indexed with every document it writes.
+pub fn subject_problem(subject: &str, bytes_max: usize) -> Option<String> {
+    if subject.is_empty() {
+        Some("empty".into())
+    } else if subject.len() > bytes_max {
+        Some(format!(
+            "{} bytes, over the limit of {bytes_max}",
+            subject.len()
+        ))
+    } else if subject.chars().any(char::is_control) {
+        Some("contains a control character".into())
+    } else {
+        None
+    }
+}
+
 impl Principal {
     /// The principal of an unauthenticated server (`auth.mode = "none"`): a service.
     pub fn anonymous_service() -> Principal {
@@ -58,5 +76,24 @@ impl Principal {
                 "collection {name:?}: {what} needs one of the scopes {required:?}"
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_problem;
+
+    #[test]
+    fn subjects_are_bounded_and_printable() {
+        assert_eq!(subject_problem("alice", 5), None);
+        assert_eq!(subject_problem("ユーザー", 12), None);
+        for bad in ["", "alice!", "a\0", "a\n", "\u{7f}", "\u{85}", "\u{1b}[m"] {
+            assert!(subject_problem(bad, 5).is_some(), "{bad:?}");
+        }
+        assert!(
+            subject_problem("ユーザー", 11)
+                .unwrap()
+                .contains("12 bytes")
+        );
     }
 }

@@ -84,6 +84,7 @@ fn jwt_config(db: &str, jwks: &Path) -> Config {
         audience: Some(AUDIENCE.into()),
         service_scope: "syncline:service".into(),
         leeway_seconds: 0,
+        subject_bytes_max: 256,
     });
     cfg
 }

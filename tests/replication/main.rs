@@ -19,6 +19,7 @@ mod slow_reader;
 mod sql_writes;
 mod subscribe;
 mod tls;
+mod tokens;
 mod validation;
 mod web;
 mod wire_limits;
