@@ -28,6 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=BUILD_GIT_COMMIT={commit}");
-    println!("cargo:rerun-if-changed=.git/HEAD");
+    // A path that does not exist would make cargo rerun this script on every build: in a git
+    // worktree `.git` is a file, and outside a checkout there is none.
+    if std::path::Path::new(".git/HEAD").is_file() {
+        println!("cargo:rerun-if-changed=.git/HEAD");
+    }
     Ok(())
 }

@@ -41,6 +41,7 @@ fn jwt(sub: &str, scope: &str) -> String {
 fn jwt_config(db: &str) -> Config {
     let mut cfg = config(db);
     cfg.auth = Some(AuthConfig {
+        subject_bytes_max: 256,
         mode: AuthMode::Jwt,
         hs256_secret: Some(SECRET.into()),
         jwks_file: None,

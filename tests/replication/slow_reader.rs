@@ -349,6 +349,7 @@ async fn a_slow_reader_stops_receiving_when_its_token_expires() {
     cfg.pull_limit_default = 20;
     cfg.pull_limit_max = 20;
     cfg.auth = Some(AuthConfig {
+        subject_bytes_max: 256,
         mode: AuthMode::Jwt,
         hs256_secret: Some(SECRET.into()),
         jwks_file: None,
