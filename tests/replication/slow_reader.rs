@@ -151,13 +151,20 @@ async fn receive(
 
 /// Polls `done` every 20 ms for up to 10 s.
 async fn eventually(what: &str, done: impl Fn() -> bool) {
-    for _ in 0..500 {
+    eventually_within(what, 10, done).await;
+}
+
+/// Polls `done` every 20 ms for up to `seconds` s: long enough, where it waits for the
+/// visibility horizon, to outlast a transaction that another test holds open in the shared
+/// cluster.
+async fn eventually_within(what: &str, seconds: u64, done: impl Fn() -> bool) {
+    for _ in 0..seconds * 50 {
         if done() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("not within 10 s: {what}");
+    panic!("not within {seconds} s: {what}");
 }
 
 #[tokio::test]
@@ -255,16 +262,29 @@ async fn a_stream_that_wakes_the_tail_as_it_goes_to_sleep_skips_nothing() {
     let tail = replicator.tail("tasks").expect("a tail per collection");
 
     // A watches while 50 documents are written: the tail buffers them (its capacity is 50).
+    // A's stream wakes the tail, which starts following from the horizon of that moment; a
+    // write committed before then is read by the streams that need it, never by the tail. So
+    // the writes start once the tail follows, or it may hold fewer than 50 (and then the late
+    // writes below would evict nothing, and the test would prove nothing).
     let mut a = replicator.subscribe(&service, "tasks", "").await.unwrap();
+    let mut following = tail.watch();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while *following.borrow_and_update() == Position::START {
+            following.changed().await.expect("the tail is alive");
+        }
+    })
+    .await
+    .expect("the tail follows");
     push_batches(&replicator, "x", 5).await;
     assert_eq!(receive(&mut a, 50).await.len(), 50);
-    eventually("the tail buffers the 50 documents", || {
+    eventually_within("the tail buffers the 50 documents", 60, || {
         replicator.buffered("tasks") == 50
     })
     .await;
 
     // A leaves; the tail stops right before it re-checks whether anyone watches.
     let pause = tail.pause_before_recheck();
+    drop(following);
     drop(a);
     tokio::time::timeout(Duration::from_secs(10), pause.reached())
         .await
@@ -278,14 +298,28 @@ async fn a_stream_that_wakes_the_tail_as_it_goes_to_sleep_skips_nothing() {
     assert_eq!(receive_batch(&mut b).await.len(), 20);
     eventually("B queues its last catch-up page", || b.len() == 1).await;
 
-    // Written while the tail stands still, after B's position: the gap.
+    // Written while the tail stands still, after B's position: the gap. The tail resumes only
+    // once the horizon covers it, so that it starts following past the gap and never reads it
+    // (a transaction held elsewhere in the cluster would otherwise let it read the gap itself).
     push_batches(&replicator, "gap", 1).await;
+    let everything = PageLimit::new(1000, usize::MAX);
+    for round in 0.. {
+        let page = store
+            .inner
+            .read_changes("tasks", None, Position::START, everything)
+            .await
+            .unwrap();
+        let gap = page.documents.iter().filter(|d| d.id.starts_with("gap-"));
+        if gap.count() == 10 {
+            break;
+        }
+        assert!(round < 3000, "the gap is not readable within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut head = tail.watch();
     let before = *head.borrow_and_update();
     pause.resume();
-    // The tail follows again once its head moves past the gap (later if a transaction elsewhere
-    // in the cluster holds the horizon back; the tail then reads the gap itself, and the test
-    // proves less).
+    // The tail follows again: its head moves past the gap at once.
     tokio::time::timeout(Duration::from_secs(20), async {
         while *head.borrow_and_update() <= before {
             head.changed().await.expect("the tail is alive");
@@ -298,7 +332,7 @@ async fn a_stream_that_wakes_the_tail_as_it_goes_to_sleep_skips_nothing() {
     // evict the 10 oldest.
     let read = store.documents.load(Ordering::SeqCst);
     push_batches(&replicator, "late", 1).await;
-    eventually("the tail reads the late writes", || {
+    eventually_within("the tail reads the late writes", 60, || {
         store.documents.load(Ordering::SeqCst) >= read + 10
     })
     .await;
@@ -317,6 +351,12 @@ async fn a_stream_that_wakes_the_tail_as_it_goes_to_sleep_skips_nothing() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), got.len(), "each document once: {got:?}");
+    // The tail resumed with an empty buffer: it holds only the late writes, none of the entries
+    // it kept from before it stood still.
+    eventually("the tail holds only what it read since it resumed", || {
+        replicator.buffered("tasks") == 10
+    })
+    .await;
 }
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
