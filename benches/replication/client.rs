@@ -200,7 +200,7 @@ pub fn body(id: &str, i: usize, version: u32) -> Vec<u8> {
     let notes: String = std::iter::repeat_n("0123456789abcdef0123456789abcdef", 6).collect();
     format!(
         r#"{{"id": "{id}", "done": {}, "tags": ["alpha", "beta", "gamma"], "notes": "{notes}", "title": "Document {i}", "version": {version}, "priority": {}}}"#,
-        i % 2 == 0,
+        i.is_multiple_of(2),
         i % 5
     )
     .into_bytes()

@@ -61,7 +61,7 @@ impl Variant {
 
     /// Row `j` of a batch carries a stale assumption.
     fn stale(self, j: usize) -> bool {
-        self == Variant::TenPercentStale && j % 10 == 0
+        self == Variant::TenPercentStale && j.is_multiple_of(10)
     }
 }
 
