@@ -714,7 +714,13 @@ async fn unread_streams(env: &Env<'_>, report: &mut Report) {
     // One connection each, so that no stream waits behind another's flow-control window.
     let mut held = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut c = client::connect(server.addr).await;
+        let mut c = match client::try_channel(server.addr).await {
+            Ok(channel) => client::client(channel),
+            Err(e) => {
+                violation(report, &peak, format!("abuse d: connect: {e}"));
+                break;
+            }
+        };
         match subscribe(&mut c, &writer, "").await {
             Ok(stream) => held.push((c, stream)),
             Err(status) => violation(
