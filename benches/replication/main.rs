@@ -10,6 +10,7 @@
 //! cluster (`scripts/pg-cluster.sh`, fsync off) on `BENCH_PG_PORT` (55460). Sizes: see
 //! `settings.rs` (`BENCH_DOCS`, `BENCH_SUBSCRIBERS`, `BENCH_SCALE_DOCS`, `BENCH_ONLY`...).
 
+mod abuse;
 mod client;
 mod cluster;
 mod fanout;
@@ -113,6 +114,10 @@ async fn run_all(ctx: &Ctx<'_>) -> Report {
     if s.runs("owners") {
         phase("5. scaling by owners");
         owners::run(ctx, &mut report).await;
+    }
+    if s.runs("abuse") {
+        phase("6. abuse: peak memory under a hostile client's worst cases");
+        abuse::run(ctx, &mut report).await;
     }
     report.notes.push(
         "Each figure is the median of the rounds; Syncline and its baseline alternate \

@@ -176,15 +176,44 @@ impl Server {
 
     /// Resident memory, in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc/<pid>/status");
+        self.status_bytes("VmRSS:")
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// The highest resident memory since the process started or since the last
+    /// [`Server::reset_peak_rss`] (`VmHWM`), in bytes; `None` once the process has exited.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        self.status_bytes("VmHWM:")
+    }
+
+    /// Starts the peak (`VmHWM`) afresh from the current resident memory, so that a peak
+    /// during start-up does not hide a smaller one later; false where the kernel refuses.
+    pub fn reset_peak_rss(&self) -> bool {
+        // "5" resets the peak resident set size (Linux 4.0+, proc(5) on clear_refs).
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").is_ok()
+    }
+
+    /// A `/proc/<pid>/status` size field (in kB there), in bytes.
+    fn status_bytes(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
         let kib: u64 = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS in /proc/<pid>/status");
-        kib * 1024
+            .and_then(|v| v.parse().ok())?;
+        Some(kib * 1024)
+    }
+
+    /// Waits (at most 30 s) until the process uses under 5% of a core over half a second.
+    pub async fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let c0 = self.cpu_seconds();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if (self.cpu_seconds() - c0) / 0.5 < 0.05 {
+                return;
+            }
+        }
     }
 
     /// User + system CPU time used so far, in seconds.

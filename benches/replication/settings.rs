@@ -43,9 +43,28 @@ pub struct Settings {
     /// Scenario 5 by owners: documents in each database, of 100 owners or of one
     /// (`BENCH_SCALE_OWNER_DOCS`).
     pub scale_owners_docs: usize,
+    /// Scenario 6 a: empty rows in each hostile Push (`BENCH_ABUSE_ROWS`).
+    pub abuse_rows: usize,
+    /// Scenario 6 a: how many such Pushes (`BENCH_ABUSE_PUSHES`).
+    pub abuse_pushes: usize,
+    /// Scenario 6 b-d: documents of ~1 MiB one principal writes (`BENCH_ABUSE_DOCS`).
+    pub abuse_docs: usize,
+    /// Scenario 6 c: times each of the concurrent pullers pages to the end
+    /// (`BENCH_ABUSE_PULL_ROUNDS`).
+    pub abuse_pull_rounds: usize,
+    /// Scenario 6 d: Subscribe streams that never read (`BENCH_ABUSE_STREAMS`).
+    pub abuse_streams: usize,
+    /// Scenario 6 e: unauthenticated Health/Watch streams (`BENCH_ABUSE_WATCHES`).
+    pub abuse_watches: usize,
+    /// Scenario 6 e: TCP connections that never speak (`BENCH_ABUSE_IDLE_CONNECTIONS`).
+    pub abuse_idle_connections: usize,
+    /// Scenario 6: a server whose resident memory passes this many MiB is killed and its case
+    /// reported over the ceiling, so that a server without bounds cannot take the machine
+    /// (`BENCH_ABUSE_CEILING_MIB`).
+    pub abuse_ceiling_mib: usize,
     /// Port of the benchmark's own PostgreSQL cluster (`BENCH_PG_PORT`).
     pub pg_port: u16,
-    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners`); all when unset.
+    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse`); all when unset.
     pub only: Option<Vec<String>>,
 }
 
@@ -75,6 +94,16 @@ impl Settings {
             // Smoke: 100 documents per owner, enough for the updates of one round.
             scale_owners_docs: env_usize("BENCH_SCALE_OWNER_DOCS", pick(1_000_000, 10_000))
                 .max(100),
+            // Smoke: few documents and streams, but still more watches than
+            // `health_watches_max` (1000), so that the refusal is checked.
+            abuse_rows: env_usize("BENCH_ABUSE_ROWS", 1_000_000).max(1),
+            abuse_pushes: env_usize("BENCH_ABUSE_PUSHES", pick(20, 3)).max(1),
+            abuse_docs: env_usize("BENCH_ABUSE_DOCS", pick(1_500, 20)).max(1),
+            abuse_pull_rounds: env_usize("BENCH_ABUSE_PULL_ROUNDS", pick(3, 1)).max(1),
+            abuse_streams: env_usize("BENCH_ABUSE_STREAMS", pick(60, 8)).max(1),
+            abuse_watches: env_usize("BENCH_ABUSE_WATCHES", pick(5_000, 1_100)).max(1),
+            abuse_idle_connections: env_usize("BENCH_ABUSE_IDLE_CONNECTIONS", pick(2_000, 200)),
+            abuse_ceiling_mib: env_usize("BENCH_ABUSE_CEILING_MIB", pick(4_096, 2_048)).max(64),
             pg_port: env_usize("BENCH_PG_PORT", 55460) as u16,
             only: std::env::var("BENCH_ONLY")
                 .ok()
@@ -94,7 +123,8 @@ impl Settings {
         format!(
             "mode {}, {} round(s); docs {}; push {} clients x {} batches x {} rows; \
              fan-out {} subscribers at {}/s for {:?}; idle {} streams over {:?}; scale {} vs {}; \
-             owners 100 vs 1 of {}",
+             owners 100 vs 1 of {}; abuse {} x {} empty rows, {} docs of ~1 MiB, \
+             {} pull rounds, {} unread streams, {} watches, {} idle connections",
             if self.smoke { "smoke" } else { "bench" },
             self.rounds,
             self.sync_docs,
@@ -109,6 +139,13 @@ impl Settings {
             self.scale_small,
             self.scale_large,
             self.scale_owners_docs,
+            self.abuse_pushes,
+            self.abuse_rows,
+            self.abuse_docs,
+            self.abuse_pull_rounds,
+            self.abuse_streams,
+            self.abuse_watches,
+            self.abuse_idle_connections,
         )
     }
 }
