@@ -47,8 +47,7 @@ const SECRET: &str = "syncline-benchmark-abuse-hs256-secret";
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
 
-// The configuration's defaults the bounds rest on (src/config.rs). Some come with the byte
-// bounds of issue 10 item 2, in the works while this was written: adjust them here when the
+// The configuration's defaults the bounds rest on (src/config.rs): change them here when the
 // defaults change.
 
 /// `document_bytes_max`: the largest body.
@@ -58,8 +57,9 @@ const DOCUMENT_BYTES_MAX: u64 = MIB;
 const PAGE_BYTES_MAX: u64 = 4 * MIB;
 /// `stream_buffer_bytes`: body bytes one collection's shared tail holds.
 const STREAM_BUFFER_BYTES: u64 = 64 * MIB;
-/// The memory one principal's streams may pin (batches taken but not yet sent).
-const PRINCIPAL_STREAM_BYTES: u64 = 64 * MIB;
+/// `stream_bytes_per_principal_max`: the memory one principal's streams may pin (each counted
+/// as two batches: one queued, one being sent).
+const PRINCIPAL_STREAM_BYTES: u64 = 512 * MIB;
 /// `read_ahead_pages`: next pages prepared in the background, per process.
 const READ_AHEAD_PAGES: u64 = 16;
 /// `health_watches_max`.
