@@ -139,3 +139,17 @@ fn with_database(url: &str, name: &str) -> String {
     let (base, _) = url.rsplit_once('/').expect("admin URL has a database path");
     format!("{base}/{name}")
 }
+
+/// A direct connection that writes documents the way a push does: stamped by the writer
+/// itself (the SQL-write triggers stand aside, as they do for the server's pushes) and with
+/// `synchronous_commit = on` (the server's push default), so baselines do the same work.
+pub async fn writer_connection(db_url: &str) -> sqlx::PgConnection {
+    let mut conn = sqlx::PgConnection::connect(db_url)
+        .await
+        .expect("connect to write documents");
+    sqlx::raw_sql("SET syncline.writer = 'push'; SET synchronous_commit = on")
+        .execute(&mut conn)
+        .await
+        .expect("set the writer's session");
+    conn
+}

@@ -65,9 +65,7 @@ pub async fn documents_owned(
         let (db_url, collection, prefix) =
             (db_url.to_owned(), collection.to_owned(), prefix.to_owned());
         tasks.push(tokio::spawn(async move {
-            let mut conn = sqlx::PgConnection::connect(&db_url)
-                .await
-                .expect("connect to load documents");
+            let mut conn = crate::cluster::writer_connection(&db_url).await;
             for (first, last) in mine {
                 sqlx::query(INSERT_SQL)
                     .bind(&collection)

@@ -201,9 +201,7 @@ impl Probe {
 
     /// The guarded single-row update alone, on one direct connection.
     async fn pg_pushes(&mut self, samples: usize, report: &mut Report) -> Latency {
-        let mut conn = sqlx::PgConnection::connect(&self.db)
-            .await
-            .expect("connect for the baseline");
+        let mut conn = crate::cluster::writer_connection(&self.db).await;
         let mut times = Vec::with_capacity(samples);
         let mut written = 0;
         for _ in 0..samples {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sqlx::Connection;
 use syncline::proto::ChangeRow;
 use tokio::sync::Barrier;
 
@@ -271,9 +270,7 @@ async fn baseline(
     let start = Arc::new(Barrier::new(shape.clients + 1));
     let mut tasks = Vec::new();
     for batches in work {
-        let mut conn = sqlx::PgConnection::connect(db)
-            .await
-            .expect("connect for the baseline");
+        let mut conn = crate::cluster::writer_connection(db).await;
         let start = start.clone();
         tasks.push(tokio::spawn(async move {
             start.wait().await;
