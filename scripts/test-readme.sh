@@ -84,4 +84,15 @@ grep -q '"checkpoint"' <<<"$out" || fail "Pull returned no checkpoint"
 grep -q '"changes"' <<<"$out" || fail "Subscribe streamed no changes"
 grep -q 'SERVING' <<<"$out" || fail "health is not SERVING"
 if grep -qi 'reflection API\|Unimplemented\|Internal' <<<"$out"; then fail "an error was printed"; fi
+echo "== readme: the development token snippet, verbatim, from the clone"
+python3 - "$repo/README.md" >"$work/token.sh" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+section = text.split("Minting a development token", 1)[1]
+sys.stdout.write(re.search(r"```sh\n(.*?)```", section, re.S).group(1))
+PY
+cat "$work/token.sh"
+token_out=$(cd "$work/syncline" && bash -e "$work/token.sh" 2>&1) || { echo "$token_out"; fail "the token snippet failed"; }
+echo "$token_out"
+grep -q '"id": "t1"' <<<"$token_out" || fail "the Pull with a minted token returned no document"
 echo "== readme: first hour passed"

@@ -32,6 +32,18 @@ enum Command {
     Migrate,
     /// Load and validate the configuration (schema files included) without connecting.
     CheckConfig,
+    /// Print an HS256 token signed with `auth.hs256_secret`, for development and tests.
+    Token {
+        /// The principal (`sub`): owner of the documents it creates.
+        #[arg(long)]
+        sub: String,
+        /// A scope to grant; repeat for several (e.g. `--scope syncline:service`).
+        #[arg(long)]
+        scope: Vec<String>,
+        /// Lifetime: a number with s, m, h or d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +55,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Token { sub, scope, ttl } = &cli.command {
+        let minted = syncline::auth::mint::parse_ttl(ttl).and_then(|ttl| match &config.auth {
+            Some(auth) => syncline::auth::mint::mint_hs256(auth, sub, scope, ttl),
+            None => Err("no [auth] configuration".into()),
+        });
+        return match minted {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("syncline: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Command::CheckConfig = cli.command {
         let checked = syncline::server::check(&config);
         return match checked {
@@ -72,7 +100,7 @@ fn main() -> ExitCode {
             .map_err(syncline::server::ServerError::Config)?;
         let result = match cli.command {
             Command::Migrate => syncline::server::migrate(&config).await,
-            Command::CheckConfig => Ok(()),
+            Command::CheckConfig | Command::Token { .. } => Ok(()),
             Command::Serve => {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await

@@ -2,6 +2,7 @@
 //! interceptor in front of the replication service; health and reflection need no token.
 
 pub mod jwt;
+pub mod mint;
 
 use std::sync::Arc;
 
