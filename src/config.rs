@@ -625,8 +625,9 @@ impl Config {
                 self.stream_buffer_bytes
             ));
         }
-        let stream =
-            page.saturating_mul(crate::protocol::stream_limits::StreamLimits::STREAM_PINS_PAGES);
+        let stream = page.saturating_mul(
+            crate::protocol::fanout::stream_limits::StreamLimits::STREAM_PINS_PAGES,
+        );
         if self.stream_bytes_per_principal_max < stream {
             return invalid(format!(
                 "stream_bytes_per_principal_max ({}) must allow one stream: at least {stream} \

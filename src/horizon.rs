@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::Hub;
+use crate::protocol::fanout::Hub;
 use crate::store::postgres::PgStore;
 use crate::telemetry::metrics::{HORIZON_AGE_SECONDS, PENDING_COMMIT_AGE_SECONDS};
 

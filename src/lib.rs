@@ -2,13 +2,13 @@
 //! live change stream) as a gRPC service on PostgreSQL.
 //!
 //! Layers, outermost first: [`api`] (tonic handlers) → [`protocol`] (the replication rules) →
-//! [`store`] (the storage trait and its PostgreSQL implementation); [`fanout`] wakes streams.
+//! [`store`] (the storage trait and its PostgreSQL implementation); `protocol::fanout` wakes
+//! streams.
 //! [`server`] wires them together from a [`config::Config`], for `main` and the tests alike.
 
 pub mod api;
 pub mod auth;
 pub mod config;
-pub mod fanout;
 pub mod health;
 pub mod horizon;
 pub mod protocol;

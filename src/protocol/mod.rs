@@ -5,13 +5,11 @@ pub mod checkpoint;
 pub mod collections;
 pub mod conflict;
 mod error;
+pub mod fanout;
 mod json_check;
 mod json_number;
 mod json_text;
 pub mod principal;
-pub mod stream;
-pub mod stream_limits;
-pub mod tail;
 pub mod validate;
 
 use std::sync::Arc;
@@ -28,9 +26,10 @@ pub use stream::{StreamEvent, StreamItem};
 use stream_limits::StreamLimits;
 pub use validate::{DocumentInput, RowInput};
 
-use crate::fanout::Hub;
 use crate::store::{ConflictState, PageLimit, PushError, Store, StoredDocument};
 use crate::telemetry::metrics as m;
+use fanout::Hub;
+use fanout::{stream, stream_limits, tail};
 
 /// A page of a Pull.
 #[derive(Debug, Clone)]

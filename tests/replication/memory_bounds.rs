@@ -8,10 +8,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use syncline::fanout::Hub;
 use syncline::proto::replication_service_client::ReplicationServiceClient;
 use syncline::proto::subscribe_response::Event;
 use syncline::proto::{Checkpoint, Document, PullRequest, SubscribeRequest};
+use syncline::protocol::fanout::Hub;
 use syncline::protocol::{
     Collections, DocumentInput, Limits, Principal, ProtocolError, Replicator, ReplicatorParts,
     RowInput, StreamEvent,

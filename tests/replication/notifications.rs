@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Connection;
-use syncline::fanout::{Hub, listener};
+use syncline::protocol::fanout::{Hub, listener};
 use syncline::protocol::{
     Collections, DocumentInput, Limits, Principal, Replicator, ReplicatorParts, RowInput,
 };

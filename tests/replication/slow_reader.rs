@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use syncline::fanout::Hub;
+use syncline::protocol::fanout::Hub;
 use syncline::protocol::{
     Collections, DocumentInput, Limits, Principal, Replicator, ReplicatorParts, RowInput,
     StreamEvent,

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::stream_limits::StreamSlot;
 use super::tail::{Tail, Take, covered_below};
-use super::{ProtocolError, checkpoint};
+use crate::protocol::{ProtocolError, checkpoint};
 use crate::store::{PageLimit, Position, Store, StoredDocument};
 use crate::telemetry::metrics as m;
 
@@ -50,7 +50,7 @@ struct Page {
 }
 
 /// Everything one stream task needs.
-pub(super) struct Subscription<S> {
+pub(in crate::protocol) struct Subscription<S> {
     pub store: Arc<S>,
     pub collection: String,
     /// Only this owner's documents (every document for a service principal).

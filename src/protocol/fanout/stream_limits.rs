@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::ProtocolError;
+use crate::protocol::ProtocolError;
 
 /// Open streams per principal subject.
 type Counts = Arc<Mutex<HashMap<String, usize>>>;
