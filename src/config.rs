@@ -583,8 +583,6 @@ impl Config {
     }
 }
 
-/// Room for a document's owner, revision and fixed fields beside its body and id.
-const DOCUMENT_METADATA_BYTES: usize = 2048;
 /// Room for a page's checkpoint and protobuf framing beside its documents.
 const PAGE_FRAMING_BYTES: usize = 4096;
 
@@ -593,10 +591,7 @@ impl Config {
     /// text form adds a space after each `,` and `:`, so up to half again the bytes pushed),
     /// its id and its metadata.
     pub fn document_page_bytes_max(&self) -> usize {
-        self.document_bytes_max
-            .saturating_add(self.document_bytes_max / 2)
-            .saturating_add(self.id_bytes_max)
-            .saturating_add(DOCUMENT_METADATA_BYTES)
+        crate::protocol::Limits::from_config(self).document_page_bytes()
     }
 
     /// No page or stream batch of documents within the limits may exceed the message size the
@@ -625,13 +620,16 @@ impl Config {
                 self.stream_buffer_bytes
             ));
         }
-        let stream = page.saturating_mul(
-            crate::protocol::fanout::stream_limits::StreamLimits::STREAM_PINS_PAGES,
-        );
+        let stream = self
+            .page_bytes_max
+            .saturating_add(self.document_page_bytes_max())
+            .saturating_mul(
+                crate::protocol::fanout::stream_limits::StreamLimits::STREAM_PINS_PAGES,
+            );
         if self.stream_bytes_per_principal_max < stream {
             return invalid(format!(
                 "stream_bytes_per_principal_max ({}) must allow one stream: at least {stream} \
-                 bytes (two pages)",
+                 bytes (two batches)",
                 self.stream_bytes_per_principal_max
             ));
         }
@@ -665,9 +663,9 @@ mod tests {
             c.decoding_message_bytes_max() < 21 << 20,
             "10 rows of two 1 MiB bodies"
         );
-        let c = Config::from_toml(&format!("message_bytes_max = 1000\n{base}")).unwrap();
-        assert_eq!(c.decoding_message_bytes_max(), 1000);
-        assert_eq!(c.encoding_message_bytes_max(), 1000);
+        let c = Config::from_toml(&format!("message_bytes_max = 8000000\n{base}")).unwrap();
+        assert_eq!(c.decoding_message_bytes_max(), 8_000_000);
+        assert_eq!(c.encoding_message_bytes_max(), 8_000_000);
     }
 
     #[test]
@@ -721,7 +719,7 @@ mod tests {
             assert!(err.to_string().contains(key), "{bad}: {err}");
         }
         let small = "page_bytes_max = 65536\ndocument_bytes_max = 16384\nmessage_bytes_max = 100000\n\
-                     stream_buffer_bytes = 65536\nstream_bytes_per_principal_max = 131072\n";
+                     stream_buffer_bytes = 65536\nstream_bytes_per_principal_max = 200000\n";
         Config::from_toml(&format!("{small}{base}")).unwrap();
     }
 

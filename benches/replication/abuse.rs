@@ -102,10 +102,12 @@ fn bound_pulls(pullers: u64) -> u64 {
     pullers * COPIES * PAGE_BYTES + READ_AHEAD_BYTES + SLACK_BYTES
 }
 
-/// d: every stream's batches, or the per-principal bound on them if smaller, and the streams'
+/// d: every stream's batches, or the per-principal bound on them if smaller (the server counts
+/// two batches of at most a page and one document per stream; what they really hold, decoded
+/// and encoded, with the allocator's own share, is up to a quarter more), and the streams'
 /// own state.
 fn bound_unread_streams(streams: u64) -> u64 {
-    (streams * COPIES * PAGE_BYTES).min(PRINCIPAL_STREAM_BYTES)
+    (streams * COPIES * PAGE_BYTES).min(PRINCIPAL_STREAM_BYTES + PRINCIPAL_STREAM_BYTES / 4)
         + streams * STREAM_BYTES
         + READ_AHEAD_BYTES
         + SLACK_BYTES

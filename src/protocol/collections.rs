@@ -66,6 +66,23 @@ impl Limits {
         }
     }
 
+    /// The most one document can weigh in a page or stream batch: its body as PostgreSQL gives
+    /// it back (jsonb's text form adds a space after each `,` and `:`, so up to half again the
+    /// bytes pushed), its id, and room for its owner, revision and fixed fields.
+    pub fn document_page_bytes(&self) -> usize {
+        const METADATA_BYTES: usize = 2048;
+        self.document_bytes_max
+            .saturating_add(self.document_bytes_max / 2)
+            .saturating_add(self.id_bytes_max)
+            .saturating_add(METADATA_BYTES)
+    }
+
+    /// The most a page or stream batch can weigh: a page ends at `page_bytes` but keeps the
+    /// document that crosses it.
+    pub fn batch_bytes(&self, page_bytes: usize) -> usize {
+        page_bytes.saturating_add(self.document_page_bytes())
+    }
+
     /// The effective page size for a requested limit.
     pub fn pull_limit(&self, requested: u32) -> u32 {
         match requested {

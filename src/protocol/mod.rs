@@ -102,6 +102,7 @@ impl<S: Store> Replicator<S> {
                 (name.to_owned(), tail)
             })
             .collect();
+        let batch_bytes = p.limits.batch_bytes(p.page_bytes_max);
         Replicator {
             tails,
             store: p.store,
@@ -111,7 +112,7 @@ impl<S: Store> Replicator<S> {
             streams: StreamLimits::new(
                 p.streams_max,
                 p.streams_per_principal_max,
-                p.page_bytes_max,
+                batch_bytes,
                 p.stream_bytes_per_principal_max,
             ),
             page_bytes: p.page_bytes_max,

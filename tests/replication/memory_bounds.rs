@@ -291,8 +291,9 @@ fn alice() -> Principal {
 /// a Subscribe is refused with RESOURCE_EXHAUSTED naming the limit, other principals unaffected.
 #[tokio::test]
 async fn a_principals_streams_may_pin_only_their_byte_budget() {
-    // Pages of 1 MiB: each stream may pin 2 MiB; 5 MiB allow two streams.
-    let replicator = replicator(MIB, 64 * MIB, 5 * MIB).await;
+    // Pages of 1 MiB, documents of up to 1 MiB (1.5 MiB and more as text): a batch weighs up
+    // to about 2.6 MiB and each stream may pin two, about 5.2 MiB; 11 MiB allow two streams.
+    let replicator = replicator(MIB, 64 * MIB, 11 * MIB).await;
     let alice = alice();
     let first = replicator.subscribe(&alice, "tasks", "").await.unwrap();
     let _second = replicator.subscribe(&alice, "tasks", "").await.unwrap();

@@ -2,10 +2,10 @@
 //! give the slot back on drop, however the stream ends).
 //!
 //! The memory a principal's streams can pin is bounded by refusing the subscribe, not by making
-//! streams wait: every stream may pin up to [`StreamLimits::STREAM_PINS_PAGES`] batches of at
-//! most `page_bytes_max` (one queued in its channel, one ahead of it being encoded and in the
-//! HTTP/2 send buffer of a client that stopped reading), so `stream_bytes_per_principal_max`
-//! allows that many streams' worth. Refusing is decided once, costs nothing per batch, and
+//! streams wait: every stream may pin up to [`StreamLimits::STREAM_PINS_PAGES`] batches (one
+//! queued in its channel, one ahead of it encoded in the HTTP/2 send buffer of a client that
+//! stopped reading), each at most `page_bytes_max` plus the document that crosses it, so
+//! `stream_bytes_per_principal_max` allows that many streams' worth. Refusing is decided once, costs nothing per batch, and
 //! tells the client at once (RESOURCE_EXHAUSTED); waiting would let one stalled stream hold
 //! back every other stream of its principal, indefinitely.
 
@@ -69,11 +69,11 @@ impl StreamLimits {
 
     /// Limits of `process_max` streams in all, and per subject `per_principal_max` streams and
     /// `per_principal_bytes` of memory pinned, each stream counting for two batches of
-    /// `page_bytes` bytes.
+    /// `batch_bytes` bytes (the largest batch).
     pub fn new(
         process_max: usize,
         per_principal_max: usize,
-        page_bytes: usize,
+        batch_bytes: usize,
         per_principal_bytes: usize,
     ) -> StreamLimits {
         StreamLimits {
@@ -81,7 +81,7 @@ impl StreamLimits {
             process_max,
             per_principal: Arc::default(),
             per_principal_max,
-            stream_bytes: page_bytes.saturating_mul(Self::STREAM_PINS_PAGES).max(1),
+            stream_bytes: batch_bytes.saturating_mul(Self::STREAM_PINS_PAGES).max(1),
             per_principal_bytes,
         }
     }
