@@ -37,99 +37,13 @@ use tokio::time::{Instant, timeout};
 use tonic::Code;
 use tonic::transport::Channel;
 
-use common::TestServer;
+use common::{PrivateCluster, TestServer};
 
 const IDS: usize = 40;
 const WRITERS: usize = 3;
 const PULLERS: usize = 2;
 const STREAMS: usize = 2;
 const RPC_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A private cluster (fsync off: the restarts are process stops, not OS crashes).
-struct Cluster {
-    dir: tempfile::TempDir,
-    port: u16,
-    url: String,
-}
-
-fn script() -> String {
-    format!("{}/scripts/pg-cluster.sh", env!("CARGO_MANIFEST_DIR"))
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("syncline-checker-pg")
-            .tempdir()
-            .expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut cluster = Cluster {
-            dir,
-            port,
-            url: String::new(),
-        };
-        cluster.url = cluster.pg_start();
-        cluster
-    }
-
-    fn pg_start(&self) -> String {
-        let out = std::process::Command::new("bash")
-            .arg(script())
-            .arg("start")
-            .arg(self.dir.path())
-            .arg(self.port.to_string())
-            .arg("fast")
-            .output()
-            .expect("run pg-cluster.sh");
-        assert!(
-            out.status.success(),
-            "pg-cluster.sh start failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    fn pg_stop(&self, mode: &str) {
-        let out = std::process::Command::new("bash")
-            .arg(script())
-            .arg("stop")
-            .arg(self.dir.path())
-            .arg(mode)
-            .output()
-            .expect("run pg-cluster.sh");
-        assert!(out.status.success(), "pg-cluster.sh stop failed");
-    }
-
-    async fn restart(&self, mode: &'static str) {
-        let dir = self.dir.path().to_string_lossy().into_owned();
-        let port = self.port.to_string();
-        tokio::task::spawn_blocking(move || {
-            for args in [vec!["stop", &dir, mode], vec!["start", &dir, &port, "fast"]] {
-                let out = std::process::Command::new("bash")
-                    .arg(script())
-                    .args(&args)
-                    .output()
-                    .expect("run pg-cluster.sh");
-                assert!(
-                    out.status.success(),
-                    "pg-cluster.sh {args:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-        })
-        .await
-        .expect("restart task");
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.pg_stop("immediate");
-    }
-}
 
 /// What a writer believes the server holds for an id. Unknown (after a failed push) is sent
 /// like Absent: the conflict that follows tells the truth.
@@ -542,7 +456,7 @@ const FAULTS: [Fault; 7] = [
 
 async fn inject(
     fault: Fault,
-    cluster: &Cluster,
+    cluster: &PrivateCluster,
     servers: &Servers,
     slots: &mut [Option<TestServer>; 2],
     ledger: &Shared<Ledger>,
@@ -561,8 +475,8 @@ async fn inject(
         }
     };
     match fault {
-        Fault::PgRestartFast => cluster.restart("fast").await,
-        Fault::PgRestartImmediate => cluster.restart("immediate").await,
+        Fault::PgRestartFast => restart(cluster, "fast").await,
+        Fault::PgRestartImmediate => restart(cluster, "immediate").await,
         Fault::KillListeners => {
             if let Some(mut c) = db().await {
                 let _ = sqlx::query(
@@ -632,6 +546,14 @@ async fn inject(
     }
 }
 
+/// Stops PostgreSQL (`fast` or `immediate`) and starts it again.
+async fn restart(cluster: &PrivateCluster, mode: &str) {
+    tokio::task::block_in_place(|| {
+        cluster.stop(mode);
+        cluster.start_again();
+    });
+}
+
 async fn truth(url: &str) -> HashMap<String, (String, Value, bool)> {
     let mut c = sqlx::PgConnection::connect(url)
         .await
@@ -696,7 +618,10 @@ async fn replicas_converge_exactly_under_faults() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
     eprintln!("fault checker: seed {seed}, {seconds} s (SYNCLINE_CHECKER_SEED={seed} replays)");
-    let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    // fsync off: the restarts stop PostgreSQL's processes, not the machine.
+    let cluster = tokio::task::spawn_blocking(|| PrivateCluster::start(0, true))
+        .await
+        .unwrap();
     let a = TestServer::start_with(server_config(&cluster.url)).await;
     let b = TestServer::start_with(server_config(&cluster.url)).await;
     let servers = Servers(Arc::new(Mutex::new([Some(a.addr), Some(b.addr)])));

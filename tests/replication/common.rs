@@ -333,3 +333,89 @@ pub async fn stream_end_status<T>(
         }
     }
 }
+
+/// A PostgreSQL cluster of a test's own, which it may stop and restart (never the shared
+/// one), through `scripts/pg-cluster.sh`; stopped (like a crash) and removed when dropped.
+pub struct PrivateCluster {
+    dir: tempfile::TempDir,
+    port: u16,
+    fast: bool,
+    /// The admin URL.
+    pub url: String,
+}
+
+impl PrivateCluster {
+    /// Initialises and starts a cluster on `port` (0: a free one); `fast` turns fsync and
+    /// synchronous commit off (`scripts/pg-cluster.sh ... fast`).
+    pub fn start(port: u16, fast: bool) -> PrivateCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("syncline-test-pg-")
+            .tempdir()
+            .expect("temp dir");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod the cluster dir");
+        }
+        let port = match port {
+            0 => std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port(),
+            p => p,
+        };
+        let mut cluster = PrivateCluster {
+            dir,
+            port,
+            fast,
+            url: String::new(),
+        };
+        cluster.url = cluster.start_again();
+        cluster
+    }
+
+    /// Starts the stopped cluster again (recovering after an immediate stop); the admin URL.
+    pub fn start_again(&self) -> String {
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let port = self.port.to_string();
+        let mut args = vec!["start", &dir, &port];
+        if self.fast {
+            args.push("fast");
+        }
+        cluster_script(&args)
+    }
+
+    /// Stops the cluster: `fast` (a clean shutdown) or `immediate` (as a crash: no shutdown
+    /// checkpoint, WAL not yet written is lost).
+    pub fn stop(&self, mode: &str) {
+        cluster_script(&["stop", &self.dir.path().to_string_lossy(), mode]);
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(cluster_script_path())
+            .args(["stop", &self.dir.path().to_string_lossy(), "immediate"])
+            .output();
+    }
+}
+
+fn cluster_script_path() -> String {
+    format!("{}/scripts/pg-cluster.sh", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `scripts/pg-cluster.sh` and returns its standard output; panics with its errors.
+fn cluster_script(args: &[&str]) -> String {
+    let out = std::process::Command::new("bash")
+        .arg(cluster_script_path())
+        .args(args)
+        .output()
+        .expect("run pg-cluster.sh");
+    assert!(
+        out.status.success(),
+        "pg-cluster.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
