@@ -67,6 +67,34 @@ async fn pull_pages_in_change_order_each_document_once_at_latest_state() {
     assert_eq!(same, token);
 }
 
+/// Within one push, documents take positions in the order of the request (rows lock in id
+/// order, but positions are drawn before that sort), whether new or updated.
+#[tokio::test]
+async fn a_push_is_pulled_in_the_order_of_its_rows() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    let ids = ["m", "z", "a", "q", "b"];
+    let rows = ids.iter().map(|id| insert(doc(id, json!({})))).collect();
+    push(&mut c, "tasks", rows).await;
+    let (docs, token) = pull_all(&mut c, "tasks", "", 2).await;
+    assert_eq!(docs.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ids);
+    // Updates too (existing rows take the same one-statement path).
+    let order = ["b", "q", "z", "m", "a"];
+    let rows = order
+        .iter()
+        .map(|id| {
+            let current = docs.iter().find(|d| d.id == *id).cloned().unwrap();
+            update(doc(id, json!({"v": 2})), current)
+        })
+        .collect();
+    assert!(push(&mut c, "tasks", rows).await.is_empty());
+    let (docs, _) = pull_all(&mut c, "tasks", &token, 2).await;
+    assert_eq!(
+        docs.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        order
+    );
+}
+
 #[tokio::test]
 async fn limit_zero_uses_the_default_and_large_limits_are_clamped() {
     let db = fresh_database().await;

@@ -77,15 +77,18 @@ const UNCLAIM_SQL: &str = "DELETE FROM syncline_documents WHERE collection = $1 
 // a "new" id, an update) is neither inserted nor updated, so the counts fall short and
 // syncline_stale_push() aborts the statement: nothing is applied and the push is decided again.
 // `xmax = 0` holds for the rows this statement inserted (an updated row carries its lock).
+// Positions follow the request, not the lock order: the subquery (not flattened, its target
+// list being volatile) draws the sequence in array order before the rows are sorted by id.
 const WRITE_SQL: &str = concat!(
     "
 WITH up AS (
     INSERT INTO syncline_documents AS d
         (collection, id, owner, body, deleted, revision, updated_at, change_xid, change_seq)
     SELECT $1, t.id, t.owner, t.body::jsonb, t.deleted, t.revision, now(),
-           pg_current_xact_id()::text::bigint, nextval('syncline_change_seq')
-    FROM unnest($2::text[], $3::text[], $4::bool[], $5::text[], $6::text[])
-         AS t(id, body, deleted, revision, owner)
+           pg_current_xact_id()::text::bigint, t.seq
+    FROM (SELECT u.*, nextval('syncline_change_seq') AS seq
+          FROM unnest($2::text[], $3::text[], $4::bool[], $5::text[], $6::text[])
+               AS u(id, body, deleted, revision, owner)) AS t
     WHERE ",
     marked!("$10"),
     "
