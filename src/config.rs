@@ -373,6 +373,9 @@ fn default_stream_bytes_per_principal_max() -> usize {
 fn default_service_scope() -> String {
     "syncline:service".to_owned()
 }
+/// The most clock skew `auth.leeway_seconds` may allow.
+const LEEWAY_SECONDS_MAX: u64 = 86_400;
+
 fn default_leeway_seconds() -> u64 {
     30
 }
@@ -553,6 +556,12 @@ impl Config {
             Some(a) if a.subject_bytes_max == 0 => {
                 return invalid("auth.subject_bytes_max must be at least 1".into());
             }
+            // Beyond the current Unix time the token checks underflow (every token expired).
+            Some(a) if a.leeway_seconds > LEEWAY_SECONDS_MAX => {
+                return invalid(format!(
+                    "auth.leeway_seconds must be at most {LEEWAY_SECONDS_MAX} (one day)"
+                ));
+            }
             _ => {}
         }
         self.checkpoint_key_bytes()?;
@@ -730,6 +739,7 @@ mod tests {
             "[auth]\nmode = \"none\"\n[[collections]]\nname = \"bad name\"\n",
             "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n[[collections]]\nname = \"t\"\n",
             "pool_size = 0\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
+            "[auth]\nmode = \"none\"\nleeway_seconds = 2000000000\n[[collections]]\nname = \"t\"\n",
             "connections_max = 0\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
             "handshake_timeout_ms = 0\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",
             "streams_per_connection_max = 0\n[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n",

@@ -43,7 +43,8 @@ class Doc:
     ``revision`` and ``updated_at`` are assigned by the server; they are ignored in a new
     document state. In an assumed master state a non-empty ``revision`` is what the server's
     conflict check compares; with an empty one it compares ``body`` (by JSON value) and
-    ``deleted``.
+    ``deleted``. ``owner`` is the principal the document belongs to: a service principal may
+    set it on a new document (others may leave it empty or name themselves); updates keep it.
     """
 
     id: str
@@ -51,6 +52,7 @@ class Doc:
     deleted: bool = False
     revision: str = ""
     updated_at: Optional[datetime] = None
+    owner: str = ""
 
     def to_proto(self) -> pb.Document:
         """Encodes the document as a ``syncline.v1.Document`` (``body`` as compact UTF-8 JSON)."""
@@ -59,6 +61,7 @@ class Doc:
             json=json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode(),
             deleted=self.deleted,
             revision=self.revision,
+            owner=self.owner,
         )
         if self.updated_at is not None:
             updated_at = self.updated_at
@@ -82,6 +85,7 @@ class Doc:
             deleted=message.deleted,
             revision=message.revision,
             updated_at=updated_at,
+            owner=message.owner,
         )
 
 

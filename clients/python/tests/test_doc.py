@@ -10,9 +10,17 @@ from syncline_client.client import pb
 
 def test_doc_round_trips_through_the_proto() -> None:
     when = datetime(2026, 11, 3, 12, 30, 15, 123456, tzinfo=timezone.utc)
-    doc = Doc("d-1", {"title": "ü", "tags": ["a"], "n": 1.5}, deleted=True, revision="2-abc", updated_at=when)
+    doc = Doc(
+        "d-1",
+        {"title": "ü", "tags": ["a"], "n": 1.5},
+        deleted=True,
+        revision="2-abc",
+        updated_at=when,
+        owner="team-a",
+    )
     message = doc.to_proto()
     assert isinstance(message, pb.Document)
+    assert message.owner == "team-a"
     assert message.json == '{"title":"ü","tags":["a"],"n":1.5}'.encode()
     assert Doc.from_proto(message) == doc
 

@@ -101,3 +101,17 @@ def test_token_is_accepted(addr: str) -> None:
         doc_id = uid("task")
         assert authed.push("tasks", [ChangeRow(Doc(doc_id, {"t": 1}))]) == []
         assert latest(authed, "tasks", doc_id).body == {"t": 1}
+
+
+def test_a_service_principal_assigns_owners_and_reads_them_back(client: SynclineClient) -> None:
+    # The test server runs without authentication: every caller is a service principal.
+    start = head(client, "tasks")
+    doc_id = uid("owned")
+    assert client.push("tasks", [ChangeRow(Doc(doc_id, {"title": "t"}, owner="team-a"))]) == []
+    docs, _ = client.pull_all("tasks", start)
+    mine = [d for d in docs if d.id == doc_id]
+    assert len(mine) == 1 and mine[0].owner == "team-a"
+    # An update keeps the owner, whatever it names.
+    assert client.push("tasks", [ChangeRow(Doc(doc_id, {"title": "u"}, owner="other"), assumed=mine[0])]) == []
+    docs, _ = client.pull_all("tasks", start)
+    assert [d.owner for d in docs if d.id == doc_id] == ["team-a"]
