@@ -20,10 +20,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use prost::Message;
 use serde_json::{Value, json};
 use syncline::proto::subscribe_response::Event;
@@ -33,7 +32,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::metadata::AsciiMetadataValue;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -353,7 +351,7 @@ fn empty_rows_request(rows: usize) -> Vec<u8> {
 /// One Push of raw request bytes; the response, if any, is not decoded.
 async fn raw_push(
     channel: tonic::transport::Channel,
-    token: &AsciiMetadataValue,
+    token: &client::Bearer,
     body: Vec<u8>,
 ) -> Result<(), tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
@@ -661,7 +659,7 @@ async fn concurrent_pulls(env: &Env<'_>, report: &mut Report) {
 /// Pages from the start to the end; the pages taken, or what went wrong.
 async fn pull_to_end(
     c: &mut client::Client,
-    token: &AsciiMetadataValue,
+    token: &client::Bearer,
     n: usize,
 ) -> Result<usize, String> {
     let mut checkpoint = String::new();
@@ -893,32 +891,18 @@ async fn watch_flood(addr: SocketAddr, n: usize) -> (usize, usize, Vec<String>) 
 // ---------------------------------------------------------------------------------------------
 // Calls as a JWT principal.
 
-/// The `authorization` value of an HS256 token for `sub` (no scopes), valid for a day.
-fn token(sub: &str) -> AsciiMetadataValue {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .as_secs();
-    let token = jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": sub, "exp": now + 86_400}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign a token");
-    format!("Bearer {token}").parse().expect("a JWT is ASCII")
+/// An HS256 token for `sub` (no scopes: an owner, not a service principal).
+fn token(sub: &str) -> client::Bearer {
+    client::Bearer::hs256(SECRET, sub)
 }
 
-fn request<T>(message: T, token: &AsciiMetadataValue) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", token.clone());
-    request
+fn request<T>(message: T, token: &client::Bearer) -> tonic::Request<T> {
+    client::request(message, Some(token))
 }
 
 async fn subscribe(
     c: &mut client::Client,
-    token: &AsciiMetadataValue,
+    token: &client::Bearer,
     checkpoint: &str,
 ) -> Result<tonic::Streaming<syncline::proto::SubscribeResponse>, tonic::Status> {
     let message = SubscribeRequest {

@@ -80,7 +80,7 @@ impl Bearer {
 }
 
 /// `message` as a request of `bearer`'s principal, or an anonymous one.
-fn request<T>(message: T, bearer: Option<&Bearer>) -> tonic::Request<T> {
+pub fn request<T>(message: T, bearer: Option<&Bearer>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Some(Bearer(value)) = bearer {
         request
