@@ -71,6 +71,11 @@ struct Ledger {
 
 type Shared<T> = Arc<Mutex<T>>;
 
+/// Records a failure that is a bug, not a fault.
+fn violation(ledger: &Shared<Ledger>, what: String) {
+    ledger.lock().unwrap().violations.push(what);
+}
+
 /// The two server slots; a restarted server gets a new address.
 #[derive(Clone)]
 struct Servers(Shared<[Option<SocketAddr>; 2]>);
@@ -225,11 +230,7 @@ async fn writer(
                 }
                 Ok(Err(status)) => {
                     if !transient(&status) {
-                        ledger
-                            .lock()
-                            .unwrap()
-                            .violations
-                            .push(format!("writer {w}: push answered {status:?}"));
+                        violation(&ledger, format!("writer {w}: push answered {status:?}"));
                     }
                     for (i, ..) in tokens {
                         beliefs[i] = Belief::Unknown;
@@ -349,11 +350,7 @@ async fn puller(
         match pull_once(&mut client, &mut replica, &who, limit).await {
             Ok((_, problems)) => ledger.lock().unwrap().violations.extend(problems),
             Err(status) if transient(&status) => {}
-            Err(status) => ledger
-                .lock()
-                .unwrap()
-                .violations
-                .push(format!("{who}: pull answered {status:?}")),
+            Err(status) => violation(&ledger, format!("{who}: pull answered {status:?}")),
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
     }
@@ -387,11 +384,7 @@ async fn streamer(
         let mut stream = match timeout(RPC_TIMEOUT, call).await {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(status)) if !transient(&status) => {
-                ledger
-                    .lock()
-                    .unwrap()
-                    .violations
-                    .push(format!("{who}: subscribe answered {status:?}"));
+                violation(&ledger, format!("{who}: subscribe answered {status:?}"));
                 continue;
             }
             _ => continue,
@@ -410,11 +403,7 @@ async fn streamer(
                     }
                 }
                 Ok(Err(status)) if !transient(&status) => {
-                    ledger
-                        .lock()
-                        .unwrap()
-                        .violations
-                        .push(format!("{who}: stream ended with {status:?}"));
+                    violation(&ledger, format!("{who}: stream ended with {status:?}"));
                     break;
                 }
                 _ => break,
