@@ -196,6 +196,7 @@ async fn writer(
             let call = client.push(PushRequest {
                 collection: "tasks".into(),
                 rows,
+                mode: 0,
             });
             match timeout(RPC_TIMEOUT, call).await {
                 Ok(Ok(response)) => {

@@ -128,6 +128,7 @@ async fn scripted_session() {
     let invalid = c
         .push(syncline::proto::PushRequest {
             collection: "tasks".into(),
+            mode: 0,
             rows: vec![insert(syncline::proto::Document {
                 id: "bad".into(),
                 json: b"[".to_vec(),

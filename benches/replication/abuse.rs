@@ -338,6 +338,7 @@ fn empty_rows_request(rows: usize) -> Vec<u8> {
     let mut bytes = PushRequest {
         collection: COLLECTION.into(),
         rows: Vec::new(),
+        mode: 0,
     }
     .encode_to_vec();
     // Field 2 (rows), wire type 2 (length-delimited), length 0.
@@ -458,6 +459,7 @@ async fn big_writes(env: &Env<'_>, report: &mut Report) {
         let message = PushRequest {
             collection: COLLECTION.into(),
             rows,
+            mode: 0,
         };
         match c.push(request(message, &writer)).await {
             Ok(r) if r.get_ref().conflicts.is_empty() => written += count,

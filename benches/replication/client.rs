@@ -164,6 +164,7 @@ pub async fn push_as(
     let message = PushRequest {
         collection: collection.into(),
         rows,
+        mode: 0,
     };
     client
         .push(request(message, bearer))

@@ -247,6 +247,7 @@ mod tests {
         let bytes = PushRequest {
             collection: "tasks".into(),
             rows: vec![ChangeRow::default(); 1_000_000],
+            mode: 0,
         }
         .encode_to_vec();
         assert!(bytes.len() < 2_100_000, "2 bytes per row");

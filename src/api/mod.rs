@@ -80,6 +80,7 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
             .await?;
         Ok(Response::new(PushResponse {
             conflicts: conflicts.into_iter().map(convert::conflict).collect(),
+            refused: Vec::new(),
         }))
     }
 

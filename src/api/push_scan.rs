@@ -367,6 +367,7 @@ mod tests {
         PushRequest {
             collection: "tasks".into(),
             rows,
+            mode: 0,
         }
         .encode_to_vec()
     }
@@ -443,6 +444,7 @@ mod tests {
         let bytes = PushRequest {
             collection: "c".repeat(64),
             rows: vec![r.clone(); 3],
+            mode: 0,
         }
         .encode_to_vec();
         assert_eq!(scan_push(&bytes, &l), Ok(()));

@@ -158,6 +158,7 @@ async fn try_push(
         PushRequest {
             collection: "tasks".into(),
             rows,
+            mode: 0,
         },
         token,
     ))
@@ -275,6 +276,7 @@ async fn every_bad_token_is_unauthenticated_and_health_needs_none() {
         .push(Request::new(PushRequest {
             collection: "tasks".into(),
             rows: vec![],
+            mode: 0,
         }))
         .await
         .unwrap_err();
@@ -526,6 +528,7 @@ async fn collection_scopes_and_per_principal_stream_limits() {
             PushRequest {
                 collection: "notes".into(),
                 rows: vec![insert(doc("n", json!({})))],
+                mode: 0,
             },
             t,
         )

@@ -137,6 +137,7 @@ async fn push_as(c: &mut Client, bearer: Option<&str>, collection: &str, docs: V
             syncline::proto::PushRequest {
                 collection: collection.into(),
                 rows,
+                mode: 0,
             },
             bearer,
         ))

@@ -222,6 +222,7 @@ pub async fn push(
         .push(PushRequest {
             collection: collection.into(),
             rows,
+            mode: 0,
         })
         .await
         .expect("push succeeds")

@@ -89,6 +89,7 @@ async fn overlapping_batches_in_opposite_orders_never_deadlock() {
                 let request = syncline::proto::PushRequest {
                     collection: "tasks".into(),
                     rows,
+                    mode: 0,
                 };
                 match tokio::time::timeout(Duration::from_secs(60), c.push(request)).await {
                     Ok(Ok(_)) => {}
@@ -151,6 +152,7 @@ async fn pushes_retrying_under_locks_never_deadlock_with_fresh_pushes() {
                 let request = syncline::proto::PushRequest {
                     collection: "tasks".into(),
                     rows,
+                    mode: 0,
                 };
                 match tokio::time::timeout(Duration::from_secs(60), c.push(request)).await {
                     Ok(Ok(_)) => {}

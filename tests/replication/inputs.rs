@@ -13,6 +13,7 @@ async fn push_err(server: &TestServer, rows: Vec<ChangeRow>) -> tonic::Status {
     c.push(PushRequest {
         collection: "tasks".into(),
         rows,
+        mode: 0,
     })
     .await
     .expect_err("push refused")
@@ -117,6 +118,7 @@ async fn number_checks_agree_with_postgres() {
             .push(PushRequest {
                 collection: "tasks".into(),
                 rows: vec![insert(raw(&format!("n{i}"), &body))],
+                mode: 0,
             })
             .await;
         let shown = &n[..n.len().min(30)];
@@ -206,6 +208,7 @@ async fn echoed_values_are_cut() {
         .push(PushRequest {
             collection: huge.clone(),
             rows: vec![insert(doc("a", json!({})))],
+            mode: 0,
         })
         .await
         .expect_err("unknown collection");

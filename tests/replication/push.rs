@@ -201,6 +201,7 @@ async fn an_invalid_row_applies_nothing() {
     let err = c
         .push(PushRequest {
             collection: "tasks".into(),
+            mode: 0,
             rows: vec![
                 insert(doc("ok1", json!({}))),
                 insert(doc("ok2", json!({}))),
@@ -251,6 +252,7 @@ async fn a_database_failure_mid_batch_applies_nothing_and_leaks_no_detail() {
                 insert(doc("fine", json!({}))),
                 insert(doc("boom", json!({}))),
             ],
+            mode: 0,
         })
         .await
         .unwrap_err();
@@ -431,6 +433,7 @@ async fn an_expired_deadline_is_deadline_exceeded_and_all_or_nothing() {
             insert(doc("fresh", json!({}))),
             update(doc("slow", json!({"v": 1})), docs[0].clone()),
         ],
+        mode: 0,
     });
     // The server answers shortly before the deadline, so its DEADLINE_EXCEEDED reaches the
     // client before the client's own timer would report CANCELLED.

@@ -86,6 +86,7 @@ async fn sigterm_finishes_the_push_ends_the_stream_and_exits_zero() {
             c.push(syncline::proto::PushRequest {
                 collection: "tasks".into(),
                 rows: vec![row],
+                mode: 0,
             })
             .await
         })

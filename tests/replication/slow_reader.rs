@@ -418,6 +418,7 @@ async fn a_slow_reader_stops_receiving_when_its_token_expires() {
         let mut request = tonic::Request::new(syncline::proto::PushRequest {
             collection: "tasks".into(),
             rows,
+            mode: 0,
         });
         request
             .metadata_mut()

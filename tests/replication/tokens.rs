@@ -106,6 +106,7 @@ async fn assert_refused(c: &mut Client, token: &str, what: &str) {
     let push = PushRequest {
         collection: "tasks".into(),
         rows: vec![insert(doc(&format!("by-{}", what.len()), json!({})))],
+        mode: 0,
     };
     check(c.push(authed(push, token)).await.map(drop), "push");
     let subscribe = SubscribeRequest {
@@ -193,6 +194,7 @@ async fn scopes_split_on_the_ascii_space_only() {
     let push = PushRequest {
         collection: "tasks".into(),
         rows: vec![insert(doc("bobs", json!({"secret": true})))],
+        mode: 0,
     };
     c.push(authed(push, &bob)).await.unwrap();
     // ASCII spaces, single or repeated, separate scopes. (Bounded wait: other tests' open
@@ -237,6 +239,7 @@ async fn scopes_split_on_the_ascii_space_only() {
             let push = PushRequest {
                 collection: "tasks".into(),
                 rows: vec![insert(doc("bobs", json!({"stolen": true})))],
+                mode: 0,
             };
             let conflicts = c
                 .push(authed(push, &token))
@@ -298,6 +301,7 @@ async fn out_of_range_times_are_unauthenticated() {
     let push = PushRequest {
         collection: "tasks".into(),
         rows: vec![insert(doc("after", json!({})))],
+        mode: 0,
     };
     c.push(authed(push, &far)).await.unwrap();
     // Bounded: other tests' open transactions can hold the visibility horizon back a while.
@@ -351,6 +355,7 @@ async fn subjects_that_cannot_be_owners_are_unauthenticated() {
         let push = PushRequest {
             collection: "tasks".into(),
             rows: vec![insert(doc(&format!("d-{i}"), json!({})))],
+            mode: 0,
         };
         c.push(authed(push, &token)).await.unwrap();
         // Read the table itself: a pull may wait on other tests' open transactions.

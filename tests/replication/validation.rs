@@ -11,6 +11,7 @@ async fn push_err(server: &TestServer, collection: &str, rows: Vec<ChangeRow>) -
     c.push(PushRequest {
         collection: collection.into(),
         rows,
+        mode: 0,
     })
     .await
     .expect_err("push refused")

@@ -79,6 +79,7 @@ fn push_bytes(rows: Vec<ChangeRow>) -> Vec<u8> {
     PushRequest {
         collection: "tasks".into(),
         rows,
+        mode: 0,
     }
     .encode_to_vec()
 }
@@ -135,6 +136,7 @@ async fn body_bytes_per_push_are_bounded() {
         .push(PushRequest {
             collection: "tasks".into(),
             rows,
+            mode: 0,
         })
         .await
         .expect_err("refused");
@@ -187,6 +189,7 @@ async fn the_default_message_limit_follows_the_limits() {
     let request = PushRequest {
         collection: "tasks".into(),
         rows,
+        mode: 0,
     };
     assert!(request.encoded_len() > 16_000);
     let r = c
@@ -203,6 +206,7 @@ async fn the_default_message_limit_follows_the_limits() {
         .push(PushRequest {
             collection: "tasks".into(),
             rows: vec![r.clone()],
+            mode: 0,
         })
         .await
         .expect_err("refused");
@@ -217,6 +221,7 @@ async fn the_default_message_limit_follows_the_limits() {
         .push(PushRequest {
             collection: "tasks".into(),
             rows: vec![r],
+            mode: 0,
         })
         .await
         .expect_err("refused");
