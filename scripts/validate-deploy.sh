@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# Validates the Kubernetes manifests under deploy/ offline.
+# Validates the Kubernetes manifests, alerting rules and dashboard under deploy/ (offline),
+# and the /metrics of a running server.
 #
 #   scripts/validate-deploy.sh [DEPLOY_DIR]
 #
 # What it checks, with no cluster and no network (besides installing the PyPI
-# package kubernetes-validate when it is missing):
+# package kubernetes-validate and Debian's prometheus package when they are missing):
 #   1. every kustomization.yaml: known fields, and every file it names exists;
-#      every YAML file under DEPLOY_DIR is named by some kustomization;
+#      every YAML file under DEPLOY_DIR is named by some kustomization (but tests/);
 #   2. every full resource (a kustomization's `resources:` files) against the
 #      Kubernetes JSON schemas of kubernetes-validate in strict mode (unknown
 #      fields are errors, exactly as `kubernetes-validate --strict -k VERSION`);
 #      a kind with no schema is an ERROR (the kubernetes-validate CLI only warns);
-#      the ServiceMonitor CRD (which it does not know) against a small JSON schema
-#      kept below;
+#      the ServiceMonitor and PrometheusRule CRDs (which it does not know) against a small JSON schema
+#      kept in deploy_check/manifests.py;
 #   3. patch files (partial resources): apiVersion/kind/name present and the
 #      patched resource exists;
 #   4. when `kustomize` or `kubectl kustomize` is on PATH: every kustomization (but

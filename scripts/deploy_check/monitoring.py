@@ -157,6 +157,12 @@ def dashboard_problems(dashboard):
                 problems.append(f"{where}: a target without a refId")
     if not graphs:
         problems.append("no panel other than rows")
+    variables = {v.get("name") for v in (dashboard.get("templating") or {}).get("list") or []
+                 if isinstance(v, dict)}
+    used = set(re.findall(r"\$\{?(\w+)", json.dumps(dashboard)))
+    for name in sorted(used - variables):
+        if not name.startswith("__"):  # Grafana's own, such as $__rate_interval
+            problems.append(f"variable ${name} is used but not defined in templating.list")
     return problems
 
 
@@ -194,17 +200,18 @@ def _cmd_rules(deploy_dir, out_dir):
     for t in tests:
         shutil.copy(t, out_dir)
     alerts = {r.get("alert") for g in rules["groups"] for r in g.get("rules") or [] if r.get("alert")}
-    tested = set()
+    fires, quiet = set(), set()
     for t in tests:
         with open(t) as f:
             for case in (yaml.safe_load(f) or {}).get("tests") or []:
-                tested |= {a.get("alertname") for a in case.get("alert_rule_test") or []
-                           if a.get("exp_alerts")}
-    untested = sorted(alerts - tested)
-    for a in untested:
-        print(f"ERROR {RULE_FILE}: alert {a} has no promtool test in which it fires")
+                for a in case.get("alert_rule_test") or []:
+                    (fires if a.get("exp_alerts") else quiet).add(a.get("alertname"))
+    problems = [f"alert {a} has no promtool test in which it fires" for a in sorted(alerts - fires)]
+    problems += [f"alert {a} has no promtool test in which it stays quiet" for a in sorted(alerts - quiet)]
+    for p in problems:
+        print(f"ERROR {RULE_FILE}: {p}")
     print(f"ok    {RULE_FILE}: {len(alerts)} alerts extracted to {RULES_OUT}, {len(tests)} test file(s)")
-    return 1 if untested else 0
+    return 1 if problems else 0
 
 
 def _cmd_dashboard(deploy_dir):

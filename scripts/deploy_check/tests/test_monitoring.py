@@ -95,6 +95,7 @@ class Dashboard(unittest.TestCase):
             "needs a title and a type": lambda d: d["panels"][graph].pop("type"),
             "no panel other than rows": lambda d: d.update(panels=[p for p in d["panels"] if p["type"] == "row"]),
             "not a JSON object": lambda d: d["panels"].append([]),
+            "variable $namespace is used but not defined": lambda d: d["templating"]["list"].pop(),
         }
         for fragment, change in cases.items():
             with self.subTest(fragment):
@@ -135,6 +136,19 @@ class Rules(unittest.TestCase):
         with open(path, "w") as f:
             yaml.safe_dump(doc, f)
         self.assertEqual(quiet_main(["rules", self.dir, self.out]), 1)
+
+    def test_an_alert_without_a_quiet_test_is_caught(self):
+        path = os.path.join(self.dir, m.TESTS_DIR, "prometheusrule.test.yaml")
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+        doc["tests"] = [t for t in doc["tests"] if not any(
+            a["alertname"] == "SynclineStreamLag" and not a.get("exp_alerts") for a in t["alert_rule_test"])]
+        with open(path, "w") as f:
+            yaml.safe_dump(doc, f)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.assertEqual(m.main(["rules", self.dir, self.out]), 1)
+        self.assertIn("alert SynclineStreamLag has no promtool test in which it stays quiet", out.getvalue())
 
     def test_no_prometheus_rule(self):
         path = os.path.join(self.dir, m.RULE_FILE)
