@@ -18,7 +18,7 @@ import jsonschema
 import yaml
 import kubernetes_validate as kv
 
-from deploy_check.monitoring import dashboard_problems
+from deploy_check.monitoring import TESTS_DIR, dashboard_problems
 
 try:
     import tomllib
@@ -27,7 +27,6 @@ except ImportError:  # Python < 3.11
         import tomli as tomllib
     except ImportError:
         tomllib = None
-
 
 
 # ---------------------------------------------------------------------------
@@ -62,7 +61,6 @@ def with_jwks_file(text, new_path):
         return None
     after["auth"]["jwks_file"] = (before.get("auth") or {}).get("jwks_file")
     return new_text if after == before else None
-
 
 
 # ---------------------------------------------------------------------------
@@ -187,14 +185,13 @@ def kind_name(doc):
     return f"{doc.get('kind')}/{meta.get('name')}"
 
 
-
 # ---------------------------------------------------------------------------
 # 1. kustomizations: structure, referenced files, reachable resources
 # ---------------------------------------------------------------------------
+# Components (kind Component) are checked like kustomizations but rendered only inside
+# the kustomizations that use them.
 KUSTOMIZATION_KINDS = {("kustomize.config.k8s.io/v1beta1", "Kustomization"),
                        ("kustomize.config.k8s.io/v1alpha1", "Component")}
-# deploy/TESTS_DIR holds `promtool test rules` files, which are not Kubernetes manifests.
-TESTS_DIR = "tests"
 # The label by which Grafana's dashboard sidecar finds dashboard ConfigMaps.
 GRAFANA_DASHBOARD_LABEL = "grafana_dashboard"
 KUSTOMIZATION_FIELDS = {
@@ -208,7 +205,7 @@ KUSTOMIZATION_FIELDS = {
 
 
 # ---------------------------------------------------------------------------
-# 4./5. rendered output and cross-reference checks
+# 4./5. helpers of the cross-reference checks (Validator.cross_check)
 # ---------------------------------------------------------------------------
 
 
@@ -289,7 +286,6 @@ def port_of(address):
     return int(m.group(1)) if m else None
 
 
-
 class Validator:
     """One run of the manifest checks over a deploy/ directory; counts the errors it prints."""
 
@@ -368,9 +364,8 @@ class Validator:
             self.info(where, f"syncline.toml: syncline check-config{note}: {out}")
 
 
-
     def validate_resource(self, where, doc):
-        """Schema-validate one full resource; returns True when it passed."""
+        """2. Schema-validate one full resource; returns True when it passed."""
         if not isinstance(doc, dict) or not all(k in doc for k in ("apiVersion", "kind", "metadata")):
             self.err(where, "not a Kubernetes resource (apiVersion, kind and metadata are required)")
             return False
@@ -402,6 +397,7 @@ class Validator:
 
 
     def cross_check(self, label, docs):
+        """5. cross-references schemas cannot see, over one kustomization's resources."""
         objects = {}
         for d in docs:
             if isinstance(d, dict) and d.get("kind") and (d.get("metadata") or {}).get("name"):
