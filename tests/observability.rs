@@ -533,6 +533,13 @@ async fn per_row_refusals() {
     let m = scrape_until(metrics_addr, |m| m.contains(series)).await;
     assert_eq!(value(&m, series), 2.0);
     assert_eq!(
+        value(
+            &m,
+            "syncline_push_rows_rejected_total{collection=\"notes\",reason=\"invalid\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
         value(&m, "syncline_documents_pushed_total{collection=\"notes\"}"),
         1.0
     );
