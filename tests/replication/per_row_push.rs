@@ -302,6 +302,17 @@ async fn per_row_limits_refuse_rows_and_request_errors_fail_the_whole_push() {
     );
     assert!(r.refused[1].id.len() < long_id.len(), "a long id is cut");
     assert!(pulled(&mut c, "alice").await.contains_key("ok"));
+    // Nothing to read or write: every row refused, none with a storable id.
+    let r = push_as(
+        &mut c,
+        "alice",
+        vec![insert(doc(&long_id, json!({}))), insert(doc("", json!({})))],
+        PushMode::PerRow,
+    )
+    .await
+    .unwrap();
+    let reasons: Vec<&str> = r.refused.iter().map(|r| r.reason.as_str()).collect();
+    assert_eq!(reasons, ["LIMIT_EXCEEDED", "INVALID_DOCUMENT"]);
 
     // Whole-request failures, in both modes.
     for mode in [PushMode::Atomic, PushMode::PerRow] {
