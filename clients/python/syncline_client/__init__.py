@@ -5,7 +5,7 @@
 ...     client.push("tasks", [ChangeRow(Doc("t-1", {"title": "write docs"}))])
 ...     docs, checkpoint = client.pull_all("tasks")
 
-The generated stubs live in ``syncline_client._gen`` (create them with ``generate.py``).
+The generated stubs live in ``syncline_client._gen`` (the build hook in ``setup.py`` writes them).
 """
 
 from .client import ChangeRow, Doc, ResyncRequired, Subscription, SynclineClient
