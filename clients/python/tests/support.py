@@ -106,6 +106,7 @@ class TcpProxy:
         self._sockets: List[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._downstream_bytes = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -126,17 +127,25 @@ class TcpProxy:
                     upstream.close()
                     return
                 self._sockets += [downstream, upstream]
-            for a, b in ((downstream, upstream), (upstream, downstream)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, count in ((downstream, upstream, False), (upstream, downstream, True)):
+                threading.Thread(target=self._pump, args=(a, b, count), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    @property
+    def downstream_bytes(self) -> int:
+        """Bytes forwarded from the server to clients so far."""
+        with self._lock:
+            return self._downstream_bytes
+
+    def _pump(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
                 sink.sendall(data)
+                if count:
+                    with self._lock:
+                        self._downstream_bytes += len(data)
         except OSError:
             pass
         for s in (source, sink):
