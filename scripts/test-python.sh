@@ -9,8 +9,9 @@
 #
 # 1. pytest: installs clients/python[dev] (a real, non-editable install: the build hook
 #    generates the stubs) into target/python-venv, creates a fresh database, starts
-#    `syncline serve` on a free port with collections `tasks` and `notes`, runs pytest with
-#    SYNCLINE_ADDR set.
+#    `syncline serve` on a free port with collections `tasks` and `notes` (no auth) and a
+#    second one with JWT auth (see clients/python/tests/conftest.py), runs pytest with
+#    SYNCLINE_ADDR, SYNCLINE_AUTH_ADDR and SYNCLINE_AUTH_SECRET set.
 # 2. The READMEs' snippets (markers `<!-- ci: python-... -->`): in a fresh venv in a temp dir
 #    outside the repository, `pip install <repo>/clients/python`, then each snippet verbatim
 #    against `syncline serve --config config/syncline.toml` (the development configuration of
@@ -104,6 +105,16 @@ except OSError:
 ' "$1"
 }
 
+free_port() {
+    python3 -c '
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()
+'
+}
+
 # start_server NAME CONFIG DATABASE_URL PORT [VAR=VALUE...]: starts it and waits until it listens.
 start_server() {
     local name=$1 config=$2 db_url=$3 port=$4
@@ -133,13 +144,7 @@ start_server() {
 DB="syncline_py_$(date +%s)_$$"
 create_database "$DB"
 DB_URL=$(database_url "$DB")
-PORT=$(python3 -c '
-import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()
-')
+PORT=$(free_port)
 cat >"$WORK/syncline.toml" <<TOML
 listen = "127.0.0.1:$PORT"
 heartbeat_seconds = 2
@@ -156,11 +161,45 @@ name = "notes"
 TOML
 start_server tests "$WORK/syncline.toml" "$DB_URL" "$PORT"
 
+# A second server on the same database with JWT authentication and small limits, for the tests
+# of owners, tokens and error details (see clients/python/tests/conftest.py).
+AUTH_PORT=$(free_port)
+AUTH_SECRET="python-suite-$(date +%s%N)-secret-at-least-32-bytes"
+cat >"$WORK/checked.json" <<JSON
+{"title": "checked", "version": 0, "primaryKey": "id", "type": "object",
+ "properties": {"id": {"type": "string", "maxLength": 100}, "title": {"type": "string"}}}
+JSON
+cat >"$WORK/auth.toml" <<TOML
+listen = "127.0.0.1:$AUTH_PORT"
+heartbeat_seconds = 2
+metrics_enabled = false
+push_rows_max = 50
+streams_per_principal_max = 2
+
+[auth]
+mode = "jwt"
+hs256_secret = "$AUTH_SECRET"
+leeway_seconds = 0
+
+[[collections]]
+name = "tasks"
+
+[[collections]]
+name = "checked"
+schema = "checked.json"
+
+[[collections]]
+name = "guarded"
+write_scopes = ["writer"]
+TOML
+start_server auth "$WORK/auth.toml" "$DB_URL" "$AUTH_PORT"
+
 # The installed package, not the source tree: pytest (unlike `python -m pytest`) does not put
 # the working directory on sys.path, so `syncline_client` resolves to the venv's copy.
 echo "== pytest (client: $(cd / && "$REPO/$PY" -c 'import syncline_client.client as c; print(c.__file__)'))"
 set +e
-(cd clients/python && SYNCLINE_ADDR="127.0.0.1:$PORT" "$REPO/$VENV/bin/pytest" -q "$@")
+(cd clients/python && SYNCLINE_ADDR="127.0.0.1:$PORT" SYNCLINE_AUTH_ADDR="127.0.0.1:$AUTH_PORT" \
+    SYNCLINE_AUTH_SECRET="$AUTH_SECRET" "$REPO/$VENV/bin/pytest" -q "$@")
 status=$?
 set -e
 [ "$status" -eq 0 ] || failed="pytest"

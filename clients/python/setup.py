@@ -35,7 +35,8 @@ generator = _load_generator()
 
 
 def runtime_requirements() -> list[str]:
-    """``grpcio`` at least the generator's version; ``protobuf`` in the generator's range."""
+    """``grpcio`` at least the generator's version; ``protobuf`` in the generator's range;
+    ``grpcio-status`` for the error details."""
     try:
         tools = importlib.metadata.version("grpcio-tools")
         protobuf = next(
@@ -45,8 +46,9 @@ def runtime_requirements() -> list[str]:
         )
     except (importlib.metadata.PackageNotFoundError, StopIteration):
         # Only the sdist step runs without grpcio-tools; its metadata is rebuilt with the wheel.
-        return ["grpcio>=1.62", "protobuf>=4.25"]
-    return [f"grpcio>={tools}", protobuf.replace(" ", "")]
+        return ["grpcio>=1.62", "protobuf>=4.25", "grpcio-status>=1.62"]
+    # grpcio-status decodes the google.rpc error details (syncline_client.errors).
+    return [f"grpcio>={tools}", protobuf.replace(" ", ""), f"grpcio-status>={tools}"]
 
 
 class BuildPyWithStubs(build_py):

@@ -2,8 +2,9 @@
 
 The helpers wrap the generated stubs: documents are :class:`Doc` dataclasses with a decoded
 JSON ``body``; checkpoints are the server's opaque token strings (``""`` = from the
-beginning). gRPC failures surface as :class:`grpc.RpcError`; read ``err.code()``
-(``INVALID_ARGUMENT``, ``NOT_FOUND``, ``UNAVAILABLE``, ...) and ``err.details()``.
+beginning). Failed calls raise a :class:`~syncline_client.errors.SynclineError` subclass
+chosen by the server's reason (a ``grpc.RpcError``: ``err.code()`` and ``err.details()`` work
+too); see :mod:`syncline_client.errors`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from collections.abc import Iterator, Sequence
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union, overload
 
 import grpc
+
+from .errors import CheckpointInvalid, from_rpc_error
 
 try:
     from ._gen.syncline.v1 import replication_pb2 as pb
@@ -31,6 +34,8 @@ except ImportError as exc:  # pragma: no cover - depends on the checkout
 __all__ = [
     "ChangeRow",
     "Doc",
+    "PushResult",
+    "RefusedRow",
     "ResyncRequired",
     "Subscription",
     "SynclineClient",
@@ -106,6 +111,46 @@ class ChangeRow:
         if self.assumed is not None:
             row.assumed_master_state.CopyFrom(self.assumed.to_proto())
         return row
+
+
+@dataclass
+class RefusedRow:
+    """A row of a per-row push that the server refused (not written).
+
+    ``index`` is its position in the pushed rows and ``row`` the row itself; ``reason`` the
+    stable code (``INVALID_DOCUMENT``, ``NOT_OWNER``, ``LIMIT_EXCEEDED``, ...), ``field`` the
+    offending field's path (``rows[3].new_document_state.json``) and ``message`` the words for
+    people. ``current`` is the server's state of the document when the caller may read it; it
+    is ``None`` when the document does not exist or is someone else's: drop the local copy
+    then, instead of pushing it again.
+    """
+
+    index: int
+    id: str
+    reason: str
+    field: str
+    message: str
+    current: Optional[Doc]
+    row: Optional[ChangeRow] = None
+
+
+@dataclass
+class PushResult:
+    """The outcome of a per-row push (:meth:`SynclineClient.push` with ``per_row=True``).
+
+    ``conflicts``: the server's state of each conflicting row (not written), in row order.
+    ``refused``: the refused rows (not written), in row order. ``written``: the indices of
+    the other rows, which were written, in one transaction.
+    """
+
+    written: list[int]
+    conflicts: list[Doc]
+    refused: list[RefusedRow]
+
+    @property
+    def ok(self) -> bool:
+        """True when every row was written."""
+        return not self.conflicts and not self.refused
 
 
 class ResyncRequired(Exception):
@@ -215,14 +260,13 @@ class SynclineClient:
     ) -> tuple[list[Doc], str]:
         """Returns one page of documents changed after ``checkpoint`` and the checkpoint after
         them (the same checkpoint when nothing is new). ``limit=0`` uses the server default."""
-        response = self._stub.Pull(
+        response = self._unary(
+            self._stub.Pull,
             pb.PullRequest(
                 collection=collection,
                 checkpoint=pb.Checkpoint(token=checkpoint),
                 limit=limit,
             ),
-            metadata=self._metadata,
-            timeout=self._timeout,
         )
         return [Doc.from_proto(d) for d in response.documents], response.checkpoint.token
 
@@ -250,16 +294,85 @@ class SynclineClient:
                 docs[doc.id] = doc
             checkpoint = next_checkpoint
 
-    def push(self, collection: str, rows: Sequence[ChangeRow]) -> list[Doc]:
-        """Writes ``rows`` in one transaction. Returns the server's current state of every row
-        that conflicted (those rows were not written), in row order; ``[]`` when all were
-        written."""
-        response = self._stub.Push(
-            pb.PushRequest(collection=collection, rows=[r.to_proto() for r in rows]),
-            metadata=self._metadata,
-            timeout=self._timeout,
+    def pull_all_or_restart(
+        self, collection: str, checkpoint: str = "", limit: int = 500
+    ) -> tuple[list[Doc], str, bool]:
+        """:meth:`pull_all`, starting over from the beginning when the server refuses
+        ``checkpoint`` as :class:`~syncline_client.errors.CheckpointInvalid` (issued for
+        another collection or caller, or altered: it can never work again).
+
+        Returns ``(docs, checkpoint, restarted)``. When ``restarted`` is true, ``docs`` is the
+        whole collection as the caller may see it (tombstones included): replace the local
+        copy with it rather than merging, and store the new checkpoint.
+        """
+        try:
+            docs, next_checkpoint = self.pull_all(collection, checkpoint, limit)
+            return docs, next_checkpoint, False
+        except CheckpointInvalid:
+            if not checkpoint:
+                raise
+        docs, next_checkpoint = self.pull_all(collection, "", limit)
+        return docs, next_checkpoint, True
+
+    @overload
+    def push(
+        self, collection: str, rows: Sequence[ChangeRow], *, per_row: Literal[False] = ...
+    ) -> list[Doc]: ...
+
+    @overload
+    def push(
+        self, collection: str, rows: Sequence[ChangeRow], *, per_row: Literal[True]
+    ) -> PushResult: ...
+
+    def push(
+        self, collection: str, rows: Sequence[ChangeRow], *, per_row: bool = False
+    ) -> Union[list[Doc], PushResult]:
+        """Writes ``rows`` in one transaction.
+
+        By default (atomic) any refused row fails the whole call with its typed error
+        (:class:`~syncline_client.errors.InvalidDocument`, ``NotOwner``, ...) and nothing is
+        written; it returns the server's current state of every row that conflicted (those
+        rows were not written), in row order: ``[]`` when all were written.
+
+        With ``per_row=True`` the rows the server refuses are skipped and reported instead,
+        and every other row is written (or conflicts) in the same single transaction: it
+        returns a :class:`PushResult`. Errors about the request as a whole (authentication,
+        unknown collection, request-size limits) still raise.
+        """
+        mode = pb.PUSH_MODE_PER_ROW if per_row else pb.PUSH_MODE_UNSPECIFIED
+        response = self._unary(
+            self._stub.Push,
+            pb.PushRequest(collection=collection, rows=[r.to_proto() for r in rows], mode=mode),
         )
-        return [Doc.from_proto(d) for d in response.conflicts]
+        conflicts = [Doc.from_proto(d) for d in response.conflicts]
+        if not per_row:
+            return conflicts
+        refused = [
+            RefusedRow(
+                index=r.index,
+                id=r.id,
+                reason=r.reason,
+                field=r.field,
+                message=r.message,
+                current=Doc.from_proto(r.current) if r.HasField("current") else None,
+                row=rows[r.index] if r.index < len(rows) else None,
+            )
+            for r in response.refused
+        ]
+        refused_indices = {r.index for r in refused}
+        conflicting_ids = {d.id for d in conflicts}
+        written = [
+            i
+            for i, row in enumerate(rows)
+            if i not in refused_indices and row.new.id not in conflicting_ids
+        ]
+        return PushResult(written=written, conflicts=conflicts, refused=refused)
+
+    def _unary(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, metadata=self._metadata, timeout=self._timeout)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
 
     def subscribe(
         self,
@@ -387,7 +500,7 @@ class Subscription(Iterator[tuple[list[Doc], str]]):
                     self._wait_before_reconnect()
                     continue
                 self.close()
-                raise
+                raise from_rpc_error(err) from err
             event = response.WhichOneof("event")
             if event == "changes":
                 self._backoff = min(self.INITIAL_BACKOFF, self._max_backoff)
