@@ -140,7 +140,8 @@ class PushResult:
 
     ``conflicts``: the server's state of each conflicting row (not written), in row order.
     ``refused``: the refused rows (not written), in row order. ``written``: the indices of
-    the other rows, which were written, in one transaction.
+    the other rows, which were written, in one transaction. (Conflicts come back as documents,
+    not indices: a row whose id is among them is not counted as written.)
     """
 
     written: list[int]
