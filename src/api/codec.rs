@@ -294,6 +294,10 @@ mod tests {
             }
             let status = decode_checked::<proto::PullRequest>(bad, None).expect_err("refused");
             assert_eq!(status.message(), MALFORMED);
+            use tonic_types::StatusExt;
+            let info = status.get_details_error_info().expect("ErrorInfo");
+            assert_eq!(info.reason, "INVALID_REQUEST");
+            assert!(status.get_details_bad_request().is_some());
         }
     }
 }

@@ -453,6 +453,51 @@ mod tests {
     }
 
     #[test]
+    fn per_row_pushes_let_oversized_documents_through_within_the_request_bytes() {
+        let per_row = |rows: Vec<ChangeRow>| {
+            PushRequest {
+                collection: "tasks".into(),
+                rows,
+                mode: MODE_PER_ROW as i32,
+            }
+            .encode_to_vec()
+        };
+        let rows = vec![row("a", "{}"), row("b", &"x".repeat(41))];
+        // Atomic: refused with the field's path; per-row: let through, to be refused alone.
+        match scan_push(&push(rows.clone()), &limits()) {
+            Err(ScanError::Limit { field, .. }) => {
+                assert_eq!(field, "rows[1].new_document_state.json")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(scan_push(&per_row(rows), &limits()), Ok(()));
+        let long_id = vec![row("a", "{}"), row(&"i".repeat(9), "{}")];
+        assert_eq!(scan_push(&per_row(long_id), &limits()), Ok(()));
+        // The whole oversized row counts against push_bytes_max: 46 + 46 + 2 body bytes
+        // would pass; with the rows' framing and ids they do not.
+        let two_big = vec![
+            row("a", &"x".repeat(46)),
+            row("b", &"x".repeat(46)),
+            row("c", "{}"),
+        ];
+        match scan_push(&per_row(two_big), &limits()) {
+            Err(ScanError::Limit { field, message }) => {
+                assert_eq!(field, "rows");
+                assert!(
+                    message.contains("over the limit of 100 per push"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The row count still fails the whole request.
+        let four = per_row(vec![row("a", &"x".repeat(41)); 4]);
+        assert!(
+            matches!(scan_push(&four, &limits()), Err(ScanError::Limit { field, .. }) if field == "rows")
+        );
+    }
+
+    #[test]
     fn names_the_row_and_field_over_its_limit() {
         let m = limit_error(&push(vec![row("a", "{}"), row("b", &"x".repeat(41))]));
         assert_eq!(

@@ -401,6 +401,69 @@ mod tests {
     }
 
     #[test]
+    fn per_row_refusals_report_only_visible_states_and_change_nothing() {
+        let mut bobs = stored("b", r#"{"v": 0}"#, false, "1-b");
+        bobs.owner = "bob".into();
+        let server: HashMap<_, _> = [
+            ("x".to_owned(), stored("x", r#"{"v": 1}"#, false, "1-a")),
+            ("b".to_owned(), bobs),
+        ]
+        .into();
+        let invalid = |index: usize, id: &str| PlannedRow::Refused {
+            refusal: Refusal {
+                index,
+                id: id.into(),
+                error: ProtocolError::invalid(Reason::InvalidDocument, "f", "m"),
+            },
+            id: Some(id.into()),
+        };
+        let rows = vec![
+            invalid(0, "x"),
+            PlannedRow::Valid(row(
+                "x",
+                r#"{"v":2}"#,
+                Some(Assumed::Revision("1-a".into())),
+            )),
+            PlannedRow::Valid(row("b", "{}", None)),
+            invalid(3, "n"),
+            PlannedRow::Valid(row("n", "{}", None)),
+            invalid(5, "b"),
+        ];
+        let p = plan_push_per_row(&rows, &server, &alice()).unwrap();
+        assert!(p.conflicts.is_empty(), "{:?}", p.conflicts);
+        let ids: Vec<&str> = p.writes.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(ids, ["x", "n"], "the rows after a refused one go through");
+        let refused: Vec<(usize, Reason, Option<&str>)> = p
+            .refused
+            .iter()
+            .map(|r| {
+                let body = r.current.as_ref().map(|c| c.body.as_str());
+                (r.refusal.index, r.refusal.error.reason, body)
+            })
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                (0, Reason::InvalidDocument, Some(r#"{"v": 1}"#)),
+                (2, Reason::NotOwner, None),
+                (3, Reason::InvalidDocument, None),
+                (5, Reason::InvalidDocument, None),
+            ],
+            "alice's own state only; never bob's"
+        );
+        // Atomic: the first other owner's id refuses the batch.
+        let valid: Vec<ValidRow> = rows
+            .into_iter()
+            .filter_map(|r| match r {
+                PlannedRow::Valid(v) => Some(v),
+                PlannedRow::Refused { .. } => None,
+            })
+            .collect();
+        let err = plan_push(&valid, &server, &alice()).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("rows[1].new_document_state.id"));
+    }
+
+    #[test]
     fn bodies_compare_as_jsonb_does() {
         // The stored text as PostgreSQL prints jsonb; assumed bodies as clients write them.
         let server: HashMap<_, _> = [(

@@ -312,8 +312,18 @@ impl<S: Store> Replicator<S> {
         }
         let mut refused = outcome.refused;
         for r in &mut refused {
-            metrics::counter!(m::PUSH_ROWS_REFUSED, "collection" => name.clone(), "reason" => r.refusal.error.reason.as_str())
+            let reason = r.refusal.error.reason;
+            metrics::counter!(m::PUSH_ROWS_REFUSED, "collection" => name.clone(), "reason" => reason.as_str())
                 .increment(1);
+            // Not written either: the family an atomic push would count the whole batch in.
+            rejected(
+                if reason == Reason::NotOwner {
+                    "permission"
+                } else {
+                    "invalid"
+                },
+                1,
+            );
             if let Some(current) = &mut r.current {
                 current.updated_at = current.updated_at.or(outcome.written_at);
             }

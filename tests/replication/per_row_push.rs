@@ -302,6 +302,17 @@ async fn per_row_limits_refuse_rows_and_request_errors_fail_the_whole_push() {
     );
     assert!(r.refused[1].id.len() < long_id.len(), "a long id is cut");
     assert!(pulled(&mut c, "alice").await.contains_key("ok"));
+    // Nothing to read or write: every row refused, none with a storable id.
+    let r = push_as(
+        &mut c,
+        "alice",
+        vec![insert(doc(&long_id, json!({}))), insert(doc("", json!({})))],
+        PushMode::PerRow,
+    )
+    .await
+    .unwrap();
+    let reasons: Vec<&str> = r.refused.iter().map(|r| r.reason.as_str()).collect();
+    assert_eq!(reasons, ["LIMIT_EXCEEDED", "INVALID_DOCUMENT"]);
 
     // Whole-request failures, in both modes.
     for mode in [PushMode::Atomic, PushMode::PerRow] {
@@ -360,7 +371,7 @@ const PUSHERS: usize = 4;
 async fn two_owners_racing_to_create_the_same_ids_never_both_write_one() {
     let server = jwt_server(|_| {}).await;
     let server = Arc::new(server);
-    let mut refused_seen = 0;
+    let mut not_owner = 0;
     for round in 0..ROUNDS {
         let ids: Vec<String> = (0..IDS).map(|i| format!("r{round}-{i}")).collect();
         let mut tasks = Vec::new();
@@ -375,9 +386,12 @@ async fn two_owners_racing_to_create_the_same_ids_never_both_write_one() {
             let server = server.clone();
             tasks.push(tokio::spawn(async move {
                 let mut c = server.client().await;
+                // Plus an invalid row for an id every pusher names: read (and, after a
+                // collision, claimed) by every push, never written.
                 let rows = order
                     .iter()
                     .map(|id| insert(doc(id, json!({"by": who}))))
+                    .chain([insert(not_an_object(&format!("bad-{round}")))])
                     .collect();
                 let r = tokio::time::timeout(
                     Duration::from_secs(60),
@@ -398,7 +412,11 @@ async fn two_owners_racing_to_create_the_same_ids_never_both_write_one() {
             let refused: HashMap<usize, &RefusedRow> =
                 r.refused.iter().map(|x| (x.index as usize, x)).collect();
             for x in &r.refused {
-                assert_eq!(x.reason, "NOT_OWNER", "{x:?}");
+                if x.index as usize == IDS {
+                    assert_eq!(x.reason, "INVALID_DOCUMENT", "{x:?}");
+                } else {
+                    assert_eq!(x.reason, "NOT_OWNER", "{x:?}");
+                }
                 assert_eq!(x.current, None, "the other owner's document stays hidden");
             }
             for d in &r.conflicts {
@@ -412,7 +430,7 @@ async fn two_owners_racing_to_create_the_same_ids_never_both_write_one() {
                     written.entry(id.clone()).or_default()[usize::from(who == "bob")] += 1;
                 }
             }
-            refused_seen += r.refused.len();
+            not_owner += r.refused.iter().filter(|x| x.reason == "NOT_OWNER").count();
             outcomes.push((who, order, r));
         }
         let mut c = server.client().await;
@@ -447,7 +465,18 @@ async fn two_owners_racing_to_create_the_same_ids_never_both_write_one() {
             }
         }
     }
-    assert!(refused_seen > 0, "the owners did race");
+    // Each id: every one of the loser's pushers was refused for it.
+    assert_eq!(not_owner, ROUNDS * IDS * PUSHERS);
+    // No claim of a refused id outlived its push (the locking path claims every target).
+    let mut db = server.db().await;
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM syncline_documents WHERE id LIKE 'bad-%' OR revision = ''",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+    drop(db);
     let server = Arc::into_inner(server).expect("tasks done");
     drop_database(server).await;
 }
