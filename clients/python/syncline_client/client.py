@@ -14,12 +14,12 @@ import random
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, Optional, Union, overload
 
 import grpc
 
-from .errors import CheckpointInvalid, from_rpc_error
+from .errors import CheckpointInvalid, TokenExpired, from_rpc_error
 
 try:
     from ._gen.syncline.v1 import replication_pb2 as pb
@@ -188,7 +188,10 @@ class SynclineClient:
 
     ``target`` is ``host:port``. Without ``credentials`` the channel is plaintext; pass
     ``grpc.ssl_channel_credentials()`` (or any ``grpc.ChannelCredentials``) for TLS. When
-    ``token`` is given every call carries ``authorization: Bearer <token>``. ``timeout``
+    ``token`` is given every call carries ``authorization: Bearer <token>``; ``token`` may
+    also be a function returning the current token, called for every call and every stream
+    (re)connection, so a subscription whose token expires (``TokenExpired``) reconnects with a
+    fresh one instead of failing. ``timeout``
     (seconds) bounds each unary call; streams are not bounded by it.
 
     ``compression="gzip"`` (or a ``grpc.Compression``) compresses the requests; the default
@@ -203,7 +206,7 @@ class SynclineClient:
         self,
         target: str,
         *,
-        token: Optional[str] = None,
+        token: Union[str, Callable[[], str], None] = None,
         credentials: Optional[grpc.ChannelCredentials] = None,
         timeout: Optional[float] = 30.0,
         options: Optional[Sequence[tuple[str, Any]]] = None,
@@ -219,9 +222,7 @@ class SynclineClient:
                 target, credentials, options=options, compression=algorithm
             )
         self._stub = pb_grpc.ReplicationServiceStub(self._channel)
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token}"),) if token else ()
-        )
+        self._token = token
         self._timeout = timeout
         self._closed = False
         self.target = target
@@ -251,8 +252,14 @@ class SynclineClient:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        """The metadata sent with every call (the bearer token, if any)."""
-        return self._metadata
+        """The metadata for a call now (the bearer token, if any)."""
+        token = self._token() if callable(self._token) else self._token
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
+    @property
+    def refreshes_token(self) -> bool:
+        """True when ``token`` is a function (expired tokens on streams are then renewed)."""
+        return callable(self._token)
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -371,7 +378,7 @@ class SynclineClient:
 
     def _unary(self, method: Any, request: Any) -> Any:
         try:
-            return method(request, metadata=self._metadata, timeout=self._timeout)
+            return method(request, metadata=self.metadata, timeout=self._timeout)
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
@@ -388,7 +395,8 @@ class SynclineClient:
         Heartbeats are skipped. With ``reconnect=True`` the stream is reopened from the last
         checkpoint received after ``UNAVAILABLE``, after the server ends the stream and after a
         ``Resync``, waiting with exponential backoff (capped at ``max_backoff`` seconds) between
-        attempts; other errors are raised. Stop it with :meth:`Subscription.close` (safe from
+        attempts, and after ``TokenExpired`` when the client's ``token`` is a function; other
+        errors are raised (typed, see :mod:`syncline_client.errors`). Stop it with :meth:`Subscription.close` (safe from
         another thread) or by leaving its ``with`` block.
         """
         return Subscription(
@@ -404,6 +412,8 @@ class Subscription(Iterator[tuple[list[Doc], str]]):
     """
 
     INITIAL_BACKOFF = 0.1
+    #: Token renewals in a row (no event received in between) before ``TokenExpired`` is raised.
+    TOKEN_RENEWALS_MAX = 3
 
     def __init__(
         self,
@@ -422,6 +432,7 @@ class Subscription(Iterator[tuple[list[Doc], str]]):
         self._max_backoff = max(max_backoff, 0.0)
         self._backoff = min(self.INITIAL_BACKOFF, self._max_backoff)
         self._call: Any = None
+        self._token_renewals = 0
         self._closed = threading.Event()
         self._lock = threading.Lock()
 
@@ -459,7 +470,7 @@ class Subscription(Iterator[tuple[list[Doc], str]]):
                         collection=self.collection,
                         checkpoint=pb.Checkpoint(token=self.checkpoint),
                     ),
-                    metadata=self._client._metadata,
+                    metadata=self._client.metadata,
                 )
             return self._call
 
@@ -500,9 +511,26 @@ class Subscription(Iterator[tuple[list[Doc], str]]):
                 if self._reconnect and err.code() == grpc.StatusCode.UNAVAILABLE:
                     self._wait_before_reconnect()
                     continue
+                typed = from_rpc_error(err)
+                # A token that expires on an open stream is routine: reconnect with a fresh one.
+                # Expiring again and again with no event in between means the token function
+                # hands out stale tokens: give up after a few tries.
+                if (
+                    self._reconnect
+                    and isinstance(typed, TokenExpired)
+                    and self._client.refreshes_token
+                    and self._token_renewals < self.TOKEN_RENEWALS_MAX
+                ):
+                    self._token_renewals += 1
+                    if self._token_renewals > 1:
+                        self._wait_before_reconnect()
+                    else:
+                        self.reconnects += 1
+                    continue
                 self.close()
-                raise from_rpc_error(err) from err
+                raise typed from err
             event = response.WhichOneof("event")
+            self._token_renewals = 0
             if event == "changes":
                 self._backoff = min(self.INITIAL_BACKOFF, self._max_backoff)
                 docs = [Doc.from_proto(d) for d in response.changes.documents]

@@ -4,6 +4,8 @@ with the field violations and retry delay the server attached (a grpc.RpcError a
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
@@ -163,3 +165,37 @@ def test_stream_limit_is_limit_exceeded_with_a_retry_delay(auth_server: AuthServ
                 reader.close()
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert err.value.retry_after is not None and err.value.retry_after > 0
+
+
+def test_expiring_stream_token_is_renewed_quietly_with_a_token_function(
+    auth_server: AuthServer,
+) -> None:
+    # Tokens that live 2 s: the stream outlives several of them, and sees every write.
+    def token() -> str:
+        return auth_server.token("gina", ttl=2)
+
+    with SynclineClient(auth_server.addr, token=token, timeout=15) as gina:
+        reader = StreamReader(gina.subscribe("tasks"))
+        try:
+            for n in range(3):
+                doc_id = uid(f"renew{n}")
+                assert gina.push("tasks", [ChangeRow(Doc(doc_id, {"n": n}))]) == []
+                reader.wait_for(lambda d, i=doc_id: d.id == i)  # type: ignore[misc]
+                # Past the stream's token: the next write needs a reconnected stream.
+                time.sleep(2.5)
+            assert reader.subscription.reconnects >= 2
+            assert reader.error is None
+        finally:
+            reader.close()
+
+
+def test_expiring_stream_token_is_raised_with_a_fixed_token(auth_server: AuthServer) -> None:
+    with SynclineClient(auth_server.addr, token=auth_server.token("hank", ttl=2), timeout=15) as hank:
+        subscription = hank.subscribe("tasks")
+
+        def read_until_error() -> None:
+            for _ in subscription:
+                pass
+
+        with pytest.raises(TokenExpired):
+            call_within(read_until_error, timeout=20)
