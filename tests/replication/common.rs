@@ -2,6 +2,7 @@
 //! starts, and the real server on an ephemeral 127.0.0.1 port.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use sqlx::Connection;
@@ -28,8 +29,8 @@ pub fn with_database(url: &str, name: &str) -> String {
     format!("{base}/{name}")
 }
 
-/// Creates an empty database and returns its URL.
-pub async fn fresh_database() -> String {
+/// Creates an empty database, dropped when the test is done with it (see [`TestDb`]).
+pub async fn fresh_database() -> TestDb {
     let admin = admin_url();
     let name = format!("syncline_t_{:016x}", rand::random::<u64>());
     let mut conn = sqlx::PgConnection::connect(&admin)
@@ -39,7 +40,98 @@ pub async fn fresh_database() -> String {
         .execute(&mut conn)
         .await
         .expect("create test database");
-    with_database(&admin, &name)
+    let _ = conn.close().await;
+    let url = with_database(&admin, &name);
+    let db = Arc::new(DroppedDatabase {
+        name,
+        url: url.clone(),
+    });
+    live_databases().insert(url, Arc::downgrade(&db));
+    TestDb(db)
+}
+
+/// A test's database: derefs to its URL. Dropped (`WITH (FORCE)`) once the test's value and
+/// every [`TestServer`] started on it are gone, as `#[sqlx::test]` does, panics included; the
+/// servers keep it so that `start_with(config(&fresh_database().await))` works. With
+/// `SYNCLINE_KEEP_TEST_DB=1`, a database let go by a panicking test is kept and named.
+pub struct TestDb(Arc<DroppedDatabase>);
+
+impl TestDb {
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+}
+
+impl std::ops::Deref for TestDb {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0.url
+    }
+}
+
+impl std::fmt::Display for TestDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.url)
+    }
+}
+
+/// Drops its database when the last holder lets go.
+pub struct DroppedDatabase {
+    name: String,
+    url: String,
+}
+
+/// The databases made by `fresh_database` still held, by URL, for `TestServer` to hold too.
+fn live_databases()
+-> std::sync::MutexGuard<'static, std::collections::HashMap<String, Weak<DroppedDatabase>>> {
+    static LIVE: OnceLock<Mutex<std::collections::HashMap<String, Weak<DroppedDatabase>>>> =
+        OnceLock::new();
+    LIVE.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Drop for DroppedDatabase {
+    fn drop(&mut self) {
+        live_databases().remove(&self.url);
+        if std::thread::panicking() && std::env::var_os("SYNCLINE_KEEP_TEST_DB").is_some() {
+            eprintln!(
+                "SYNCLINE_KEEP_TEST_DB: kept the failed test's database {}",
+                self.url
+            );
+            return;
+        }
+        let Ok(admin) = std::env::var("TEST_DATABASE_ADMIN_URL") else {
+            return;
+        };
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // Its own thread and runtime: this may run inside the test's runtime, on which
+        // nothing may block, and during a panic.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = conn.close().await;
+                Ok::<_, String>(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
+            Err(_) => eprintln!("could not drop test database {}: panicked", self.name),
+        }
+    }
 }
 
 /// A configuration with two collections and test-friendly limits.
@@ -71,6 +163,8 @@ pub fn config(db_url: &str) -> Config {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub db_url: String,
+    /// Keeps a `fresh_database` alive while the server runs on it.
+    _db: Option<Arc<DroppedDatabase>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), syncline::server::ServerError>>>,
 }
@@ -115,9 +209,11 @@ impl TestServer {
         let task = tokio::spawn(syncline::server::serve(config, listener, async move {
             let _ = stopped.await;
         }));
+        let db = live_databases().get(&db_url).and_then(Weak::upgrade);
         let server = TestServer {
             addr,
             db_url,
+            _db: db,
             stop: Some(stop),
             task: Some(task),
         };

@@ -18,6 +18,7 @@ mod sigterm;
 mod slow_reader;
 mod sql_writes;
 mod subscribe;
+mod test_databases;
 mod tls;
 mod tokens;
 mod validation;
