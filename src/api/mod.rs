@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod codec;
+pub mod compression;
 pub mod convert;
 pub mod push_scan;
 pub mod status;
@@ -64,7 +65,7 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
                 r.limit,
             )
             .await?;
-        Ok(Response::new(PullResponse {
+        Ok(compression::reply(PullResponse {
             documents: page.documents.into_iter().map(convert::document).collect(),
             checkpoint: convert::checkpoint(page.checkpoint),
         }))
@@ -78,7 +79,7 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
             .replicator
             .push(&principal, &r.collection, rows)
             .await?;
-        Ok(Response::new(PushResponse {
+        Ok(compression::reply(PushResponse {
             conflicts: conflicts.into_iter().map(convert::conflict).collect(),
             refused: Vec::new(),
         }))

@@ -4,6 +4,7 @@ mod auth;
 mod checkpoints;
 mod cluster;
 mod common;
+mod compression;
 mod connections;
 mod deadlocks;
 mod durability;
