@@ -201,7 +201,11 @@ pub async fn serve(
             .accept_compressed(encoding)
             .send_compressed(encoding);
     }
-    let service = CompressionPolicy::new(service, config.compression_min_bytes);
+    let service = CompressionPolicy::new(
+        service,
+        config.compression.clone(),
+        config.compression_min_bytes,
+    );
     let service = WireLimited::new(
         service,
         WireLimits::from_limits(&Limits::from_config(&config)),

@@ -1,17 +1,18 @@
-//! Message compression: which encodings the replication service speaks, and small replies
-//! sent plain.
+//! Message compression: which encodings the replication service speaks, and messages under
+//! `compression_min_bytes` sent plain.
 //!
 //! tonic negotiates per call (`grpc-encoding` for requests, `grpc-accept-encoding` for
 //! replies) and compresses every reply message once an encoding is agreed. Below
-//! `compression_min_bytes` that costs CPU and saves nothing, so a unary handler builds its
-//! reply with [`reply`], which turns compression off for a small message
-//! (`Response::disable_compression`). tonic still announces the encoding in the reply's
-//! headers then; [`CompressionPolicy`] removes the header again, so a plain reply says it is
-//! plain.
-//!
-//! Subscribe is the exception: tonic 0.14 compresses every message of a server stream once an
-//! encoding is agreed and offers no per-message switch (its override is read for unary
-//! replies only), so stream messages are compressed whatever their size.
+//! `compression_min_bytes` that costs CPU and saves nothing, so:
+//! - a unary handler builds its reply with [`reply`], which turns compression off for a small
+//!   message (`Response::disable_compression`); tonic still announces the encoding in the
+//!   reply's headers then, and [`CompressionPolicy`] removes the header again, so a plain
+//!   reply says it is plain;
+//! - for Subscribe, tonic offers no per-message switch (its override is read for unary
+//!   replies only) and would compress every heartbeat with a new compressor, so
+//!   [`CompressionPolicy`] hides the client's `grpc-accept-encoding` from tonic, announces the
+//!   encoding itself and compresses the stream's large messages one by one
+//!   ([`super::compressing_body`]).
 
 use std::task::{Context, Poll};
 
@@ -19,6 +20,7 @@ use tonic::Response;
 use tonic::codec::CompressionEncoding;
 use tonic::server::NamedService;
 
+use super::compressing_body::CompressingBody;
 use crate::config::Compression;
 
 tokio::task_local! {
@@ -38,6 +40,14 @@ pub fn encoding(compression: Compression) -> CompressionEncoding {
     }
 }
 
+/// The name of an encoding in `grpc-encoding` and `grpc-accept-encoding`.
+fn header_name(compression: Compression) -> &'static str {
+    match compression {
+        Compression::Gzip => "gzip",
+        Compression::Zstd => "zstd",
+    }
+}
+
 /// A unary reply, left uncompressed when smaller than the server's `compression_min_bytes`.
 pub fn reply<T: prost::Message>(message: T) -> Response<T> {
     let small = MIN_BYTES
@@ -51,24 +61,48 @@ pub fn reply<T: prost::Message>(message: T) -> Response<T> {
     response
 }
 
-/// Wraps the replication service: makes `compression_min_bytes` known to its handlers and
-/// drops the `grpc-encoding` header from replies they sent plain.
+/// The server-streaming methods, whose messages [`CompressionPolicy`] compresses itself.
+const STREAMING_PATHS: [&str; 1] = ["/syncline.v1.ReplicationService/Subscribe"];
+
+/// Wraps the replication service: makes `compression_min_bytes` known to its handlers, drops
+/// the `grpc-encoding` header from unary replies they sent plain, and compresses streams'
+/// messages of at least `compression_min_bytes`.
 #[derive(Debug, Clone)]
 pub struct CompressionPolicy<S> {
     inner: S,
+    encodings: Vec<Compression>,
     min_bytes: usize,
 }
 
 impl<S> CompressionPolicy<S> {
-    /// Serves `inner`, whose unary replies under `min_bytes` go uncompressed.
-    pub fn new(inner: S, min_bytes: usize) -> Self {
-        CompressionPolicy { inner, min_bytes }
+    /// Serves `inner`, whose replies under `min_bytes` go uncompressed; `encodings` are those
+    /// the server answers with (the same as configured on `inner`).
+    pub fn new(inner: S, encodings: Vec<Compression>, min_bytes: usize) -> Self {
+        CompressionPolicy {
+            inner,
+            encodings,
+            min_bytes,
+        }
+    }
+
+    /// The first encoding of the client's `grpc-accept-encoding` that the server speaks.
+    fn negotiate(&self, headers: &http::HeaderMap) -> Option<Compression> {
+        let accepted = headers.get(ACCEPT_ENCODING)?.to_str().ok()?;
+        accepted.split(',').map(str::trim).find_map(|name| {
+            self.encodings
+                .iter()
+                .copied()
+                .find(|e| header_name(*e) == name)
+        })
     }
 }
 
-impl<S, R, B> tower::Service<R> for CompressionPolicy<S>
+const ACCEPT_ENCODING: &str = "grpc-accept-encoding";
+const ENCODING: &str = "grpc-encoding";
+
+impl<S, B> tower::Service<http::Request<B>> for CompressionPolicy<S>
 where
-    S: tower::Service<R, Response = http::Response<B>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -81,13 +115,34 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: R) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let stream_encoding = if STREAMING_PATHS.contains(&request.uri().path()) {
+            let agreed = self.negotiate(request.headers());
+            // tonic then sends the stream plain; its large messages are compressed below.
+            request.headers_mut().remove(ACCEPT_ENCODING);
+            agreed
+        } else {
+            None
+        };
+        let min_bytes = self.min_bytes;
         // The handler runs while this future is polled, so inside the scope.
-        let call = MIN_BYTES.scope(self.min_bytes, self.inner.call(request));
+        let call = MIN_BYTES.scope(min_bytes, self.inner.call(request));
         Box::pin(async move {
             let mut response = call.await?;
             if response.extensions().get::<PlainReply>().is_some() {
-                response.headers_mut().remove("grpc-encoding");
+                response.headers_mut().remove(ENCODING);
+            }
+            // A stream refused at once answers its status in the headers, with no messages.
+            if let Some(agreed) = stream_encoding
+                && !response.headers().contains_key("grpc-status")
+            {
+                response.headers_mut().insert(
+                    ENCODING,
+                    http::HeaderValue::from_static(header_name(agreed)),
+                );
+                response = response.map(|body| {
+                    tonic::body::Body::new(CompressingBody::new(body, agreed, min_bytes))
+                });
             }
             Ok(response)
         })

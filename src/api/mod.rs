@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod codec;
+pub mod compressing_body;
 pub mod compression;
 pub mod convert;
 pub mod push_scan;

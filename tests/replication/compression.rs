@@ -461,3 +461,162 @@ async fn grpc_web_works_with_compression_on() {
     assert!(!contains(&response, b"d099"), "compressed");
     assert!(text.contains("grpc-status:0"), "{text}");
 }
+
+/// Reads gRPC messages off a response body until `n` have come: (compressed flag, payload).
+async fn read_messages(
+    body: &mut tonic::body::Body,
+    pending: &mut Vec<u8>,
+    n: usize,
+) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    for _ in 0..10_000 {
+        while pending.len() >= 5 {
+            let len = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
+            if pending.len() < 5 + len {
+                break;
+            }
+            let message: Vec<u8> = pending.drain(..5 + len).collect();
+            out.push((message[0], message[5..].to_vec()));
+        }
+        if out.len() >= n {
+            return out;
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(20), body.frame())
+            .await
+            .expect("a message in time")
+            .expect("the stream is open")
+            .expect("no error");
+        if let Ok(data) = frame.into_data() {
+            pending.extend_from_slice(&data);
+        }
+    }
+    panic!("no {n} messages");
+}
+
+fn gunzip(payload: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(payload)
+        .read_to_end(&mut out)
+        .expect("gzip");
+    out
+}
+
+#[tokio::test]
+async fn a_stream_compresses_its_large_messages_only() {
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.heartbeat_seconds = 1;
+    let server = TestServer::start_with(cfg).await;
+    let mut c = server.client().await;
+    assert!(push(&mut c, "tasks", rows()).await.is_empty());
+
+    // On the wire: the catch-up batch (~70 KB) compressed, a one-document live batch and a
+    // heartbeat plain, under one `grpc-encoding: gzip`.
+    let mut channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let request = SubscribeRequest {
+        collection: "tasks".into(),
+        checkpoint: Some(Checkpoint::default()),
+    };
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/syncline.v1.ReplicationService/Subscribe",
+            server.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-accept-encoding", "br, gzip")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            Bytes::from(grpc_frame(false, &request.encode_to_vec())),
+        )))
+        .expect("request");
+    let response = channel
+        .ready()
+        .await
+        .expect("ready")
+        .call(request)
+        .await
+        .expect("an HTTP response");
+    assert_eq!(response.headers()["grpc-encoding"], "gzip");
+    let mut body = response.into_body();
+    let mut pending = Vec::new();
+    let catch_up = read_messages(&mut body, &mut pending, 1).await;
+    assert_eq!(catch_up[0].0, 1, "the catch-up batch is compressed");
+    let batch = syncline::proto::SubscribeResponse::decode(gunzip(&catch_up[0].1).as_slice())
+        .expect("a SubscribeResponse");
+    let Some(Event::Changes(batch)) = batch.event else {
+        panic!("a change batch first")
+    };
+    assert_eq!(batch.documents.len(), DOCS);
+    assert!(
+        push(&mut c, "tasks", vec![insert(doc("live", json!({"n": 1})))])
+            .await
+            .is_empty()
+    );
+    let mut seen_live = false;
+    let mut seen_heartbeat = false;
+    for _ in 0..20 {
+        if seen_live && seen_heartbeat {
+            break;
+        }
+        let (flag, payload) = read_messages(&mut body, &mut pending, 1).await.remove(0);
+        assert_eq!(flag, 0, "a small message is sent plain");
+        match syncline::proto::SubscribeResponse::decode(payload.as_slice())
+            .expect("a SubscribeResponse")
+            .event
+        {
+            Some(Event::Changes(batch)) => {
+                assert_eq!(batch.documents.len(), 1);
+                assert_eq!(batch.documents[0].id, "live");
+                seen_live = true;
+            }
+            Some(Event::Heartbeat(_)) => seen_heartbeat = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(seen_live && seen_heartbeat);
+
+    // The generated client reads such a stream (flags mixed) as any other.
+    for encoding in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
+        let mut c = client(&server, Some(encoding)).await;
+        let mut stream = c
+            .subscribe(SubscribeRequest {
+                collection: "tasks".into(),
+                checkpoint: Some(Checkpoint::default()),
+            })
+            .await
+            .expect("subscribe");
+        assert_eq!(encoding_of(&stream), Some(encoding.to_string()));
+        let stream = stream.get_mut();
+        let mut ids = Vec::new();
+        let id = format!("live-{encoding}");
+        let mut pushed = false;
+        for _ in 0..100 {
+            if ids.contains(&id) {
+                break;
+            }
+            let message = tokio::time::timeout(Duration::from_secs(20), stream.message())
+                .await
+                .expect("a message in time")
+                .expect("stream ok")
+                .expect("stream open");
+            if let Some(Event::Changes(batch)) = message.event {
+                ids.extend(batch.documents.into_iter().map(|d| d.id));
+            }
+            if !pushed && ids.len() > DOCS {
+                assert!(
+                    push(&mut c, "tasks", vec![insert(doc(&id, json!({})))])
+                        .await
+                        .is_empty()
+                );
+                pushed = true;
+            }
+        }
+        assert!(ids.contains(&id), "{encoding}: the live document came");
+    }
+}
