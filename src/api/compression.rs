@@ -14,6 +14,7 @@
 //!   encoding itself and compresses the stream's large messages one by one
 //!   ([`super::compressing_body`]).
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::Response;
@@ -70,7 +71,8 @@ const STREAMING_PATHS: [&str; 1] = ["/syncline.v1.ReplicationService/Subscribe"]
 #[derive(Debug, Clone)]
 pub struct CompressionPolicy<S> {
     inner: S,
-    encodings: Vec<Compression>,
+    // Shared: tonic clones the service for every call.
+    encodings: Arc<[Compression]>,
     min_bytes: usize,
 }
 
@@ -80,7 +82,7 @@ impl<S> CompressionPolicy<S> {
     pub fn new(inner: S, encodings: Vec<Compression>, min_bytes: usize) -> Self {
         CompressionPolicy {
             inner,
-            encodings,
+            encodings: encodings.into(),
             min_bytes,
         }
     }
