@@ -1,8 +1,8 @@
 //! Test harness: a fresh database per test in the throwaway cluster that `scripts/test.sh`
 //! starts, and the real server on an ephemeral 127.0.0.1 port.
 
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use sqlx::Connection;
@@ -29,10 +29,20 @@ pub fn with_database(url: &str, name: &str) -> String {
     format!("{base}/{name}")
 }
 
-/// Creates an empty database, dropped when the test is done with it (see [`TestDb`]).
-pub async fn fresh_database() -> TestDb {
+/// Creates an empty database for the calling test and returns its URL. It is dropped when the
+/// thread that created it ends: for a `#[tokio::test]`, once the test has returned or
+/// panicked and its runtime, servers and connections are gone (see [`TestDatabases`]).
+pub async fn fresh_database() -> String {
     let admin = admin_url();
-    let name = format!("syncline_t_{:016x}", rand::random::<u64>());
+    if keep_failed() {
+        mark_panics_once();
+    }
+    // The process id in the name tells which run left a database behind.
+    let name = format!(
+        "syncline_t_{}_{:012x}",
+        std::process::id(),
+        rand::random::<u64>() >> 16
+    );
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
         .expect("connect to the test cluster");
@@ -41,95 +51,93 @@ pub async fn fresh_database() -> TestDb {
         .await
         .expect("create test database");
     let _ = conn.close().await;
-    let url = with_database(&admin, &name);
-    let db = Arc::new(DroppedDatabase {
-        name,
-        url: url.clone(),
+    TEST_DATABASES.with(|dbs| {
+        dbs.admin.replace(Some(admin.clone()));
+        dbs.names.borrow_mut().push(name.clone());
     });
-    live_databases().insert(url, Arc::downgrade(&db));
-    TestDb(db)
+    with_database(&admin, &name)
 }
 
-/// A test's database: derefs to its URL. Dropped (`WITH (FORCE)`) once the test's value and
-/// every [`TestServer`] started on it are gone, as `#[sqlx::test]` does, panics included; the
-/// servers keep it so that `start_with(config(&fresh_database().await))` works. With
-/// `SYNCLINE_KEEP_TEST_DB=1`, a database let go by a panicking test is kept and named.
-pub struct TestDb(Arc<DroppedDatabase>);
-
-impl TestDb {
-    /// The database's name.
-    pub fn name(&self) -> &str {
-        &self.0.name
-    }
+thread_local! {
+    /// The databases made by this thread, dropped when it ends.
+    static TEST_DATABASES: TestDatabases = TestDatabases::default();
 }
 
-impl std::ops::Deref for TestDb {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0.url
-    }
+/// A thread's test databases: dropped `WITH (FORCE)` when the thread ends, as `#[sqlx::test]`
+/// does at the end of a test, a panicking one included (libtest runs each test on a thread
+/// of its own and joins it). With `SYNCLINE_KEEP_TEST_DB=1`, a thread that panicked keeps
+/// them, and their names are printed, for a look at a failed test's data.
+#[derive(Default)]
+pub struct TestDatabases {
+    admin: RefCell<Option<String>>,
+    names: RefCell<Vec<String>>,
+    panicked: Cell<bool>,
 }
 
-impl std::fmt::Display for TestDb {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0.url)
-    }
+/// Whether failed tests keep their databases.
+fn keep_failed() -> bool {
+    std::env::var_os("SYNCLINE_KEEP_TEST_DB").is_some_and(|v| v != "0" && !v.is_empty())
 }
 
-/// Drops its database when the last holder lets go.
-pub struct DroppedDatabase {
-    name: String,
-    url: String,
+/// Marks a panicking thread so that its databases are kept (`SYNCLINE_KEEP_TEST_DB` only).
+fn mark_panics_once() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = TEST_DATABASES.try_with(|dbs| dbs.panicked.set(true));
+            previous(info);
+        }));
+    });
 }
 
-/// The databases made by `fresh_database` still held, by URL, for `TestServer` to hold too.
-fn live_databases()
--> std::sync::MutexGuard<'static, std::collections::HashMap<String, Weak<DroppedDatabase>>> {
-    static LIVE: OnceLock<Mutex<std::collections::HashMap<String, Weak<DroppedDatabase>>>> =
-        OnceLock::new();
-    LIVE.get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl Drop for DroppedDatabase {
+impl Drop for TestDatabases {
     fn drop(&mut self) {
-        live_databases().remove(&self.url);
-        if std::thread::panicking() && std::env::var_os("SYNCLINE_KEEP_TEST_DB").is_some() {
-            eprintln!(
-                "SYNCLINE_KEEP_TEST_DB: kept the failed test's database {}",
-                self.url
-            );
-            return;
-        }
-        let Ok(admin) = std::env::var("TEST_DATABASE_ADMIN_URL") else {
+        let names = self.names.take();
+        let Some(admin) = self.admin.take() else {
             return;
         };
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        // Its own thread and runtime: this may run inside the test's runtime, on which
-        // nothing may block, and during a panic.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&admin)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = conn.close().await;
-                Ok::<_, String>(())
-            })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
-            Err(_) => eprintln!("could not drop test database {}: panicked", self.name),
+        if names.is_empty() {
+            return;
+        }
+        if keep_failed() && self.panicked.get() {
+            eprintln!("SYNCLINE_KEEP_TEST_DB: kept {}", names.join(", "));
+            return;
+        }
+        // psql, not sqlx: this runs while the thread's locals are being destroyed, where no
+        // runtime (nor another thread) can be started.
+        let run = |program: &std::path::Path| {
+            let mut psql = std::process::Command::new(program);
+            psql.arg(&admin).args(["-XqAt", "-v", "ON_ERROR_STOP=1"]);
+            for name in &names {
+                psql.args([
+                    "-c",
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                ]);
+            }
+            psql.output()
+        };
+        // On PATH, else where Debian's server packages put it (scripts/pg-cluster.sh).
+        let outcome = run("psql".as_ref()).or_else(|e| {
+            std::fs::read_dir("/usr/lib/postgresql")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|version| version.path().join("bin/psql"))
+                .find(|p| p.exists())
+                .map_or(Err(e), |p| run(&p))
+        });
+        match outcome {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "could not drop test databases {}: {}",
+                names.join(", "),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!(
+                "could not drop test databases {}: psql: {e}",
+                names.join(", ")
+            ),
         }
     }
 }
@@ -163,8 +171,6 @@ pub fn config(db_url: &str) -> Config {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub db_url: String,
-    /// Keeps a `fresh_database` alive while the server runs on it.
-    _db: Option<Arc<DroppedDatabase>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), syncline::server::ServerError>>>,
 }
@@ -209,11 +215,9 @@ impl TestServer {
         let task = tokio::spawn(syncline::server::serve(config, listener, async move {
             let _ = stopped.await;
         }));
-        let db = live_databases().get(&db_url).and_then(Weak::upgrade);
         let server = TestServer {
             addr,
             db_url,
-            _db: db,
             stop: Some(stop),
             task: Some(task),
         };

@@ -89,7 +89,7 @@ async fn health_follows_the_database_and_pull_fails_fast_while_it_is_away() {
     let mut cfg = config(&url.with_port(proxy.port));
     cfg.health_check_seconds = 1;
     cfg.acquire_timeout_seconds = 1;
-    cfg.listen_database_url = Some(db.to_string());
+    cfg.listen_database_url = Some(db.clone());
     let server = TestServer::start_with(cfg).await;
     wait_for(&server, ServingStatus::Serving).await;
     assert_eq!(

@@ -82,12 +82,7 @@ async fn a_forged_notification_is_ignored_and_makes_no_pull_wait() {
     let (hub, reader) = replicator(&db, Duration::from_secs(10)).await;
     let (_, writer) = replicator(&db, Duration::from_secs(10)).await;
     let stop = CancellationToken::new();
-    let task = tokio::spawn(listener::run(
-        db.to_string(),
-        hub.clone(),
-        stop.clone(),
-        |_| {},
-    ));
+    let task = tokio::spawn(listener::run(db.clone(), hub.clone(), stop.clone(), |_| {}));
     // Connected once the hub forgets what it cannot have: wait for a first (own) signal.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -126,12 +121,7 @@ async fn positions_the_cluster_cannot_have_are_forgotten_on_connect() {
     // As if remembered from a cluster we failed over from, whose counter was far ahead.
     hub.notify("tasks", FORGED_TX);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(listener::run(
-        db.to_string(),
-        hub.clone(),
-        stop.clone(),
-        |_| {},
-    ));
+    let task = tokio::spawn(listener::run(db.clone(), hub.clone(), stop.clone(), |_| {}));
     for _ in 0..400 {
         if hub.latest("tasks") == 0 {
             break;

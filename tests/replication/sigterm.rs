@@ -34,7 +34,7 @@ async fn sigterm_finishes_the_push_ends_the_stream_and_exits_zero() {
     command
         .args(["serve", "--config"])
         .arg(&config)
-        .env("DATABASE_URL", &*db)
+        .env("DATABASE_URL", &db)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
