@@ -99,6 +99,14 @@ impl<S> CompressionPolicy<S> {
     }
 }
 
+/// Whether a reply is tonic's INTERNAL for a request message it could not decompress.
+fn is_undecompressable(headers: &http::HeaderMap) -> bool {
+    headers.get("grpc-status").is_some_and(|v| v == "13")
+        && headers
+            .get("grpc-message")
+            .is_some_and(|m| m.as_bytes().starts_with(b"Error%20decompressing"))
+}
+
 const ACCEPT_ENCODING: &str = "grpc-accept-encoding";
 const ENCODING: &str = "grpc-encoding";
 
@@ -126,11 +134,33 @@ where
         } else {
             None
         };
+        // Only an encoding the server speaks gets this far; the others are UNIMPLEMENTED.
+        let request_encoding = request
+            .headers()
+            .get(ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|name| {
+                self.encodings
+                    .iter()
+                    .copied()
+                    .find(|e| header_name(*e) == name)
+            });
         let min_bytes = self.min_bytes;
         // The handler runs while this future is polled, so inside the scope.
         let call = MIN_BYTES.scope(min_bytes, self.inner.call(request));
         Box::pin(async move {
             let mut response = call.await?;
+            if let Some(compression) = request_encoding
+                && is_undecompressable(response.headers())
+            {
+                // tonic answers INTERNAL for a request it cannot decompress: the client's
+                // fault, not the server's.
+                let status = tonic::Status::invalid_argument(format!(
+                    "message: not valid {} data (grpc-encoding)",
+                    header_name(compression)
+                ));
+                let _ = status.add_header(response.headers_mut());
+            }
             if response.extensions().get::<PlainReply>().is_some() {
                 response.headers_mut().remove(ENCODING);
             }

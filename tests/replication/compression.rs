@@ -327,6 +327,40 @@ async fn an_encoding_the_server_does_not_speak_is_unimplemented() {
     assert!(status.message().contains("`br`"), "{status:?}");
 }
 
+#[tokio::test]
+async fn a_message_that_does_not_decompress_is_invalid_argument() {
+    let server = TestServer::start().await;
+    let valid = PushRequest {
+        collection: "tasks".into(),
+        rows: vec![insert(doc("a", json!({})))],
+        mode: 0,
+    }
+    .encode_to_vec();
+    for (encoding, garbage) in [
+        ("gzip", vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xff, 0xff]),
+        ("gzip", valid.clone()),
+        ("zstd", vec![0x28, 0xb5, 0x2f, 0xfd, 0xff, 0xff, 0xff]),
+        ("zstd", valid.clone()),
+    ] {
+        let status = raw_compressed_push(&server, encoding, garbage).await;
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{encoding}: {status:?}"
+        );
+        assert_eq!(
+            status.message(),
+            format!("message: not valid {encoding} data (grpc-encoding)")
+        );
+    }
+    // Uncompressed, the same bytes are a valid push.
+    let (headers, _, trailers) = raw_call(&server, "Push", &[], grpc_frame(false, &valid)).await;
+    let status = tonic::Status::from_header_map(&headers)
+        .or_else(|| trailers.as_ref().and_then(tonic::Status::from_header_map))
+        .expect("a status");
+    assert_eq!(status.code(), Code::Ok, "{status:?}");
+}
+
 /// The peak resident memory of this process, in bytes.
 fn peak_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
