@@ -483,15 +483,36 @@ async fn grpc_web_works_with_compression_on() {
     let response = http1(&server, grpc_web_pull("")).await;
     let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
     assert!(text.starts_with("http/1.1 200"), "{text}");
-    assert!(!text.contains("grpc-encoding"), "{text}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("grpc-encoding:")),
+        "{text}"
+    );
     assert!(contains(&response, b"d099"), "the last document, plain");
     assert!(text.contains("grpc-status:0"), "{text}");
+
+    // A browser may say it accepts gzip (CORS lets it) and read which encoding came back.
+    let preflight = "OPTIONS /syncline.v1.ReplicationService/Pull HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Origin: http://app.test\r\nAccess-Control-Request-Method: POST\r\n\
+         Access-Control-Request-Headers: content-type,x-grpc-web,grpc-accept-encoding\r\n\
+         Connection: close\r\n\r\n";
+    let response = http1(&server, preflight.as_bytes().to_vec()).await;
+    let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    let allowed = text
+        .lines()
+        .find(|l| l.starts_with("access-control-allow-headers:"))
+        .unwrap_or_default();
+    assert!(allowed.contains("grpc-accept-encoding"), "{text}");
 
     // A gRPC-Web client that says it accepts gzip gets gzip frames.
     let response = http1(&server, grpc_web_pull("grpc-accept-encoding: gzip\r\n")).await;
     let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
     assert!(text.starts_with("http/1.1 200"), "{text}");
     assert!(text.contains("grpc-encoding: gzip"), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("access-control-expose-headers:")
+            && l.contains("grpc-encoding")),
+        "{text}"
+    );
     assert!(!contains(&response, b"d099"), "compressed");
     assert!(text.contains("grpc-status:0"), "{text}");
 }
