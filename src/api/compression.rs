@@ -87,15 +87,20 @@ impl<S> CompressionPolicy<S> {
         }
     }
 
+    /// The encoding of this name, when the server speaks it.
+    fn speaks(&self, name: &str) -> Option<Compression> {
+        self.encodings
+            .iter()
+            .copied()
+            .find(|e| header_name(*e) == name)
+    }
+
     /// The first encoding of the client's `grpc-accept-encoding` that the server speaks.
     fn negotiate(&self, headers: &http::HeaderMap) -> Option<Compression> {
         let accepted = headers.get(ACCEPT_ENCODING)?.to_str().ok()?;
-        accepted.split(',').map(str::trim).find_map(|name| {
-            self.encodings
-                .iter()
-                .copied()
-                .find(|e| header_name(*e) == name)
-        })
+        accepted
+            .split(',')
+            .find_map(|name| self.speaks(name.trim()))
     }
 }
 
@@ -139,12 +144,7 @@ where
             .headers()
             .get(ENCODING)
             .and_then(|v| v.to_str().ok())
-            .and_then(|name| {
-                self.encodings
-                    .iter()
-                    .copied()
-                    .find(|e| header_name(*e) == name)
-            });
+            .and_then(|name| self.speaks(name));
         let min_bytes = self.min_bytes;
         // The handler runs while this future is polled, so inside the scope.
         let call = MIN_BYTES.scope(min_bytes, self.inner.call(request));
