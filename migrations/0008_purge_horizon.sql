@@ -14,3 +14,9 @@ CREATE TABLE syncline_purge_horizon (
     -- When a purge last raised the horizon.
     raised_at  timestamptz NOT NULL
 );
+
+-- The purge scans tombstones in position order, oldest first, and stops at its batch size:
+-- indexed apart from live documents, so that a batch never walks the live documents that sit
+-- between old tombstones (most of a collection, once its old tombstones are gone).
+CREATE INDEX syncline_documents_tombstones
+    ON syncline_documents (collection, change_xid, change_seq) WHERE deleted;
