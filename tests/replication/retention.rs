@@ -371,6 +371,56 @@ async fn one_replica_purges_a_collection_at_a_time() {
 }
 
 #[tokio::test]
+async fn a_document_brought_back_while_a_purge_runs_is_never_purged() {
+    let server = server_with(|_| {}).await;
+    let url = server.db_url.clone();
+    let mut c = server.client().await;
+    let store = Arc::new(store_on(&url));
+    for round in 0..10 {
+        let ids = names(&format!("z{round}-"), 0..30);
+        create(&mut c, "tasks", &ids).await;
+        delete(&mut c, "tasks", &ids).await;
+        age(&url, "tasks", Some(&ids)).await;
+        let purge = {
+            let store = store.clone();
+            tokio::spawn(async move { purge_collection(&store, "tasks", MONTH, 3).await })
+        };
+        // Every tombstone is written again (live) from SQL, racing the purge's batches.
+        let writer = {
+            let url = url.clone();
+            let ids = ids.clone();
+            tokio::spawn(async move {
+                let mut db = sqlx::PgConnection::connect(&url).await.expect("connect");
+                for id in ids.iter().rev() {
+                    sqlx::query("SELECT syncline_put('tasks', $1, '{\"back\": true}'::jsonb)")
+                        .bind(id)
+                        .execute(&mut db)
+                        .await
+                        .expect("put");
+                }
+            })
+        };
+        writer.await.expect("writer");
+        let report = purge.await.expect("no panic").expect("purge succeeds");
+        let live: HashSet<String> = rows(&url, "tasks")
+            .await
+            .into_iter()
+            .filter(|(_, deleted, ..)| !deleted)
+            .map(|(id, ..)| id)
+            .collect();
+        for id in &ids {
+            assert!(
+                live.contains(id),
+                "round {round}: {id} was written back, then purged"
+            );
+        }
+        assert!(report.purged <= 30);
+    }
+    store.close().await;
+    drop_database(server).await;
+}
+
+#[tokio::test]
 async fn a_pull_at_or_below_the_horizon_is_expired_and_above_it_is_exact() {
     let server = server_with(|_| {}).await;
     let url = server.db_url.clone();
