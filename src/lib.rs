@@ -12,6 +12,7 @@ pub mod config;
 pub mod health;
 pub mod horizon;
 pub mod protocol;
+pub mod purge;
 pub mod server;
 pub mod store;
 pub mod telemetry;

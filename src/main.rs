@@ -32,6 +32,16 @@ enum Command {
     Migrate,
     /// Load and validate the configuration (schema files included) without connecting.
     CheckConfig,
+    /// Purge a collection's tombstones older than its `tombstone_retention` now (the server
+    /// does it every `purge_interval_seconds`).
+    Purge {
+        /// The collection.
+        #[arg(long)]
+        collection: String,
+        /// Only print how many tombstones would go, and when they were written.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print an HS256 token signed with `auth.hs256_secret`, for development and tests.
     Token {
         /// The principal (`sub`): owner of the documents it creates.
@@ -101,6 +111,16 @@ fn main() -> ExitCode {
         let result = match cli.command {
             Command::Migrate => syncline::server::migrate(&config).await,
             Command::CheckConfig | Command::Token { .. } => Ok(()),
+            Command::Purge {
+                collection,
+                dry_run,
+            } => match syncline::purge::command(&config, &collection, dry_run).await {
+                Ok(text) => {
+                    println!("{text}");
+                    Ok(())
+                }
+                Err(e) => Err(syncline::server::ServerError::Config(e)),
+            },
             Command::Serve => {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await

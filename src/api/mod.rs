@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status};
 
 use crate::proto::replication_service_server::ReplicationService;
 use crate::proto::{
-    ChangeBatch, Heartbeat, PullRequest, PullResponse, PushRequest, PushResponse, SubscribeRequest,
-    SubscribeResponse, subscribe_response,
+    ChangeBatch, Heartbeat, PullRequest, PullResponse, PushRequest, PushResponse, Resync,
+    SubscribeRequest, SubscribeResponse, subscribe_response,
 };
 use crate::protocol::{Replicator, StreamEvent, StreamItem};
 use crate::store::Store;
@@ -48,6 +48,7 @@ fn event(item: StreamItem) -> Result<SubscribeResponse, Status> {
             checkpoint: convert::checkpoint(checkpoint),
         }),
         StreamEvent::Heartbeat => subscribe_response::Event::Heartbeat(Heartbeat {}),
+        StreamEvent::Resync { reason } => subscribe_response::Event::Resync(Resync { reason }),
     };
     Ok(SubscribeResponse { event: Some(event) })
 }

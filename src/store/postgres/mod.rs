@@ -4,6 +4,7 @@
 mod error;
 mod keys;
 pub mod notify;
+mod purge;
 mod read;
 mod read_ahead;
 mod write;
@@ -15,14 +16,15 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::collections::HashMap;
 
 use super::{
-    ChangePage, PageLimit, Position, PushError, PushOutcome, PushPlan, PushTarget, Store,
-    StoreError, StoredDocument,
+    ChangePage, PageLimit, PushError, PushOutcome, PushPlan, PushTarget, Resume, Store, StoreError,
+    StoredDocument,
 };
 
 /// The embedded migrations.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub use notify::NOTIFY_CHANNEL;
+pub use purge::{PurgeBatch, PurgeHorizon, PurgePreview};
 
 /// Pooled connections idle at least this long are pinged before use.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
@@ -165,12 +167,14 @@ impl PgStore {
                     .bind(0_i64)
                     .bind(0_i64)
                     .bind(100_i64)
-                    .bind(1_i64 << 22),
+                    .bind(1_i64 << 22)
+                    .bind(0_i64),
                 1 => query
                     .bind(0_i64)
                     .bind(0_i64)
                     .bind(100_i64)
                     .bind(1_i64 << 22)
+                    .bind(0_i64)
                     .bind("owner"),
                 _ => query
                     .bind(vec!["a".to_owned(), "b".to_owned()])
@@ -236,7 +240,7 @@ impl Store for PgStore {
         &self,
         collection: &str,
         owner: Option<&str>,
-        after: Position,
+        after: Resume,
         limit: PageLimit,
     ) -> impl Future<Output = Result<ChangePage, StoreError>> + Send {
         self.read_page(collection, owner, after, limit)
