@@ -79,25 +79,44 @@ pub fn validate_rows(
     }
     rows.into_iter()
         .enumerate()
-        .map(|(i, row)| validate_row(collection, limits, i, row))
+        .map(|(i, row)| validate_row(collection, limits, Where::Row(i), row))
         .collect()
 }
 
-fn validate_row(
+/// Where a document came from, as its error messages name it.
+#[derive(Debug, Clone, Copy)]
+pub enum Where {
+    /// Row `i` of a push: `rows[i]`.
+    Row(usize),
+    /// Line `n` (from 1) of an import file: `line n`.
+    Line(u64),
+}
+
+impl std::fmt::Display for Where {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Where::Row(i) => write!(f, "rows[{i}]"),
+            Where::Line(n) => write!(f, "line {n}"),
+        }
+    }
+}
+
+/// Validates one document exactly as a push row is validated (ids, sizes, JSON, depth,
+/// primary key, schema), naming it by `at` in errors.
+pub fn validate_row(
     collection: &Collection,
     limits: &Limits,
-    index: usize,
+    at: Where,
     row: RowInput,
 ) -> Result<ValidRow, ProtocolError> {
     let Some(new) = row.new_state else {
         return Err(ProtocolError::InvalidArgument(format!(
-            "rows[{index}]: new_document_state is required"
+            "{at}: new_document_state is required"
         )));
     };
     let shown_id = shown(&new.id);
-    let fail = |what: String| {
-        ProtocolError::InvalidArgument(format!("rows[{index}] (id {shown_id}): {what}"))
-    };
+    let fail =
+        |what: String| ProtocolError::InvalidArgument(format!("{at} (id {shown_id}): {what}"));
     if new.id.is_empty() {
         return Err(fail("new_document_state.id must not be empty".into()));
     }

@@ -1,0 +1,49 @@
+//! The `import` and `export` commands: a collection to and from JSON lines, for migrations
+//! and backups next to the service. The rules (what a line is, what a rerun rewrites) live in
+//! [`crate::protocol::import`]; the SQL in `store/postgres` (the push statement, and
+//! `bulk.rs` for export).
+
+pub mod export;
+pub mod import;
+mod progress;
+
+use crate::config::Config;
+use crate::protocol::Collections;
+use crate::store::postgres::PgStore;
+
+/// Why a bulk command stopped. Each message is complete for a person reading it.
+#[derive(Debug, thiserror::Error)]
+pub enum BulkError {
+    /// The configuration, a flag or the collection is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// A line of the input is invalid, or cannot be read.
+    #[error("{0}")]
+    Input(String),
+    /// The database failed.
+    #[error("{0}")]
+    Database(String),
+}
+
+/// The store and the collection a command works on, after checking that the database has
+/// Syncline's current tables.
+async fn open(
+    config: &Config,
+    collection: &str,
+) -> Result<(PgStore, std::sync::Arc<crate::protocol::Collection>), BulkError> {
+    let collections = Collections::from_config(config).map_err(BulkError::Usage)?;
+    let collection = collections
+        .get(collection)
+        .map_err(|e| BulkError::Usage(format!("--collection: {e}")))?;
+    let store = crate::server::open_store(config).map_err(|e| BulkError::Usage(e.to_string()))?;
+    let ready = store
+        .ready()
+        .await
+        .map_err(|e| BulkError::Database(e.to_string()))?;
+    if !ready {
+        return Err(BulkError::Usage(
+            "the database lacks Syncline's latest migrations: run `syncline migrate` first".into(),
+        ));
+    }
+    Ok((store, collection))
+}
