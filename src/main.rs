@@ -114,7 +114,7 @@ fn main() -> ExitCode {
     };
     if let Some(result) = bulk {
         return match result {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(()) | Err(syncline::bulk::BulkError::OutputClosed) => ExitCode::SUCCESS,
             Err(e @ syncline::bulk::BulkError::Usage(_)) => {
                 eprintln!("syncline: {e}");
                 ExitCode::from(2)

@@ -47,8 +47,7 @@ pub async fn run(config: &Config, args: &ExportArgs) -> Result<u64, BulkError> {
                 &mut out,
             )
             .await?;
-            out.flush()
-                .map_err(|e| BulkError::Input(format!("cannot write: {e}")))?;
+            out.flush().map_err(write_error)?;
             Ok(n)
         }
         Some(path) => to_file(&store, &collection, options, path).await,
@@ -114,6 +113,14 @@ async fn export_to(
         .await
         .map_err(|e| match e {
             ExportError::Store(e) => BulkError::Database(e.to_string()),
-            ExportError::Write(e) => BulkError::Input(format!("cannot write: {e}")),
+            ExportError::Write(e) => write_error(e),
         })
+}
+
+fn write_error(e: std::io::Error) -> BulkError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        BulkError::OutputClosed
+    } else {
+        BulkError::Input(format!("cannot write: {e}"))
+    }
 }

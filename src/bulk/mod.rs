@@ -23,6 +23,9 @@ pub enum BulkError {
     /// The database failed.
     #[error("{0}")]
     Database(String),
+    /// The reader of standard output went away (`export | head`): a normal end, not a failure.
+    #[error("output closed")]
+    OutputClosed,
 }
 
 /// The store and the collection a command works on, after checking that the database has

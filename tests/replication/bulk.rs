@@ -555,3 +555,92 @@ async fn export_writes_the_pushed_documents_and_reimports_to_the_same_state() {
     drop_database(&db).await;
     drop_database(&other_db).await;
 }
+
+/// Deadlocks PostgreSQL detected in the connection's database since its statistics began.
+async fn deadlocks(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        .fetch_one(conn)
+        .await
+        .expect("read pg_stat_database")
+}
+
+#[tokio::test]
+async fn an_import_racing_pushes_on_the_same_ids_ends_in_the_file_state_without_deadlocks() {
+    const N: usize = 6_000;
+    const PUSHERS: usize = 4;
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_file(dir.path(), &server.db_url, None);
+    let input = dir.path().join("tasks.jsonl");
+    jsonl(&input, (0..N).map(task));
+    let mut conn = server.db().await;
+    let deadlocks_before = deadlocks(&mut conn).await;
+
+    // Pushers insert ids of the file (descending, in batches of 50) while the import runs.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut pushers = Vec::new();
+    for p in 0..PUSHERS {
+        let mut c = server.client().await;
+        let done = done.clone();
+        pushers.push(tokio::spawn(async move {
+            let mut rounds = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && rounds < 400 {
+                let start = (rounds * 197 + p * 1_499) % N;
+                let rows: Vec<_> = (0..50)
+                    .rev()
+                    .map(|k| {
+                        let id = format!("t{:05}", (start + k * 7) % N);
+                        insert(doc(&id, json!({"id": id, "title": "pushed"})))
+                    })
+                    .collect();
+                push(&mut c, "tasks", rows).await;
+                rounds += 1;
+            }
+            rounds
+        }));
+    }
+    let input_arg = input.to_string_lossy();
+    let out = syncline(
+        &config,
+        &[
+            "import",
+            "--collection",
+            "tasks",
+            &input_arg,
+            "--batch-rows",
+            "300",
+        ],
+    )
+    .await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut pushed = 0;
+    for p in pushers {
+        pushed += p.await.expect("pusher task");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(pushed > 0, "the pushers ran");
+
+    // The import ran after or over every push: the file's state everywhere, each id once.
+    let stored = rows(&mut conn, "tasks").await;
+    assert_eq!(stored.len(), N);
+    for (id, (rev, _, _, deleted, _, b)) in &stored {
+        let i: usize = id[1..].parse().expect("numbered ids");
+        assert_eq!((b, *deleted), (&task(i), false), "{id}");
+        assert!(matches!(generation(rev), 1 | 2), "{id}: {rev}");
+    }
+    let overwritten = stored.values().filter(|r| generation(&r.0) == 2).count();
+    assert!(
+        overwritten > 0,
+        "pushes wrote documents the import then replaced"
+    );
+    // A rerun finds nothing to write.
+    let (_, stderr) = ok(&config, &["import", "--collection", "tasks", &input_arg]).await;
+    assert!(stderr.contains(&format!("unchanged {N}")), "{stderr}");
+    assert_eq!(deadlocks(&mut conn).await, deadlocks_before, "no deadlock");
+
+    drop(conn);
+    let db = server.db_url.clone();
+    server.stop().await.expect("server stops");
+    drop_database(&db).await;
+}
