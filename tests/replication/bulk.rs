@@ -644,3 +644,88 @@ async fn an_import_racing_pushes_on_the_same_ids_ends_in_the_file_state_without_
     server.stop().await.expect("server stops");
     drop_database(&db).await;
 }
+
+#[tokio::test]
+async fn an_export_reads_one_snapshot_while_writes_commit() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    let pushed: Vec<_> = (0..30)
+        .map(|i| {
+            let id = format!("s{i:02}");
+            insert(doc(&id, json!({"id": id, "v": i})))
+        })
+        .collect();
+    push(&mut c, "tasks", pushed).await;
+    let pool = sqlx::PgPool::connect(&server.db_url).await.expect("pool");
+    let store = syncline::store::postgres::PgStore::from_pool(pool);
+    let options = syncline::store::postgres::ExportOptions {
+        include_deleted: true,
+        with_owner: false,
+        page_rows: 10,
+    };
+    let db_url = server.db_url.clone();
+    let mut lines: Vec<Value> = Vec::new();
+    let n = store
+        .export("tasks", "id", options, |line| {
+            if lines.len() == 1 {
+                // While the first page is being written out, others change later pages.
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .expect("runtime");
+                        runtime.block_on(async {
+                            let mut db = sqlx::PgConnection::connect(&db_url)
+                                .await
+                                .expect("connect");
+                            for sql in [
+                                r#"SELECT syncline_put('tasks', 's25', '{"id": "s25", "v": "changed"}')"#,
+                                r#"SELECT syncline_put('tasks', 's99', '{"id": "s99"}')"#,
+                                "DELETE FROM syncline_documents WHERE collection = 'tasks' AND id = 's15'",
+                            ] {
+                                sqlx::query(sql).execute(&mut db).await.expect(sql);
+                            }
+                        });
+                    })
+                    .join()
+                    .expect("writer thread");
+                });
+            }
+            lines.push(serde_json::from_str(line).expect("a JSON line"));
+            Ok(())
+        })
+        .await
+        .expect("export");
+    assert_eq!(n, 30);
+    let want: Vec<Value> = (0..30)
+        .map(|i| json!({"id": format!("s{i:02}"), "v": i}))
+        .collect();
+    assert_eq!(
+        lines, want,
+        "the state when the export began, nothing after"
+    );
+    // The writes did commit: the next export sees them.
+    let (stdout, _) = {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = config_file(dir.path(), &server.db_url, None);
+        ok(
+            &config,
+            &["export", "--collection", "tasks", "--include-deleted"],
+        )
+        .await
+    };
+    assert!(
+        stdout.contains(r#""v": "changed""#) && stdout.contains("s99"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"{"v": 15, "id": "s15", "_deleted": true}"#),
+        "{stdout}"
+    );
+
+    store.close().await;
+    let db = server.db_url.clone();
+    server.stop().await.expect("server stops");
+    drop_database(&db).await;
+}
