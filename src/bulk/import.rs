@@ -56,6 +56,9 @@ pub struct ImportArgs {
     /// Seconds between plain progress lines (when stderr is not a terminal).
     #[arg(long, default_value_t = 5)]
     pub progress_seconds: u64,
+    /// Check every line and write nothing (the database is still read for the collection).
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// What an import did.
@@ -126,9 +129,14 @@ pub async fn run(config: &Config, args: &ImportArgs) -> Result<ImportSummary, Bu
         };
         let batch = match next {
             Ok(batch) => batch,
-            Err(stop) => break Err(stopped(&stop, &done)),
+            Err(stop) => break Err(stopped(&stop, &done, args.check)),
         };
-        match write_batch(&store, &collection, batch.rows, on_conflict).await {
+        let written = if args.check {
+            Ok(BatchCounts::default())
+        } else {
+            write_batch(&store, &collection, batch.rows, on_conflict).await
+        };
+        match written {
             Ok(counts) => {
                 done.counts.add(counts);
                 done.lines = batch.last_line;
@@ -153,14 +161,22 @@ pub async fn run(config: &Config, args: &ImportArgs) -> Result<ImportSummary, Bu
     drop(batches);
     let _ = reading.join();
     store.close().await;
-    progress.finish(&done, if result.is_ok() { "done" } else { "stopped" });
+    let outcome = match (&result, args.check) {
+        (Ok(()), true) => "checked, nothing written",
+        (Ok(()), false) => "done",
+        (Err(_), _) => "stopped",
+    };
+    progress.finish(&done, outcome);
     result.map(|()| ImportSummary {
         lines: done.lines,
         counts: done.counts,
     })
 }
 
-fn stopped(stop: &Stop, done: &Done) -> BulkError {
+fn stopped(stop: &Stop, done: &Done, check: bool) -> BulkError {
+    if check {
+        return BulkError::Input(format!("{}\nnothing was written (--check)", stop.message));
+    }
     BulkError::Input(format!(
         "{}\nnothing of its batch (from line {}) was written; {}",
         stop.message,
@@ -271,7 +287,12 @@ impl Reader {
             let Some(read) = read else { break };
             line_no += 1;
             bytes += read as u64;
-            let parsed = std::str::from_utf8(&buf)
+            // A byte order mark (some Windows tools write one) is not part of the document.
+            let text = match buf.strip_prefix(b"\xEF\xBB\xBF") {
+                Some(rest) if line_no == 1 => rest,
+                _ => &buf[..],
+            };
+            let parsed = std::str::from_utf8(text)
                 .map_err(|_| {
                     ProtocolError::InvalidArgument(format!("line {line_no}: not valid UTF-8"))
                 })

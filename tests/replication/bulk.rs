@@ -213,6 +213,30 @@ async fn a_bad_line_names_its_line_and_field_and_writes_nothing_of_its_batch() {
         }),
     );
     let input_arg = input.to_string_lossy();
+    let mut conn = server.db().await;
+
+    // --check finds the line and writes nothing, not even the batches before it.
+    let out = syncline(
+        &config,
+        &[
+            "import",
+            "--collection",
+            "tasks",
+            &input_arg,
+            "--batch-rows",
+            "100",
+            "--check",
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("line 250 (id \"t00249\")") && stderr.contains("nothing was written"),
+        "{stderr}"
+    );
+    assert!(rows(&mut conn, "tasks").await.is_empty());
+
     let out = syncline(
         &config,
         &[
@@ -238,7 +262,6 @@ async fn a_bad_line_names_its_line_and_field_and_writes_nothing_of_its_batch() {
         "{stderr}"
     );
 
-    let mut conn = server.db().await;
     let stored = rows(&mut conn, "tasks").await;
     let want: Vec<String> = (0..200).map(|i| format!("t{i:05}")).collect();
     assert_eq!(
@@ -261,6 +284,10 @@ async fn a_bad_line_names_its_line_and_field_and_writes_nothing_of_its_batch() {
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(want), "{stderr}");
     }
+    // A byte order mark before the first line is not part of the document.
+    std::fs::write(&input, format!("\u{feff}{}\n", task(0))).expect("write");
+    ok(&config, &["import", "--collection", "tasks", &input_arg]).await;
+
     drop(conn);
     server.stop().await.expect("server stops");
     drop_database(&db_url).await;
