@@ -72,22 +72,48 @@ fn task(i: usize) -> Value {
     json!({"id": format!("t{i:05}"), "title": format!("task {i}"), "n": i})
 }
 
-/// Drops a test database (its server stopped or not).
-async fn drop_database(db_url: &str) {
-    let name = db_url
-        .rsplit('/')
-        .next()
-        .expect("a database name")
-        .to_owned();
-    let mut admin = sqlx::PgConnection::connect(&admin_url())
-        .await
-        .expect("connect to the test cluster");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .expect("drop the test database");
+/// A test database, dropped when the test ends, passed or failed (a panic unwinds through it).
+struct Database {
+    url: String,
+}
+
+impl Database {
+    async fn fresh() -> Database {
+        Database {
+            url: fresh_database().await,
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let Some(name) = self.url.rsplit('/').next().map(str::to_owned) else {
+            return;
+        };
+        // Drop runs inside the test's runtime: the statement gets a thread and runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&admin_url())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("could not drop the test database {}: {e}", self.url);
+        }
+    }
 }
 
 /// Every row of `collection` as id -> (revision, change_xid, change_seq, deleted, owner, body).
@@ -114,7 +140,8 @@ async fn rows(
 #[tokio::test]
 async fn imported_documents_reach_pull_and_a_live_stream_before_later_pushes() {
     const N: usize = 10_000;
-    let server = TestServer::start().await;
+    let database = Database::fresh().await;
+    let server = TestServer::start_with(config(&database.url)).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config_file(dir.path(), &server.db_url, None);
     let input = dir.path().join("tasks.jsonl");
@@ -184,14 +211,13 @@ async fn imported_documents_reach_pull_and_a_live_stream_before_later_pushes() {
     let ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(ids, ["after"]);
 
-    let db = server.db_url.clone();
     server.stop().await.expect("server stops");
-    drop_database(&db).await;
 }
 
 #[tokio::test]
 async fn a_bad_line_names_its_line_and_field_and_writes_nothing_of_its_batch() {
-    let db_url = fresh_database().await;
+    let database = Database::fresh().await;
+    let db_url = database.url.clone();
     let server = TestServer::start_with(config(&db_url)).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let schema = json!({
@@ -290,13 +316,13 @@ async fn a_bad_line_names_its_line_and_field_and_writes_nothing_of_its_batch() {
 
     drop(conn);
     server.stop().await.expect("server stops");
-    drop_database(&db_url).await;
 }
 
 #[tokio::test]
 async fn an_interrupted_import_rerun_writes_each_document_once() {
     const N: usize = 3_000;
-    let server = TestServer::start().await;
+    let database = Database::fresh().await;
+    let server = TestServer::start_with(config(&database.url)).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config_file(dir.path(), &server.db_url, None);
     let full = dir.path().join("full.jsonl");
@@ -400,15 +426,14 @@ async fn an_interrupted_import_rerun_writes_each_document_once() {
     assert_eq!(rows(&mut conn, "tasks").await["t00100"].5, edited);
 
     drop(conn);
-    let db = server.db_url.clone();
     server.stop().await.expect("server stops");
-    drop_database(&db).await;
 }
 
 #[tokio::test]
 async fn a_killed_import_rerun_gives_each_document_once() {
     const N: usize = 20_000;
-    let server = TestServer::start().await;
+    let database = Database::fresh().await;
+    let server = TestServer::start_with(config(&database.url)).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config_file(dir.path(), &server.db_url, None);
     let input = dir.path().join("tasks.jsonl");
@@ -463,14 +488,13 @@ async fn a_killed_import_rerun_gives_each_document_once() {
     assert!(after.values().all(|r| generation(&r.0) == 1));
 
     drop(conn);
-    let db = server.db_url.clone();
     server.stop().await.expect("server stops");
-    drop_database(&db).await;
 }
 
 #[tokio::test]
 async fn export_writes_the_pushed_documents_and_reimports_to_the_same_state() {
-    let server = TestServer::start().await;
+    let database = Database::fresh().await;
+    let server = TestServer::start_with(config(&database.url)).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config_file(dir.path(), &server.db_url, None);
     let mut c = server.client().await;
@@ -538,7 +562,8 @@ async fn export_writes_the_pushed_documents_and_reimports_to_the_same_state() {
         ],
     )
     .await;
-    let other_db = fresh_database().await;
+    let other_database = Database::fresh().await;
+    let other_db = other_database.url.clone();
     let other_dir = tempfile::tempdir().expect("temp dir");
     let other = config_file(other_dir.path(), &other_db, None);
     ok(&other, &["migrate"]).await;
@@ -577,10 +602,7 @@ async fn export_writes_the_pushed_documents_and_reimports_to_the_same_state() {
     );
 
     drop((db, other_conn));
-    let db = server.db_url.clone();
     server.stop().await.expect("server stops");
-    drop_database(&db).await;
-    drop_database(&other_db).await;
 }
 
 /// Deadlocks PostgreSQL detected in the connection's database since its statistics began.
@@ -595,7 +617,8 @@ async fn deadlocks(conn: &mut sqlx::PgConnection) -> i64 {
 async fn an_import_racing_pushes_on_the_same_ids_ends_in_the_file_state_without_deadlocks() {
     const N: usize = 6_000;
     const PUSHERS: usize = 4;
-    let server = TestServer::start().await;
+    let database = Database::fresh().await;
+    let server = TestServer::start_with(config(&database.url)).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config_file(dir.path(), &server.db_url, None);
     let input = dir.path().join("tasks.jsonl");
@@ -667,14 +690,13 @@ async fn an_import_racing_pushes_on_the_same_ids_ends_in_the_file_state_without_
     assert_eq!(deadlocks(&mut conn).await, deadlocks_before, "no deadlock");
 
     drop(conn);
-    let db = server.db_url.clone();
     server.stop().await.expect("server stops");
-    drop_database(&db).await;
 }
 
 #[tokio::test]
 async fn an_export_reads_one_snapshot_while_writes_commit() {
-    let server = TestServer::start().await;
+    let database = Database::fresh().await;
+    let server = TestServer::start_with(config(&database.url)).await;
     let mut c = server.client().await;
     let pushed: Vec<_> = (0..30)
         .map(|i| {
@@ -752,7 +774,5 @@ async fn an_export_reads_one_snapshot_while_writes_commit() {
     );
 
     store.close().await;
-    let db = server.db_url.clone();
     server.stop().await.expect("server stops");
-    drop_database(&db).await;
 }
