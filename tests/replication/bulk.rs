@@ -73,19 +73,21 @@ fn task(i: usize) -> Value {
 }
 
 /// A test database, dropped when the test ends, passed or failed (a panic unwinds through it).
-struct Database {
+/// It keeps whatever `fresh_database` returned alive until then.
+struct Database<T> {
     url: String,
+    _created: T,
 }
 
-impl Database {
-    async fn fresh() -> Database {
-        Database {
-            url: fresh_database().await,
-        }
+async fn test_database() -> Database<impl std::fmt::Display> {
+    let created = fresh_database().await;
+    Database {
+        url: created.to_string(),
+        _created: created,
     }
 }
 
-impl Drop for Database {
+impl<T> Drop for Database<T> {
     fn drop(&mut self) {
         let Some(name) = self.url.rsplit('/').next().map(str::to_owned) else {
             return;
@@ -140,7 +142,7 @@ async fn rows(
 #[tokio::test]
 async fn imported_documents_reach_pull_and_a_live_stream_before_later_pushes() {
     const N: usize = 10_000;
-    let database = Database::fresh().await;
+    let database = test_database().await;
     let server = TestServer::start_with(config(&database.url)).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config_file(dir.path(), &server.db_url, None);
@@ -216,7 +218,7 @@ async fn imported_documents_reach_pull_and_a_live_stream_before_later_pushes() {
 
 #[tokio::test]
 async fn a_bad_line_names_its_line_and_field_and_writes_nothing_of_its_batch() {
-    let database = Database::fresh().await;
+    let database = test_database().await;
     let db_url = database.url.clone();
     let server = TestServer::start_with(config(&db_url)).await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -321,7 +323,7 @@ async fn a_bad_line_names_its_line_and_field_and_writes_nothing_of_its_batch() {
 #[tokio::test]
 async fn an_interrupted_import_rerun_writes_each_document_once() {
     const N: usize = 3_000;
-    let database = Database::fresh().await;
+    let database = test_database().await;
     let server = TestServer::start_with(config(&database.url)).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config_file(dir.path(), &server.db_url, None);
@@ -432,7 +434,7 @@ async fn an_interrupted_import_rerun_writes_each_document_once() {
 #[tokio::test]
 async fn a_killed_import_rerun_gives_each_document_once() {
     const N: usize = 20_000;
-    let database = Database::fresh().await;
+    let database = test_database().await;
     let server = TestServer::start_with(config(&database.url)).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config_file(dir.path(), &server.db_url, None);
@@ -493,7 +495,7 @@ async fn a_killed_import_rerun_gives_each_document_once() {
 
 #[tokio::test]
 async fn export_writes_the_pushed_documents_and_reimports_to_the_same_state() {
-    let database = Database::fresh().await;
+    let database = test_database().await;
     let server = TestServer::start_with(config(&database.url)).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config_file(dir.path(), &server.db_url, None);
@@ -562,7 +564,7 @@ async fn export_writes_the_pushed_documents_and_reimports_to_the_same_state() {
         ],
     )
     .await;
-    let other_database = Database::fresh().await;
+    let other_database = test_database().await;
     let other_db = other_database.url.clone();
     let other_dir = tempfile::tempdir().expect("temp dir");
     let other = config_file(other_dir.path(), &other_db, None);
@@ -617,7 +619,7 @@ async fn deadlocks(conn: &mut sqlx::PgConnection) -> i64 {
 async fn an_import_racing_pushes_on_the_same_ids_ends_in_the_file_state_without_deadlocks() {
     const N: usize = 6_000;
     const PUSHERS: usize = 4;
-    let database = Database::fresh().await;
+    let database = test_database().await;
     let server = TestServer::start_with(config(&database.url)).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config_file(dir.path(), &server.db_url, None);
@@ -695,7 +697,7 @@ async fn an_import_racing_pushes_on_the_same_ids_ends_in_the_file_state_without_
 
 #[tokio::test]
 async fn an_export_reads_one_snapshot_while_writes_commit() {
-    let database = Database::fresh().await;
+    let database = test_database().await;
     let server = TestServer::start_with(config(&database.url)).await;
     let mut c = server.client().await;
     let pushed: Vec<_> = (0..30)
