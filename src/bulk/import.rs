@@ -16,7 +16,7 @@ use super::progress::{Done, Progress};
 use super::{BulkError, open};
 use crate::config::Config;
 use crate::protocol::import::{self, BatchCounts, ImportRow, OnConflict};
-use crate::protocol::{Collection, Limits, ProtocolError};
+use crate::protocol::{Collection, Limits, ProtocolError, Reason};
 use crate::store::{PushError, Store};
 
 /// What to do with a stored document that differs from its line (`--on-conflict`).
@@ -294,7 +294,11 @@ impl Reader {
             };
             let parsed = std::str::from_utf8(text)
                 .map_err(|_| {
-                    ProtocolError::InvalidArgument(format!("line {line_no}: not valid UTF-8"))
+                    ProtocolError::invalid(
+                        Reason::InvalidDocument,
+                        format!("line {line_no}"),
+                        format!("line {line_no}: not valid UTF-8"),
+                    )
                 })
                 .and_then(|text| {
                     if text.trim().is_empty() {

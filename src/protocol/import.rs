@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use super::collections::{Collection, Limits};
 use super::validate::{self, DocumentInput, RowInput, ValidRow, Where};
-use super::{ProtocolError, conflict, cut_text, json_text, shown};
+use super::{ProtocolError, Reason, conflict, cut_text, json_text, shown};
 use crate::store::{DocumentWrite, PushPlan, PushTarget, StoredDocument};
 
 /// The reserved field that marks a line as a tombstone.
@@ -76,7 +76,13 @@ pub fn parse_line(
     text: &str,
     owner: &str,
 ) -> Result<ImportRow, ProtocolError> {
-    let fail = |what: String| ProtocolError::InvalidArgument(format!("line {line}: {what}"));
+    let fail = |what: String| {
+        ProtocolError::invalid(
+            Reason::InvalidDocument,
+            format!("line {line}"),
+            format!("line {line}: {what}"),
+        )
+    };
     let text = text.trim();
     if !text.starts_with('{') {
         return Err(fail("must be a JSON object (one document per line)".into()));
@@ -207,7 +213,7 @@ pub fn plan_import(
         if let Some(cur) = current {
             let same = cur.deleted == row.deleted
                 && json_text::equal(&row.body, &cur.body).map_err(|e| {
-                    ProtocolError::Internal(format!("a body is not readable JSON: {e:?}"))
+                    ProtocolError::internal(format!("a body is not readable JSON: {e:?}"))
                 })?;
             if same {
                 counts.unchanged += 1;
@@ -220,12 +226,16 @@ pub fn plan_import(
                     continue;
                 }
                 OnConflict::Fail => {
-                    return Err(ProtocolError::InvalidArgument(format!(
-                        "line {line} (id {}): the stored document differs (revision {}); \
-                         --on-conflict fail refuses to replace it",
-                        shown(&row.id),
-                        shown(&cur.revision)
-                    )));
+                    return Err(ProtocolError::invalid(
+                        Reason::InvalidDocument,
+                        format!("line {line}"),
+                        format!(
+                            "line {line} (id {}): the stored document differs (revision {}); \
+                             --on-conflict fail refuses to replace it",
+                            shown(&row.id),
+                            shown(&cur.revision)
+                        ),
+                    ));
                 }
             }
         } else {
@@ -250,7 +260,7 @@ pub fn plan_import(
     Ok((
         PushPlan {
             writes,
-            conflicts: Vec::new(),
+            ..PushPlan::default()
         },
         counts,
     ))

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::stream_limits::StreamSlot;
 use super::tail::{Tail, Take, covered_below};
-use crate::protocol::{ProtocolError, checkpoint};
+use crate::protocol::{ProtocolError, Reason, checkpoint};
 use crate::store::{PageLimit, Position, Store, StoredDocument};
 use crate::telemetry::metrics as m;
 
@@ -104,6 +104,9 @@ impl<S: Store> Subscription<S> {
                 }
                 // Mark the head seen before looking: a change appended meanwhile wakes us.
                 head.borrow_and_update();
+                // Lag is commit-to-send of live changes; documents a reconnecting stream catches
+                // up on are old by design and would drown it.
+                let live = self.caught_up;
                 let Page {
                     documents,
                     position,
@@ -127,7 +130,7 @@ impl<S: Store> Subscription<S> {
                 }
                 if let Some(last) = documents.last() {
                     let checkpoint = self.tokens.encode(last.position);
-                    self.observe_sent(&documents);
+                    self.observe_sent(&documents, live);
                     permit.send(Ok(StreamEvent::Changes {
                         documents,
                         checkpoint,
@@ -213,10 +216,13 @@ impl<S: Store> Subscription<S> {
         })
     }
 
-    /// Counts streamed documents and their lag from commit to send.
-    fn observe_sent(&self, documents: &[StoredDocument]) {
+    /// Counts streamed documents and, for live ones, their lag from commit to send.
+    fn observe_sent(&self, documents: &[StoredDocument], live: bool) {
         metrics::counter!(m::DOCS_STREAMED, "collection" => self.collection.clone())
             .increment(documents.len() as u64);
+        if !live {
+            return;
+        }
         let now = chrono::Utc::now();
         let lag = metrics::histogram!(m::STREAM_LAG_SECONDS);
         for d in documents {
@@ -225,8 +231,9 @@ impl<S: Store> Subscription<S> {
     }
 
     async fn end_for_shutdown(&self) {
-        self.end(ProtocolError::Unavailable(
-            "the server is shutting down; reconnect from your last checkpoint".into(),
+        self.end(ProtocolError::unavailable(
+            Reason::ShuttingDown,
+            "the server is shutting down; reconnect from your last checkpoint",
         ))
         .await;
     }
@@ -268,5 +275,8 @@ const EXPIRED_STATUS_WAIT: Duration = Duration::from_secs(10);
 
 /// Ends a stream whose credential expired.
 fn token_expired() -> ProtocolError {
-    ProtocolError::Unauthenticated("the token expired; reconnect with a fresh one".into())
+    ProtocolError::unauthenticated(
+        Reason::TokenExpired,
+        "the token expired; reconnect with a fresh one",
+    )
 }
