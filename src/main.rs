@@ -103,27 +103,17 @@ fn main() -> ExitCode {
         Command::Import(args) => Some(
             runtime
                 .block_on(syncline::bulk::import::run(&config, args))
-                .map(|_| ()),
+                .map(drop),
         ),
         Command::Export(args) => Some(
             runtime
                 .block_on(syncline::bulk::export::run(&config, args))
-                .map(|_| ()),
+                .map(drop),
         ),
         _ => None,
     };
     if let Some(result) = bulk {
-        return match result {
-            Ok(()) | Err(syncline::bulk::BulkError::OutputClosed) => ExitCode::SUCCESS,
-            Err(e @ syncline::bulk::BulkError::Usage(_)) => {
-                eprintln!("syncline: {e}");
-                ExitCode::from(2)
-            }
-            Err(e) => {
-                eprintln!("syncline: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return ExitCode::from(syncline::bulk::exit_code(result));
     }
     let result = runtime.block_on(async move {
         let endpoint = syncline::telemetry::otlp_endpoint(config.otlp_endpoint.as_deref());

@@ -28,6 +28,22 @@ pub enum BulkError {
     OutputClosed,
 }
 
+/// The process exit code of a bulk command, after printing its error: 0 done (or the reader of
+/// stdout went away), 2 a wrong flag, configuration or collection, 1 anything else.
+pub fn exit_code(result: Result<(), BulkError>) -> u8 {
+    match result {
+        Ok(()) | Err(BulkError::OutputClosed) => 0,
+        Err(e) => {
+            eprintln!("syncline: {e}");
+            if matches!(e, BulkError::Usage(_)) {
+                2
+            } else {
+                1
+            }
+        }
+    }
+}
+
 /// The store and the collection a command works on, after checking that the database has
 /// Syncline's current tables.
 async fn open(
