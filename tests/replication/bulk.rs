@@ -778,3 +778,70 @@ async fn an_export_reads_one_snapshot_while_writes_commit() {
     store.close().await;
     server.stop().await.expect("server stops");
 }
+
+#[tokio::test]
+async fn standard_input_imports_with_plain_progress_lines() {
+    let database = test_database().await;
+    let server = TestServer::start_with(config(&database.url)).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_file(dir.path(), &server.db_url, None);
+    let input: String = (0..1_000)
+        .map(|i| format!("{}\r\n", task(i)))
+        .chain(std::iter::once("\n".to_owned()))
+        .collect();
+    let mut child = tokio::process::Command::new(BINARY)
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "import",
+            "--collection",
+            "tasks",
+            "-",
+            "--batch-rows",
+            "100",
+            "--progress-seconds",
+            "0",
+            "--owner",
+            "importer",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the import");
+    let mut stdin = child.stdin.take().expect("stdin");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, input.as_bytes())
+        .await
+        .expect("write stdin");
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the import finishes")
+        .expect("import output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Stderr is not a terminal: one plain line per committed batch here (every 0 s), no bar.
+    let progress: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("import: ") && l.contains(" lines/s, created "))
+        .collect();
+    assert!(progress.len() >= 10, "{stderr}");
+    assert!(progress[0].starts_with("import: 100 lines, "), "{stderr}");
+    assert!(
+        stderr.contains("import: done: 1001 lines in") && stderr.contains("created 1000,"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "stdout stays free for data");
+
+    let mut conn = server.db().await;
+    let stored = rows(&mut conn, "tasks").await;
+    assert_eq!(stored.len(), 1_000);
+    assert!(
+        stored.values().all(|r| r.4 == "importer"),
+        "owned by --owner"
+    );
+    assert_eq!(stored["t00042"].5, task(42));
+
+    drop(conn);
+    server.stop().await.expect("server stops");
+}
