@@ -845,3 +845,55 @@ async fn standard_input_imports_with_plain_progress_lines() {
     drop(conn);
     server.stop().await.expect("server stops");
 }
+
+#[tokio::test]
+async fn a_body_with_reserved_field_names_exports_without_them_and_stays_live() {
+    let database = test_database().await;
+    let server = TestServer::start_with(config(&database.url)).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_file(dir.path(), &server.db_url, None);
+    let mut c = server.client().await;
+    let mut d = doc(
+        "odd",
+        json!({"id": "odd", "_deleted": true, "_owner": "mallory", "v": 1}),
+    );
+    d.owner = "alice".into();
+    push(&mut c, "tasks", vec![insert(d)]).await;
+
+    let (stdout, _) = ok(
+        &config,
+        &[
+            "export",
+            "--collection",
+            "tasks",
+            "--include-deleted",
+            "--with-owner",
+        ],
+    )
+    .await;
+    let line: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(line, json!({"id": "odd", "v": 1, "_owner": "alice"}));
+
+    // Imported elsewhere: live, owned by its real owner.
+    let other_database = test_database().await;
+    let other_dir = tempfile::tempdir().expect("temp dir");
+    let other = config_file(other_dir.path(), &other_database.url, None);
+    let file = other_dir.path().join("odd.jsonl");
+    std::fs::write(&file, &stdout).expect("write");
+    ok(&other, &["migrate"]).await;
+    ok(
+        &other,
+        &["import", "--collection", "tasks", &file.to_string_lossy()],
+    )
+    .await;
+    let mut conn = sqlx::PgConnection::connect(&other_database.url)
+        .await
+        .expect("connect");
+    let stored = rows(&mut conn, "tasks").await;
+    let (_, _, _, deleted, owner, body) = &stored["odd"];
+    assert_eq!((*deleted, owner.as_str()), (false, "alice"));
+    assert_eq!(*body, json!({"id": "odd", "v": 1}));
+
+    drop(conn);
+    server.stop().await.expect("server stops");
+}

@@ -32,7 +32,9 @@ pub enum ExportError {
 }
 
 // The line is built in SQL: the body with its primary key field set to the id (a body may leave
-// it out; an import needs it), `_deleted` for tombstones, `_owner` on request. Rows with the
+// it out; an import needs it), `_deleted` for tombstones, `_owner` on request. A body's own
+// fields of those names are left out: import reads them as flags, and a live document whose
+// body says `"_deleted": true` must not come back as a tombstone. Rows with the
 // empty revision are uncommitted placeholders of a push (write.rs): never visible here, but
 // excluded all the same. $1 collection, $2 primary key field, $3 with owner, $4 with tombstones,
 // $5 page size, $6 the last id of the previous page.
@@ -41,7 +43,7 @@ macro_rules! export_sql {
         concat!(
             "
 SELECT id,
-       (body || jsonb_build_object($2::text, id)
+       (body - '_deleted' - '_owner' || jsonb_build_object($2::text, id)
              || CASE WHEN deleted THEN '{\"_deleted\": true}'::jsonb ELSE '{}'::jsonb END
              || CASE WHEN $3 THEN jsonb_build_object('_owner', owner) ELSE '{}'::jsonb END
        )::text AS line
