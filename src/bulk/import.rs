@@ -159,7 +159,12 @@ pub async fn run(config: &Config, args: &ImportArgs) -> Result<ImportSummary, Bu
         }
     };
     drop(batches);
-    let _ = reading.join();
+    if result.is_ok() {
+        // It closed the channel: it has returned.
+        let _ = reading.join();
+    }
+    // Otherwise it may be blocked reading a pipe that never ends; it stops at its next send
+    // (the channel is closed) or with the process.
     store.close().await;
     let outcome = match (&result, args.check) {
         (Ok(()), true) => "checked, nothing written",

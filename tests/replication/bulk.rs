@@ -897,3 +897,54 @@ async fn a_body_with_reserved_field_names_exports_without_them_and_stays_live() 
     drop(conn);
     server.stop().await.expect("server stops");
 }
+
+#[tokio::test]
+async fn a_failed_batch_ends_the_import_while_its_input_pipe_stays_open() {
+    let database = test_database().await;
+    let server = TestServer::start_with(config(&database.url)).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_file(dir.path(), &server.db_url, None);
+    let mut c = server.client().await;
+    push(
+        &mut c,
+        "tasks",
+        vec![insert(doc("t00000", json!({"other": 1})))],
+    )
+    .await;
+
+    let mut child = tokio::process::Command::new(BINARY)
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "import",
+            "--collection",
+            "tasks",
+            "-",
+            "--batch-rows",
+            "1",
+            "--on-conflict",
+            "fail",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the import");
+    let mut stdin = child.stdin.take().expect("stdin");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, format!("{}\n", task(0)).as_bytes())
+        .await
+        .expect("write stdin");
+    // The pipe stays open (a producer still running): the refused batch must end the import.
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the import ends without waiting for the end of its input")
+        .expect("import output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("line 1 (id \"t00000\"): the stored document differs"),
+        "{stderr}"
+    );
+    drop(stdin);
+    server.stop().await.expect("server stops");
+}
