@@ -62,12 +62,13 @@ async fn ok(config: &Path, args: &[&str]) -> (String, String) {
     (stdout, stderr)
 }
 
-/// A JSONL file of documents `range` of collection `tasks`.
+/// Writes `docs` as a JSONL file, one per line.
 fn jsonl(path: &Path, docs: impl Iterator<Item = Value>) {
     let text: String = docs.map(|d| format!("{d}\n")).collect();
     std::fs::write(path, text).expect("write the input");
 }
 
+/// Document number `i` of the test files (id `t<i, 5 digits>`).
 fn task(i: usize) -> Value {
     json!({"id": format!("t{i:05}"), "title": format!("task {i}"), "n": i})
 }
