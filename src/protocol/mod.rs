@@ -6,6 +6,7 @@ pub mod collections;
 pub mod conflict;
 mod error;
 pub mod fanout;
+pub mod import;
 mod json_check;
 mod json_number;
 mod json_text;

@@ -1,6 +1,7 @@
 //! Integration tests: the real server, a real PostgreSQL, the generated client.
 
 mod auth;
+mod bulk;
 mod checkpoints;
 mod cluster;
 mod common;

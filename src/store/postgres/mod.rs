@@ -1,6 +1,7 @@
 //! The PostgreSQL store: documents in one table, positions from transaction ids under a
 //! visibility horizon (see `migrations/0001_documents.sql` and docs/architecture.md).
 
+mod bulk;
 mod error;
 mod keys;
 pub mod notify;
@@ -23,6 +24,7 @@ use super::{
 /// The embedded migrations.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+pub use bulk::{ExportError, ExportOptions};
 pub use notify::NOTIFY_CHANNEL;
 pub use purge::{PurgeBatch, PurgeHorizon, PurgePreview};
 
