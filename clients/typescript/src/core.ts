@@ -32,6 +32,7 @@ import type {
 import { replicateRxCollection, type RxReplicationState } from "rxdb/plugins/replication";
 
 import { fromServerDocument, toServerDocument } from "./convert.js";
+import { SynclineError } from "./errors.js";
 import {
     ChangeRowSchema,
     PullRequestSchema,
@@ -100,17 +101,36 @@ export interface SynclineReplicationOptions<RxDocType> {
     streamIdleTimeoutMs?: number;
     /** Extra Connect interceptors (logging, tracing, custom headers). */
     interceptors?: Interceptor[];
+    /**
+     * The RxDB document field that carries the server's `Document.owner` (the principal
+     * owning the document), e.g. "owner". The collection's schema must declare it as a
+     * string; it is filled on every pulled document and never stored in the server's body. A
+     * principal holding the service scope may set it on a new document to name its owner;
+     * other principals leave it empty or name themselves. Default: owners are not mapped.
+     */
+    ownerField?: string;
+    /**
+     * Compress requests with gzip ('grpc' and Node's 'grpc-web' transports). Responses are
+     * always accepted compressed (gzip) when the server chooses to compress. Default 'none',
+     * because a server built without gzip support refuses compressed requests (UNIMPLEMENTED).
+     */
+    compression?: SynclineCompression;
     /** RxDB pull/push modifiers, passed through. */
     pull?: Pick<ReplicationPullOptions<RxDocType, SynclineCheckpoint>, "modifier">;
     push?: Pick<ReplicationPushOptions<RxDocType>, "modifier">;
 }
 
+/** Whether requests are compressed. */
+export type SynclineCompression = "gzip" | "none";
+
+/** What a transport factory needs besides the kind and URL. */
+export interface TransportSettings {
+    interceptors: Interceptor[];
+    compression: SynclineCompression;
+}
+
 /** Builds a Connect transport for a transport kind; supplied by the entry point. */
-export type TransportFactory = (
-    kind: SynclineTransportKind,
-    url: string,
-    interceptors: Interceptor[],
-) => Transport;
+export type TransportFactory = (kind: SynclineTransportKind, url: string, settings: TransportSettings) => Transport;
 
 export type SynclineReplicationState<RxDocType> = RxReplicationState<RxDocType, SynclineCheckpoint>;
 
@@ -169,6 +189,20 @@ export function replicateSynclineWith<RxDocType>(
     if (!Number.isInteger(batchSize) || batchSize < 1) {
         throw new Error(`syncline-rxdb: batchSize must be a positive integer, not ${batchSize}`);
     }
+    const ownerField = options.ownerField;
+    if (ownerField !== undefined) {
+        const property = (collection.schema.jsonSchema.properties as Record<string, { type?: unknown }>)[ownerField];
+        if (ownerField === primaryPath || property === undefined || property.type !== "string") {
+            throw new Error(
+                `syncline-rxdb: ownerField '${ownerField}' must be a string property of the ` +
+                    "collection's schema, other than the primary key",
+            );
+        }
+    }
+    const compression = options.compression ?? "none";
+    if (compression !== "none" && compression !== "gzip") {
+        throw new Error(`syncline-rxdb: compression must be 'gzip' or 'none', not '${String(compression)}'`);
+    }
 
     const interceptors: Interceptor[] = [];
     const auth = authInterceptor(options.token, options.getToken);
@@ -179,7 +213,7 @@ export function replicateSynclineWith<RxDocType>(
     const transportOption = options.transport ?? defaultTransport;
     const transport =
         typeof transportOption === "string"
-            ? transportFactory(transportOption, options.url, interceptors)
+            ? transportFactory(transportOption, options.url, { interceptors, compression })
             : transportOption;
     const client: ReplicationClient = createClient(ReplicationService, transport);
 
@@ -199,6 +233,23 @@ export function replicateSynclineWith<RxDocType>(
 
     const callOptions = (): CallOptions => ({ timeoutMs: callTimeoutMs });
 
+    // awaitInitialReplication() rejects when a call fails in a way retrying cannot fix (a bad
+    // token, a missing scope, an unknown collection, a checkpoint of another principal)
+    // before the first sync completed; RxDB itself would retry forever and never settle.
+    let initialDone = false;
+    let failInitial: ((err: SynclineError) => void) | undefined;
+    const initialFailure = new Promise<never>((_, reject) => {
+        failInitial = reject;
+    });
+    initialFailure.catch(() => undefined); // nobody may be waiting: not an unhandled rejection
+    const callFailed = (err: unknown): SynclineError => {
+        const error = SynclineError.from(err);
+        if (!initialDone && error.permanent) {
+            failInitial?.(error);
+        }
+        return error;
+    };
+
     const pullHandler = async (
         checkpoint: SynclineCheckpoint | undefined,
         limit: number,
@@ -208,9 +259,14 @@ export function replicateSynclineWith<RxDocType>(
             limit,
             checkpoint: checkpoint?.token ? { token: checkpoint.token } : undefined,
         });
-        const response = await client.pull(request, callOptions());
+        let response;
+        try {
+            response = await client.pull(request, callOptions());
+        } catch (err) {
+            throw callFailed(err);
+        }
         const documents = response.documents.map(
-            (doc) => fromServerDocument(doc, primaryPath) as unknown as WithDeleted<RxDocType>,
+            (doc) => fromServerDocument(doc, primaryPath, ownerField) as unknown as WithDeleted<RxDocType>,
         );
         const token = response.checkpoint?.token;
         const next: SynclineCheckpoint | undefined = token ? { token } : checkpoint;
@@ -236,19 +292,26 @@ export function replicateSynclineWith<RxDocType>(
                         newDocumentState: toServerDocument(
                             row.newDocumentState as unknown as Record<string, unknown>,
                             primaryPath,
+                            ownerField,
                         ),
                         assumedMasterState: row.assumedMasterState
                             ? toServerDocument(
                                   row.assumedMasterState as unknown as Record<string, unknown>,
                                   primaryPath,
+                                  ownerField,
                               )
                             : undefined,
                     }),
                 ),
             });
-            const response = await client.push(request, callOptions());
+            let response;
+            try {
+                response = await client.push(request, callOptions());
+            } catch (err) {
+                throw callFailed(err);
+            }
             return response.conflicts.map(
-                (doc) => fromServerDocument(doc, primaryPath) as unknown as WithDeleted<RxDocType>,
+                (doc) => fromServerDocument(doc, primaryPath, ownerField) as unknown as WithDeleted<RxDocType>,
             );
         } finally {
             pushesInFlight -= 1;
@@ -346,7 +409,11 @@ export function replicateSynclineWith<RxDocType>(
                                 subscriber.next({
                                     documents: event.value.documents.map(
                                         (doc) =>
-                                            fromServerDocument(doc, primaryPath) as unknown as WithDeleted<RxDocType>,
+                                            fromServerDocument(
+                                                doc,
+                                                primaryPath,
+                                                ownerField,
+                                            ) as unknown as WithDeleted<RxDocType>,
                                     ),
                                     checkpoint: { token },
                                 });
@@ -360,7 +427,15 @@ export function replicateSynclineWith<RxDocType>(
                         }
                     } catch (err) {
                         if (!stop.signal.aborted) {
-                            reportStreamError(err);
+                            const error = SynclineError.from(err);
+                            // The server ends a stream whose token expired with
+                            // UNAUTHENTICATED: a normal event for a long-lived stream, not an
+                            // error. Reconnect (after the shortest backoff, as the stream had
+                            // connected) with a fresh token from getToken; only a stream that
+                            // cannot even open is reported.
+                            if (!(connected && error.code === Code.Unauthenticated)) {
+                                reportStreamError(error);
+                            }
                         }
                     } finally {
                         clearTimeout(idleTimer);
@@ -403,5 +478,19 @@ export function replicateSynclineWith<RxDocType>(
             modifier: options.push?.modifier,
         },
     });
-    return replicationState;
+    const state = replicationState;
+    const awaitFirstSync = state.awaitInitialReplication.bind(state);
+    void awaitFirstSync().then(
+        () => {
+            initialDone = true;
+        },
+        () => undefined,
+    );
+    state.awaitInitialReplication = async (): Promise<void> => {
+        if (initialDone) {
+            return awaitFirstSync();
+        }
+        return Promise.race([awaitFirstSync(), initialFailure]);
+    };
+    return state;
 }
