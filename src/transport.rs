@@ -417,7 +417,10 @@ where
             match self.health_watches.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
-                    let refused = tonic::Status::resource_exhausted(
+                    let refused = crate::api::status::status(
+                        tonic::Code::ResourceExhausted,
+                        crate::protocol::Reason::LimitExceeded,
+                        None,
                         "too many open health watches on this server (health_watches_max); \
                          use Check, or retry later",
                     )

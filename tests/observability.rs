@@ -495,3 +495,64 @@ async fn connection_metrics() {
     assert!(count(&after, timed_out) - count(&before, timed_out) >= 3.0);
     drop(held);
 }
+
+#[test]
+fn per_row_refusals_are_counted_by_reason() {
+    run(per_row_refusals())
+}
+
+async fn per_row_refusals() {
+    let metrics_addr = metrics_addr();
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.metrics_enabled = true;
+    cfg.metrics_listen = metrics_addr;
+    let server = TestServer::start_with(cfg).await;
+    let mut c = server.client().await;
+    let not_an_object = |id: &str| syncline::proto::Document {
+        id: id.into(),
+        json: b"[1]".to_vec(),
+        ..Default::default()
+    };
+    let r = c
+        .push(syncline::proto::PushRequest {
+            collection: "notes".into(),
+            rows: vec![
+                insert(doc("ok", json!({}))),
+                insert(not_an_object("bad1")),
+                insert(not_an_object("bad2")),
+            ],
+            mode: syncline::proto::PushMode::PerRow as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.refused.len(), 2);
+    let series =
+        "syncline_push_rows_refused_total{collection=\"notes\",reason=\"INVALID_DOCUMENT\"}";
+    let m = scrape_until(metrics_addr, |m| m.contains(series)).await;
+    assert_eq!(value(&m, series), 2.0);
+    assert_eq!(
+        value(
+            &m,
+            "syncline_push_rows_rejected_total{collection=\"notes\",reason=\"invalid\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(&m, "syncline_documents_pushed_total{collection=\"notes\"}"),
+        1.0
+    );
+    drop(c);
+    server.stop().await.unwrap();
+    // This test's database only.
+    use sqlx::Connection;
+    let name = db.rsplit_once('/').unwrap().1;
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}

@@ -38,7 +38,5 @@ pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
         .extensions()
         .get::<Principal>()
         .cloned()
-        .ok_or_else(|| {
-            ProtocolError::Internal("request reached a handler unauthenticated".into()).into()
-        })
+        .ok_or_else(|| ProtocolError::internal("request reached a handler unauthenticated").into())
 }

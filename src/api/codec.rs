@@ -14,12 +14,14 @@ use std::task::{Context, Poll};
 
 use bytes::Buf;
 use prost::Message;
-use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::NamedService;
+use tonic::{Code, Status};
 
 use super::push_scan::{self, MALFORMED, ScanError, WireLimits};
+use super::status::status;
 use crate::proto;
+use crate::protocol::Reason;
 
 /// Starting size of the encoding buffer (tonic's default is 8 KiB).
 const ENCODE_BUFFER_BYTES: usize = 256;
@@ -76,8 +78,10 @@ impl<T: Message> Encoder for ReservingEncoder<T> {
 
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         buf.reserve(item.encoded_len());
-        item.encode(buf)
-            .map_err(|e| Status::internal(format!("encoding a response: {e}")))
+        item.encode(buf).map_err(|e| {
+            tracing::error!(error = %e, "encoding a response");
+            super::status::internal()
+        })
     }
 
     fn buffer_settings(&self) -> BufferSettings {
@@ -139,14 +143,29 @@ pub fn decode_checked<U: Message + Default + WireChecked>(
 ) -> Result<U, Status> {
     if let Some(limits) = limits {
         U::check_wire(bytes, limits).map_err(|e| match e {
-            ScanError::Malformed => Status::invalid_argument(MALFORMED),
-            ScanError::Limit(m) => Status::invalid_argument(m),
+            ScanError::Malformed => malformed(),
+            ScanError::Limit { field, message } => status(
+                Code::InvalidArgument,
+                Reason::LimitExceeded,
+                Some(&field),
+                message,
+            ),
         })?;
     }
     U::decode(bytes).map_err(|e| {
         tracing::debug!(error = %e, "undecodable request");
-        Status::invalid_argument(MALFORMED)
+        malformed()
     })
+}
+
+/// The one refusal of an undecodable request.
+fn malformed() -> Status {
+    status(
+        Code::InvalidArgument,
+        Reason::InvalidRequest,
+        None,
+        MALFORMED,
+    )
 }
 
 /// Wraps the replication service so that its decoder sees the server's limits.
@@ -275,6 +294,10 @@ mod tests {
             }
             let status = decode_checked::<proto::PullRequest>(bad, None).expect_err("refused");
             assert_eq!(status.message(), MALFORMED);
+            use tonic_types::StatusExt;
+            let info = status.get_details_error_info().expect("ErrorInfo");
+            assert_eq!(info.reason, "INVALID_REQUEST");
+            assert!(status.get_details_bad_request().is_some());
         }
     }
 }

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::proto;
-use crate::protocol::{DocumentInput, RowInput};
+use crate::protocol::{DocumentInput, ProtocolError, PushMode, Reason, RefusedRow, RowInput};
 use crate::store::{ConflictState, StoredDocument};
 
 fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -63,4 +63,31 @@ pub fn token(c: Option<proto::Checkpoint>) -> String {
 /// A token as a checkpoint message.
 pub fn checkpoint(token: String) -> Option<proto::Checkpoint> {
     Some(proto::Checkpoint { token })
+}
+
+/// The push mode a request asks for; unknown values are refused (a newer client's mode must
+/// not silently become atomic).
+pub fn push_mode(mode: i32) -> Result<PushMode, ProtocolError> {
+    match proto::PushMode::try_from(mode) {
+        Ok(proto::PushMode::Unspecified | proto::PushMode::Atomic) => Ok(PushMode::Atomic),
+        Ok(proto::PushMode::PerRow) => Ok(PushMode::PerRow),
+        Err(_) => Err(ProtocolError::invalid(
+            Reason::InvalidRequest,
+            "mode",
+            format!("mode: {mode} is not a push mode of this server"),
+        )),
+    }
+}
+
+/// A refused row as sent to clients.
+pub fn refused(r: RefusedRow) -> proto::RefusedRow {
+    let e = r.refusal.error;
+    proto::RefusedRow {
+        index: u32::try_from(r.refusal.index).unwrap_or(u32::MAX),
+        id: r.refusal.id,
+        reason: e.reason.as_str().to_owned(),
+        field: e.field.unwrap_or_default(),
+        message: e.message,
+        current: r.current.map(conflict),
+    }
 }

@@ -73,14 +73,19 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
     async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
         let principal = auth::principal(&request)?;
         let r = request.into_inner();
+        let mode = convert::push_mode(r.mode)?;
         let rows = r.rows.into_iter().map(convert::row).collect();
-        let conflicts = self
+        let outcome = self
             .replicator
-            .push(&principal, &r.collection, rows)
+            .push_rows(&principal, &r.collection, rows, mode)
             .await?;
         Ok(Response::new(PushResponse {
-            conflicts: conflicts.into_iter().map(convert::conflict).collect(),
-            refused: Vec::new(),
+            conflicts: outcome
+                .conflicts
+                .into_iter()
+                .map(convert::conflict)
+                .collect(),
+            refused: outcome.refused.into_iter().map(convert::refused).collect(),
         }))
     }
 

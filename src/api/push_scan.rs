@@ -92,9 +92,18 @@ impl WireLimits {
 pub enum ScanError {
     /// Not protobuf: answered with [`MALFORMED`].
     Malformed,
-    /// Over a limit; the message names the field.
-    Limit(String),
+    /// Over a limit: the field's path (`rows[3].new_document_state.json`) and a message
+    /// naming it.
+    Limit {
+        /// The offending field's path.
+        field: String,
+        /// What is over which limit.
+        message: String,
+    },
 }
+
+/// `PushRequest.mode`'s value for per-row pushes (`PUSH_MODE_PER_ROW`).
+const MODE_PER_ROW: u64 = 2;
 
 const VARINT: u64 = 0;
 const FIXED64: u64 = 1;
@@ -190,12 +199,24 @@ impl<'a> Wire<'a> {
 }
 
 /// Checks a `PushRequest`'s bytes against the limits before anything is decoded.
+///
+/// A document over a per-row limit fails an atomic push here. A per-row push lets the row
+/// through to be refused on its own by validation (with the same message), its whole size
+/// counted against `push_bytes_max`, so what is decoded stays bounded.
 pub fn scan_push(bytes: &[u8], limits: &WireLimits) -> Result<(), ScanError> {
     let mut wire = Wire::new(bytes);
     let mut rows = 0usize;
     let mut body_bytes = 0usize;
+    let mut oversized_bytes = 0usize;
+    // The mode may come after the rows: the first row over its limits waits for it.
+    let mut first_oversized = None;
+    let mut per_row = false;
     while !wire.done() {
         let (field, wire_type) = wire.key()?;
+        if field == 3 && wire_type == VARINT {
+            per_row = wire.varint()? == MODE_PER_ROW;
+            continue;
+        }
         if field != 2 {
             wire.skip(field, wire_type, 0)?;
             continue;
@@ -206,28 +227,51 @@ pub fn scan_push(bytes: &[u8], limits: &WireLimits) -> Result<(), ScanError> {
         let row = wire.payload()?;
         // Rows past the limit are only counted, for the message.
         if rows < limits.push_rows_max {
-            body_bytes = body_bytes.saturating_add(scan_row(rows, row, limits)?);
+            match scan_row(rows, row, limits)? {
+                Ok(bytes) => body_bytes = body_bytes.saturating_add(bytes),
+                Err(over) => {
+                    oversized_bytes = oversized_bytes.saturating_add(row.len());
+                    first_oversized.get_or_insert(over);
+                }
+            }
         }
         rows += 1;
     }
+    if let Some(over) = first_oversized {
+        if !per_row {
+            return Err(over);
+        }
+        body_bytes = body_bytes.saturating_add(oversized_bytes);
+    }
     if rows > limits.push_rows_max {
-        return Err(ScanError::Limit(format!(
-            "rows: {rows} rows exceed the limit of {} per push",
-            limits.push_rows_max
-        )));
+        return Err(ScanError::Limit {
+            field: "rows".into(),
+            message: format!(
+                "rows: {rows} rows exceed the limit of {} per push",
+                limits.push_rows_max
+            ),
+        });
     }
     if body_bytes > limits.push_bytes_max {
-        return Err(ScanError::Limit(format!(
-            "rows: the bodies total {body_bytes} bytes, over the limit of {} per push \
-             (new and assumed states together); split the push",
-            limits.push_bytes_max
-        )));
+        return Err(ScanError::Limit {
+            field: "rows".into(),
+            message: format!(
+                "rows: the bodies total {body_bytes} bytes, over the limit of {} per push \
+                 (new and assumed states together); split the push",
+                limits.push_bytes_max
+            ),
+        });
     }
     Ok(())
 }
 
-/// One row: its size, each document's field sizes; returns its body bytes.
-fn scan_row(index: usize, row: &[u8], limits: &WireLimits) -> Result<usize, ScanError> {
+/// One row: its size, each document's field sizes; returns its body bytes, or (inner error)
+/// the first document field over its limit.
+fn scan_row(
+    index: usize,
+    row: &[u8],
+    limits: &WireLimits,
+) -> Result<Result<usize, ScanError>, ScanError> {
     let mut wire = Wire::new(row);
     let mut new = DocumentSizes::default();
     let mut assumed = DocumentSizes::default();
@@ -251,23 +295,27 @@ fn scan_row(index: usize, row: &[u8], limits: &WireLimits) -> Result<usize, Scan
         ("new_document_state", &new),
         ("assumed_master_state", &assumed),
     ] {
-        if let Some(error) = document.over_limit(limits) {
+        if let Some((field, error)) = document.over_limit(limits) {
             // Named by the new state's id, as validation names rows.
             let id = new.shown_id();
-            return Err(ScanError::Limit(format!(
-                "rows[{index}]{id}: {name}.{error}"
-            )));
+            return Ok(Err(ScanError::Limit {
+                field: format!("rows[{index}].{name}.{field}"),
+                message: format!("rows[{index}]{id}: {name}.{error}"),
+            }));
         }
     }
     if row.len() > limits.row_bytes_max() {
         // Every field is within its limit, so the bytes are in fields the server ignores.
-        return Err(ScanError::Limit(format!(
-            "rows[{index}]: {} bytes, over the limit of {} for one row",
-            row.len(),
-            limits.row_bytes_max()
-        )));
+        return Err(ScanError::Limit {
+            field: format!("rows[{index}]"),
+            message: format!(
+                "rows[{index}]: {} bytes, over the limit of {} for one row",
+                row.len(),
+                limits.row_bytes_max()
+            ),
+        });
     }
-    Ok(new.json.saturating_add(assumed.json))
+    Ok(Ok(new.json.saturating_add(assumed.json)))
 }
 
 /// What the scan learns of one document: the sizes of the fields it bounds.
@@ -288,24 +336,34 @@ impl<'a> DocumentSizes<'a> {
     }
 
     /// The first field over its limit, worded as validation words it (`json: N bytes, ...`).
-    fn over_limit(&self, limits: &WireLimits) -> Option<String> {
+    /// Returns the field's name and the message.
+    fn over_limit(&self, limits: &WireLimits) -> Option<(&'static str, String)> {
         if self.json > limits.document_bytes_max {
-            return Some(format!(
-                "json: {} bytes, over the limit of {}",
-                self.json, limits.document_bytes_max
+            return Some((
+                "json",
+                format!(
+                    "json: {} bytes, over the limit of {}",
+                    self.json, limits.document_bytes_max
+                ),
             ));
         }
         if self.id.len() > limits.id_bytes_max {
-            return Some(format!(
-                "id is {} bytes, over the limit of {}",
-                self.id.len(),
-                limits.id_bytes_max
+            return Some((
+                "id",
+                format!(
+                    "id is {} bytes, over the limit of {}",
+                    self.id.len(),
+                    limits.id_bytes_max
+                ),
             ));
         }
         if self.owner > limits.owner_bytes_max {
-            return Some(format!(
-                "owner is {} bytes, over the limit of {}",
-                self.owner, limits.owner_bytes_max
+            return Some((
+                "owner",
+                format!(
+                    "owner is {} bytes, over the limit of {}",
+                    self.owner, limits.owner_bytes_max
+                ),
             ));
         }
         None
@@ -374,7 +432,7 @@ mod tests {
 
     fn limit_error(bytes: &[u8]) -> String {
         match scan_push(bytes, &limits()) {
-            Err(ScanError::Limit(m)) => m,
+            Err(ScanError::Limit { message, .. }) => message,
             other => panic!("expected a limit error, got {other:?}"),
         }
     }
@@ -391,6 +449,51 @@ mod tests {
         assert!(
             m.contains("the bodies total 152 bytes, over the limit of 100"),
             "{m}"
+        );
+    }
+
+    #[test]
+    fn per_row_pushes_let_oversized_documents_through_within_the_request_bytes() {
+        let per_row = |rows: Vec<ChangeRow>| {
+            PushRequest {
+                collection: "tasks".into(),
+                rows,
+                mode: MODE_PER_ROW as i32,
+            }
+            .encode_to_vec()
+        };
+        let rows = vec![row("a", "{}"), row("b", &"x".repeat(41))];
+        // Atomic: refused with the field's path; per-row: let through, to be refused alone.
+        match scan_push(&push(rows.clone()), &limits()) {
+            Err(ScanError::Limit { field, .. }) => {
+                assert_eq!(field, "rows[1].new_document_state.json")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(scan_push(&per_row(rows), &limits()), Ok(()));
+        let long_id = vec![row("a", "{}"), row(&"i".repeat(9), "{}")];
+        assert_eq!(scan_push(&per_row(long_id), &limits()), Ok(()));
+        // The whole oversized row counts against push_bytes_max: 46 + 46 + 2 body bytes
+        // would pass; with the rows' framing and ids they do not.
+        let two_big = vec![
+            row("a", &"x".repeat(46)),
+            row("b", &"x".repeat(46)),
+            row("c", "{}"),
+        ];
+        match scan_push(&per_row(two_big), &limits()) {
+            Err(ScanError::Limit { field, message }) => {
+                assert_eq!(field, "rows");
+                assert!(
+                    message.contains("over the limit of 100 per push"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The row count still fails the whole request.
+        let four = per_row(vec![row("a", &"x".repeat(41)); 4]);
+        assert!(
+            matches!(scan_push(&four, &limits()), Err(ScanError::Limit { field, .. }) if field == "rows")
         );
     }
 

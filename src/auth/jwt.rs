@@ -53,6 +53,9 @@ pub enum TokenError {
     /// No key can verify it.
     #[error("no key for this token")]
     NoKey,
+    /// Expired, and valid in every other way: the client may refresh it quietly.
+    #[error("the token expired")]
+    Expired,
 }
 
 const PUBLIC_KEY_ALGORITHMS: [Algorithm; 7] = [
@@ -167,7 +170,7 @@ impl JwtVerifier {
         validation.set_required_spec_claims(&required);
         let claims = if header.alg == Algorithm::HS256 {
             let key = self.hs256.as_ref().ok_or(TokenError::NoKey)?;
-            decode(token, key, &validation)?
+            decode(token, key, &validation, self.subject_bytes_max)?
         } else if PUBLIC_KEY_ALGORITHMS.contains(&header.alg) {
             let keys = self.jwks.read().unwrap_or_else(|e| e.into_inner());
             let mut last = TokenError::NoKey;
@@ -176,12 +179,14 @@ impl JwtVerifier {
                 if header.kid.is_some() && kid.is_some() && header.kid != *kid {
                     continue;
                 }
-                match decode(token, key, &validation) {
+                match decode(token, key, &validation, self.subject_bytes_max) {
                     Ok(c) => {
                         found = Some(c);
                         break;
                     }
-                    Err(e) => last = e,
+                    // A key that verified the signature has the last word.
+                    Err(e) if !matches!(last, TokenError::Expired) => last = e,
+                    Err(_) => {}
                 }
             }
             found.ok_or(last)?
@@ -219,10 +224,29 @@ fn scopes(claim: &str) -> HashSet<String> {
         .collect()
 }
 
-fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Claims, TokenError> {
+/// Verifies and decodes. An expired token is [`TokenError::Expired`] only when it passes every
+/// other check (signature, issuer, audience, subject): nothing else about a refused token is
+/// ever revealed.
+fn decode(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+    subject_bytes_max: usize,
+) -> Result<Claims, TokenError> {
     jsonwebtoken::decode::<Claims>(token, key, validation)
         .map(|d| d.claims)
-        .map_err(|e| TokenError::Invalid(e.to_string()))
+        .map_err(|e| {
+            if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) {
+                let mut lenient = validation.clone();
+                lenient.validate_exp = false;
+                let otherwise_valid = jsonwebtoken::decode::<Claims>(token, key, &lenient)
+                    .is_ok_and(|d| subject_problem(&d.claims.sub, subject_bytes_max).is_none());
+                if otherwise_valid {
+                    return TokenError::Expired;
+                }
+            }
+            TokenError::Invalid(e.to_string())
+        })
 }
 
 #[cfg(test)]

@@ -7,8 +7,11 @@ pub mod mint;
 use std::sync::Arc;
 
 use crate::config::{AuthConfig, AuthMode};
-use crate::protocol::{Principal, ProtocolError};
+use crate::protocol::{Principal, ProtocolError, Reason};
 use jwt::JwtVerifier;
+
+/// The one message of every token refusal.
+const TOKEN_REFUSED: &str = "missing, invalid or expired bearer token";
 
 /// The configured way of authenticating callers.
 #[derive(Clone)]
@@ -40,8 +43,7 @@ impl Authenticator {
             Authenticator::None => return Ok(Principal::anonymous_service()),
             Authenticator::Jwt(v) => v,
         };
-        let refuse =
-            || ProtocolError::Unauthenticated("missing, invalid or expired bearer token".into());
+        let refuse = || ProtocolError::unauthenticated(Reason::TokenInvalid, TOKEN_REFUSED);
         let token = authorization
             .and_then(|v| {
                 v.strip_prefix("Bearer ")
@@ -52,7 +54,13 @@ impl Authenticator {
             .ok_or_else(refuse)?;
         verifier.verify(token).map_err(|e| {
             tracing::debug!(reason = %e, "token refused");
-            refuse()
+            match e {
+                // Only the reason differs, so that clients refresh quietly.
+                jwt::TokenError::Expired => {
+                    ProtocolError::unauthenticated(Reason::TokenExpired, TOKEN_REFUSED)
+                }
+                _ => refuse(),
+            }
         })
     }
 }

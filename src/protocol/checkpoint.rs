@@ -31,7 +31,7 @@ use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::{Principal, ProtocolError};
+use super::{Principal, ProtocolError, Reason};
 use crate::store::Position;
 
 /// Bytes of the key that seals tokens.
@@ -183,10 +183,14 @@ impl Tokens {
             return Ok(Position::START);
         }
         let refuse = |why: &str| {
-            ProtocolError::InvalidArgument(format!(
-                "{field}: {why}; send a checkpoint from this collection's responses to this \
-                 caller, or an empty one to start over"
-            ))
+            ProtocolError::invalid(
+                Reason::CheckpointInvalid,
+                field,
+                format!(
+                    "{field}: {why}; send a checkpoint from this collection's responses to \
+                     this caller, or an empty one to start over"
+                ),
+            )
         };
         let foreign = || refuse("not a checkpoint issued by this server");
         // The length first: nothing is decoded or allocated for an oversized token.
@@ -280,7 +284,10 @@ mod tests {
 
     fn refusal(t: &Tokens, token: &str) -> String {
         match t.decode(token, "checkpoint.token", COLLECTIONS) {
-            Err(ProtocolError::InvalidArgument(m)) => {
+            Err(e) => {
+                assert_eq!(e.reason, Reason::CheckpointInvalid);
+                assert_eq!(e.field.as_deref(), Some("checkpoint.token"));
+                let m = e.message;
                 assert!(m.starts_with("checkpoint.token: "), "{m}");
                 m
             }
@@ -382,7 +389,7 @@ mod tests {
         assert!(m.contains("not issued to this caller"), "{m}");
         // A collection that is no longer declared is not tried.
         let m = match tokens("notes", &alice).decode(&on_tasks, "c", ["notes"]) {
-            Err(ProtocolError::InvalidArgument(m)) => m,
+            Err(e) => e.message,
             other => panic!("{other:?}"),
         };
         assert!(m.contains("not issued to this caller"), "{m}");

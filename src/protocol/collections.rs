@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::ProtocolError;
+use super::{Kind, ProtocolError, Reason};
 use crate::config::Config;
 
 /// One declared collection.
@@ -132,15 +132,22 @@ impl Collections {
     /// Looks a collection up; unknown names are NOT_FOUND.
     pub fn get(&self, name: &str) -> Result<Arc<Collection>, ProtocolError> {
         if name.is_empty() {
-            return Err(ProtocolError::InvalidArgument(
-                "collection: must not be empty".into(),
+            return Err(ProtocolError::invalid(
+                Reason::InvalidRequest,
+                "collection",
+                "collection: must not be empty",
             ));
         }
         self.by_name.get(name).cloned().ok_or_else(|| {
-            ProtocolError::NotFound(format!(
-                "collection {} is not declared on this server",
-                super::shown(name)
-            ))
+            ProtocolError::new(
+                Kind::NotFound,
+                Reason::CollectionNotFound,
+                format!(
+                    "collection {} is not declared on this server",
+                    super::shown(name)
+                ),
+            )
+            .at("collection")
         })
     }
 

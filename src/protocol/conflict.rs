@@ -5,9 +5,30 @@
 use std::collections::HashMap;
 
 use super::principal::Principal;
-use super::validate::{Assumed, ValidRow};
-use super::{ProtocolError, json_text, shown};
+use super::validate::{Assumed, PlannedRow, Refusal, ValidRow};
+use super::{ProtocolError, Reason, json_text, shown};
 use crate::store::{ConflictState, DocumentWrite, PushPlan, StoredDocument};
+
+/// How a push treats rows it refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PushMode {
+    /// One refused row fails the whole push; nothing is written.
+    #[default]
+    Atomic,
+    /// Refused rows are reported one by one and the others are written.
+    PerRow,
+}
+
+/// A refused row and the server's state of its id, when the caller may read it (never
+/// another owner's document). `updated_at` is `None` when that state was written earlier in
+/// the same push.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusedRow {
+    /// Index, id, reason, field and message.
+    pub refusal: Refusal,
+    /// The state the client should revert to; `None`: drop the local copy.
+    pub current: Option<ConflictState>,
+}
 
 /// The state of one id while the batch is being decided.
 struct Current {
@@ -19,15 +40,102 @@ struct Current {
     updated_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Decides a batch against the current server states. Rows are applied in order: a later row
-/// for the same id sees the state an earlier row wrote. A row touching another owner's
-/// document refuses the whole batch (PERMISSION_DENIED), revealing only that the id is taken.
+/// Decides an atomic batch against the current server states. Rows are applied in order: a
+/// later row for the same id sees the state an earlier row wrote. A row touching another
+/// owner's document refuses the whole batch (PERMISSION_DENIED), revealing only that the id is
+/// taken.
 pub fn plan_push(
     rows: &[ValidRow],
     stored: &HashMap<String, StoredDocument>,
     principal: &Principal,
-) -> Result<PushPlan, ProtocolError> {
-    check_ownership(rows, stored, principal)?;
+) -> Result<PushPlan<RefusedRow>, ProtocolError> {
+    for (i, row) in rows.iter().enumerate() {
+        ownership(i, row, stored, principal)?;
+    }
+    let rows: Vec<Step<'_>> = rows.iter().map(Step::Write).collect();
+    plan_steps(&rows, stored, principal)
+}
+
+/// Decides a per-row batch: rows refused by validation or for ownership are not written and
+/// come back in `refused`, in row order, with the current state of their id when the caller
+/// may read it. A refused row changes nothing: a later row for the same id is decided as if
+/// the refused one were absent. Ownership is decided on `stored`, the states read inside the
+/// push's transaction, so a concurrent create by another owner refuses the row, never
+/// overwrites.
+pub fn plan_push_per_row(
+    rows: &[PlannedRow],
+    stored: &HashMap<String, StoredDocument>,
+    principal: &Principal,
+) -> Result<PushPlan<RefusedRow>, ProtocolError> {
+    let steps: Vec<Step<'_>> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| match row {
+            PlannedRow::Valid(v) => match ownership(i, v, stored, principal) {
+                Ok(()) => Step::Write(v),
+                Err(error) => Step::Refuse(
+                    Refusal {
+                        index: i,
+                        id: super::validate::refused_id(&v.id),
+                        error,
+                    },
+                    Some(v.id.as_str()),
+                ),
+            },
+            PlannedRow::Refused { refusal, id } => Step::Refuse(refusal.clone(), id.as_deref()),
+        })
+        .collect();
+    plan_steps(&steps, stored, principal)
+}
+
+/// Per-row pushes: refuses, before the store is read, every row of an ordinary principal that
+/// names another owner (it depends on the row alone).
+pub fn refuse_foreign_owners(rows: Vec<PlannedRow>, principal: &Principal) -> Vec<PlannedRow> {
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, row)| match row {
+            PlannedRow::Valid(v) if !principal.service && names_another(&v, principal) => {
+                PlannedRow::Refused {
+                    refusal: Refusal {
+                        index: i,
+                        id: super::validate::refused_id(&v.id),
+                        error: foreign_owner(i, &v),
+                    },
+                    id: Some(v.id),
+                }
+            }
+            other => other,
+        })
+        .collect()
+}
+
+fn names_another(row: &ValidRow, principal: &Principal) -> bool {
+    row.owner.as_ref().is_some_and(|o| *o != principal.subject)
+}
+
+fn foreign_owner(i: usize, row: &ValidRow) -> ProtocolError {
+    ProtocolError::permission_denied(
+        Reason::NotOwner,
+        format!(
+            "rows[{i}] (id {}): new_document_state.owner may only name yourself",
+            shown(&row.id)
+        ),
+    )
+    .at(format!("rows[{i}].new_document_state.owner"))
+}
+
+/// One row of the decision: written (or conflicting), or refused with the id to report the
+/// current state of.
+enum Step<'a> {
+    Write(&'a ValidRow),
+    Refuse(Refusal, Option<&'a str>),
+}
+
+fn plan_steps(
+    rows: &[Step<'_>],
+    stored: &HashMap<String, StoredDocument>,
+    principal: &Principal,
+) -> Result<PushPlan<RefusedRow>, ProtocolError> {
     let mut state: HashMap<&str, Current> = stored
         .values()
         .map(|d| {
@@ -44,26 +152,29 @@ pub fn plan_push(
     let mut written_order: Vec<&str> = Vec::new();
     let mut written: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let mut conflicts = Vec::new();
-    for row in rows {
+    let mut refused = Vec::new();
+    for step in rows {
+        let row = match step {
+            Step::Write(row) => row,
+            Step::Refuse(refusal, id) => {
+                // Only a state the caller may read: never another owner's document.
+                let current = id
+                    .and_then(|id| state.get(id))
+                    .filter(|c| principal.service || c.owner == principal.subject)
+                    .map(|c| c.conflict_state(id.unwrap_or_default()))
+                    .transpose()?;
+                refused.push(RefusedRow {
+                    refusal: refusal.clone(),
+                    current,
+                });
+                continue;
+            }
+        };
         let current = state.get(row.id.as_str());
         if let Some(cur) = current
             && conflicts_with(row.assumed.as_ref(), cur)?
         {
-            if cur.body.is_empty() {
-                // The store skipped a body this decision needs: a bug, never a wrong answer.
-                return Err(ProtocolError::Internal(format!(
-                    "the stored body of {:?} was not read",
-                    row.id
-                )));
-            }
-            conflicts.push(ConflictState {
-                id: row.id.clone(),
-                owner: cur.owner.clone(),
-                body: cur.body.clone(),
-                deleted: cur.deleted,
-                revision: cur.revision.clone(),
-                updated_at: cur.updated_at,
-            });
+            conflicts.push(cur.conflict_state(&row.id)?);
             continue;
         }
         let revision = next_revision(current.map(|c| c.revision.as_str()), &row.body, row.deleted);
@@ -104,35 +215,61 @@ pub fn plan_push(
             })
         })
         .collect();
-    Ok(PushPlan { writes, conflicts })
+    Ok(PushPlan {
+        writes,
+        conflicts,
+        refused,
+    })
+}
+
+impl Current {
+    /// This state as reported back for `id`.
+    fn conflict_state(&self, id: &str) -> Result<ConflictState, ProtocolError> {
+        if self.body.is_empty() {
+            // The store skipped a body this decision needs: a bug, never a wrong answer.
+            return Err(ProtocolError::internal(format!(
+                "the stored body of {id:?} was not read"
+            )));
+        }
+        Ok(ConflictState {
+            id: id.to_owned(),
+            owner: self.owner.clone(),
+            body: self.body.clone(),
+            deleted: self.deleted,
+            revision: self.revision.clone(),
+            updated_at: self.updated_at,
+        })
+    }
 }
 
 /// Ordinary principals may only touch their own documents and may only name themselves as
-/// owner; service principals may do both.
-fn check_ownership(
-    rows: &[ValidRow],
+/// owner; service principals may do both. Row `i` is checked against the stored states: within
+/// a batch an ordinary principal only ever creates documents of its own, so earlier rows never
+/// change the answer.
+fn ownership(
+    i: usize,
+    row: &ValidRow,
     stored: &HashMap<String, StoredDocument>,
     principal: &Principal,
 ) -> Result<(), ProtocolError> {
     if principal.service {
         return Ok(());
     }
-    for (i, row) in rows.iter().enumerate() {
-        if row.owner.as_ref().is_some_and(|o| *o != principal.subject) {
-            return Err(ProtocolError::PermissionDenied(format!(
-                "rows[{i}] (id {}): new_document_state.owner may only name yourself",
-                shown(&row.id)
-            )));
-        }
-        if stored
-            .get(&row.id)
-            .is_some_and(|d| d.owner != principal.subject)
-        {
-            return Err(ProtocolError::PermissionDenied(format!(
+    if names_another(row, principal) {
+        return Err(foreign_owner(i, row));
+    }
+    if stored
+        .get(&row.id)
+        .is_some_and(|d| d.owner != principal.subject)
+    {
+        return Err(ProtocolError::permission_denied(
+            Reason::NotOwner,
+            format!(
                 "rows[{i}] (id {}): this id is taken by another owner",
                 shown(&row.id)
-            )));
-        }
+            ),
+        )
+        .at(format!("rows[{i}].new_document_state.id")));
     }
     Ok(())
 }
@@ -149,7 +286,7 @@ fn conflicts_with(assumed: Option<&Assumed>, current: &Current) -> Result<bool, 
             } else {
                 // As jsonb compares: numbers by exact value, not as f64.
                 !json_text::equal(body, &current.body).map_err(|e| {
-                    ProtocolError::Internal(format!("a body is not readable JSON: {e:?}"))
+                    ProtocolError::internal(format!("a body is not readable JSON: {e:?}"))
                 })?
             }
         }
@@ -200,7 +337,7 @@ mod tests {
     fn plan(
         rows: &[ValidRow],
         stored: &HashMap<String, StoredDocument>,
-    ) -> Result<PushPlan, ProtocolError> {
+    ) -> Result<PushPlan<RefusedRow>, ProtocolError> {
         plan_push(rows, stored, &alice())
     }
 
@@ -229,7 +366,7 @@ mod tests {
         let stale = row("x", "{}", Some(Assumed::Revision("0-z".into())));
         assert!(matches!(
             plan(&[stale], &server),
-            Err(ProtocolError::Internal(m)) if m.contains("not read")
+            Err(ProtocolError { kind: crate::protocol::Kind::Internal, message: m, .. }) if m.contains("not read")
         ));
     }
 
@@ -241,7 +378,9 @@ mod tests {
             ..alice()
         };
         let err = plan_push(&[row("x", "{}", None)], &server, &bob).unwrap_err();
-        assert!(matches!(err, ProtocolError::PermissionDenied(m) if m.contains("taken")));
+        assert_eq!(err.reason, Reason::NotOwner);
+        assert_eq!(err.field.as_deref(), Some("rows[0].new_document_state.id"));
+        assert!(err.message.contains("taken"), "{err:?}");
         let mut named = row("y", "{}", None);
         named.owner = Some("alice".into());
         assert!(plan_push(&[named.clone()], &server, &bob).is_err());
@@ -259,6 +398,69 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.writes[0].owner, "alice", "updates keep the owner");
+    }
+
+    #[test]
+    fn per_row_refusals_report_only_visible_states_and_change_nothing() {
+        let mut bobs = stored("b", r#"{"v": 0}"#, false, "1-b");
+        bobs.owner = "bob".into();
+        let server: HashMap<_, _> = [
+            ("x".to_owned(), stored("x", r#"{"v": 1}"#, false, "1-a")),
+            ("b".to_owned(), bobs),
+        ]
+        .into();
+        let invalid = |index: usize, id: &str| PlannedRow::Refused {
+            refusal: Refusal {
+                index,
+                id: id.into(),
+                error: ProtocolError::invalid(Reason::InvalidDocument, "f", "m"),
+            },
+            id: Some(id.into()),
+        };
+        let rows = vec![
+            invalid(0, "x"),
+            PlannedRow::Valid(row(
+                "x",
+                r#"{"v":2}"#,
+                Some(Assumed::Revision("1-a".into())),
+            )),
+            PlannedRow::Valid(row("b", "{}", None)),
+            invalid(3, "n"),
+            PlannedRow::Valid(row("n", "{}", None)),
+            invalid(5, "b"),
+        ];
+        let p = plan_push_per_row(&rows, &server, &alice()).unwrap();
+        assert!(p.conflicts.is_empty(), "{:?}", p.conflicts);
+        let ids: Vec<&str> = p.writes.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(ids, ["x", "n"], "the rows after a refused one go through");
+        let refused: Vec<(usize, Reason, Option<&str>)> = p
+            .refused
+            .iter()
+            .map(|r| {
+                let body = r.current.as_ref().map(|c| c.body.as_str());
+                (r.refusal.index, r.refusal.error.reason, body)
+            })
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                (0, Reason::InvalidDocument, Some(r#"{"v": 1}"#)),
+                (2, Reason::NotOwner, None),
+                (3, Reason::InvalidDocument, None),
+                (5, Reason::InvalidDocument, None),
+            ],
+            "alice's own state only; never bob's"
+        );
+        // Atomic: the first other owner's id refuses the batch.
+        let valid: Vec<ValidRow> = rows
+            .into_iter()
+            .filter_map(|r| match r {
+                PlannedRow::Valid(v) => Some(v),
+                PlannedRow::Refused { .. } => None,
+            })
+            .collect();
+        let err = plan_push(&valid, &server, &alice()).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("rows[1].new_document_state.id"));
     }
 
     #[test]

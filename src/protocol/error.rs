@@ -1,29 +1,164 @@
-//! The protocol layer's error: one variant per status family, mapped to gRPC in `api::status`.
+//! The protocol layer's error: a status family, a stable reason code and, for bad input, the
+//! offending field's path. Mapped to gRPC (with `google.rpc` details) in `api::status`.
+
+use std::fmt;
+
+/// The status family of an error (one gRPC code each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Bad input; the message names the field (and row).
+    InvalidArgument,
+    /// Missing, malformed, expired or badly signed credentials.
+    Unauthenticated,
+    /// The principal may not do this (another owner's document, a scope it lacks).
+    PermissionDenied,
+    /// Unknown collection.
+    NotFound,
+    /// A configured limit was reached.
+    ResourceExhausted,
+    /// The database is unreachable, contended or the server is draining: retry later.
+    Unavailable,
+    /// A bug or an unexpected database error. The text is logged, never sent to clients.
+    Internal,
+}
+
+/// Why a request or row was refused, as a stable code programs can switch on. Sent as
+/// `google.rpc.ErrorInfo.reason` and `RefusedRow.reason`; the README lists them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A malformed request field (not a document's content).
+    InvalidRequest,
+    /// A document the server will not store: not a JSON object, schema failure, primary key
+    /// mismatch, bad id or owner.
+    InvalidDocument,
+    /// A size or count limit (INVALID_ARGUMENT for a request, RESOURCE_EXHAUSTED for capacity).
+    LimitExceeded,
+    /// A checkpoint token this server did not issue for this collection and caller.
+    CheckpointInvalid,
+    /// The collection is not declared on this server.
+    CollectionNotFound,
+    /// The id belongs to another owner, or a row names another owner.
+    NotOwner,
+    /// The caller lacks a scope the collection requires.
+    ScopeMissing,
+    /// Missing, malformed or badly signed credentials.
+    TokenInvalid,
+    /// A token that would be valid but has expired: refresh it and retry.
+    TokenExpired,
+    /// The database cannot be reached.
+    DatabaseUnavailable,
+    /// Too many concurrent writes to the same documents.
+    Contention,
+    /// The server is draining.
+    ShuttingDown,
+    /// A server bug or an unexpected failure.
+    Internal,
+}
+
+impl Reason {
+    /// Every reason, for documentation and tests.
+    pub const ALL: [Reason; 13] = [
+        Reason::InvalidRequest,
+        Reason::InvalidDocument,
+        Reason::LimitExceeded,
+        Reason::CheckpointInvalid,
+        Reason::CollectionNotFound,
+        Reason::NotOwner,
+        Reason::ScopeMissing,
+        Reason::TokenInvalid,
+        Reason::TokenExpired,
+        Reason::DatabaseUnavailable,
+        Reason::Contention,
+        Reason::ShuttingDown,
+        Reason::Internal,
+    ];
+
+    /// The code as sent (upper snake case).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidRequest => "INVALID_REQUEST",
+            Reason::InvalidDocument => "INVALID_DOCUMENT",
+            Reason::LimitExceeded => "LIMIT_EXCEEDED",
+            Reason::CheckpointInvalid => "CHECKPOINT_INVALID",
+            Reason::CollectionNotFound => "COLLECTION_NOT_FOUND",
+            Reason::NotOwner => "NOT_OWNER",
+            Reason::ScopeMissing => "SCOPE_MISSING",
+            Reason::TokenInvalid => "TOKEN_INVALID",
+            Reason::TokenExpired => "TOKEN_EXPIRED",
+            Reason::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
+            Reason::Contention => "CONTENTION",
+            Reason::ShuttingDown => "SHUTTING_DOWN",
+            Reason::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Why a request was refused or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProtocolError {
-    /// Bad input; the message names the field (and row).
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// Missing, malformed, expired or badly signed credentials.
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// The principal may not do this (another owner's document, a scope it lacks).
-    #[error("{0}")]
-    PermissionDenied(String),
-    /// Unknown collection.
-    #[error("{0}")]
-    NotFound(String),
-    /// A configured limit was reached.
-    #[error("{0}")]
-    ResourceExhausted(String),
-    /// The database is unreachable, contended or the server is draining: retry later.
-    #[error("{0}")]
-    Unavailable(String),
-    /// A bug or an unexpected database error. The text is logged, never sent to clients.
-    #[error("{0}")]
-    Internal(String),
+#[error("{message}")]
+pub struct ProtocolError {
+    /// The status family.
+    pub kind: Kind,
+    /// The stable reason code.
+    pub reason: Reason,
+    /// The offending request field's path (`rows[3].new_document_state.json`), when one is.
+    pub field: Option<String>,
+    /// Words for people; for [`Kind::Internal`] the logged text, never sent.
+    pub message: String,
+}
+
+impl ProtocolError {
+    /// An error without a field.
+    pub fn new(kind: Kind, reason: Reason, message: impl Into<String>) -> Self {
+        ProtocolError {
+            kind,
+            reason,
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    /// The same error, naming the offending field.
+    pub fn at(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// INVALID_ARGUMENT about `field`.
+    pub fn invalid(reason: Reason, field: impl Into<String>, message: impl Into<String>) -> Self {
+        ProtocolError::new(Kind::InvalidArgument, reason, message).at(field)
+    }
+
+    /// UNAUTHENTICATED.
+    pub fn unauthenticated(reason: Reason, message: impl Into<String>) -> Self {
+        ProtocolError::new(Kind::Unauthenticated, reason, message)
+    }
+
+    /// PERMISSION_DENIED.
+    pub fn permission_denied(reason: Reason, message: impl Into<String>) -> Self {
+        ProtocolError::new(Kind::PermissionDenied, reason, message)
+    }
+
+    /// RESOURCE_EXHAUSTED: a capacity limit ([`Reason::LimitExceeded`]).
+    pub fn resource_exhausted(message: impl Into<String>) -> Self {
+        ProtocolError::new(Kind::ResourceExhausted, Reason::LimitExceeded, message)
+    }
+
+    /// UNAVAILABLE: retry later.
+    pub fn unavailable(reason: Reason, message: impl Into<String>) -> Self {
+        ProtocolError::new(Kind::Unavailable, reason, message)
+    }
+
+    /// INTERNAL; `message` is logged, never sent.
+    pub fn internal(message: impl Into<String>) -> Self {
+        ProtocolError::new(Kind::Internal, Reason::Internal, message)
+    }
 }
 
 impl From<crate::store::StoreError> for ProtocolError {
@@ -32,15 +167,19 @@ impl From<crate::store::StoreError> for ProtocolError {
         match err {
             StoreError::Unavailable(m) => {
                 tracing::warn!(error = %m, "database unavailable");
-                ProtocolError::Unavailable("the database is unavailable; retry later".into())
+                ProtocolError::unavailable(
+                    Reason::DatabaseUnavailable,
+                    "the database is unavailable; retry later",
+                )
             }
             StoreError::Contention(m) => {
                 tracing::warn!(error = %m, "push contention");
-                ProtocolError::Unavailable(
-                    "too many concurrent writes to the same documents; retry".into(),
+                ProtocolError::unavailable(
+                    Reason::Contention,
+                    "too many concurrent writes to the same documents; retry",
                 )
             }
-            StoreError::Internal(m) => ProtocolError::Internal(m),
+            StoreError::Internal(m) => ProtocolError::internal(m),
         }
     }
 }

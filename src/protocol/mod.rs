@@ -20,11 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use collections::{Collection, Collections, Limits};
-pub use error::{ProtocolError, cut_text, shown};
+pub use conflict::{PushMode, RefusedRow};
+pub use error::{Kind, ProtocolError, Reason, cut_text, shown};
 pub use principal::Principal;
 pub use stream::{StreamEvent, StreamItem};
 use stream_limits::StreamLimits;
-pub use validate::{DocumentInput, RowInput};
+pub use validate::{DocumentInput, PlannedRow, Refusal, RowInput};
 
 use crate::store::{ConflictState, PageLimit, PushError, Store, StoredDocument};
 use crate::telemetry::metrics as m;
@@ -38,6 +39,15 @@ pub struct PullPage {
     pub documents: Vec<StoredDocument>,
     /// The checkpoint after them (the request's own when empty).
     pub checkpoint: String,
+}
+
+/// The outcome of a push.
+#[derive(Debug, Clone, Default)]
+pub struct PushResult {
+    /// The server state of every conflicting row, in row order.
+    pub conflicts: Vec<ConflictState>,
+    /// Per-row pushes: the refused rows, in row order.
+    pub refused: Vec<RefusedRow>,
 }
 
 /// The replication service's logic over a store.
@@ -213,14 +223,31 @@ impl<S: Store> Replicator<S> {
         })
     }
 
-    /// Push: validates every row, then decides and writes the batch in one transaction.
-    /// Returns the server state of every conflicting row.
+    /// Push (atomic): validates every row, then decides and writes the batch in one
+    /// transaction. Returns the server state of every conflicting row.
     pub async fn push(
         &self,
         principal: &Principal,
         collection: &str,
         rows: Vec<RowInput>,
     ) -> Result<Vec<ConflictState>, ProtocolError> {
+        Ok(self
+            .push_rows(principal, collection, rows, PushMode::Atomic)
+            .await?
+            .conflicts)
+    }
+
+    /// Push in either mode. Atomic: the first refused row fails the whole push. Per-row:
+    /// refused rows (invalid, another owner's) are listed with the server's state of their id
+    /// when the caller may read it, and every other row is decided and written in one
+    /// transaction. Request-level errors (collection, scope, row count) fail both.
+    pub async fn push_rows(
+        &self,
+        principal: &Principal,
+        collection: &str,
+        rows: Vec<RowInput>,
+        mode: PushMode,
+    ) -> Result<PushResult, ProtocolError> {
         let collection = self.collections.get(collection)?;
         principal.check_write(&collection)?;
         let row_count = rows.len() as u64;
@@ -229,28 +256,49 @@ impl<S: Store> Replicator<S> {
             metrics::counter!(m::PUSH_ROWS_REJECTED, "collection" => name.clone(), "reason" => reason)
                 .increment(n);
         };
-        let rows = validate::validate_rows(&collection, &self.limits, rows).inspect_err(|_| {
-            rejected("invalid", row_count);
-        })?;
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let targets = push_targets(&rows);
-        let outcome = self
-            .store
-            .apply_push(&collection.name, &targets, |current| {
-                conflict::plan_push(&rows, current, principal)
-            })
-            .await
-            .map_err(|e| match e {
-                PushError::Refused(refusal) => {
-                    if let ProtocolError::PermissionDenied(_) = refusal {
-                        rejected("permission", row_count);
-                    }
-                    refusal
+        let outcome = match mode {
+            PushMode::Atomic => {
+                let rows = validate::validate_rows(&collection, &self.limits, rows)
+                    .inspect_err(|_| rejected("invalid", row_count))?;
+                if rows.is_empty() {
+                    return Ok(PushResult::default());
                 }
-                PushError::Store(e) => e.into(),
-            })?;
+                let targets = push_targets(rows.iter().map(|r| (r.id.as_str(), Some(r))));
+                self.store
+                    .apply_push(&collection.name, &targets, |current| {
+                        conflict::plan_push(&rows, current, principal)
+                    })
+                    .await
+            }
+            PushMode::PerRow => {
+                let rows = validate::validate_each(&collection, &self.limits, rows)
+                    .inspect_err(|_| rejected("invalid", row_count))?;
+                let rows = conflict::refuse_foreign_owners(rows, principal);
+                if rows.is_empty() {
+                    return Ok(PushResult::default());
+                }
+                // Refused rows' ids are read too (for their current state), in the same
+                // round trip as the rest.
+                let targets = push_targets(rows.iter().filter_map(|r| match r {
+                    PlannedRow::Valid(v) => Some((v.id.as_str(), Some(v))),
+                    PlannedRow::Refused { id, .. } => id.as_deref().map(|id| (id, None)),
+                }));
+                self.store
+                    .apply_push(&collection.name, &targets, |current| {
+                        conflict::plan_push_per_row(&rows, current, principal)
+                    })
+                    .await
+            }
+        };
+        let outcome = outcome.map_err(|e| match e {
+            PushError::Refused(refusal) => {
+                if refusal.kind == Kind::PermissionDenied {
+                    rejected("permission", row_count);
+                }
+                refusal
+            }
+            PushError::Store(e) => e.into(),
+        })?;
         if let Some(tx) = outcome.tx {
             // Wake local subscribers now; other processes hear the NOTIFY.
             self.hub.notify(&collection.name, tx);
@@ -262,7 +310,28 @@ impl<S: Store> Replicator<S> {
             metrics::counter!(m::CONFLICTS, "collection" => name.clone()).increment(n);
             rejected("conflict", n);
         }
-        Ok(outcome.conflicts)
+        let mut refused = outcome.refused;
+        for r in &mut refused {
+            let reason = r.refusal.error.reason;
+            metrics::counter!(m::PUSH_ROWS_REFUSED, "collection" => name.clone(), "reason" => reason.as_str())
+                .increment(1);
+            // Not written either: the family an atomic push would count the whole batch in.
+            rejected(
+                if reason == Reason::NotOwner {
+                    "permission"
+                } else {
+                    "invalid"
+                },
+                1,
+            );
+            if let Some(current) = &mut r.current {
+                current.updated_at = current.updated_at.or(outcome.written_at);
+            }
+        }
+        Ok(PushResult {
+            conflicts: outcome.conflicts,
+            refused,
+        })
     }
 
     /// Subscribe: starts a stream task and returns its channel. The first event comes from
@@ -278,8 +347,9 @@ impl<S: Store> Replicator<S> {
         let tokens = self.tokens(&collection.name, principal).await?;
         let position = tokens.decode(checkpoint, "checkpoint.token", self.collections.names())?;
         if self.shutdown.is_cancelled() {
-            return Err(ProtocolError::Unavailable(
-                "the server is shutting down; reconnect to another instance".into(),
+            return Err(ProtocolError::unavailable(
+                Reason::ShuttingDown,
+                "the server is shutting down; reconnect to another instance",
             ));
         }
         let slot = self.streams.acquire(&principal.subject)?;
@@ -287,7 +357,7 @@ impl<S: Store> Replicator<S> {
             .tails
             .get(&collection.name)
             .cloned()
-            .ok_or_else(|| ProtocolError::Internal("collection without a tail".into()))?;
+            .ok_or_else(|| ProtocolError::internal("collection without a tail"))?;
         let (out, events) = mpsc::channel(1);
         let subscription = stream::Subscription {
             store: self.store.clone(),
@@ -346,14 +416,16 @@ impl<S: Store> Replicator<S> {
 }
 
 /// Each id a push touches once, with the revision its first row assumes: only that row ever
-/// compares with the stored state, so a match replaces it unread.
-fn push_targets(rows: &[validate::ValidRow]) -> Vec<crate::store::PushTarget> {
-    let mut seen = std::collections::HashSet::with_capacity(rows.len());
-    rows.iter()
-        .filter(|r| seen.insert(r.id.as_str()))
-        .map(|r| crate::store::PushTarget {
-            id: r.id.clone(),
-            skip_body_at: match &r.assumed {
+/// compares with the stored state, so a match replaces it unread. An id first met in a refused
+/// row (`None`) is read whole: its state may be reported back.
+fn push_targets<'a>(
+    rows: impl Iterator<Item = (&'a str, Option<&'a validate::ValidRow>)>,
+) -> Vec<crate::store::PushTarget> {
+    let mut seen = std::collections::HashSet::new();
+    rows.filter(|(id, _)| seen.insert(*id))
+        .map(|(id, row)| crate::store::PushTarget {
+            id: id.to_owned(),
+            skip_body_at: match row.and_then(|r| r.assumed.as_ref()) {
                 Some(validate::Assumed::Revision(rev)) => Some(rev.clone()),
                 _ => None,
             },

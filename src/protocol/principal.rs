@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 use std::time::SystemTime;
 
-use super::ProtocolError;
 use super::collections::Collection;
+use super::{ProtocolError, Reason};
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,9 +72,10 @@ impl Principal {
         if self.service || required.is_empty() || required.iter().any(|s| self.scopes.contains(s)) {
             Ok(())
         } else {
-            Err(ProtocolError::PermissionDenied(format!(
-                "collection {name:?}: {what} needs one of the scopes {required:?}"
-            )))
+            Err(ProtocolError::permission_denied(
+                Reason::ScopeMissing,
+                format!("collection {name:?}: {what} needs one of the scopes {required:?}"),
+            ))
         }
     }
 }

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::collections::{Collection, Limits};
-use super::{ProtocolError, cut_text, json_check, json_text, shown};
+use super::{ProtocolError, Reason, cut_text, json_check, json_text, shown};
 
 /// Longest assumed revision accepted: server revisions are `<generation>-<16 hex digits>`.
 pub const REVISION_BYTES_MAX: usize = 128;
@@ -64,23 +64,108 @@ pub struct ValidRow {
     pub assumed: Option<Assumed>,
 }
 
+/// What is wrong with a body or value, and which reason that is.
+type Problem = (Reason, String);
+
+fn invalid(text: impl Into<String>) -> Problem {
+    (Reason::InvalidDocument, text.into())
+}
+
+fn over(text: impl Into<String>) -> Problem {
+    (Reason::LimitExceeded, text.into())
+}
+
 /// Validates every row; the first invalid one fails the whole push.
 pub fn validate_rows(
     collection: &Collection,
     limits: &Limits,
     rows: Vec<RowInput>,
 ) -> Result<Vec<ValidRow>, ProtocolError> {
-    if rows.len() > limits.push_rows_max {
-        return Err(ProtocolError::InvalidArgument(format!(
-            "rows: {} rows exceed the limit of {} per push",
-            rows.len(),
-            limits.push_rows_max
-        )));
-    }
+    check_row_count(limits, rows.len())?;
     rows.into_iter()
         .enumerate()
         .map(|(i, row)| validate_row(collection, limits, i, row))
         .collect()
+}
+
+/// A row refused on its own (per-row pushes): its index, its id as sent (cut short), and the
+/// error an atomic push would fail with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// The row's index in the request.
+    pub index: usize,
+    /// The row's id as sent, cut to a bounded length.
+    pub id: String,
+    /// Why: reason, field and message, as an atomic push reports them.
+    pub error: ProtocolError,
+}
+
+/// A row of a per-row push after validation: valid, or refused.
+#[derive(Debug, Clone)]
+pub enum PlannedRow {
+    /// Passed validation.
+    Valid(ValidRow),
+    /// Refused; `id` is its full id when that is a storable one (so that the server's state
+    /// of it can be reported), else `None`.
+    Refused {
+        /// Why.
+        refusal: Refusal,
+        /// The id to look the current state up by.
+        id: Option<String>,
+    },
+}
+
+/// Longest id quoted back in a [`Refusal`] (ids over the limit are cut).
+const REFUSED_ID_CHARS: usize = 128;
+
+/// Validates each row on its own: an invalid row becomes a [`Refusal`] and the others go on.
+/// Only the row count fails the whole request.
+pub fn validate_each(
+    collection: &Collection,
+    limits: &Limits,
+    rows: Vec<RowInput>,
+) -> Result<Vec<PlannedRow>, ProtocolError> {
+    check_row_count(limits, rows.len())?;
+    Ok(rows
+        .into_iter()
+        .enumerate()
+        .map(|(index, row)| {
+            let sent = row.new_state.as_ref().map(|n| n.id.as_str()).unwrap_or("");
+            let id = refused_id(sent);
+            let storable =
+                !sent.is_empty() && sent.len() <= limits.id_bytes_max && !sent.contains('\0');
+            let lookup = storable.then(|| sent.to_owned());
+            match validate_row(collection, limits, index, row) {
+                Ok(valid) => PlannedRow::Valid(valid),
+                Err(error) => PlannedRow::Refused {
+                    refusal: Refusal { index, id, error },
+                    id: lookup,
+                },
+            }
+        })
+        .collect())
+}
+
+/// An id as a refusal quotes it: at most [`REFUSED_ID_CHARS`] characters.
+pub fn refused_id(id: &str) -> String {
+    match id.char_indices().nth(REFUSED_ID_CHARS) {
+        Some((cut, _)) => id[..cut].to_owned(),
+        None => id.to_owned(),
+    }
+}
+
+fn check_row_count(limits: &Limits, rows: usize) -> Result<(), ProtocolError> {
+    if rows > limits.push_rows_max {
+        return Err(ProtocolError::invalid(
+            Reason::LimitExceeded,
+            "rows",
+            format!(
+                "rows: {rows} rows exceed the limit of {} per push",
+                limits.push_rows_max
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_row(
@@ -90,45 +175,67 @@ fn validate_row(
     row: RowInput,
 ) -> Result<ValidRow, ProtocolError> {
     let Some(new) = row.new_state else {
-        return Err(ProtocolError::InvalidArgument(format!(
-            "rows[{index}]: new_document_state is required"
-        )));
+        return Err(ProtocolError::invalid(
+            Reason::InvalidRequest,
+            format!("rows[{index}].new_document_state"),
+            format!("rows[{index}]: new_document_state is required"),
+        ));
     };
     let shown_id = shown(&new.id);
-    let fail = |what: String| {
-        ProtocolError::InvalidArgument(format!("rows[{index}] (id {shown_id}): {what}"))
+    // `field` is the path below the row; the message starts with it too.
+    let fail = |field: &str, (reason, what): Problem| {
+        ProtocolError::invalid(
+            reason,
+            format!("rows[{index}].{field}"),
+            format!("rows[{index}] (id {shown_id}): {what}"),
+        )
     };
+    const ID: &str = "new_document_state.id";
+    const OWNER: &str = "new_document_state.owner";
+    const JSON: &str = "new_document_state.json";
     if new.id.is_empty() {
-        return Err(fail("new_document_state.id must not be empty".into()));
+        return Err(fail(ID, invalid("new_document_state.id must not be empty")));
     }
     if new.id.len() > limits.id_bytes_max {
-        return Err(fail(format!(
-            "new_document_state.id is {} bytes, over the limit of {}",
-            new.id.len(),
-            limits.id_bytes_max
-        )));
+        return Err(fail(
+            ID,
+            over(format!(
+                "new_document_state.id is {} bytes, over the limit of {}",
+                new.id.len(),
+                limits.id_bytes_max
+            )),
+        ));
     }
     if new.id.contains('\0') {
-        return Err(fail("new_document_state.id must not contain NUL".into()));
+        return Err(fail(
+            ID,
+            invalid("new_document_state.id must not contain NUL"),
+        ));
     }
     // The owner is stored and indexed as text: bounded, and without NUL (PostgreSQL's text
     // cannot hold it).
     if new.owner.len() > limits.owner_bytes_max {
-        return Err(fail(format!(
-            "new_document_state.owner is {} bytes, over the limit of {}",
-            new.owner.len(),
-            limits.owner_bytes_max
-        )));
+        return Err(fail(
+            OWNER,
+            over(format!(
+                "new_document_state.owner is {} bytes, over the limit of {}",
+                new.owner.len(),
+                limits.owner_bytes_max
+            )),
+        ));
     }
     if new.owner.contains('\0') {
-        return Err(fail("new_document_state.owner must not contain NUL".into()));
+        return Err(fail(
+            OWNER,
+            invalid("new_document_state.owner must not contain NUL"),
+        ));
     }
     let body = if new.deleted && new.json.is_empty() {
         None
     } else {
         Some(
             body_text(limits, new.json)
-                .map_err(|e| fail(format!("new_document_state.json: {e}")))?,
+                .map_err(|(r, e)| fail(JSON, (r, format!("new_document_state.json: {e}"))))?,
         )
     };
     if let Some(text) = &body {
@@ -145,7 +252,8 @@ fn validate_row(
             None
         };
         if checked.is_none() {
-            check_value(collection, limits, &new.id, text, new.deleted).map_err(fail)?;
+            check_value(collection, limits, &new.id, text, new.deleted)
+                .map_err(|p| fail(JSON, p))?;
         }
         // serde_json reads numbers as f64; jsonb stores them as numeric, whose range is
         // narrower in places (`1e-16384` is 0.0 to serde and an error to PostgreSQL). Bodies
@@ -153,10 +261,14 @@ fn validate_row(
         let integers_only = checked.is_some_and(|c| !c.non_integers);
         if !integers_only && !json_text::numbers_fit(text) {
             let at = json_text::unstorable_number(text).unwrap_or_else(|| "/".to_owned());
-            return Err(fail(format!(
-                "new_document_state.json: the number at {at} is out of PostgreSQL's numeric \
-                 range (at most 16383 digits after the decimal point, values below 10^131072)"
-            )));
+            return Err(fail(
+                JSON,
+                invalid(format!(
+                    "new_document_state.json: the number at {at} is out of PostgreSQL's \
+                     numeric range (at most 16383 digits after the decimal point, values below \
+                     10^131072)"
+                )),
+            ));
         }
         // PostgreSQL prints numbers without exponents, and pages carry the printed text:
         // `[1e100000]` is 10 bytes pushed and 100 KB on every pull. The limit holds for the
@@ -164,11 +276,14 @@ fn validate_row(
         if !integers_only {
             let stored = text.len().saturating_add(json_text::printed_growth(text));
             if stored > limits.document_bytes_max {
-                return Err(fail(format!(
-                    "new_document_state.json is {stored} bytes as stored (numbers written with \
-                     exponents are stored in full), over the limit of {}",
-                    limits.document_bytes_max
-                )));
+                return Err(fail(
+                    JSON,
+                    over(format!(
+                        "new_document_state.json is {stored} bytes as stored (numbers written \
+                         with exponents are stored in full), over the limit of {}",
+                        limits.document_bytes_max
+                    )),
+                ));
             }
         }
     }
@@ -176,23 +291,37 @@ fn validate_row(
         None => None,
         Some(a) => {
             if a.id != new.id {
-                return Err(fail(format!(
-                    "assumed_master_state.id {} differs from new_document_state.id",
-                    shown(&a.id)
-                )));
+                return Err(fail(
+                    "assumed_master_state.id",
+                    (
+                        Reason::InvalidRequest,
+                        format!(
+                            "assumed_master_state.id {} differs from new_document_state.id",
+                            shown(&a.id)
+                        ),
+                    ),
+                ));
             }
             if !a.revision.is_empty() {
                 // Compared in SQL: text without NUL, and no longer than a revision can be.
+                const REVISION: &str = "assumed_master_state.revision";
                 if a.revision.len() > REVISION_BYTES_MAX {
-                    return Err(fail(format!(
-                        "assumed_master_state.revision is {} bytes; revisions are at most {}",
-                        a.revision.len(),
-                        REVISION_BYTES_MAX
-                    )));
+                    return Err(fail(
+                        REVISION,
+                        over(format!(
+                            "assumed_master_state.revision is {} bytes; revisions are at most {}",
+                            a.revision.len(),
+                            REVISION_BYTES_MAX
+                        )),
+                    ));
                 }
                 if a.revision.contains('\0') {
                     return Err(fail(
-                        "assumed_master_state.revision must not contain NUL".into(),
+                        REVISION,
+                        (
+                            Reason::InvalidRequest,
+                            "assumed_master_state.revision must not contain NUL".into(),
+                        ),
                     ));
                 }
                 Some(Assumed::Revision(a.revision))
@@ -200,11 +329,17 @@ fn validate_row(
                 let body = if a.json.is_empty() {
                     "{}".to_owned()
                 } else {
-                    parse_body(limits, &a.json)
-                        .map_err(|e| fail(format!("assumed_master_state.json: {e}")))?;
+                    const ASSUMED: &str = "assumed_master_state.json";
+                    parse_body(limits, &a.json).map_err(|(r, e)| {
+                        fail(ASSUMED, (r, format!("assumed_master_state.json: {e}")))
+                    })?;
                     // Checked UTF-8 by parse_body.
-                    String::from_utf8(a.json)
-                        .map_err(|_| fail("assumed_master_state.json: not valid UTF-8".into()))?
+                    String::from_utf8(a.json).map_err(|_| {
+                        fail(
+                            ASSUMED,
+                            invalid("assumed_master_state.json: not valid UTF-8"),
+                        )
+                    })?
                 };
                 Some(Assumed::State {
                     body,
@@ -225,21 +360,21 @@ fn validate_row(
 }
 
 /// The body's text: within the size limit, not empty, UTF-8.
-fn body_text(limits: &Limits, json: Vec<u8>) -> Result<String, String> {
+fn body_text(limits: &Limits, json: Vec<u8>) -> Result<String, Problem> {
     check_size(limits, &json)?;
-    String::from_utf8(json).map_err(|_| "not valid UTF-8".to_owned())
+    String::from_utf8(json).map_err(|_| invalid("not valid UTF-8"))
 }
 
-fn check_size(limits: &Limits, json: &[u8]) -> Result<(), String> {
+fn check_size(limits: &Limits, json: &[u8]) -> Result<(), Problem> {
     if json.len() > limits.document_bytes_max {
-        return Err(format!(
+        return Err(over(format!(
             "{} bytes, over the limit of {}",
             json.len(),
             limits.document_bytes_max
-        ));
+        )));
     }
     if json.is_empty() {
-        return Err("empty; a live document needs a JSON object".into());
+        return Err(invalid("empty; a live document needs a JSON object"));
     }
     Ok(())
 }
@@ -252,10 +387,11 @@ fn check_value(
     id: &str,
     text: &str,
     deleted: bool,
-) -> Result<(), String> {
-    let value = parse_value(limits, text).map_err(|e| format!("new_document_state.json: {e}"))?;
+) -> Result<(), Problem> {
+    let value =
+        parse_value(limits, text).map_err(|(r, e)| (r, format!("new_document_state.json: {e}")))?;
     check_primary_key(collection, id, &value)
-        .map_err(|e| format!("new_document_state.json: {e}"))?;
+        .map_err(|e| invalid(format!("new_document_state.json: {e}")))?;
     if !deleted
         && let Some(schema) = &collection.schema
         && let Some(error) = schema.iter_errors(&value).next()
@@ -271,53 +407,59 @@ fn check_value(
             cut_text(&path, DETAIL_CHARS),
             cut_text(&error.to_string(), DETAIL_CHARS),
         );
-        return Err(format!(
+        return Err(invalid(format!(
             "new_document_state.json does not match the collection schema at {path}: {error}"
-        ));
+        )));
     }
     Ok(())
 }
 
 /// Parses a body: size, UTF-8 JSON, an object, depth, no NUL in strings (PostgreSQL's jsonb
 /// cannot store `\u0000`).
-fn parse_body(limits: &Limits, json: &[u8]) -> Result<Value, String> {
+fn parse_body(limits: &Limits, json: &[u8]) -> Result<Value, Problem> {
     check_size(limits, json)?;
-    let text = std::str::from_utf8(json).map_err(|_| "not valid UTF-8".to_owned())?;
+    let text = std::str::from_utf8(json).map_err(|_| invalid("not valid UTF-8"))?;
     parse_value(limits, text)
 }
 
 /// Parses JSON text into a tree: an object, within the depth limit, without NUL.
-fn parse_value(limits: &Limits, text: &str) -> Result<Value, String> {
+fn parse_value(limits: &Limits, text: &str) -> Result<Value, Problem> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         if e.to_string().contains("recursion limit") {
-            format!("nested deeper than the limit of {}", limits.json_depth_max)
+            over(format!(
+                "nested deeper than the limit of {}",
+                limits.json_depth_max
+            ))
         } else {
-            format!("invalid JSON: {}", cut_text(&e.to_string(), DETAIL_CHARS))
+            invalid(format!(
+                "invalid JSON: {}",
+                cut_text(&e.to_string(), DETAIL_CHARS)
+            ))
         }
     })?;
     if !value.is_object() {
-        return Err("must be a JSON object".into());
+        return Err(invalid("must be a JSON object"));
     }
     check_shape(&value, limits.json_depth_max)?;
     Ok(value)
 }
 
 /// Walks the value without recursion: depth limit and NUL characters.
-fn check_shape(value: &Value, depth_max: usize) -> Result<(), String> {
+fn check_shape(value: &Value, depth_max: usize) -> Result<(), Problem> {
     let mut stack = vec![(value, 1usize)];
     while let Some((v, depth)) = stack.pop() {
         if depth > depth_max {
-            return Err(format!("nested deeper than the limit of {depth_max}"));
+            return Err(over(format!("nested deeper than the limit of {depth_max}")));
         }
         match v {
             Value::String(s) if s.contains('\0') => {
-                return Err("strings must not contain \\u0000".into());
+                return Err(invalid("strings must not contain \\u0000"));
             }
             Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
             Value::Object(map) => {
                 for (k, item) in map {
                     if k.contains('\0') {
-                        return Err("keys must not contain \\u0000".into());
+                        return Err(invalid("keys must not contain \\u0000"));
                     }
                     stack.push((item, depth + 1));
                 }
@@ -380,7 +522,7 @@ mod tests {
 
     fn error_of(c: &Collection, rows: Vec<RowInput>) -> String {
         match validate_rows(c, &limits(), rows) {
-            Err(ProtocolError::InvalidArgument(m)) => m,
+            Err(e) if e.kind == crate::protocol::Kind::InvalidArgument => e.message,
             other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
         }
     }
@@ -448,7 +590,7 @@ mod tests {
         };
         let long = format!(r#"{{"n":"{}"}}"#, "x".repeat(50_000));
         let m = match validate_rows(&c, &l, vec![row("a", &long)]) {
-            Err(ProtocolError::InvalidArgument(m)) => m,
+            Err(e) => e.message,
             other => panic!("{other:?}"),
         };
         assert!(m.contains("/n") && m.len() < 600, "{} bytes", m.len());

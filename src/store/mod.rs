@@ -128,25 +128,42 @@ pub struct ConflictState {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
-/// What a push decided, given the current states: the final state of every written id and the
-/// conflicting rows' server states.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PushPlan {
+/// What a push decided, given the current states: the final state of every written id, the
+/// conflicting rows' server states, and the rows the decision refused (`R`: the decision's
+/// own account of them, passed back untouched).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushPlan<R = ()> {
     /// One entry per written id, its final state.
     pub writes: Vec<DocumentWrite>,
     /// One entry per conflicting row, in row order.
     pub conflicts: Vec<ConflictState>,
+    /// The rows refused, as the decision describes them.
+    pub refused: Vec<R>,
+}
+
+impl<R> Default for PushPlan<R> {
+    fn default() -> Self {
+        PushPlan {
+            writes: Vec::new(),
+            conflicts: Vec::new(),
+            refused: Vec::new(),
+        }
+    }
 }
 
 /// The outcome of an applied push.
 #[derive(Debug, Clone)]
-pub struct PushOutcome {
+pub struct PushOutcome<R = ()> {
     /// Conflicts with every `updated_at` filled in.
     pub conflicts: Vec<ConflictState>,
+    /// The plan's refused rows, as decided in the transaction that committed.
+    pub refused: Vec<R>,
     /// Number of documents written.
     pub written: usize,
     /// The transaction the writes are positioned under, when anything was written.
     pub tx: Option<i64>,
+    /// The commit time of the writes (the `updated_at` of every written state).
+    pub written_at: Option<DateTime<Utc>>,
 }
 
 /// Why a store operation failed.
@@ -211,15 +228,16 @@ pub trait Store: Send + Sync + 'static {
     /// `decide` with them, stores its writes with new positions, and wakes listeners of
     /// `collection`. `decide` may run more than once when the transaction is retried; its
     /// error refuses the batch and comes back as [`PushError::Refused`].
-    fn apply_push<F, E>(
+    fn apply_push<F, E, R>(
         &self,
         collection: &str,
         targets: &[PushTarget],
         decide: F,
-    ) -> impl Future<Output = Result<PushOutcome, PushError<E>>> + Send
+    ) -> impl Future<Output = Result<PushOutcome<R>, PushError<E>>> + Send
     where
-        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, E> + Send + Sync,
-        E: Send;
+        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
+        E: Send,
+        R: Send;
 
     /// The 32-byte secret that seals checkpoint tokens, the same for every process on this
     /// store and across restarts: created at random on first use, then kept.

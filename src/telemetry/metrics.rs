@@ -62,6 +62,8 @@ pub const CONNECTIONS_REFUSED: &str = "syncline_connections_refused_total";
 pub const CONNECTIONS_TIMED_OUT: &str = "syncline_connections_timed_out_total";
 /// Always 1, labelled with `version` and `git_commit`.
 pub const BUILD_INFO: &str = "syncline_build_info";
+/// Rows refused by per-row pushes, by collection and `reason` (the error reason codes).
+pub const PUSH_ROWS_REFUSED: &str = "syncline_push_rows_refused_total";
 
 /// Histogram buckets for every `_seconds` metric.
 const BUCKETS: &[f64] = &[
@@ -158,5 +160,9 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_TIMED_OUT,
         "Connections closed for sending no request within handshake_timeout_ms"
+    );
+    describe_counter!(
+        PUSH_ROWS_REFUSED,
+        "Rows refused by per-row pushes, by reason code"
     );
 }

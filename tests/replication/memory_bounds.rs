@@ -298,7 +298,11 @@ async fn a_principals_streams_may_pin_only_their_byte_budget() {
     let first = replicator.subscribe(&alice, "tasks", "").await.unwrap();
     let _second = replicator.subscribe(&alice, "tasks", "").await.unwrap();
     match replicator.subscribe(&alice, "tasks", "").await {
-        Err(ProtocolError::ResourceExhausted(m)) => {
+        Err(ProtocolError {
+            kind: syncline::protocol::Kind::ResourceExhausted,
+            message: m,
+            ..
+        }) => {
             assert!(m.contains("stream_bytes_per_principal_max"), "{m}")
         }
         other => panic!("a third stream: {other:?}"),

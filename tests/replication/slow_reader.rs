@@ -48,15 +48,16 @@ impl Store for Counting {
         self.inner.horizon().await
     }
 
-    async fn apply_push<F, E>(
+    async fn apply_push<F, E, R>(
         &self,
         c: &str,
         targets: &[PushTarget],
         decide: F,
-    ) -> Result<PushOutcome, PushError<E>>
+    ) -> Result<PushOutcome<R>, PushError<E>>
     where
-        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, E> + Send + Sync,
+        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
         E: Send,
+        R: Send,
     {
         self.inner.apply_push(c, targets, decide).await
     }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::stream_limits::StreamSlot;
 use super::tail::{Tail, Take, covered_below};
-use crate::protocol::{ProtocolError, checkpoint};
+use crate::protocol::{ProtocolError, Reason, checkpoint};
 use crate::store::{PageLimit, Position, Store, StoredDocument};
 use crate::telemetry::metrics as m;
 
@@ -225,8 +225,9 @@ impl<S: Store> Subscription<S> {
     }
 
     async fn end_for_shutdown(&self) {
-        self.end(ProtocolError::Unavailable(
-            "the server is shutting down; reconnect from your last checkpoint".into(),
+        self.end(ProtocolError::unavailable(
+            Reason::ShuttingDown,
+            "the server is shutting down; reconnect from your last checkpoint",
         ))
         .await;
     }
@@ -268,5 +269,8 @@ const EXPIRED_STATUS_WAIT: Duration = Duration::from_secs(10);
 
 /// Ends a stream whose credential expired.
 fn token_expired() -> ProtocolError {
-    ProtocolError::Unauthenticated("the token expired; reconnect with a fresh one".into())
+    ProtocolError::unauthenticated(
+        Reason::TokenExpired,
+        "the token expired; reconnect with a fresh one",
+    )
 }

@@ -89,7 +89,7 @@ impl StreamLimits {
     /// Takes a slot for `subject` (empty = anonymous: only the process limit applies).
     pub fn acquire(&self, subject: &str) -> Result<StreamSlot, ProtocolError> {
         let process = self.process.clone().try_acquire_owned().map_err(|_| {
-            ProtocolError::ResourceExhausted(format!(
+            ProtocolError::resource_exhausted(format!(
                 "this server already holds its limit of {} streams; retry later or elsewhere",
                 self.process_max
             ))
@@ -101,13 +101,13 @@ impl StreamLimits {
         // Looked up before inserting: a refused first stream must leave no entry behind.
         let n = counts.get(subject).copied().unwrap_or(0);
         if n >= self.per_principal_max {
-            return Err(ProtocolError::ResourceExhausted(format!(
+            return Err(ProtocolError::resource_exhausted(format!(
                 "you already hold the limit of {} streams on this server",
                 self.per_principal_max
             )));
         }
         if (n + 1).saturating_mul(self.stream_bytes) > self.per_principal_bytes {
-            return Err(ProtocolError::ResourceExhausted(format!(
+            return Err(ProtocolError::resource_exhausted(format!(
                 "your {} streams on this server may already pin {} bytes, the limit for one \
                  principal (stream_bytes_per_principal_max); close one first",
                 n,
@@ -138,7 +138,10 @@ mod tests {
         let _a2 = limits.acquire("a").unwrap();
         assert!(matches!(
             limits.acquire("a"),
-            Err(ProtocolError::ResourceExhausted(_))
+            Err(ProtocolError {
+                kind: crate::protocol::Kind::ResourceExhausted,
+                ..
+            })
         ));
         let _b = limits.acquire("b").unwrap();
         assert!(limits.acquire("c").is_err(), "process limit");
@@ -155,7 +158,8 @@ mod tests {
         let _a2 = limits.acquire("a").unwrap();
         let err = limits.acquire("a").unwrap_err();
         assert!(
-            matches!(&err, ProtocolError::ResourceExhausted(m) if m.contains("stream_bytes_per_principal_max")),
+            err.kind == crate::protocol::Kind::ResourceExhausted
+                && err.message.contains("stream_bytes_per_principal_max"),
             "{err:?}"
         );
         let _b = limits.acquire("b").unwrap();

@@ -249,15 +249,16 @@ impl Store for PgStore {
             .map_err(error::to_store_error)
     }
 
-    fn apply_push<F, E>(
+    fn apply_push<F, E, R>(
         &self,
         collection: &str,
         targets: &[PushTarget],
         decide: F,
-    ) -> impl Future<Output = Result<PushOutcome, PushError<E>>> + Send
+    ) -> impl Future<Output = Result<PushOutcome<R>, PushError<E>>> + Send
     where
-        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, E> + Send + Sync,
+        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
         E: Send,
+        R: Send,
     {
         self.push(collection, targets, decide)
     }

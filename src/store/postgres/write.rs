@@ -141,15 +141,16 @@ impl<E> From<sqlx::Error> for AttemptError<E> {
 
 impl PgStore {
     #[tracing::instrument(name = "db.push", skip_all, fields(db.system = "postgresql", collection = %collection, rows = targets.len()))]
-    pub(crate) async fn push<F, E>(
+    pub(crate) async fn push<F, E, R>(
         &self,
         collection: &str,
         targets: &[PushTarget],
         decide: F,
-    ) -> Result<PushOutcome, PushError<E>>
+    ) -> Result<PushOutcome<R>, PushError<E>>
     where
-        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, E> + Send + Sync,
+        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
         E: Send,
+        R: Send,
     {
         let ids: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
         let skip_at: Vec<Option<&str>> =
@@ -178,16 +179,17 @@ impl PgStore {
     /// One try. Optimistic: read without locks and write with the guarded statement in its own
     /// implicit transaction. Locking: a transaction that first claims every id (CLAIM_SQL), then
     /// reads, decides and writes the same way.
-    async fn attempt<F, E>(
+    async fn attempt<F, E, R>(
         &self,
         collection: &str,
         ids: (&[&str], &[Option<&str>]),
         decide: &F,
         locking: bool,
-    ) -> Result<PushOutcome, AttemptError<E>>
+    ) -> Result<PushOutcome<R>, AttemptError<E>>
     where
-        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, E> + Send + Sync,
+        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
         E: Send,
+        R: Send,
     {
         // The wait for a connection (with the BEGIN round trip, when locking).
         let started = std::time::Instant::now();
@@ -231,16 +233,16 @@ async fn read<E>(
 /// Decides the push on `rows` (the current states) and writes the plan with the guarded
 /// statement on `conn`. `claimed` are the ids that hold this transaction's placeholders: they
 /// are updated like existing rows, and removed when the plan does not write them.
-async fn write_plan<F, E>(
+async fn write_plan<F, E, R>(
     conn: &mut sqlx::PgConnection,
     collection: &str,
     rows: Vec<StoredDocument>,
     claimed: &[String],
     decide: &F,
     synchronous_commit: &str,
-) -> Result<PushOutcome, AttemptError<E>>
+) -> Result<PushOutcome<R>, AttemptError<E>>
 where
-    F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan, E> + Send + Sync,
+    F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
     E: Send,
 {
     let current: HashMap<String, StoredDocument> =
@@ -264,8 +266,10 @@ where
     if plan.writes.is_empty() {
         return Ok(PushOutcome {
             conflicts,
+            refused: plan.refused,
             written: 0,
             tx: None,
+            written_at: None,
         });
     }
     // The revision each write must find: the one the plan saw, or a placeholder's; absent for
@@ -300,8 +304,10 @@ where
     }
     Ok(PushOutcome {
         conflicts,
+        refused: plan.refused,
         written: plan.writes.len(),
         tx: Some(result.tx),
+        written_at: Some(result.written_at),
     })
 }
 
