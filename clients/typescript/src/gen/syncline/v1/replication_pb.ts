@@ -227,7 +227,8 @@ export type PushRequest = Message<"syncline.v1.PushRequest"> & {
 
   /**
    * What happens to rows the server refuses (invalid, another owner's id).
-   * Unset means PUSH_MODE_ATOMIC.
+   * Unset means PUSH_MODE_ATOMIC; a value this server does not know is
+   * INVALID_ARGUMENT (field "mode"), never taken as atomic.
    *
    * @generated from field: syncline.v1.PushMode mode = 3;
    */
@@ -284,7 +285,7 @@ export type RefusedRow = Message<"syncline.v1.RefusedRow"> & {
   index: number;
 
   /**
-   * The row's document id, as sent (cut short when very long).
+   * The row's document id, as sent (cut to 128 characters when longer).
    *
    * @generated from field: string id = 2;
    */
@@ -314,9 +315,10 @@ export type RefusedRow = Message<"syncline.v1.RefusedRow"> & {
   message: string;
 
   /**
-   * The server's current state of the document when the caller may read it.
-   * Absent when the document does not exist or the caller may not see it:
-   * a client should then drop its local copy instead of pushing it again.
+   * The server's current state of the document when the caller may read it
+   * (when an earlier row of the same push wrote it, that write). Absent when
+   * the document does not exist or the caller may not see it: a client should
+   * then drop its local copy instead of pushing it again.
    *
    * @generated from field: syncline.v1.Document current = 6;
    */
@@ -492,9 +494,11 @@ export enum PushMode {
   /**
    * Rows the server refuses are not written and are listed in
    * `PushResponse.refused`; every other row is written (or conflicts) in one
-   * transaction, as in an atomic push. Errors about the request as a whole
-   * (authentication, unknown collection, missing scope, request-size limits)
-   * still fail the whole request.
+   * transaction, as in an atomic push. A refused row changes nothing: a later
+   * row for the same id is decided as if the refused row were absent. Errors
+   * about the request as a whole (authentication, unknown collection, missing
+   * scope, row count and total bytes, malformed protobuf) still fail the
+   * whole request.
    *
    * @generated from enum value: PUSH_MODE_PER_ROW = 2;
    */
