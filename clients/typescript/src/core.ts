@@ -33,9 +33,11 @@ import { replicateRxCollection, type RxReplicationState } from "rxdb/plugins/rep
 
 import { fromServerDocument, toServerDocument } from "./convert.js";
 import { SynclineError } from "./errors.js";
+import { refusalError, refusedMasterState } from "./refusals.js";
 import {
     ChangeRowSchema,
     PullRequestSchema,
+    PushMode,
     PushRequestSchema,
     ReplicationService,
     SubscribeRequestSchema,
@@ -233,10 +235,18 @@ export function replicateSynclineWith<RxDocType>(
 
     const callOptions = (): CallOptions => ({ timeoutMs: callTimeoutMs });
 
-    // awaitInitialReplication() rejects when a call fails in a way retrying cannot fix (a bad
-    // token, a missing scope, an unknown collection, a checkpoint of another principal)
-    // before the first sync completed; RxDB itself would retry forever and never settle.
+    let replicationState: SynclineReplicationState<RxDocType> | undefined;
+    const reportError = (err: Error): void => {
+        replicationState?.subjects.error.next(err as never);
+    };
+
+    // A call that fails in a way retrying cannot fix (a bad token even after a refresh, a
+    // missing scope, an unknown collection, a request the server refuses as a whole) stops
+    // the replication: RxDB itself would retry it every retryTime forever. The error is
+    // reported on error$ (by RxDB, as RC_PULL / RC_PUSH), and awaitInitialReplication()
+    // rejects with it when the first sync had not completed.
     let initialDone = false;
+    let stoppedByError = false;
     let failInitial: ((err: SynclineError) => void) | undefined;
     const initialFailure = new Promise<never>((_, reject) => {
         failInitial = reject;
@@ -244,11 +254,48 @@ export function replicateSynclineWith<RxDocType>(
     initialFailure.catch(() => undefined); // nobody may be waiting: not an unhandled rejection
     const callFailed = (err: unknown): SynclineError => {
         const error = SynclineError.from(err);
-        if (!initialDone && error.permanent) {
-            failInitial?.(error);
+        if (error.permanent) {
+            if (!initialDone) {
+                failInitial?.(error);
+            }
+            if (!stoppedByError) {
+                stoppedByError = true;
+                // After RxDB has reported the error thrown below.
+                setTimeout(() => void replicationState?.cancel(), 0);
+            }
         }
         return error;
     };
+
+    /**
+     * One unary call. An expired token (reason TOKEN_EXPIRED) is retried once at once, which
+     * asks getToken for a fresh one: a normal expiry is not an error.
+     */
+    const unary = async <T>(call: () => Promise<T>, handled?: (err: SynclineError) => boolean): Promise<T> => {
+        const failed = (err: unknown): SynclineError => {
+            const error = SynclineError.from(err);
+            return handled?.(error) ? error : callFailed(error);
+        };
+        try {
+            return await call();
+        } catch (err) {
+            const error = SynclineError.from(err);
+            if (error.code !== Code.Unauthenticated || error.reason !== "TOKEN_EXPIRED") {
+                throw failed(error);
+            }
+        }
+        try {
+            return await call();
+        } catch (err) {
+            throw failed(err);
+        }
+    };
+
+    // A checkpoint the server no longer accepts (CHECKPOINT_INVALID: a token from before an
+    // upgrade or a key change, or of another principal; FAILED_PRECONDITION: older than the
+    // purge horizon) restarts the pull from the beginning, once per replication, and says so
+    // on error$ and in the console.
+    let checkpointRestarted = false;
 
     const pullHandler = async (
         checkpoint: SynclineCheckpoint | undefined,
@@ -259,11 +306,29 @@ export function replicateSynclineWith<RxDocType>(
             limit,
             checkpoint: checkpoint?.token ? { token: checkpoint.token } : undefined,
         });
+        // FAILED_PRECONDITION: a checkpoint older than the server's purge horizon.
+        const restartable = (error: SynclineError): boolean =>
+            (error.reason === "CHECKPOINT_INVALID" || error.code === Code.FailedPrecondition) &&
+            !!checkpoint?.token &&
+            !checkpointRestarted;
         let response;
         try {
-            response = await client.pull(request, callOptions());
+            response = await unary(() => client.pull(request, callOptions()), restartable);
         } catch (err) {
-            throw callFailed(err);
+            const error = SynclineError.from(err);
+            if (!restartable(error)) {
+                throw error;
+            }
+            checkpointRestarted = true;
+            const notice = new SynclineError(
+                `syncline-rxdb: the server refused the stored checkpoint of '${collectionName}' ` +
+                    `(${error.message}); pulling from the beginning`,
+                error.code,
+                { reason: error.reason, cause: err },
+            );
+            console.warn(notice.message);
+            reportError(notice);
+            return pullHandler(undefined, limit);
         }
         const documents = response.documents.map(
             (doc) => fromServerDocument(doc, primaryPath, ownerField) as unknown as WithDeleted<RxDocType>,
@@ -287,6 +352,7 @@ export function replicateSynclineWith<RxDocType>(
         try {
             const request = create(PushRequestSchema, {
                 collection: collectionName,
+                mode: PushMode.PER_ROW,
                 rows: rows.map((row) =>
                     create(ChangeRowSchema, {
                         newDocumentState: toServerDocument(
@@ -304,15 +370,22 @@ export function replicateSynclineWith<RxDocType>(
                     }),
                 ),
             });
-            let response;
-            try {
-                response = await client.push(request, callOptions());
-            } catch (err) {
-                throw callFailed(err);
-            }
-            return response.conflicts.map(
+            const response = await unary(() => client.push(request, callOptions()));
+            const masterStates = response.conflicts.map(
                 (doc) => fromServerDocument(doc, primaryPath, ownerField) as unknown as WithDeleted<RxDocType>,
             );
+            // Refused rows (another owner's id, a document the server's schema refuses): each
+            // is reported once and handed back as a conflict with the server's state (or a
+            // deleted one), so RxDB reverts or drops the local copy and stops pushing it,
+            // while the rest of the batch is written and later writes keep flowing.
+            for (const refused of response.refused) {
+                reportError(refusalError(refused));
+                const row = rows[refused.index]?.newDocumentState as unknown as Record<string, unknown> | undefined;
+                masterStates.push(
+                    refusedMasterState(refused, row, primaryPath, ownerField) as unknown as WithDeleted<RxDocType>,
+                );
+            }
+            return masterStates;
         } finally {
             pushesInFlight -= 1;
             if (pushesInFlight === 0 && batchWithheldDuringPush) {
@@ -322,7 +395,6 @@ export function replicateSynclineWith<RxDocType>(
         }
     };
 
-    let replicationState: SynclineReplicationState<RxDocType> | undefined;
     const reportStreamError = (err: unknown): void => {
         replicationState?.subjects.error.next(
             newRxError("RC_STREAM", { error: errorToPlainJson(err as Error) }),

@@ -23,7 +23,6 @@ const PERMANENT_CODES: ReadonlySet<Code> = new Set([
     Code.NotFound,
     Code.PermissionDenied,
     Code.Unauthenticated,
-    Code.FailedPrecondition,
     Code.Unimplemented,
 ]);
 

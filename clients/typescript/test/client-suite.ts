@@ -3,6 +3,9 @@
 // no leeway); run once per transport (client-grpc.test.ts, client-grpc-web.test.ts).
 
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
 
 import { Code, createClient } from "@connectrpc/connect";
@@ -40,13 +43,28 @@ export function defineClientSuite(kind: SynclineTransportKind): void {
         let startError: unknown;
         const cleanups: Array<() => Promise<unknown>> = [];
 
+        // The server's schema for "wedge" is stricter than the clients' (title at most 20).
+        const schemaDir = mkdtempSync(join(tmpdir(), "syncline-ts-schema-"));
+        const wedgeSchema = join(schemaDir, "wedge.json");
+        writeFileSync(
+            wedgeSchema,
+            JSON.stringify({
+                type: "object",
+                properties: { id: { type: "string" }, title: { type: "string", maxLength: 20 } },
+                required: ["id", "title"],
+            }),
+        );
+
         before(async () => {
             try {
                 server = await SynclineServer.start({
-                    collections: ["authfail", "scoped", "expiry", "owners", "gzip"],
+                    collections: ["authfail", "scoped", "expiry", "owners", "gzip", "wedge", "reuse"],
                     label: `client_${kind}`,
                     hs256Secret: SECRET,
-                    collectionSettings: { scoped: 'read_scopes = ["scoped:read"]' },
+                    collectionSettings: {
+                        scoped: 'read_scopes = ["scoped:read"]',
+                        wedge: `schema = ${JSON.stringify(wedgeSchema)}`,
+                    },
                 });
             } catch (err) {
                 startError = err;
@@ -59,6 +77,7 @@ export function defineClientSuite(kind: SynclineTransportKind): void {
         });
         after(async () => {
             await server?.stop();
+            rmSync(schemaDir, { recursive: true, force: true });
         });
 
         function serverTest(name: string, body: () => Promise<void>): void {
@@ -268,6 +287,119 @@ export function defineClientSuite(kind: SynclineTransportKind): void {
                     return page.documents.some((d) => d.id === "gz2");
                 });
             }
+        });
+
+        serverTest("refused rows (another owner's id, a document the server's schema refuses) are reported once, reverted or dropped, and later writes still arrive", async () => {
+            const bobSide = await database("wbob");
+            const aliceSide = await database("walice");
+            const watcher = await database("wsvc");
+            const as = (sub: string, scopes: string[] = []) => () => hs256Token(SECRET, sub, 3600, scopes);
+            const rbob = replicate(bobSide, "wedge", { getToken: as("bob") });
+            await rbob.awaitInitialReplication();
+            await bobSide.tasks.insert({ id: "bobs", title: "bob's" });
+            await rbob.awaitInSync();
+
+            const aliceLog = new CallLog();
+            const ralice = replicate(
+                aliceSide,
+                "wedge",
+                { getToken: as("alice"), interceptors: [aliceLog.interceptor] },
+                kind === "grpc-web" ? "browser" : "node",
+            );
+            const refusals: SynclineError[] = [];
+            const otherErrors: unknown[] = [];
+            ralice.error$.subscribe((e) => {
+                const err: unknown = e;
+                if (err instanceof SynclineError && err.documentId !== undefined) {
+                    refusals.push(err);
+                } else {
+                    otherErrors.push(err);
+                }
+            });
+            await ralice.awaitInitialReplication();
+            await aliceSide.tasks.insert({ id: "mine", title: "first" });
+            await ralice.awaitInSync();
+
+            // One batch: another owner's id, a body the server's schema refuses, a good row,
+            // and an invalid update of a document alice owns.
+            const pushesBefore = aliceLog.pushes;
+            await ralice.pause();
+            await aliceSide.tasks.bulkInsert([
+                { id: "bobs", title: "alice's take" },
+                { id: "long", title: "far longer than twenty characters" },
+                { id: "ok1", title: "fine" },
+            ]);
+            await (await aliceSide.tasks.findOne("mine").exec())!.incrementalPatch({ title: "also much longer than twenty" });
+            await ralice.start();
+            await ralice.awaitInSync();
+
+            const byId = new Map(refusals.map((e) => [e.documentId, e]));
+            assert.equal(byId.get("bobs")?.reason, "NOT_OWNER");
+            assert.equal(byId.get("long")?.reason, "INVALID_DOCUMENT");
+            assert.equal(byId.get("mine")?.reason, "INVALID_DOCUMENT");
+            assert.match(byId.get("long")?.fieldViolations[0]?.field ?? "", /^rows\[\d+\]\.new_document_state\.json$/);
+            const local = await snapshot(aliceSide.tasks);
+            assert.equal(local.has("bobs"), false, "another owner's id kept locally");
+            assert.equal(local.has("long"), false, "the refused new document kept locally");
+            assert.equal(local.get("mine")?.title, "first", "the refused update was not reverted to the server's state");
+            assert.equal(local.get("ok1")?.title, "fine");
+
+            // Replication goes on: a later write reaches another client.
+            await aliceSide.tasks.insert({ id: "ok2", title: "later" });
+            const rw = replicate(watcher, "wedge", { getToken: as("watcher", [SERVICE]) });
+            await rw.awaitInitialReplication();
+            await waitFor("alice's later write at the service", 15_000, async () => (await watcher.tasks.findOne("ok2").exec()) !== null);
+            await ralice.awaitInSync();
+            const server = await snapshot(watcher.tasks);
+            assert.deepEqual(
+                [...server.values()].map((d) => [d.id, d.title]).sort(),
+                [
+                    ["bobs", "bob's"],
+                    ["mine", "first"],
+                    ["ok1", "fine"],
+                    ["ok2", "later"],
+                ],
+            );
+            // Each refusal reported once, no refused row pushed again, nothing else failed.
+            assert.deepEqual(refusals.map((e) => e.documentId).sort(), ["bobs", "long", "mine"]);
+            assert.deepEqual(otherErrors, []);
+            assert.ok(aliceLog.pushes - pushesBefore <= 3, `pushed ${aliceLog.pushes - pushesBefore} times`);
+        });
+
+        serverTest("a stored checkpoint the server refuses (another principal's) restarts the pull from the beginning once", async () => {
+            const carol = (): string => hs256Token(SECRET, "carol", 3600);
+            // Carol's document is on the server first, so that her initial pull stores a
+            // checkpoint past it.
+            const writer = await database("reusew");
+            const rw = replicate(writer, "reuse", { getToken: carol });
+            await rw.awaitInitialReplication();
+            await writer.tasks.insert({ id: "carols", title: "carol's" });
+            await rw.awaitInSync();
+            const side = await database("reuse");
+            const identifier = `reuse-${kind}`;
+            const first = replicate(side, "reuse", { getToken: carol, replicationIdentifier: identifier });
+            await first.awaitInitialReplication();
+            assert.ok((await side.tasks.findOne("carols").exec()) !== null);
+            await first.cancel();
+
+            // The same local database and identifier under another principal: the stored
+            // checkpoint was issued to carol.
+            const notices: SynclineError[] = [];
+            const second = replicate(side, "reuse", { getToken: () => hs256Token(SECRET, "dave", 3600), replicationIdentifier: identifier });
+            second.error$.subscribe((e) => {
+                const err: unknown = e;
+                if (err instanceof SynclineError) {
+                    notices.push(err);
+                }
+            });
+            await within("awaitInitialReplication after the refused checkpoint", 20_000, second.awaitInitialReplication());
+            await side.tasks.insert({ id: "daves", title: "dave's" });
+            await second.awaitInSync();
+            assert.deepEqual(
+                notices.map((n) => n.reason),
+                ["CHECKPOINT_INVALID"],
+            );
+            assert.equal(second.isStopped(), false);
         });
     });
 }
