@@ -296,11 +296,16 @@ export function replicateSynclineWith<RxDocType>(
     // purge horizon) restarts the pull from the beginning, once per replication, and says so
     // on error$ and in the console.
     let checkpointRestarted = false;
+    let refusedToken: string | undefined;
 
     const pullHandler = async (
         checkpoint: SynclineCheckpoint | undefined,
         limit: number,
     ): Promise<{ documents: WithDeleted<RxDocType>[]; checkpoint: SynclineCheckpoint | undefined }> => {
+        // RxDB may ask again from the refused checkpoint (a pull queued before the restart).
+        if (checkpoint?.token !== undefined && checkpoint.token === refusedToken) {
+            checkpoint = undefined;
+        }
         const request = create(PullRequestSchema, {
             collection: collectionName,
             limit,
@@ -320,6 +325,7 @@ export function replicateSynclineWith<RxDocType>(
                 throw error;
             }
             checkpointRestarted = true;
+            refusedToken = checkpoint?.token;
             const notice = new SynclineError(
                 `syncline-rxdb: the server refused the stored checkpoint of '${collectionName}' ` +
                     `(${error.message}); pulling from the beginning`,

@@ -1,10 +1,36 @@
 // Connect transports for Node.js: native gRPC over HTTP/2, or gRPC-Web over HTTP/1.1.
 
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
+
 import type { Transport } from "@connectrpc/connect";
 import { compressionGzip, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 
 import type { SynclineTransportKind, TransportSettings } from "./core.js";
 import { grpcWebDiagnosis } from "./grpc-web-diagnosis.js";
+
+/**
+ * One plain HTTP/1.1 request to the server: false when it answers with HTTP/2 (a Syncline
+ * server without gRPC-Web), true when it answers HTTP/1.1, undefined when it cannot tell.
+ */
+function probeHttp1(url: string): Promise<boolean | undefined> {
+    return new Promise((resolve) => {
+        const target = new URL("/", url);
+        const send = target.protocol === "https:" ? httpsRequest : httpRequest;
+        const req = send(target, { method: "OPTIONS", timeout: 3_000 }, (res) => {
+            res.resume();
+            resolve(true);
+        });
+        req.on("error", (err: Error & { code?: string }) =>
+            resolve(err.code === "HPE_INVALID_CONSTANT" || /Parse Error/.test(err.message) ? false : undefined),
+        );
+        req.on("timeout", () => {
+            req.destroy();
+            resolve(undefined);
+        });
+        req.end();
+    });
+}
 
 export function createNodeTransport(kind: SynclineTransportKind, url: string, settings: TransportSettings): Transport {
     // Accepting gzip is always safe (a server without it answers uncompressed); sending it is
@@ -27,7 +53,7 @@ export function createNodeTransport(kind: SynclineTransportKind, url: string, se
             return createGrpcWebTransport({
                 baseUrl: url,
                 httpVersion: "1.1",
-                interceptors: [grpcWebDiagnosis(url), ...settings.interceptors],
+                interceptors: [grpcWebDiagnosis(url, () => probeHttp1(url)), ...settings.interceptors],
                 ...compression,
             });
         default:

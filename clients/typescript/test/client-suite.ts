@@ -385,11 +385,14 @@ export function defineClientSuite(kind: SynclineTransportKind): void {
             // The same local database and identifier under another principal: the stored
             // checkpoint was issued to carol.
             const notices: SynclineError[] = [];
+            const others: string[] = [];
             const second = replicate(side, "reuse", { getToken: () => hs256Token(SECRET, "dave", 3600), replicationIdentifier: identifier });
             second.error$.subscribe((e) => {
                 const err: unknown = e;
                 if (err instanceof SynclineError) {
                     notices.push(err);
+                } else {
+                    others.push(JSON.stringify(err).slice(0, 500));
                 }
             });
             await within("awaitInitialReplication after the refused checkpoint", 20_000, second.awaitInitialReplication());
@@ -399,6 +402,7 @@ export function defineClientSuite(kind: SynclineTransportKind): void {
                 notices.map((n) => n.reason),
                 ["CHECKPOINT_INVALID"],
             );
+            assert.deepEqual(others, []);
             assert.equal(second.isStopped(), false);
         });
     });

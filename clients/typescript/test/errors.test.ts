@@ -73,4 +73,11 @@ test("gRPC-Web diagnosis: an HTTP/2 answer is named, a real status is left alone
     const browser = new ConnectError("Failed to fetch", Code.Unknown, undefined, undefined, new TypeError("Failed to fetch"));
     assert.match(diagnoseGrpcWebFailure(browser, "http://h:1")?.message ?? "", /cors_allowed_origins/);
     assert.equal(diagnoseGrpcWebFailure(new ConnectError("no", Code.PermissionDenied), "http://h:1"), undefined);
+    // A reset alone may be a restarting server: retryable, unless a probe saw HTTP/2.
+    const cause = Object.assign(new Error("write ECONNRESET"), { code: "ECONNRESET" });
+    const reset = new ConnectError("write ECONNRESET", Code.Aborted, undefined, undefined, cause);
+    assert.equal(diagnoseGrpcWebFailure(reset, "http://h:1")?.code, Code.Unavailable);
+    assert.equal(diagnoseGrpcWebFailure(reset, "http://h:1", true)?.code, Code.Unavailable);
+    assert.equal(diagnoseGrpcWebFailure(reset, "http://h:1", false)?.code, Code.Unimplemented);
+    assert.equal(diagnoseGrpcWebFailure(new ConnectError("conflict", Code.Aborted), "http://h:1"), undefined);
 });
