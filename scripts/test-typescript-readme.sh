@@ -100,16 +100,18 @@ hs256_secret = "$secret"
 [[collections]]
 name = "tasks"
 TOML
-# The server reads every SYNCLINE_* variable as configuration: run it without ours.
-syncline() { env $(env | sed -n 's/^\(SYNCLINE_[A-Za-z0-9_]*\)=.*/-u \1/p') "$SYNCLINE_BIN" "$@"; }
-DATABASE_URL=$database_url syncline serve --config "$work/syncline.toml" >"$work/server.log" 2>&1 &
+# The server reads every SYNCLINE_* variable as configuration: run it without ours (env execs
+# the server, so $! is the server itself).
+read -r -a unset_ours <<<"$(env | sed -n 's/^\(SYNCLINE_[A-Za-z0-9_]*\)=.*/-u \1/p' | tr '\n' ' ')"
+syncline=(env "${unset_ours[@]}" "$SYNCLINE_BIN")
+DATABASE_URL=$database_url "${syncline[@]}" serve --config "$work/syncline.toml" >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 300); do
     if ! kill -0 "$server_pid" 2>/dev/null; then echo "ts-readme: the server exited" >&2; exit 1; fi
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
     sleep 0.1
 done
-token=$(syncline token --config "$work/syncline.toml" --sub alice --ttl 10m)
+token=$("${syncline[@]}" token --config "$work/syncline.toml" --sub alice --ttl 10m)
 
 extract() {
     python3 - "$1" <<'PY'
