@@ -509,9 +509,12 @@ export function replicateSynclineWith<RxDocType>(
                             // The server ends a stream whose token expired with
                             // UNAUTHENTICATED: a normal event for a long-lived stream, not an
                             // error. Reconnect (after the shortest backoff, as the stream had
-                            // connected) with a fresh token from getToken; only a stream that
-                            // cannot even open is reported.
-                            if (!(connected && error.code === Code.Unauthenticated)) {
+                            // connected) with a fresh token from getToken; a stream refused at
+                            // open is reported unless its token had merely expired.
+                            const expired =
+                                error.code === Code.Unauthenticated &&
+                                (connected || error.reason === "TOKEN_EXPIRED");
+                            if (!expired) {
                                 reportStreamError(error);
                             }
                         }

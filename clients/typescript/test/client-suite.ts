@@ -176,6 +176,25 @@ export function defineClientSuite(kind: SynclineTransportKind): void {
             );
         });
 
+        serverTest("an expired token on a call is refreshed once, quietly", async () => {
+            const side = await database("stale");
+            let calls = 0;
+            // The token source hands out one stale token first (a cached token past its exp).
+            const getToken = (): string => {
+                calls += 1;
+                return hs256Token(SECRET, "stale-user", calls === 1 ? -5 : 3600);
+            };
+            const errors: unknown[] = [];
+            const state = replicate(side, "expiry", { getToken });
+            state.error$.subscribe((err) => errors.push(err));
+            await within("awaitInitialReplication", 20_000, state.awaitInitialReplication());
+            await side.tasks.insert({ id: "after-stale", title: "pushed" });
+            await state.awaitInSync();
+            assert.ok(calls >= 2, "the stale token was not replaced");
+            assert.deepEqual(errors, []);
+            assert.equal(state.isStopped(), false);
+        });
+
         serverTest("ownerField: a service principal names the owner of new documents; owners read them with the owner field", async () => {
             const serviceSide = await database("svc", ownedTaskSchema);
             const aliceSide = await database("alice", ownedTaskSchema);
