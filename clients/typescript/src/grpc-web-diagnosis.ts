@@ -7,7 +7,7 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 /** Error texts of the HTTP/1.1 clients (Node's http, undici) on an HTTP/2-only answer. */
 const NOT_HTTP1 = /Expected HTTP\/|does not match the HTTP\/1\.1 protocol|HPE_INVALID_CONSTANT|Parse Error/i;
 /** Error codes of a connection the server dropped without answering. */
-const DROPPED = new Set(["ECONNRESET", "EPIPE", "UND_ERR_SOCKET"]);
+const DROPPED = new Set(["ECONNRESET", "EPIPE", "UND_ERR_SOCKET", "ECONNABORTED"]);
 /** A browser's fetch failing without a response (Chrome, Firefox, Safari). */
 const BROWSER_FETCH_FAILED = /Failed to fetch|NetworkError when attempting to fetch|Load failed/i;
 
@@ -24,6 +24,14 @@ function causes(err: unknown): Array<{ message: string; code: string }> {
         current = e.cause;
     }
     return chain;
+}
+
+/**
+ * True when `err` is a connection the peer had already closed or reset before answering (a
+ * kept-alive HTTP/1.1 socket the server closed, e.g. after an error response).
+ */
+export function isDroppedConnection(err: unknown): boolean {
+    return causes(err).some((c) => DROPPED.has(c.code) || /write EPIPE|socket hang up|other side closed/.test(c.message));
 }
 
 /**

@@ -3,11 +3,29 @@
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 
-import type { Transport } from "@connectrpc/connect";
+import type { Interceptor, Transport } from "@connectrpc/connect";
 import { compressionGzip, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 
 import type { SynclineTransportKind, TransportSettings } from "./core.js";
-import { grpcWebDiagnosis } from "./grpc-web-diagnosis.js";
+import { grpcWebDiagnosis, isDroppedConnection } from "./grpc-web-diagnosis.js";
+
+/**
+ * Retries a unary call once when it failed on a connection the server had already closed:
+ * Node's HTTP/1.1 agent reuses kept-alive sockets, and one the server closed after a previous
+ * response fails the next request (EPIPE, ECONNRESET) before the server saw it. Pull is
+ * read-only and a repeated Push row is answered as a conflict equal to the row, so a second
+ * attempt is safe.
+ */
+const retryDroppedConnection: Interceptor = (next) => async (req) => {
+    try {
+        return await next(req);
+    } catch (err) {
+        if (req.stream || !isDroppedConnection(err)) {
+            throw err;
+        }
+        return next(req);
+    }
+};
 
 /**
  * One plain HTTP/1.1 request to the server: false when it answers with HTTP/2 (a Syncline
@@ -53,7 +71,11 @@ export function createNodeTransport(kind: SynclineTransportKind, url: string, se
             return createGrpcWebTransport({
                 baseUrl: url,
                 httpVersion: "1.1",
-                interceptors: [grpcWebDiagnosis(url, () => probeHttp1(url)), ...settings.interceptors],
+                interceptors: [
+                    grpcWebDiagnosis(url, () => probeHttp1(url)),
+                    retryDroppedConnection,
+                    ...settings.interceptors,
+                ],
                 ...compression,
             });
         default:
