@@ -20,6 +20,9 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --locked --all-targets
+# Every test drops its databases when it ends (tests/replication/common.rs).
+LEFT=$(psql "$TEST_DATABASE_ADMIN_URL" -XAtc "SELECT count(*) FROM pg_database WHERE datname LIKE 'syncline\_t\_%'")
+[ "$LEFT" = 0 ] || { echo "cargo test left $LEFT test databases behind" >&2; exit 1; }
 cargo build --locked --bin syncline
 echo "== Python client against the real server"
 SYNCLINE_BIN=target/debug/syncline scripts/test-python.sh

@@ -191,6 +191,24 @@ pub struct Config {
     /// 32`), the same on every replica. Unset: a key generated once and kept in the database.
     #[serde(default)]
     pub checkpoint_key: Option<String>,
+    /// Message compressions the server accepts and answers with, negotiated per call through
+    /// `grpc-encoding` / `grpc-accept-encoding`; empty turns compression off.
+    #[serde(default = "default_compression")]
+    pub compression: Vec<Compression>,
+    /// Replies smaller than this many bytes (encoded) are sent uncompressed: compressing them
+    /// costs CPU and saves next to nothing.
+    #[serde(default = "default_compression_min_bytes")]
+    pub compression_min_bytes: usize,
+}
+
+/// A message compression of the gRPC protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// `gzip`: what every gRPC implementation speaks.
+    Gzip,
+    /// `zstd`: smaller and faster than gzip where the client has it.
+    Zstd,
 }
 
 /// How callers are authenticated.
@@ -384,6 +402,12 @@ fn default_subject_bytes_max() -> usize {
 }
 fn default_primary_key() -> String {
     "id".to_owned()
+}
+fn default_compression() -> Vec<Compression> {
+    vec![Compression::Gzip, Compression::Zstd]
+}
+fn default_compression_min_bytes() -> usize {
+    1024
 }
 
 impl Config {
@@ -820,5 +844,17 @@ mod tests {
             assert!(Config::load(Some(&path)).is_err());
             Ok(())
         });
+    }
+
+    #[test]
+    fn compression_is_a_list_of_known_encodings() {
+        let base = "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n";
+        let c = Config::from_toml(base).unwrap();
+        assert_eq!(c.compression, vec![Compression::Gzip, Compression::Zstd]);
+        assert_eq!(c.compression_min_bytes, 1024);
+        let c = Config::from_toml(&format!("compression = []\n{base}")).unwrap();
+        assert!(c.compression.is_empty());
+        let err = Config::from_toml(&format!("compression = [\"brotli\"]\n{base}")).unwrap_err();
+        assert!(err.to_string().contains("brotli"), "{err}");
     }
 }

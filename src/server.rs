@@ -14,6 +14,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use crate::api::ReplicationApi;
 use crate::api::auth::AuthInterceptor;
 use crate::api::codec::WireLimited;
+use crate::api::compression::CompressionPolicy;
 use crate::api::push_scan::WireLimits;
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -191,9 +192,20 @@ pub async fn serve(
                 .watch_jwks(Duration::from_secs(2), background.clone()),
         );
     }
-    let service = ReplicationServiceServer::new(ReplicationApi::new(replicator))
+    let mut service = ReplicationServiceServer::new(ReplicationApi::new(replicator))
         .max_decoding_message_size(config.decoding_message_bytes_max())
         .max_encoding_message_size(config.encoding_message_bytes_max());
+    for &compression in &config.compression {
+        let encoding = crate::api::compression::encoding(compression);
+        service = service
+            .accept_compressed(encoding)
+            .send_compressed(encoding);
+    }
+    let service = CompressionPolicy::new(
+        service,
+        config.compression.clone(),
+        config.compression_min_bytes,
+    );
     let service = WireLimited::new(
         service,
         WireLimits::from_limits(&Limits::from_config(&config)),

@@ -31,11 +31,16 @@ pub fn cors_layer(origins: &[String]) -> Result<CorsLayer, String> {
             header("grpc-timeout"),
             header("authorization"),
             header("traceparent"),
+            // A browser client that decompresses says so, and may compress what it sends.
+            header("grpc-accept-encoding"),
+            header("grpc-encoding"),
         ])
         .expose_headers([
             header("grpc-status"),
             header("grpc-message"),
             header("grpc-status-details-bin"),
+            header("grpc-encoding"),
+            header("grpc-accept-encoding"),
         ])
         .max_age(Duration::from_secs(24 * 60 * 60)))
 }

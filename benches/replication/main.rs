@@ -13,6 +13,7 @@
 mod abuse;
 mod client;
 mod cluster;
+mod compression;
 mod fanout;
 mod idle;
 mod initial_sync;
@@ -94,6 +95,10 @@ async fn run_all(ctx: &Ctx<'_>) -> Report {
     if s.runs("sync") {
         phase("1. initial sync");
         initial_sync::run(ctx, &mut report).await;
+    }
+    if s.runs("compression") {
+        phase("1b. initial sync: wire bytes with and without compression");
+        compression::run(ctx, &mut report).await;
     }
     if s.runs("push") {
         phase("2. push throughput");

@@ -2,6 +2,8 @@
 
 pub mod auth;
 pub mod codec;
+pub mod compressing_body;
+pub mod compression;
 pub mod convert;
 pub mod push_scan;
 pub mod status;
@@ -64,7 +66,7 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
                 r.limit,
             )
             .await?;
-        Ok(Response::new(PullResponse {
+        Ok(compression::reply(PullResponse {
             documents: page.documents.into_iter().map(convert::document).collect(),
             checkpoint: convert::checkpoint(page.checkpoint),
         }))
@@ -79,7 +81,7 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
             .replicator
             .push_rows(&principal, &r.collection, rows, mode)
             .await?;
-        Ok(Response::new(PushResponse {
+        Ok(compression::reply(PushResponse {
             conflicts: outcome
                 .conflicts
                 .into_iter()

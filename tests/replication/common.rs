@@ -1,6 +1,7 @@
 //! Test harness: a fresh database per test in the throwaway cluster that `scripts/test.sh`
 //! starts, and the real server on an ephemeral 127.0.0.1 port.
 
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -28,10 +29,20 @@ pub fn with_database(url: &str, name: &str) -> String {
     format!("{base}/{name}")
 }
 
-/// Creates an empty database and returns its URL.
+/// Creates an empty database for the calling test and returns its URL. It is dropped when the
+/// thread that created it ends: for a `#[tokio::test]`, once the test has returned or
+/// panicked and its runtime, servers and connections are gone (see [`TestDatabases`]).
 pub async fn fresh_database() -> String {
     let admin = admin_url();
-    let name = format!("syncline_t_{:016x}", rand::random::<u64>());
+    if keep_failed() {
+        mark_panics_once();
+    }
+    // The process id in the name tells which run left a database behind.
+    let name = format!(
+        "syncline_t_{}_{:012x}",
+        std::process::id(),
+        rand::random::<u64>() >> 16
+    );
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
         .expect("connect to the test cluster");
@@ -39,7 +50,96 @@ pub async fn fresh_database() -> String {
         .execute(&mut conn)
         .await
         .expect("create test database");
+    let _ = conn.close().await;
+    TEST_DATABASES.with(|dbs| {
+        dbs.admin.replace(Some(admin.clone()));
+        dbs.names.borrow_mut().push(name.clone());
+    });
     with_database(&admin, &name)
+}
+
+thread_local! {
+    /// The databases made by this thread, dropped when it ends.
+    static TEST_DATABASES: TestDatabases = TestDatabases::default();
+}
+
+/// A thread's test databases: dropped `WITH (FORCE)` when the thread ends, as `#[sqlx::test]`
+/// does at the end of a test, a panicking one included (libtest runs each test on a thread
+/// of its own and joins it). With `SYNCLINE_KEEP_TEST_DB=1`, a thread that panicked keeps
+/// them, and their names are printed, for a look at a failed test's data.
+#[derive(Default)]
+pub struct TestDatabases {
+    admin: RefCell<Option<String>>,
+    names: RefCell<Vec<String>>,
+    panicked: Cell<bool>,
+}
+
+/// Whether failed tests keep their databases.
+fn keep_failed() -> bool {
+    std::env::var_os("SYNCLINE_KEEP_TEST_DB").is_some_and(|v| v != "0" && !v.is_empty())
+}
+
+/// Marks a panicking thread so that its databases are kept (`SYNCLINE_KEEP_TEST_DB` only).
+fn mark_panics_once() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = TEST_DATABASES.try_with(|dbs| dbs.panicked.set(true));
+            previous(info);
+        }));
+    });
+}
+
+impl Drop for TestDatabases {
+    fn drop(&mut self) {
+        let names = self.names.take();
+        let Some(admin) = self.admin.take() else {
+            return;
+        };
+        if names.is_empty() {
+            return;
+        }
+        if keep_failed() && self.panicked.get() {
+            eprintln!("SYNCLINE_KEEP_TEST_DB: kept {}", names.join(", "));
+            return;
+        }
+        // psql, not sqlx: this runs while the thread's locals are being destroyed, where no
+        // runtime (nor another thread) can be started.
+        let run = |program: &std::path::Path| {
+            let mut psql = std::process::Command::new(program);
+            psql.arg(&admin).args(["-XqAt", "-v", "ON_ERROR_STOP=1"]);
+            for name in &names {
+                psql.args([
+                    "-c",
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                ]);
+            }
+            psql.output()
+        };
+        // On PATH, else where Debian's server packages put it (scripts/pg-cluster.sh).
+        let outcome = run("psql".as_ref()).or_else(|e| {
+            std::fs::read_dir("/usr/lib/postgresql")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|version| version.path().join("bin/psql"))
+                .find(|p| p.exists())
+                .map_or(Err(e), |p| run(&p))
+        });
+        match outcome {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "could not drop test databases {}: {}",
+                names.join(", "),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!(
+                "could not drop test databases {}: psql: {e}",
+                names.join(", ")
+            ),
+        }
+    }
 }
 
 /// A configuration with two collections and test-friendly limits.

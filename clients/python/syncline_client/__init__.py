@@ -5,10 +5,52 @@
 ...     client.push("tasks", [ChangeRow(Doc("t-1", {"title": "write docs"}))])
 ...     docs, checkpoint = client.pull_all("tasks")
 
-The generated stubs live in ``syncline_client._gen`` (create them with ``generate.py``).
+The generated stubs live in ``syncline_client._gen`` (the build hook in ``setup.py`` writes them).
 """
 
-from .client import ChangeRow, Doc, ResyncRequired, Subscription, SynclineClient
+from .client import (
+    ChangeRow,
+    Doc,
+    PushResult,
+    RefusedRow,
+    ResyncRequired,
+    Subscription,
+    SynclineClient,
+)
+from .errors import (
+    CheckpointInvalid,
+    CollectionNotFound,
+    FieldViolation,
+    InvalidDocument,
+    InvalidRequest,
+    LimitExceeded,
+    NotOwner,
+    ScopeMissing,
+    SynclineError,
+    TokenExpired,
+    TokenInvalid,
+    Unavailable,
+)
 
-__all__ = ["ChangeRow", "Doc", "ResyncRequired", "Subscription", "SynclineClient"]
+__all__ = [
+    "ChangeRow",
+    "CheckpointInvalid",
+    "CollectionNotFound",
+    "Doc",
+    "FieldViolation",
+    "InvalidDocument",
+    "InvalidRequest",
+    "LimitExceeded",
+    "NotOwner",
+    "PushResult",
+    "RefusedRow",
+    "ResyncRequired",
+    "ScopeMissing",
+    "Subscription",
+    "SynclineClient",
+    "SynclineError",
+    "TokenExpired",
+    "TokenInvalid",
+    "Unavailable",
+]
 __version__ = "0.1.0"

@@ -2,8 +2,9 @@
 
 The helpers wrap the generated stubs: documents are :class:`Doc` dataclasses with a decoded
 JSON ``body``; checkpoints are the server's opaque token strings (``""`` = from the
-beginning). gRPC failures surface as :class:`grpc.RpcError`; read ``err.code()``
-(``INVALID_ARGUMENT``, ``NOT_FOUND``, ``UNAVAILABLE``, ...) and ``err.details()``.
+beginning). Failed calls raise a :class:`~syncline_client.errors.SynclineError` subclass
+chosen by the server's reason (a ``grpc.RpcError``: ``err.code()`` and ``err.details()`` work
+too); see :mod:`syncline_client.errors`.
 """
 
 from __future__ import annotations
@@ -13,23 +14,28 @@ import random
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from collections.abc import Iterator, Sequence
-from typing import Any, Optional
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, Optional, Union, overload
 
 import grpc
+
+from .errors import CheckpointInvalid, TokenExpired, from_rpc_error
 
 try:
     from ._gen.syncline.v1 import replication_pb2 as pb
     from ._gen.syncline.v1 import replication_pb2_grpc as pb_grpc
 except ImportError as exc:  # pragma: no cover - depends on the checkout
     raise ImportError(
-        "syncline_client: the generated gRPC stubs are missing; install the 'dev' extra and "
-        "run `python clients/python/generate.py` (see clients/python/README.md)"
+        "syncline_client: the generated gRPC stubs are missing: install the package "
+        "(`pip install ./clients/python`, which generates them) instead of importing it from "
+        "the source tree, or run `python clients/python/generate.py` (needs grpcio-tools)"
     ) from exc
 
 __all__ = [
     "ChangeRow",
     "Doc",
+    "PushResult",
+    "RefusedRow",
     "ResyncRequired",
     "Subscription",
     "SynclineClient",
@@ -107,6 +113,47 @@ class ChangeRow:
         return row
 
 
+@dataclass
+class RefusedRow:
+    """A row of a per-row push that the server refused (not written).
+
+    ``index`` is its position in the pushed rows and ``row`` the row itself; ``reason`` the
+    stable code (``INVALID_DOCUMENT``, ``NOT_OWNER``, ``LIMIT_EXCEEDED``, ...), ``field`` the
+    offending field's path (``rows[3].new_document_state.json``) and ``message`` the words for
+    people. ``current`` is the server's state of the document when the caller may read it; it
+    is ``None`` when the document does not exist or is someone else's: drop the local copy
+    then, instead of pushing it again.
+    """
+
+    index: int
+    id: str
+    reason: str
+    field: str
+    message: str
+    current: Optional[Doc]
+    row: Optional[ChangeRow] = None
+
+
+@dataclass
+class PushResult:
+    """The outcome of a per-row push (:meth:`SynclineClient.push` with ``per_row=True``).
+
+    ``conflicts``: the server's state of each conflicting row (not written), in row order.
+    ``refused``: the refused rows (not written), in row order. ``written``: the indices of
+    the other rows, which were written, in one transaction. (Conflicts come back as documents,
+    not indices: a row whose id is among them is not counted as written.)
+    """
+
+    written: list[int]
+    conflicts: list[Doc]
+    refused: list[RefusedRow]
+
+    @property
+    def ok(self) -> bool:
+        """True when every row was written."""
+        return not self.conflicts and not self.refused
+
+
 class ResyncRequired(Exception):
     """Raised by a :class:`Subscription` opened with ``reconnect=False`` when the server sends
     ``Resync``: re-run :meth:`SynclineClient.pull_all` from :attr:`checkpoint`."""
@@ -117,13 +164,40 @@ class ResyncRequired(Exception):
         self.checkpoint = checkpoint
 
 
+_COMPRESSIONS = {
+    "gzip": grpc.Compression.Gzip,
+    "none": grpc.Compression.NoCompression,
+    "identity": grpc.Compression.NoCompression,
+}
+
+
+def _compression(value: Union[str, grpc.Compression, None]) -> Optional[grpc.Compression]:
+    """Maps the ``compression`` argument to ``grpc.Compression``; a clear error for others."""
+    if value is None or isinstance(value, grpc.Compression):
+        return value
+    if isinstance(value, str) and value.lower() in _COMPRESSIONS:
+        return _COMPRESSIONS[value.lower()]
+    raise ValueError(
+        f"compression must be one of {sorted(_COMPRESSIONS)} or a grpc.Compression, "
+        f"not {value!r:.40}"
+    )
+
+
 class SynclineClient:
     """A connection to a Syncline server.
 
     ``target`` is ``host:port``. Without ``credentials`` the channel is plaintext; pass
     ``grpc.ssl_channel_credentials()`` (or any ``grpc.ChannelCredentials``) for TLS. When
-    ``token`` is given every call carries ``authorization: Bearer <token>``. ``timeout``
+    ``token`` is given every call carries ``authorization: Bearer <token>``; ``token`` may
+    also be a function returning the current token, called for every call and every stream
+    (re)connection, so a subscription whose token expires (``TokenExpired``) reconnects with a
+    fresh one instead of failing. ``timeout``
     (seconds) bounds each unary call; streams are not bounded by it.
+
+    ``compression="gzip"`` (or a ``grpc.Compression``) compresses the requests; the default
+    sends them uncompressed, because a server without compression refuses compressed requests
+    (UNIMPLEMENTED). Syncline accepts gzip and zstd; grpc Python has no zstd. Replies are accepted compressed either way
+    (the channel offers gzip and deflate in ``grpc-accept-encoding``; the server decides).
 
     Use as a context manager, or call :meth:`close`, to release the channel.
     """
@@ -132,19 +206,23 @@ class SynclineClient:
         self,
         target: str,
         *,
-        token: Optional[str] = None,
+        token: Union[str, Callable[[], str], None] = None,
         credentials: Optional[grpc.ChannelCredentials] = None,
         timeout: Optional[float] = 30.0,
         options: Optional[Sequence[tuple[str, Any]]] = None,
+        compression: Union[str, grpc.Compression, None] = None,
     ) -> None:
+        algorithm = _compression(compression)
         if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=options)
+            self._channel = grpc.insecure_channel(
+                target, options=options, compression=algorithm
+            )
         else:
-            self._channel = grpc.secure_channel(target, credentials, options=options)
+            self._channel = grpc.secure_channel(
+                target, credentials, options=options, compression=algorithm
+            )
         self._stub = pb_grpc.ReplicationServiceStub(self._channel)
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token}"),) if token else ()
-        )
+        self._token = token
         self._timeout = timeout
         self._closed = False
         self.target = target
@@ -174,8 +252,14 @@ class SynclineClient:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        """The metadata sent with every call (the bearer token, if any)."""
-        return self._metadata
+        """The metadata for a call now (the bearer token, if any)."""
+        token = self._token() if callable(self._token) else self._token
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
+    @property
+    def refreshes_token(self) -> bool:
+        """True when ``token`` is a function (expired tokens on streams are then renewed)."""
+        return callable(self._token)
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -184,14 +268,13 @@ class SynclineClient:
     ) -> tuple[list[Doc], str]:
         """Returns one page of documents changed after ``checkpoint`` and the checkpoint after
         them (the same checkpoint when nothing is new). ``limit=0`` uses the server default."""
-        response = self._stub.Pull(
+        response = self._unary(
+            self._stub.Pull,
             pb.PullRequest(
                 collection=collection,
                 checkpoint=pb.Checkpoint(token=checkpoint),
                 limit=limit,
             ),
-            metadata=self._metadata,
-            timeout=self._timeout,
         )
         return [Doc.from_proto(d) for d in response.documents], response.checkpoint.token
 
@@ -219,16 +302,85 @@ class SynclineClient:
                 docs[doc.id] = doc
             checkpoint = next_checkpoint
 
-    def push(self, collection: str, rows: Sequence[ChangeRow]) -> list[Doc]:
-        """Writes ``rows`` in one transaction. Returns the server's current state of every row
-        that conflicted (those rows were not written), in row order; ``[]`` when all were
-        written."""
-        response = self._stub.Push(
-            pb.PushRequest(collection=collection, rows=[r.to_proto() for r in rows]),
-            metadata=self._metadata,
-            timeout=self._timeout,
+    def pull_all_or_restart(
+        self, collection: str, checkpoint: str = "", limit: int = 500
+    ) -> tuple[list[Doc], str, bool]:
+        """:meth:`pull_all`, starting over from the beginning when the server refuses
+        ``checkpoint`` as :class:`~syncline_client.errors.CheckpointInvalid` (issued for
+        another collection or caller, or altered: it can never work again).
+
+        Returns ``(docs, checkpoint, restarted)``. When ``restarted`` is true, ``docs`` is the
+        whole collection as the caller may see it (tombstones included): replace the local
+        copy with it rather than merging, and store the new checkpoint.
+        """
+        try:
+            docs, next_checkpoint = self.pull_all(collection, checkpoint, limit)
+            return docs, next_checkpoint, False
+        except CheckpointInvalid:
+            if not checkpoint:
+                raise
+        docs, next_checkpoint = self.pull_all(collection, "", limit)
+        return docs, next_checkpoint, True
+
+    @overload
+    def push(
+        self, collection: str, rows: Sequence[ChangeRow], *, per_row: Literal[False] = ...
+    ) -> list[Doc]: ...
+
+    @overload
+    def push(
+        self, collection: str, rows: Sequence[ChangeRow], *, per_row: Literal[True]
+    ) -> PushResult: ...
+
+    def push(
+        self, collection: str, rows: Sequence[ChangeRow], *, per_row: bool = False
+    ) -> Union[list[Doc], PushResult]:
+        """Writes ``rows`` in one transaction.
+
+        By default (atomic) any refused row fails the whole call with its typed error
+        (:class:`~syncline_client.errors.InvalidDocument`, ``NotOwner``, ...) and nothing is
+        written; it returns the server's current state of every row that conflicted (those
+        rows were not written), in row order: ``[]`` when all were written.
+
+        With ``per_row=True`` the rows the server refuses are skipped and reported instead,
+        and every other row is written (or conflicts) in the same single transaction: it
+        returns a :class:`PushResult`. Errors about the request as a whole (authentication,
+        unknown collection, request-size limits) still raise.
+        """
+        mode = pb.PUSH_MODE_PER_ROW if per_row else pb.PUSH_MODE_UNSPECIFIED
+        response = self._unary(
+            self._stub.Push,
+            pb.PushRequest(collection=collection, rows=[r.to_proto() for r in rows], mode=mode),
         )
-        return [Doc.from_proto(d) for d in response.conflicts]
+        conflicts = [Doc.from_proto(d) for d in response.conflicts]
+        if not per_row:
+            return conflicts
+        refused = [
+            RefusedRow(
+                index=r.index,
+                id=r.id,
+                reason=r.reason,
+                field=r.field,
+                message=r.message,
+                current=Doc.from_proto(r.current) if r.HasField("current") else None,
+                row=rows[r.index] if r.index < len(rows) else None,
+            )
+            for r in response.refused
+        ]
+        refused_indices = {r.index for r in refused}
+        conflicting_ids = {d.id for d in conflicts}
+        written = [
+            i
+            for i, row in enumerate(rows)
+            if i not in refused_indices and row.new.id not in conflicting_ids
+        ]
+        return PushResult(written=written, conflicts=conflicts, refused=refused)
+
+    def _unary(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, metadata=self.metadata, timeout=self._timeout)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
 
     def subscribe(
         self,
@@ -243,7 +395,8 @@ class SynclineClient:
         Heartbeats are skipped. With ``reconnect=True`` the stream is reopened from the last
         checkpoint received after ``UNAVAILABLE``, after the server ends the stream and after a
         ``Resync``, waiting with exponential backoff (capped at ``max_backoff`` seconds) between
-        attempts; other errors are raised. Stop it with :meth:`Subscription.close` (safe from
+        attempts, and after ``TokenExpired`` when the client's ``token`` is a function; other
+        errors are raised (typed, see :mod:`syncline_client.errors`). Stop it with :meth:`Subscription.close` (safe from
         another thread) or by leaving its ``with`` block.
         """
         return Subscription(
@@ -259,6 +412,8 @@ class Subscription(Iterator[tuple[list[Doc], str]]):
     """
 
     INITIAL_BACKOFF = 0.1
+    #: Token renewals in a row (no event received in between) before ``TokenExpired`` is raised.
+    TOKEN_RENEWALS_MAX = 3
 
     def __init__(
         self,
@@ -277,6 +432,7 @@ class Subscription(Iterator[tuple[list[Doc], str]]):
         self._max_backoff = max(max_backoff, 0.0)
         self._backoff = min(self.INITIAL_BACKOFF, self._max_backoff)
         self._call: Any = None
+        self._token_renewals = 0
         self._closed = threading.Event()
         self._lock = threading.Lock()
 
@@ -314,7 +470,7 @@ class Subscription(Iterator[tuple[list[Doc], str]]):
                         collection=self.collection,
                         checkpoint=pb.Checkpoint(token=self.checkpoint),
                     ),
-                    metadata=self._client._metadata,
+                    metadata=self._client.metadata,
                 )
             return self._call
 
@@ -355,9 +511,26 @@ class Subscription(Iterator[tuple[list[Doc], str]]):
                 if self._reconnect and err.code() == grpc.StatusCode.UNAVAILABLE:
                     self._wait_before_reconnect()
                     continue
+                typed = from_rpc_error(err)
+                # A token that expires on an open stream is routine: reconnect with a fresh one.
+                # Expiring again and again with no event in between means the token function
+                # hands out stale tokens: give up after a few tries.
+                if (
+                    self._reconnect
+                    and isinstance(typed, TokenExpired)
+                    and self._client.refreshes_token
+                    and self._token_renewals < self.TOKEN_RENEWALS_MAX
+                ):
+                    self._token_renewals += 1
+                    if self._token_renewals > 1:
+                        self._wait_before_reconnect()
+                    else:
+                        self.reconnects += 1
+                    continue
                 self.close()
-                raise
+                raise typed from err
             event = response.WhichOneof("event")
+            self._token_renewals = 0
             if event == "changes":
                 self._backoff = min(self.INITIAL_BACKOFF, self._max_backoff)
                 docs = [Doc.from_proto(d) for d in response.changes.documents]

@@ -106,6 +106,7 @@ class TcpProxy:
         self._sockets: List[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._downstream_bytes = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -126,17 +127,25 @@ class TcpProxy:
                     upstream.close()
                     return
                 self._sockets += [downstream, upstream]
-            for a, b in ((downstream, upstream), (upstream, downstream)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, count in ((downstream, upstream, False), (upstream, downstream, True)):
+                threading.Thread(target=self._pump, args=(a, b, count), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    @property
+    def downstream_bytes(self) -> int:
+        """Bytes forwarded from the server to clients so far."""
+        with self._lock:
+            return self._downstream_bytes
+
+    def _pump(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
                 sink.sendall(data)
+                if count:
+                    with self._lock:
+                        self._downstream_bytes += len(data)
         except OSError:
             pass
         for s in (source, sink):
@@ -184,3 +193,26 @@ def call_within(function: Callable[[], T], timeout: float = 10.0) -> T:
     if not ok:
         raise value  # type: ignore[misc]
     return value  # type: ignore[return-value]
+
+
+def hs256_token(
+    secret: str, sub: str, *, scope: str = "", ttl: float = 300.0, signing_secret: Optional[str] = None
+) -> str:
+    """A JWT signed with HS256, as the server's ``auth.hs256_secret`` verifies it. ``ttl`` may
+    be negative (an expired token); ``signing_secret`` signs with another key (a forged one)."""
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    claims = {"sub": sub, "exp": int(time.time() + ttl)}
+    if scope:
+        claims["scope"] = scope
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    key = (signing_secret if signing_secret is not None else secret).encode()
+    signature = hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(signature)}"

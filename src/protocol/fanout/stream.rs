@@ -104,6 +104,9 @@ impl<S: Store> Subscription<S> {
                 }
                 // Mark the head seen before looking: a change appended meanwhile wakes us.
                 head.borrow_and_update();
+                // Lag is commit-to-send of live changes; documents a reconnecting stream catches
+                // up on are old by design and would drown it.
+                let live = self.caught_up;
                 let Page {
                     documents,
                     position,
@@ -127,7 +130,7 @@ impl<S: Store> Subscription<S> {
                 }
                 if let Some(last) = documents.last() {
                     let checkpoint = self.tokens.encode(last.position);
-                    self.observe_sent(&documents);
+                    self.observe_sent(&documents, live);
                     permit.send(Ok(StreamEvent::Changes {
                         documents,
                         checkpoint,
@@ -213,10 +216,13 @@ impl<S: Store> Subscription<S> {
         })
     }
 
-    /// Counts streamed documents and their lag from commit to send.
-    fn observe_sent(&self, documents: &[StoredDocument]) {
+    /// Counts streamed documents and, for live ones, their lag from commit to send.
+    fn observe_sent(&self, documents: &[StoredDocument], live: bool) {
         metrics::counter!(m::DOCS_STREAMED, "collection" => self.collection.clone())
             .increment(documents.len() as u64);
+        if !live {
+            return;
+        }
         let now = chrono::Utc::now();
         let lag = metrics::histogram!(m::STREAM_LAG_SECONDS);
         for d in documents {
