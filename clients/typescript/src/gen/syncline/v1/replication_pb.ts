@@ -381,7 +381,7 @@ export type SubscribeResponse = Message<"syncline.v1.SubscribeResponse"> & {
     case: "changes";
   } | {
     /**
-     * The client must re-run Pull (the reason says from where).
+     * The stream cannot go on exactly from its position; it ends after this.
      *
      * @generated from field: syncline.v1.Resync resync = 2;
      */
@@ -434,8 +434,12 @@ export const ChangeBatchSchema: GenMessage<ChangeBatch> = /*@__PURE__*/
   messageDesc(file_syncline_v1_replication, 10);
 
 /**
- * Tells the client to re-run Pull from its last checkpoint (or from scratch,
- * as the reason says).
+ * The stream's position expired: its checkpoint is at or below the
+ * collection's purge horizon (deleted documents after it were purged, so the
+ * client might keep them), or of another dataset generation. Sent once; the
+ * stream then ends. The client starts over from an empty checkpoint (Pull or
+ * Subscribe) and drops local documents the server no longer returns. The same
+ * condition on Pull is FAILED_PRECONDITION with reason CHECKPOINT_EXPIRED.
  *
  * @generated from message syncline.v1.Resync
  */
@@ -523,6 +527,14 @@ export const ReplicationService: GenService<{
    * collection's change order. Page until a response holds no documents to
    * receive every document at its latest state.
    *
+   * FAILED_PRECONDITION (google.rpc.ErrorInfo reason CHECKPOINT_EXPIRED): the
+   * checkpoint can no longer be served exactly, because tombstones after it
+   * were removed by the collection's retention purge, or it belongs to another
+   * generation of the dataset (a restore). Retrying it will not help: start
+   * over from an empty checkpoint (and drop local documents the server no
+   * longer returns). A client that started over is not refused for positions
+   * below the purge horizon.
+   *
    * @generated from rpc syncline.v1.ReplicationService.Pull
    */
   pull: {
@@ -544,7 +556,9 @@ export const ReplicationService: GenService<{
   },
   /**
    * Streams the changes after a checkpoint (catch-up in pages), then live
-   * changes as they commit, with heartbeats while idle.
+   * changes as they commit, with heartbeats while idle. When the checkpoint is
+   * expired (see Pull), or a purge overtakes the stream while it is open (a
+   * slow reader), the stream sends `Resync` and ends.
    *
    * @generated from rpc syncline.v1.ReplicationService.Subscribe
    */
