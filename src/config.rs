@@ -199,6 +199,27 @@ pub struct Config {
     /// costs CPU and saves next to nothing.
     #[serde(default = "default_compression_min_bytes")]
     pub compression_min_bytes: usize,
+    /// Most bucket digests (also `within` prefixes, or buckets listed) in one Reconcile or
+    /// ReconcileList request; more is INVALID_ARGUMENT naming the field.
+    #[serde(default = "default_reconcile_digests_max")]
+    pub reconcile_digests_max: usize,
+    /// Most (id, revision) pairs in one ReconcileList reply; buckets holding more are
+    /// RESOURCE_EXHAUSTED (the client lists fewer buckets at once, or compares deeper first).
+    #[serde(default = "default_reconcile_list_max")]
+    pub reconcile_list_max: usize,
+    /// Most ids in one Fetch (its reply is also cut at `page_bytes_max`).
+    #[serde(default = "default_fetch_ids_max")]
+    pub fetch_ids_max: usize,
+}
+
+fn default_reconcile_digests_max() -> usize {
+    65_536
+}
+fn default_reconcile_list_max() -> usize {
+    10_000
+}
+fn default_fetch_ids_max() -> usize {
+    1_000
 }
 
 /// A message compression of the gRPC protocol.

@@ -170,7 +170,10 @@ pub async fn serve(
         visibility_wait: Duration::from_millis(config.visibility_wait_ms),
         shutdown: streams_shutdown.clone(),
         checkpoint_key,
-    }));
+    })
+    .with_reconcile_limits(
+        crate::protocol::reconcile::ReconcileLimits::from_config(&config),
+    ));
     replicator.start(&tasks);
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
