@@ -130,7 +130,9 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
         for (bucket, d) in round.differing {
             differing.buckets.push(bucket);
             // A bucket never holds more documents than a u32 counts in practice; saturate.
-            differing.counts.push(u32::try_from(d.count).unwrap_or(u32::MAX));
+            differing
+                .counts
+                .push(u32::try_from(d.count).unwrap_or(u32::MAX));
             differing.sums.push(d.sum);
         }
         Ok(compression::reply(ReconcileResponse {

@@ -134,19 +134,32 @@ pub fn differing(
     out
 }
 
-/// The client's digests as a request sends them (three parallel arrays), checked: `bits`
-/// within bounds, equal lengths, buckets distinct and in range, under `within`, and no more
-/// than `max`. `field` names the request field in errors.
+/// The buckets a round compares: those at `bits` under the `within` prefixes at `within_bits`
+/// (every bucket when `within_bits` is 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Compared<'a> {
+    /// Level of the compared buckets.
+    pub bits: u32,
+    /// Level of the prefixes.
+    pub within_bits: u32,
+    /// The prefixes.
+    pub within: &'a [u32],
+}
+
+/// The client's digests as a request sends them (three parallel arrays), checked: equal
+/// lengths, buckets distinct, in range and among the `compared`, and no more than `max`.
+/// `field` names the request field in errors.
 pub fn parse_digests(
-    buckets: &[u32],
-    counts: &[u32],
-    sums: &[u64],
-    bits: u32,
-    within_bits: u32,
-    within: &[u32],
+    (buckets, counts, sums): (&[u32], &[u32], &[u64]),
+    compared: Compared<'_>,
     max: usize,
     field: &str,
 ) -> Result<BTreeMap<u32, Digest>, ProtocolError> {
+    let Compared {
+        bits,
+        within_bits,
+        within,
+    } = compared;
     if buckets.len() > max {
         return Err(ProtocolError::invalid(
             Reason::LimitExceeded,
@@ -163,7 +176,8 @@ pub fn parse_digests(
             Reason::InvalidRequest,
             format!("{field}.counts"),
             format!(
-                "{field}: buckets, counts and sums must have one entry per bucket ({}, {}, {})",
+                "{field}.counts: buckets, counts and sums must have one entry per bucket \
+                 ({}, {}, {})",
                 buckets.len(),
                 counts.len(),
                 sums.len()
@@ -283,17 +297,12 @@ impl<S: Store> Replicator<S> {
                 check_bucket(p, within_bits, &format!("within[{i}]"))?;
             }
         }
-        let (buckets, counts, sums) = client;
-        let client = parse_digests(
-            buckets,
-            counts,
-            sums,
+        let compared = Compared {
             bits,
             within_bits,
             within,
-            max,
-            "digests",
-        )?;
+        };
+        let client = parse_digests(client, compared, max, "digests")?;
         let tokens = self.tokens(&collection.name, principal).await?;
         let snapshot = self
             .store
@@ -483,17 +492,24 @@ mod tests {
 
     #[test]
     fn bad_digests_are_refused_naming_the_field() {
-        let err = parse_digests(&[1, 2], &[1], &[1, 2], 4, 0, &[], 10, "digests").unwrap_err();
+        fn c(bits: u32, within_bits: u32, within: &[u32]) -> Compared<'_> {
+            Compared {
+                bits,
+                within_bits,
+                within,
+            }
+        }
+        let err = parse_digests((&[1, 2], &[1], &[1, 2]), c(4, 0, &[]), 10, "digests").unwrap_err();
         assert_eq!(err.field.as_deref(), Some("digests.counts"));
-        let err = parse_digests(&[16], &[1], &[1], 4, 0, &[], 10, "digests").unwrap_err();
+        let err = parse_digests((&[16], &[1], &[1]), c(4, 0, &[]), 10, "digests").unwrap_err();
         assert_eq!(err.field.as_deref(), Some("digests.buckets[0]"));
-        let err = parse_digests(&[1, 1], &[1, 1], &[1, 1], 4, 0, &[], 10, "d").unwrap_err();
+        let err = parse_digests((&[1, 1], &[1, 1], &[1, 1]), c(4, 0, &[]), 10, "d").unwrap_err();
         assert_eq!(err.field.as_deref(), Some("d.buckets[1]"));
-        let err = parse_digests(&[0x21], &[1], &[1], 8, 4, &[1], 10, "d").unwrap_err();
+        let err = parse_digests((&[0x21], &[1], &[1]), c(8, 4, &[1]), 10, "d").unwrap_err();
         assert_eq!(err.field.as_deref(), Some("d.buckets[0]"));
-        let err = parse_digests(&[1, 2, 3], &[1; 3], &[1; 3], 4, 0, &[], 2, "d").unwrap_err();
+        let err = parse_digests((&[1, 2, 3], &[1; 3], &[1; 3]), c(4, 0, &[]), 2, "d").unwrap_err();
         assert_eq!(err.reason, Reason::LimitExceeded);
-        assert!(parse_digests(&[0x12], &[1], &[1], 8, 4, &[1], 10, "d").is_ok());
+        assert!(parse_digests((&[0x12], &[1], &[1]), c(8, 4, &[1]), 10, "d").is_ok());
         assert!(check_bits(25, "bucket_bits").is_err());
     }
 
@@ -501,6 +517,11 @@ mod tests {
     fn checkpoint_position_precedes_every_write_of_the_snapshot_xmin() {
         let c0 = checkpoint_position(100);
         assert!(c0 < Position { tx: 100, seq: 0 });
-        assert!(c0 >= Position { tx: 99, seq: i64::MAX });
+        assert!(
+            c0 >= Position {
+                tx: 99,
+                seq: i64::MAX
+            }
+        );
     }
 }

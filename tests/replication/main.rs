@@ -17,6 +17,7 @@ mod ordering;
 mod per_row_push;
 mod pull;
 mod push;
+mod reconcile;
 mod sigterm;
 mod slow_reader;
 mod sql_writes;
