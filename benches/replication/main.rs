@@ -21,6 +21,7 @@ mod load;
 mod owners;
 mod probe;
 mod push;
+mod reconcile;
 mod report;
 mod scaling;
 mod server;
@@ -119,6 +120,10 @@ async fn run_all(ctx: &Ctx<'_>) -> Report {
     if s.runs("owners") {
         phase("5. scaling by owners");
         owners::run(ctx, &mut report).await;
+    }
+    if s.runs("reconcile") {
+        phase("7. reconcile after a purge vs a full re-download");
+        reconcile::run(ctx, &mut report).await;
     }
     if s.runs("abuse") {
         phase("6. abuse: peak memory under a hostile client's worst cases");

@@ -62,6 +62,8 @@ pub struct Settings {
     /// reported over the ceiling, so that a server without bounds cannot take the machine
     /// (`BENCH_ABUSE_CEILING_MIB`).
     pub abuse_ceiling_mib: usize,
+    /// Scenario 7: documents the reconciling client holds (`BENCH_RECONCILE_DOCS`).
+    pub reconcile_docs: usize,
     /// Port of the benchmark's own PostgreSQL cluster (`BENCH_PG_PORT`).
     pub pg_port: u16,
     /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse`); all when unset.
@@ -104,6 +106,7 @@ impl Settings {
             abuse_watches: env_usize("BENCH_ABUSE_WATCHES", pick(5_000, 1_100)).max(1),
             abuse_idle_connections: env_usize("BENCH_ABUSE_IDLE_CONNECTIONS", pick(2_000, 200)),
             abuse_ceiling_mib: env_usize("BENCH_ABUSE_CEILING_MIB", pick(4_096, 2_048)).max(64),
+            reconcile_docs: env_usize("BENCH_RECONCILE_DOCS", pick(100_000, 2_000)).max(200),
             pg_port: env_usize("BENCH_PG_PORT", 55460) as u16,
             only: std::env::var("BENCH_ONLY")
                 .ok()
