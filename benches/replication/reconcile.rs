@@ -13,7 +13,7 @@ use sqlx::Connection;
 use syncline::proto::{
     BucketDigests, Checkpoint, FetchRequest, PullRequest, ReconcileListRequest, ReconcileRequest,
 };
-use syncline::protocol::reconcile::{Digest, bucket_of, digests};
+use syncline::protocol::reconcile::{BUCKET_BITS_MAX, Digest, digests_of_keys, key};
 
 use crate::compression::counting_client;
 use crate::report::{Report, Row, thousands};
@@ -188,15 +188,16 @@ async fn reconcile(
 ) -> (f64, f64) {
     let (mut c, counts) = counting_client(server).await;
     let start = Instant::now();
-    let held: Vec<(String, String)> = local.iter().map(|(i, r)| (i.clone(), r.clone())).collect();
-    let items = || held.iter().map(|(i, r)| (i.as_str(), r.as_str()));
+    // Each held document's bucket and hash, computed once for every round.
+    let keys: Vec<(u32, u64)> = local.iter().map(|(i, r)| key(i, r)).collect();
+    let items = || keys.iter().copied();
     let r1 = c
         .reconcile(ReconcileRequest {
             collection: COLLECTION.into(),
             bucket_bits: L1,
             within_bits: 0,
             within: vec![],
-            digests: Some(wire(&digests(items(), L1, 0, &[]))),
+            digests: Some(wire(&digests_of_keys(items(), L1, 0, &[]))),
         })
         .await
         .expect("reconcile round 1")
@@ -204,14 +205,14 @@ async fn reconcile(
     let c0 = r1.checkpoint.map(|c| c.token).unwrap_or_default();
     let differ1 = r1.differing.unwrap_or_default().buckets;
     let mut differ2: Vec<(u32, u32)> = Vec::new();
-    for within in differ1.chunks(1024) {
+    for within in differ1.chunks(2048) {
         let r2 = c
             .reconcile(ReconcileRequest {
                 collection: COLLECTION.into(),
                 bucket_bits: L2,
                 within_bits: L1,
                 within: within.to_vec(),
-                digests: Some(wire(&digests(items(), L2, L1, within))),
+                digests: Some(wire(&digests_of_keys(items(), L2, L1, within))),
             })
             .await
             .expect("reconcile round 2")
@@ -219,6 +220,15 @@ async fn reconcile(
             .differing
             .unwrap_or_default();
         differ2.extend(r2.buckets.into_iter().zip(r2.counts));
+    }
+    // The held ids of the buckets that still differ, to drop those the server does not list.
+    let differing: HashSet<u32> = differ2.iter().map(|(b, _)| *b).collect();
+    let mut held_in: HashMap<u32, Vec<String>> = HashMap::new();
+    for (id, (top, _)) in local.keys().zip(&keys) {
+        let bucket = top >> (BUCKET_BITS_MAX - L2);
+        if differing.contains(&bucket) {
+            held_in.entry(bucket).or_default().push(id.clone());
+        }
     }
     // List the buckets that still differ, a few thousand documents per request.
     let mut to_fetch = Vec::new();
@@ -247,8 +257,13 @@ async fn reconcile(
             .documents;
         let server: HashMap<String, String> =
             listed.into_iter().map(|e| (e.id, e.revision)).collect();
-        let buckets: HashSet<u32> = buckets.into_iter().collect();
-        local.retain(|id, _| !buckets.contains(&bucket_of(id, L2)) || server.contains_key(id));
+        for bucket in &buckets {
+            for id in held_in.get(bucket).into_iter().flatten() {
+                if !server.contains_key(id) {
+                    local.remove(id);
+                }
+            }
+        }
         for (id, revision) in server {
             if local.get(&id) != Some(&revision) {
                 to_fetch.push(id);

@@ -87,6 +87,13 @@ pub struct Digest {
     pub sum: u64,
 }
 
+/// What the digests need of one (id, revision): its bucket at [`BUCKET_BITS_MAX`] bits (the
+/// bucket at fewer bits is a prefix of it) and its [`item_hash`]. A client computes it once per
+/// document it holds and reuses it in every round.
+pub fn key(id: &str, revision: &str) -> (u32, u64) {
+    (bucket_of(id, BUCKET_BITS_MAX), item_hash(id, revision))
+}
+
 /// Digests of the non-empty buckets at `bits` of `items` (id, revision), keeping only buckets
 /// under one of the `within` prefixes at `within_bits` (all when `within_bits` is 0).
 pub fn digests<'a>(
@@ -95,15 +102,28 @@ pub fn digests<'a>(
     within_bits: u32,
     within: &[u32],
 ) -> BTreeMap<u32, Digest> {
+    let keys = items.into_iter().map(|(id, revision)| key(id, revision));
+    digests_of_keys(keys, bits, within_bits, within)
+}
+
+/// [`digests`] of items already turned into [`key`]s.
+pub fn digests_of_keys(
+    keys: impl IntoIterator<Item = (u32, u64)>,
+    bits: u32,
+    within_bits: u32,
+    within: &[u32],
+) -> BTreeMap<u32, Digest> {
+    let bits = bits.min(BUCKET_BITS_MAX);
+    let within: std::collections::HashSet<u32> = within.iter().copied().collect();
     let mut out: BTreeMap<u32, Digest> = BTreeMap::new();
-    for (id, revision) in items {
-        let bucket = bucket_of(id, bits);
-        if !under(bucket, bits, within_bits, within) {
+    for (top, hash) in keys {
+        let bucket = top >> (BUCKET_BITS_MAX - bits);
+        if within_bits > 0 && !within.contains(&(bucket >> (bits - within_bits.min(bits)))) {
             continue;
         }
         let d = out.entry(bucket).or_default();
         d.count += 1;
-        d.sum = d.sum.wrapping_add(item_hash(id, revision));
+        d.sum = d.sum.wrapping_add(hash);
     }
     out
 }
