@@ -47,7 +47,11 @@ pub async fn run(ctx: &Ctx<'_>, report: &mut Report) {
     let (changed, purged) = away(&db, n).await;
 
     let expected = live(&db).await;
-    report.expect_eq("reconcile: live documents after the purge", expected.len(), n - purged);
+    report.expect_eq(
+        "reconcile: live documents after the purge",
+        expected.len(),
+        n - purged,
+    );
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for _ in 0..ctx.settings.rounds {
         theirs.push(full(&server, &expected, report).await);

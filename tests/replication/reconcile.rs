@@ -637,3 +637,53 @@ async fn oversized_or_malformed_requests_are_refused_naming_the_field() {
     assert_eq!(ok.documents.len(), 2);
     let _ = conn.close().await;
 }
+
+#[tokio::test]
+async fn fetch_is_cut_at_the_page_byte_budget_and_says_how_far_it_answered() {
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.page_bytes_max = 65_536;
+    cfg.document_bytes_max = 16_384;
+    cfg.message_bytes_max = Some(100_000);
+    let server = TestServer::start_with(cfg).await;
+    let mut conn = server.db().await;
+    let big = "x".repeat(15_000);
+    let ids: Vec<String> = (0..10).map(|i| format!("big{i}")).collect();
+    for id in &ids {
+        sqlx::query("SELECT syncline_put('tasks', $1, $2, '')")
+            .bind(id)
+            .bind(json!({"id": id, "pad": big}))
+            .execute(&mut conn)
+            .await
+            .expect("put");
+    }
+    let mut c = server.client().await;
+    // Ask for all ten (and one that does not exist) until every id is answered.
+    let mut ask: Vec<String> = ids.clone();
+    ask.insert(3, "missing".into());
+    let (mut got, mut replies) = (Vec::new(), 0);
+    while !ask.is_empty() && replies < 20 {
+        let r = c
+            .fetch(FetchRequest {
+                collection: "tasks".into(),
+                ids: ask.clone(),
+            })
+            .await
+            .expect("fetch")
+            .into_inner();
+        let answered = r.answered as usize;
+        assert!(answered >= 1 && answered <= ask.len());
+        let bytes: usize = r.documents.iter().map(|d| d.json.len()).sum();
+        assert!(
+            r.documents.len() <= 1 || bytes <= 65_536,
+            "a reply holds one document, or stays within the budget ({bytes})"
+        );
+        got.extend(r.documents.into_iter().map(|d| d.id));
+        ask.drain(..answered);
+        replies += 1;
+    }
+    assert!(ask.is_empty());
+    assert!(replies >= 3, "the budget cut the replies ({replies})");
+    assert_eq!(got, ids, "every live document once, in request order");
+    let _ = conn.close().await;
+}
