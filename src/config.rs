@@ -546,6 +546,15 @@ impl Config {
         if self.pull_limit_default > self.pull_limit_max {
             return invalid("pull_limit_default must not exceed pull_limit_max".into());
         }
+        if self.reconcile_digests_max == 0
+            || self.reconcile_list_max == 0
+            || self.fetch_ids_max == 0
+        {
+            return invalid(
+                "reconcile_digests_max, reconcile_list_max and fetch_ids_max must be at least 1"
+                    .into(),
+            );
+        }
         if self.push_rows_max == 0 || self.document_bytes_max == 0 || self.id_bytes_max == 0 {
             return invalid(
                 "push_rows_max, document_bytes_max and id_bytes_max must be at least 1".into(),
@@ -768,6 +777,8 @@ mod tests {
                 "stream_bytes_per_principal_max = 8000000\n",
                 "stream_bytes_per_principal_max",
             ),
+            ("fetch_ids_max = 0\n", "fetch_ids_max"),
+            ("reconcile_list_max = 0\n", "reconcile_list_max"),
         ] {
             let err = Config::from_toml(&format!("{bad}{base}")).unwrap_err();
             assert!(err.to_string().contains(key), "{bad}: {err}");
