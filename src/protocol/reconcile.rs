@@ -323,6 +323,25 @@ impl<S: Store> Replicator<S> {
             within,
         };
         let client = parse_digests(client, compared, max, "digests")?;
+        // The reply lists at most every compared bucket: bound that number, not only the
+        // request's, so that a round over a deep level cannot make the server list a bucket
+        // per document.
+        let compared_buckets = if within_bits == 0 {
+            1u64 << bits
+        } else {
+            (within.len() as u64) << (bits - within_bits)
+        };
+        if compared_buckets > max as u64 {
+            return Err(ProtocolError::invalid(
+                Reason::LimitExceeded,
+                "bucket_bits",
+                format!(
+                    "bucket_bits: this round compares {compared_buckets} buckets, at most {max} \
+                     (reconcile_digests_max); compare fewer prefixes at once, or go one level \
+                     deeper at a time"
+                ),
+            ));
+        }
         let tokens = self.tokens(&collection.name, principal).await?;
         let snapshot = self
             .store

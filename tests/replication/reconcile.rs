@@ -573,6 +573,27 @@ async fn oversized_or_malformed_requests_are_refused_naming_the_field() {
         "INVALID_REQUEST",
         "digests.buckets[4]",
     );
+    // A round may not compare more buckets than a request may carry digests for: its reply
+    // would list up to all of them.
+    refused(
+        c.reconcile(digest_req(4, 0, vec![], 0, 0)).await,
+        inv,
+        "LIMIT_EXCEEDED",
+        "bucket_bits",
+    );
+    refused(
+        c.reconcile(digest_req(8, 6, vec![0, 1, 2], 0, 0)).await,
+        inv,
+        "LIMIT_EXCEEDED",
+        "bucket_bits",
+    );
+    let ok = c
+        .reconcile(digest_req(3, 0, vec![], 0, 0))
+        .await
+        .expect("8 buckets compared")
+        .into_inner();
+    let differing = ok.differing.unwrap_or_default();
+    assert_eq!(differing.counts.iter().sum::<u32>(), 10);
     let list = |bits: u32, buckets: Vec<u32>| ReconcileListRequest {
         collection: "tasks".into(),
         bucket_bits: bits,
