@@ -195,6 +195,7 @@ async fn reconcile(
     // Each held document's bucket and hash, computed once for every round.
     let keys: Vec<(u32, u64)> = local.iter().map(|(i, r)| key(i, r)).collect();
     let items = || keys.iter().copied();
+    let keyed = start.elapsed().as_secs_f64();
     let r1 = c
         .reconcile(ReconcileRequest {
             collection: COLLECTION.into(),
@@ -234,6 +235,7 @@ async fn reconcile(
             held_in.entry(bucket).or_default().push(id.clone());
         }
     }
+    let digested = start.elapsed().as_secs_f64();
     // List the buckets that still differ, a few thousand documents per request.
     let mut to_fetch = Vec::new();
     let mut batch: Vec<u32> = Vec::new();
@@ -274,6 +276,7 @@ async fn reconcile(
             }
         }
     }
+    let listed = start.elapsed().as_secs_f64();
     let mut rest = &to_fetch[..];
     while !rest.is_empty() {
         let ask = &rest[..rest.len().min(1_000)];
@@ -297,6 +300,7 @@ async fn reconcile(
         }
         rest = &rest[answered..];
     }
+    let fetched = start.elapsed().as_secs_f64();
     // Then an ordinary Pull from C0.
     let mut token = c0;
     loop {
@@ -334,5 +338,10 @@ async fn reconcile(
             "reconcile: the client's copy differs from the live set in {wrong} documents"
         ));
     }
+    eprintln!(
+        "bench: reconcile phases (cumulative s): client hashing {keyed:.2}, digests {digested:.2}, list {listed:.2}, \
+         fetch {fetched:.2}, pull {seconds:.2}; {} ids fetched",
+        to_fetch.len()
+    );
     (counts.total() as f64, seconds)
 }
