@@ -708,3 +708,70 @@ async fn fetch_is_cut_at_the_page_byte_budget_and_says_how_far_it_answered() {
     assert_eq!(got, ids, "every live document once, in request order");
     let _ = conn.close().await;
 }
+
+/// One gRPC-Web call over HTTP/1.1, as a browser sends it; the whole response as text.
+async fn grpc_web(server: &TestServer, method: &str, message: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let mut request = format!(
+        "POST /syncline.v1.ReplicationService/{method} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\n\
+         Origin: http://app.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    stream.write_all(&request).await.expect("send");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn browsers_can_reconcile_through_grpc_web() {
+    use prost::Message;
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.grpc_web = true;
+    cfg.cors_allowed_origins = vec!["http://app.test".into()];
+    let server = TestServer::start_with(cfg).await;
+    let mut conn = server.db().await;
+    put(&mut conn, "web-1", "", 0).await;
+    let round = ReconcileRequest {
+        collection: "tasks".into(),
+        bucket_bits: 0,
+        within_bits: 0,
+        within: vec![],
+        digests: None,
+    };
+    let list = ReconcileListRequest {
+        collection: "tasks".into(),
+        bucket_bits: 0,
+        buckets: vec![0],
+    };
+    let fetch = FetchRequest {
+        collection: "tasks".into(),
+        ids: vec!["web-1".into()],
+    };
+    for (method, message) in [
+        ("Reconcile", round.encode_to_vec()),
+        ("ReconcileList", list.encode_to_vec()),
+        ("Fetch", fetch.encode_to_vec()),
+    ] {
+        let response = grpc_web(&server, method, message).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{method}: {response}");
+        assert!(response.contains("grpc-status:0"), "{method}: {response}");
+        if method != "Reconcile" {
+            assert!(response.contains("web-1"), "{method}: {response}");
+        }
+    }
+    let _ = conn.close().await;
+}
