@@ -149,6 +149,7 @@ cat >"$WORK/syncline.toml" <<TOML
 listen = "127.0.0.1:$PORT"
 heartbeat_seconds = 2
 metrics_enabled = false
+purge_interval_seconds = 1
 
 [auth]
 mode = "none"
@@ -158,6 +159,10 @@ name = "tasks"
 
 [[collections]]
 name = "notes"
+
+[[collections]]
+name = "purged"
+tombstone_retention = "1s"
 TOML
 start_server tests "$WORK/syncline.toml" "$DB_URL" "$PORT"
 

@@ -5,11 +5,14 @@
 # Usage: TEST_DATABASE_ADMIN_URL=postgres://postgres@127.0.0.1:55433/postgres scripts/test-typescript.sh
 #   TEST_DATABASE_ADMIN_URL  a throwaway cluster where the tests may CREATE DATABASE (required)
 #   SYNCLINE_BIN             the server binary (default target/debug/syncline)
-# Extra arguments go to `node --test` (e.g. --test-name-pattern=restart).
+# Extra arguments go to `node --test` (e.g. --test-name-pattern=restart) and skip the README check.
 #
 # Installs clients/typescript's packages from package-lock.json (`npm ci`, skipped while
-# node_modules matches the lock), generates the stubs from proto/ and compiles (tsc), then runs
-# the suites. Each suite starts its own server on a free port against a fresh database
+# node_modules matches the lock), checks that the committed stubs (src/gen) match a fresh
+# generation from proto/, compiles (tsc), then runs the suites: the interop suite and the
+# client-behaviour suite (auth failures, token expiry, owners, compression) over both
+# transports, and a server without gRPC-Web. Finally scripts/test-typescript-readme.sh runs
+# the README's TypeScript snippet from the packed tarball in a fresh project. Each suite starts its own server on a free port against a fresh database
 # (syncline_ts_<run>_<transport>), kills and restarts it mid-test, and drops the database at
 # the end. This script drops leftover databases and stops leftover servers on exit, prints the
 # server logs when a test failed, and exits with the test runner's status.
@@ -41,7 +44,15 @@ if [ ! -f "$STAMP" ] || [ package-lock.json -nt "$STAMP" ] || [ package.json -nt
     npm ci --no-audit --no-fund
     touch "$STAMP"
 fi
-echo "== generating stubs and compiling"
+echo "== checking that the committed stubs (src/gen) match proto/"
+GEN=$(mktemp -d /tmp/syncline-ts-gen.XXXXXX)
+if ! npx --no-install buf generate --output "$GEN" || ! diff -r "$GEN/src/gen" src/gen; then
+    rm -rf "$GEN"
+    echo "test-typescript.sh: clients/typescript/src/gen is stale: run 'npm run generate' in clients/typescript and commit it" >&2
+    exit 1
+fi
+rm -rf "$GEN"
+echo "== compiling"
 npm run --silent build:test
 
 WORK=$(mktemp -d /tmp/syncline-ts-test.XXXXXX)
@@ -77,8 +88,13 @@ echo "== node --test (gRPC and gRPC-Web against $(basename "$SYNCLINE_BIN"))"
 set +e
 SYNCLINE_BIN="$SYNCLINE_BIN" SYNCLINE_TEST_LOG_DIR="$WORK" SYNCLINE_TEST_RUN_ID="$RUN_ID" \
     node --test --test-concurrency=1 "$@" \
-    build/test/convert.test.js build/test/interop-grpc.test.js build/test/interop-grpc-web.test.js
+    build/test/convert.test.js build/test/errors.test.js build/test/interop-grpc.test.js build/test/interop-grpc-web.test.js \
+    build/test/client-grpc.test.js build/test/client-grpc-web.test.js build/test/grpc-web-off.test.js
 status=$?
 set -e
 cd "$ROOT"
+if [ "$status" -eq 0 ] && [ "$#" -eq 0 ]; then
+    echo "== the README's TypeScript snippet from the packed tarball"
+    SYNCLINE_BIN="$SYNCLINE_BIN" scripts/test-typescript-readme.sh || status=$?
+fi
 exit "$status"

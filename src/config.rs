@@ -191,6 +191,14 @@ pub struct Config {
     /// 32`), the same on every replica. Unset: a key generated once and kept in the database.
     #[serde(default)]
     pub checkpoint_key: Option<String>,
+    /// Seconds between rounds of the tombstone purge (collections with a
+    /// `tombstone_retention`); one replica purges a collection at a time.
+    #[serde(default = "default_purge_interval_seconds")]
+    pub purge_interval_seconds: u64,
+    /// Most tombstones one purge transaction deletes; a round repeats batches until none is
+    /// left.
+    #[serde(default = "default_purge_batch_rows")]
+    pub purge_batch_rows: u32,
     /// Message compressions the server accepts and answers with, negotiated per call through
     /// `grpc-encoding` / `grpc-accept-encoding`; empty turns compression off.
     #[serde(default = "default_compression")]
@@ -305,6 +313,42 @@ pub struct CollectionConfig {
     /// Push.
     #[serde(default)]
     pub write_scopes: Vec<String>,
+    /// How long tombstones are kept (`"30d"`: a number with s, m, h or d); older ones are
+    /// purged, and checkpoints from before the purge are refused (CHECKPOINT_EXPIRED).
+    /// Absent: tombstones are kept forever.
+    #[serde(default)]
+    pub tombstone_retention: Option<String>,
+}
+
+impl CollectionConfig {
+    /// The parsed `tombstone_retention`, `None` when tombstones are kept forever.
+    pub fn retention(&self) -> Result<Option<std::time::Duration>, String> {
+        self.tombstone_retention
+            .as_deref()
+            .map(|text| {
+                parse_retention(text)
+                    .map_err(|why| format!("collection {:?}: tombstone_retention {why}", self.name))
+            })
+            .transpose()
+    }
+}
+
+/// Parses a retention: a number with s, m, h or d, at least one second.
+fn parse_retention(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{text:?}: expected a number with s, m, h or d (\"30d\"), at least 1s");
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    }
+    // Bounded so that `now() - retention` stays a valid timestamp.
+    .filter(|s| (1..=100 * 365 * 86_400).contains(s))
+    .ok_or_else(bad)?;
+    Ok(std::time::Duration::from_secs(seconds))
 }
 
 fn default_listen() -> SocketAddr {
@@ -420,6 +464,12 @@ fn default_leeway_seconds() -> u64 {
 }
 fn default_subject_bytes_max() -> usize {
     256
+}
+fn default_purge_interval_seconds() -> u64 {
+    60
+}
+fn default_purge_batch_rows() -> u32 {
+    1000
 }
 fn default_primary_key() -> String {
     "id".to_owned()
@@ -619,6 +669,11 @@ impl Config {
             _ => {}
         }
         self.checkpoint_key_bytes()?;
+        if self.purge_interval_seconds == 0 || self.purge_batch_rows == 0 {
+            return invalid(
+                "purge_interval_seconds and purge_batch_rows must be at least 1".into(),
+            );
+        }
         if self.collections.is_empty() {
             return invalid("declare at least one [[collections]] entry".into());
         }
@@ -641,6 +696,7 @@ impl Config {
             if c.primary_key.is_empty() {
                 return invalid(format!("collection {:?}: primary_key is empty", c.name));
             }
+            c.retention().map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }
@@ -888,5 +944,31 @@ mod tests {
         assert!(c.compression.is_empty());
         let err = Config::from_toml(&format!("compression = [\"brotli\"]\n{base}")).unwrap_err();
         assert!(err.to_string().contains("brotli"), "{err}");
+    }
+
+    #[test]
+    fn tombstone_retention_parses_or_is_refused() {
+        let with = |value: &str| {
+            Config::from_toml(&format!(
+                "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\ntombstone_retention = \"{value}\"\n"
+            ))
+        };
+        let days = with("30d").unwrap().collections[0].retention().unwrap();
+        assert_eq!(days, Some(std::time::Duration::from_secs(30 * 86_400)));
+        assert_eq!(
+            with("90s").unwrap().collections[0].retention().unwrap(),
+            Some(std::time::Duration::from_secs(90))
+        );
+        for bad in ["", "30", "0s", "d", "-1d", "30 d", "1y", "999999999999d"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains("tombstone_retention"), "{bad:?}: {err}");
+        }
+        let kept =
+            Config::from_toml("[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n").unwrap();
+        assert_eq!(kept.collections[0].retention().unwrap(), None);
+        assert_eq!(
+            (kept.purge_interval_seconds, kept.purge_batch_rows),
+            (60, 1000)
+        );
     }
 }

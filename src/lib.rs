@@ -8,10 +8,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod bulk;
 pub mod config;
 pub mod health;
 pub mod horizon;
 pub mod protocol;
+pub mod purge;
 pub mod server;
 pub mod store;
 pub mod telemetry;

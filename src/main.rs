@@ -32,6 +32,16 @@ enum Command {
     Migrate,
     /// Load and validate the configuration (schema files included) without connecting.
     CheckConfig,
+    /// Purge a collection's tombstones older than its `tombstone_retention` now (the server
+    /// does it every `purge_interval_seconds`).
+    Purge {
+        /// The collection.
+        #[arg(long)]
+        collection: String,
+        /// Only print how many tombstones would go, and when they were written.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print an HS256 token signed with `auth.hs256_secret`, for development and tests.
     Token {
         /// The principal (`sub`): owner of the documents it creates.
@@ -44,6 +54,10 @@ enum Command {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+    /// Load JSON lines (one document per line) into a collection, in batches written like pushes.
+    Import(syncline::bulk::import::ImportArgs),
+    /// Write a collection's documents as JSON lines, from one consistent snapshot.
+    Export(syncline::bulk::export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -94,13 +108,43 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Bulk commands keep stdout for data and report on stderr themselves: no log subscriber.
+    let bulk = match &cli.command {
+        Command::Import(args) => Some(
+            runtime
+                .block_on(syncline::bulk::import::run(&config, args))
+                .map(drop),
+        ),
+        Command::Export(args) => Some(
+            runtime
+                .block_on(syncline::bulk::export::run(&config, args))
+                .map(drop),
+        ),
+        _ => None,
+    };
+    if let Some(result) = bulk {
+        return ExitCode::from(syncline::bulk::exit_code(result));
+    }
     let result = runtime.block_on(async move {
         let endpoint = syncline::telemetry::otlp_endpoint(config.otlp_endpoint.as_deref());
         let telemetry = syncline::telemetry::init(config.log_format, endpoint)
             .map_err(syncline::server::ServerError::Config)?;
         let result = match cli.command {
             Command::Migrate => syncline::server::migrate(&config).await,
-            Command::CheckConfig | Command::Token { .. } => Ok(()),
+            Command::CheckConfig
+            | Command::Token { .. }
+            | Command::Import(_)
+            | Command::Export(_) => Ok(()),
+            Command::Purge {
+                collection,
+                dry_run,
+            } => match syncline::purge::command(&config, &collection, dry_run).await {
+                Ok(text) => {
+                    println!("{text}");
+                    Ok(())
+                }
+                Err(e) => Err(syncline::server::ServerError::Config(e)),
+            },
             Command::Serve => {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await

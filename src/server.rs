@@ -120,6 +120,7 @@ pub async fn serve(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
+    let retentions = crate::purge::retentions(&config).map_err(ServerError::Config)?;
     let store = Arc::new(open_store(&config)?);
     if config.migrate_on_start {
         store.migrate().await?;
@@ -155,6 +156,15 @@ pub async fn serve(
             }
         },
     ));
+    if !retentions.is_empty() {
+        tasks.spawn(crate::purge::run(
+            (*store).clone(),
+            retentions,
+            Duration::from_secs(config.purge_interval_seconds),
+            config.purge_batch_rows,
+            background.clone(),
+        ));
+    }
     let replicator = Arc::new(
         Replicator::new(ReplicatorParts {
             store: store.clone(),

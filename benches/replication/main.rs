@@ -16,6 +16,7 @@ mod cluster;
 mod compression;
 mod fanout;
 mod idle;
+mod import;
 mod initial_sync;
 mod load;
 mod owners;
@@ -121,13 +122,17 @@ async fn run_all(ctx: &Ctx<'_>) -> Report {
         phase("5. scaling by owners");
         owners::run(ctx, &mut report).await;
     }
-    if s.runs("reconcile") {
-        phase("7. reconcile after a purge vs a full re-download");
-        reconcile::run(ctx, &mut report).await;
-    }
     if s.runs("abuse") {
         phase("6. abuse: peak memory under a hostile client's worst cases");
         abuse::run(ctx, &mut report).await;
+    }
+    if s.runs("import") {
+        phase("7. import from a JSONL file");
+        import::run(ctx, &mut report).await;
+    }
+    if s.runs("reconcile") {
+        phase("8. reconcile after a purge vs a full re-download");
+        reconcile::run(ctx, &mut report).await;
     }
     report.notes.push(
         "Each figure is the median of the rounds; Syncline and its baseline alternate \

@@ -1,4 +1,4 @@
-//! Scenario 7: a client held a whole collection; while it was away 1% of the documents changed
+//! Scenario 8: a client held a whole collection; while it was away 1% of the documents changed
 //! and 1% were deleted and purged. It comes back by reconcile (bucket digests in two rounds,
 //! the last differing buckets listed, the differing documents fetched, then an ordinary Pull
 //! from the first round's checkpoint) instead of re-downloading everything. Bytes are every
@@ -64,7 +64,7 @@ pub async fn run(ctx: &Ctx<'_>, report: &mut Report) {
     let ratio = bytes / full_bytes.max(1.0);
     report.add(Row {
         scenario: format!(
-            "7. Reconcile: {} docs held, {} changed and {} deleted+purged while away",
+            "8. Reconcile: {} docs held, {} changed and {} deleted+purged while away",
             thousands(n as u64),
             thousands(changed as u64),
             thousands(purged as u64)

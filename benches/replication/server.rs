@@ -15,7 +15,7 @@ use crate::client;
 /// compare two versions of the server under the same load generator).
 const BINARY: &str = env!("CARGO_BIN_EXE_syncline");
 
-fn binary() -> String {
+pub fn binary() -> String {
     std::env::var("BENCH_SERVER_BINARY").unwrap_or_else(|_| BINARY.to_owned())
 }
 

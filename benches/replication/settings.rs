@@ -62,11 +62,13 @@ pub struct Settings {
     /// reported over the ceiling, so that a server without bounds cannot take the machine
     /// (`BENCH_ABUSE_CEILING_MIB`).
     pub abuse_ceiling_mib: usize,
-    /// Scenario 7: documents the reconciling client holds (`BENCH_RECONCILE_DOCS`).
+    /// Scenario 7: documents in the imported file (`BENCH_IMPORT_DOCS`).
+    pub import_docs: usize,
+    /// Scenario 8: documents the reconciling client holds (`BENCH_RECONCILE_DOCS`).
     pub reconcile_docs: usize,
     /// Port of the benchmark's own PostgreSQL cluster (`BENCH_PG_PORT`).
     pub pg_port: u16,
-    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse`); all when unset.
+    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse,import`); all when unset.
     pub only: Option<Vec<String>>,
 }
 
@@ -106,6 +108,7 @@ impl Settings {
             abuse_watches: env_usize("BENCH_ABUSE_WATCHES", pick(5_000, 1_100)).max(1),
             abuse_idle_connections: env_usize("BENCH_ABUSE_IDLE_CONNECTIONS", pick(2_000, 200)),
             abuse_ceiling_mib: env_usize("BENCH_ABUSE_CEILING_MIB", pick(4_096, 2_048)).max(64),
+            import_docs: env_usize("BENCH_IMPORT_DOCS", pick(200_000, 2_000)).max(1),
             reconcile_docs: env_usize("BENCH_RECONCILE_DOCS", pick(100_000, 2_000)).max(200),
             pg_port: env_usize("BENCH_PG_PORT", 55460) as u16,
             only: std::env::var("BENCH_ONLY")
@@ -127,7 +130,7 @@ impl Settings {
             "mode {}, {} round(s); docs {}; push {} clients x {} batches x {} rows; \
              fan-out {} subscribers at {}/s for {:?}; idle {} streams over {:?}; scale {} vs {}; \
              owners 100 vs 1 of {}; abuse {} x {} empty rows, {} docs of ~1 MiB, \
-             {} pull rounds, {} unread streams, {} watches, {} idle connections",
+             {} pull rounds, {} unread streams, {} watches, {} idle connections; import {}",
             if self.smoke { "smoke" } else { "bench" },
             self.rounds,
             self.sync_docs,
@@ -149,6 +152,7 @@ impl Settings {
             self.abuse_streams,
             self.abuse_watches,
             self.abuse_idle_connections,
+            self.import_docs,
         )
     }
 }

@@ -18,8 +18,12 @@ fuzz_target!(|data: &[u8]| {
             tx: word(tx),
             seq: word(seq),
         };
-        let token = tokens.encode(position);
+        let token = tokens.encode(position, position.tx / 2);
         let opened = tokens.decode(&token, "checkpoint", ["tasks", "notes"]);
-        assert_eq!(opened.ok(), Some(position), "{token}");
+        assert_eq!(
+            opened.ok(),
+            Some(checkpoint::Resume::new(position, position.tx / 2)),
+            "{token}"
+        );
     }
 });

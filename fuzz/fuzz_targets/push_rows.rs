@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use syncline::api::convert;
 use syncline::proto::PushRequest;
-use syncline::protocol::ProtocolError;
+use syncline::protocol::Kind;
 use syncline::protocol::validate::validate_rows;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,8 +26,8 @@ fuzz_target!(|data: &[u8]| {
                     assert!(row.body.len() <= world.limits.document_bytes_max.max(2));
                 }
             }
-            Err(ProtocolError::InvalidArgument(message)) => {
-                assert!(message.starts_with("rows"), "{message}");
+            Err(e) if e.kind == Kind::InvalidArgument => {
+                assert!(e.message.starts_with("rows"), "{}", e.message);
             }
             Err(other) => panic!("a push is refused as INVALID_ARGUMENT, not {other:?}"),
         }

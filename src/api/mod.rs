@@ -19,7 +19,8 @@ use crate::proto::replication_service_server::ReplicationService;
 use crate::proto::{
     BucketDigests, ChangeBatch, FetchRequest, FetchResponse, Heartbeat, IdRevision, PullRequest,
     PullResponse, PushRequest, PushResponse, ReconcileListRequest, ReconcileListResponse,
-    ReconcileRequest, ReconcileResponse, SubscribeRequest, SubscribeResponse, subscribe_response,
+    ReconcileRequest, ReconcileResponse, Resync, SubscribeRequest, SubscribeResponse,
+    subscribe_response,
 };
 use crate::protocol::{Replicator, StreamEvent, StreamItem};
 use crate::store::Store;
@@ -49,6 +50,7 @@ fn event(item: StreamItem) -> Result<SubscribeResponse, Status> {
             checkpoint: convert::checkpoint(checkpoint),
         }),
         StreamEvent::Heartbeat => subscribe_response::Event::Heartbeat(Heartbeat {}),
+        StreamEvent::Resync { reason } => subscribe_response::Event::Resync(Resync { reason }),
     };
     Ok(SubscribeResponse { event: Some(event) })
 }

@@ -61,6 +61,7 @@ pub fn to_status(err: ProtocolError) -> Status {
         Kind::Unauthenticated => Code::Unauthenticated,
         Kind::PermissionDenied => Code::PermissionDenied,
         Kind::ResourceExhausted => Code::ResourceExhausted,
+        Kind::FailedPrecondition => Code::FailedPrecondition,
         Kind::Unavailable => Code::Unavailable,
         Kind::Internal => {
             tracing::error!(error = %err.message, "internal error");

@@ -2,12 +2,16 @@
 //! collection and scope it was issued for, so that a token is refused anywhere else and reveals
 //! nothing of the position (how many transactions other owners made in between).
 //!
-//! A token is `base64url(version ‖ nonce ‖ ciphertext ‖ tag)`, 49 bytes, 66 characters:
+//! A token is `base64url(version ‖ nonce ‖ ciphertext ‖ tag)`, 57 bytes, 76 characters:
 //! - `version` (1 byte, in clear): the format, so that a later format can be told apart;
 //! - `nonce` (12 random bytes);
-//! - `ciphertext` of `generation (u32) ‖ tx (i64) ‖ seq (i64)`, 20 bytes: the dataset
-//!   generation (0 until restores move a dataset to a new one) and the position;
+//! - `ciphertext` of `generation (u32) ‖ tx (i64) ‖ seq (i64) ‖ floor (i64)`, 28 bytes: the
+//!   dataset generation (0 until restores move a dataset to a new one), the position, and the
+//!   reader's floor (see [`Resume::floor`]);
 //! - `tag` (16 bytes), AES-256-GCM-SIV's authentication tag.
+//!
+//! Version 2 tokens (66 characters, without the floor) are still accepted, with floor 0: the
+//! most careful reading (any purge past their position expires them).
 //!
 //! What the token is bound to is not carried: the server rebuilds it from the request and
 //! passes it as the AEAD's associated data (the version, the collection, the scope: the owner
@@ -19,8 +23,8 @@
 //! Why AES-256-GCM-SIV with a random nonce: it is misuse-resistant, so even a nonce that
 //! repeats (a birthday event after ~2^48 tokens) only shows that two tokens seal the same
 //! position for the same binding, never the plaintext or the key (AES-GCM would leak its
-//! authentication key); its 12-byte nonce keeps tokens at 66 characters where XChaCha20's 24
-//! bytes would take 82; and AES runs in hardware on servers. A random rather than a fixed nonce
+//! authentication key); its 12-byte nonce keeps tokens at 76 characters where XChaCha20's 24
+//! bytes would take 92; and AES runs in hardware on servers. A random rather than a fixed nonce
 //! keeps two tokens for the same position unlinkable and the cipher within its distinct-nonce
 //! bounds however many tokens a key seals.
 
@@ -33,17 +37,24 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::{Principal, ProtocolError, Reason};
 use crate::store::Position;
+pub use crate::store::Resume;
 
 /// Bytes of the key that seals tokens.
 pub const KEY_LEN: usize = 32;
 
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+/// The format before the floor: accepted, never issued.
+const VERSION_2: u8 = 2;
 const NONCE_LEN: usize = 12;
-const PLAIN_LEN: usize = 4 + 8 + 8;
+const PLAIN_LEN: usize = 4 + 8 + 8 + 8;
+const PLAIN_LEN_2: usize = 4 + 8 + 8;
 const TAG_LEN: usize = 16;
 const RAW_LEN: usize = 1 + NONCE_LEN + PLAIN_LEN + TAG_LEN;
+const RAW_LEN_2: usize = 1 + NONCE_LEN + PLAIN_LEN_2 + TAG_LEN;
 /// Length of every non-empty token (unpadded base64 of [`RAW_LEN`] bytes).
 pub const TOKEN_LEN: usize = (RAW_LEN * 4).div_ceil(3);
+/// Length of a version 2 token.
+const TOKEN_LEN_2: usize = (RAW_LEN_2 * 4).div_ceil(3);
 /// Separates checkpoint associated data from anything else the key might ever authenticate.
 const DOMAIN: &[u8] = b"syncline/checkpoint";
 
@@ -112,9 +123,13 @@ fn scope_data(owner: Option<&str>) -> Vec<u8> {
 const COLLECTION_AT: usize = DOMAIN.len() + 1 + 8;
 
 fn associated_data(collection: &str, scope: &[u8]) -> Vec<u8> {
+    associated_data_of(VERSION, collection, scope)
+}
+
+fn associated_data_of(version: u8, collection: &str, scope: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(DOMAIN.len() + 1 + 8 + collection.len() + scope.len());
     out.extend_from_slice(DOMAIN);
-    out.push(VERSION);
+    out.push(version);
     put(&mut out, collection.as_bytes());
     out.extend_from_slice(scope);
     out
@@ -145,8 +160,8 @@ impl std::fmt::Debug for Tokens {
 }
 
 impl Tokens {
-    /// Seals a position. [`Position::START`] is the empty token.
-    pub fn encode(&self, position: Position) -> String {
+    /// Seals a position and the reader's floor. [`Position::START`] is the empty token.
+    pub fn encode(&self, position: Position, floor: i64) -> String {
         if position == Position::START {
             return String::new();
         }
@@ -157,16 +172,17 @@ impl Tokens {
         let (plain, tag) = raw[1 + NONCE_LEN..].split_at_mut(PLAIN_LEN);
         plain[..4].copy_from_slice(&self.generation.to_be_bytes());
         plain[4..12].copy_from_slice(&position.tx.to_be_bytes());
-        plain[12..].copy_from_slice(&position.seq.to_be_bytes());
+        plain[12..20].copy_from_slice(&position.seq.to_be_bytes());
+        plain[20..].copy_from_slice(&floor.to_be_bytes());
         let nonce = Nonce::from(nonce);
         match self
             .cipher
             .encrypt_inout_detached(&nonce, &self.associated, plain.into())
         {
             Ok(t) => tag.copy_from_slice(&t),
-            // Only inputs over 2^36 bytes fail: the plaintext is 20 bytes and the associated
+            // Only inputs over 2^36 bytes fail: the plaintext is 28 bytes and the associated
             // data a collection name and a credential's subject, both bounded far below that.
-            Err(_) => unreachable!("AES-GCM-SIV refused a 20-byte plaintext"),
+            Err(_) => unreachable!("AES-GCM-SIV refused a 28-byte plaintext"),
         }
         URL_SAFE_NO_PAD.encode(raw)
     }
@@ -178,9 +194,9 @@ impl Tokens {
         token: &str,
         field: &str,
         collections: impl IntoIterator<Item = &'a str>,
-    ) -> Result<Position, ProtocolError> {
+    ) -> Result<Resume, ProtocolError> {
         if token.is_empty() {
-            return Ok(Position::START);
+            return Ok(Resume::default());
         }
         let refuse = |why: &str| {
             ProtocolError::invalid(
@@ -194,23 +210,37 @@ impl Tokens {
         };
         let foreign = || refuse("not a checkpoint issued by this server");
         // The length first: nothing is decoded or allocated for an oversized token.
-        if token.len() != TOKEN_LEN {
-            return Err(foreign());
-        }
-        let mut raw = [0u8; RAW_LEN];
-        match URL_SAFE_NO_PAD.decode_slice(token, &mut raw) {
-            Ok(RAW_LEN) => {}
+        let (version, raw_len, plain_len) = match token.len() {
+            TOKEN_LEN => (VERSION, RAW_LEN, PLAIN_LEN),
+            TOKEN_LEN_2 => (VERSION_2, RAW_LEN_2, PLAIN_LEN_2),
+            _ => return Err(foreign()),
+        };
+        let mut buffer = [0u8; RAW_LEN];
+        let raw = &mut buffer[..raw_len];
+        match URL_SAFE_NO_PAD.decode_slice(token, raw) {
+            Ok(n) if n == raw_len => {}
             _ => return Err(foreign()),
         }
-        if raw[0] != VERSION {
+        if raw[0] != version {
             return Err(foreign());
         }
-        let Some(plain) = self.open(&raw, &self.associated) else {
-            let this = &self.associated[COLLECTION_AT..self.scope_at];
-            let scope = &self.associated[self.scope_at..];
+        let associated =
+            |collection: &str, scope: &[u8]| associated_data_of(version, collection, scope);
+        let this = &self.associated[COLLECTION_AT..self.scope_at];
+        let scope = &self.associated[self.scope_at..];
+        let opened = if version == VERSION {
+            self.open(raw, plain_len, &self.associated)
+        } else {
+            // Rare (tokens issued before the upgrade): the associated data is rebuilt.
+            let this = std::str::from_utf8(this).unwrap_or_default();
+            self.open(raw, plain_len, &associated(this, scope))
+        };
+        let Some(plain) = opened else {
             let elsewhere = collections.into_iter().any(|other| {
                 other.as_bytes() != this
-                    && self.open(&raw, &associated_data(other, scope)).is_some()
+                    && self
+                        .open(raw, plain_len, &associated(other, scope))
+                        .is_some()
             });
             return Err(if elsewhere {
                 refuse("issued for another collection")
@@ -228,33 +258,40 @@ impl Tokens {
         };
         let generation = u32::from_be_bytes([plain[0], plain[1], plain[2], plain[3]]);
         if generation != self.generation {
-            // Restores move the dataset to a new generation (issue 13): such a token will be
-            // FAILED_PRECONDITION then, sending the client to reconcile.
-            return Err(refuse(&format!(
-                "issued for generation {generation} of the dataset, which is now at generation {}",
-                self.generation
-            )));
+            // A genuine token whose positions belong to an earlier dataset (a restore moved it
+            // to a new generation): not forged, but no longer servable. The client starts over.
+            return Err(ProtocolError::checkpoint_expired(
+                field,
+                format!(
+                    "{field}: issued for generation {generation} of the dataset, which is now at \
+                     generation {}; start over from an empty checkpoint",
+                    self.generation
+                ),
+            ));
         }
         let position = Position {
             tx: word(4),
             seq: word(12),
         };
-        if position.tx < 0 || position.seq < 0 {
+        // Version 2 has no floor: 0, the most careful.
+        let floor = if plain_len == PLAIN_LEN { word(20) } else { 0 };
+        if position.tx < 0 || position.seq < 0 || floor < 0 {
             return Err(foreign());
         }
-        Ok(position)
+        Ok(Resume { position, floor })
     }
 
-    /// The plaintext of `raw` when it authenticates under `associated`.
-    fn open(&self, raw: &[u8; RAW_LEN], associated: &[u8]) -> Option<[u8; PLAIN_LEN]> {
-        let (nonce, rest) = raw[1..].split_at(NONCE_LEN);
-        let (sealed, tag) = rest.split_at(PLAIN_LEN);
+    /// The plaintext of `raw` (whose ciphertext is `plain_len` bytes) when it authenticates
+    /// under `associated`, zero-padded to [`PLAIN_LEN`].
+    fn open(&self, raw: &[u8], plain_len: usize, associated: &[u8]) -> Option<[u8; PLAIN_LEN]> {
+        let (nonce, rest) = raw.get(1..)?.split_at_checked(NONCE_LEN)?;
+        let (sealed, tag) = rest.split_at_checked(plain_len)?;
         let nonce = Nonce::try_from(nonce).ok()?;
         let tag = Tag::try_from(tag).ok()?;
         let mut plain = [0u8; PLAIN_LEN];
-        plain.copy_from_slice(sealed);
+        plain.get_mut(..plain_len)?.copy_from_slice(sealed);
         self.cipher
-            .decrypt_inout_detached(&nonce, associated, plain.as_mut_slice().into(), &tag)
+            .decrypt_inout_detached(&nonce, associated, plain[..plain_len].as_mut().into(), &tag)
             .ok()?;
         Some(plain)
     }
@@ -265,6 +302,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+    use crate::protocol::Kind;
 
     const KEY: [u8; KEY_LEN] = [7; KEY_LEN];
     const COLLECTIONS: [&str; 2] = ["tasks", "notes"];
@@ -306,7 +344,7 @@ mod tests {
                 seq: i64::MAX,
             },
         ] {
-            let token = tokens("tasks", &alice).encode(p);
+            let token = tokens("tasks", &alice).encode(p, 0);
             assert_eq!(token.len(), TOKEN_LEN);
             assert!(token.len() < 80);
             assert!(
@@ -317,24 +355,27 @@ mod tests {
             );
             // Another Sealer from the same key: another replica, or this one after a restart.
             let elsewhere = Sealer::new(&KEY).bind("tasks", &alice);
-            assert_eq!(elsewhere.decode(&token, "c", COLLECTIONS).unwrap(), p);
+            assert_eq!(
+                elsewhere.decode(&token, "c", COLLECTIONS).unwrap().position,
+                p
+            );
         }
         let t = tokens("tasks", &alice);
-        assert_eq!(t.encode(Position::START), "");
-        assert_eq!(t.decode("", "c", COLLECTIONS).unwrap(), Position::START);
+        assert_eq!(t.encode(Position::START, 0), "");
+        assert_eq!(t.decode("", "c", COLLECTIONS).unwrap(), Resume::default());
     }
 
     #[test]
     fn refuses_garbage_altered_and_foreign_tokens() {
         let t = tokens("tasks", &user("alice"));
-        let good = t.encode(Position { tx: 9, seq: 3 });
+        let good = t.encode(Position { tx: 9, seq: 3 }, 0);
         // The earlier format: unkeyed, unbound, forgeable. No longer accepted.
         let v1 = URL_SAFE_NO_PAD.encode([1u8; 23]);
         let mut wrong_version = URL_SAFE_NO_PAD.decode(&good).unwrap();
-        wrong_version[0] = 3;
+        wrong_version[0] = 4;
         let other_key = Sealer::new(&[8; KEY_LEN])
             .bind("tasks", &user("alice"))
-            .encode(Position { tx: 9, seq: 3 });
+            .encode(Position { tx: 9, seq: 3 }, 0);
         for bad in [
             "x".to_owned(),
             "not a token!".to_owned(),
@@ -364,7 +405,7 @@ mod tests {
         let position = Position { tx: 42, seq: 1 };
         let alice = user("alice");
         let service = Principal::anonymous_service();
-        let on_tasks = tokens("tasks", &alice).encode(position);
+        let on_tasks = tokens("tasks", &alice).encode(position, 0);
 
         let m = refusal(&tokens("notes", &alice), &on_tasks);
         assert!(m.contains("issued for another collection"), "{m}");
@@ -379,7 +420,7 @@ mod tests {
             assert!(m.contains("not issued to this caller"), "{other:?}: {m}");
         }
         // A service token is no user's token, not even one whose subject looks like it.
-        let as_service = tokens("tasks", &service).encode(position);
+        let as_service = tokens("tasks", &service).encode(position, 0);
         for other in [user(""), user("service")] {
             let m = refusal(&tokens("tasks", &other), &as_service);
             assert!(m.contains("not issued to this caller"), "{m}");
@@ -396,14 +437,59 @@ mod tests {
     }
 
     #[test]
-    fn a_token_of_another_dataset_generation_is_refused() {
+    fn a_token_of_another_dataset_generation_is_expired() {
         let alice = user("alice");
         let old = Sealer::new(&KEY)
             .bind("tasks", &alice)
-            .encode(Position { tx: 5, seq: 5 });
+            .encode(Position { tx: 5, seq: 5 }, 0);
         let now = Sealer::new(&KEY).with_generation(1).bind("tasks", &alice);
-        let m = refusal(&now, &old);
-        assert!(m.contains("generation 0"), "{m}");
+        let e = now
+            .decode(&old, "checkpoint.token", COLLECTIONS)
+            .unwrap_err();
+        assert_eq!(
+            (e.kind, e.reason),
+            (Kind::FailedPrecondition, Reason::CheckpointExpired)
+        );
+        assert_eq!(e.field.as_deref(), Some("checkpoint.token"));
+        assert!(e.message.contains("generation 0"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_floor_round_trips_and_version_2_tokens_open_with_floor_0() {
+        let alice = user("alice");
+        let t = tokens("tasks", &alice);
+        let p = Position { tx: 77, seq: 3 };
+        let token = t.encode(p, 70);
+        assert_eq!(token.len(), 76);
+        assert_eq!(
+            t.decode(&token, "c", COLLECTIONS).unwrap(),
+            Resume::new(p, 70)
+        );
+        // A token of the earlier format, sealed as the earlier server did.
+        let mut raw = [0u8; RAW_LEN_2];
+        raw[0] = VERSION_2;
+        let nonce = [5u8; NONCE_LEN];
+        raw[1..1 + NONCE_LEN].copy_from_slice(&nonce);
+        let (plain, tag) = raw[1 + NONCE_LEN..].split_at_mut(PLAIN_LEN_2);
+        plain[4..12].copy_from_slice(&p.tx.to_be_bytes());
+        plain[12..].copy_from_slice(&p.seq.to_be_bytes());
+        let scope = scope_data(alice.owner_filter());
+        let sealed = t
+            .cipher
+            .encrypt_inout_detached(
+                &Nonce::from(nonce),
+                &associated_data_of(VERSION_2, "tasks", &scope),
+                plain.into(),
+            )
+            .unwrap();
+        tag.copy_from_slice(&sealed);
+        let old = URL_SAFE_NO_PAD.encode(raw);
+        assert_eq!(old.len(), 66);
+        assert_eq!(t.decode(&old, "c", COLLECTIONS).unwrap(), Resume::new(p, 0));
+        // Still bound to its collection and caller.
+        let m = refusal(&tokens("notes", &alice), &old);
+        assert!(m.contains("issued for another collection"), "{m}");
+        refusal(&tokens("tasks", &user("bob")), &old);
     }
 
     #[test]
@@ -419,7 +505,7 @@ mod tests {
                     tx: p.tx + i / 8,
                     seq: p.seq + i,
                 };
-                URL_SAFE_NO_PAD.decode(t.encode(next)).unwrap()
+                URL_SAFE_NO_PAD.decode(t.encode(next, 0)).unwrap()
             })
             .collect();
         for r in &raw {
@@ -436,6 +522,6 @@ mod tests {
             assert!(values.len() > 1, "byte {at} is the same in all 64 tokens");
         }
         // The same position twice gives two different tokens.
-        assert_ne!(t.encode(p), t.encode(p));
+        assert_ne!(t.encode(p, 0), t.encode(p, 0));
     }
 }

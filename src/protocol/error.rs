@@ -16,6 +16,9 @@ pub enum Kind {
     NotFound,
     /// A configured limit was reached.
     ResourceExhausted,
+    /// The request cannot be served in the system's current state (a checkpoint older than
+    /// the purge horizon): retrying the same request will not help.
+    FailedPrecondition,
     /// The database is unreachable, contended or the server is draining: retry later.
     Unavailable,
     /// A bug or an unexpected database error. The text is logged, never sent to clients.
@@ -35,6 +38,10 @@ pub enum Reason {
     LimitExceeded,
     /// A checkpoint token this server did not issue for this collection and caller.
     CheckpointInvalid,
+    /// A genuine checkpoint the server can no longer serve exactly: at or below the
+    /// collection's purge horizon, or of another dataset generation. Start over from an
+    /// empty checkpoint.
+    CheckpointExpired,
     /// The collection is not declared on this server.
     CollectionNotFound,
     /// The id belongs to another owner, or a row names another owner.
@@ -57,11 +64,12 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::InvalidRequest,
         Reason::InvalidDocument,
         Reason::LimitExceeded,
         Reason::CheckpointInvalid,
+        Reason::CheckpointExpired,
         Reason::CollectionNotFound,
         Reason::NotOwner,
         Reason::ScopeMissing,
@@ -80,6 +88,7 @@ impl Reason {
             Reason::InvalidDocument => "INVALID_DOCUMENT",
             Reason::LimitExceeded => "LIMIT_EXCEEDED",
             Reason::CheckpointInvalid => "CHECKPOINT_INVALID",
+            Reason::CheckpointExpired => "CHECKPOINT_EXPIRED",
             Reason::CollectionNotFound => "COLLECTION_NOT_FOUND",
             Reason::NotOwner => "NOT_OWNER",
             Reason::ScopeMissing => "SCOPE_MISSING",
@@ -148,6 +157,12 @@ impl ProtocolError {
     /// RESOURCE_EXHAUSTED: a capacity limit ([`Reason::LimitExceeded`]).
     pub fn resource_exhausted(message: impl Into<String>) -> Self {
         ProtocolError::new(Kind::ResourceExhausted, Reason::LimitExceeded, message)
+    }
+
+    /// FAILED_PRECONDITION about `field`: the checkpoint it holds has expired
+    /// ([`Reason::CheckpointExpired`]).
+    pub fn checkpoint_expired(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ProtocolError::new(Kind::FailedPrecondition, Reason::CheckpointExpired, message).at(field)
     }
 
     /// UNAVAILABLE: retry later.

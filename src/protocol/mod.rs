@@ -6,6 +6,7 @@ pub mod collections;
 pub mod conflict;
 mod error;
 pub mod fanout;
+pub mod import;
 mod json_check;
 mod json_number;
 mod json_text;
@@ -28,10 +29,21 @@ pub use stream::{StreamEvent, StreamItem};
 use stream_limits::StreamLimits;
 pub use validate::{DocumentInput, PlannedRow, Refusal, RowInput};
 
-use crate::store::{ConflictState, PageLimit, PushError, Store, StoredDocument};
+use crate::store::{ConflictState, PageLimit, Position, PushError, Store, StoredDocument};
 use crate::telemetry::metrics as m;
 use fanout::Hub;
 use fanout::{stream, stream_limits, tail};
+
+/// Refuses a checkpoint at or below the collection's purge horizon (`field` names it).
+fn expired_checkpoint(field: &str) -> ProtocolError {
+    ProtocolError::checkpoint_expired(
+        field,
+        format!(
+            "{field}: the checkpoint is older than the collection's purge horizon (deleted \
+             documents after it were purged); start over from an empty checkpoint"
+        ),
+    )
+}
 
 /// A page of a Pull.
 #[derive(Debug, Clone)]
@@ -203,6 +215,9 @@ impl<S: Store> Replicator<S> {
                 .store
                 .read_changes(&collection.name, principal.owner_filter(), after, limit)
                 .await?;
+            if page.expired {
+                return Err(expired_checkpoint("checkpoint.token"));
+            }
             let Some(signalled) = pending else {
                 break page;
             };
@@ -223,8 +238,14 @@ impl<S: Store> Replicator<S> {
         };
         metrics::counter!(m::DOCS_PULLED, "collection" => collection.name.clone())
             .increment(page.documents.len() as u64);
+        // A reader starting over begins at this page's horizon (see `Resume::floor`).
+        let floor = if after.position == Position::START {
+            page.horizon
+        } else {
+            after.floor
+        };
         let checkpoint = match page.documents.last() {
-            Some(last) => tokens.encode(last.position),
+            Some(last) => tokens.encode(last.position, floor),
             None => checkpoint.to_owned(),
         };
         Ok(PullPage {
@@ -355,7 +376,18 @@ impl<S: Store> Replicator<S> {
         let collection = self.collections.get(collection)?;
         principal.check_read(&collection)?;
         let tokens = self.tokens(&collection.name, principal).await?;
-        let position = tokens.decode(checkpoint, "checkpoint.token", self.collections.names())?;
+        let resume = match tokens.decode(checkpoint, "checkpoint.token", self.collections.names()) {
+            Ok(resume) => resume,
+            // An expired checkpoint is a stream's Resync, as when the stream is overtaken
+            // by a purge later: one way for a client to handle both.
+            Err(e) if e.kind == Kind::FailedPrecondition => {
+                let (out, events) = mpsc::channel(1);
+                stream::resync(&collection.name, &e.message);
+                let _ = out.try_send(Ok(StreamEvent::Resync { reason: e.message }));
+                return Ok(events);
+            }
+            Err(e) => return Err(e),
+        };
         if self.shutdown.is_cancelled() {
             return Err(ProtocolError::unavailable(
                 Reason::ShuttingDown,
@@ -374,7 +406,8 @@ impl<S: Store> Replicator<S> {
             collection: collection.name.clone(),
             owner: principal.owner_filter().map(str::to_owned),
             expires_at: principal.expires_at,
-            position,
+            position: resume.position,
+            floor: resume.floor,
             caught_up: false,
             page: PageLimit::new(self.limits.pull_max, self.page_bytes),
             heartbeat: self.heartbeat,

@@ -368,7 +368,10 @@ impl<S: Store> Replicator<S> {
             .collect();
         Ok(ReconcileRound {
             differing: differing(&client, &server),
-            checkpoint: tokens.encode(checkpoint_position(snapshot.xmin)),
+            // The floor is the snapshot's xmin, as for a Pull from scratch (the client's copy
+            // now reflects this snapshot): a later purge expires C0 exactly when it removes a
+            // tombstone above C0, one the Pull from C0 would otherwise have delivered.
+            checkpoint: tokens.encode(checkpoint_position(snapshot.xmin), snapshot.xmin),
         })
     }
 

@@ -84,8 +84,26 @@ pub fn validate_rows(
     check_row_count(limits, rows.len())?;
     rows.into_iter()
         .enumerate()
-        .map(|(i, row)| validate_row(collection, limits, i, row))
+        .map(|(i, row)| validate_row(collection, limits, Where::Row(i), row))
         .collect()
+}
+
+/// Where a document came from, as its error messages and field paths name it.
+#[derive(Debug, Clone, Copy)]
+pub enum Where {
+    /// Row `i` of a push: `rows[i]`.
+    Row(usize),
+    /// Line `n` (from 1) of an import file: `line n`.
+    Line(u64),
+}
+
+impl std::fmt::Display for Where {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Where::Row(i) => write!(f, "rows[{i}]"),
+            Where::Line(n) => write!(f, "line {n}"),
+        }
+    }
 }
 
 /// A row refused on its own (per-row pushes): its index, its id as sent (cut short), and the
@@ -135,7 +153,7 @@ pub fn validate_each(
             let storable =
                 !sent.is_empty() && sent.len() <= limits.id_bytes_max && !sent.contains('\0');
             let lookup = storable.then(|| sent.to_owned());
-            match validate_row(collection, limits, index, row) {
+            match validate_row(collection, limits, Where::Row(index), row) {
                 Ok(valid) => PlannedRow::Valid(valid),
                 Err(error) => PlannedRow::Refused {
                     refusal: Refusal { index, id, error },
@@ -168,17 +186,19 @@ fn check_row_count(limits: &Limits, rows: usize) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-fn validate_row(
+/// Validates one document exactly as a push row is validated (ids, sizes, JSON, depth,
+/// primary key, schema), naming it by `at` in errors.
+pub fn validate_row(
     collection: &Collection,
     limits: &Limits,
-    index: usize,
+    at: Where,
     row: RowInput,
 ) -> Result<ValidRow, ProtocolError> {
     let Some(new) = row.new_state else {
         return Err(ProtocolError::invalid(
             Reason::InvalidRequest,
-            format!("rows[{index}].new_document_state"),
-            format!("rows[{index}]: new_document_state is required"),
+            format!("{at}.new_document_state"),
+            format!("{at}: new_document_state is required"),
         ));
     };
     let shown_id = shown(&new.id);
@@ -186,8 +206,8 @@ fn validate_row(
     let fail = |field: &str, (reason, what): Problem| {
         ProtocolError::invalid(
             reason,
-            format!("rows[{index}].{field}"),
-            format!("rows[{index}] (id {shown_id}): {what}"),
+            format!("{at}.{field}"),
+            format!("{at} (id {shown_id}): {what}"),
         )
     };
     const ID: &str = "new_document_state.id";

@@ -24,6 +24,26 @@ impl Position {
     pub const START: Position = Position { tx: 0, seq: 0 };
 }
 
+/// Where a reader resumes: the position, and its floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Resume {
+    /// The position of the last change the reader received ([`Position::START`]: none).
+    pub position: Position,
+    /// The visibility horizon when the reader began from [`Position::START`] (0 when not
+    /// known): every tombstone of an older transaction had committed before the reader's first
+    /// read, so the reader never held a state such a tombstone replaced, and its purge cannot
+    /// leave the reader with a deleted document. Carried unchanged by the reader's later
+    /// checkpoints.
+    pub floor: i64,
+}
+
+impl Resume {
+    /// From `position`, with `floor`.
+    pub fn new(position: Position, floor: i64) -> Resume {
+        Resume { position, floor }
+    }
+}
+
 /// A document as stored, with its server-owned metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredDocument {
@@ -91,6 +111,11 @@ pub struct ChangePage {
     /// transactions may still become visible. Streams use it to tell "nothing new" from
     /// "something committed but not yet readable in order".
     pub horizon: i64,
+    /// The reader is expired: its position is at or below the collection's purge horizon,
+    /// and the tombstone there is of a transaction at or above the reader's floor, so a
+    /// tombstone it needed may be gone. The page is then empty. Never for
+    /// [`Position::START`]. Read in the same snapshot as the page.
+    pub expired: bool,
 }
 
 /// A document state a push wants to store. Revision and body are already decided.
@@ -231,13 +256,15 @@ pub struct DigestSnapshot {
 /// The storage interface the protocol needs.
 pub trait Store: Send + Sync + 'static {
     /// Reads the documents of `collection` (only `owner`'s when given) whose latest write is
-    /// after `after`, in change order, within `limit` (documents and bytes; at least one),
-    /// returning only positions that can no longer be preceded by a later commit.
+    /// after `after.position`, in change order, within `limit` (documents and bytes; at least one),
+    /// returning only positions that can no longer be preceded by a later commit. When
+    /// the reader is past the collection's purge horizon, the page comes back empty and
+    /// `expired` (see [`ChangePage::expired`]).
     fn read_changes(
         &self,
         collection: &str,
         owner: Option<&str>,
-        after: Position,
+        after: Resume,
         limit: PageLimit,
     ) -> impl Future<Output = Result<ChangePage, StoreError>> + Send;
 

@@ -64,6 +64,11 @@ pub const CONNECTIONS_TIMED_OUT: &str = "syncline_connections_timed_out_total";
 pub const BUILD_INFO: &str = "syncline_build_info";
 /// Rows refused by per-row pushes, by collection and `reason` (the error reason codes).
 pub const PUSH_ROWS_REFUSED: &str = "syncline_push_rows_refused_total";
+/// Tombstones deleted by the retention purge, by collection.
+pub const DOCS_PURGED: &str = "syncline_documents_purged_total";
+/// Seconds since the tombstone at a collection's purge horizon was written: checkpoints about
+/// that old or older are expired. By collection; absent before the first purge.
+pub const PURGE_HORIZON_AGE_SECONDS: &str = "syncline_purge_horizon_age_seconds";
 
 /// Histogram buckets for every `_seconds` metric.
 const BUCKETS: &[f64] = &[
@@ -164,5 +169,11 @@ fn describe() {
     describe_counter!(
         PUSH_ROWS_REFUSED,
         "Rows refused by per-row pushes, by reason code"
+    );
+    describe_counter!(DOCS_PURGED, "Tombstones deleted by the retention purge");
+    describe_gauge!(
+        PURGE_HORIZON_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of the tombstone at the purge horizon (older checkpoints are expired)"
     );
 }

@@ -1,6 +1,7 @@
 //! Integration tests: the real server, a real PostgreSQL, the generated client.
 
 mod auth;
+mod bulk;
 mod checkpoints;
 mod cluster;
 mod common;
@@ -18,6 +19,7 @@ mod per_row_push;
 mod pull;
 mod push;
 mod reconcile;
+mod retention;
 mod sigterm;
 mod slow_reader;
 mod sql_writes;

@@ -58,8 +58,13 @@ fn authed<T>(message: T, token: &str) -> Request<T> {
 }
 
 async fn jwt_server() -> TestServer {
+    jwt_server_with(|_| {}).await
+}
+
+async fn jwt_server_with(tweak: impl FnOnce(&mut syncline::config::Config)) -> TestServer {
     let db = fresh_database().await;
     let mut cfg = config(&db);
+    tweak(&mut cfg);
     cfg.auth = Some(AuthConfig {
         mode: AuthMode::Jwt,
         hs256_secret: Some(SECRET.into()),
@@ -774,4 +779,81 @@ async fn browsers_can_reconcile_through_grpc_web() {
         }
     }
     let _ = conn.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_expired_by_the_purge_reconciles_and_pulls_on_from_c0() {
+    let server = jwt_server_with(|c| {
+        for col in &mut c.collections {
+            col.tombstone_retention = Some("30d".into());
+        }
+    })
+    .await;
+    let mut db = server.db().await;
+    let mut c = server.client().await;
+    let alice = token("alice");
+    for i in 0..50 {
+        put(&mut db, &format!("a{i:03}"), "alice", 0).await;
+    }
+    let mut local = Copy::new();
+    let old = pull_into(&mut c, &alice, "tasks", "", &mut local).await;
+    // Away: ten deleted and, 40 days later, purged by the retention purge (which raises the
+    // purge horizon); five changed; five new.
+    sqlx::query("DELETE FROM syncline_documents WHERE collection = 'tasks' AND id < 'a010'")
+        .execute(&mut db)
+        .await
+        .expect("delete");
+    let mut tx = db.begin().await.expect("begin");
+    sqlx::query("SELECT set_config('syncline.writer', 'push', true)")
+        .execute(&mut *tx)
+        .await
+        .expect("writer marker");
+    sqlx::query(
+        "UPDATE syncline_documents SET updated_at = now() - interval '40 days' WHERE deleted",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect("age tombstones");
+    tx.commit().await.expect("commit");
+    let store = syncline::store::postgres::PgStore::connect_lazy(
+        &server.db_url,
+        &syncline::store::postgres::PoolSettings {
+            size: 2,
+            acquire_timeout: Duration::from_secs(10),
+            statement_cache_capacity: 10,
+            read_ahead_pages: 0,
+        },
+    )
+    .expect("store");
+    let purged =
+        syncline::purge::purge_collection(&store, "tasks", Duration::from_secs(30 * 86_400), 4)
+            .await
+            .expect("purge");
+    assert_eq!(purged.purged, 10);
+    store.close().await;
+    for i in 20..25 {
+        put(&mut db, &format!("a{i:03}"), "alice", 2).await;
+    }
+    for i in 50..55 {
+        put(&mut db, &format!("a{i:03}"), "alice", 0).await;
+    }
+    // The old checkpoint is expired: the deletes it missed are gone.
+    let expired = c
+        .pull(authed(
+            PullRequest {
+                collection: "tasks".into(),
+                checkpoint: Some(Checkpoint { token: old }),
+                limit: 100,
+            },
+            &alice,
+        ))
+        .await
+        .expect_err("expired");
+    assert_eq!(expired.code(), Code::FailedPrecondition, "{expired:?}");
+    // Reconcile, then Pull from C0: accepted (C0 is above the horizon) and exact.
+    let c0 = reconcile(&mut c, &alice, "tasks", &mut local).await;
+    pull_into(&mut c, &alice, "tasks", &c0, &mut local).await;
+    assert_eq!(seen(&local), live(&mut db, "alice").await);
+    assert_eq!(local.len(), 45);
+    let _ = db.close().await;
 }

@@ -15,7 +15,7 @@ use syncline::protocol::{
 };
 use syncline::store::postgres::{PgStore, PoolSettings};
 use syncline::store::{
-    ChangePage, PageLimit, Position, PushError, PushOutcome, PushPlan, PushTarget, Store,
+    ChangePage, PageLimit, Position, PushError, PushOutcome, PushPlan, PushTarget, Resume, Store,
     StoreError, StoredDocument,
 };
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,7 @@ impl Store for Counting {
         &self,
         c: &str,
         owner: Option<&str>,
-        after: Position,
+        after: Resume,
         limit: PageLimit,
     ) -> Result<ChangePage, StoreError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
@@ -145,6 +145,7 @@ async fn receive(
         {
             StreamEvent::Changes { documents, .. } => got.extend(documents),
             StreamEvent::Heartbeat => {}
+            StreamEvent::Resync { reason } => panic!("unexpected resync: {reason}"),
         }
     }
     got
@@ -247,6 +248,7 @@ async fn receive_batch(
         {
             StreamEvent::Changes { documents, .. } => return documents,
             StreamEvent::Heartbeat => {}
+            StreamEvent::Resync { reason } => panic!("unexpected resync: {reason}"),
         }
     }
 }
@@ -307,7 +309,7 @@ async fn a_stream_that_wakes_the_tail_as_it_goes_to_sleep_skips_nothing() {
     for round in 0.. {
         let page = store
             .inner
-            .read_changes("tasks", None, Position::START, everything)
+            .read_changes("tasks", None, Resume::default(), everything)
             .await
             .unwrap();
         let gap = page.documents.iter().filter(|d| d.id.starts_with("gap-"));

@@ -18,6 +18,7 @@ from .client import (
     SynclineClient,
 )
 from .errors import (
+    CheckpointExpired,
     CheckpointInvalid,
     CollectionNotFound,
     FieldViolation,
@@ -34,6 +35,7 @@ from .errors import (
 
 __all__ = [
     "ChangeRow",
+    "CheckpointExpired",
     "CheckpointInvalid",
     "CollectionNotFound",
     "Doc",

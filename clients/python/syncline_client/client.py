@@ -19,7 +19,7 @@ from typing import Any, Literal, Optional, Union, overload
 
 import grpc
 
-from .errors import CheckpointInvalid, TokenExpired, from_rpc_error
+from .errors import CheckpointExpired, CheckpointInvalid, TokenExpired, from_rpc_error
 
 try:
     from ._gen.syncline.v1 import replication_pb2 as pb
@@ -155,8 +155,10 @@ class PushResult:
 
 
 class ResyncRequired(Exception):
-    """Raised by a :class:`Subscription` opened with ``reconnect=False`` when the server sends
-    ``Resync``: re-run :meth:`SynclineClient.pull_all` from :attr:`checkpoint`."""
+    """Raised by a :class:`Subscription` when the server sends ``Resync``: its checkpoint
+    expired (tombstones purged past it, or a restore), so resuming from it could miss deletes.
+    Start over with :meth:`SynclineClient.pull_all_or_restart` and replace the local copy;
+    :attr:`checkpoint` is the expired one."""
 
     def __init__(self, reason: str, checkpoint: str) -> None:
         super().__init__(f"the server asked for a resync: {reason}")
@@ -307,7 +309,9 @@ class SynclineClient:
     ) -> tuple[list[Doc], str, bool]:
         """:meth:`pull_all`, starting over from the beginning when the server refuses
         ``checkpoint`` as :class:`~syncline_client.errors.CheckpointInvalid` (issued for
-        another collection or caller, or altered: it can never work again).
+        another collection or caller, or altered: it can never work again) or
+        :class:`~syncline_client.errors.CheckpointExpired` (tombstones purged past it, or a
+        restore).
 
         Returns ``(docs, checkpoint, restarted)``. When ``restarted`` is true, ``docs`` is the
         whole collection as the caller may see it (tombstones included): replace the local
@@ -316,7 +320,7 @@ class SynclineClient:
         try:
             docs, next_checkpoint = self.pull_all(collection, checkpoint, limit)
             return docs, next_checkpoint, False
-        except CheckpointInvalid:
+        except (CheckpointInvalid, CheckpointExpired):
             if not checkpoint:
                 raise
         docs, next_checkpoint = self.pull_all(collection, "", limit)
@@ -540,10 +544,8 @@ class Subscription(Iterator[tuple[list[Doc], str]]):
                 self._backoff = min(self.INITIAL_BACKOFF, self._max_backoff)
                 continue
             if event == "resync":
+                # The checkpoint expired: reconnecting from it would only be told so again.
                 self._drop(call)
-                if not self._reconnect:
-                    self.close()
-                    raise ResyncRequired(response.resync.reason, self.checkpoint)
-                self._wait_before_reconnect()
-                continue
+                self.close()
+                raise ResyncRequired(response.resync.reason, self.checkpoint)
             # An event this client does not know (a newer server): ignore it.

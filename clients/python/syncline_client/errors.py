@@ -18,6 +18,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 __all__ = [
+    "CheckpointExpired",
     "CheckpointInvalid",
     "CollectionNotFound",
     "FieldViolation",
@@ -110,6 +111,13 @@ class CheckpointInvalid(SynclineError):
     (:meth:`SynclineClient.pull_all_or_restart` does that)."""
 
 
+class CheckpointExpired(SynclineError):
+    """``CHECKPOINT_EXPIRED``: the server purged tombstones past the checkpoint (the collection's
+    ``tombstone_retention``), or the database was restored into another cluster
+    (FAILED_PRECONDITION). Resuming could miss deletes: start over from ``""`` and replace the
+    local copy (:meth:`SynclineClient.pull_all_or_restart` does that)."""
+
+
 class CollectionNotFound(SynclineError):
     """``COLLECTION_NOT_FOUND``: the server declares no such collection (NOT_FOUND)."""
 
@@ -140,6 +148,7 @@ _BY_REASON: dict[str, type[SynclineError]] = {
     "INVALID_DOCUMENT": InvalidDocument,
     "LIMIT_EXCEEDED": LimitExceeded,
     "CHECKPOINT_INVALID": CheckpointInvalid,
+    "CHECKPOINT_EXPIRED": CheckpointExpired,
     "COLLECTION_NOT_FOUND": CollectionNotFound,
     "NOT_OWNER": NotOwner,
     "SCOPE_MISSING": ScopeMissing,

@@ -32,9 +32,12 @@ import type {
 import { replicateRxCollection, type RxReplicationState } from "rxdb/plugins/replication";
 
 import { fromServerDocument, toServerDocument } from "./convert.js";
+import { SynclineError } from "./errors.js";
+import { refusalError, refusedMasterState } from "./refusals.js";
 import {
     ChangeRowSchema,
     PullRequestSchema,
+    PushMode,
     PushRequestSchema,
     ReplicationService,
     SubscribeRequestSchema,
@@ -100,17 +103,36 @@ export interface SynclineReplicationOptions<RxDocType> {
     streamIdleTimeoutMs?: number;
     /** Extra Connect interceptors (logging, tracing, custom headers). */
     interceptors?: Interceptor[];
+    /**
+     * The RxDB document field that carries the server's `Document.owner` (the principal
+     * owning the document), e.g. "owner". The collection's schema must declare it as a
+     * string; it is filled on every pulled document and never stored in the server's body. A
+     * principal holding the service scope may set it on a new document to name its owner;
+     * other principals leave it empty or name themselves. Default: owners are not mapped.
+     */
+    ownerField?: string;
+    /**
+     * Compress requests with gzip ('grpc' and Node's 'grpc-web' transports). Responses are
+     * always accepted compressed (gzip) when the server chooses to compress. Default 'none',
+     * because a server built without gzip support refuses compressed requests (UNIMPLEMENTED).
+     */
+    compression?: SynclineCompression;
     /** RxDB pull/push modifiers, passed through. */
     pull?: Pick<ReplicationPullOptions<RxDocType, SynclineCheckpoint>, "modifier">;
     push?: Pick<ReplicationPushOptions<RxDocType>, "modifier">;
 }
 
+/** Whether requests are compressed. */
+export type SynclineCompression = "gzip" | "none";
+
+/** What a transport factory needs besides the kind and URL. */
+export interface TransportSettings {
+    interceptors: Interceptor[];
+    compression: SynclineCompression;
+}
+
 /** Builds a Connect transport for a transport kind; supplied by the entry point. */
-export type TransportFactory = (
-    kind: SynclineTransportKind,
-    url: string,
-    interceptors: Interceptor[],
-) => Transport;
+export type TransportFactory = (kind: SynclineTransportKind, url: string, settings: TransportSettings) => Transport;
 
 export type SynclineReplicationState<RxDocType> = RxReplicationState<RxDocType, SynclineCheckpoint>;
 
@@ -169,6 +191,20 @@ export function replicateSynclineWith<RxDocType>(
     if (!Number.isInteger(batchSize) || batchSize < 1) {
         throw new Error(`syncline-rxdb: batchSize must be a positive integer, not ${batchSize}`);
     }
+    const ownerField = options.ownerField;
+    if (ownerField !== undefined) {
+        const property = (collection.schema.jsonSchema.properties as Record<string, { type?: unknown }>)[ownerField];
+        if (ownerField === primaryPath || property === undefined || property.type !== "string") {
+            throw new Error(
+                `syncline-rxdb: ownerField '${ownerField}' must be a string property of the ` +
+                    "collection's schema, other than the primary key",
+            );
+        }
+    }
+    const compression = options.compression ?? "none";
+    if (compression !== "none" && compression !== "gzip") {
+        throw new Error(`syncline-rxdb: compression must be 'gzip' or 'none', not '${String(compression)}'`);
+    }
 
     const interceptors: Interceptor[] = [];
     const auth = authInterceptor(options.token, options.getToken);
@@ -179,7 +215,7 @@ export function replicateSynclineWith<RxDocType>(
     const transportOption = options.transport ?? defaultTransport;
     const transport =
         typeof transportOption === "string"
-            ? transportFactory(transportOption, options.url, interceptors)
+            ? transportFactory(transportOption, options.url, { interceptors, compression })
             : transportOption;
     const client: ReplicationClient = createClient(ReplicationService, transport);
 
@@ -199,18 +235,109 @@ export function replicateSynclineWith<RxDocType>(
 
     const callOptions = (): CallOptions => ({ timeoutMs: callTimeoutMs });
 
+    let replicationState: SynclineReplicationState<RxDocType> | undefined;
+    const reportError = (err: Error): void => {
+        replicationState?.subjects.error.next(err as never);
+    };
+
+    // A call that fails in a way retrying cannot fix (a bad token even after a refresh, a
+    // missing scope, an unknown collection, a request the server refuses as a whole) stops
+    // the replication: RxDB itself would retry it every retryTime forever. The error is
+    // reported on error$ (by RxDB, as RC_PULL / RC_PUSH), and awaitInitialReplication()
+    // rejects with it when the first sync had not completed.
+    let initialDone = false;
+    let stoppedByError = false;
+    let failInitial: ((err: SynclineError) => void) | undefined;
+    const initialFailure = new Promise<never>((_, reject) => {
+        failInitial = reject;
+    });
+    initialFailure.catch(() => undefined); // nobody may be waiting: not an unhandled rejection
+    const callFailed = (err: unknown): SynclineError => {
+        const error = SynclineError.from(err);
+        if (error.permanent) {
+            if (!initialDone) {
+                failInitial?.(error);
+            }
+            if (!stoppedByError) {
+                stoppedByError = true;
+                // After RxDB has reported the error thrown below.
+                setTimeout(() => void replicationState?.cancel(), 0);
+            }
+        }
+        return error;
+    };
+
+    /**
+     * One unary call. An expired token (reason TOKEN_EXPIRED) is retried once at once, which
+     * asks getToken for a fresh one: a normal expiry is not an error.
+     */
+    const unary = async <T>(call: () => Promise<T>, handled?: (err: SynclineError) => boolean): Promise<T> => {
+        const failed = (err: unknown): SynclineError => {
+            const error = SynclineError.from(err);
+            return handled?.(error) ? error : callFailed(error);
+        };
+        try {
+            return await call();
+        } catch (err) {
+            const error = SynclineError.from(err);
+            if (error.code !== Code.Unauthenticated || error.reason !== "TOKEN_EXPIRED") {
+                throw failed(error);
+            }
+        }
+        try {
+            return await call();
+        } catch (err) {
+            throw failed(err);
+        }
+    };
+
+    // A checkpoint the server no longer accepts (CHECKPOINT_INVALID: a token from before an
+    // upgrade or a key change, or of another principal; FAILED_PRECONDITION: older than the
+    // purge horizon) restarts the pull from the beginning, once per replication, and says so
+    // on error$ and in the console.
+    let checkpointRestarted = false;
+    let refusedToken: string | undefined;
+
     const pullHandler = async (
         checkpoint: SynclineCheckpoint | undefined,
         limit: number,
     ): Promise<{ documents: WithDeleted<RxDocType>[]; checkpoint: SynclineCheckpoint | undefined }> => {
+        // RxDB may ask again from the refused checkpoint (a pull queued before the restart).
+        if (checkpoint?.token !== undefined && checkpoint.token === refusedToken) {
+            checkpoint = undefined;
+        }
         const request = create(PullRequestSchema, {
             collection: collectionName,
             limit,
             checkpoint: checkpoint?.token ? { token: checkpoint.token } : undefined,
         });
-        const response = await client.pull(request, callOptions());
+        // FAILED_PRECONDITION: a checkpoint older than the server's purge horizon.
+        const restartable = (error: SynclineError): boolean =>
+            (error.reason === "CHECKPOINT_INVALID" || error.code === Code.FailedPrecondition) &&
+            !!checkpoint?.token &&
+            !checkpointRestarted;
+        let response;
+        try {
+            response = await unary(() => client.pull(request, callOptions()), restartable);
+        } catch (err) {
+            const error = SynclineError.from(err);
+            if (!restartable(error)) {
+                throw error;
+            }
+            checkpointRestarted = true;
+            refusedToken = checkpoint?.token;
+            const notice = new SynclineError(
+                `syncline-rxdb: the server refused the stored checkpoint of '${collectionName}' ` +
+                    `(${error.message}); pulling from the beginning`,
+                error.code,
+                { reason: error.reason, cause: err },
+            );
+            console.warn(notice.message);
+            reportError(notice);
+            return pullHandler(undefined, limit);
+        }
         const documents = response.documents.map(
-            (doc) => fromServerDocument(doc, primaryPath) as unknown as WithDeleted<RxDocType>,
+            (doc) => fromServerDocument(doc, primaryPath, ownerField) as unknown as WithDeleted<RxDocType>,
         );
         const token = response.checkpoint?.token;
         const next: SynclineCheckpoint | undefined = token ? { token } : checkpoint;
@@ -231,25 +358,40 @@ export function replicateSynclineWith<RxDocType>(
         try {
             const request = create(PushRequestSchema, {
                 collection: collectionName,
+                mode: PushMode.PER_ROW,
                 rows: rows.map((row) =>
                     create(ChangeRowSchema, {
                         newDocumentState: toServerDocument(
                             row.newDocumentState as unknown as Record<string, unknown>,
                             primaryPath,
+                            ownerField,
                         ),
                         assumedMasterState: row.assumedMasterState
                             ? toServerDocument(
                                   row.assumedMasterState as unknown as Record<string, unknown>,
                                   primaryPath,
+                                  ownerField,
                               )
                             : undefined,
                     }),
                 ),
             });
-            const response = await client.push(request, callOptions());
-            return response.conflicts.map(
-                (doc) => fromServerDocument(doc, primaryPath) as unknown as WithDeleted<RxDocType>,
+            const response = await unary(() => client.push(request, callOptions()));
+            const masterStates = response.conflicts.map(
+                (doc) => fromServerDocument(doc, primaryPath, ownerField) as unknown as WithDeleted<RxDocType>,
             );
+            // Refused rows (another owner's id, a document the server's schema refuses): each
+            // is reported once and handed back as a conflict with the server's state (or a
+            // deleted one), so RxDB reverts or drops the local copy and stops pushing it,
+            // while the rest of the batch is written and later writes keep flowing.
+            for (const refused of response.refused) {
+                reportError(refusalError(refused));
+                const row = rows[refused.index]?.newDocumentState as unknown as Record<string, unknown> | undefined;
+                masterStates.push(
+                    refusedMasterState(refused, row, primaryPath, ownerField) as unknown as WithDeleted<RxDocType>,
+                );
+            }
+            return masterStates;
         } finally {
             pushesInFlight -= 1;
             if (pushesInFlight === 0 && batchWithheldDuringPush) {
@@ -259,7 +401,6 @@ export function replicateSynclineWith<RxDocType>(
         }
     };
 
-    let replicationState: SynclineReplicationState<RxDocType> | undefined;
     const reportStreamError = (err: unknown): void => {
         replicationState?.subjects.error.next(
             newRxError("RC_STREAM", { error: errorToPlainJson(err as Error) }),
@@ -346,7 +487,11 @@ export function replicateSynclineWith<RxDocType>(
                                 subscriber.next({
                                     documents: event.value.documents.map(
                                         (doc) =>
-                                            fromServerDocument(doc, primaryPath) as unknown as WithDeleted<RxDocType>,
+                                            fromServerDocument(
+                                                doc,
+                                                primaryPath,
+                                                ownerField,
+                                            ) as unknown as WithDeleted<RxDocType>,
                                     ),
                                     checkpoint: { token },
                                 });
@@ -360,7 +505,18 @@ export function replicateSynclineWith<RxDocType>(
                         }
                     } catch (err) {
                         if (!stop.signal.aborted) {
-                            reportStreamError(err);
+                            const error = SynclineError.from(err);
+                            // The server ends a stream whose token expired with
+                            // UNAUTHENTICATED: a normal event for a long-lived stream, not an
+                            // error. Reconnect (after the shortest backoff, as the stream had
+                            // connected) with a fresh token from getToken; a stream refused at
+                            // open is reported unless its token had merely expired.
+                            const expired =
+                                error.code === Code.Unauthenticated &&
+                                (connected || error.reason === "TOKEN_EXPIRED");
+                            if (!expired) {
+                                reportStreamError(error);
+                            }
                         }
                     } finally {
                         clearTimeout(idleTimer);
@@ -403,5 +559,19 @@ export function replicateSynclineWith<RxDocType>(
             modifier: options.push?.modifier,
         },
     });
-    return replicationState;
+    const state = replicationState;
+    const awaitFirstSync = state.awaitInitialReplication.bind(state);
+    void awaitFirstSync().then(
+        () => {
+            initialDone = true;
+        },
+        () => undefined,
+    );
+    state.awaitInitialReplication = async (): Promise<void> => {
+        if (initialDone) {
+            return awaitFirstSync();
+        }
+        return Promise.race([awaitFirstSync(), initialFailure]);
+    };
+    return state;
 }

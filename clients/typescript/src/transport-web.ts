@@ -1,14 +1,15 @@
 // Connect transport for browsers: gRPC-Web over fetch. Browsers cannot speak native gRPC.
 
-import type { Interceptor, Transport } from "@connectrpc/connect";
+import type { Transport } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 
-import type { SynclineTransportKind } from "./core.js";
+import type { SynclineTransportKind, TransportSettings } from "./core.js";
+import { grpcWebDiagnosis } from "./grpc-web-diagnosis.js";
 
 export function createBrowserTransport(
     kind: SynclineTransportKind,
     url: string,
-    interceptors: Interceptor[],
+    settings: TransportSettings,
 ): Transport {
     if (kind !== "grpc-web") {
         throw new Error(
@@ -16,5 +17,7 @@ export function createBrowserTransport(
                 "enable grpc_web on the server",
         );
     }
-    return createGrpcWebTransport({ baseUrl: url, interceptors });
+    // Browsers negotiate compression themselves (fetch's Accept-Encoding); connect-web has no
+    // request compression, so `compression` has no effect here.
+    return createGrpcWebTransport({ baseUrl: url, interceptors: [grpcWebDiagnosis(url), ...settings.interceptors] });
 }

@@ -42,3 +42,25 @@ test("fromServerDocument rejects a body that is not an object", () => {
         /not a JSON object/,
     );
 });
+
+test("ownerField: owner travels in Document.owner, never in the body", () => {
+    const doc = toServerDocument({ id: "t1", title: "x", owner: "alice", _deleted: false }, "id", "owner");
+    assert.equal(doc.owner, "alice");
+    assert.deepEqual(JSON.parse(text(doc.json)), { id: "t1", title: "x" });
+    const unset = toServerDocument({ id: "t2", title: "x", _deleted: false }, "id", "owner");
+    assert.equal(unset.owner, "");
+    const state = fromServerDocument(
+        create(DocumentSchema, { id: "t1", json: new TextEncoder().encode('{"title":"x"}'), owner: "bob" }),
+        "id",
+        "owner",
+    );
+    assert.deepEqual(state, { title: "x", id: "t1", owner: "bob", _deleted: false });
+});
+
+test("without ownerField, owner is neither read nor sent", () => {
+    const doc = toServerDocument({ id: "t1", owner: "alice", _deleted: false }, "id");
+    assert.equal(doc.owner, "");
+    assert.deepEqual(JSON.parse(text(doc.json)), { id: "t1", owner: "alice" });
+    const state = fromServerDocument(create(DocumentSchema, { id: "t1", json: new TextEncoder().encode("{}"), owner: "bob" }), "id");
+    assert.deepEqual(state, { id: "t1", _deleted: false });
+});

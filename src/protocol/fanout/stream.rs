@@ -6,6 +6,11 @@
 //!
 //! The credential's expiry is checked before every send, not only while the stream is idle: a
 //! client catching up slowly must not keep receiving on an expired token.
+//!
+//! Every table read checks the purge horizon in its own snapshot: a stream whose position a
+//! purge has passed (a slow reader, or one opened from an old checkpoint) sends `Resync` and
+//! ends. Pages from the shared tail need no check: the tail read them before any purge could
+//! remove them, so they are exactly what the table held.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::stream_limits::StreamSlot;
 use super::tail::{Tail, Take, covered_below};
 use crate::protocol::{ProtocolError, Reason, checkpoint};
-use crate::store::{PageLimit, Position, Store, StoredDocument};
+use crate::store::{PageLimit, Position, Resume, Store, StoredDocument};
 use crate::telemetry::metrics as m;
 
 /// What a stream sends.
@@ -34,6 +39,23 @@ pub enum StreamEvent {
     },
     /// Nothing happened for a heartbeat interval.
     Heartbeat,
+    /// The stream's position can no longer be served exactly (older than the purge horizon, or
+    /// of another dataset generation); the stream ends after it. The client starts over.
+    Resync {
+        /// Why, in words for logs.
+        reason: String,
+    },
+}
+
+/// Why a stream overtaken by a purge resyncs.
+const OVERTAKEN: &str = "the stream's position is older than the collection's purge horizon \
+                         (deleted documents after it were purged); start over from an empty \
+                         checkpoint";
+
+/// Counts and logs a Resync sent on `collection`'s stream.
+pub(in crate::protocol) fn resync(collection: &str, reason: &str) {
+    tracing::info!(collection, reason, "stream resync");
+    metrics::counter!(m::RESYNCS).increment(1);
 }
 
 /// Items on a stream's channel: an event, or the error that ends the stream.
@@ -47,6 +69,10 @@ struct Page {
     caught_up: bool,
     /// The page ended at its limit: read the next one at once.
     more: bool,
+    /// The position is at or below the purge horizon: nothing can be served from it.
+    expired: bool,
+    /// The visibility horizon of a table read.
+    horizon: Option<i64>,
 }
 
 /// Everything one stream task needs.
@@ -58,6 +84,9 @@ pub(in crate::protocol) struct Subscription<S> {
     /// The credential's expiry: the stream ends with UNAUTHENTICATED then.
     pub expires_at: Option<SystemTime>,
     pub position: Position,
+    /// The stream's floor (see `Resume::floor`): from its checkpoint, or the horizon of its
+    /// first read when it starts from the beginning.
+    pub floor: i64,
     /// False until a table read came back not full; until then pages come from the table.
     pub caught_up: bool,
     /// Documents and bytes per batch.
@@ -112,6 +141,8 @@ impl<S: Store> Subscription<S> {
                     position,
                     caught_up,
                     more,
+                    expired,
+                    horizon,
                     // Boxed: the read's future is large, and inline it would sit in every idle
                     // stream's task for the stream's whole life.
                 } = match Box::pin(self.next_page()).await {
@@ -121,6 +152,18 @@ impl<S: Store> Subscription<S> {
                         return;
                     }
                 };
+                if expired {
+                    resync(&self.collection, OVERTAKEN);
+                    permit.send(Ok(StreamEvent::Resync {
+                        reason: OVERTAKEN.to_owned(),
+                    }));
+                    return;
+                }
+                if self.position == Position::START
+                    && let Some(horizon) = horizon
+                {
+                    self.floor = horizon;
+                }
                 self.position = self.position.max(position);
                 self.caught_up |= caught_up;
                 // The read may have outlived the token.
@@ -129,7 +172,7 @@ impl<S: Store> Subscription<S> {
                     return;
                 }
                 if let Some(last) = documents.last() {
-                    let checkpoint = self.tokens.encode(last.position);
+                    let checkpoint = self.tokens.encode(last.position, self.floor);
                     self.observe_sent(&documents, live);
                     permit.send(Ok(StreamEvent::Changes {
                         documents,
@@ -191,6 +234,8 @@ impl<S: Store> Subscription<S> {
                 position,
                 caught_up: true,
                 more,
+                expired: false,
+                horizon: None,
             });
         }
         let page = self
@@ -198,7 +243,7 @@ impl<S: Store> Subscription<S> {
             .read_changes(
                 &self.collection,
                 self.owner.as_deref(),
-                self.position,
+                Resume::new(self.position, self.floor),
                 self.page,
             )
             .await?;
@@ -213,6 +258,8 @@ impl<S: Store> Subscription<S> {
             position,
             caught_up: !full,
             more: full,
+            expired: page.expired,
+            horizon: Some(page.horizon),
         })
     }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{PageLimit, Position, Store, StoredDocument};
+use crate::store::{PageLimit, Position, Resume, Store, StoredDocument};
 
 /// Pauses before re-reading when a signalled commit is not yet readable in order (an older
 /// transaction is still running), and after a failed read.
@@ -267,7 +267,8 @@ impl Tail {
         }
     }
 
-    /// Follows the table until no stream watches (false) or shutdown (true).
+    /// Follows the table until no stream watches or a purge overtakes it (false), or shutdown
+    /// (true).
     async fn follow<S: Store>(
         &self,
         store: &S,
@@ -275,9 +276,10 @@ impl Tail {
         page: PageLimit,
         shutdown: &CancellationToken,
     ) -> bool {
-        let start = loop {
+        // The tail begins at this horizon: it is its floor (see `Resume::floor`).
+        let (start, floor) = loop {
             match store.horizon().await {
-                Ok(h) => break covered_below(h),
+                Ok(h) => break (covered_below(h), h),
                 Err(e) => {
                     tracing::warn!(error = %e, collection = %self.collection, "stream tail cannot start yet");
                     if pause(shutdown, ERROR_BACKOFF).await {
@@ -306,7 +308,9 @@ impl Tail {
             }
             let signalled = *signals.borrow_and_update();
             let head = self.read().head;
-            let result = store.read_changes(&self.collection, None, head, page).await;
+            let result = store
+                .read_changes(&self.collection, None, Resume::new(head, floor), page)
+                .await;
             let page_read = match result {
                 Ok(p) => p,
                 Err(e) => {
@@ -317,6 +321,14 @@ impl Tail {
                     continue;
                 }
             };
+            if page_read.expired {
+                // A purge passed the head (the tail fell far behind, or a tiny retention):
+                // changes after it may be gone. Cover nothing, so that streams read the table
+                // (and resync where they must), and start over from the newest position.
+                tracing::warn!(collection = %self.collection, "stream tail overtaken by a purge; restarting");
+                self.sleep();
+                return pause(shutdown, ERROR_BACKOFF).await;
+            }
             let full = page_read.more;
             // Everything below the horizon has been read once the page is not full.
             let covered = match (page_read.documents.last(), full) {

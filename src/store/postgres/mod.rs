@@ -1,9 +1,11 @@
 //! The PostgreSQL store: documents in one table, positions from transaction ids under a
 //! visibility horizon (see `migrations/0001_documents.sql` and docs/architecture.md).
 
+mod bulk;
 mod error;
 mod keys;
 pub mod notify;
+mod purge;
 mod read;
 mod read_ahead;
 mod reconcile;
@@ -16,14 +18,16 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::collections::HashMap;
 
 use super::{
-    ChangePage, PageLimit, Position, PushError, PushOutcome, PushPlan, PushTarget, Store,
-    StoreError, StoredDocument,
+    ChangePage, PageLimit, PushError, PushOutcome, PushPlan, PushTarget, Resume, Store, StoreError,
+    StoredDocument,
 };
 
 /// The embedded migrations.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+pub use bulk::{ExportError, ExportOptions};
 pub use notify::NOTIFY_CHANNEL;
+pub use purge::{PurgeBatch, PurgeHorizon, PurgePreview};
 
 /// Pooled connections idle at least this long are pinged before use.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
@@ -166,12 +170,14 @@ impl PgStore {
                     .bind(0_i64)
                     .bind(0_i64)
                     .bind(100_i64)
-                    .bind(1_i64 << 22),
+                    .bind(1_i64 << 22)
+                    .bind(0_i64),
                 1 => query
                     .bind(0_i64)
                     .bind(0_i64)
                     .bind(100_i64)
                     .bind(1_i64 << 22)
+                    .bind(0_i64)
                     .bind("owner"),
                 _ => query
                     .bind(vec!["a".to_owned(), "b".to_owned()])
@@ -237,7 +243,7 @@ impl Store for PgStore {
         &self,
         collection: &str,
         owner: Option<&str>,
-        after: Position,
+        after: Resume,
         limit: PageLimit,
     ) -> impl Future<Output = Result<ChangePage, StoreError>> + Send {
         self.read_page(collection, owner, after, limit)

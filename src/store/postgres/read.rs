@@ -9,7 +9,7 @@ use super::PgStore;
 use super::error::to_store_error;
 use super::read_ahead::{PageKey, Prepared, WRITTEN_SINCE_MAX, WRITTEN_SINCE_SQL};
 use crate::store::{
-    ChangePage, DOCUMENT_OVERHEAD_BYTES, PageLimit, Position, StoreError, StoredDocument,
+    ChangePage, DOCUMENT_OVERHEAD_BYTES, PageLimit, Position, Resume, StoreError, StoredDocument,
 };
 use crate::telemetry::metrics::READ_AHEAD;
 
@@ -17,6 +17,14 @@ use crate::telemetry::metrics::READ_AHEAD;
 // and this statement sees all of the committed ones. Returning only rows below it means no
 // transaction can later commit a row at a position at or before the last one returned.
 // Two statements rather than an optional filter, so that each has a plan on its own index.
+//
+// The purge horizon is read here too, in the same snapshot as the rows: a purge deletes its
+// tombstones and raises the horizon in one transaction, so this statement either sees the
+// rows or the raised horizon, never the rows gone and the old horizon. A position at or below
+// the horizon reads nothing and comes back `expired`, unless the tombstone at the horizon is
+// older than the reader's floor ($6: the horizon when it began from the start; every purged
+// tombstone is then older still, and the reader never held what they deleted). The start of
+// the collection is never expired.
 //
 // The byte budget ($5) is applied here, from a running sum of each row's weight (the stored
 // `body_bytes` plus id, owner and revision, as `StoredDocument::page_bytes` counts), so that
@@ -28,8 +36,15 @@ use crate::telemetry::metrics::READ_AHEAD;
 macro_rules! page_sql {
     ($owner_filter:literal) => {
         concat!(
-            "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon)
-SELECT h.horizon, d.id, d.owner, CASE WHEN d.fits THEN d.body::text END AS body, d.deleted,
+            "WITH h AS (
+    SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
+           ($2, $3) <> (0::bigint, 0::bigint) AND EXISTS (
+               SELECT FROM syncline_purge_horizon p
+               WHERE p.collection = $1 AND ($2, $3) <= (p.change_xid, p.change_seq)
+                 AND p.change_xid >= $6
+           ) AS expired
+)
+SELECT h.horizon, h.expired, d.id, d.owner, CASE WHEN d.fits THEN d.body::text END AS body, d.deleted,
        d.revision, d.updated_at, d.change_xid, d.change_seq
 FROM h
 LEFT JOIN LATERAL (
@@ -44,7 +59,8 @@ LEFT JOIN LATERAL (
         FROM syncline_documents
         WHERE collection = $1
           AND (change_xid, change_seq) > ($2, $3)
-          AND change_xid < h.horizon",
+          AND change_xid < h.horizon
+          AND NOT h.expired",
             $owner_filter,
             "
         WINDOW w AS (ORDER BY change_xid, change_seq ROWS UNBOUNDED PRECEDING)
@@ -62,8 +78,8 @@ const _: () = assert!(DOCUMENT_OVERHEAD_BYTES == 64, "update the page statements
 
 /// Every owner's documents (service principals).
 pub(super) const PAGE_SQL: &str = page_sql!("");
-/// One owner's documents; `$6` is the owner.
-pub(super) const OWNER_PAGE_SQL: &str = page_sql!("\n          AND owner = $6");
+/// One owner's documents; `$7` is the owner.
+pub(super) const OWNER_PAGE_SQL: &str = page_sql!("\n          AND owner = $7");
 
 impl PgStore {
     /// The page after `after`: the one read ahead when it is still exactly what a read now
@@ -73,7 +89,7 @@ impl PgStore {
         &self,
         collection: &str,
         owner: Option<&str>,
-        after: Position,
+        after: Resume,
         limit: PageLimit,
     ) -> Result<ChangePage, StoreError> {
         let key = PageKey {
@@ -149,7 +165,7 @@ impl PgStore {
         &self,
         collection: &str,
         owner: Option<&str>,
-        after: Position,
+        after: Resume,
         limit: PageLimit,
     ) -> Result<ChangePage, StoreError> {
         let sql = if owner.is_some() {
@@ -160,18 +176,22 @@ impl PgStore {
         let budget = i64::try_from(limit.bytes).unwrap_or(i64::MAX);
         let mut query = sqlx::query(sql)
             .bind(collection)
-            .bind(after.tx)
-            .bind(after.seq)
+            .bind(after.position.tx)
+            .bind(after.position.seq)
             .bind(i64::from(limit.documents))
-            .bind(budget);
+            .bind(budget)
+            .bind(after.floor);
         if let Some(owner) = owner {
             query = query.bind(owner);
         }
         let mut conn = self.acquire().await?;
         let rows = query.fetch_all(&mut *conn).await.map_err(to_store_error)?;
-        let horizon = match rows.first() {
-            Some(row) => row.try_get_unchecked(0).map_err(to_store_error)?,
-            None => 0,
+        let (horizon, expired) = match rows.first() {
+            Some(row) => (
+                row.try_get_unchecked(0).map_err(to_store_error)?,
+                row.try_get_unchecked(1).map_err(to_store_error)?,
+            ),
+            None => (0, false),
         };
         let mut documents = Vec::with_capacity(rows.len());
         let mut cut = false;
@@ -190,6 +210,7 @@ impl PgStore {
             documents,
             more,
             horizon,
+            expired,
         })
     }
 }
@@ -204,16 +225,17 @@ enum PageRow {
     Empty,
 }
 
-/// A row of the page query: horizon, then the document columns, NULL when the page is empty
-/// (so that the horizon still comes back); the body is NULL for the row past the byte budget.
+/// A row of the page query: horizon and expired flag, then the document columns, NULL when the
+/// page is empty (so that the horizon still comes back); the body is NULL for the row past the
+/// byte budget.
 fn into_document(row: &PgRow) -> Result<PageRow, sqlx::Error> {
-    if row.try_get_unchecked::<Option<&str>, _>(1)?.is_none() {
+    if row.try_get_unchecked::<Option<&str>, _>(2)?.is_none() {
         return Ok(PageRow::Empty);
     }
-    if row.try_get_unchecked::<Option<&str>, _>(3)?.is_none() {
+    if row.try_get_unchecked::<Option<&str>, _>(4)?.is_none() {
         return Ok(PageRow::OverBudget);
     }
-    document_at(row, 1).map(PageRow::Document)
+    document_at(row, 2).map(PageRow::Document)
 }
 
 /// The document whose columns start at `first`: id, owner, body (as text), deleted, revision,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use crate::store::{ChangePage, PageLimit, Position, StoreError};
+use crate::store::{ChangePage, PageLimit, Position, Resume, StoreError};
 
 /// How long a prepared page waits for the pull that wants it.
 const TTL: Duration = Duration::from_secs(5);
@@ -36,15 +36,15 @@ pub(super) const WRITTEN_SINCE_MAX: i64 = 1_000;
 pub(super) struct PageKey {
     pub collection: String,
     pub owner: Option<String>,
-    pub after: Position,
+    pub after: Resume,
     pub limit: PageLimit,
 }
 
 impl PageKey {
-    /// The same read, from `after`.
-    pub fn from(&self, after: Position) -> PageKey {
+    /// The same read (same floor), from `position`.
+    pub fn from(&self, position: Position) -> PageKey {
         PageKey {
-            after,
+            after: Resume::new(position, self.after.floor),
             ..self.clone()
         }
     }

@@ -1,6 +1,8 @@
 // Test helpers: RxDB databases on memory storage, a call-recording interceptor, a raw client
 // for looking at the server's state, and polling.
 
+import { createHmac } from "node:crypto";
+
 import { createClient, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
 import { createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { createRxDatabase, type RxCollection, type RxConflictHandler, type RxDatabase, type RxJsonSchema } from "rxdb";
@@ -43,6 +45,7 @@ export interface TestDatabase {
 export async function createTestDatabase(
     name: string,
     conflictHandler?: RxConflictHandler<Task>,
+    schema: RxJsonSchema<Task> = taskSchema,
 ): Promise<TestDatabase> {
     databaseCounter += 1;
     const db = await createRxDatabase({
@@ -52,7 +55,7 @@ export async function createTestDatabase(
         eventReduce: true,
     });
     const collections = await db.addCollections({
-        tasks: { schema: taskSchema, conflictHandler },
+        tasks: { schema, conflictHandler },
     });
     return { db, tasks: collections.tasks as RxCollection<Task> };
 }
@@ -174,4 +177,36 @@ export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeou
 export async function snapshot(tasks: RxCollection<Task>): Promise<Map<string, Task>> {
     const docs = await tasks.find().exec();
     return new Map(docs.map((d) => [d.id, d.toJSON() as Task]));
+}
+
+/** `taskSchema` plus an `owner` field, for replications with `ownerField: "owner"`. */
+export const ownedTaskSchema: RxJsonSchema<Task & { owner?: string }> = {
+    ...taskSchema,
+    properties: { ...taskSchema.properties, owner: { type: "string" } },
+} as RxJsonSchema<Task & { owner?: string }>;
+
+const base64url = (data: string | Buffer): string => Buffer.from(data).toString("base64url");
+
+/**
+ * An HS256 JWT: `sub`, `scope` (space separated) and `exp` = now + `ttlSeconds` (negative for
+ * an expired token).
+ */
+export function hs256Token(secret: string, sub: string, ttlSeconds: number, scopes: string[] = []): string {
+    const header = base64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
+    const claims: Record<string, unknown> = { sub, exp: Math.floor(Date.now() / 1000) + ttlSeconds };
+    if (scopes.length > 0) {
+        claims.scope = scopes.join(" ");
+    }
+    const payload = base64url(JSON.stringify(claims));
+    const signature = createHmac("sha256", secret).update(`${header}.${payload}`).digest("base64url");
+    return `${header}.${payload}.${signature}`;
+}
+
+/** `promise`, or a rejection naming `what` after `ms` (so a hang fails the test clearly). */
+export function within<T>(what: string, ms: number, promise: Promise<T>): Promise<T> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
+    });
+    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }

@@ -21,6 +21,12 @@ export interface ServerOptions {
     collections: string[];
     /** A label for the database name and the log file. */
     label: string;
+    /** JWT authentication with this HS256 secret (no leeway); default: `auth.mode = "none"`. */
+    hs256Secret?: string;
+    /** Serve gRPC-Web (default true). */
+    grpcWeb?: boolean;
+    /** Extra TOML appended to each collection's table, by collection name (e.g. read_scopes). */
+    collectionSettings?: Record<string, string>;
 }
 
 function requireEnv(name: string): string {
@@ -123,17 +129,20 @@ export class SynclineServer {
         const port = await freePort();
         const configPath = join(logDir, `${label}.toml`);
         const collections = ["tasks", ...options.collections]
-            .map((name) => `[[collections]]\nname = "${name}"\n`)
+            .map((name) => `[[collections]]\nname = "${name}"\n${options.collectionSettings?.[name] ?? ""}\n`)
             .join("\n");
         const base = [
             `listen = "127.0.0.1:${port}"`,
             "heartbeat_seconds = 2",
-            "grpc_web = true",
+            `grpc_web = ${options.grpcWeb ?? true}`,
             'cors_allowed_origins = ["*"]',
             "",
         ].join("\n");
-        // The server requires an explicit [auth] table; these tests exercise replication, not auth.
-        writeFileSync(configPath, `${base}\nmetrics_enabled = false\n[auth]\nmode = "none"\n\n${collections}`);
+        // The server requires an explicit [auth] table; most suites exercise replication, not auth.
+        const auth = options.hs256Secret
+            ? `[auth]\nmode = "jwt"\nhs256_secret = "${options.hs256Secret}"\nleeway_seconds = 0\n`
+            : '[auth]\nmode = "none"\n';
+        writeFileSync(configPath, `${base}\nmetrics_enabled = false\n${auth}\n${collections}`);
         const check = spawnSync(bin, ["check-config", "--config", configPath], {
             env: serverEnv(url.toString()),
             encoding: "utf8",
