@@ -128,11 +128,6 @@ pub fn digests_of_keys(
     out
 }
 
-/// Whether `bucket` (at `bits`) lies under one of `within` (at `within_bits`; 0: everything).
-pub fn under(bucket: u32, bits: u32, within_bits: u32, within: &[u32]) -> bool {
-    within_bits == 0 || within.contains(&(bucket >> (bits - within_bits.min(bits))))
-}
-
 /// The server's digests of the buckets whose digests differ between `client` and `server`
 /// (an empty [`Digest`] where the server has none), in bucket order.
 pub fn differing(
@@ -204,11 +199,13 @@ pub fn parse_digests(
             ),
         ));
     }
+    // A set: a request may hold tens of thousands of both buckets and prefixes.
+    let prefixes: std::collections::HashSet<u32> = within.iter().copied().collect();
     let mut out = BTreeMap::new();
     for (i, &bucket) in buckets.iter().enumerate() {
         let at = format!("{field}.buckets[{i}]");
         check_bucket(bucket, bits, &at)?;
-        if !under(bucket, bits, within_bits, within) {
+        if within_bits > 0 && !prefixes.contains(&(bucket >> (bits - within_bits.min(bits)))) {
             return Err(ProtocolError::invalid(
                 Reason::InvalidRequest,
                 at.clone(),
@@ -401,7 +398,7 @@ impl<S: Store> Replicator<S> {
         for (i, &b) in buckets.iter().enumerate() {
             check_bucket(b, bits, &format!("buckets[{i}]"))?;
         }
-        let mut listed = self
+        let listed = self
             .store
             .bucket_documents(
                 &collection.name,
@@ -412,7 +409,6 @@ impl<S: Store> Replicator<S> {
             )
             .await?;
         if listed.len() > limits.list_max {
-            listed.clear();
             return Err(ProtocolError::resource_exhausted(format!(
                 "buckets: these buckets hold more than {} documents (reconcile_list_max); \
                  list fewer buckets at once, or compare deeper buckets first",
