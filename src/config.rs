@@ -207,6 +207,27 @@ pub struct Config {
     /// costs CPU and saves next to nothing.
     #[serde(default = "default_compression_min_bytes")]
     pub compression_min_bytes: usize,
+    /// Most bucket digests (also `within` prefixes, or buckets listed) in one Reconcile or
+    /// ReconcileList request; more is INVALID_ARGUMENT naming the field.
+    #[serde(default = "default_reconcile_digests_max")]
+    pub reconcile_digests_max: usize,
+    /// Most (id, revision) pairs in one ReconcileList reply; buckets holding more are
+    /// RESOURCE_EXHAUSTED (the client lists fewer buckets at once, or compares deeper first).
+    #[serde(default = "default_reconcile_list_max")]
+    pub reconcile_list_max: usize,
+    /// Most ids in one Fetch (its reply is also cut at `page_bytes_max`).
+    #[serde(default = "default_fetch_ids_max")]
+    pub fetch_ids_max: usize,
+}
+
+fn default_reconcile_digests_max() -> usize {
+    65_536
+}
+fn default_reconcile_list_max() -> usize {
+    10_000
+}
+fn default_fetch_ids_max() -> usize {
+    1_000
 }
 
 /// A message compression of the gRPC protocol.
@@ -575,6 +596,15 @@ impl Config {
         if self.pull_limit_default > self.pull_limit_max {
             return invalid("pull_limit_default must not exceed pull_limit_max".into());
         }
+        if self.reconcile_digests_max == 0
+            || self.reconcile_list_max == 0
+            || self.fetch_ids_max == 0
+        {
+            return invalid(
+                "reconcile_digests_max, reconcile_list_max and fetch_ids_max must be at least 1"
+                    .into(),
+            );
+        }
         if self.push_rows_max == 0 || self.document_bytes_max == 0 || self.id_bytes_max == 0 {
             return invalid(
                 "push_rows_max, document_bytes_max and id_bytes_max must be at least 1".into(),
@@ -803,6 +833,8 @@ mod tests {
                 "stream_bytes_per_principal_max = 8000000\n",
                 "stream_bytes_per_principal_max",
             ),
+            ("fetch_ids_max = 0\n", "fetch_ids_max"),
+            ("reconcile_list_max = 0\n", "reconcile_list_max"),
         ] {
             let err = Config::from_toml(&format!("{bad}{base}")).unwrap_err();
             assert!(err.to_string().contains(key), "{bad}: {err}");

@@ -165,22 +165,27 @@ pub async fn serve(
             background.clone(),
         ));
     }
-    let replicator = Arc::new(Replicator::new(ReplicatorParts {
-        store: store.clone(),
-        collections,
-        limits: Limits::from_config(&config),
-        hub,
-        streams_max: config.streams_max,
-        stream_buffer_documents: config.stream_buffer_documents,
-        streams_per_principal_max: config.streams_per_principal_max,
-        page_bytes_max: config.page_bytes_max,
-        stream_buffer_bytes: config.stream_buffer_bytes,
-        stream_bytes_per_principal_max: config.stream_bytes_per_principal_max,
-        heartbeat: Duration::from_secs(config.heartbeat_seconds),
-        visibility_wait: Duration::from_millis(config.visibility_wait_ms),
-        shutdown: streams_shutdown.clone(),
-        checkpoint_key,
-    }));
+    let replicator = Arc::new(
+        Replicator::new(ReplicatorParts {
+            store: store.clone(),
+            collections,
+            limits: Limits::from_config(&config),
+            hub,
+            streams_max: config.streams_max,
+            stream_buffer_documents: config.stream_buffer_documents,
+            streams_per_principal_max: config.streams_per_principal_max,
+            page_bytes_max: config.page_bytes_max,
+            stream_buffer_bytes: config.stream_buffer_bytes,
+            stream_bytes_per_principal_max: config.stream_bytes_per_principal_max,
+            heartbeat: Duration::from_secs(config.heartbeat_seconds),
+            visibility_wait: Duration::from_millis(config.visibility_wait_ms),
+            shutdown: streams_shutdown.clone(),
+            checkpoint_key,
+        })
+        .with_reconcile_limits(crate::protocol::reconcile::ReconcileLimits::from_config(
+            &config,
+        )),
+    );
     replicator.start(&tasks);
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter

@@ -123,9 +123,29 @@ async fn sync(
 
 /// A connector whose connections count the bytes they carry.
 #[derive(Debug, Clone, Default)]
-struct Counts {
-    down: Arc<AtomicU64>,
-    up: Arc<AtomicU64>,
+pub struct Counts {
+    /// Bytes read from the server.
+    pub down: Arc<AtomicU64>,
+    /// Bytes written to it.
+    pub up: Arc<AtomicU64>,
+}
+
+impl Counts {
+    /// Bytes both ways so far.
+    pub fn total(&self) -> u64 {
+        self.down.load(Ordering::Relaxed) + self.up.load(Ordering::Relaxed)
+    }
+}
+
+/// A client on a fresh counting connection to `server`, and its counts.
+pub async fn counting_client(server: &Server) -> (client::Client, Counts) {
+    let counts = Counts::default();
+    let channel = Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("endpoint URL")
+        .connect_with_connector(counts.clone())
+        .await
+        .unwrap_or_else(|e| panic!("connect to syncline at {}: {e}", server.addr));
+    (client::client(channel), counts)
 }
 
 impl tower::Service<http::Uri> for Counts {
@@ -150,7 +170,7 @@ impl tower::Service<http::Uri> for Counts {
 }
 
 /// A TCP stream that adds what it reads and writes to its counts.
-struct Counted {
+pub struct Counted {
     stream: TcpStream,
     counts: Counts,
 }

@@ -22,6 +22,7 @@ mod load;
 mod owners;
 mod probe;
 mod push;
+mod reconcile;
 mod report;
 mod scaling;
 mod server;
@@ -128,6 +129,10 @@ async fn run_all(ctx: &Ctx<'_>) -> Report {
     if s.runs("import") {
         phase("7. import from a JSONL file");
         import::run(ctx, &mut report).await;
+    }
+    if s.runs("reconcile") {
+        phase("8. reconcile after a purge vs a full re-download");
+        reconcile::run(ctx, &mut report).await;
     }
     report.notes.push(
         "Each figure is the median of the rounds; Syncline and its baseline alternate \

@@ -64,6 +64,8 @@ pub struct Settings {
     pub abuse_ceiling_mib: usize,
     /// Scenario 7: documents in the imported file (`BENCH_IMPORT_DOCS`).
     pub import_docs: usize,
+    /// Scenario 8: documents the reconciling client holds (`BENCH_RECONCILE_DOCS`).
+    pub reconcile_docs: usize,
     /// Port of the benchmark's own PostgreSQL cluster (`BENCH_PG_PORT`).
     pub pg_port: u16,
     /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse,import`); all when unset.
@@ -107,6 +109,7 @@ impl Settings {
             abuse_idle_connections: env_usize("BENCH_ABUSE_IDLE_CONNECTIONS", pick(2_000, 200)),
             abuse_ceiling_mib: env_usize("BENCH_ABUSE_CEILING_MIB", pick(4_096, 2_048)).max(64),
             import_docs: env_usize("BENCH_IMPORT_DOCS", pick(200_000, 2_000)).max(1),
+            reconcile_docs: env_usize("BENCH_RECONCILE_DOCS", pick(100_000, 2_000)).max(200),
             pg_port: env_usize("BENCH_PG_PORT", 55460) as u16,
             only: std::env::var("BENCH_ONLY")
                 .ok()

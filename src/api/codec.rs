@@ -109,6 +109,14 @@ impl WireChecked for proto::SubscribeRequest {}
 impl WireChecked for proto::PushResponse {}
 impl WireChecked for proto::PullResponse {}
 impl WireChecked for proto::SubscribeResponse {}
+// Reconcile and Fetch hold only packed numbers and short strings, bounded by the message size;
+// their counts are checked right after decoding (see protocol::reconcile).
+impl WireChecked for proto::ReconcileRequest {}
+impl WireChecked for proto::ReconcileResponse {}
+impl WireChecked for proto::ReconcileListRequest {}
+impl WireChecked for proto::ReconcileListResponse {}
+impl WireChecked for proto::FetchRequest {}
+impl WireChecked for proto::FetchResponse {}
 
 /// Decodes with prost after the wire check; a decoding failure is INVALID_ARGUMENT with a
 /// generic message (prost's text names internals and is no use to a client).

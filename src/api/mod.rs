@@ -17,8 +17,10 @@ use tonic::{Request, Response, Status};
 
 use crate::proto::replication_service_server::ReplicationService;
 use crate::proto::{
-    ChangeBatch, Heartbeat, PullRequest, PullResponse, PushRequest, PushResponse, Resync,
-    SubscribeRequest, SubscribeResponse, subscribe_response,
+    BucketDigests, ChangeBatch, FetchRequest, FetchResponse, Heartbeat, IdRevision, PullRequest,
+    PullResponse, PushRequest, PushResponse, ReconcileListRequest, ReconcileListResponse,
+    ReconcileRequest, ReconcileResponse, Resync, SubscribeRequest, SubscribeResponse,
+    subscribe_response,
 };
 use crate::protocol::{Replicator, StreamEvent, StreamItem};
 use crate::store::Store;
@@ -106,5 +108,76 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
             .await?;
         let stream = ReceiverStream::new(events).map(event);
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn reconcile(
+        &self,
+        request: Request<ReconcileRequest>,
+    ) -> Result<Response<ReconcileResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        let r = request.into_inner();
+        let digests = r.digests.unwrap_or_default();
+        let round = self
+            .replicator
+            .reconcile(
+                &principal,
+                &r.collection,
+                r.bucket_bits,
+                r.within_bits,
+                &r.within,
+                (&digests.buckets, &digests.counts, &digests.sums),
+            )
+            .await?;
+        let mut differing = BucketDigests::default();
+        for (bucket, d) in round.differing {
+            differing.buckets.push(bucket);
+            // A bucket never holds more documents than a u32 counts in practice; saturate.
+            differing
+                .counts
+                .push(u32::try_from(d.count).unwrap_or(u32::MAX));
+            differing.sums.push(d.sum);
+        }
+        Ok(compression::reply(ReconcileResponse {
+            differing: Some(differing),
+            checkpoint: convert::checkpoint(round.checkpoint),
+        }))
+    }
+
+    async fn reconcile_list(
+        &self,
+        request: Request<ReconcileListRequest>,
+    ) -> Result<Response<ReconcileListResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        let r = request.into_inner();
+        let listed = self
+            .replicator
+            .reconcile_list(&principal, &r.collection, r.bucket_bits, &r.buckets)
+            .await?;
+        Ok(compression::reply(ReconcileListResponse {
+            documents: listed
+                .into_iter()
+                .map(|(id, revision)| IdRevision { id, revision })
+                .collect(),
+        }))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        let r = request.into_inner();
+        let fetched = self
+            .replicator
+            .fetch(&principal, &r.collection, &r.ids)
+            .await?;
+        Ok(compression::reply(FetchResponse {
+            documents: fetched
+                .documents
+                .into_iter()
+                .map(convert::document)
+                .collect(),
+            answered: u32::try_from(fetched.answered).unwrap_or(u32::MAX),
+        }))
     }
 }

@@ -11,6 +11,7 @@ mod json_check;
 mod json_number;
 mod json_text;
 pub mod principal;
+pub mod reconcile;
 pub mod validate;
 
 use std::sync::Arc;
@@ -79,6 +80,8 @@ pub struct Replicator<S> {
     /// Set from the configuration, else loaded from the store on first use (the server starts
     /// and waits for migrations without a database).
     checkpoints: tokio::sync::OnceCell<checkpoint::Sealer>,
+    /// Limits of the reconcile RPCs.
+    reconcile_limits: reconcile::ReconcileLimits,
 }
 
 /// Settings a [`Replicator`] is built from.
@@ -145,7 +148,14 @@ impl<S: Store> Replicator<S> {
             checkpoints: tokio::sync::OnceCell::new_with(
                 p.checkpoint_key.as_ref().map(checkpoint::Sealer::new),
             ),
+            reconcile_limits: reconcile::ReconcileLimits::default(),
         }
+    }
+
+    /// Sets the limits of the reconcile RPCs (default: [`reconcile::ReconcileLimits::default`]).
+    pub fn with_reconcile_limits(mut self, limits: reconcile::ReconcileLimits) -> Self {
+        self.reconcile_limits = limits;
+        self
     }
 
     /// Starts each collection's shared stream tail on `tasks`; they run until the streams'

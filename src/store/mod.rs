@@ -232,6 +232,27 @@ pub struct PushTarget {
     pub skip_body_at: Option<String>,
 }
 
+/// One hash bucket's digest of live documents (see [`crate::protocol::reconcile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketDigest {
+    /// The bucket number at the level asked for.
+    pub bucket: u32,
+    /// Live documents in it.
+    pub count: u64,
+    /// Wrapping sum of their item hashes.
+    pub sum: u64,
+}
+
+/// Bucket digests read from one snapshot, with that snapshot's xmin: every transaction below
+/// it had ended, so its writes are in the digests; every later one has a position above it.
+#[derive(Debug, Clone)]
+pub struct DigestSnapshot {
+    /// Non-empty buckets, in bucket order.
+    pub digests: Vec<BucketDigest>,
+    /// `pg_snapshot_xmin` of the snapshot.
+    pub xmin: i64,
+}
+
 /// The storage interface the protocol needs.
 pub trait Store: Send + Sync + 'static {
     /// Reads the documents of `collection` (only `owner`'s when given) whose latest write is
@@ -269,4 +290,43 @@ pub trait Store: Send + Sync + 'static {
     /// The 32-byte secret that seals checkpoint tokens, the same for every process on this
     /// store and across restarts: created at random on first use, then kept.
     fn checkpoint_key(&self) -> impl Future<Output = Result<[u8; 32], StoreError>> + Send;
+
+    /// Digests of the hash buckets (`bits` bits) of the live documents of `collection` (only
+    /// `owner`'s when given), only under the `within_bits`-bit prefixes `within` unless
+    /// `within_bits` is 0, read from one snapshot whose xmin comes back with them.
+    fn bucket_digests(
+        &self,
+        _collection: &str,
+        _owner: Option<&str>,
+        _bits: u32,
+        _within_bits: u32,
+        _within: &[u32],
+    ) -> impl Future<Output = Result<DigestSnapshot, StoreError>> + Send {
+        async { Err(StoreError::Internal("this store cannot reconcile".into())) }
+    }
+
+    /// Up to `max` (id, revision) pairs of the live documents in `buckets` (`bits` bits), in
+    /// id order, in the same scope as [`Store::bucket_digests`].
+    fn bucket_documents(
+        &self,
+        _collection: &str,
+        _owner: Option<&str>,
+        _bits: u32,
+        _buckets: &[u32],
+        _max: usize,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send {
+        async { Err(StoreError::Internal("this store cannot reconcile".into())) }
+    }
+
+    /// The live documents among `ids` (in scope), in request order, within `limit.bytes` (at
+    /// least one), and how many of the ids (a prefix) that answers.
+    fn live_documents(
+        &self,
+        _collection: &str,
+        _owner: Option<&str>,
+        _ids: &[String],
+        _limit: PageLimit,
+    ) -> impl Future<Output = Result<(Vec<StoredDocument>, usize), StoreError>> + Send {
+        async { Err(StoreError::Internal("this store cannot fetch by id".into())) }
+    }
 }

@@ -18,6 +18,7 @@ mod ordering;
 mod per_row_push;
 mod pull;
 mod push;
+mod reconcile;
 mod retention;
 mod sigterm;
 mod slow_reader;

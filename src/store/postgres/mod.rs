@@ -8,6 +8,7 @@ pub mod notify;
 mod purge;
 mod read;
 mod read_ahead;
+mod reconcile;
 mod write;
 
 use std::time::Duration;
@@ -271,5 +272,37 @@ impl Store for PgStore {
 
     fn checkpoint_key(&self) -> impl Future<Output = Result<[u8; 32], StoreError>> + Send {
         self.load_checkpoint_key()
+    }
+
+    fn bucket_digests(
+        &self,
+        collection: &str,
+        owner: Option<&str>,
+        bits: u32,
+        within_bits: u32,
+        within: &[u32],
+    ) -> impl Future<Output = Result<super::DigestSnapshot, StoreError>> + Send {
+        self.reconcile_digests(collection, owner, bits, within_bits, within)
+    }
+
+    fn bucket_documents(
+        &self,
+        collection: &str,
+        owner: Option<&str>,
+        bits: u32,
+        buckets: &[u32],
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send {
+        self.reconcile_list(collection, owner, bits, buckets, max)
+    }
+
+    fn live_documents(
+        &self,
+        collection: &str,
+        owner: Option<&str>,
+        ids: &[String],
+        limit: PageLimit,
+    ) -> impl Future<Output = Result<(Vec<StoredDocument>, usize), StoreError>> + Send {
+        self.fetch_live(collection, owner, ids, limit)
     }
 }

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file syncline/v1/replication.proto.
  */
 export const file_syncline_v1_replication: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zeW5jbGluZS92MS9yZXBsaWNhdGlvbi5wcm90bxILc3luY2xpbmUudjEihgEKCERvY3VtZW50EgoKAmlkGAEgASgJEgwKBGpzb24YAiABKAwSDwoHZGVsZXRlZBgDIAEoCBIQCghyZXZpc2lvbhgEIAEoCRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVvd25lchgGIAEoCSIbCgpDaGVja3BvaW50Eg0KBXRva2VuGAEgASgJIl0KC1B1bGxSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQSDQoFbGltaXQYAyABKA0iZQoMUHVsbFJlc3BvbnNlEigKCWRvY3VtZW50cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EisKCmNoZWNrcG9pbnQYAiABKAsyFy5zeW5jbGluZS52MS5DaGVja3BvaW50InMKCUNoYW5nZVJvdxIxChJuZXdfZG9jdW1lbnRfc3RhdGUYASABKAsyFS5zeW5jbGluZS52MS5Eb2N1bWVudBIzChRhc3N1bWVkX21hc3Rlcl9zdGF0ZRgCIAEoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50ImwKC1B1c2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSJAoEcm93cxgCIAMoCzIWLnN5bmNsaW5lLnYxLkNoYW5nZVJvdxIjCgRtb2RlGAMgASgOMhUuc3luY2xpbmUudjEuUHVzaE1vZGUiYgoMUHVzaFJlc3BvbnNlEigKCWNvbmZsaWN0cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EigKB3JlZnVzZWQYAiADKAsyFy5zeW5jbGluZS52MS5SZWZ1c2VkUm93In8KClJlZnVzZWRSb3cSDQoFaW5kZXgYASABKA0SCgoCaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEg0KBWZpZWxkGAQgASgJEg8KB21lc3NhZ2UYBSABKAkSJgoHY3VycmVudBgGIAEoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50IlMKEFN1YnNjcmliZVJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIrCgpjaGVja3BvaW50GAIgASgLMhcuc3luY2xpbmUudjEuQ2hlY2twb2ludCKdAQoRU3Vic2NyaWJlUmVzcG9uc2USKwoHY2hhbmdlcxgBIAEoCzIYLnN5bmNsaW5lLnYxLkNoYW5nZUJhdGNoSAASJQoGcmVzeW5jGAIgASgLMhMuc3luY2xpbmUudjEuUmVzeW5jSAASKwoJaGVhcnRiZWF0GAMgASgLMhYuc3luY2xpbmUudjEuSGVhcnRiZWF0SABCBwoFZXZlbnQiZAoLQ2hhbmdlQmF0Y2gSKAoJZG9jdW1lbnRzGAEgAygLMhUuc3luY2xpbmUudjEuRG9jdW1lbnQSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQiGAoGUmVzeW5jEg4KBnJlYXNvbhgBIAEoCSILCglIZWFydGJlYXQqUgoIUHVzaE1vZGUSGQoVUFVTSF9NT0RFX1VOU1BFQ0lGSUVEEAASFAoQUFVTSF9NT0RFX0FUT01JQxABEhUKEVBVU0hfTU9ERV9QRVJfUk9XEAIy3AEKElJlcGxpY2F0aW9uU2VydmljZRI7CgRQdWxsEhguc3luY2xpbmUudjEuUHVsbFJlcXVlc3QaGS5zeW5jbGluZS52MS5QdWxsUmVzcG9uc2USOwoEUHVzaBIYLnN5bmNsaW5lLnYxLlB1c2hSZXF1ZXN0Ghkuc3luY2xpbmUudjEuUHVzaFJlc3BvbnNlEkwKCVN1YnNjcmliZRIdLnN5bmNsaW5lLnYxLlN1YnNjcmliZVJlcXVlc3QaHi5zeW5jbGluZS52MS5TdWJzY3JpYmVSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1zeW5jbGluZS92MS9yZXBsaWNhdGlvbi5wcm90bxILc3luY2xpbmUudjEihgEKCERvY3VtZW50EgoKAmlkGAEgASgJEgwKBGpzb24YAiABKAwSDwoHZGVsZXRlZBgDIAEoCBIQCghyZXZpc2lvbhgEIAEoCRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVvd25lchgGIAEoCSIbCgpDaGVja3BvaW50Eg0KBXRva2VuGAEgASgJIl0KC1B1bGxSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQSDQoFbGltaXQYAyABKA0iZQoMUHVsbFJlc3BvbnNlEigKCWRvY3VtZW50cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EisKCmNoZWNrcG9pbnQYAiABKAsyFy5zeW5jbGluZS52MS5DaGVja3BvaW50InMKCUNoYW5nZVJvdxIxChJuZXdfZG9jdW1lbnRfc3RhdGUYASABKAsyFS5zeW5jbGluZS52MS5Eb2N1bWVudBIzChRhc3N1bWVkX21hc3Rlcl9zdGF0ZRgCIAEoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50ImwKC1B1c2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSJAoEcm93cxgCIAMoCzIWLnN5bmNsaW5lLnYxLkNoYW5nZVJvdxIjCgRtb2RlGAMgASgOMhUuc3luY2xpbmUudjEuUHVzaE1vZGUiYgoMUHVzaFJlc3BvbnNlEigKCWNvbmZsaWN0cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EigKB3JlZnVzZWQYAiADKAsyFy5zeW5jbGluZS52MS5SZWZ1c2VkUm93In8KClJlZnVzZWRSb3cSDQoFaW5kZXgYASABKA0SCgoCaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEg0KBWZpZWxkGAQgASgJEg8KB21lc3NhZ2UYBSABKAkSJgoHY3VycmVudBgGIAEoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50IlMKEFN1YnNjcmliZVJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIrCgpjaGVja3BvaW50GAIgASgLMhcuc3luY2xpbmUudjEuQ2hlY2twb2ludCKdAQoRU3Vic2NyaWJlUmVzcG9uc2USKwoHY2hhbmdlcxgBIAEoCzIYLnN5bmNsaW5lLnYxLkNoYW5nZUJhdGNoSAASJQoGcmVzeW5jGAIgASgLMhMuc3luY2xpbmUudjEuUmVzeW5jSAASKwoJaGVhcnRiZWF0GAMgASgLMhYuc3luY2xpbmUudjEuSGVhcnRiZWF0SABCBwoFZXZlbnQiZAoLQ2hhbmdlQmF0Y2gSKAoJZG9jdW1lbnRzGAEgAygLMhUuc3luY2xpbmUudjEuRG9jdW1lbnQSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQiGAoGUmVzeW5jEg4KBnJlYXNvbhgBIAEoCSILCglIZWFydGJlYXQiPgoNQnVja2V0RGlnZXN0cxIPCgdidWNrZXRzGAEgAygNEg4KBmNvdW50cxgCIAMoDRIMCgRzdW1zGAMgAygGIo0BChBSZWNvbmNpbGVSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSEwoLYnVja2V0X2JpdHMYAiABKA0SEwoLd2l0aGluX2JpdHMYAyABKA0SDgoGd2l0aGluGAQgAygNEisKB2RpZ2VzdHMYBSABKAsyGi5zeW5jbGluZS52MS5CdWNrZXREaWdlc3RzIm8KEVJlY29uY2lsZVJlc3BvbnNlEi0KCWRpZmZlcmluZxgBIAEoCzIaLnN5bmNsaW5lLnYxLkJ1Y2tldERpZ2VzdHMSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQiUAoUUmVjb25jaWxlTGlzdFJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRITCgtidWNrZXRfYml0cxgCIAEoDRIPCgdidWNrZXRzGAMgAygNIioKCklkUmV2aXNpb24SCgoCaWQYASABKAkSEAoIcmV2aXNpb24YAiABKAkiQwoVUmVjb25jaWxlTGlzdFJlc3BvbnNlEioKCWRvY3VtZW50cxgBIAMoCzIXLnN5bmNsaW5lLnYxLklkUmV2aXNpb24iLwoMRmV0Y2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSCwoDaWRzGAIgAygJIksKDUZldGNoUmVzcG9uc2USKAoJZG9jdW1lbnRzGAEgAygLMhUuc3luY2xpbmUudjEuRG9jdW1lbnQSEAoIYW5zd2VyZWQYAiABKA0qUgoIUHVzaE1vZGUSGQoVUFVTSF9NT0RFX1VOU1BFQ0lGSUVEEAASFAoQUFVTSF9NT0RFX0FUT01JQxABEhUKEVBVU0hfTU9ERV9QRVJfUk9XEAIywAMKElJlcGxpY2F0aW9uU2VydmljZRI7CgRQdWxsEhguc3luY2xpbmUudjEuUHVsbFJlcXVlc3QaGS5zeW5jbGluZS52MS5QdWxsUmVzcG9uc2USOwoEUHVzaBIYLnN5bmNsaW5lLnYxLlB1c2hSZXF1ZXN0Ghkuc3luY2xpbmUudjEuUHVzaFJlc3BvbnNlEkwKCVN1YnNjcmliZRIdLnN5bmNsaW5lLnYxLlN1YnNjcmliZVJlcXVlc3QaHi5zeW5jbGluZS52MS5TdWJzY3JpYmVSZXNwb25zZTABEkoKCVJlY29uY2lsZRIdLnN5bmNsaW5lLnYxLlJlY29uY2lsZVJlcXVlc3QaHi5zeW5jbGluZS52MS5SZWNvbmNpbGVSZXNwb25zZRJWCg1SZWNvbmNpbGVMaXN0EiEuc3luY2xpbmUudjEuUmVjb25jaWxlTGlzdFJlcXVlc3QaIi5zeW5jbGluZS52MS5SZWNvbmNpbGVMaXN0UmVzcG9uc2USPgoFRmV0Y2gSGS5zeW5jbGluZS52MS5GZXRjaFJlcXVlc3QaGi5zeW5jbGluZS52MS5GZXRjaFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * One document as the server stores it.
@@ -475,6 +475,276 @@ export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
   messageDesc(file_syncline_v1_replication, 12);
 
 /**
+ * Digests of hash buckets, as three parallel arrays (index i describes one
+ * bucket). The bucket of an id is the top `bucket_bits` bits of the first 8
+ * bytes of sha256(id) read as a big-endian unsigned integer. The hash of a
+ * document is the first 8 bytes of sha256(id || "\n" || revision), big-endian.
+ * A bucket's digest is the count of its documents and the sum of their hashes
+ * modulo 2^64. A bucket not listed is empty (count 0, sum 0).
+ *
+ * @generated from message syncline.v1.BucketDigests
+ */
+export type BucketDigests = Message<"syncline.v1.BucketDigests"> & {
+  /**
+   * Bucket numbers, at the request's `bucket_bits`, each at most once.
+   *
+   * @generated from field: repeated uint32 buckets = 1;
+   */
+  buckets: number[];
+
+  /**
+   * Documents per bucket.
+   *
+   * @generated from field: repeated uint32 counts = 2;
+   */
+  counts: number[];
+
+  /**
+   * Sum of the document hashes per bucket, modulo 2^64.
+   *
+   * @generated from field: repeated fixed64 sums = 3;
+   */
+  sums: bigint[];
+};
+
+/**
+ * Describes the message syncline.v1.BucketDigests.
+ * Use `create(BucketDigestsSchema)` to create a new message.
+ */
+export const BucketDigestsSchema: GenMessage<BucketDigests> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 13);
+
+/**
+ * One round of a reconcile: the client's digests of some buckets.
+ *
+ * @generated from message syncline.v1.ReconcileRequest
+ */
+export type ReconcileRequest = Message<"syncline.v1.ReconcileRequest"> & {
+  /**
+   * The collection's name.
+   *
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * Level of the buckets compared: 0 to 24 bits (2^bucket_bits buckets). A
+   * round compares at most the server's `reconcile_digests_max` buckets
+   * (65536 by default): 2^bucket_bits, or the number of `within` prefixes
+   * times 2^(bucket_bits - within_bits).
+   *
+   * @generated from field: uint32 bucket_bits = 2;
+   */
+  bucketBits: number;
+
+  /**
+   * Level of `within`: 0 to `bucket_bits`. With 0, every bucket at
+   * `bucket_bits` is compared (the first round).
+   *
+   * @generated from field: uint32 within_bits = 3;
+   */
+  withinBits: number;
+
+  /**
+   * Compare only the buckets under these `within_bits`-bit prefixes (the
+   * buckets that differed in the previous round). Ignored when `within_bits`
+   * is 0.
+   *
+   * @generated from field: repeated uint32 within = 4;
+   */
+  within: number[];
+
+  /**
+   * The client's digests of the compared buckets that it holds documents in.
+   *
+   * @generated from field: syncline.v1.BucketDigests digests = 5;
+   */
+  digests?: BucketDigests | undefined;
+};
+
+/**
+ * Describes the message syncline.v1.ReconcileRequest.
+ * Use `create(ReconcileRequestSchema)` to create a new message.
+ */
+export const ReconcileRequestSchema: GenMessage<ReconcileRequest> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 14);
+
+/**
+ * The buckets that differ, and where pulling continues afterwards.
+ *
+ * @generated from message syncline.v1.ReconcileResponse
+ */
+export type ReconcileResponse = Message<"syncline.v1.ReconcileResponse"> & {
+  /**
+   * The server's digests of every compared bucket whose digest differs from
+   * the client's (count 0 where the server holds nothing), in bucket order.
+   *
+   * @generated from field: syncline.v1.BucketDigests differing = 1;
+   */
+  differing?: BucketDigests | undefined;
+
+  /**
+   * A checkpoint from the snapshot this round compared. Keep the one of the
+   * first round, and Pull from it once the reconcile is done: every change
+   * not reflected in the first round's snapshot comes after it.
+   *
+   * @generated from field: syncline.v1.Checkpoint checkpoint = 2;
+   */
+  checkpoint?: Checkpoint | undefined;
+};
+
+/**
+ * Describes the message syncline.v1.ReconcileResponse.
+ * Use `create(ReconcileResponseSchema)` to create a new message.
+ */
+export const ReconcileResponseSchema: GenMessage<ReconcileResponse> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 15);
+
+/**
+ * Lists the documents of some buckets.
+ *
+ * @generated from message syncline.v1.ReconcileListRequest
+ */
+export type ReconcileListRequest = Message<"syncline.v1.ReconcileListRequest"> & {
+  /**
+   * The collection's name.
+   *
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * Level of `buckets`: 0 to 24 bits.
+   *
+   * @generated from field: uint32 bucket_bits = 2;
+   */
+  bucketBits: number;
+
+  /**
+   * The buckets to list.
+   *
+   * @generated from field: repeated uint32 buckets = 3;
+   */
+  buckets: number[];
+};
+
+/**
+ * Describes the message syncline.v1.ReconcileListRequest.
+ * Use `create(ReconcileListRequestSchema)` to create a new message.
+ */
+export const ReconcileListRequestSchema: GenMessage<ReconcileListRequest> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 16);
+
+/**
+ * One live document's id and revision.
+ *
+ * @generated from message syncline.v1.IdRevision
+ */
+export type IdRevision = Message<"syncline.v1.IdRevision"> & {
+  /**
+   * The document's id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Its current revision.
+   *
+   * @generated from field: string revision = 2;
+   */
+  revision: string;
+};
+
+/**
+ * Describes the message syncline.v1.IdRevision.
+ * Use `create(IdRevisionSchema)` to create a new message.
+ */
+export const IdRevisionSchema: GenMessage<IdRevision> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 17);
+
+/**
+ * The live documents of the requested buckets.
+ *
+ * @generated from message syncline.v1.ReconcileListResponse
+ */
+export type ReconcileListResponse = Message<"syncline.v1.ReconcileListResponse"> & {
+  /**
+   * Every live document the caller may read in the requested buckets, in id
+   * order. The client fetches those it lacks or holds at another revision,
+   * and drops the ids of these buckets that are not listed.
+   *
+   * @generated from field: repeated syncline.v1.IdRevision documents = 1;
+   */
+  documents: IdRevision[];
+};
+
+/**
+ * Describes the message syncline.v1.ReconcileListResponse.
+ * Use `create(ReconcileListResponseSchema)` to create a new message.
+ */
+export const ReconcileListResponseSchema: GenMessage<ReconcileListResponse> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 18);
+
+/**
+ * Asks for documents by id.
+ *
+ * @generated from message syncline.v1.FetchRequest
+ */
+export type FetchRequest = Message<"syncline.v1.FetchRequest"> & {
+  /**
+   * The collection's name.
+   *
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * The ids, each at most once.
+   *
+   * @generated from field: repeated string ids = 2;
+   */
+  ids: string[];
+};
+
+/**
+ * Describes the message syncline.v1.FetchRequest.
+ * Use `create(FetchRequestSchema)` to create a new message.
+ */
+export const FetchRequestSchema: GenMessage<FetchRequest> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 19);
+
+/**
+ * Live documents among the requested ids.
+ *
+ * @generated from message syncline.v1.FetchResponse
+ */
+export type FetchResponse = Message<"syncline.v1.FetchResponse"> & {
+  /**
+   * The live documents the caller may read, in request order.
+   *
+   * @generated from field: repeated syncline.v1.Document documents = 1;
+   */
+  documents: Document[];
+
+  /**
+   * How many of the requested ids this reply answers (a prefix): the reply
+   * ends early at the page byte budget, always answering at least one id.
+   * Ask again for the rest.
+   *
+   * @generated from field: uint32 answered = 2;
+   */
+  answered: number;
+};
+
+/**
+ * Describes the message syncline.v1.FetchResponse.
+ * Use `create(FetchResponseSchema)` to create a new message.
+ */
+export const FetchResponseSchema: GenMessage<FetchResponse> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 20);
+
+/**
  * How a push treats rows the server refuses.
  *
  * @generated from enum syncline.v1.PushMode
@@ -566,6 +836,42 @@ export const ReplicationService: GenService<{
     methodKind: "server_streaming";
     input: typeof SubscribeRequestSchema;
     output: typeof SubscribeResponseSchema;
+  },
+  /**
+   * Compares digests of hash buckets of the (id, revision) pairs a client
+   * holds with the live documents the caller may read, and returns the
+   * buckets that differ. Called in rounds (unary, so browsers over gRPC-Web
+   * can use it); see README "Reconcile" for the client algorithm.
+   *
+   * @generated from rpc syncline.v1.ReplicationService.Reconcile
+   */
+  reconcile: {
+    methodKind: "unary";
+    input: typeof ReconcileRequestSchema;
+    output: typeof ReconcileResponseSchema;
+  },
+  /**
+   * Lists the (id, revision) pairs of the live documents the caller may read
+   * in the given hash buckets: the last round of a reconcile.
+   *
+   * @generated from rpc syncline.v1.ReplicationService.ReconcileList
+   */
+  reconcileList: {
+    methodKind: "unary";
+    input: typeof ReconcileListRequestSchema;
+    output: typeof ReconcileListResponseSchema;
+  },
+  /**
+   * Returns the live documents the caller may read among the given ids, in
+   * request order, bounded like a Pull page. Ids that are absent, deleted or
+   * another owner's are left out alike.
+   *
+   * @generated from rpc syncline.v1.ReplicationService.Fetch
+   */
+  fetch: {
+    methodKind: "unary";
+    input: typeof FetchRequestSchema;
+    output: typeof FetchResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_syncline_v1_replication, 0);
