@@ -44,6 +44,12 @@ export PATH="$work/venv/bin:$PATH"
 grpcurl -version 2>&1 | head -1
 
 echo "== readme: the first command, from the clone"
+# The README's server listens on 50051: another server there would answer the health check below.
+if grpcurl -plaintext -max-time 2 127.0.0.1:50051 list >/dev/null 2>&1 || \
+   (exec 3<>/dev/tcp/127.0.0.1/50051) 2>/dev/null; then
+  echo "readme: 127.0.0.1:50051 is already in use; stop what listens there first" >&2
+  exit 1
+fi
 export CARGO_TARGET_DIR=${README_TARGET_DIR:-$repo/target}
 # Its own session, so that stopping it stops cargo and the server together.
 setsid bash -c 'cd "$1" && exec scripts/serve.sh' _ "$work/syncline" >"$work/serve.log" 2>&1 &
