@@ -118,6 +118,10 @@ async fn migrate_store(
 /// Nothing happens on the cluster that wrote them, a physical replica or backup of it, or a
 /// read-only standby (which must not write).
 pub async fn restamp(store: &PgStore, config: &Config) -> Result<Option<Restamp>, ServerError> {
+    Ok(restamp_store(store, config.restamp_batch_rows).await?)
+}
+
+async fn restamp_store(store: &PgStore, batch_rows: u32) -> Result<Option<Restamp>, StoreError> {
     match store.dataset_state().await? {
         DatasetState::Standby => {
             tracing::info!("read-only standby: positions are not checked for a restore");
@@ -129,7 +133,7 @@ pub async fn restamp(store: &PgStore, config: &Config) -> Result<Option<Restamp>
         }
         DatasetState::Current { .. } | DatasetState::Foreign { .. } => {}
     }
-    Ok(store.restamp_if_foreign(config.restamp_batch_rows).await?)
+    store.restamp_if_foreign(batch_rows).await
 }
 
 /// Serves gRPC on `listener` until `shutdown` resolves, then drains: streams end with
@@ -182,17 +186,6 @@ pub async fn serve(
     let store = Arc::new(open_store(&config)?);
     if config.migrate_on_start {
         store.migrate().await?;
-    }
-    // Before anything serves or is served: tokens sealed (and pages read) before a re-stamp
-    // would be of the old generation and positions.
-    // A database down now is no reason not to start: the first token then re-stamps.
-    match restamp(&store, &config).await {
-        Err(ServerError::Database(StoreError::Unavailable(e))) => {
-            tracing::warn!(error = %e, "database unavailable: positions not checked for a restore yet");
-        }
-        other => {
-            other?;
-        }
     }
     if config.metrics_enabled {
         crate::telemetry::metrics::install(config.metrics_listen).map_err(ServerError::Config)?;
@@ -263,11 +256,17 @@ pub async fn serve(
             tonic_health::ServingStatus::Serving,
         )
         .await;
-    tasks.spawn(crate::health::watch_database(
+    // NOT_SERVING until positions restored from another cluster are re-stamped (see
+    // `restamp`); only then does the database prober publish readiness. Requests that come
+    // in meanwhile wait for the re-stamp before sealing their first token.
+    crate::health::set_ready(&reporter, false).await;
+    tasks.spawn(restamp_then_probe(
         (*store).clone(),
         reporter.clone(),
+        config.restamp_batch_rows,
         Duration::from_secs(config.health_check_seconds.max(1)),
         prober_stop.clone(),
+        tasks.clone(),
     ));
     if let Authenticator::Jwt(verifier) = &authenticator {
         tasks.spawn(
@@ -351,6 +350,38 @@ pub async fn serve(
     store.close().await;
     tracing::info!("stopped");
     Ok(result?)
+}
+
+/// Re-stamps positions restored from another cluster (retrying while the database is away),
+/// then starts the database prober, which publishes readiness. Stopped with the prober: a
+/// re-stamp cut short rolls its batch back and resumes at the next start.
+async fn restamp_then_probe(
+    store: PgStore,
+    reporter: tonic_health::server::HealthReporter,
+    batch_rows: u32,
+    interval: Duration,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let done = tokio::select! {
+            _ = stop.cancelled() => return,
+            done = restamp_store(&store, batch_rows) => done,
+        };
+        match done {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "positions not checked for a restore yet: NOT_SERVING")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+    tasks.spawn(crate::health::watch_database(
+        store, reporter, interval, stop,
+    ));
 }
 
 /// Server reflection over the replication and health services.

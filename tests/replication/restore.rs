@@ -109,6 +109,8 @@ async fn serve_restored(db_url: &str, old: &str, stale: &Copy) {
     let server = TestServer::start_with(jwt_config(db_url)).await;
     let mut db = server.db().await;
     let mut c = server.client().await;
+    // SERVING only once the re-stamp is done.
+    wait_until_serving(&server).await;
     let (highest, next, same) = positions(&mut db).await;
     assert!(
         highest < next && same,
@@ -165,6 +167,31 @@ async fn serve_restored(db_url: &str, old: &str, stale: &Copy) {
     assert_eq!(seen(&local), live(&mut db, "alice").await);
     let _ = db.close().await;
     server.stop().await.expect("server stops");
+}
+
+/// Waits (bounded) for the overall health status to be SERVING.
+async fn wait_until_serving(server: &TestServer) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for _ in 0..400 {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health check")
+            .into_inner();
+        if r.status == ServingStatus::Serving as i32 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("not SERVING after 10 s");
 }
 
 fn authed_pull(checkpoint: &str, tok: &str) -> tonic::Request<PullRequest> {
