@@ -218,10 +218,17 @@ pub struct Config {
     /// Most ids in one Fetch (its reply is also cut at `page_bytes_max`).
     #[serde(default = "default_fetch_ids_max")]
     pub fetch_ids_max: usize,
+    /// Rows given new positions per transaction when a start-up finds positions of another
+    /// cluster (after a logical restore); 0 is taken as 1.
+    #[serde(default = "default_restamp_batch_rows")]
+    pub restamp_batch_rows: u32,
 }
 
 fn default_reconcile_digests_max() -> usize {
     65_536
+}
+fn default_restamp_batch_rows() -> u32 {
+    10_000
 }
 fn default_reconcile_list_max() -> usize {
     10_000

@@ -28,8 +28,14 @@ struct Cli {
 enum Command {
     /// Apply migrations, then serve gRPC until SIGTERM or Ctrl-C.
     Serve,
-    /// Apply the database migrations and exit.
-    Migrate,
+    /// Apply the database migrations, re-stamp positions restored from another cluster, and
+    /// exit.
+    Migrate {
+        /// Only say whether positions come from another cluster (a logical restore) and would
+        /// be re-stamped; apply and write nothing.
+        #[arg(long)]
+        check: bool,
+    },
     /// Load and validate the configuration (schema files included) without connecting.
     CheckConfig,
     /// Purge a collection's tombstones older than its `tombstone_retention` now (the server
@@ -130,7 +136,15 @@ fn main() -> ExitCode {
         let telemetry = syncline::telemetry::init(config.log_format, endpoint)
             .map_err(syncline::server::ServerError::Config)?;
         let result = match cli.command {
-            Command::Migrate => syncline::server::migrate(&config).await,
+            Command::Migrate { check } => {
+                match syncline::server::migrate_and_report(&config, check).await {
+                    Ok(text) => {
+                        println!("{text}");
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             Command::CheckConfig
             | Command::Token { .. }
             | Command::Import(_)

@@ -23,7 +23,7 @@ use crate::proto::replication_service_server::ReplicationServiceServer;
 use crate::protocol::fanout::{Hub, listener};
 use crate::protocol::{Collections, Limits, Replicator, ReplicatorParts};
 use crate::store::StoreError;
-use crate::store::postgres::{PgStore, PoolSettings};
+use crate::store::postgres::{DatasetState, PgStore, PoolSettings, Restamp};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +66,74 @@ pub fn check(config: &Config) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Applies the database migrations and returns.
+/// Applies the database migrations, re-stamps positions that come from another cluster (see
+/// [`restamp`]), and returns.
 pub async fn migrate(config: &Config) -> Result<(), ServerError> {
+    migrate_and_report(config, false).await.map(drop)
+}
+
+/// `syncline migrate`: [`migrate`], returning what it did as text; with `check`, only
+/// reports whether the positions would be re-stamped, and writes nothing.
+pub async fn migrate_and_report(config: &Config, check: bool) -> Result<String, ServerError> {
     let store = open_store(config)?;
-    store.migrate().await?;
+    let result = migrate_store(&store, config, check).await;
     store.close().await;
-    Ok(())
+    result
+}
+
+async fn migrate_store(
+    store: &PgStore,
+    config: &Config,
+    check: bool,
+) -> Result<String, ServerError> {
+    if !check {
+        store.migrate().await?;
+        return Ok(match restamp(store, config).await? {
+            Some(r) => format!(
+                "migrations applied; re-stamped {} document positions in {} transactions \
+                 because {}: the dataset is now generation {}, older checkpoints get \
+                 FAILED_PRECONDITION (CHECKPOINT_EXPIRED) and clients reconcile",
+                r.rows, r.batches, r.why, r.generation
+            ),
+            None => "migrations applied; positions are this cluster's".to_owned(),
+        });
+    }
+    Ok(match store.dataset_state().await? {
+        DatasetState::Current { generation } => {
+            format!("positions are this cluster's (dataset generation {generation}): nothing to do")
+        }
+        DatasetState::Foreign { why, generation } => format!(
+            "positions must be re-stamped because {why}: `syncline migrate` (or the next \
+             start) moves the dataset from generation {generation} to {}",
+            generation.saturating_add(1)
+        ),
+        DatasetState::Standby => "a read-only standby: nothing to check here".to_owned(),
+        DatasetState::NotMigrated => "migrations are pending: run `syncline migrate`".to_owned(),
+    })
+}
+
+/// Before serving: when the stored positions come from another cluster's transaction ids (a
+/// logical restore), gives every row a new one and moves the dataset to a new generation, so
+/// every document is readable again and old checkpoints are refused (clients reconcile).
+/// Nothing happens on the cluster that wrote them, a physical replica or backup of it, or a
+/// read-only standby (which must not write).
+pub async fn restamp(store: &PgStore, config: &Config) -> Result<Option<Restamp>, ServerError> {
+    Ok(restamp_store(store, config.restamp_batch_rows).await?)
+}
+
+async fn restamp_store(store: &PgStore, batch_rows: u32) -> Result<Option<Restamp>, StoreError> {
+    match store.dataset_state().await? {
+        DatasetState::Standby => {
+            tracing::info!("read-only standby: positions are not checked for a restore");
+            return Ok(None);
+        }
+        DatasetState::NotMigrated => {
+            tracing::warn!("migrations pending: positions not checked for a restore");
+            return Ok(None);
+        }
+        DatasetState::Current { .. } | DatasetState::Foreign { .. } => {}
+    }
+    store.restamp_if_foreign(batch_rows).await
 }
 
 /// Serves gRPC on `listener` until `shutdown` resolves, then drains: streams end with
@@ -194,11 +256,17 @@ pub async fn serve(
             tonic_health::ServingStatus::Serving,
         )
         .await;
-    tasks.spawn(crate::health::watch_database(
+    // NOT_SERVING until positions restored from another cluster are re-stamped (see
+    // `restamp`); only then does the database prober publish readiness. Requests that come
+    // in meanwhile wait for the re-stamp before sealing their first token.
+    crate::health::set_ready(&reporter, false).await;
+    tasks.spawn(restamp_then_probe(
         (*store).clone(),
         reporter.clone(),
+        config.restamp_batch_rows,
         Duration::from_secs(config.health_check_seconds.max(1)),
         prober_stop.clone(),
+        tasks.clone(),
     ));
     if let Authenticator::Jwt(verifier) = &authenticator {
         tasks.spawn(
@@ -282,6 +350,38 @@ pub async fn serve(
     store.close().await;
     tracing::info!("stopped");
     Ok(result?)
+}
+
+/// Re-stamps positions restored from another cluster (retrying while the database is away),
+/// then starts the database prober, which publishes readiness. Stopped with the prober: a
+/// re-stamp cut short rolls its batch back and resumes at the next start.
+async fn restamp_then_probe(
+    store: PgStore,
+    reporter: tonic_health::server::HealthReporter,
+    batch_rows: u32,
+    interval: Duration,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let done = tokio::select! {
+            _ = stop.cancelled() => return,
+            done = restamp_store(&store, batch_rows) => done,
+        };
+        match done {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "positions not checked for a restore yet: NOT_SERVING")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+    tasks.spawn(crate::health::watch_database(
+        store, reporter, interval, stop,
+    ));
 }
 
 /// Server reflection over the replication and health services.

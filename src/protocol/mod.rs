@@ -77,9 +77,12 @@ pub struct Replicator<S> {
     visibility_wait: Duration,
     shutdown: CancellationToken,
     waits_out: std::sync::atomic::AtomicU64,
-    /// Set from the configuration, else loaded from the store on first use (the server starts
-    /// and waits for migrations without a database).
+    /// Built on first use from the key (the configured one, else the store's) and the
+    /// store's dataset generation (the server starts and waits for migrations without a
+    /// database).
     checkpoints: tokio::sync::OnceCell<checkpoint::Sealer>,
+    /// The configured checkpoint key, if any.
+    checkpoint_key: Option<[u8; checkpoint::KEY_LEN]>,
     /// Limits of the reconcile RPCs.
     reconcile_limits: reconcile::ReconcileLimits,
 }
@@ -145,9 +148,8 @@ impl<S: Store> Replicator<S> {
             visibility_wait: p.visibility_wait,
             shutdown: p.shutdown,
             waits_out: Default::default(),
-            checkpoints: tokio::sync::OnceCell::new_with(
-                p.checkpoint_key.as_ref().map(checkpoint::Sealer::new),
-            ),
+            checkpoints: tokio::sync::OnceCell::new(),
+            checkpoint_key: p.checkpoint_key,
             reconcile_limits: reconcile::ReconcileLimits::default(),
         }
     }
@@ -182,8 +184,13 @@ impl<S: Store> Replicator<S> {
         let sealer = self
             .checkpoints
             .get_or_try_init(|| async {
-                let key = self.store.checkpoint_key().await?;
-                Ok::<_, ProtocolError>(checkpoint::Sealer::new(&key))
+                let key = match self.checkpoint_key {
+                    Some(key) => key,
+                    None => self.store.checkpoint_key().await?,
+                };
+                // Read once: a re-stamp (which moves the generation) finishes before serving.
+                let generation = self.store.dataset_generation().await?;
+                Ok::<_, ProtocolError>(checkpoint::Sealer::new(&key).with_generation(generation))
             })
             .await?;
         Ok(sealer.bind(collection, principal))

@@ -291,6 +291,12 @@ pub trait Store: Send + Sync + 'static {
     /// store and across restarts: created at random on first use, then kept.
     fn checkpoint_key(&self) -> impl Future<Output = Result<[u8; 32], StoreError>> + Send;
 
+    /// The dataset generation checkpoint tokens are sealed with: it moves on when the
+    /// positions were re-stamped after a restore into another cluster.
+    fn dataset_generation(&self) -> impl Future<Output = Result<u32, StoreError>> + Send {
+        async { Ok(0) }
+    }
+
     /// Digests of the hash buckets (`bits` bits) of the live documents of `collection` (only
     /// `owner`'s when given), only under the `within_bits`-bit prefixes `within` unless
     /// `within_bits` is 0, read from one snapshot whose xmin comes back with them.

@@ -19,6 +19,7 @@ mod per_row_push;
 mod pull;
 mod push;
 mod reconcile;
+mod restore;
 mod retention;
 mod sigterm;
 mod slow_reader;

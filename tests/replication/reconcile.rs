@@ -27,14 +27,14 @@ use syncline::protocol::reconcile::{bucket_of, digests};
 
 type Client = ReplicationServiceClient<Channel>;
 /// A client's local copy: its live documents by id.
-type Copy = BTreeMap<String, Document>;
+pub(crate) type Copy = BTreeMap<String, Document>;
 
-const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
+pub(crate) const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
 /// Bucket levels of the two digest rounds (small collections here).
 const L1: u32 = 6;
 const L2: u32 = 10;
 
-fn token(sub: &str) -> String {
+pub(crate) fn token(sub: &str) -> String {
     let exp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
@@ -88,7 +88,12 @@ fn wire(d: &BTreeMap<u32, syncline::protocol::reconcile::Digest>) -> BucketDiges
 
 /// The reference client: brings `local` in line with the server's live set as of the first
 /// round's snapshot (plus whatever it fetched later) and returns that round's checkpoint, C0.
-async fn reconcile(c: &mut Client, tok: &str, collection: &str, local: &mut Copy) -> String {
+pub(crate) async fn reconcile(
+    c: &mut Client,
+    tok: &str,
+    collection: &str,
+    local: &mut Copy,
+) -> String {
     let pairs = |l: &Copy| -> Vec<(String, String)> {
         l.iter()
             .map(|(id, d)| (id.clone(), d.revision.clone()))
@@ -195,7 +200,7 @@ async fn reconcile(c: &mut Client, tok: &str, collection: &str, local: &mut Copy
 
 /// Pulls from `checkpoint` to the end, applying every document to `local`; returns the last
 /// checkpoint.
-async fn pull_into(
+pub(crate) async fn pull_into(
     c: &mut Client,
     tok: &str,
     collection: &str,
@@ -234,7 +239,7 @@ async fn pull_into(
 }
 
 /// The server's live set of `owner` as (id, revision, body).
-async fn live(db: &mut sqlx::PgConnection, owner: &str) -> Vec<(String, String, Value)> {
+pub(crate) async fn live(db: &mut sqlx::PgConnection, owner: &str) -> Vec<(String, String, Value)> {
     let rows: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT id, revision, body::text FROM syncline_documents
          WHERE collection = 'tasks' AND owner = $1 AND NOT deleted ORDER BY id",
@@ -248,14 +253,14 @@ async fn live(db: &mut sqlx::PgConnection, owner: &str) -> Vec<(String, String, 
         .collect()
 }
 
-fn seen(local: &Copy) -> Vec<(String, String, Value)> {
+pub(crate) fn seen(local: &Copy) -> Vec<(String, String, Value)> {
     local
         .values()
         .map(|d| (d.id.clone(), d.revision.clone(), body(d)))
         .collect()
 }
 
-async fn put(db: &mut sqlx::PgConnection, id: &str, owner: &str, v: i64) {
+pub(crate) async fn put(db: &mut sqlx::PgConnection, id: &str, owner: &str, v: i64) {
     sqlx::query("SELECT syncline_put('tasks', $1, $2, $3)")
         .bind(id)
         .bind(json!({"id": id, "v": v}))
@@ -491,7 +496,7 @@ async fn writes_during_the_reconcile_are_never_missed() {
 }
 
 /// The reason and field of a status's `ErrorInfo`.
-fn reason_and_field(s: &Status) -> (String, Option<String>) {
+pub(crate) fn reason_and_field(s: &Status) -> (String, Option<String>) {
     let info = s
         .get_details_error_info()
         .unwrap_or_else(|| panic!("no ErrorInfo in {s:?}"));

@@ -2,6 +2,7 @@
 //! visibility horizon (see `migrations/0001_documents.sql` and docs/architecture.md).
 
 mod bulk;
+mod dataset;
 mod error;
 mod keys;
 pub mod notify;
@@ -26,6 +27,7 @@ use super::{
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub use bulk::{ExportError, ExportOptions};
+pub use dataset::{DatasetState, Foreign, Restamp};
 pub use notify::NOTIFY_CHANNEL;
 pub use purge::{PurgeBatch, PurgeHorizon, PurgePreview};
 
@@ -272,6 +274,10 @@ impl Store for PgStore {
 
     fn checkpoint_key(&self) -> impl Future<Output = Result<[u8; 32], StoreError>> + Send {
         self.load_checkpoint_key()
+    }
+
+    fn dataset_generation(&self) -> impl Future<Output = Result<u32, StoreError>> + Send {
+        self.load_dataset_generation()
     }
 
     fn bucket_digests(
