@@ -367,6 +367,16 @@ async fn checkpoints_are_valid_on_every_replica_and_after_a_restart() {
     let (mut ca, mut cb) = (a.client().await, b.client().await);
     // Both replicas issue their first tokens at once: they must agree on one key.
     push_as(&mut ca, None, "tasks", docs("r", 6)).await;
+    // The cluster is shared: another test's open transaction can hold the visibility horizon
+    // below the push for a moment. Wait (bounded) until all six are readable.
+    for round in 0.. {
+        let (all, _) = pull_all(&mut ca, "tasks", "", 100).await;
+        if all.len() == 6 {
+            break;
+        }
+        assert!(round < 200, "the push never became visible");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (from_a, from_b) = tokio::join!(
         try_pull(&mut ca, None, "tasks", "", 2),
         try_pull(&mut cb, None, "tasks", "", 4),
