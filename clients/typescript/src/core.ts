@@ -36,6 +36,7 @@ import { replicateRxCollection, type RxReplicationState } from "rxdb/plugins/rep
 import { canonicalBody, fromServerDocument, toServerDocument } from "./convert.js";
 import { SynclineError } from "./errors.js";
 import { reconcile } from "./reconcile.js";
+import { RevisionStore, sha256Hex } from "./revisions.js";
 import { refusalError, refusedMasterState } from "./refusals.js";
 import {
     ChangeRowSchema,
@@ -223,6 +224,8 @@ export function replicateSynclineWith<RxDocType>(
             ? transportFactory(transportOption, options.url, { interceptors, compression })
             : transportOption;
     const client: ReplicationClient = createClient(ReplicationService, transport);
+    const replicationIdentifier = options.replicationIdentifier ?? `syncline:${collectionName}:${options.url}`;
+    const revisions = RevisionStore.open(collection, replicationIdentifier);
 
     // The newest checkpoint this replication has seen (from Pull or the stream): where a
     // (re)opened Subscribe starts. RxDB keeps its own, persisted checkpoint for Pull.
@@ -300,24 +303,20 @@ export function replicateSynclineWith<RxDocType>(
     };
 
     // The server revision of each live document handed to RxDB (Pull, stream, conflict,
-    // reconcile), with the body it came with: what a reconcile compares. A revision counts
-    // only while the local document still has that body, because RxDB may not have applied
-    // what it was handed (a paused replication, a pending local edit); otherwise, and for
-    // documents never received in this replication's lifetime (it is kept in memory: after
-    // an app restart everything is unknown), the document is compared with an empty
-    // revision, so its bucket is listed and it is fetched if the server still has it live:
-    // exact, only less frugal.
-    const serverRevisions = new Map<string, { revision: string; body: string }>();
-    const received = (docs: readonly Document[]): WithDeleted<RxDocType>[] =>
-        docs.map((doc) => {
-            const state = fromServerDocument(doc, primaryPath, ownerField);
-            if (doc.deleted) {
-                serverRevisions.delete(doc.id);
-            } else {
-                serverRevisions.set(doc.id, { revision: doc.revision, body: canonicalBody(state, ownerField) });
-            }
-            return state as unknown as WithDeleted<RxDocType>;
-        });
+    // reconcile), with a hash of the body it came with, kept beside the collection
+    // (revisions.ts): what a reconcile compares. A revision counts only while the local
+    // document still has that body, because RxDB may not have applied what it was handed (a
+    // paused replication, a pending local edit); otherwise, and for documents never received
+    // through this plugin, the document is compared with an empty revision, so its bucket is
+    // listed and it is fetched if the server still has it live: exact, only less frugal.
+    const received = (docs: readonly Document[]): WithDeleted<RxDocType>[] => {
+        const states = docs.map((doc) => fromServerDocument(doc, primaryPath, ownerField));
+        const entries = docs.map((doc, i) =>
+            doc.deleted ? { id: doc.id } : { id: doc.id, revision: doc.revision, body: canonicalBody(states[i], ownerField) },
+        );
+        void revisions.then((store) => store.record(entries));
+        return states as unknown as WithDeleted<RxDocType>[];
+    };
 
     // A checkpoint the server no longer accepts (FAILED_PRECONDITION, reason CHECKPOINT_EXPIRED:
     // at or before the purge horizon, or of another dataset generation; CHECKPOINT_INVALID: a
@@ -353,12 +352,14 @@ export function replicateSynclineWith<RxDocType>(
         const local: Array<{ primary: unknown; toJSON: () => Record<string, unknown> }> = await collection
             .find()
             .exec();
-        const held = local.map((doc) => {
+        const seen = await (await revisions).lookup(local.map((doc) => String(doc.primary)));
+        const held: Array<readonly [string, string]> = [];
+        for (const doc of local) {
             const id = String(doc.primary);
-            const seen = serverRevisions.get(id);
-            const current = seen !== undefined && seen.body === canonicalBody(doc.toJSON(), ownerField);
-            return [id, current ? seen.revision : ""] as const;
-        });
+            const last = seen.get(id);
+            const current = last !== undefined && last.bodyHash === (await sha256Hex(canonicalBody(doc.toJSON(), ownerField)));
+            held.push([id, current ? last.revision : ""]);
+        }
         const unimplemented = (error: SynclineError): boolean => error.code === Code.Unimplemented;
         let result;
         try {
@@ -620,8 +621,7 @@ export function replicateSynclineWith<RxDocType>(
     );
 
     replicationState = replicateRxCollection<RxDocType, SynclineCheckpoint>({
-        replicationIdentifier:
-            options.replicationIdentifier ?? `syncline:${collectionName}:${options.url}`,
+        replicationIdentifier,
         collection,
         live,
         retryTime: options.retryTime,
@@ -641,6 +641,7 @@ export function replicateSynclineWith<RxDocType>(
         },
     });
     const state = replicationState;
+    state.onCancel.push(() => revisions.then((store) => store.close()));
     const awaitFirstSync = state.awaitInitialReplication.bind(state);
     void awaitFirstSync().then(
         () => {
