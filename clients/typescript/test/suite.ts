@@ -24,7 +24,7 @@ import {
 } from "./support/helpers.js";
 import { SynclineServer } from "./support/server.js";
 
-const COLLECTIONS = ["live", "conflict", "offline", "restart", "race", "batch", "token", "purge"];
+const COLLECTIONS = ["live", "conflict", "offline", "restart", "race", "batch", "token", "purge", "resync"];
 
 export function defineInteropSuite(kind: SynclineTransportKind): void {
     describe(`syncline-rxdb over ${kind}`, { timeout: 240_000 }, () => {
@@ -37,8 +37,8 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
                 server = await SynclineServer.start({
                     collections: COLLECTIONS,
                     label: kind,
-                    // "purge" loses its tombstones a second after the delete.
-                    collectionSettings: { purge: 'tombstone_retention = "1s"' },
+                    // "purge" and "resync" lose their tombstones a second after the delete.
+                    collectionSettings: { purge: 'tombstone_retention = "1s"', resync: 'tombstone_retention = "1s"' },
                     extraConfig: "purge_interval_seconds = 1",
                 });
             } catch (err) {
@@ -408,6 +408,43 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
             await a.tasks.insert({ id: "later", title: "after the reconcile" });
             await waitFor("a later write on B", 10_000, async () => (await b.tasks.findOne("later").exec()) !== null);
             console.log(`# reconcile: ${transferred} documents received of ${live.length} live, ${logB.reconcileCalls} calls`);
+        });
+
+        serverTest("a stream whose position a purge expired gets Resync: B reconciles and streams on from the new checkpoint", async () => {
+            const { a, b, ra, rb, logB } = await twoReplicas("resync");
+            await a.tasks.bulkInsert(Array.from({ length: 20 }, (_, i) => ({ id: `s${i}`, title: `doc ${i}` })));
+            await waitFor("20 documents on B", 10_000, async () => (await b.tasks.count().exec()) === 20);
+            await rb.awaitInSync();
+            // B's stream goes down (and stays down) before A's deletes, so B's stream position
+            // and RxDB's checkpoint both end up behind the purge horizon.
+            logB.failSubscribes = true;
+            await (await a.tasks.findOne("s1").exec())!.incrementalPatch({ title: "edited s1" });
+            for (const id of ["s5", "s6"]) {
+                await (await a.tasks.findOne(id).exec())!.remove();
+            }
+            await ra.awaitInSync();
+            await waitFor("the tombstones purged on the server", 20_000, async () => {
+                const docs = await pullAll(server.url, kind, "resync");
+                return !docs.has("s5") && !docs.has("s6");
+            });
+            const fetchedBefore = logB.fetchedDocs;
+            logB.failSubscribes = false;
+            await waitFor("B got Resync", 20_000, () => logB.resyncs > 0);
+            await waitFor("B reconciled", 20_000, async () => {
+                const onB = await snapshot(b.tasks);
+                return !onB.has("s5") && !onB.has("s6") && onB.get("s1")?.title === "edited s1";
+            });
+            await rb.awaitInSync();
+            const live = [...(await pullAll(server.url, kind, "resync")).values()].filter((d) => !d.deleted).map((d) => d.id).sort();
+            assert.deepEqual([...(await snapshot(b.tasks)).keys()].sort(), live);
+            assert.ok(logB.reconcileCalls > 0, "B did not reconcile");
+            assert.ok(logB.fetchedDocs - fetchedBefore <= 3, `B fetched ${logB.fetchedDocs - fetchedBefore} documents`);
+            // The stream reopened from the reconcile's checkpoint and delivers live again, once.
+            const resyncs = logB.resyncs;
+            await a.tasks.insert({ id: "after", title: "after the resync" });
+            await waitFor("a later write on B", 10_000, async () => (await b.tasks.findOne("after").exec()) !== null);
+            assert.ok(logB.changeBatches.some((c) => c.ids.includes("after")), "the later write did not come through the stream");
+            assert.equal(logB.resyncs, resyncs, "the stream was refused again after the reconcile");
         });
 
         serverTest("the bearer token from getToken is sent on every call and re-read on reconnect", async () => {

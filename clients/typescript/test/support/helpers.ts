@@ -3,7 +3,7 @@
 
 import { createHmac } from "node:crypto";
 
-import { createClient, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
 import { createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { createRxDatabase, type RxCollection, type RxConflictHandler, type RxDatabase, type RxJsonSchema } from "rxdb";
 import { getRxStorageMemory } from "rxdb/plugins/storage-memory";
@@ -81,6 +81,10 @@ export class CallLog {
     pushedIds: string[] = [];
     /** Reconcile, ReconcileList and Fetch calls. */
     reconcileCalls = 0;
+    /** `Resync` events received on Subscribe. */
+    resyncs = 0;
+    /** While true, Subscribe streams fail (UNAVAILABLE) at open and at their next message. */
+    failSubscribes = false;
 
     readonly interceptor: Interceptor = (next) => async (req) => {
         const name = req.method.name;
@@ -118,6 +122,9 @@ export class CallLog {
             }
         }
         if (name === "Subscribe") {
+            if (this.failSubscribes) {
+                throw new ConnectError("Subscribe blocked by the test", Code.Unavailable);
+            }
             const res = (await next(req)) as StreamResponse;
             this.subscribesOpened += 1;
             const log = this.changeBatches;
@@ -125,6 +132,12 @@ export class CallLog {
             const inner = res.message as AsyncIterable<SubscribeResponse>;
             async function* observe(): AsyncGenerator<SubscribeResponse> {
                 for await (const message of inner) {
+                    if (self.failSubscribes) {
+                        throw new ConnectError("Subscribe blocked by the test", Code.Unavailable);
+                    }
+                    if (message.event.case === "resync") {
+                        self.resyncs += 1;
+                    }
                     if (message.event.case === "changes" && message.event.value.documents.length > 0) {
                         self.streamedDocs += message.event.value.documents.length;
                         log.push({ at: Date.now(), ids: message.event.value.documents.map((d) => d.id) });
