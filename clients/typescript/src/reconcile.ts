@@ -21,13 +21,21 @@ export const BUCKET_BITS_MAX = 24;
 const FIRST_BITS = 12;
 /** Bits added per deeper round. */
 const STEP_BITS = 4;
+/** Request bounds of a reconcile. */
+export interface ReconcileBounds {
+    /** Most buckets one Reconcile round compares (and digests it sends). */
+    comparedMax: number;
+    /** Most documents one ReconcileList may return (by the server's counts); fuller buckets go deeper. */
+    listMax: number;
+    /** Most ids per Fetch. */
+    fetchMax: number;
+}
+
 /**
- * Request bounds, below the server's defaults (`reconcile_digests_max` 65,536,
- * `reconcile_list_max` 10,000, `fetch_ids_max` 1,000) with room for a stricter server.
+ * The default bounds: below the server's defaults (`reconcile_digests_max` 65,536,
+ * `reconcile_list_max` 10,000, `fetch_ids_max` 1,000), with room for a stricter server.
  */
-const COMPARED_MAX = 4_096;
-const LIST_MAX = 2_000;
-const FETCH_MAX = 500;
+export const DEFAULT_BOUNDS: ReconcileBounds = { comparedMax: 4_096, listMax: 2_000, fetchMax: 500 };
 
 const MASK64 = (1n << 64n) - 1n;
 const encoder = new TextEncoder();
@@ -136,14 +144,18 @@ export async function reconcile(
     collection: string,
     held: ReadonlyArray<readonly [string, string]>,
     callOptions: () => CallOptions,
+    bounds: ReconcileBounds = DEFAULT_BOUNDS,
 ): Promise<ReconcileResult> {
+    const { comparedMax, listMax, fetchMax } = bounds;
+    // The first round compares every bucket of its level: no more than comparedMax.
+    const firstBits = Math.min(FIRST_BITS, Math.floor(Math.log2(Math.max(1, comparedMax))));
     const keys: HeldKey[] = [];
     for (const [id, revision] of held) {
         keys.push(await heldKey(id, revision));
     }
     let calls = 0;
     const first = await client.reconcile(
-        { collection, bucketBits: FIRST_BITS, withinBits: 0, within: [], digests: wire(digestsOf(keys, FIRST_BITS)) },
+        { collection, bucketBits: firstBits, withinBits: 0, within: [], digests: wire(digestsOf(keys, firstBits)) },
         callOptions(),
     );
     calls += 1;
@@ -157,8 +169,8 @@ export async function reconcile(
     // Descend: every bucket differing at the first level goes one level deeper (as the README
     // algorithm); after that, buckets small enough are listed and the rest go deeper again.
     const toList: Differing[] = [];
-    let descend: Differing[] = differingOf(FIRST_BITS, first.differing);
-    let bits = FIRST_BITS;
+    let descend: Differing[] = differingOf(firstBits, first.differing);
+    let bits = firstBits;
     while (descend.length > 0) {
         if (bits >= BUCKET_BITS_MAX) {
             toList.push(...descend);
@@ -166,7 +178,7 @@ export async function reconcile(
         }
         const next: Differing[] = [];
         const deeper = Math.min(bits + STEP_BITS, BUCKET_BITS_MAX);
-        const perRequest = Math.max(1, Math.floor(COMPARED_MAX / 2 ** (deeper - bits)));
+        const perRequest = Math.max(1, Math.floor(comparedMax / 2 ** (deeper - bits)));
         for (let i = 0; i < descend.length; i += perRequest) {
             const within = descend.slice(i, i + perRequest).map((d) => d.bucket);
             const reply = await client.reconcile(
@@ -181,7 +193,7 @@ export async function reconcile(
             );
             calls += 1;
             for (const d of differingOf(deeper, reply.differing)) {
-                (d.count <= LIST_MAX ? toList : next).push(d);
+                (d.count <= listMax ? toList : next).push(d);
             }
         }
         descend = next;
@@ -210,7 +222,7 @@ export async function reconcile(
         while (i < atLevel.length) {
             const batch: Differing[] = [];
             let total = 0;
-            while (i < atLevel.length && (batch.length === 0 || total + atLevel[i].count <= LIST_MAX) && batch.length < COMPARED_MAX) {
+            while (i < atLevel.length && (batch.length === 0 || total + atLevel[i].count <= listMax) && batch.length < comparedMax) {
                 total += atLevel[i].count;
                 batch.push(atLevel[i]);
                 i += 1;
@@ -240,7 +252,7 @@ export async function reconcile(
     const documents: Document[] = [];
     let rest = toFetch;
     while (rest.length > 0) {
-        const ask = rest.slice(0, FETCH_MAX);
+        const ask = rest.slice(0, fetchMax);
         const reply = await client.fetch({ collection, ids: ask }, callOptions());
         calls += 1;
         const answered = Math.min(reply.answered, ask.length);
