@@ -354,11 +354,14 @@ export function replicateSynclineWith<RxDocType>(
             .exec();
         const seen = await (await revisions).lookup(local.map((doc) => String(doc.primary)));
         const held: Array<readonly [string, string]> = [];
-        for (const doc of local) {
-            const id = String(doc.primary);
-            const last = seen.get(id);
-            const current = last !== undefined && last.bodyHash === (await sha256Hex(canonicalBody(doc.toJSON(), ownerField)));
-            held.push([id, current ? last.revision : ""]);
+        for (let i = 0; i < local.length; i += 1_000) {
+            const chunk = local.slice(i, i + 1_000);
+            const hashes = await Promise.all(chunk.map((doc) => sha256Hex(canonicalBody(doc.toJSON(), ownerField))));
+            chunk.forEach((doc, j) => {
+                const id = String(doc.primary);
+                const last = seen.get(id);
+                held.push([id, last !== undefined && last.bodyHash === hashes[j] ? last.revision : ""]);
+            });
         }
         const unimplemented = (error: SynclineError): boolean => error.code === Code.Unimplemented;
         let result;

@@ -150,8 +150,9 @@ export async function reconcile(
     // The first round compares every bucket of its level: no more than comparedMax.
     const firstBits = Math.min(FIRST_BITS, Math.floor(Math.log2(Math.max(1, comparedMax))));
     const keys: HeldKey[] = [];
-    for (const [id, revision] of held) {
-        keys.push(await heldKey(id, revision));
+    // Hashed a thousand at a time: WebCrypto is asynchronous, one await per digest is slow.
+    for (let i = 0; i < held.length; i += 1_000) {
+        keys.push(...(await Promise.all(held.slice(i, i + 1_000).map(([id, revision]) => heldKey(id, revision)))));
     }
     let calls = 0;
     const first = await client.reconcile(
