@@ -87,3 +87,26 @@ export function fromServerDocument(doc: Document, primaryPath: string, ownerFiel
     state._deleted = doc.deleted;
     return state as RxDocState;
 }
+
+function sortedKeys(value: unknown): unknown {
+    if (Array.isArray(value)) {
+        return value.map(sortedKeys);
+    }
+    if (value !== null && typeof value === "object") {
+        const out: Record<string, unknown> = {};
+        for (const key of Object.keys(value).sort()) {
+            out[key] = sortedKeys((value as Record<string, unknown>)[key]);
+        }
+        return out;
+    }
+    return value;
+}
+
+/**
+ * The body of an RxDB document state as one string with keys sorted at every level: equal
+ * for equal bodies whatever the key order (what a reconcile uses to tell whether the local
+ * copy is still the server state it last received).
+ */
+export function canonicalBody(state: Record<string, unknown>, ownerField?: string): string {
+    return JSON.stringify(sortedKeys(documentBody(state, ownerField)));
+}

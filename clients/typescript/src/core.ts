@@ -5,6 +5,8 @@
 //   push.handler  -> ReplicationService.Push   (conflicts come back as RxDB master states)
 //   pull.stream$  <- ReplicationService.Subscribe (ChangeBatch -> { documents, checkpoint },
 //                    Resync / stream errors / reconnects -> 'RESYNC', Heartbeat ignored)
+//   an expired or refused checkpoint -> Reconcile / ReconcileList / Fetch (reconcile.ts), the
+//                    result handed to RxDB as pulled documents and tombstones, then Pull from C0
 //
 // This module is transport-agnostic: the entry points (index.ts for Node, browser.ts for
 // browsers) pass in how to build a Connect transport for 'grpc' and 'grpc-web'.
@@ -31,11 +33,15 @@ import type {
 } from "rxdb";
 import { replicateRxCollection, type RxReplicationState } from "rxdb/plugins/replication";
 
-import { fromServerDocument, toServerDocument } from "./convert.js";
+import { canonicalBody, fromServerDocument, toServerDocument } from "./convert.js";
 import { SynclineError } from "./errors.js";
+import { reconcile } from "./reconcile.js";
+import { RevisionStore, sha256Hex } from "./revisions.js";
 import { refusalError, refusedMasterState } from "./refusals.js";
 import {
     ChangeRowSchema,
+    DocumentSchema,
+    type Document,
     PullRequestSchema,
     PushMode,
     PushRequestSchema,
@@ -218,10 +224,15 @@ export function replicateSynclineWith<RxDocType>(
             ? transportFactory(transportOption, options.url, { interceptors, compression })
             : transportOption;
     const client: ReplicationClient = createClient(ReplicationService, transport);
+    const replicationIdentifier = options.replicationIdentifier ?? `syncline:${collectionName}:${options.url}`;
+    const revisions = RevisionStore.open(collection, replicationIdentifier);
 
     // The newest checkpoint this replication has seen (from Pull or the stream): where a
     // (re)opened Subscribe starts. RxDB keeps its own, persisted checkpoint for Pull.
     let streamCheckpoint: SynclineCheckpoint | undefined;
+    // Set when the stream's position expired (Resync): the next successful Pull's checkpoint
+    // replaces it, whatever that Pull returned.
+    let streamCheckpointStale = false;
     let pullSucceeded = false;
     const pullSucceededWaiters: Array<() => void> = [];
 
@@ -291,58 +302,131 @@ export function replicateSynclineWith<RxDocType>(
         }
     };
 
-    // A checkpoint the server no longer accepts (CHECKPOINT_INVALID: a token from before an
-    // upgrade or a key change, or of another principal; FAILED_PRECONDITION: older than the
-    // purge horizon) restarts the pull from the beginning, once per replication, and says so
-    // on error$ and in the console.
-    let checkpointRestarted = false;
-    let refusedToken: string | undefined;
+    // The server revision of each live document handed to RxDB (Pull, stream, conflict,
+    // reconcile), with a hash of the body it came with, kept beside the collection
+    // (revisions.ts): what a reconcile compares. A revision counts only while the local
+    // document still has that body, because RxDB may not have applied what it was handed (a
+    // paused replication, a pending local edit); otherwise, and for documents never received
+    // through this plugin, the document is compared with an empty revision, so its bucket is
+    // listed and it is fetched if the server still has it live: exact, only less frugal.
+    const received = (docs: readonly Document[]): WithDeleted<RxDocType>[] => {
+        const states = docs.map((doc) => fromServerDocument(doc, primaryPath, ownerField));
+        const entries = docs.map((doc, i) =>
+            doc.deleted ? { id: doc.id } : { id: doc.id, revision: doc.revision, body: canonicalBody(states[i], ownerField) },
+        );
+        void revisions.then((store) => store.record(entries));
+        return states as unknown as WithDeleted<RxDocType>[];
+    };
+
+    // A checkpoint the server no longer accepts (FAILED_PRECONDITION, reason CHECKPOINT_EXPIRED:
+    // at or before the purge horizon, or of another dataset generation; CHECKPOINT_INVALID: a
+    // token from before a key change, or of another principal) is answered by a reconcile
+    // instead of a re-download: the local live documents' (id, revision) are compared with
+    // the server's by hash buckets, what differs is fetched, the ids the server no longer has
+    // come to RxDB as pulled tombstones (so they are removed locally and never pushed back),
+    // and pulling continues from the reconcile's checkpoint C0. Said once on error$ and in
+    // the console per refusal.
+    const refused = (error: SynclineError): boolean =>
+        error.reason === "CHECKPOINT_INVALID" ||
+        error.reason === "CHECKPOINT_EXPIRED" ||
+        error.code === Code.FailedPrecondition;
+
+    const pullOnce = (token: string | undefined, limit: number, handled?: (err: SynclineError) => boolean) =>
+        unary(
+            () =>
+                client.pull(
+                    create(PullRequestSchema, {
+                        collection: collectionName,
+                        limit,
+                        checkpoint: token ? { token } : undefined,
+                    }),
+                    callOptions(),
+                ),
+            handled,
+        );
+
+    /** The reconcile after a refused checkpoint: its documents and tombstones, then a Pull from C0. */
+    const reconcileAndPull = async (
+        limit: number,
+    ): Promise<{ documents: WithDeleted<RxDocType>[]; token: string | undefined }> => {
+        const local: Array<{ primary: unknown; toJSON: () => Record<string, unknown> }> = await collection
+            .find()
+            .exec();
+        const seen = await (await revisions).lookup(local.map((doc) => String(doc.primary)));
+        const held: Array<readonly [string, string]> = [];
+        for (let i = 0; i < local.length; i += 1_000) {
+            const chunk = local.slice(i, i + 1_000);
+            const hashes = await Promise.all(chunk.map((doc) => sha256Hex(canonicalBody(doc.toJSON(), ownerField))));
+            chunk.forEach((doc, j) => {
+                const id = String(doc.primary);
+                const last = seen.get(id);
+                held.push([id, last !== undefined && last.bodyHash === hashes[j] ? last.revision : ""]);
+            });
+        }
+        const unimplemented = (error: SynclineError): boolean => error.code === Code.Unimplemented;
+        let result;
+        try {
+            result = await unary(() => reconcile(client, collectionName, held, callOptions), unimplemented);
+        } catch (err) {
+            const error = SynclineError.from(err);
+            if (!unimplemented(error)) {
+                throw error;
+            }
+            // A server from before reconcile: start over as it asks (documents it deleted and
+            // purged stay here; nothing better is possible without the reconcile RPCs).
+            console.warn(`syncline-rxdb: the server cannot reconcile (${error.message}); pulling from the beginning`);
+            const response = await pullOnce(undefined, limit);
+            return { documents: received(response.documents), token: response.checkpoint?.token };
+        }
+        const tombstones = result.dropped.map((id) => create(DocumentSchema, { id, deleted: true }));
+        const byId = new Map<string, Document>();
+        for (const doc of [...tombstones, ...result.documents]) {
+            byId.set(doc.id, doc);
+        }
+        // Pull from C0 at once: a non-live replication would otherwise stop here. Its states
+        // are the newer ones (read after the fetches) and replace the reconciled ones.
+        const response = await pullOnce(result.checkpoint, limit);
+        for (const doc of response.documents) {
+            byId.set(doc.id, doc);
+        }
+        console.info(
+            `syncline-rxdb: reconciled '${collectionName}': ${result.documents.length} fetched, ` +
+                `${result.dropped.length} dropped, ${held.length} held, ${result.calls} calls`,
+        );
+        return { documents: received([...byId.values()]), token: response.checkpoint?.token || result.checkpoint };
+    };
 
     const pullHandler = async (
         checkpoint: SynclineCheckpoint | undefined,
         limit: number,
     ): Promise<{ documents: WithDeleted<RxDocType>[]; checkpoint: SynclineCheckpoint | undefined }> => {
-        // RxDB may ask again from the refused checkpoint (a pull queued before the restart).
-        if (checkpoint?.token !== undefined && checkpoint.token === refusedToken) {
-            checkpoint = undefined;
-        }
-        const request = create(PullRequestSchema, {
-            collection: collectionName,
-            limit,
-            checkpoint: checkpoint?.token ? { token: checkpoint.token } : undefined,
-        });
-        // FAILED_PRECONDITION: a checkpoint older than the server's purge horizon.
-        const restartable = (error: SynclineError): boolean =>
-            (error.reason === "CHECKPOINT_INVALID" || error.code === Code.FailedPrecondition) &&
-            !!checkpoint?.token &&
-            !checkpointRestarted;
-        let response;
+        const expirable = (error: SynclineError): boolean => refused(error) && !!checkpoint?.token;
+        let documents: WithDeleted<RxDocType>[];
+        let token: string | undefined;
         try {
-            response = await unary(() => client.pull(request, callOptions()), restartable);
+            const response = await pullOnce(checkpoint?.token, limit, expirable);
+            documents = received(response.documents);
+            token = response.checkpoint?.token;
         } catch (err) {
             const error = SynclineError.from(err);
-            if (!restartable(error)) {
+            if (!expirable(error)) {
                 throw error;
             }
-            checkpointRestarted = true;
-            refusedToken = checkpoint?.token;
             const notice = new SynclineError(
                 `syncline-rxdb: the server refused the stored checkpoint of '${collectionName}' ` +
-                    `(${error.message}); pulling from the beginning`,
+                    `(${error.message}); reconciling the local copy`,
                 error.code,
                 { reason: error.reason, cause: err },
             );
             console.warn(notice.message);
             reportError(notice);
-            return pullHandler(undefined, limit);
+            ({ documents, token } = await reconcileAndPull(limit));
+            streamCheckpointStale = true;
         }
-        const documents = response.documents.map(
-            (doc) => fromServerDocument(doc, primaryPath, ownerField) as unknown as WithDeleted<RxDocType>,
-        );
-        const token = response.checkpoint?.token;
         const next: SynclineCheckpoint | undefined = token ? { token } : checkpoint;
-        if (next && (streamCheckpoint === undefined || documents.length > 0)) {
+        if (next && (streamCheckpoint === undefined || streamCheckpointStale || documents.length > 0)) {
             streamCheckpoint = next;
+            streamCheckpointStale = false;
         }
         if (!pullSucceeded) {
             pullSucceeded = true;
@@ -377,9 +461,7 @@ export function replicateSynclineWith<RxDocType>(
                 ),
             });
             const response = await unary(() => client.push(request, callOptions()));
-            const masterStates = response.conflicts.map(
-                (doc) => fromServerDocument(doc, primaryPath, ownerField) as unknown as WithDeleted<RxDocType>,
-            );
+            const masterStates = received(response.conflicts);
             // Refused rows (another owner's id, a document the server's schema refuses): each
             // is reported once and handed back as a conflict with the server's state (or a
             // deleted one), so RxDB reverts or drops the local copy and stops pushing it,
@@ -413,17 +495,21 @@ export function replicateSynclineWith<RxDocType>(
             emitToStream = (item) => subscriber.next(item);
 
             const run = async (): Promise<void> => {
-                // Open the stream only once a Pull has succeeded, so that it starts at the
-                // checkpoint RxDB has reached rather than replaying the whole collection.
-                if (!pullSucceeded) {
-                    await new Promise<void>((resolve) => {
-                        pullSucceededWaiters.push(resolve);
-                        stop.signal.addEventListener("abort", () => resolve());
-                    });
-                }
                 let attempt = 0;
                 let connections = 0;
                 while (!stop.signal.aborted) {
+                    // Open the stream only once a Pull has succeeded, so that it starts at the
+                    // checkpoint RxDB has reached rather than replaying the whole collection
+                    // (after a Resync: once the Pull has reconciled and replaced it).
+                    if (!pullSucceeded) {
+                        await new Promise<void>((resolve) => {
+                            pullSucceededWaiters.push(resolve);
+                            stop.signal.addEventListener("abort", () => resolve());
+                        });
+                        if (stop.signal.aborted) {
+                            break;
+                        }
+                    }
                     const call = new AbortController();
                     const abortCall = (): void => call.abort();
                     stop.signal.addEventListener("abort", abortCall);
@@ -485,17 +571,16 @@ export function replicateSynclineWith<RxDocType>(
                                     continue;
                                 }
                                 subscriber.next({
-                                    documents: event.value.documents.map(
-                                        (doc) =>
-                                            fromServerDocument(
-                                                doc,
-                                                primaryPath,
-                                                ownerField,
-                                            ) as unknown as WithDeleted<RxDocType>,
-                                    ),
+                                    documents: received(event.value.documents),
                                     checkpoint: { token },
                                 });
                             } else if (event.case === "resync") {
+                                // The stream's position expired (a purge overtook it, or a
+                                // restore): RxDB's Pull from its own checkpoint is refused in
+                                // turn and reconciles; the stream reopens from what that Pull
+                                // returns, not from its expired position.
+                                streamCheckpointStale = true;
+                                pullSucceeded = false;
                                 subscriber.next("RESYNC");
                             }
                             // Heartbeat (and unknown future events): nothing to do.
@@ -539,8 +624,7 @@ export function replicateSynclineWith<RxDocType>(
     );
 
     replicationState = replicateRxCollection<RxDocType, SynclineCheckpoint>({
-        replicationIdentifier:
-            options.replicationIdentifier ?? `syncline:${collectionName}:${options.url}`,
+        replicationIdentifier,
         collection,
         live,
         retryTime: options.retryTime,
@@ -560,6 +644,7 @@ export function replicateSynclineWith<RxDocType>(
         },
     });
     const state = replicationState;
+    state.onCancel.push(() => revisions.then((store) => store.close()));
     const awaitFirstSync = state.awaitInitialReplication.bind(state);
     void awaitFirstSync().then(
         () => {

@@ -391,7 +391,7 @@ export function defineClientSuite(kind: SynclineTransportKind): void {
             assert.ok(aliceLog.pushes - pushesBefore <= 3, `pushed ${aliceLog.pushes - pushesBefore} times`);
         });
 
-        serverTest("a stored checkpoint the server refuses (another principal's) restarts the pull from the beginning once", async () => {
+        serverTest("a stored checkpoint the server refuses (another principal's) is reconciled: the other principal's document leaves the local copy, not the server", async () => {
             const carol = (): string => hs256Token(SECRET, "carol", 3600);
             // Carol's document is on the server first, so that her initial pull stores a
             // checkpoint past it.
@@ -429,6 +429,11 @@ export function defineClientSuite(kind: SynclineTransportKind): void {
             );
             assert.deepEqual(others, []);
             assert.equal(second.isStopped(), false);
+            // Carol's document is not dave's to read: the reconcile dropped it here as a pulled
+            // deletion, so it was never pushed as one, and carol still has it.
+            await waitFor("carol's document gone from dave's copy", 10_000, async () => (await side.tasks.findOne("carols").exec()) === null);
+            await rw.awaitInSync();
+            assert.ok((await writer.tasks.findOne("carols").exec()) !== null, "carol's document was deleted");
         });
     });
 }

@@ -24,7 +24,7 @@ import {
 } from "./support/helpers.js";
 import { SynclineServer } from "./support/server.js";
 
-const COLLECTIONS = ["live", "conflict", "offline", "restart", "race", "batch", "token"];
+const COLLECTIONS = ["live", "conflict", "offline", "restart", "race", "batch", "token", "purge", "resync"];
 
 export function defineInteropSuite(kind: SynclineTransportKind): void {
     describe(`syncline-rxdb over ${kind}`, { timeout: 240_000 }, () => {
@@ -34,7 +34,13 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
         let startError: unknown;
         before(async () => {
             try {
-                server = await SynclineServer.start({ collections: COLLECTIONS, label: kind });
+                server = await SynclineServer.start({
+                    collections: COLLECTIONS,
+                    label: kind,
+                    // "purge" and "resync" lose their tombstones a second after the delete.
+                    collectionSettings: { purge: 'tombstone_retention = "1s"', resync: 'tombstone_retention = "1s"' },
+                    extraConfig: "purge_interval_seconds = 1",
+                });
             } catch (err) {
                 startError = err;
             }
@@ -326,6 +332,119 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
             await sleep(1_500);
             assert.equal(logB.pulls, 3, "B pulls 10, 10, then an empty page");
             assert.equal(logB.pushes, 0, "B has nothing to push");
+        });
+
+        serverTest("offline across a purge: B reconciles, drops the purged documents, never pushes them back, and fetches only what changed", async () => {
+            const { a, b, ra, rb: firstB } = await twoReplicas("purge");
+            const ids = Array.from({ length: 40 }, (_, i) => `p${String(i).padStart(2, "0")}`);
+            await a.tasks.bulkInsert(ids.map((id, n) => ({ id, title: `doc ${id}`, n })));
+            await waitFor("40 documents on B", 10_000, async () => (await b.tasks.count().exec()) === 40);
+            await ra.awaitInSync();
+            await firstB.awaitInSync();
+
+            // B goes offline: its app closes (the replication ends; the database stays). Meanwhile
+            // on A: 3 updates, 4 deletes (purged a second later), 2 inserts.
+            await firstB.cancel();
+            for (const id of ["p01", "p02", "p03"]) {
+                await (await a.tasks.findOne(id).exec())!.incrementalPatch({ title: `edited ${id}` });
+            }
+            const purged = ["p10", "p11", "p12", "p13"];
+            for (const id of purged) {
+                await (await a.tasks.findOne(id).exec())!.remove();
+            }
+            await a.tasks.bulkInsert([{ id: "n1", title: "new 1" }, { id: "n2", title: "new 2" }]);
+            await ra.awaitInSync();
+            // And B writes offline: a new document and an edit of a kept one.
+            await b.tasks.insert({ id: "fromB", title: "written on B offline" });
+            await (await b.tasks.findOne("p20").exec())!.incrementalPatch({ title: "edited on B offline" });
+            await waitFor("the tombstones purged on the server", 20_000, async () => {
+                const docs = await pullAll(server.url, kind, "purge");
+                return purged.every((id) => !docs.has(id));
+            });
+
+            // B's app starts again: a new replication on the same database and identifier.
+            const logB = new CallLog();
+            const rb = replicate(b, "purge", { interceptors: [logB.interceptor] }, kind === "grpc-web" ? "browser" : "node");
+            const notices: Array<{ reason?: string }> = [];
+            const sub = rb.error$.subscribe((e) => notices.push(e as { reason?: string }));
+            await waitFor("B reconciled", 20_000, async () => {
+                const onB = await snapshot(b.tasks);
+                return purged.every((id) => !onB.has(id)) && onB.get("p01")?.title === "edited p01" && onB.has("n2");
+            });
+            await waitFor("B's offline writes on A", 20_000, async () =>
+                (await a.tasks.findOne("fromB").exec()) !== null &&
+                (await a.tasks.findOne("p20").exec())?.title === "edited on B offline");
+            await rb.awaitInSync();
+            await ra.awaitInSync();
+
+            // Exactly the server's live set on both sides.
+            const onServer = await pullAll(server.url, kind, "purge");
+            const live = [...onServer.values()].filter((d) => !d.deleted).map((d) => d.id).sort();
+            const onB = await snapshot(b.tasks);
+            assert.deepEqual([...onB.keys()].sort(), live);
+            assert.equal(live.length, 40 - 4 + 2 + 1);
+            assert.deepEqual(onB, await snapshot(a.tasks));
+            assert.equal(onB.get("p02")?.title, "edited p02");
+            // The purged documents were removed on B, not pushed back: the server has no trace of them.
+            for (const id of purged) {
+                assert.equal(onServer.has(id), false, `${id} came back to the server`);
+            }
+            assert.deepEqual(
+                logB.pushedIds.filter((id) => purged.includes(id)),
+                [],
+                "B pushed a purged document",
+            );
+            // It reconciled (no restart from scratch), and transferred far fewer documents than a
+            // full download of the 39 live ones: 3 changed + 2 new, plus B's own writes echoed
+            // and whatever the live stream delivers.
+            assert.ok(logB.reconcileCalls >= 3, `${logB.reconcileCalls} reconcile calls`);
+            assert.ok(logB.fetchedDocs >= 5, `${logB.fetchedDocs} fetched`);
+            const transferred = logB.fetchedDocs + logB.pulledDocs + logB.streamedDocs;
+            assert.ok(transferred <= 15, `B received ${transferred} documents, a full download is ${live.length}`);
+            assert.ok(notices.some((n) => n.reason === "CHECKPOINT_EXPIRED"), "the expiry was reported on error$");
+            sub.unsubscribe();
+
+            // Live again: a later write on A reaches B through the stream.
+            await a.tasks.insert({ id: "later", title: "after the reconcile" });
+            await waitFor("a later write on B", 10_000, async () => (await b.tasks.findOne("later").exec()) !== null);
+            console.log(`# reconcile: ${transferred} documents received of ${live.length} live, ${logB.reconcileCalls} calls`);
+        });
+
+        serverTest("a stream whose position a purge expired gets Resync: B reconciles and streams on from the new checkpoint", async () => {
+            const { a, b, ra, rb, logB } = await twoReplicas("resync");
+            await a.tasks.bulkInsert(Array.from({ length: 20 }, (_, i) => ({ id: `s${i}`, title: `doc ${i}` })));
+            await waitFor("20 documents on B", 10_000, async () => (await b.tasks.count().exec()) === 20);
+            await rb.awaitInSync();
+            // B's stream goes down (and stays down) before A's deletes, so B's stream position
+            // and RxDB's checkpoint both end up behind the purge horizon.
+            logB.failSubscribes = true;
+            await (await a.tasks.findOne("s1").exec())!.incrementalPatch({ title: "edited s1" });
+            for (const id of ["s5", "s6"]) {
+                await (await a.tasks.findOne(id).exec())!.remove();
+            }
+            await ra.awaitInSync();
+            await waitFor("the tombstones purged on the server", 20_000, async () => {
+                const docs = await pullAll(server.url, kind, "resync");
+                return !docs.has("s5") && !docs.has("s6");
+            });
+            const fetchedBefore = logB.fetchedDocs;
+            logB.failSubscribes = false;
+            await waitFor("B got Resync", 20_000, () => logB.resyncs > 0);
+            await waitFor("B reconciled", 20_000, async () => {
+                const onB = await snapshot(b.tasks);
+                return !onB.has("s5") && !onB.has("s6") && onB.get("s1")?.title === "edited s1";
+            });
+            await rb.awaitInSync();
+            const live = [...(await pullAll(server.url, kind, "resync")).values()].filter((d) => !d.deleted).map((d) => d.id).sort();
+            assert.deepEqual([...(await snapshot(b.tasks)).keys()].sort(), live);
+            assert.ok(logB.reconcileCalls > 0, "B did not reconcile");
+            assert.ok(logB.fetchedDocs - fetchedBefore <= 3, `B fetched ${logB.fetchedDocs - fetchedBefore} documents`);
+            // The stream reopened from the reconcile's checkpoint and delivers live again, once.
+            const resyncs = logB.resyncs;
+            await a.tasks.insert({ id: "after", title: "after the resync" });
+            await waitFor("a later write on B", 10_000, async () => (await b.tasks.findOne("after").exec()) !== null);
+            assert.ok(logB.changeBatches.some((c) => c.ids.includes("after")), "the later write did not come through the stream");
+            assert.equal(logB.resyncs, resyncs, "the stream was refused again after the reconcile");
         });
 
         serverTest("the bearer token from getToken is sent on every call and re-read on reconnect", async () => {

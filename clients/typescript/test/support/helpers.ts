@@ -3,13 +3,14 @@
 
 import { createHmac } from "node:crypto";
 
-import { createClient, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
 import { createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { createRxDatabase, type RxCollection, type RxConflictHandler, type RxDatabase, type RxJsonSchema } from "rxdb";
 import { getRxStorageMemory } from "rxdb/plugins/storage-memory";
 
 import {
     ReplicationService,
+    type FetchResponse,
     type PullResponse,
     type SubscribeResponse,
 } from "../../src/gen/syncline/v1/replication_pb.js";
@@ -73,19 +74,41 @@ export class CallLog {
     pushWindows: Array<{ start: number; end: number }> = [];
     /** Added to every Push after the server answered (simulates a slow network). */
     pushDelayMs = 0;
+    /** Documents received by Pull, Fetch and Subscribe, and the ids pushed. */
+    pulledDocs = 0;
+    fetchedDocs = 0;
+    streamedDocs = 0;
+    pushedIds: string[] = [];
+    /** Reconcile, ReconcileList and Fetch calls. */
+    reconcileCalls = 0;
+    /** `Resync` events received on Subscribe. */
+    resyncs = 0;
+    /** While true, Subscribe streams fail (UNAVAILABLE) at open and at their next message. */
+    failSubscribes = false;
 
     readonly interceptor: Interceptor = (next) => async (req) => {
         const name = req.method.name;
         if (name === "Pull") {
             this.pulls += 1;
             this.pullTimes.push(Date.now());
-            return next(req);
+            const res = (await next(req)) as UnaryResponse;
+            this.pulledDocs += (res.message as unknown as PullResponse).documents.length;
+            return res as never;
+        }
+        if (name === "Reconcile" || name === "ReconcileList" || name === "Fetch") {
+            this.reconcileCalls += 1;
+            const res = (await next(req)) as UnaryResponse;
+            if (name === "Fetch") {
+                this.fetchedDocs += (res.message as unknown as FetchResponse).documents.length;
+            }
+            return res as never;
         }
         if (name === "Push") {
             this.pushes += 1;
             const start = Date.now();
-            const message = req.message as unknown as { rows: unknown[] };
+            const message = req.message as unknown as { rows: Array<{ newDocumentState?: { id: string } }> };
             this.pushRows.push(message.rows.length);
+            this.pushedIds.push(...message.rows.map((r) => r.newDocumentState?.id ?? ""));
             const window = { start, end: Number.POSITIVE_INFINITY };
             this.pushWindows.push(window);
             try {
@@ -99,13 +122,24 @@ export class CallLog {
             }
         }
         if (name === "Subscribe") {
+            if (this.failSubscribes) {
+                throw new ConnectError("Subscribe blocked by the test", Code.Unavailable);
+            }
             const res = (await next(req)) as StreamResponse;
             this.subscribesOpened += 1;
             const log = this.changeBatches;
+            const self = this;
             const inner = res.message as AsyncIterable<SubscribeResponse>;
             async function* observe(): AsyncGenerator<SubscribeResponse> {
                 for await (const message of inner) {
+                    if (self.failSubscribes) {
+                        throw new ConnectError("Subscribe blocked by the test", Code.Unavailable);
+                    }
+                    if (message.event.case === "resync") {
+                        self.resyncs += 1;
+                    }
                     if (message.event.case === "changes" && message.event.value.documents.length > 0) {
+                        self.streamedDocs += message.event.value.documents.length;
                         log.push({ at: Date.now(), ids: message.event.value.documents.map((d) => d.id) });
                     }
                     yield message;

@@ -27,6 +27,8 @@ export interface ServerOptions {
     grpcWeb?: boolean;
     /** Extra TOML appended to each collection's table, by collection name (e.g. read_scopes). */
     collectionSettings?: Record<string, string>;
+    /** Extra top-level TOML keys (e.g. `purge_interval_seconds = 1`). */
+    extraConfig?: string;
 }
 
 function requireEnv(name: string): string {
@@ -136,6 +138,7 @@ export class SynclineServer {
             "heartbeat_seconds = 2",
             `grpc_web = ${options.grpcWeb ?? true}`,
             'cors_allowed_origins = ["*"]',
+            options.extraConfig ?? "",
             "",
         ].join("\n");
         // The server requires an explicit [auth] table; most suites exercise replication, not auth.
