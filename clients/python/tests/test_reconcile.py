@@ -95,18 +95,18 @@ class Recording:
 
 
 def test_the_hashes_are_the_servers(client: SynclineClient) -> None:
-    # sha256("a") = ca978112ca1bbdca...: the bucket is its top bits, big-endian.
-    assert bucket_of("a", 24) == 0xCA9781 and bucket_of("a", 4) == 0xC and bucket_of("a", 0) == 0
-    # sha256("a\n1-x") starts with these 8 bytes (the separator is one newline).
-    assert item_hash("a", "1-x") == ITEM_HASH_A_1X
     create(client, "tasks", 20, "same")
     copy = live(client, "tasks")
     assert len(copy) >= 20
     result = client.reconcile("tasks", held(copy))
-    assert result.upserts == [] and result.removed == []
-    assert result.listed == 0 and result.fetched == 0
     assert result.requests == 1, "equal digests: one round, nothing listed or fetched"
+    assert result.listed == 0 and result.fetched == 0
+    assert result.upserts == [] and result.removed == []
     assert result.checkpoint
+    # sha256("a") = ca978112ca1bbdca...: the bucket is its top bits, big-endian.
+    assert bucket_of("a", 24) == 0xCA9781 and bucket_of("a", 4) == 0xC and bucket_of("a", 0) == 0
+    # sha256("a\n1-x") starts with these 8 bytes (the separator is one newline).
+    assert item_hash("a", "1-x") == ITEM_HASH_A_1X
 
 
 def test_a_stale_copy_reconciles_to_the_live_set_and_pulls_on_from_c0(
@@ -222,6 +222,7 @@ def test_an_expired_checkpoint_resumes_through_reconcile_fetching_only_what_chan
     full, _ = client.pull_all(collection)
     transferred = result.reconciled.fetched + result.pulled
     assert transferred <= 6 and transferred * 10 <= len(full), (transferred, len(full))
+    assert result.reconciled.listed <= 8, "only the few differing buckets were listed"
 
     # Resuming from the new checkpoint is an ordinary pull again.
     later = create(client, collection, 1, "later")[0]
