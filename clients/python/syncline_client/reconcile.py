@@ -162,7 +162,7 @@ def run(
     level = first
     pending = dict(zip(reply.differing.buckets, reply.differing.counts))
     result.differing[level] = len(pending)
-    to_list: dict[int, list[int]] = {}  # level -> buckets to list
+    to_list: dict[int, dict[int, int]] = {}  # level -> {bucket to list: server count}
     while pending:
         deeper = []
         for bucket, count in pending.items():
@@ -171,7 +171,7 @@ def run(
                 # id of the bucket is gone; anything created since comes with the pull from C0.
                 continue
             if count <= _LIST_AT_MOST or level >= BUCKET_BITS_MAX:
-                to_list.setdefault(level, []).append(bucket)
+                to_list.setdefault(level, {})[bucket] = count
             else:
                 deeper.append(bucket)
         _drop_empty(keys, level, [b for b, c in pending.items() if c == 0], removed)
@@ -218,12 +218,20 @@ def _drop_empty(
     removed.update(doc_id for doc_id, (top, _) in keys.items() if (top >> shift) in empty)
 
 
-def _list_batches(buckets: Sequence[int], limits: ReconcileLimits) -> Iterable[list[int]]:
-    # Every listed bucket holds at most _LIST_AT_MOST documents per the last digests, so this
-    # many buckets stay under list_max unless writes raced in (then _list splits further).
-    per_request = max(min(limits.digests_max, limits.list_max // _LIST_AT_MOST), 1)
-    for batch in _chunks(list(buckets), per_request):
-        yield list(batch)
+def _list_batches(buckets: Mapping[int, int], limits: ReconcileLimits) -> Iterable[list[int]]:
+    """Batches of buckets whose server counts (from the last digests) add up to at most
+    ``list_max``; writes racing in may still overfill one (then :func:`_list` splits it)."""
+    batch: list[int] = []
+    total = 0
+    for bucket in sorted(buckets):
+        count = buckets[bucket]
+        if batch and (total + count > limits.list_max or len(batch) >= limits.digests_max):
+            yield batch
+            batch, total = [], 0
+        batch.append(bucket)
+        total += count
+    if batch:
+        yield batch
 
 
 def _list(

@@ -78,18 +78,21 @@ def wait_purged(client: SynclineClient, collection: str, ids: list[str]) -> None
 
 
 class Recording:
-    """Forwards to the real stub and records each request by method name."""
+    """Forwards to the real stub and records each request and reply by method name."""
 
     def __init__(self, stub: Any) -> None:
         self._stub = stub
         self.requests: dict[str, list[Any]] = {}
+        self.replies: dict[str, list[Any]] = {}
 
     def __getattr__(self, method: str) -> Any:
         target = getattr(self._stub, method)
 
         def call(request: Any, **kwargs: Any) -> Any:
             self.requests.setdefault(method, []).append(request)
-            return target(request, **kwargs)
+            reply = target(request, **kwargs)
+            self.replies.setdefault(method, []).append(reply)
+            return reply
 
         return call
 
@@ -167,8 +170,8 @@ def test_requests_are_split_by_the_limits_and_still_exact(client: SynclineClient
     for r in rounds:
         compared = len(r.within) << (r.bucket_bits - r.within_bits) if r.within_bits else 1 << r.bucket_bits
         assert compared <= 16 and len(r.digests.buckets) <= 16
-    lists = recording.requests["ReconcileList"]
-    assert lists and all(len(r.buckets) <= 2 for r in lists)
+    lists = recording.replies["ReconcileList"]
+    assert len(lists) >= 2 and all(len(r.documents) <= 16 for r in lists), "batched by counts"
     fetches = recording.requests["Fetch"]
     assert len(fetches) >= result.fetched / 3 and all(len(r.ids) <= 3 for r in fetches)
 
