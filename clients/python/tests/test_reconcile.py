@@ -5,6 +5,7 @@ scripts/test-python.sh); the client's hashes equal the server's."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -261,3 +262,67 @@ def test_a_subscription_told_to_resync_reconciles_and_subscribes_again(
         reader.close()
     apply(copy, [d for d in reader.docs if not d.deleted], [d.id for d in reader.docs if d.deleted])
     same(copy, live(client, collection))
+
+
+def test_writes_racing_the_reconcile_are_never_missed(client: SynclineClient, addr: str) -> None:
+    collection = "tasks"
+    raced = 0
+    for round_ in range(5):
+        copy = live(client, collection)
+        # A stale copy: it lost a quarter of the documents; the writer changes more meanwhile.
+        for doc_id in sorted(copy)[round_::4]:
+            del copy[doc_id]
+        stop, started = threading.Event(), threading.Event()
+        writes = [0]
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                _write()
+            except BaseException as exc:  # handed to the test thread
+                errors.append(exc)
+            finally:
+                started.set()
+
+        def _write() -> None:
+            own: dict[str, int] = {}
+            with SynclineClient(addr, timeout=15) as writer:
+                for i in range(10_000):
+                    if stop.is_set():
+                        return
+                    # Creates, updates and deletes that leave lasting changes (the live set
+                    # grows by one document every four writes).
+                    if i % 4 < 2 or len(own) < 2:
+                        doc_id = uid("race")
+                        rows = [ChangeRow(Doc(doc_id, {"v": 0}))]
+                        own[doc_id] = 0
+                    elif i % 4 == 2:
+                        doc_id = list(own)[-2]
+                        v = own[doc_id]
+                        rows = [ChangeRow(Doc(doc_id, {"v": v + 1}), assumed=Doc(doc_id, {"v": v}))]
+                        own[doc_id] = v + 1
+                    else:
+                        doc_id = next(iter(own))
+                        v = own.pop(doc_id)
+                        rows = [ChangeRow(Doc(doc_id, {"v": v}, deleted=True), assumed=Doc(doc_id, {"v": v}))]
+                    assert writer.push(collection, rows) == []
+                    writes[0] += 1
+                    started.set()
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        try:
+            assert started.wait(10), "the writer started"
+            before = writes[0]
+            result = client.reconcile(collection, held(copy))
+            during = writes[0] - before
+        finally:
+            stop.set()
+            writer.join(timeout=30)
+        assert not writer.is_alive() and not errors, errors
+        apply(copy, result.upserts, result.removed)
+        docs, _ = client.pull_all(collection, result.checkpoint)
+        apply(copy, [d for d in docs if not d.deleted], [d.id for d in docs if d.deleted])
+        same(copy, live(client, collection))
+        raced += during
+    assert raced > 0, "writes committed while the reconciles ran"
