@@ -15,6 +15,7 @@ from support import StreamReader, uid
 from syncline_client import (
     ChangeRow,
     CheckpointExpired,
+    CheckpointInvalid,
     Doc,
     ReconcileLimits,
     ResyncRequired,
@@ -326,3 +327,22 @@ def test_writes_racing_the_reconcile_are_never_missed(client: SynclineClient, ad
         same(copy, live(client, collection))
         raced += during
     assert raced > 0, "writes committed while the reconciles ran"
+
+
+def test_resume_reconciles_a_refused_or_empty_checkpoint(client: SynclineClient) -> None:
+    collection = "notes"
+    create(client, collection, 5, "refused")
+    copy = live(client, collection)
+    gone = uid("gone")  # held, but the server never had it: a pull would never mention it
+    copy[gone] = Doc(gone, {"v": 1}, revision="1-00")
+    _, foreign = client.pull_all("tasks")  # a checkpoint of another collection
+    with pytest.raises(CheckpointInvalid):
+        client.pull(collection, foreign)
+
+    for checkpoint in (foreign, ""):
+        local = dict(copy)
+        result = client.resume(collection, checkpoint, held(local))
+        assert result.reconciled is not None
+        assert result.removed == [gone] and result.upserts == []
+        apply(local, result.upserts, result.removed)
+        same(local, live(client, collection))
