@@ -177,7 +177,9 @@ def run(
         _drop_empty(keys, level, [b for b, c in pending.items() if c == 0], removed)
         if not deeper:
             break
-        bits = min(level + _STEP_BITS, BUCKET_BITS_MAX)
+        # A prefix compares 2^(bits - level) buckets, which must fit one request.
+        step = min(_STEP_BITS, max(limits.digests_max.bit_length() - 1, 1))
+        bits = min(level + step, BUCKET_BITS_MAX)
         per_request = max(limits.digests_max >> (bits - level), 1)
         next_pending: dict[int, int] = {}
         for within in _chunks(deeper, per_request):
