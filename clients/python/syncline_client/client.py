@@ -14,12 +14,14 @@ import random
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, Optional, Union, overload
 
 import grpc
 
+from . import reconcile as _reconcile
 from .errors import CheckpointExpired, CheckpointInvalid, TokenExpired, from_rpc_error
+from .reconcile import ReconcileLimits, ReconcileResult
 
 try:
     from ._gen.syncline.v1 import replication_pb2 as pb
@@ -35,7 +37,10 @@ __all__ = [
     "ChangeRow",
     "Doc",
     "PushResult",
+    "ReconcileLimits",
+    "ReconcileResult",
     "RefusedRow",
+    "ResumeResult",
     "ResyncRequired",
     "Subscription",
     "SynclineClient",
@@ -154,10 +159,30 @@ class PushResult:
         return not self.conflicts and not self.refused
 
 
+@dataclass
+class ResumeResult:
+    """The changes that bring a local copy up to date (:meth:`SynclineClient.resume`).
+
+    Store every document of ``upserts`` (live, at the server's latest state), drop every id of
+    ``removed`` (deleted, purged or no longer visible), and keep ``checkpoint`` for the next
+    pull or subscription. ``reconciled`` is the :class:`ReconcileResult` of the reconcile that
+    replaced the refused checkpoint (``None`` when pulling from it worked); ``pulled`` counts
+    the documents the pulls transferred.
+    """
+
+    upserts: list[Doc]
+    removed: list[str]
+    checkpoint: str
+    reconciled: Optional[ReconcileResult] = None
+    pulled: int = 0
+
+
 class ResyncRequired(Exception):
     """Raised by a :class:`Subscription` when the server sends ``Resync``: its checkpoint
     expired (tombstones purged past it, or a restore), so resuming from it could miss deletes.
-    Start over with :meth:`SynclineClient.pull_all_or_restart` and replace the local copy;
+    Call :meth:`SynclineClient.reconcile` (or :meth:`SynclineClient.resume`) with the ids and
+    revisions you hold, apply the result and subscribe again from its checkpoint; without a
+    local copy worth keeping, start over with :meth:`SynclineClient.pull_all_or_restart`.
     :attr:`checkpoint` is the expired one."""
 
     def __init__(self, reason: str, checkpoint: str) -> None:
@@ -316,6 +341,9 @@ class SynclineClient:
         Returns ``(docs, checkpoint, restarted)``. When ``restarted`` is true, ``docs`` is the
         whole collection as the caller may see it (tombstones included): replace the local
         copy with it rather than merging, and store the new checkpoint.
+
+        A client that keeps a local copy should call :meth:`resume` instead: it reconciles
+        that copy (transferring only what differs) rather than downloading everything again.
         """
         try:
             docs, next_checkpoint = self.pull_all(collection, checkpoint, limit)
@@ -325,6 +353,82 @@ class SynclineClient:
                 raise
         docs, next_checkpoint = self.pull_all(collection, "", limit)
         return docs, next_checkpoint, True
+
+    def reconcile(
+        self,
+        collection: str,
+        held: Mapping[str, str],
+        *,
+        limits: Optional[ReconcileLimits] = None,
+    ) -> ReconcileResult:
+        """Compares the local copy with the server's live documents and returns what differs.
+
+        ``held`` maps each id of the local copy to its revision (live documents only: leave
+        tombstones out). Runs the ``Reconcile`` rounds (bucket digests, deeper only where they
+        differ), ``ReconcileList`` and ``Fetch`` in requests split by ``limits`` (the server's
+        defaults; pass lower ones if the server is configured lower) and returns a
+        :class:`ReconcileResult`: store its ``upserts``, drop its ``removed``, then pull or
+        subscribe from its ``checkpoint`` (C0), which sees every change the reconcile may
+        have missed. Use it when the checkpoint expired (``CheckpointExpired``,
+        ``ResyncRequired``) or was lost; :meth:`resume` does the whole sequence.
+        """
+        return _reconcile.run(
+            pb,
+            lambda method, request: self._unary(getattr(self._stub, method), request),
+            collection,
+            held,
+            limits or ReconcileLimits(),
+            Doc.from_proto,
+        )
+
+    def resume(
+        self,
+        collection: str,
+        checkpoint: str,
+        held: Mapping[str, str],
+        *,
+        limit: int = 500,
+        limits: Optional[ReconcileLimits] = None,
+    ) -> ResumeResult:
+        """Brings a local copy up to date: pulls from ``checkpoint`` and, when the server
+        refuses it (``CheckpointExpired``: tombstones purged past it or a restore;
+        ``CheckpointInvalid``), reconciles ``held`` (id -> revision of the live documents held)
+        and pulls on from the reconcile's checkpoint.
+
+        An empty ``checkpoint`` with a non-empty ``held`` also reconciles: a pull from the
+        beginning would not mention documents purged while away. Returns a
+        :class:`ResumeResult`, a delta to apply to the local copy in either case. When a purge
+        overtakes the reconcile's own checkpoint before the pull (a very short retention),
+        it reconciles again, at most 3 times.
+        """
+        changes: dict[str, Optional[Doc]] = {}
+        pulled = 0
+        if checkpoint or not held:
+            try:
+                docs, next_checkpoint = self.pull_all(collection, checkpoint, limit)
+                _apply_pulled(changes, docs)
+                return _resume_result(changes, next_checkpoint, None, len(docs))
+            except (CheckpointInvalid, CheckpointExpired):
+                pass
+        local = dict(held)
+        for attempt in range(3):
+            reconciled = self.reconcile(collection, local, limits=limits)
+            for doc in reconciled.upserts:
+                changes[doc.id] = doc
+                local[doc.id] = doc.revision
+            for doc_id in reconciled.removed:
+                changes[doc_id] = None
+                local.pop(doc_id, None)
+            try:
+                docs, next_checkpoint = self.pull_all(collection, reconciled.checkpoint, limit)
+            except CheckpointExpired:
+                if attempt == 2:
+                    raise
+                continue
+            pulled += len(docs)
+            _apply_pulled(changes, docs)
+            return _resume_result(changes, next_checkpoint, reconciled, pulled)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @overload
     def push(
@@ -397,15 +501,38 @@ class SynclineClient:
         """Opens a live change stream: an iterator of ``(docs, checkpoint)`` batches.
 
         Heartbeats are skipped. With ``reconnect=True`` the stream is reopened from the last
-        checkpoint received after ``UNAVAILABLE``, after the server ends the stream and after a
-        ``Resync``, waiting with exponential backoff (capped at ``max_backoff`` seconds) between
+        checkpoint received after ``UNAVAILABLE`` and after the server ends the stream,
+        waiting with exponential backoff (capped at ``max_backoff`` seconds) between
         attempts, and after ``TokenExpired`` when the client's ``token`` is a function; other
-        errors are raised (typed, see :mod:`syncline_client.errors`). Stop it with :meth:`Subscription.close` (safe from
+        errors are raised (typed, see :mod:`syncline_client.errors`). A server ``Resync`` (the
+        checkpoint expired) raises :class:`ResyncRequired`: reconcile (:meth:`reconcile`) and
+        subscribe again from its checkpoint. Stop it with :meth:`Subscription.close` (safe from
         another thread) or by leaving its ``with`` block.
         """
         return Subscription(
             self, collection, checkpoint, reconnect=reconnect, max_backoff=max_backoff
         )
+
+
+def _apply_pulled(changes: dict[str, Optional[Doc]], docs: Sequence[Doc]) -> None:
+    # Pulled documents are later than anything the reconcile saw (they are after C0).
+    for doc in docs:
+        changes[doc.id] = None if doc.deleted else doc
+
+
+def _resume_result(
+    changes: Mapping[str, Optional[Doc]],
+    checkpoint: str,
+    reconciled: Optional[ReconcileResult],
+    pulled: int,
+) -> ResumeResult:
+    return ResumeResult(
+        upserts=[d for d in changes.values() if d is not None],
+        removed=[i for i, d in changes.items() if d is None],
+        checkpoint=checkpoint,
+        reconciled=reconciled,
+        pulled=pulled,
+    )
 
 
 class Subscription(Iterator[tuple[list[Doc], str]]):

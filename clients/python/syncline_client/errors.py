@@ -107,15 +107,17 @@ class LimitExceeded(SynclineError):
 
 class CheckpointInvalid(SynclineError):
     """``CHECKPOINT_INVALID``: the checkpoint was issued for another collection or caller, or
-    was altered. It can never become valid: start over from ``""``
-    (:meth:`SynclineClient.pull_all_or_restart` does that)."""
+    was altered. It can never become valid: reconcile the local copy
+    (:meth:`SynclineClient.resume`) or start over from ``""``
+    (:meth:`SynclineClient.pull_all_or_restart`)."""
 
 
 class CheckpointExpired(SynclineError):
     """``CHECKPOINT_EXPIRED``: the server purged tombstones past the checkpoint (the collection's
     ``tombstone_retention``), or the database was restored into another cluster
-    (FAILED_PRECONDITION). Resuming could miss deletes: start over from ``""`` and replace the
-    local copy (:meth:`SynclineClient.pull_all_or_restart` does that)."""
+    (FAILED_PRECONDITION). Resuming could miss deletes: reconcile the local copy
+    (:meth:`SynclineClient.resume` does that, transferring only what differs), or start over
+    from ``""`` and replace it (:meth:`SynclineClient.pull_all_or_restart`)."""
 
 
 class CollectionNotFound(SynclineError):
