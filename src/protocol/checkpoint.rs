@@ -259,12 +259,12 @@ impl Tokens {
         let generation = u32::from_be_bytes([plain[0], plain[1], plain[2], plain[3]]);
         if generation != self.generation {
             // A genuine token whose positions belong to an earlier dataset (a restore moved it
-            // to a new generation): not forged, but no longer servable. The client starts over.
+            // to a new generation): not forged, but no longer servable. The client reconciles.
             return Err(ProtocolError::checkpoint_expired(
                 field,
                 format!(
                     "{field}: issued for generation {generation} of the dataset, which is now at \
-                     generation {}; start over from an empty checkpoint",
+                     generation {}; reconcile your copy (Reconcile) or start over from an empty checkpoint",
                     self.generation
                 ),
             ));

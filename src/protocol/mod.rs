@@ -40,7 +40,7 @@ fn expired_checkpoint(field: &str) -> ProtocolError {
         field,
         format!(
             "{field}: the checkpoint is older than the collection's purge horizon (deleted \
-             documents after it were purged); start over from an empty checkpoint"
+             documents after it were purged); reconcile your copy (Reconcile) or start over from an empty checkpoint"
         ),
     )
 }

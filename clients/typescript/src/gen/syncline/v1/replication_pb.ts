@@ -437,9 +437,10 @@ export const ChangeBatchSchema: GenMessage<ChangeBatch> = /*@__PURE__*/
  * The stream's position expired: its checkpoint is at or below the
  * collection's purge horizon (deleted documents after it were purged, so the
  * client might keep them), or of another dataset generation. Sent once; the
- * stream then ends. The client starts over from an empty checkpoint (Pull or
- * Subscribe) and drops local documents the server no longer returns. The same
- * condition on Pull is FAILED_PRECONDITION with reason CHECKPOINT_EXPIRED.
+ * stream then ends. The client reconciles its copy (Reconcile) and continues
+ * from the checkpoint that returns, or starts over from an empty checkpoint and
+ * drops local documents the server no longer returns. The same condition on
+ * Pull is FAILED_PRECONDITION with reason CHECKPOINT_EXPIRED.
  *
  * @generated from message syncline.v1.Resync
  */
@@ -800,10 +801,11 @@ export const ReplicationService: GenService<{
    * FAILED_PRECONDITION (google.rpc.ErrorInfo reason CHECKPOINT_EXPIRED): the
    * checkpoint can no longer be served exactly, because tombstones after it
    * were removed by the collection's retention purge, or it belongs to another
-   * generation of the dataset (a restore). Retrying it will not help: start
-   * over from an empty checkpoint (and drop local documents the server no
-   * longer returns). A client that started over is not refused for positions
-   * below the purge horizon.
+   * generation of the dataset (a restore). Retrying it will not help:
+   * reconcile the local copy (Reconcile, ReconcileList, Fetch) and continue
+   * from the checkpoint Reconcile returns, or start over from an empty
+   * checkpoint and drop local documents the server no longer returns. A client
+   * that started over is not refused for positions below the purge horizon.
    *
    * @generated from rpc syncline.v1.ReplicationService.Pull
    */
