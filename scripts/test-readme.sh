@@ -101,4 +101,17 @@ cat "$work/token.sh"
 token_out=$(cd "$work/syncline" && bash -e "$work/token.sh" 2>&1) || { echo "$token_out"; fail "the token snippet failed"; }
 echo "$token_out"
 grep -q '"id": "t1"' <<<"$token_out" || fail "the Pull with a minted token returned no document"
+echo "== readme: the import and export snippet, verbatim, from the clone"
+python3 - "$repo/README.md" >"$work/bulk.sh" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+section = text.split("## Import and export", 1)[1]
+sys.stdout.write(re.search(r"```sh\n(.*?)```", section, re.S).group(1))
+PY
+cat "$work/bulk.sh"
+bulk_out=$(cd "$work/syncline" && bash -e "$work/bulk.sh" 2>&1) || { echo "$bulk_out"; fail "the import and export snippet failed"; }
+echo "$bulk_out" | grep -v '^ *Compiling\|^ *Finished\|^ *Running' || true
+for id in t-1 t-2; do
+  grep -q "\"id\": *\"$id\"" "$work/syncline/tasks-backup.jsonl" || fail "the export has no document $id"
+done
 echo "== readme: first hour passed"
