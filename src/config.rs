@@ -222,6 +222,22 @@ pub struct Config {
     /// cluster (after a logical restore); 0 is taken as 1.
     #[serde(default = "default_restamp_batch_rows")]
     pub restamp_batch_rows: u32,
+    /// How long a push's idempotency key (and the response it is answered with again) is
+    /// remembered per principal (`"24h"`: a number with s, m, h or d).
+    #[serde(default = "default_idempotency_retention")]
+    pub idempotency_retention: String,
+}
+
+fn default_idempotency_retention() -> String {
+    "24h".into()
+}
+
+impl Config {
+    /// The parsed `idempotency_retention`.
+    pub fn idempotency_retention(&self) -> Result<std::time::Duration, String> {
+        parse_retention(&self.idempotency_retention)
+            .map_err(|why| format!("idempotency_retention {why}"))
+    }
 }
 
 fn default_reconcile_digests_max() -> usize {
@@ -325,6 +341,31 @@ pub struct CollectionConfig {
     /// Absent: tombstones are kept forever.
     #[serde(default)]
     pub tombstone_retention: Option<String>,
+    /// What the server does with a conflicting row: `first-write-wins` (the default: not
+    /// written, the server's state goes back), `last-write-wins`, `field-merge` or `crdt`
+    /// (README "Conflict resolution").
+    #[serde(default)]
+    pub conflict: Option<String>,
+    /// Body field (dotted path) that orders writes under `last-write-wins` and for `lww` CRDT
+    /// fields: numbers or RFC 3339 strings. Absent: the later push wins.
+    #[serde(default)]
+    pub lww_field: Option<String>,
+    /// `field-merge` and `crdt`: what a field changed on both sides becomes, by dotted path:
+    /// `server` (the default), `client` or `union` (arrays).
+    #[serde(default)]
+    pub merge_rules: std::collections::BTreeMap<String, String>,
+    /// `crdt`: fields merged as CRDTs, by dotted path: `counter`, `g-set` or `lww` (beside
+    /// the schema's `"crdt": {"type": ...}` annotations).
+    #[serde(default)]
+    pub crdt_fields: std::collections::BTreeMap<String, String>,
+    /// `field-merge` and `crdt`: `delete-wins` (the default) or `edit-wins` when a delete
+    /// conflicts with an edit.
+    #[serde(default)]
+    pub on_delete: Option<String>,
+    /// How long the versions that lose an automatic resolution are kept for ListOverwritten
+    /// (`"7d"`). Absent: not kept.
+    #[serde(default)]
+    pub keep_overwritten: Option<String>,
 }
 
 impl CollectionConfig {
@@ -341,7 +382,7 @@ impl CollectionConfig {
 }
 
 /// Parses a retention: a number with s, m, h or d, at least one second.
-fn parse_retention(text: &str) -> Result<std::time::Duration, String> {
+pub fn parse_retention(text: &str) -> Result<std::time::Duration, String> {
     let bad = || format!("{text:?}: expected a number with s, m, h or d (\"30d\"), at least 1s");
     let (number, unit) = text.split_at(text.len().saturating_sub(1));
     let n: u64 = number.parse().map_err(|_| bad())?;

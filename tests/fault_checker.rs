@@ -197,6 +197,7 @@ async fn writer(
                 collection: "tasks".into(),
                 rows,
                 mode: 0,
+                idempotency_key: String::new(),
             });
             match timeout(RPC_TIMEOUT, call).await {
                 Ok(Ok(response)) => {

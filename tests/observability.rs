@@ -139,6 +139,7 @@ async fn scripted_session() {
         .push(syncline::proto::PushRequest {
             collection: "tasks".into(),
             mode: 0,
+            idempotency_key: String::new(),
             rows: vec![insert(syncline::proto::Document {
                 id: "bad".into(),
                 json: b"[".to_vec(),
@@ -556,6 +557,7 @@ async fn per_row_refusals() {
                 insert(not_an_object("bad2")),
             ],
             mode: syncline::proto::PushMode::PerRow as i32,
+            idempotency_key: String::new(),
         })
         .await
         .unwrap()

@@ -339,6 +339,7 @@ fn empty_rows_request(rows: usize) -> Vec<u8> {
         collection: COLLECTION.into(),
         rows: Vec::new(),
         mode: 0,
+        idempotency_key: String::new(),
     }
     .encode_to_vec();
     // Field 2 (rows), wire type 2 (length-delimited), length 0.
@@ -460,6 +461,7 @@ async fn big_writes(env: &Env<'_>, report: &mut Report) {
             collection: COLLECTION.into(),
             rows,
             mode: 0,
+            idempotency_key: String::new(),
         };
         match c.push(request(message, &writer)).await {
             Ok(r) if r.get_ref().conflicts.is_empty() => written += count,

@@ -165,6 +165,7 @@ pub async fn push_as(
         collection: collection.into(),
         rows,
         mode: 0,
+        idempotency_key: String::new(),
     };
     client
         .push(request(message, bearer))

@@ -117,6 +117,8 @@ impl WireChecked for proto::ReconcileListRequest {}
 impl WireChecked for proto::ReconcileListResponse {}
 impl WireChecked for proto::FetchRequest {}
 impl WireChecked for proto::FetchResponse {}
+impl WireChecked for proto::ListOverwrittenRequest {}
+impl WireChecked for proto::ListOverwrittenResponse {}
 
 /// Decodes with prost after the wire check; a decoding failure is INVALID_ARGUMENT with a
 /// generic message (prost's text names internals and is no use to a client).
@@ -275,6 +277,7 @@ mod tests {
             collection: "tasks".into(),
             rows: vec![ChangeRow::default(); 1_000_000],
             mode: 0,
+            idempotency_key: String::new(),
         }
         .encode_to_vec();
         assert!(bytes.len() < 2_100_000, "2 bytes per row");

@@ -91,3 +91,31 @@ pub fn refused(r: RefusedRow) -> proto::RefusedRow {
         current: r.current.map(conflict),
     }
 }
+
+/// A kept losing version as sent to clients.
+pub fn overwritten(r: crate::store::OverwrittenRecord) -> proto::OverwrittenVersion {
+    let v = r.version;
+    proto::OverwrittenVersion {
+        document: Some(proto::Document {
+            id: v.id,
+            json: v.body.into_bytes(),
+            deleted: v.deleted,
+            revision: v.revision,
+            updated_at: Some(timestamp(r.overwritten_at)),
+            owner: v.owner,
+        }),
+        source: v.source.to_owned(),
+        strategy: v.strategy.to_owned(),
+        resolved_revision: v.resolved_revision,
+        pushed_by: v.pushed_by,
+    }
+}
+
+/// A resolved row as sent to clients.
+pub fn resolved(r: crate::store::ResolvedState) -> proto::ResolvedRow {
+    proto::ResolvedRow {
+        index: u32::try_from(r.index).unwrap_or(u32::MAX),
+        document: Some(conflict(r.state)),
+        strategy: r.strategy.to_owned(),
+    }
+}

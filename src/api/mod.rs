@@ -17,10 +17,10 @@ use tonic::{Request, Response, Status};
 
 use crate::proto::replication_service_server::ReplicationService;
 use crate::proto::{
-    BucketDigests, ChangeBatch, FetchRequest, FetchResponse, Heartbeat, IdRevision, PullRequest,
-    PullResponse, PushRequest, PushResponse, ReconcileListRequest, ReconcileListResponse,
-    ReconcileRequest, ReconcileResponse, Resync, SubscribeRequest, SubscribeResponse,
-    subscribe_response,
+    BucketDigests, ChangeBatch, FetchRequest, FetchResponse, Heartbeat, IdRevision,
+    ListOverwrittenRequest, ListOverwrittenResponse, PullRequest, PullResponse, PushRequest,
+    PushResponse, ReconcileListRequest, ReconcileListResponse, ReconcileRequest, ReconcileResponse,
+    Resync, SubscribeRequest, SubscribeResponse, subscribe_response,
 };
 use crate::protocol::{Replicator, StreamEvent, StreamItem};
 use crate::store::Store;
@@ -91,6 +91,8 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
                 .map(convert::conflict)
                 .collect(),
             refused: outcome.refused.into_iter().map(convert::refused).collect(),
+            resolved: Vec::new(),
+            replayed: false,
         }))
     }
 
@@ -178,6 +180,21 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
                 .map(convert::document)
                 .collect(),
             answered: u32::try_from(fetched.answered).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn list_overwritten(
+        &self,
+        request: Request<ListOverwrittenRequest>,
+    ) -> Result<Response<ListOverwrittenResponse>, Status> {
+        let principal = auth::principal(&request)?;
+        let r = request.into_inner();
+        let versions = self
+            .replicator
+            .list_overwritten(&principal, &r.collection, &r.id, r.limit)
+            .await?;
+        Ok(compression::reply(ListOverwrittenResponse {
+            versions: versions.into_iter().map(convert::overwritten).collect(),
         }))
     }
 }

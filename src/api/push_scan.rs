@@ -426,6 +426,7 @@ mod tests {
             collection: "tasks".into(),
             rows,
             mode: 0,
+            idempotency_key: String::new(),
         }
         .encode_to_vec()
     }
@@ -459,6 +460,7 @@ mod tests {
                 collection: "tasks".into(),
                 rows,
                 mode: MODE_PER_ROW as i32,
+                idempotency_key: String::new(),
             }
             .encode_to_vec()
         };
@@ -548,6 +550,7 @@ mod tests {
             collection: "c".repeat(64),
             rows: vec![r.clone(); 3],
             mode: 0,
+            idempotency_key: String::new(),
         }
         .encode_to_vec();
         assert_eq!(scan_push(&bytes, &l), Ok(()));

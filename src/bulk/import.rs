@@ -231,18 +231,25 @@ async fn write_batch<S: Store>(
     // one committed.
     let counts = Mutex::new(BatchCounts::default());
     let outcome = store
-        .apply_push(&collection.name, &targets, |current| {
-            let (plan, c) = import::plan_import(&rows, current, on_conflict)?;
-            if let Ok(mut counts) = counts.lock() {
-                *counts = c;
-            }
-            Ok::<_, ProtocolError>(plan)
-        })
+        .apply_push(
+            &collection.name,
+            &targets,
+            |current| {
+                let (plan, c) = import::plan_import(&rows, current, on_conflict)?;
+                if let Ok(mut counts) = counts.lock() {
+                    *counts = c;
+                }
+                Ok::<_, ProtocolError>(plan)
+            },
+            None,
+        )
         .await;
     match outcome {
         Ok(_) => Ok(counts.lock().map(|c| *c).unwrap_or_default()),
         Err(PushError::Refused(e)) => Err(BulkError::Input(e.to_string())),
         Err(PushError::Store(e)) => Err(BulkError::Database(e.to_string())),
+        // Imports send no idempotency key.
+        Err(PushError::KeyReused) => Err(BulkError::Database("idempotency key reused".into())),
     }
 }
 

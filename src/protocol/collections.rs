@@ -18,6 +18,8 @@ pub struct Collection {
     pub read_scopes: Vec<String>,
     /// Scopes allowed to write (empty = any principal).
     pub write_scopes: Vec<String>,
+    /// What conflicting rows become.
+    pub policy: super::merge::MergePolicy,
 }
 
 impl std::fmt::Debug for Collection {
@@ -103,6 +105,7 @@ impl Collections {
     pub fn from_config(c: &Config) -> Result<Collections, String> {
         let mut by_name = HashMap::new();
         for cc in &c.collections {
+            let mut schema_value = None;
             let schema = match &cc.schema {
                 None => None,
                 Some(path) => {
@@ -112,17 +115,21 @@ impl Collections {
                     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
                         format!("collection {:?}: schema {}: {e}", cc.name, path.display())
                     })?;
-                    Some(compile_schema(&value).map_err(|e| {
+                    let compiled = compile_schema(&value).map_err(|e| {
                         format!("collection {:?}: schema {}: {e}", cc.name, path.display())
-                    })?)
+                    })?;
+                    schema_value = Some(value);
+                    Some(compiled)
                 }
             };
+            let policy = super::merge::MergePolicy::from_config(cc, schema_value.as_ref())?;
             let collection = Collection {
                 name: cc.name.clone(),
                 primary_key: cc.primary_key.clone(),
                 schema,
                 read_scopes: cc.read_scopes.clone(),
                 write_scopes: cc.write_scopes.clone(),
+                policy,
             };
             by_name.insert(cc.name.clone(), Arc::new(collection));
         }

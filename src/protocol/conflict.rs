@@ -219,6 +219,7 @@ fn plan_steps(
         writes,
         conflicts,
         refused,
+        ..PushPlan::default()
     })
 }
 

@@ -60,11 +60,15 @@ pub enum Reason {
     ShuttingDown,
     /// A server bug or an unexpected failure.
     Internal,
+    /// A push's idempotency key is remembered for a different request.
+    IdempotencyKeyReused,
+    /// ListOverwritten on a collection that keeps no overwritten versions.
+    OverwrittenNotKept,
 }
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 16] = [
         Reason::InvalidRequest,
         Reason::InvalidDocument,
         Reason::LimitExceeded,
@@ -79,6 +83,8 @@ impl Reason {
         Reason::Contention,
         Reason::ShuttingDown,
         Reason::Internal,
+        Reason::IdempotencyKeyReused,
+        Reason::OverwrittenNotKept,
     ];
 
     /// The code as sent (upper snake case).
@@ -98,6 +104,8 @@ impl Reason {
             Reason::Contention => "CONTENTION",
             Reason::ShuttingDown => "SHUTTING_DOWN",
             Reason::Internal => "INTERNAL",
+            Reason::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Reason::OverwrittenNotKept => "OVERWRITTEN_NOT_KEPT",
         }
     }
 }

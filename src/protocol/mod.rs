@@ -10,6 +10,8 @@ pub mod import;
 mod json_check;
 mod json_number;
 mod json_text;
+pub mod merge;
+mod overwritten;
 pub mod principal;
 pub mod reconcile;
 pub mod validate;
@@ -303,9 +305,12 @@ impl<S: Store> Replicator<S> {
                 }
                 let targets = push_targets(rows.iter().map(|r| (r.id.as_str(), Some(r))));
                 self.store
-                    .apply_push(&collection.name, &targets, |current| {
-                        conflict::plan_push(&rows, current, principal)
-                    })
+                    .apply_push(
+                        &collection.name,
+                        &targets,
+                        |current| conflict::plan_push(&rows, current, principal),
+                        None,
+                    )
                     .await
             }
             PushMode::PerRow => {
@@ -322,9 +327,12 @@ impl<S: Store> Replicator<S> {
                     PlannedRow::Refused { id, .. } => id.as_deref().map(|id| (id, None)),
                 }));
                 self.store
-                    .apply_push(&collection.name, &targets, |current| {
-                        conflict::plan_push_per_row(&rows, current, principal)
-                    })
+                    .apply_push(
+                        &collection.name,
+                        &targets,
+                        |current| conflict::plan_push_per_row(&rows, current, principal),
+                        None,
+                    )
                     .await
             }
         };
@@ -336,7 +344,14 @@ impl<S: Store> Replicator<S> {
                 refusal
             }
             PushError::Store(e) => e.into(),
+            PushError::KeyReused => ProtocolError::internal("no idempotency key was sent"),
         })?;
+        let outcome = match outcome {
+            crate::store::PushApplied::Applied(o) => o,
+            crate::store::PushApplied::Replayed(_) => {
+                return Err(ProtocolError::internal("no idempotency key was sent"));
+            }
+        };
         if let Some(tx) = outcome.tx {
             // Wake local subscribers now; other processes hear the NOTIFY.
             self.hub.notify(&collection.name, tx);

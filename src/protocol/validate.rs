@@ -526,6 +526,7 @@ mod tests {
             schema: schema.map(|s| jsonschema::validator_for(&s).unwrap()),
             read_scopes: vec![],
             write_scopes: vec![],
+            policy: Default::default(),
         }
     }
 

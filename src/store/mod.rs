@@ -153,17 +153,68 @@ pub struct ConflictState {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+/// A conflicting row the decision resolved and wrote. `state.updated_at` is `None` until the
+/// store fills in the push's commit time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedState {
+    /// The row's index in the push.
+    pub index: usize,
+    /// The strategy's name (`last-write-wins`, `field-merge`, `crdt`).
+    pub strategy: &'static str,
+    /// The state the resolution wrote, with its new revision.
+    pub state: ConflictState,
+}
+
+/// A version that lost an automatic resolution, to be kept for `keep`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverwrittenVersion {
+    /// The document's id.
+    pub id: String,
+    /// The document's owner (who may list it).
+    pub owner: String,
+    /// The losing body, as text.
+    pub body: String,
+    /// The losing tombstone flag.
+    pub deleted: bool,
+    /// The revision the losing state had (`server`), or the one the client assumed (`client`;
+    /// empty when none).
+    pub revision: String,
+    /// `server` (a stored state replaced) or `client` (a pushed state not written as sent).
+    pub source: &'static str,
+    /// The strategy that decided.
+    pub strategy: &'static str,
+    /// The revision left stored by the resolution.
+    pub resolved_revision: String,
+    /// The subject of the pushing principal.
+    pub pushed_by: String,
+    /// How long to keep it.
+    pub keep: std::time::Duration,
+}
+
+/// A kept losing version as listed, with the time it lost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverwrittenRecord {
+    /// The version.
+    pub version: OverwrittenVersion,
+    /// When it lost (the resolving push's commit time).
+    pub overwritten_at: DateTime<Utc>,
+}
+
 /// What a push decided, given the current states: the final state of every written id, the
-/// conflicting rows' server states, and the rows the decision refused (`R`: the decision's
-/// own account of them, passed back untouched).
+/// conflicting rows' server states, the resolved rows, the versions to keep, and the rows the
+/// decision refused (`R`: the decision's own account of them, passed back untouched).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PushPlan<R = ()> {
     /// One entry per written id, its final state.
     pub writes: Vec<DocumentWrite>,
-    /// One entry per conflicting row, in row order.
+    /// One entry per conflicting row that was not written, in row order.
     pub conflicts: Vec<ConflictState>,
     /// The rows refused, as the decision describes them.
     pub refused: Vec<R>,
+    /// One entry per conflicting row that was resolved and written, in row order.
+    pub resolved: Vec<ResolvedState>,
+    /// Losing versions to store with the writes (in the same transaction).
+    pub overwritten: Vec<OverwrittenVersion>,
 }
 
 impl<R> Default for PushPlan<R> {
@@ -172,8 +223,35 @@ impl<R> Default for PushPlan<R> {
             writes: Vec::new(),
             conflicts: Vec::new(),
             refused: Vec::new(),
+            resolved: Vec::new(),
+            overwritten: Vec::new(),
         }
     }
+}
+
+/// Makes a push idempotent: the store remembers `key` for `principal` with the push's
+/// response (made by `respond` from the outcome, before commit) in the push's transaction.
+pub struct Idempotency<'a, R> {
+    /// The pushing principal's subject.
+    pub principal: &'a str,
+    /// The client's key (1-128 bytes, checked by the caller).
+    pub key: &'a str,
+    /// Digest of the request (collection, rows, mode): a different request under the same
+    /// key is refused.
+    pub request_hash: [u8; 32],
+    /// How long the key is remembered.
+    pub retention: std::time::Duration,
+    /// Encodes the response to remember.
+    pub respond: &'a (dyn Fn(&PushOutcome<R>) -> Vec<u8> + Send + Sync),
+}
+
+/// A push's result: applied now, or answered from an earlier push with the same key.
+#[derive(Debug)]
+pub enum PushApplied<R> {
+    /// Decided and committed by this call.
+    Applied(PushOutcome<R>),
+    /// The remembered response of the first push with this key; nothing was written.
+    Replayed(Vec<u8>),
 }
 
 /// The outcome of an applied push.
@@ -181,6 +259,8 @@ impl<R> Default for PushPlan<R> {
 pub struct PushOutcome<R = ()> {
     /// Conflicts with every `updated_at` filled in.
     pub conflicts: Vec<ConflictState>,
+    /// Resolved rows with every `updated_at` filled in.
+    pub resolved: Vec<ResolvedState>,
     /// The plan's refused rows, as decided in the transaction that committed.
     pub refused: Vec<R>,
     /// Number of documents written.
@@ -211,6 +291,8 @@ pub enum StoreError {
 pub enum PushError<E> {
     /// `decide` refused the batch.
     Refused(E),
+    /// The idempotency key is remembered for a different request.
+    KeyReused,
     /// The store failed.
     Store(StoreError),
 }
@@ -273,19 +355,40 @@ pub trait Store: Send + Sync + 'static {
     fn horizon(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
     /// In one transaction: reads the current states of `targets` (distinct ids), calls
-    /// `decide` with them, stores its writes with new positions, and wakes listeners of
-    /// `collection`. `decide` may run more than once when the transaction is retried; its
-    /// error refuses the batch and comes back as [`PushError::Refused`].
+    /// `decide` with them, stores its writes with new positions and its overwritten versions,
+    /// and wakes listeners of `collection`. `decide` may run more than once when the
+    /// transaction is retried; its error refuses the batch and comes back as
+    /// [`PushError::Refused`]. With `idempotency`, a key already remembered for the principal
+    /// is answered with its response ([`PushApplied::Replayed`]) without deciding, or refused
+    /// ([`PushError::KeyReused`]) when remembered for another request; a concurrent push with
+    /// the same key waits for this one.
     fn apply_push<F, E, R>(
         &self,
         collection: &str,
         targets: &[PushTarget],
         decide: F,
-    ) -> impl Future<Output = Result<PushOutcome<R>, PushError<E>>> + Send
+        idempotency: Option<&Idempotency<'_, R>>,
+    ) -> impl Future<Output = Result<PushApplied<R>, PushError<E>>> + Send
     where
         F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
         E: Send,
-        R: Send;
+        R: Send + Sync;
+
+    /// The kept losing versions of `id` in `collection` (only when `owner` owns it, if given),
+    /// newest first, at most `limit`, excluding expired ones.
+    fn overwritten_versions(
+        &self,
+        _collection: &str,
+        _id: &str,
+        _owner: Option<&str>,
+        _limit: usize,
+    ) -> impl Future<Output = Result<Vec<OverwrittenRecord>, StoreError>> + Send {
+        async {
+            Err(StoreError::Internal(
+                "this store keeps no overwritten versions".into(),
+            ))
+        }
+    }
 
     /// The 32-byte secret that seals checkpoint tokens, the same for every process on this
     /// store and across restarts: created at random on first use, then kept.

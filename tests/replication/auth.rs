@@ -159,6 +159,7 @@ async fn try_push(
             collection: "tasks".into(),
             rows,
             mode: 0,
+            idempotency_key: String::new(),
         },
         token,
     ))
@@ -277,6 +278,7 @@ async fn every_bad_token_is_unauthenticated_and_health_needs_none() {
             collection: "tasks".into(),
             rows: vec![],
             mode: 0,
+            idempotency_key: String::new(),
         }))
         .await
         .unwrap_err();
@@ -529,6 +531,7 @@ async fn collection_scopes_and_per_principal_stream_limits() {
                 collection: "notes".into(),
                 rows: vec![insert(doc("n", json!({})))],
                 mode: 0,
+                idempotency_key: String::new(),
             },
             t,
         )

@@ -138,6 +138,7 @@ async fn push_as(c: &mut Client, bearer: Option<&str>, collection: &str, docs: V
                 collection: collection.into(),
                 rows,
                 mode: 0,
+                idempotency_key: String::new(),
             },
             bearer,
         ))

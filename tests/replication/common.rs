@@ -323,6 +323,7 @@ pub async fn push(
             collection: collection.into(),
             rows,
             mode: 0,
+            idempotency_key: String::new(),
         })
         .await
         .expect("push succeeds")

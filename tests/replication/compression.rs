@@ -91,6 +91,7 @@ async fn pull_push_and_subscribe_give_the_same_results_plain_gzip_and_zstd() {
                 collection: "tasks".into(),
                 rows: rows(),
                 mode: 0,
+                idempotency_key: String::new(),
             })
             .await
             .expect("push");
@@ -157,6 +158,7 @@ async fn replies_under_the_minimum_size_go_plain_and_say_so() {
                 collection: "notes".into(),
                 rows: vec![insert(doc(&format!("n-{encoding}"), json!({"n": 1})))],
                 mode: 0,
+                idempotency_key: String::new(),
             })
             .await
             .expect("push");
@@ -306,6 +308,7 @@ async fn an_encoding_the_server_does_not_speak_is_unimplemented() {
             collection: "tasks".into(),
             rows: rows(),
             mode: 0,
+            idempotency_key: String::new(),
         })
         .await
         .expect_err("refused");
@@ -334,6 +337,7 @@ async fn a_message_that_does_not_decompress_is_invalid_argument() {
         collection: "tasks".into(),
         rows: vec![insert(doc("a", json!({})))],
         mode: 0,
+        idempotency_key: String::new(),
     }
     .encode_to_vec();
     for (encoding, garbage) in [
@@ -394,6 +398,7 @@ async fn the_decoding_limit_bounds_the_decompressed_size() {
                 ..Default::default()
             })],
             mode: 0,
+            idempotency_key: String::new(),
         })
         .await
         .expect_err("refused");
@@ -417,6 +422,7 @@ async fn the_decoding_limit_bounds_the_decompressed_size() {
             collection: "tasks".into(),
             rows: vec![ChangeRow::default(); 5000],
             mode: 0,
+            idempotency_key: String::new(),
         })
         .await
         .expect_err("refused");

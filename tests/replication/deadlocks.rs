@@ -90,6 +90,7 @@ async fn overlapping_batches_in_opposite_orders_never_deadlock() {
                     collection: "tasks".into(),
                     rows,
                     mode: 0,
+                    idempotency_key: String::new(),
                 };
                 match tokio::time::timeout(Duration::from_secs(60), c.push(request)).await {
                     Ok(Ok(_)) => {}
@@ -153,6 +154,7 @@ async fn pushes_retrying_under_locks_never_deadlock_with_fresh_pushes() {
                     collection: "tasks".into(),
                     rows,
                     mode: 0,
+                    idempotency_key: String::new(),
                 };
                 match tokio::time::timeout(Duration::from_secs(60), c.push(request)).await {
                     Ok(Ok(_)) => {}

@@ -119,6 +119,7 @@ fn push_request(collection: &str, rows: Vec<syncline::proto::ChangeRow>) -> Push
         collection: collection.into(),
         rows,
         mode: 0,
+        idempotency_key: String::new(),
     }
 }
 

@@ -14,6 +14,7 @@ async fn push_err(server: &TestServer, rows: Vec<ChangeRow>) -> tonic::Status {
         collection: "tasks".into(),
         rows,
         mode: 0,
+        idempotency_key: String::new(),
     })
     .await
     .expect_err("push refused")
@@ -119,6 +120,7 @@ async fn number_checks_agree_with_postgres() {
                 collection: "tasks".into(),
                 rows: vec![insert(raw(&format!("n{i}"), &body))],
                 mode: 0,
+                idempotency_key: String::new(),
             })
             .await;
         let shown = &n[..n.len().min(30)];
@@ -209,6 +211,7 @@ async fn echoed_values_are_cut() {
             collection: huge.clone(),
             rows: vec![insert(doc("a", json!({})))],
             mode: 0,
+            idempotency_key: String::new(),
         })
         .await
         .expect_err("unknown collection");

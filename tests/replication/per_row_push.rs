@@ -21,6 +21,7 @@ fn request(rows: Vec<ChangeRow>, mode: PushMode) -> PushRequest {
         collection: "tasks".into(),
         rows,
         mode: mode as i32,
+        idempotency_key: String::new(),
     }
 }
 

@@ -202,6 +202,7 @@ async fn an_invalid_row_applies_nothing() {
         .push(PushRequest {
             collection: "tasks".into(),
             mode: 0,
+            idempotency_key: String::new(),
             rows: vec![
                 insert(doc("ok1", json!({}))),
                 insert(doc("ok2", json!({}))),
@@ -253,6 +254,7 @@ async fn a_database_failure_mid_batch_applies_nothing_and_leaks_no_detail() {
                 insert(doc("boom", json!({}))),
             ],
             mode: 0,
+            idempotency_key: String::new(),
         })
         .await
         .unwrap_err();
@@ -434,6 +436,7 @@ async fn an_expired_deadline_is_deadline_exceeded_and_all_or_nothing() {
             update(doc("slow", json!({"v": 1})), docs[0].clone()),
         ],
         mode: 0,
+        idempotency_key: String::new(),
     });
     // The server answers shortly before the deadline, so its DEADLINE_EXCEEDED reaches the
     // client before the client's own timer would report CANCELLED.

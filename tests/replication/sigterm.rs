@@ -87,6 +87,7 @@ async fn sigterm_finishes_the_push_ends_the_stream_and_exits_zero() {
                 collection: "tasks".into(),
                 rows: vec![row],
                 mode: 0,
+                idempotency_key: String::new(),
             })
             .await
         })

@@ -15,8 +15,8 @@ use syncline::protocol::{
 };
 use syncline::store::postgres::{PgStore, PoolSettings};
 use syncline::store::{
-    ChangePage, PageLimit, Position, PushError, PushOutcome, PushPlan, PushTarget, Resume, Store,
-    StoreError, StoredDocument,
+    ChangePage, Idempotency, PageLimit, Position, PushApplied, PushError, PushPlan, PushTarget,
+    Resume, Store, StoreError, StoredDocument,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -53,13 +53,14 @@ impl Store for Counting {
         c: &str,
         targets: &[PushTarget],
         decide: F,
-    ) -> Result<PushOutcome<R>, PushError<E>>
+        idempotency: Option<&Idempotency<'_, R>>,
+    ) -> Result<PushApplied<R>, PushError<E>>
     where
         F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
         E: Send,
-        R: Send,
+        R: Send + Sync,
     {
-        self.inner.apply_push(c, targets, decide).await
+        self.inner.apply_push(c, targets, decide, idempotency).await
     }
 
     async fn checkpoint_key(&self) -> Result<[u8; 32], StoreError> {
@@ -422,6 +423,7 @@ async fn a_slow_reader_stops_receiving_when_its_token_expires() {
             collection: "tasks".into(),
             rows,
             mode: 0,
+            idempotency_key: String::new(),
         });
         request
             .metadata_mut()

@@ -107,6 +107,7 @@ async fn assert_refused(c: &mut Client, token: &str, what: &str) {
         collection: "tasks".into(),
         rows: vec![insert(doc(&format!("by-{}", what.len()), json!({})))],
         mode: 0,
+        idempotency_key: String::new(),
     };
     check(c.push(authed(push, token)).await.map(drop), "push");
     let subscribe = SubscribeRequest {
@@ -195,6 +196,7 @@ async fn scopes_split_on_the_ascii_space_only() {
         collection: "tasks".into(),
         rows: vec![insert(doc("bobs", json!({"secret": true})))],
         mode: 0,
+        idempotency_key: String::new(),
     };
     c.push(authed(push, &bob)).await.unwrap();
     // ASCII spaces, single or repeated, separate scopes. (Bounded wait: other tests' open
@@ -240,6 +242,7 @@ async fn scopes_split_on_the_ascii_space_only() {
                 collection: "tasks".into(),
                 rows: vec![insert(doc("bobs", json!({"stolen": true})))],
                 mode: 0,
+                idempotency_key: String::new(),
             };
             let conflicts = c
                 .push(authed(push, &token))
@@ -302,6 +305,7 @@ async fn out_of_range_times_are_unauthenticated() {
         collection: "tasks".into(),
         rows: vec![insert(doc("after", json!({})))],
         mode: 0,
+        idempotency_key: String::new(),
     };
     c.push(authed(push, &far)).await.unwrap();
     // Bounded: other tests' open transactions can hold the visibility horizon back a while.
@@ -356,6 +360,7 @@ async fn subjects_that_cannot_be_owners_are_unauthenticated() {
             collection: "tasks".into(),
             rows: vec![insert(doc(&format!("d-{i}"), json!({})))],
             mode: 0,
+            idempotency_key: String::new(),
         };
         c.push(authed(push, &token)).await.unwrap();
         // Read the table itself: a pull may wait on other tests' open transactions.

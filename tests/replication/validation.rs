@@ -12,6 +12,7 @@ async fn push_err(server: &TestServer, collection: &str, rows: Vec<ChangeRow>) -
         collection: collection.into(),
         rows,
         mode: 0,
+        idempotency_key: String::new(),
     })
     .await
     .expect_err("push refused")

@@ -80,6 +80,7 @@ fn push_bytes(rows: Vec<ChangeRow>) -> Vec<u8> {
         collection: "tasks".into(),
         rows,
         mode: 0,
+        idempotency_key: String::new(),
     }
     .encode_to_vec()
 }
@@ -137,6 +138,7 @@ async fn body_bytes_per_push_are_bounded() {
             collection: "tasks".into(),
             rows,
             mode: 0,
+            idempotency_key: String::new(),
         })
         .await
         .expect_err("refused");
@@ -190,6 +192,7 @@ async fn the_default_message_limit_follows_the_limits() {
         collection: "tasks".into(),
         rows,
         mode: 0,
+        idempotency_key: String::new(),
     };
     assert!(request.encoded_len() > 16_000);
     let r = c
@@ -207,6 +210,7 @@ async fn the_default_message_limit_follows_the_limits() {
             collection: "tasks".into(),
             rows: vec![r.clone()],
             mode: 0,
+            idempotency_key: String::new(),
         })
         .await
         .expect_err("refused");
@@ -222,6 +226,7 @@ async fn the_default_message_limit_follows_the_limits() {
             collection: "tasks".into(),
             rows: vec![r],
             mode: 0,
+            idempotency_key: String::new(),
         })
         .await
         .expect_err("refused");

@@ -19,8 +19,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::collections::HashMap;
 
 use super::{
-    ChangePage, PageLimit, PushError, PushOutcome, PushPlan, PushTarget, Resume, Store, StoreError,
-    StoredDocument,
+    ChangePage, Idempotency, PageLimit, PushApplied, PushError, PushPlan, PushTarget, Resume,
+    Store, StoreError, StoredDocument,
 };
 
 /// The embedded migrations.
@@ -263,13 +263,14 @@ impl Store for PgStore {
         collection: &str,
         targets: &[PushTarget],
         decide: F,
-    ) -> impl Future<Output = Result<PushOutcome<R>, PushError<E>>> + Send
+        idempotency: Option<&Idempotency<'_, R>>,
+    ) -> impl Future<Output = Result<PushApplied<R>, PushError<E>>> + Send
     where
         F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
         E: Send,
-        R: Send,
+        R: Send + Sync,
     {
-        self.push(collection, targets, decide)
+        self.push(collection, targets, decide, idempotency)
     }
 
     fn checkpoint_key(&self) -> impl Future<Output = Result<[u8; 32], StoreError>> + Send {

@@ -13,7 +13,10 @@ use sqlx::{Postgres, Transaction};
 
 use super::error::{Class, classify};
 use super::{NOTIFY_CHANNEL, PgStore};
-use crate::store::{PushError, PushOutcome, PushPlan, PushTarget, StoreError, StoredDocument};
+use crate::store::{
+    Idempotency, PushApplied, PushError, PushOutcome, PushPlan, PushTarget, StoreError,
+    StoredDocument,
+};
 
 /// Attempts before a contended push gives up with a retryable error.
 const MAX_ATTEMPTS: u32 = 12;
@@ -146,11 +149,12 @@ impl PgStore {
         collection: &str,
         targets: &[PushTarget],
         decide: F,
-    ) -> Result<PushOutcome<R>, PushError<E>>
+        _idempotency: Option<&Idempotency<'_, R>>,
+    ) -> Result<PushApplied<R>, PushError<E>>
     where
         F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
         E: Send,
-        R: Send,
+        R: Send + Sync,
     {
         let ids: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
         let skip_at: Vec<Option<&str>> =
@@ -159,7 +163,7 @@ impl PgStore {
         for attempt in 1..=MAX_ATTEMPTS {
             // Optimistic first; after any collision, under row locks.
             match self.attempt(collection, ids, &decide, attempt > 1).await {
-                Ok(outcome) => return Ok(outcome),
+                Ok(outcome) => return Ok(PushApplied::Applied(outcome)),
                 Err(AttemptError::Fail(e)) => return Err(PushError::Store(e)),
                 Err(AttemptError::Refused(e)) => return Err(PushError::Refused(e)),
                 Err(AttemptError::Retry) => {
@@ -249,6 +253,7 @@ where
         rows.into_iter().map(|d| (d.id.clone(), d)).collect();
     let plan = decide(&current).map_err(AttemptError::Refused)?;
     let mut conflicts = plan.conflicts;
+    let mut resolved = plan.resolved;
     let written: std::collections::HashSet<&str> =
         plan.writes.iter().map(|w| w.id.as_str()).collect();
     let unwritten: Vec<&str> = claimed
@@ -266,6 +271,7 @@ where
     if plan.writes.is_empty() {
         return Ok(PushOutcome {
             conflicts,
+            resolved,
             refused: plan.refused,
             written: 0,
             tx: None,
@@ -302,8 +308,12 @@ where
     for c in &mut conflicts {
         c.updated_at.get_or_insert(result.written_at);
     }
+    for r in &mut resolved {
+        r.state.updated_at.get_or_insert(result.written_at);
+    }
     Ok(PushOutcome {
         conflicts,
+        resolved,
         refused: plan.refused,
         written: plan.writes.len(),
         tx: Some(result.tx),
