@@ -246,7 +246,12 @@ pub async fn serve(
         })
         .with_reconcile_limits(crate::protocol::reconcile::ReconcileLimits::from_config(
             &config,
-        )),
+        ))
+        .with_idempotency_retention(
+            config
+                .idempotency_retention()
+                .map_err(ServerError::Config)?,
+        ),
     );
     replicator.start(&tasks);
     let (reporter, health_service) = tonic_health::server::health_reporter();
