@@ -6,6 +6,7 @@ mod checkpoints;
 mod cluster;
 mod common;
 mod compression;
+mod conflict_strategies;
 mod connections;
 mod deadlocks;
 mod durability;
