@@ -388,6 +388,54 @@ async fn racing_duplicates_apply_once_and_all_others_replay_the_same_response() 
     store.close().await;
 }
 
+/// Keyed pushes with different keys on one document collide like any pushes: each applies
+/// exactly once (through the retries and the locking path), and each key replays its own
+/// response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_pushes_with_different_keys_each_apply_once() {
+    let store = store().await;
+    for round in 0..ROUNDS {
+        let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+        let racers: Vec<_> = (0..RACERS)
+            .map(|racer| {
+                let store = store.clone();
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    let name = format!("round-{round}-racer-{racer}");
+                    let k = key("alice", &name, 7);
+                    let calls = AtomicUsize::new(0);
+                    barrier.wait().await;
+                    let first = push_increment(&store, "counter", Some(&k), &calls)
+                        .await
+                        .map_err(|e| describe(&e))?;
+                    let again = push_increment(&store, "counter", Some(&k), &calls)
+                        .await
+                        .map_err(|e| describe(&e))?;
+                    Ok::<_, String>((first, again))
+                })
+            })
+            .collect();
+        for racer in racers {
+            let (first, again) = tokio::time::timeout(Duration::from_secs(60), racer)
+                .await
+                .expect("a racer finishes")
+                .expect("join")
+                .expect("every push succeeds");
+            let first = applied(Ok(first));
+            assert_eq!(replayed(Ok(again)), respond(&first));
+        }
+        assert_eq!(
+            stored(&store, "counter").await.0,
+            ((round + 1) * RACERS) as i64
+        );
+    }
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM syncline_push_keys").await,
+        (ROUNDS * RACERS) as i64
+    );
+    store.close().await;
+}
+
 #[tokio::test]
 async fn expired_keys_are_purged_and_a_replay_after_expiry_runs_afresh() {
     let store = store().await;
