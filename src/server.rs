@@ -218,15 +218,14 @@ pub async fn serve(
             }
         },
     ));
-    if !retentions.is_empty() {
-        tasks.spawn(crate::purge::run(
-            (*store).clone(),
-            retentions,
-            Duration::from_secs(config.purge_interval_seconds),
-            config.purge_batch_rows,
-            background.clone(),
-        ));
-    }
+    // Always: besides tombstones, it expires idempotency keys and overwritten versions.
+    tasks.spawn(crate::purge::run(
+        (*store).clone(),
+        retentions,
+        Duration::from_secs(config.purge_interval_seconds),
+        config.purge_batch_rows,
+        background.clone(),
+    ));
     let replicator = Arc::new(
         Replicator::new(ReplicatorParts {
             store: store.clone(),

@@ -75,6 +75,8 @@ pub const DOCS_PURGED: &str = "syncline_documents_purged_total";
 /// Seconds since the tombstone at a collection's purge horizon was written: checkpoints about
 /// that old or older are expired. By collection; absent before the first purge.
 pub const PURGE_HORIZON_AGE_SECONDS: &str = "syncline_purge_horizon_age_seconds";
+/// Expired rows deleted by the background purge, by `kind` (`push_key`, `overwritten_version`).
+pub const EXPIRED_PURGED: &str = "syncline_expired_rows_purged_total";
 
 /// Histogram buckets for every `_seconds` metric.
 const BUCKETS: &[f64] = &[
@@ -189,5 +191,9 @@ fn describe() {
         PURGE_HORIZON_AGE_SECONDS,
         Unit::Seconds,
         "Age of the tombstone at the purge horizon (older checkpoints are expired)"
+    );
+    describe_counter!(
+        EXPIRED_PURGED,
+        "Expired idempotency keys and overwritten versions deleted, by kind"
     );
 }

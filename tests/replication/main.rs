@@ -12,6 +12,7 @@ mod deadlocks;
 mod durability;
 mod error_details;
 mod health;
+mod idempotency;
 mod inputs;
 mod memory_bounds;
 mod notifications;
