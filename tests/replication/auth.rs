@@ -13,13 +13,15 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
 
 use crate::common::*;
 use syncline::config::{AuthConfig, AuthMode, Config};
 use syncline::proto::replication_service_client::ReplicationServiceClient;
 use syncline::proto::subscribe_response::Event;
 use syncline::proto::{
-    ChangeRow, Checkpoint, Document, PullRequest, PushRequest, SubscribeRequest,
+    ChangeRow, Checkpoint, Document, ListOverwrittenRequest, PullRequest, PushRequest,
+    SubscribeRequest,
 };
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
@@ -657,5 +659,93 @@ async fn random_interleavings_of_owners_each_pull_exactly_their_own_documents() 
     assert!(
         by_owner.is_empty(),
         "no document without a known owner: {by_owner:?}"
+    );
+}
+
+/// Losing versions are the document's owner's (and service principals') to read: anyone
+/// else gets the same empty list as for an id that never lost anything.
+#[tokio::test]
+async fn overwritten_versions_are_listed_to_their_owner_only() {
+    let (server, _dir) = jwt_server(|cfg| {
+        let mut lww = cfg.collections[0].clone();
+        lww.name = "lww".into();
+        lww.conflict = Some("last-write-wins".into());
+        lww.keep_overwritten = Some("1h".into());
+        cfg.collections.push(lww);
+    })
+    .await;
+    let mut c = server.client().await;
+    let (alice, bob) = (token("alice"), token("bob"));
+    let push = |rows: Vec<ChangeRow>| PushRequest {
+        collection: "lww".into(),
+        rows,
+        mode: 0,
+        idempotency_key: String::new(),
+    };
+    c.push(authed(
+        push(vec![insert(doc("a", json!({"v": 1})))]),
+        &alice,
+    ))
+    .await
+    .expect("create");
+    // A stale write of alice's (she believed it new): the later push wins, the old state
+    // is kept.
+    let r = c
+        .push(authed(
+            push(vec![insert(doc("a", json!({"v": 2})))]),
+            &alice,
+        ))
+        .await
+        .expect("push")
+        .into_inner();
+    assert_eq!(r.resolved.len(), 1, "{r:?}");
+    let list = |token: &str, collection: &str| {
+        authed(
+            ListOverwrittenRequest {
+                collection: collection.into(),
+                id: "a".into(),
+                limit: 0,
+            },
+            token,
+        )
+    };
+    let mine = c
+        .list_overwritten(list(&alice, "lww"))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(mine.versions.len(), 1);
+    let v = &mine.versions[0];
+    assert_eq!(
+        (v.source.as_str(), v.pushed_by.as_str()),
+        ("server", "alice")
+    );
+    assert_eq!(
+        body(v.document.as_ref().expect("document")),
+        json!({"v": 1})
+    );
+    let theirs = c
+        .list_overwritten(list(&bob, "lww"))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(
+        theirs.versions.is_empty(),
+        "bob sees alice's versions: {theirs:?}"
+    );
+    let service = c
+        .list_overwritten(list(&service_token(), "lww"))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(service.versions, mine.versions);
+    let err = c
+        .list_overwritten(list(&alice, "tasks"))
+        .await
+        .expect_err("tasks keeps no versions");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(
+        err.get_details_error_info().expect("ErrorInfo").reason,
+        "OVERWRITTEN_NOT_KEPT"
     );
 }
