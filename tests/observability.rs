@@ -591,3 +591,53 @@ async fn per_row_refusals() {
     .await
     .unwrap();
 }
+
+#[test]
+fn resolutions_and_replays_are_counted() {
+    run(resolutions_and_replays())
+}
+
+async fn resolutions_and_replays() {
+    let metrics_addr = metrics_addr();
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.metrics_enabled = true;
+    cfg.metrics_listen = metrics_addr;
+    let mut later = cfg.collections[0].clone();
+    later.name = "later".into();
+    later.conflict = Some("last-write-wins".into());
+    cfg.collections.push(later);
+    let server = TestServer::start_with(cfg).await;
+    let mut c = server.client().await;
+    let push = |id: &str, v: i64, key: &str| syncline::proto::PushRequest {
+        collection: "later".into(),
+        rows: vec![insert(doc(id, json!({ "v": v })))],
+        mode: 0,
+        idempotency_key: key.into(),
+    };
+    c.push(push("a", 1, "")).await.unwrap();
+    // A stale create: the later push wins and is written as resolved; then its retry.
+    let first = c.push(push("a", 2, "k")).await.unwrap().into_inner();
+    assert_eq!(first.resolved.len(), 1);
+    let again = c.push(push("a", 2, "k")).await.unwrap().into_inner();
+    assert!(again.replayed);
+    let resolved = "syncline_push_resolutions_total{collection=\"later\",strategy=\"last-write-wins\",outcome=\"written\"}";
+    let replays = "syncline_push_replays_total{collection=\"later\"}";
+    let m = scrape_until(metrics_addr, |m| {
+        m.contains(resolved) && m.contains(replays)
+    })
+    .await;
+    assert_eq!(value(&m, resolved), 1.0);
+    assert_eq!(value(&m, replays), 1.0);
+    drop(c);
+    server.stop().await.unwrap();
+    use sqlx::Connection;
+    let name = db.rsplit_once('/').unwrap().1;
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
