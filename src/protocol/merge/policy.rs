@@ -193,6 +193,17 @@ impl MergePolicy {
                 ),
             ));
         }
+        if matches!(strategy, Strategy::FirstWriteWins | Strategy::FieldMerge)
+            && lww_field.is_some()
+        {
+            return Err(at(
+                "lww_field",
+                format!(
+                    "applies to last-write-wins and crdt only, not {}",
+                    strategy.label()
+                ),
+            ));
+        }
         if strategy == Strategy::FirstWriteWins && keep_overwritten.is_some() {
             return Err(at(
                 "keep_overwritten",
@@ -254,4 +265,97 @@ fn annotations(
         annotations(sub, &p, out)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(lines: &str, schema: Option<Value>) -> Result<MergePolicy, String> {
+        let config = crate::config::Config::from_toml(&format!(
+            "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n{lines}\n"
+        ))
+        .map_err(|e| e.to_string())?;
+        MergePolicy::from_config(&config.collections[0], schema.as_ref())
+    }
+
+    #[test]
+    fn every_key_parses_into_the_policy() {
+        let p = parse(
+            "conflict = \"crdt\"\nlww_field = \"meta.at\"\nmerge_rules = { tags = \"union\", \"a.b\" = \"client\" }\n\
+             crdt_fields = { likes = \"counter\" }\non_delete = \"edit-wins\"\nkeep_overwritten = \"7d\"",
+            Some(json!({"properties": {"stats": {"properties": {"seen": {"crdt": {"type": "g-set"}}}}}})),
+        )
+        .expect("parses");
+        assert_eq!(p.strategy, Strategy::Crdt);
+        assert_eq!(p.lww_field, Some(vec!["meta".to_owned(), "at".to_owned()]));
+        assert_eq!(p.rules.get("tags"), Some(&FieldRule::Union));
+        assert_eq!(p.rules.get("a.b"), Some(&FieldRule::Client));
+        assert_eq!(p.crdt.get("likes"), Some(&CrdtKind::Counter));
+        assert_eq!(p.crdt.get("stats.seen"), Some(&CrdtKind::GSet));
+        assert_eq!(p.on_delete, OnDelete::EditWins);
+        assert_eq!(p.keep_overwritten, Some(Duration::from_secs(7 * 86_400)));
+        let default = parse("", None).expect("parses");
+        assert_eq!(default, MergePolicy::default());
+        assert!(!default.needs_base() && p.needs_base());
+    }
+
+    #[test]
+    fn bad_settings_name_the_collection_and_key() {
+        for (lines, key) in [
+            ("conflict = \"newest\"", "conflict"),
+            (
+                "conflict = \"field-merge\"\nmerge_rules = { tags = \"both\" }",
+                "merge_rules",
+            ),
+            (
+                "conflict = \"field-merge\"\nmerge_rules = { \"a..b\" = \"server\" }",
+                "merge_rules",
+            ),
+            (
+                "conflict = \"crdt\"\ncrdt_fields = { n = \"sum\" }",
+                "crdt_fields",
+            ),
+            (
+                "conflict = \"field-merge\"\ncrdt_fields = { n = \"counter\" }",
+                "crdt_fields",
+            ),
+            (
+                "conflict = \"last-write-wins\"\nmerge_rules = { a = \"client\" }",
+                "merge_rules",
+            ),
+            (
+                "conflict = \"last-write-wins\"\non_delete = \"edit-wins\"",
+                "on_delete",
+            ),
+            ("conflict = \"crdt\"\non_delete = \"never\"", "on_delete"),
+            ("keep_overwritten = \"7d\"", "keep_overwritten"),
+            (
+                "conflict = \"crdt\"\nkeep_overwritten = \"a week\"",
+                "keep_overwritten",
+            ),
+            ("lww_field = \"at\"", "lww_field"),
+            (
+                "conflict = \"field-merge\"\nlww_field = \"at\"",
+                "lww_field",
+            ),
+            (
+                "conflict = \"last-write-wins\"\nlww_field = \"\"",
+                "lww_field",
+            ),
+        ] {
+            let err = parse(lines, None).expect_err(lines);
+            assert!(
+                err.contains("collection \"t\"") && err.contains(key),
+                "{lines}: {err}"
+            );
+        }
+        let err = parse(
+            "conflict = \"crdt\"",
+            Some(json!({"properties": {"n": {"crdt": {"type": "max"}}}})),
+        )
+        .expect_err("bad annotation");
+        assert!(err.contains("schema") && err.contains("\"n\""), "{err}");
+    }
 }
