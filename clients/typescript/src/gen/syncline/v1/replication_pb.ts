@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file syncline/v1/replication.proto.
  */
 export const file_syncline_v1_replication: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zeW5jbGluZS92MS9yZXBsaWNhdGlvbi5wcm90bxILc3luY2xpbmUudjEihgEKCERvY3VtZW50EgoKAmlkGAEgASgJEgwKBGpzb24YAiABKAwSDwoHZGVsZXRlZBgDIAEoCBIQCghyZXZpc2lvbhgEIAEoCRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVvd25lchgGIAEoCSIbCgpDaGVja3BvaW50Eg0KBXRva2VuGAEgASgJIl0KC1B1bGxSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQSDQoFbGltaXQYAyABKA0iZQoMUHVsbFJlc3BvbnNlEigKCWRvY3VtZW50cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EisKCmNoZWNrcG9pbnQYAiABKAsyFy5zeW5jbGluZS52MS5DaGVja3BvaW50InMKCUNoYW5nZVJvdxIxChJuZXdfZG9jdW1lbnRfc3RhdGUYASABKAsyFS5zeW5jbGluZS52MS5Eb2N1bWVudBIzChRhc3N1bWVkX21hc3Rlcl9zdGF0ZRgCIAEoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50ImwKC1B1c2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSJAoEcm93cxgCIAMoCzIWLnN5bmNsaW5lLnYxLkNoYW5nZVJvdxIjCgRtb2RlGAMgASgOMhUuc3luY2xpbmUudjEuUHVzaE1vZGUiYgoMUHVzaFJlc3BvbnNlEigKCWNvbmZsaWN0cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EigKB3JlZnVzZWQYAiADKAsyFy5zeW5jbGluZS52MS5SZWZ1c2VkUm93In8KClJlZnVzZWRSb3cSDQoFaW5kZXgYASABKA0SCgoCaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEg0KBWZpZWxkGAQgASgJEg8KB21lc3NhZ2UYBSABKAkSJgoHY3VycmVudBgGIAEoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50IlMKEFN1YnNjcmliZVJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIrCgpjaGVja3BvaW50GAIgASgLMhcuc3luY2xpbmUudjEuQ2hlY2twb2ludCKdAQoRU3Vic2NyaWJlUmVzcG9uc2USKwoHY2hhbmdlcxgBIAEoCzIYLnN5bmNsaW5lLnYxLkNoYW5nZUJhdGNoSAASJQoGcmVzeW5jGAIgASgLMhMuc3luY2xpbmUudjEuUmVzeW5jSAASKwoJaGVhcnRiZWF0GAMgASgLMhYuc3luY2xpbmUudjEuSGVhcnRiZWF0SABCBwoFZXZlbnQiZAoLQ2hhbmdlQmF0Y2gSKAoJZG9jdW1lbnRzGAEgAygLMhUuc3luY2xpbmUudjEuRG9jdW1lbnQSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQiGAoGUmVzeW5jEg4KBnJlYXNvbhgBIAEoCSILCglIZWFydGJlYXQiPgoNQnVja2V0RGlnZXN0cxIPCgdidWNrZXRzGAEgAygNEg4KBmNvdW50cxgCIAMoDRIMCgRzdW1zGAMgAygGIo0BChBSZWNvbmNpbGVSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSEwoLYnVja2V0X2JpdHMYAiABKA0SEwoLd2l0aGluX2JpdHMYAyABKA0SDgoGd2l0aGluGAQgAygNEisKB2RpZ2VzdHMYBSABKAsyGi5zeW5jbGluZS52MS5CdWNrZXREaWdlc3RzIm8KEVJlY29uY2lsZVJlc3BvbnNlEi0KCWRpZmZlcmluZxgBIAEoCzIaLnN5bmNsaW5lLnYxLkJ1Y2tldERpZ2VzdHMSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQiUAoUUmVjb25jaWxlTGlzdFJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRITCgtidWNrZXRfYml0cxgCIAEoDRIPCgdidWNrZXRzGAMgAygNIioKCklkUmV2aXNpb24SCgoCaWQYASABKAkSEAoIcmV2aXNpb24YAiABKAkiQwoVUmVjb25jaWxlTGlzdFJlc3BvbnNlEioKCWRvY3VtZW50cxgBIAMoCzIXLnN5bmNsaW5lLnYxLklkUmV2aXNpb24iLwoMRmV0Y2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSCwoDaWRzGAIgAygJIksKDUZldGNoUmVzcG9uc2USKAoJZG9jdW1lbnRzGAEgAygLMhUuc3luY2xpbmUudjEuRG9jdW1lbnQSEAoIYW5zd2VyZWQYAiABKA0qUgoIUHVzaE1vZGUSGQoVUFVTSF9NT0RFX1VOU1BFQ0lGSUVEEAASFAoQUFVTSF9NT0RFX0FUT01JQxABEhUKEVBVU0hfTU9ERV9QRVJfUk9XEAIywAMKElJlcGxpY2F0aW9uU2VydmljZRI7CgRQdWxsEhguc3luY2xpbmUudjEuUHVsbFJlcXVlc3QaGS5zeW5jbGluZS52MS5QdWxsUmVzcG9uc2USOwoEUHVzaBIYLnN5bmNsaW5lLnYxLlB1c2hSZXF1ZXN0Ghkuc3luY2xpbmUudjEuUHVzaFJlc3BvbnNlEkwKCVN1YnNjcmliZRIdLnN5bmNsaW5lLnYxLlN1YnNjcmliZVJlcXVlc3QaHi5zeW5jbGluZS52MS5TdWJzY3JpYmVSZXNwb25zZTABEkoKCVJlY29uY2lsZRIdLnN5bmNsaW5lLnYxLlJlY29uY2lsZVJlcXVlc3QaHi5zeW5jbGluZS52MS5SZWNvbmNpbGVSZXNwb25zZRJWCg1SZWNvbmNpbGVMaXN0EiEuc3luY2xpbmUudjEuUmVjb25jaWxlTGlzdFJlcXVlc3QaIi5zeW5jbGluZS52MS5SZWNvbmNpbGVMaXN0UmVzcG9uc2USPgoFRmV0Y2gSGS5zeW5jbGluZS52MS5GZXRjaFJlcXVlc3QaGi5zeW5jbGluZS52MS5GZXRjaFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1zeW5jbGluZS92MS9yZXBsaWNhdGlvbi5wcm90bxILc3luY2xpbmUudjEihgEKCERvY3VtZW50EgoKAmlkGAEgASgJEgwKBGpzb24YAiABKAwSDwoHZGVsZXRlZBgDIAEoCBIQCghyZXZpc2lvbhgEIAEoCRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVvd25lchgGIAEoCSIbCgpDaGVja3BvaW50Eg0KBXRva2VuGAEgASgJIl0KC1B1bGxSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQSDQoFbGltaXQYAyABKA0iZQoMUHVsbFJlc3BvbnNlEigKCWRvY3VtZW50cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EisKCmNoZWNrcG9pbnQYAiABKAsyFy5zeW5jbGluZS52MS5DaGVja3BvaW50InMKCUNoYW5nZVJvdxIxChJuZXdfZG9jdW1lbnRfc3RhdGUYASABKAsyFS5zeW5jbGluZS52MS5Eb2N1bWVudBIzChRhc3N1bWVkX21hc3Rlcl9zdGF0ZRgCIAEoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50IoUBCgtQdXNoUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEiQKBHJvd3MYAiADKAsyFi5zeW5jbGluZS52MS5DaGFuZ2VSb3cSIwoEbW9kZRgDIAEoDjIVLnN5bmNsaW5lLnYxLlB1c2hNb2RlEhcKD2lkZW1wb3RlbmN5X2tleRgEIAEoCSKgAQoMUHVzaFJlc3BvbnNlEigKCWNvbmZsaWN0cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EigKB3JlZnVzZWQYAiADKAsyFy5zeW5jbGluZS52MS5SZWZ1c2VkUm93EioKCHJlc29sdmVkGAMgAygLMhguc3luY2xpbmUudjEuUmVzb2x2ZWRSb3cSEAoIcmVwbGF5ZWQYBCABKAgiVwoLUmVzb2x2ZWRSb3cSDQoFaW5kZXgYASABKA0SJwoIZG9jdW1lbnQYAiABKAsyFS5zeW5jbGluZS52MS5Eb2N1bWVudBIQCghzdHJhdGVneRgDIAEoCSJ/CgpSZWZ1c2VkUm93Eg0KBWluZGV4GAEgASgNEgoKAmlkGAIgASgJEg4KBnJlYXNvbhgDIAEoCRINCgVmaWVsZBgEIAEoCRIPCgdtZXNzYWdlGAUgASgJEiYKB2N1cnJlbnQYBiABKAsyFS5zeW5jbGluZS52MS5Eb2N1bWVudCJTChBTdWJzY3JpYmVSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQinQEKEVN1YnNjcmliZVJlc3BvbnNlEisKB2NoYW5nZXMYASABKAsyGC5zeW5jbGluZS52MS5DaGFuZ2VCYXRjaEgAEiUKBnJlc3luYxgCIAEoCzITLnN5bmNsaW5lLnYxLlJlc3luY0gAEisKCWhlYXJ0YmVhdBgDIAEoCzIWLnN5bmNsaW5lLnYxLkhlYXJ0YmVhdEgAQgcKBWV2ZW50ImQKC0NoYW5nZUJhdGNoEigKCWRvY3VtZW50cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EisKCmNoZWNrcG9pbnQYAiABKAsyFy5zeW5jbGluZS52MS5DaGVja3BvaW50IhgKBlJlc3luYxIOCgZyZWFzb24YASABKAkiCwoJSGVhcnRiZWF0Ij4KDUJ1Y2tldERpZ2VzdHMSDwoHYnVja2V0cxgBIAMoDRIOCgZjb3VudHMYAiADKA0SDAoEc3VtcxgDIAMoBiKNAQoQUmVjb25jaWxlUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEhMKC2J1Y2tldF9iaXRzGAIgASgNEhMKC3dpdGhpbl9iaXRzGAMgASgNEg4KBndpdGhpbhgEIAMoDRIrCgdkaWdlc3RzGAUgASgLMhouc3luY2xpbmUudjEuQnVja2V0RGlnZXN0cyJvChFSZWNvbmNpbGVSZXNwb25zZRItCglkaWZmZXJpbmcYASABKAsyGi5zeW5jbGluZS52MS5CdWNrZXREaWdlc3RzEisKCmNoZWNrcG9pbnQYAiABKAsyFy5zeW5jbGluZS52MS5DaGVja3BvaW50IlAKFFJlY29uY2lsZUxpc3RSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSEwoLYnVja2V0X2JpdHMYAiABKA0SDwoHYnVja2V0cxgDIAMoDSIqCgpJZFJldmlzaW9uEgoKAmlkGAEgASgJEhAKCHJldmlzaW9uGAIgASgJIkMKFVJlY29uY2lsZUxpc3RSZXNwb25zZRIqCglkb2N1bWVudHMYASADKAsyFy5zeW5jbGluZS52MS5JZFJldmlzaW9uIi8KDEZldGNoUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEgsKA2lkcxgCIAMoCSJLCg1GZXRjaFJlc3BvbnNlEigKCWRvY3VtZW50cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EhAKCGFuc3dlcmVkGAIgASgNIkcKFkxpc3RPdmVyd3JpdHRlblJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIKCgJpZBgCIAEoCRINCgVsaW1pdBgDIAEoDSKNAQoST3ZlcndyaXR0ZW5WZXJzaW9uEicKCGRvY3VtZW50GAEgASgLMhUuc3luY2xpbmUudjEuRG9jdW1lbnQSDgoGc291cmNlGAIgASgJEhAKCHN0cmF0ZWd5GAMgASgJEhkKEXJlc29sdmVkX3JldmlzaW9uGAQgASgJEhEKCXB1c2hlZF9ieRgFIAEoCSJMChdMaXN0T3ZlcndyaXR0ZW5SZXNwb25zZRIxCgh2ZXJzaW9ucxgBIAMoCzIfLnN5bmNsaW5lLnYxLk92ZXJ3cml0dGVuVmVyc2lvbipSCghQdXNoTW9kZRIZChVQVVNIX01PREVfVU5TUEVDSUZJRUQQABIUChBQVVNIX01PREVfQVRPTUlDEAESFQoRUFVTSF9NT0RFX1BFUl9ST1cQAjKeBAoSUmVwbGljYXRpb25TZXJ2aWNlEjsKBFB1bGwSGC5zeW5jbGluZS52MS5QdWxsUmVxdWVzdBoZLnN5bmNsaW5lLnYxLlB1bGxSZXNwb25zZRI7CgRQdXNoEhguc3luY2xpbmUudjEuUHVzaFJlcXVlc3QaGS5zeW5jbGluZS52MS5QdXNoUmVzcG9uc2USTAoJU3Vic2NyaWJlEh0uc3luY2xpbmUudjEuU3Vic2NyaWJlUmVxdWVzdBoeLnN5bmNsaW5lLnYxLlN1YnNjcmliZVJlc3BvbnNlMAESSgoJUmVjb25jaWxlEh0uc3luY2xpbmUudjEuUmVjb25jaWxlUmVxdWVzdBoeLnN5bmNsaW5lLnYxLlJlY29uY2lsZVJlc3BvbnNlElYKDVJlY29uY2lsZUxpc3QSIS5zeW5jbGluZS52MS5SZWNvbmNpbGVMaXN0UmVxdWVzdBoiLnN5bmNsaW5lLnYxLlJlY29uY2lsZUxpc3RSZXNwb25zZRI+CgVGZXRjaBIZLnN5bmNsaW5lLnYxLkZldGNoUmVxdWVzdBoaLnN5bmNsaW5lLnYxLkZldGNoUmVzcG9uc2USXAoPTGlzdE92ZXJ3cml0dGVuEiMuc3luY2xpbmUudjEuTGlzdE92ZXJ3cml0dGVuUmVxdWVzdBokLnN5bmNsaW5lLnYxLkxpc3RPdmVyd3JpdHRlblJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * One document as the server stores it.
@@ -233,6 +233,23 @@ export type PushRequest = Message<"syncline.v1.PushRequest"> & {
    * @generated from field: syncline.v1.PushMode mode = 3;
    */
   mode: PushMode;
+
+  /**
+   * Makes the push safe to retry. The server remembers the key, per caller,
+   * with the push's response, in the same transaction as the push's writes,
+   * for the server's `idempotency_retention` (24 hours by default). A push
+   * repeating a remembered key is answered with the first response (with
+   * `replayed` set) and writes nothing; a concurrent duplicate waits for the
+   * first and gets its response. Reusing a key with a different request is
+   * INVALID_ARGUMENT (reason IDEMPOTENCY_KEY_REUSED, field "idempotency_key").
+   * A push that failed stored nothing, so its retry runs afresh. Empty: no
+   * key. At most 128 bytes of printable ASCII; a random UUID per logical push,
+   * reused on every retry of it, is the usual choice. Both Syncline clients
+   * send one on every push.
+   *
+   * @generated from field: string idempotency_key = 4;
+   */
+  idempotencyKey: string;
 };
 
 /**
@@ -244,13 +261,16 @@ export const PushRequestSchema: GenMessage<PushRequest> = /*@__PURE__*/
 
 /**
  * The outcome of a push. Rows listed in neither `conflicts` nor `refused`
- * were written.
+ * were written as sent; rows listed in `resolved` were written as the server
+ * resolved them.
  *
  * @generated from message syncline.v1.PushResponse
  */
 export type PushResponse = Message<"syncline.v1.PushResponse"> & {
   /**
-   * The server's current state of each row that conflicted, in row order.
+   * The server's current state of each row that conflicted and was not
+   * written, in row order. The client should adopt it (or resolve and push
+   * again).
    *
    * @generated from field: repeated syncline.v1.Document conflicts = 1;
    */
@@ -262,6 +282,25 @@ export type PushResponse = Message<"syncline.v1.PushResponse"> & {
    * @generated from field: repeated syncline.v1.RefusedRow refused = 2;
    */
   refused: RefusedRow[];
+
+  /**
+   * The rows that conflicted and that the server resolved under the
+   * collection's conflict strategy and wrote, in row order: the stored state,
+   * with its new revision. The client should adopt it as the document's master
+   * state (the RxDB plugin hands it to RxDB like a conflict's master state).
+   * Resolved writes reach every stream like any other write.
+   *
+   * @generated from field: repeated syncline.v1.ResolvedRow resolved = 3;
+   */
+  resolved: ResolvedRow[];
+
+  /**
+   * True when this response repeats the response to an earlier push with the
+   * same `idempotency_key`; nothing was written this time.
+   *
+   * @generated from field: bool replayed = 4;
+   */
+  replayed: boolean;
 };
 
 /**
@@ -270,6 +309,43 @@ export type PushResponse = Message<"syncline.v1.PushResponse"> & {
  */
 export const PushResponseSchema: GenMessage<PushResponse> = /*@__PURE__*/
   messageDesc(file_syncline_v1_replication, 6);
+
+/**
+ * A conflicting row the server resolved and wrote.
+ *
+ * @generated from message syncline.v1.ResolvedRow
+ */
+export type ResolvedRow = Message<"syncline.v1.ResolvedRow"> & {
+  /**
+   * The row's index in `PushRequest.rows`.
+   *
+   * @generated from field: uint32 index = 1;
+   */
+  index: number;
+
+  /**
+   * The document as stored by the resolution (revision, owner and updated_at
+   * set).
+   *
+   * @generated from field: syncline.v1.Document document = 2;
+   */
+  document?: Document | undefined;
+
+  /**
+   * The strategy that resolved it: "last-write-wins", "field-merge" or
+   * "crdt".
+   *
+   * @generated from field: string strategy = 3;
+   */
+  strategy: string;
+};
+
+/**
+ * Describes the message syncline.v1.ResolvedRow.
+ * Use `create(ResolvedRowSchema)` to create a new message.
+ */
+export const ResolvedRowSchema: GenMessage<ResolvedRow> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 7);
 
 /**
  * A row not written because the server refused it (PUSH_MODE_PER_ROW).
@@ -330,7 +406,7 @@ export type RefusedRow = Message<"syncline.v1.RefusedRow"> & {
  * Use `create(RefusedRowSchema)` to create a new message.
  */
 export const RefusedRowSchema: GenMessage<RefusedRow> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 7);
+  messageDesc(file_syncline_v1_replication, 8);
 
 /**
  * Opens a live change stream.
@@ -358,7 +434,7 @@ export type SubscribeRequest = Message<"syncline.v1.SubscribeRequest"> & {
  * Use `create(SubscribeRequestSchema)` to create a new message.
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 8);
+  messageDesc(file_syncline_v1_replication, 9);
 
 /**
  * One event on a change stream.
@@ -403,7 +479,7 @@ export type SubscribeResponse = Message<"syncline.v1.SubscribeResponse"> & {
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 9);
+  messageDesc(file_syncline_v1_replication, 10);
 
 /**
  * Changed documents, in change order, and the checkpoint after them.
@@ -431,7 +507,7 @@ export type ChangeBatch = Message<"syncline.v1.ChangeBatch"> & {
  * Use `create(ChangeBatchSchema)` to create a new message.
  */
 export const ChangeBatchSchema: GenMessage<ChangeBatch> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 10);
+  messageDesc(file_syncline_v1_replication, 11);
 
 /**
  * The stream's position expired: its checkpoint is at or below the
@@ -458,7 +534,7 @@ export type Resync = Message<"syncline.v1.Resync"> & {
  * Use `create(ResyncSchema)` to create a new message.
  */
 export const ResyncSchema: GenMessage<Resync> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 11);
+  messageDesc(file_syncline_v1_replication, 12);
 
 /**
  * Keeps an idle stream alive through proxies; carries nothing.
@@ -473,7 +549,7 @@ export type Heartbeat = Message<"syncline.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 12);
+  messageDesc(file_syncline_v1_replication, 13);
 
 /**
  * Digests of hash buckets, as three parallel arrays (index i describes one
@@ -513,7 +589,7 @@ export type BucketDigests = Message<"syncline.v1.BucketDigests"> & {
  * Use `create(BucketDigestsSchema)` to create a new message.
  */
 export const BucketDigestsSchema: GenMessage<BucketDigests> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 13);
+  messageDesc(file_syncline_v1_replication, 14);
 
 /**
  * One round of a reconcile: the client's digests of some buckets.
@@ -568,7 +644,7 @@ export type ReconcileRequest = Message<"syncline.v1.ReconcileRequest"> & {
  * Use `create(ReconcileRequestSchema)` to create a new message.
  */
 export const ReconcileRequestSchema: GenMessage<ReconcileRequest> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 14);
+  messageDesc(file_syncline_v1_replication, 15);
 
 /**
  * The buckets that differ, and where pulling continues afterwards.
@@ -599,7 +675,7 @@ export type ReconcileResponse = Message<"syncline.v1.ReconcileResponse"> & {
  * Use `create(ReconcileResponseSchema)` to create a new message.
  */
 export const ReconcileResponseSchema: GenMessage<ReconcileResponse> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 15);
+  messageDesc(file_syncline_v1_replication, 16);
 
 /**
  * Lists the documents of some buckets.
@@ -634,7 +710,7 @@ export type ReconcileListRequest = Message<"syncline.v1.ReconcileListRequest"> &
  * Use `create(ReconcileListRequestSchema)` to create a new message.
  */
 export const ReconcileListRequestSchema: GenMessage<ReconcileListRequest> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 16);
+  messageDesc(file_syncline_v1_replication, 17);
 
 /**
  * One live document's id and revision.
@@ -662,7 +738,7 @@ export type IdRevision = Message<"syncline.v1.IdRevision"> & {
  * Use `create(IdRevisionSchema)` to create a new message.
  */
 export const IdRevisionSchema: GenMessage<IdRevision> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 17);
+  messageDesc(file_syncline_v1_replication, 18);
 
 /**
  * The live documents of the requested buckets.
@@ -685,7 +761,7 @@ export type ReconcileListResponse = Message<"syncline.v1.ReconcileListResponse">
  * Use `create(ReconcileListResponseSchema)` to create a new message.
  */
 export const ReconcileListResponseSchema: GenMessage<ReconcileListResponse> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 18);
+  messageDesc(file_syncline_v1_replication, 19);
 
 /**
  * Asks for documents by id.
@@ -713,7 +789,7 @@ export type FetchRequest = Message<"syncline.v1.FetchRequest"> & {
  * Use `create(FetchRequestSchema)` to create a new message.
  */
 export const FetchRequestSchema: GenMessage<FetchRequest> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 19);
+  messageDesc(file_syncline_v1_replication, 20);
 
 /**
  * Live documents among the requested ids.
@@ -743,7 +819,115 @@ export type FetchResponse = Message<"syncline.v1.FetchResponse"> & {
  * Use `create(FetchResponseSchema)` to create a new message.
  */
 export const FetchResponseSchema: GenMessage<FetchResponse> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 20);
+  messageDesc(file_syncline_v1_replication, 21);
+
+/**
+ * Asks for the losing versions of one document.
+ *
+ * @generated from message syncline.v1.ListOverwrittenRequest
+ */
+export type ListOverwrittenRequest = Message<"syncline.v1.ListOverwrittenRequest"> & {
+  /**
+   * The collection's name.
+   *
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * The document's id.
+   *
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * The most versions to return; 0 means 100, the maximum.
+   *
+   * @generated from field: uint32 limit = 3;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message syncline.v1.ListOverwrittenRequest.
+ * Use `create(ListOverwrittenRequestSchema)` to create a new message.
+ */
+export const ListOverwrittenRequestSchema: GenMessage<ListOverwrittenRequest> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 22);
+
+/**
+ * One version that lost an automatic conflict resolution.
+ *
+ * @generated from message syncline.v1.OverwrittenVersion
+ */
+export type OverwrittenVersion = Message<"syncline.v1.OverwrittenVersion"> & {
+  /**
+   * The losing state. Its `revision` is the revision it had on the server
+   * (source "server"), or the revision the pushing client had assumed (source
+   * "client"; empty when it assumed none); `updated_at` is when it lost.
+   *
+   * @generated from field: syncline.v1.Document document = 1;
+   */
+  document?: Document | undefined;
+
+  /**
+   * "server": a stored state the resolution replaced; "client": a pushed
+   * state the resolution did not write as sent.
+   *
+   * @generated from field: string source = 2;
+   */
+  source: string;
+
+  /**
+   * The strategy that decided: "last-write-wins", "field-merge" or "crdt".
+   *
+   * @generated from field: string strategy = 3;
+   */
+  strategy: string;
+
+  /**
+   * The revision of the state the resolution left stored.
+   *
+   * @generated from field: string resolved_revision = 4;
+   */
+  resolvedRevision: string;
+
+  /**
+   * The subject of the principal whose push was resolved.
+   *
+   * @generated from field: string pushed_by = 5;
+   */
+  pushedBy: string;
+};
+
+/**
+ * Describes the message syncline.v1.OverwrittenVersion.
+ * Use `create(OverwrittenVersionSchema)` to create a new message.
+ */
+export const OverwrittenVersionSchema: GenMessage<OverwrittenVersion> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 23);
+
+/**
+ * The losing versions of a document, newest first.
+ *
+ * @generated from message syncline.v1.ListOverwrittenResponse
+ */
+export type ListOverwrittenResponse = Message<"syncline.v1.ListOverwrittenResponse"> & {
+  /**
+   * At most the request's limit.
+   *
+   * @generated from field: repeated syncline.v1.OverwrittenVersion versions = 1;
+   */
+  versions: OverwrittenVersion[];
+};
+
+/**
+ * Describes the message syncline.v1.ListOverwrittenResponse.
+ * Use `create(ListOverwrittenResponseSchema)` to create a new message.
+ */
+export const ListOverwrittenResponseSchema: GenMessage<ListOverwrittenResponse> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 24);
 
 /**
  * How a push treats rows the server refuses.
@@ -815,9 +999,13 @@ export const ReplicationService: GenService<{
     output: typeof PullResponseSchema;
   },
   /**
-   * Writes a batch of documents atomically. Rows whose assumed master state
-   * differs from the server's current state are not written; the server's
-   * state of each of them is returned as a conflict.
+   * Writes a batch of documents atomically. A row whose assumed master state
+   * differs from the server's current state conflicts. The collection's
+   * conflict strategy decides what happens to it: under first-write-wins (the
+   * default) it is not written and the server's state is returned in
+   * `conflicts`; under last-write-wins, field-merge and crdt the server may
+   * resolve it and write the result, returned in `resolved` (README "Conflict
+   * resolution" gives the exact rules).
    *
    * @generated from rpc syncline.v1.ReplicationService.Push
    */
@@ -874,6 +1062,21 @@ export const ReplicationService: GenService<{
     methodKind: "unary";
     input: typeof FetchRequestSchema;
     output: typeof FetchResponseSchema;
+  },
+  /**
+   * Lists the recent versions of one document that lost an automatic conflict
+   * resolution, newest first, so an app can show them to the user after the
+   * fact. Only for collections with `keep_overwritten` (otherwise
+   * FAILED_PRECONDITION, field "collection"); versions are kept for that long.
+   * The document's owner and service principals see them; for anyone else the
+   * list is empty, as for an id that never lost anything.
+   *
+   * @generated from rpc syncline.v1.ReplicationService.ListOverwritten
+   */
+  listOverwritten: {
+    methodKind: "unary";
+    input: typeof ListOverwrittenRequestSchema;
+    output: typeof ListOverwrittenResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_syncline_v1_replication, 0);
