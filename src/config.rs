@@ -717,6 +717,7 @@ impl Config {
             _ => {}
         }
         self.checkpoint_key_bytes()?;
+        self.idempotency_retention().map_err(ConfigError::Invalid)?;
         if self.purge_interval_seconds == 0 || self.purge_batch_rows == 0 {
             return invalid(
                 "purge_interval_seconds and purge_batch_rows must be at least 1".into(),

@@ -2,6 +2,7 @@
 //! than it in batches and raise the collection's purge horizon, on one replica at a time.
 //! Checkpoints at or below the horizon are then refused (FAILED_PRECONDITION /
 //! `CHECKPOINT_EXPIRED`, or `Resync` on a stream); see docs/architecture.md, "Retention".
+//! Each round also deletes expired idempotency keys and overwritten versions.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::store::StoreError;
 use crate::store::postgres::PgStore;
-use crate::telemetry::metrics::{DOCS_PURGED, PURGE_HORIZON_AGE_SECONDS};
+use crate::telemetry::metrics::{DOCS_PURGED, EXPIRED_PURGED, PURGE_HORIZON_AGE_SECONDS};
 
 /// What one purge of a collection did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -73,6 +74,38 @@ pub async fn purge_collection(
     }
 }
 
+/// What one expiry purge deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpiryReport {
+    /// Expired idempotency keys deleted.
+    pub keys: u64,
+    /// Expired overwritten versions deleted.
+    pub versions: u64,
+    /// Batches run.
+    pub batches: u32,
+}
+
+/// Deletes expired idempotency keys and overwritten versions, `batch_rows` of each per
+/// statement, until a batch of both comes back short. Safe on every replica at once.
+pub async fn purge_expired(store: &PgStore, batch_rows: u32) -> Result<ExpiryReport, StoreError> {
+    let mut report = ExpiryReport::default();
+    loop {
+        let batch = store.purge_expired_batch(batch_rows).await?;
+        report.batches += 1;
+        report.keys += batch.keys;
+        report.versions += batch.versions;
+        metrics::counter!(EXPIRED_PURGED, "kind" => "push_key").increment(batch.keys);
+        metrics::counter!(EXPIRED_PURGED, "kind" => "overwritten_version")
+            .increment(batch.versions);
+        // Short: nothing older was left but rows others hold (deleted next round). Rows
+        // expire no faster than pushes wrote them, so the loop ends.
+        let full = u64::from(batch_rows);
+        if batch.keys < full && batch.versions < full {
+            return Ok(report);
+        }
+    }
+}
+
 /// Publishes the age of `collection`'s purge horizon.
 async fn report_horizon_age(store: &PgStore, collection: &str) {
     if let Ok(Some(horizon)) = store.purge_horizon(collection).await {
@@ -82,7 +115,8 @@ async fn report_horizon_age(store: &PgStore, collection: &str) {
     }
 }
 
-/// Purges every collection of `retentions` every `interval` until `stop`.
+/// Purges every collection of `retentions`, then expired keys and versions, every `interval`
+/// until `stop`.
 pub async fn run(
     store: PgStore,
     retentions: Vec<Retention>,
@@ -115,6 +149,22 @@ pub async fn run(
                 }
             }
             report_horizon_age(&store, &r.collection).await;
+        }
+        let expiry = tokio::select! {
+            _ = stop.cancelled() => return,
+            outcome = purge_expired(&store, batch_rows) => outcome,
+        };
+        match expiry {
+            Ok(r) if r.keys + r.versions > 0 => {
+                tracing::info!(
+                    keys = r.keys,
+                    versions = r.versions,
+                    batches = r.batches,
+                    "purged expired push keys and overwritten versions"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "expiry purge failed"),
         }
     }
 }

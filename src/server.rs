@@ -218,15 +218,14 @@ pub async fn serve(
             }
         },
     ));
-    if !retentions.is_empty() {
-        tasks.spawn(crate::purge::run(
-            (*store).clone(),
-            retentions,
-            Duration::from_secs(config.purge_interval_seconds),
-            config.purge_batch_rows,
-            background.clone(),
-        ));
-    }
+    // Always: besides tombstones, it expires idempotency keys and overwritten versions.
+    tasks.spawn(crate::purge::run(
+        (*store).clone(),
+        retentions,
+        Duration::from_secs(config.purge_interval_seconds),
+        config.purge_batch_rows,
+        background.clone(),
+    ));
     let replicator = Arc::new(
         Replicator::new(ReplicatorParts {
             store: store.clone(),
@@ -246,7 +245,12 @@ pub async fn serve(
         })
         .with_reconcile_limits(crate::protocol::reconcile::ReconcileLimits::from_config(
             &config,
-        )),
+        ))
+        .with_idempotency_retention(
+            config
+                .idempotency_retention()
+                .map_err(ServerError::Config)?,
+        ),
     );
     replicator.start(&tasks);
     let (reporter, health_service) = tonic_health::server::health_reporter();

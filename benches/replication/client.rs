@@ -149,6 +149,25 @@ pub async fn pull_all_as(
     }
 }
 
+/// One Push; returns the whole response.
+pub async fn push_response(
+    client: &mut Client,
+    collection: &str,
+    rows: Vec<ChangeRow>,
+) -> syncline::proto::PushResponse {
+    let message = PushRequest {
+        collection: collection.into(),
+        rows,
+        mode: 0,
+        idempotency_key: String::new(),
+    };
+    client
+        .push(request(message, None))
+        .await
+        .unwrap_or_else(|s| panic!("push to {collection}: {s}"))
+        .into_inner()
+}
+
 /// One Push; returns the conflicts.
 pub async fn push(client: &mut Client, collection: &str, rows: Vec<ChangeRow>) -> Vec<Document> {
     push_as(client, None, collection, rows).await
@@ -221,6 +240,21 @@ pub fn insert_row(id: String, json: Vec<u8>) -> ChangeRow {
 }
 
 /// A row that believes the server holds `assumed_revision`.
+/// A row that believes the server holds `base` at `assumed_revision`: the base a merging
+/// strategy merges against.
+pub fn update_row_with_base(
+    id: String,
+    json: Vec<u8>,
+    assumed_revision: String,
+    base: Vec<u8>,
+) -> ChangeRow {
+    let mut row = update_row(id, json, assumed_revision);
+    if let Some(a) = row.assumed_master_state.as_mut() {
+        a.json = base;
+    }
+    row
+}
+
 pub fn update_row(id: String, json: Vec<u8>, assumed_revision: String) -> ChangeRow {
     ChangeRow {
         new_document_state: Some(Document {

@@ -1,6 +1,8 @@
 //! Scenario 2: concurrent clients push batches — (a) new documents, (b) updates with the
 //! right assumed revision, (c) the same with 10% of rows stale — against the same rows
-//! upserted directly with one set-based statement per batch at the same concurrency.
+//! upserted directly with one set-based statement per batch at the same concurrency. Then
+//! (c) again on a collection per server-side conflict strategy, whose stale rows are resolved
+//! and written (their assumed state carries the base body the merge needs).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +22,21 @@ const COLLECTION: &str = "push";
 const BASE_COLLECTION: &str = "push_base";
 const TARGET: f64 = 0.6;
 const STALE_REVISION: &str = "0-stale";
+
+/// A collection per automatic strategy: (name, its `[[collections]]` settings, label).
+const STRATEGIES: [(&str, &str, &str); 3] = [
+    (
+        "push_lww",
+        "conflict = \"last-write-wins\"",
+        "last-write-wins",
+    ),
+    ("push_merge", "conflict = \"field-merge\"", "field-merge"),
+    (
+        "push_crdt",
+        "conflict = \"crdt\"\ncrdt_fields = { version = \"counter\" }",
+        "crdt",
+    ),
+];
 
 const UPSERT_SQL: &str = "
 INSERT INTO syncline_documents AS d
@@ -95,34 +112,89 @@ pub async fn run(ctx: &Ctx<'_>, report: &mut Report) {
         batch: s.push_batch,
     };
     let db = ctx.cluster.fresh_database("push").await;
-    let server = Server::start(&db, &ServerOptions::new(&[COLLECTION]), &ctx.work, "push").await;
+    let mut collections = vec![COLLECTION];
+    collections.extend(STRATEGIES.iter().map(|(name, _, _)| *name));
+    let mut options = ServerOptions::new(&collections);
+    options.collection_settings = STRATEGIES
+        .iter()
+        .map(|(name, settings, _)| ((*name).to_owned(), (*settings).to_owned()))
+        .collect();
+    let server = Server::start(&db, &options, &ctx.work, "push").await;
     let mut revisions = HashMap::new();
     let mut token = String::new();
+    let target = Target {
+        collection: COLLECTION,
+        resolves: false,
+    };
     for variant in VARIANTS {
         let (mut ours, mut theirs, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..s.rounds {
             theirs.push(baseline(&db, shape, variant, round, report).await);
             let cpu_before = server.cpu_seconds();
-            ours.push(syncline(&server, shape, variant, round, &revisions, report).await);
+            ours.push(syncline(&server, target, shape, variant, round, &revisions, report).await);
             cpu.push(micros_per(server.cpu_seconds() - cpu_before, shape.rows()));
         }
         if variant != Variant::TenPercentStale {
             // The next variant updates these documents: learn their revisions as a client would.
-            token = learn_revisions(&server, &token, &mut revisions).await;
+            token = learn_revisions(&server, COLLECTION, &token, &mut revisions).await;
         }
         let measured = [median(&ours), median(&theirs), median(&cpu)];
-        add_row(report, shape, variant, measured);
+        add_row(report, shape, variant, measured, "first-write-wins");
+    }
+    for (collection, _, strategy) in STRATEGIES {
+        let target = Target {
+            collection,
+            resolves: true,
+        };
+        // The same documents, loaded unmeasured, then (c) measured against the baseline.
+        let mut revisions = HashMap::new();
+        let mut token = String::new();
+        for variant in [Variant::New, Variant::Update] {
+            for round in 0..s.rounds {
+                syncline(&server, target, shape, variant, round, &revisions, report).await;
+            }
+            token = learn_revisions(&server, collection, &token, &mut revisions).await;
+        }
+        let variant = Variant::TenPercentStale;
+        let (mut ours, mut theirs, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..s.rounds {
+            theirs.push(baseline(&db, shape, variant, round, report).await);
+            let cpu_before = server.cpu_seconds();
+            ours.push(syncline(&server, target, shape, variant, round, &revisions, report).await);
+            cpu.push(micros_per(server.cpu_seconds() - cpu_before, shape.rows()));
+        }
+        let measured = [median(&ours), median(&theirs), median(&cpu)];
+        add_row(report, shape, variant, measured, strategy);
     }
 }
 
+/// The collection pushed to, and whether its strategy resolves stale rows (then they carry
+/// their base body and must come back resolved, not as conflicts).
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    collection: &'static str,
+    resolves: bool,
+}
+
 /// `[syncline docs/s, baseline docs/s, server CPU µs per row]`, medians.
-fn add_row(report: &mut Report, shape: Shape, variant: Variant, measured: [f64; 3]) {
+fn add_row(
+    report: &mut Report,
+    shape: Shape,
+    variant: Variant,
+    measured: [f64; 3],
+    strategy: &str,
+) {
     let [ours, theirs, cpu] = measured;
     let ratio = ours / theirs;
     let targeted = variant != Variant::TenPercentStale;
+    let under = if strategy == "first-write-wins" {
+        String::new()
+    } else {
+        format!(" under {strategy} (stale rows resolved and written)")
+    };
     report.add(Row {
         scenario: format!(
-            "2. Push {}: {} clients x batches of {}",
+            "2. Push {}{under}: {} clients x batches of {}",
             variant.label(),
             shape.clients,
             shape.batch
@@ -144,11 +216,12 @@ fn add_row(report: &mut Report, shape: Shape, variant: Variant, measured: [f64; 
 /// Pulls what changed since `token` and records each document's revision.
 async fn learn_revisions(
     server: &Server,
+    collection: &str,
     token: &str,
     revisions: &mut HashMap<String, String>,
 ) -> String {
     let mut client = client::connect(server.addr).await;
-    let (_, token) = client::pull_all(&mut client, COLLECTION, token, 1000, |docs, _| {
+    let (_, token) = client::pull_all(&mut client, collection, token, 1000, |docs, _| {
         revisions.extend(docs.into_iter().map(|d| (d.id, d.revision)));
     })
     .await;
@@ -161,6 +234,7 @@ fn requests(
     variant: Variant,
     round: usize,
     revisions: &HashMap<String, String>,
+    with_base: bool,
 ) -> Vec<Vec<Vec<ChangeRow>>> {
     let prefix = format!("r{round}-");
     let row = |i: usize, j: usize| {
@@ -168,6 +242,11 @@ fn requests(
         let body = client::body(&id, i, variant.version());
         if variant == Variant::New {
             return client::insert_row(id, body);
+        }
+        if variant.stale(j) && with_base {
+            // The state this client saw before the previous variant's update.
+            let base = client::body(&id, i, variant.version() - 1);
+            return client::update_row_with_base(id, body, STALE_REVISION.to_owned(), base);
         }
         let assumed = if variant.stale(j) {
             STALE_REVISION.to_owned()
@@ -192,16 +271,19 @@ fn requests(
         .collect()
 }
 
-/// Every client pushes its batches, all at once; docs/s. Checks the conflicts returned.
+/// Every client pushes its batches, all at once; docs/s. Checks the conflicts (or, for a
+/// resolving strategy, the resolutions) returned.
 async fn syncline(
     server: &Server,
+    target: Target,
     shape: Shape,
     variant: Variant,
     round: usize,
     revisions: &HashMap<String, String>,
     report: &mut Report,
 ) -> f64 {
-    let work = requests(shape, variant, round, revisions);
+    let work = requests(shape, variant, round, revisions, target.resolves);
+    let collection = target.collection;
     let start = Arc::new(Barrier::new(shape.clients + 1));
     let mut tasks = Vec::new();
     for batches in work {
@@ -209,19 +291,28 @@ async fn syncline(
         let start = start.clone();
         tasks.push(tokio::spawn(async move {
             start.wait().await;
-            let mut conflicts = 0;
+            let (mut conflicts, mut resolved) = (0, 0);
             for rows in batches {
-                conflicts += client::push(&mut client, COLLECTION, rows).await.len();
+                let r = client::push_response(&mut client, collection, rows).await;
+                conflicts += r.conflicts.len();
+                resolved += r.resolved.len();
             }
-            conflicts
+            // Both fit: the counts are at most the rows pushed.
+            conflicts * (1 << 32) + resolved
         }));
     }
-    let (elapsed, conflicts) = timed(start, tasks).await;
-    report.expect_eq(
-        &format!("push {}: conflicts", variant.label()),
-        conflicts.iter().sum(),
-        shape.stale_rows(variant),
-    );
+    let (elapsed, counts) = timed(start, tasks).await;
+    let conflicts = counts.iter().map(|c| c >> 32).sum();
+    let resolved = counts.iter().map(|c| c & 0xffff_ffff).sum();
+    let stale = shape.stale_rows(variant);
+    let (want_conflicts, want_resolved) = if target.resolves {
+        (0, stale)
+    } else {
+        (stale, 0)
+    };
+    let what = format!("push {} to {collection}", variant.label());
+    report.expect_eq(&format!("{what}: conflicts"), conflicts, want_conflicts);
+    report.expect_eq(&format!("{what}: resolved"), resolved, want_resolved);
     shape.rows() as f64 / elapsed.as_secs_f64()
 }
 

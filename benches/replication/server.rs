@@ -23,6 +23,8 @@ pub fn binary() -> String {
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub collections: Vec<String>,
+    /// Extra `[[collections]]` lines (TOML) by collection name.
+    pub collection_settings: Vec<(String, String)>,
     pub pool_size: u32,
     pub heartbeat_seconds: u64,
     pub keepalive_seconds: u64,
@@ -36,6 +38,7 @@ impl ServerOptions {
     pub fn new(collections: &[&str]) -> ServerOptions {
         ServerOptions {
             collections: collections.iter().map(|c| (*c).to_owned()).collect(),
+            collection_settings: Vec::new(),
             pool_size: 16,
             heartbeat_seconds: 15,
             keepalive_seconds: 30,
@@ -64,6 +67,11 @@ impl ServerOptions {
         let mut collections = String::new();
         for c in &self.collections {
             let _ = write!(collections, "\n[[collections]]\nname = \"{c}\"\n");
+            for (name, lines) in &self.collection_settings {
+                if name == c {
+                    let _ = writeln!(collections, "{lines}");
+                }
+            }
         }
         let auth = match &self.hs256_secret {
             Some(secret) => format!("mode = \"jwt\"\nhs256_secret = \"{secret}\"\n"),

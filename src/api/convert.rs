@@ -119,3 +119,29 @@ pub fn resolved(r: crate::store::ResolvedState) -> proto::ResolvedRow {
         strategy: r.strategy.to_owned(),
     }
 }
+
+/// A push's result as sent to clients.
+pub fn push_response(result: crate::protocol::PushResult) -> proto::PushResponse {
+    let mut unresolved = Vec::new();
+    let conflicts = result
+        .conflicts
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            if let Some(message) = c.why.take() {
+                unresolved.push(proto::UnresolvedConflict {
+                    conflict: u32::try_from(i).unwrap_or(u32::MAX),
+                    message,
+                });
+            }
+            conflict(c)
+        })
+        .collect();
+    proto::PushResponse {
+        conflicts,
+        refused: result.refused.into_iter().map(refused).collect(),
+        resolved: result.resolved.into_iter().map(resolved).collect(),
+        replayed: false,
+        unresolved,
+    }
+}

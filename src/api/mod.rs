@@ -22,7 +22,7 @@ use crate::proto::{
     PushResponse, ReconcileListRequest, ReconcileListResponse, ReconcileRequest, ReconcileResponse,
     Resync, SubscribeRequest, SubscribeResponse, subscribe_response,
 };
-use crate::protocol::{Replicator, StreamEvent, StreamItem};
+use crate::protocol::{IdempotentPush, PushReply, Replicator, StreamEvent, StreamItem};
 use crate::store::Store;
 
 /// The `syncline.v1.ReplicationService` implementation.
@@ -77,23 +77,44 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
 
     async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
         let principal = auth::principal(&request)?;
-        let r = request.into_inner();
+        let mut r = request.into_inner();
         let mode = convert::push_mode(r.mode)?;
-        let rows = r.rows.into_iter().map(convert::row).collect();
-        let outcome = self
+        // A retry must repeat the request exactly: its digest is remembered with the key.
+        let request_hash = (!r.idempotency_key.is_empty()).then(|| {
+            use sha2::Digest;
+            let mut hash = sha2::Sha256::new();
+            hash.update(prost::Message::encode_to_vec(&r));
+            <[u8; 32]>::from(hash.finalize())
+        });
+        let respond = |result: &crate::protocol::PushResult| {
+            prost::Message::encode_to_vec(&convert::push_response(result.clone()))
+        };
+        let idempotency = request_hash.map(|request_hash| IdempotentPush {
+            key: &r.idempotency_key,
+            request_hash,
+            respond: &respond,
+        });
+        let rows = std::mem::take(&mut r.rows)
+            .into_iter()
+            .map(convert::row)
+            .collect();
+        let reply = self
             .replicator
-            .push_rows(&principal, &r.collection, rows, mode)
+            .push_with(&principal, &r.collection, rows, mode, idempotency)
             .await?;
-        Ok(compression::reply(PushResponse {
-            conflicts: outcome
-                .conflicts
-                .into_iter()
-                .map(convert::conflict)
-                .collect(),
-            refused: outcome.refused.into_iter().map(convert::refused).collect(),
-            resolved: Vec::new(),
-            replayed: false,
-        }))
+        let response = match reply {
+            PushReply::Fresh(result) => convert::push_response(result),
+            PushReply::Replayed(bytes) => {
+                let mut response = <PushResponse as prost::Message>::decode(bytes.as_slice())
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "a remembered push response does not decode");
+                        Status::internal("a remembered push response does not decode")
+                    })?;
+                response.replayed = true;
+                response
+            }
+        };
+        Ok(compression::reply(response))
     }
 
     type SubscribeStream = EventStream;

@@ -5,9 +5,13 @@
 use std::collections::HashMap;
 
 use super::principal::Principal;
+use super::resolution::Decision;
+pub use super::resolution::Resolver;
 use super::validate::{Assumed, PlannedRow, Refusal, ValidRow};
 use super::{ProtocolError, Reason, json_text, shown};
-use crate::store::{ConflictState, DocumentWrite, PushPlan, StoredDocument};
+use crate::store::{
+    ConflictState, DocumentWrite, OverwrittenVersion, PushPlan, ResolvedState, StoredDocument,
+};
 
 /// How a push treats rows it refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,12 +52,13 @@ pub fn plan_push(
     rows: &[ValidRow],
     stored: &HashMap<String, StoredDocument>,
     principal: &Principal,
+    resolver: Resolver<'_>,
 ) -> Result<PushPlan<RefusedRow>, ProtocolError> {
     for (i, row) in rows.iter().enumerate() {
         ownership(i, row, stored, principal)?;
     }
     let rows: Vec<Step<'_>> = rows.iter().map(Step::Write).collect();
-    plan_steps(&rows, stored, principal)
+    plan_steps(&rows, stored, principal, resolver)
 }
 
 /// Decides a per-row batch: rows refused by validation or for ownership are not written and
@@ -66,6 +71,7 @@ pub fn plan_push_per_row(
     rows: &[PlannedRow],
     stored: &HashMap<String, StoredDocument>,
     principal: &Principal,
+    resolver: Resolver<'_>,
 ) -> Result<PushPlan<RefusedRow>, ProtocolError> {
     let steps: Vec<Step<'_>> = rows
         .iter()
@@ -85,7 +91,7 @@ pub fn plan_push_per_row(
             PlannedRow::Refused { refusal, id } => Step::Refuse(refusal.clone(), id.as_deref()),
         })
         .collect();
-    plan_steps(&steps, stored, principal)
+    plan_steps(&steps, stored, principal, resolver)
 }
 
 /// Per-row pushes: refuses, before the store is read, every row of an ordinary principal that
@@ -135,6 +141,7 @@ fn plan_steps(
     rows: &[Step<'_>],
     stored: &HashMap<String, StoredDocument>,
     principal: &Principal,
+    resolver: Resolver<'_>,
 ) -> Result<PushPlan<RefusedRow>, ProtocolError> {
     let mut state: HashMap<&str, Current> = stored
         .values()
@@ -151,9 +158,10 @@ fn plan_steps(
         .collect();
     let mut written_order: Vec<&str> = Vec::new();
     let mut written: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    let mut conflicts = Vec::new();
-    let mut refused = Vec::new();
-    for step in rows {
+    let mut plan = PushPlan::default();
+    let strategy = resolver.strategy().label();
+    let keep = resolver.collection.policy.keep_overwritten;
+    for (index, step) in rows.iter().enumerate() {
         let row = match step {
             Step::Write(row) => row,
             Step::Refuse(refusal, id) => {
@@ -163,7 +171,7 @@ fn plan_steps(
                     .filter(|c| principal.service || c.owner == principal.subject)
                     .map(|c| c.conflict_state(id.unwrap_or_default()))
                     .transpose()?;
-                refused.push(RefusedRow {
+                plan.refused.push(RefusedRow {
                     refusal: refusal.clone(),
                     current,
                 });
@@ -171,13 +179,47 @@ fn plan_steps(
             }
         };
         let current = state.get(row.id.as_str());
+        // A conflicting row the strategy resolved: what it writes, and the losing versions.
+        let mut resolved: Option<(String, bool)> = None;
+        let mut losers: Vec<OverwrittenVersion> = Vec::new();
         if let Some(cur) = current
             && conflicts_with(row.assumed.as_ref(), cur)?
         {
-            conflicts.push(cur.conflict_state(&row.id)?);
-            continue;
+            match resolver.decide(row, &cur.body, cur.deleted)? {
+                Decision::Conflict { why, lost_client } => {
+                    let mut state = cur.conflict_state(&row.id)?;
+                    if let (Some(keep), true) = (keep, lost_client) {
+                        let v = client_version(row, cur, strategy, principal, keep);
+                        plan.overwritten.push(OverwrittenVersion {
+                            resolved_revision: cur.revision.clone(),
+                            ..v
+                        });
+                    }
+                    state.why = why;
+                    plan.conflicts.push(state);
+                    continue;
+                }
+                Decision::Write {
+                    body,
+                    deleted,
+                    lost_server,
+                    lost_client,
+                } => {
+                    if let Some(keep) = keep {
+                        if lost_server {
+                            losers.push(server_version(&row.id, cur, strategy, principal, keep)?);
+                        }
+                        if lost_client {
+                            losers.push(client_version(row, cur, strategy, principal, keep));
+                        }
+                    }
+                    resolved = Some((body, deleted));
+                }
+            }
         }
-        let revision = next_revision(current.map(|c| c.revision.as_str()), &row.body, row.deleted);
+        let is_resolved = resolved.is_some();
+        let (body, deleted) = resolved.unwrap_or_else(|| (row.body.clone(), row.deleted));
+        let revision = next_revision(current.map(|c| c.revision.as_str()), &body, deleted);
         // Updates keep the owner; a new document belongs to the caller, or to the owner a
         // service principal names.
         let owner = match current {
@@ -190,18 +232,38 @@ fn plan_steps(
         if written.insert(row.id.as_str()) {
             written_order.push(row.id.as_str());
         }
+        if is_resolved {
+            plan.resolved.push(ResolvedState {
+                index,
+                strategy,
+                state: ConflictState {
+                    id: row.id.clone(),
+                    owner: owner.clone(),
+                    body: body.clone(),
+                    deleted,
+                    revision: revision.clone(),
+                    updated_at: None,
+                    why: None,
+                },
+            });
+            plan.overwritten
+                .extend(losers.into_iter().map(|v| OverwrittenVersion {
+                    resolved_revision: revision.clone(),
+                    ..v
+                }));
+        }
         state.insert(
             row.id.as_str(),
             Current {
                 owner,
-                body: row.body.clone(),
-                deleted: row.deleted,
+                body,
+                deleted,
                 revision,
                 updated_at: None,
             },
         );
     }
-    let writes = written_order
+    plan.writes = written_order
         .into_iter()
         .filter_map(|id| {
             let s = state.remove(id)?;
@@ -215,12 +277,56 @@ fn plan_steps(
             })
         })
         .collect();
-    Ok(PushPlan {
-        writes,
-        conflicts,
-        refused,
-        ..PushPlan::default()
+    Ok(plan)
+}
+
+/// The server's state `cur` of `id` as a version that lost a resolution.
+fn server_version(
+    id: &str,
+    cur: &Current,
+    strategy: &'static str,
+    principal: &Principal,
+    keep: std::time::Duration,
+) -> Result<OverwrittenVersion, ProtocolError> {
+    let state = cur.conflict_state(id)?;
+    Ok(OverwrittenVersion {
+        id: state.id,
+        owner: state.owner,
+        body: state.body,
+        deleted: state.deleted,
+        revision: state.revision,
+        source: "server",
+        strategy,
+        resolved_revision: String::new(),
+        pushed_by: principal.subject.clone(),
+        keep,
     })
+}
+
+/// The row's pushed state as a version that lost a resolution (of the document `cur`).
+fn client_version(
+    row: &ValidRow,
+    cur: &Current,
+    strategy: &'static str,
+    principal: &Principal,
+    keep: std::time::Duration,
+) -> OverwrittenVersion {
+    let revision = match &row.assumed {
+        Some(Assumed::Revision(r)) => r.clone(),
+        _ => String::new(),
+    };
+    OverwrittenVersion {
+        id: row.id.clone(),
+        owner: cur.owner.clone(),
+        body: row.body.clone(),
+        deleted: row.deleted,
+        revision,
+        source: "client",
+        strategy,
+        resolved_revision: String::new(),
+        pushed_by: principal.subject.clone(),
+        keep,
+    }
 }
 
 impl Current {
@@ -239,6 +345,7 @@ impl Current {
             deleted: self.deleted,
             revision: self.revision.clone(),
             updated_at: self.updated_at,
+            why: None,
         })
     }
 }
@@ -332,6 +439,38 @@ mod tests {
             body: body.into(),
             deleted: false,
             assumed,
+            assumed_body: None,
+        }
+    }
+
+    /// A first-write-wins collection without schema.
+    static FWW: std::sync::LazyLock<(crate::protocol::Collection, crate::protocol::Limits)> =
+        std::sync::LazyLock::new(|| {
+            let collection = crate::protocol::Collection {
+                name: "t".into(),
+                primary_key: "id".into(),
+                schema: None,
+                read_scopes: vec![],
+                write_scopes: vec![],
+                policy: Default::default(),
+            };
+            let limits = crate::protocol::Limits {
+                pull_default: 10,
+                pull_max: 100,
+                push_rows_max: 100,
+                document_bytes_max: 1 << 20,
+                json_depth_max: 32,
+                id_bytes_max: 64,
+                push_bytes_max: 1 << 22,
+                owner_bytes_max: 64,
+            };
+            (collection, limits)
+        });
+
+    fn fww() -> Resolver<'static> {
+        Resolver {
+            collection: &FWW.0,
+            limits: &FWW.1,
         }
     }
 
@@ -339,7 +478,7 @@ mod tests {
         rows: &[ValidRow],
         stored: &HashMap<String, StoredDocument>,
     ) -> Result<PushPlan<RefusedRow>, ProtocolError> {
-        plan_push(rows, stored, &alice())
+        plan_push(rows, stored, &alice(), fww())
     }
 
     fn alice() -> Principal {
@@ -378,24 +517,25 @@ mod tests {
             subject: "bob".into(),
             ..alice()
         };
-        let err = plan_push(&[row("x", "{}", None)], &server, &bob).unwrap_err();
+        let err = plan_push(&[row("x", "{}", None)], &server, &bob, fww()).unwrap_err();
         assert_eq!(err.reason, Reason::NotOwner);
         assert_eq!(err.field.as_deref(), Some("rows[0].new_document_state.id"));
         assert!(err.message.contains("taken"), "{err:?}");
         let mut named = row("y", "{}", None);
         named.owner = Some("alice".into());
-        assert!(plan_push(&[named.clone()], &server, &bob).is_err());
+        assert!(plan_push(&[named.clone()], &server, &bob, fww()).is_err());
         let service = Principal {
             subject: "svc".into(),
             service: true,
             ..alice()
         };
-        let p = plan_push(&[named], &server, &service).unwrap();
+        let p = plan_push(&[named], &server, &service, fww()).unwrap();
         assert_eq!(p.writes[0].owner, "alice");
         let p = plan_push(
             &[row("x", "{}", Some(Assumed::Revision("1-a".into())))],
             &server,
             &service,
+            fww(),
         )
         .unwrap();
         assert_eq!(p.writes[0].owner, "alice", "updates keep the owner");
@@ -430,7 +570,7 @@ mod tests {
             PlannedRow::Valid(row("n", "{}", None)),
             invalid(5, "b"),
         ];
-        let p = plan_push_per_row(&rows, &server, &alice()).unwrap();
+        let p = plan_push_per_row(&rows, &server, &alice(), fww()).unwrap();
         assert!(p.conflicts.is_empty(), "{:?}", p.conflicts);
         let ids: Vec<&str> = p.writes.iter().map(|w| w.id.as_str()).collect();
         assert_eq!(ids, ["x", "n"], "the rows after a refused one go through");
@@ -460,7 +600,7 @@ mod tests {
                 PlannedRow::Refused { .. } => None,
             })
             .collect();
-        let err = plan_push(&valid, &server, &alice()).unwrap_err();
+        let err = plan_push(&valid, &server, &alice(), fww()).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("rows[1].new_document_state.id"));
     }
 

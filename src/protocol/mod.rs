@@ -13,7 +13,9 @@ mod json_text;
 pub mod merge;
 mod overwritten;
 pub mod principal;
+mod push;
 pub mod reconcile;
+pub mod resolution;
 pub mod validate;
 
 use std::sync::Arc;
@@ -27,11 +29,12 @@ pub use collections::{Collection, Collections, Limits};
 pub use conflict::{PushMode, RefusedRow};
 pub use error::{Kind, ProtocolError, Reason, cut_text, shown};
 pub use principal::Principal;
+pub use push::{IdempotentPush, PushReply, PushResult};
 pub use stream::{StreamEvent, StreamItem};
 use stream_limits::StreamLimits;
 pub use validate::{DocumentInput, PlannedRow, Refusal, RowInput};
 
-use crate::store::{ConflictState, PageLimit, Position, PushError, Store, StoredDocument};
+use crate::store::{PageLimit, Position, Store, StoredDocument};
 use crate::telemetry::metrics as m;
 use fanout::Hub;
 use fanout::{stream, stream_limits, tail};
@@ -56,15 +59,6 @@ pub struct PullPage {
     pub checkpoint: String,
 }
 
-/// The outcome of a push.
-#[derive(Debug, Clone, Default)]
-pub struct PushResult {
-    /// The server state of every conflicting row, in row order.
-    pub conflicts: Vec<ConflictState>,
-    /// Per-row pushes: the refused rows, in row order.
-    pub refused: Vec<RefusedRow>,
-}
-
 /// The replication service's logic over a store.
 pub struct Replicator<S> {
     store: Arc<S>,
@@ -87,6 +81,8 @@ pub struct Replicator<S> {
     checkpoint_key: Option<[u8; checkpoint::KEY_LEN]>,
     /// Limits of the reconcile RPCs.
     reconcile_limits: reconcile::ReconcileLimits,
+    /// How long pushes' idempotency keys are remembered.
+    idempotency_retention: Duration,
 }
 
 /// Settings a [`Replicator`] is built from.
@@ -153,7 +149,14 @@ impl<S: Store> Replicator<S> {
             checkpoints: tokio::sync::OnceCell::new(),
             checkpoint_key: p.checkpoint_key,
             reconcile_limits: reconcile::ReconcileLimits::default(),
+            idempotency_retention: push::IDEMPOTENCY_RETENTION_DEFAULT,
         }
+    }
+
+    /// Sets how long pushes' idempotency keys are remembered (default 24 hours).
+    pub fn with_idempotency_retention(mut self, retention: Duration) -> Self {
+        self.idempotency_retention = retention;
+        self
     }
 
     /// Sets the limits of the reconcile RPCs (default: [`reconcile::ReconcileLimits::default`]).
@@ -260,130 +263,6 @@ impl<S: Store> Replicator<S> {
         Ok(PullPage {
             documents: page.documents,
             checkpoint,
-        })
-    }
-
-    /// Push (atomic): validates every row, then decides and writes the batch in one
-    /// transaction. Returns the server state of every conflicting row.
-    pub async fn push(
-        &self,
-        principal: &Principal,
-        collection: &str,
-        rows: Vec<RowInput>,
-    ) -> Result<Vec<ConflictState>, ProtocolError> {
-        Ok(self
-            .push_rows(principal, collection, rows, PushMode::Atomic)
-            .await?
-            .conflicts)
-    }
-
-    /// Push in either mode. Atomic: the first refused row fails the whole push. Per-row:
-    /// refused rows (invalid, another owner's) are listed with the server's state of their id
-    /// when the caller may read it, and every other row is decided and written in one
-    /// transaction. Request-level errors (collection, scope, row count) fail both.
-    pub async fn push_rows(
-        &self,
-        principal: &Principal,
-        collection: &str,
-        rows: Vec<RowInput>,
-        mode: PushMode,
-    ) -> Result<PushResult, ProtocolError> {
-        let collection = self.collections.get(collection)?;
-        principal.check_write(&collection)?;
-        let row_count = rows.len() as u64;
-        let name = collection.name.clone();
-        let rejected = |reason: &'static str, n: u64| {
-            metrics::counter!(m::PUSH_ROWS_REJECTED, "collection" => name.clone(), "reason" => reason)
-                .increment(n);
-        };
-        let outcome = match mode {
-            PushMode::Atomic => {
-                let rows = validate::validate_rows(&collection, &self.limits, rows)
-                    .inspect_err(|_| rejected("invalid", row_count))?;
-                if rows.is_empty() {
-                    return Ok(PushResult::default());
-                }
-                let targets = push_targets(rows.iter().map(|r| (r.id.as_str(), Some(r))));
-                self.store
-                    .apply_push(
-                        &collection.name,
-                        &targets,
-                        |current| conflict::plan_push(&rows, current, principal),
-                        None,
-                    )
-                    .await
-            }
-            PushMode::PerRow => {
-                let rows = validate::validate_each(&collection, &self.limits, rows)
-                    .inspect_err(|_| rejected("invalid", row_count))?;
-                let rows = conflict::refuse_foreign_owners(rows, principal);
-                if rows.is_empty() {
-                    return Ok(PushResult::default());
-                }
-                // Refused rows' ids are read too (for their current state), in the same
-                // round trip as the rest.
-                let targets = push_targets(rows.iter().filter_map(|r| match r {
-                    PlannedRow::Valid(v) => Some((v.id.as_str(), Some(v))),
-                    PlannedRow::Refused { id, .. } => id.as_deref().map(|id| (id, None)),
-                }));
-                self.store
-                    .apply_push(
-                        &collection.name,
-                        &targets,
-                        |current| conflict::plan_push_per_row(&rows, current, principal),
-                        None,
-                    )
-                    .await
-            }
-        };
-        let outcome = outcome.map_err(|e| match e {
-            PushError::Refused(refusal) => {
-                if refusal.kind == Kind::PermissionDenied {
-                    rejected("permission", row_count);
-                }
-                refusal
-            }
-            PushError::Store(e) => e.into(),
-            PushError::KeyReused => ProtocolError::internal("no idempotency key was sent"),
-        })?;
-        let outcome = match outcome {
-            crate::store::PushApplied::Applied(o) => o,
-            crate::store::PushApplied::Replayed(_) => {
-                return Err(ProtocolError::internal("no idempotency key was sent"));
-            }
-        };
-        if let Some(tx) = outcome.tx {
-            // Wake local subscribers now; other processes hear the NOTIFY.
-            self.hub.notify(&collection.name, tx);
-        }
-        metrics::counter!(m::DOCS_PUSHED, "collection" => name.clone())
-            .increment(outcome.written as u64);
-        if !outcome.conflicts.is_empty() {
-            let n = outcome.conflicts.len() as u64;
-            metrics::counter!(m::CONFLICTS, "collection" => name.clone()).increment(n);
-            rejected("conflict", n);
-        }
-        let mut refused = outcome.refused;
-        for r in &mut refused {
-            let reason = r.refusal.error.reason;
-            metrics::counter!(m::PUSH_ROWS_REFUSED, "collection" => name.clone(), "reason" => reason.as_str())
-                .increment(1);
-            // Not written either: the family an atomic push would count the whole batch in.
-            rejected(
-                if reason == Reason::NotOwner {
-                    "permission"
-                } else {
-                    "invalid"
-                },
-                1,
-            );
-            if let Some(current) = &mut r.current {
-                current.updated_at = current.updated_at.or(outcome.written_at);
-            }
-        }
-        Ok(PushResult {
-            conflicts: outcome.conflicts,
-            refused,
         })
     }
 

@@ -62,6 +62,21 @@ pub struct ValidRow {
     pub deleted: bool,
     /// The client's belief, if any.
     pub assumed: Option<Assumed>,
+    /// The body and tombstone flag of an assumed state that also carries a revision, kept
+    /// (parsed and checked) only for collections whose strategy merges against it.
+    pub assumed_body: Option<(String, bool)>,
+}
+
+impl ValidRow {
+    /// The state the client's edit started from, when it sent one: the base of a three-way
+    /// merge.
+    pub fn base(&self) -> Option<(&str, bool)> {
+        match &self.assumed {
+            Some(Assumed::State { body, deleted }) => Some((body.as_str(), *deleted)),
+            Some(Assumed::Revision(_)) => self.assumed_body.as_ref().map(|(b, d)| (b.as_str(), *d)),
+            None => None,
+        }
+    }
 }
 
 /// What is wrong with a body or value, and which reason that is.
@@ -307,6 +322,7 @@ pub fn validate_row(
             }
         }
     }
+    let mut assumed_body = None;
     let assumed = match row.assumed {
         None => None,
         Some(a) => {
@@ -344,23 +360,12 @@ pub fn validate_row(
                         ),
                     ));
                 }
+                if collection.policy.needs_base() && (!a.json.is_empty() || a.deleted) {
+                    assumed_body = Some((assumed_text(limits, a.json, &fail)?, a.deleted));
+                }
                 Some(Assumed::Revision(a.revision))
             } else {
-                let body = if a.json.is_empty() {
-                    "{}".to_owned()
-                } else {
-                    const ASSUMED: &str = "assumed_master_state.json";
-                    parse_body(limits, &a.json).map_err(|(r, e)| {
-                        fail(ASSUMED, (r, format!("assumed_master_state.json: {e}")))
-                    })?;
-                    // Checked UTF-8 by parse_body.
-                    String::from_utf8(a.json).map_err(|_| {
-                        fail(
-                            ASSUMED,
-                            invalid("assumed_master_state.json: not valid UTF-8"),
-                        )
-                    })?
-                };
+                let body = assumed_text(limits, a.json, &fail)?;
                 Some(Assumed::State {
                     body,
                     deleted: a.deleted,
@@ -376,7 +381,46 @@ pub fn validate_row(
         body,
         deleted: new.deleted,
         assumed,
+        assumed_body,
     })
+}
+
+/// An assumed state's body as text, checked to be a JSON object (`{}` when empty).
+fn assumed_text(
+    limits: &Limits,
+    json: Vec<u8>,
+    fail: &impl Fn(&str, Problem) -> ProtocolError,
+) -> Result<String, ProtocolError> {
+    if json.is_empty() {
+        return Ok("{}".to_owned());
+    }
+    const ASSUMED: &str = "assumed_master_state.json";
+    parse_body(limits, &json)
+        .map_err(|(r, e)| fail(ASSUMED, (r, format!("assumed_master_state.json: {e}"))))?;
+    // Checked UTF-8 by parse_body.
+    String::from_utf8(json).map_err(|_| {
+        fail(
+            ASSUMED,
+            invalid("assumed_master_state.json: not valid UTF-8"),
+        )
+    })
+}
+
+/// Checks a document the server resolved exactly as a pushed one is checked (size, depth,
+/// primary key, numbers, schema), returning why it fails.
+pub fn check_resolved(
+    collection: &Collection,
+    limits: &Limits,
+    id: &str,
+    text: &str,
+    deleted: bool,
+) -> Result<(), String> {
+    check_size(limits, text.as_bytes()).map_err(|(_, e)| e)?;
+    check_value(collection, limits, id, text, deleted).map_err(|(_, e)| e)?;
+    if !json_text::numbers_fit(text) {
+        return Err("a number is out of PostgreSQL's numeric range".into());
+    }
+    Ok(())
 }
 
 /// The body's text: within the size limit, not empty, UTF-8.

@@ -151,6 +151,9 @@ pub struct ConflictState {
     pub revision: String,
     /// Time of the write, when it is already stored.
     pub updated_at: Option<DateTime<Utc>>,
+    /// Why the collection's strategy could not resolve the row, when it tried and failed (no
+    /// base to merge against, a merged document the schema refuses, ...).
+    pub why: Option<String>,
 }
 
 /// A conflicting row the decision resolved and wrote. `state.updated_at` is `None` until the

@@ -64,11 +64,19 @@ pub const CONNECTIONS_TIMED_OUT: &str = "syncline_connections_timed_out_total";
 pub const BUILD_INFO: &str = "syncline_build_info";
 /// Rows refused by per-row pushes, by collection and `reason` (the error reason codes).
 pub const PUSH_ROWS_REFUSED: &str = "syncline_push_rows_refused_total";
+/// Conflicting push rows decided by an automatic strategy, by collection, `strategy` and
+/// `outcome` (`written`: resolved and written; `lost`: the server's state won;
+/// `unresolvable`: the strategy could not merge, returned as a conflict).
+pub const PUSH_RESOLUTIONS: &str = "syncline_push_resolutions_total";
+/// Pushes answered from a remembered idempotency key, by collection.
+pub const PUSH_REPLAYS: &str = "syncline_push_replays_total";
 /// Tombstones deleted by the retention purge, by collection.
 pub const DOCS_PURGED: &str = "syncline_documents_purged_total";
 /// Seconds since the tombstone at a collection's purge horizon was written: checkpoints about
 /// that old or older are expired. By collection; absent before the first purge.
 pub const PURGE_HORIZON_AGE_SECONDS: &str = "syncline_purge_horizon_age_seconds";
+/// Expired rows deleted by the background purge, by `kind` (`push_key`, `overwritten_version`).
+pub const EXPIRED_PURGED: &str = "syncline_expired_rows_purged_total";
 
 /// Histogram buckets for every `_seconds` metric.
 const BUCKETS: &[f64] = &[
@@ -167,6 +175,14 @@ fn describe() {
         "Connections closed for sending no request within handshake_timeout_ms"
     );
     describe_counter!(
+        PUSH_RESOLUTIONS,
+        "Conflicting push rows decided by an automatic strategy, by strategy and outcome"
+    );
+    describe_counter!(
+        PUSH_REPLAYS,
+        "Pushes answered with the remembered response of their idempotency key"
+    );
+    describe_counter!(
         PUSH_ROWS_REFUSED,
         "Rows refused by per-row pushes, by reason code"
     );
@@ -175,5 +191,9 @@ fn describe() {
         PURGE_HORIZON_AGE_SECONDS,
         Unit::Seconds,
         "Age of the tombstone at the purge horizon (older checkpoints are expired)"
+    );
+    describe_counter!(
+        EXPIRED_PURGED,
+        "Expired idempotency keys and overwritten versions deleted, by kind"
     );
 }

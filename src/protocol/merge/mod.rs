@@ -3,8 +3,16 @@
 //! state, the client's new state), so the push decision can run them again inside the
 //! store's transaction and every replica gets the same answer.
 
+#[cfg(test)]
+mod convergence_tests;
+mod crdt;
+mod json;
+mod order;
 mod policy;
 mod resolve;
+#[cfg(test)]
+mod tests;
+mod three_way;
 
 pub use policy::{CrdtKind, FieldRule, MergePolicy, OnDelete, Strategy};
 
@@ -39,7 +47,8 @@ pub enum Resolution {
 
 /// Resolves a conflicting row: `server` is the current state, `client` the row's new state,
 /// `base` the state the client's edit started from (its assumed master state; `None` when it
-/// believed the document new). First-write-wins always keeps the server's state.
+/// believed the document new). First-write-wins always keeps the server's state; the other
+/// strategies' exact rules are in the `resolve` and `three_way` modules' documentation.
 pub fn resolve(
     policy: &MergePolicy,
     base: Option<Side<'_>>,

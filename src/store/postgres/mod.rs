@@ -4,8 +4,10 @@
 mod bulk;
 mod dataset;
 mod error;
+mod idempotency;
 mod keys;
 pub mod notify;
+mod overwritten;
 mod purge;
 mod read;
 mod read_ahead;
@@ -29,7 +31,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub use bulk::{ExportError, ExportOptions};
 pub use dataset::{DatasetState, Foreign, Restamp};
 pub use notify::NOTIFY_CHANNEL;
-pub use purge::{PurgeBatch, PurgeHorizon, PurgePreview};
+pub use purge::{ExpiredBatch, PurgeBatch, PurgeHorizon, PurgePreview};
 
 /// Pooled connections idle at least this long are pinged before use.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
@@ -271,6 +273,16 @@ impl Store for PgStore {
         R: Send + Sync,
     {
         self.push(collection, targets, decide, idempotency)
+    }
+
+    fn overwritten_versions(
+        &self,
+        collection: &str,
+        id: &str,
+        owner: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<super::OverwrittenRecord>, StoreError>> + Send {
+        self.list_overwritten(collection, id, owner, limit)
     }
 
     fn checkpoint_key(&self) -> impl Future<Output = Result<[u8; 32], StoreError>> + Send {

@@ -1,5 +1,6 @@
 //! The tombstone purge's statements: delete a batch of old tombstones and raise the
-//! collection's purge horizon in one transaction, under a per-collection advisory lock.
+//! collection's purge horizon in one transaction, under a per-collection advisory lock. Also
+//! the expiry of idempotency keys and overwritten versions, in batches needing no lock.
 
 use std::time::Duration;
 
@@ -47,6 +48,21 @@ WITH victims AS (
 )
 SELECT count(*) FROM gone";
 
+// Expired idempotency keys and overwritten versions (migrations/0010), oldest first, one
+// batch per statement (its own short transaction). Any replica may run them at any time:
+// `SKIP LOCKED` passes over rows another purge or a push holds (a push replacing an expired
+// key locks it first), and deleting an expired row twice deletes nothing the second time. The
+// locked rows keep their ctid until this statement ends, which is what makes the TID scan safe.
+const EXPIRED_KEYS_SQL: &str = "
+DELETE FROM syncline_push_keys WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM syncline_push_keys WHERE expires_at <= now()
+    ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED))";
+
+const EXPIRED_VERSIONS_SQL: &str = "
+DELETE FROM syncline_overwritten WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM syncline_overwritten WHERE expires_at <= now()
+    ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED))";
+
 const PREVIEW_SQL: &str = "
 SELECT count(*), min(updated_at), max(updated_at) FROM syncline_documents
 WHERE collection = $1 AND deleted AND updated_at < now() - $2::bigint * interval '1 second'";
@@ -63,6 +79,15 @@ pub struct PurgeBatch {
     /// Another transaction (another replica's purge) held the collection's purge lock: nothing
     /// was done.
     pub locked_out: bool,
+}
+
+/// What one batch of the expiry purge deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpiredBatch {
+    /// Expired idempotency keys.
+    pub keys: u64,
+    /// Expired overwritten versions.
+    pub versions: u64,
 }
 
 /// The tombstones a purge would delete now.
@@ -123,6 +148,24 @@ impl PgStore {
             purged: u64::try_from(purged).unwrap_or(0),
             locked_out: false,
         })
+    }
+
+    /// Deletes up to `rows` expired idempotency keys and up to `rows` expired overwritten
+    /// versions, oldest first, passing over rows another transaction holds.
+    pub async fn purge_expired_batch(&self, rows: u32) -> Result<ExpiredBatch, StoreError> {
+        let mut batch = ExpiredBatch::default();
+        for (sql, count) in [
+            (EXPIRED_KEYS_SQL, &mut batch.keys),
+            (EXPIRED_VERSIONS_SQL, &mut batch.versions),
+        ] {
+            *count = sqlx::query(sql)
+                .bind(i64::from(rows))
+                .execute(self.pool())
+                .await
+                .map_err(to_store_error)?
+                .rows_affected();
+        }
+        Ok(batch)
     }
 
     /// What [`PgStore::purge_batch`] would delete now, all batches together.

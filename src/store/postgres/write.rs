@@ -4,6 +4,8 @@
 //! decided again inside a transaction that first claims every id, retried on serialization
 //! failures and deadlocks. Both paths take row locks and insert waits in id order (the one
 //! global order), so pushes over overlapping ids wait for each other but never deadlock.
+//! A push with an idempotency key runs every attempt in one transaction that claims the key
+//! before anything else (see `keyed_attempt`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,6 +14,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
 use super::error::{Class, classify};
+use super::idempotency::{self, Claim};
+use super::overwritten;
 use super::{NOTIFY_CHANNEL, PgStore};
 use crate::store::{
     Idempotency, PushApplied, PushError, PushOutcome, PushPlan, PushTarget, StoreError,
@@ -46,6 +50,7 @@ macro_rules! marked {
         )
     };
 }
+pub(super) use marked;
 
 // The locking path's first statement: takes every target id in id order, the one global order
 // every push path locks in. An existing row is locked (ON CONFLICT DO UPDATE locks the row even
@@ -125,6 +130,7 @@ enum AttemptError<E> {
     Retry,
     Fail(StoreError),
     Refused(E),
+    KeyReused,
 }
 
 impl<E> From<StoreError> for AttemptError<E> {
@@ -142,14 +148,20 @@ impl<E> From<sqlx::Error> for AttemptError<E> {
     }
 }
 
+/// The target ids and, for each, the revision at which its body is not read back.
+type Ids<'a> = (&'a [&'a str], &'a [Option<&'a str>]);
+
+/// The current states by id, as a decision sees them.
+type Current = HashMap<String, StoredDocument>;
+
 impl PgStore {
-    #[tracing::instrument(name = "db.push", skip_all, fields(db.system = "postgresql", collection = %collection, rows = targets.len()))]
+    #[tracing::instrument(name = "db.push", skip_all, fields(db.system = "postgresql", collection = %collection, rows = targets.len(), keyed = idempotency.is_some()))]
     pub(crate) async fn push<F, E, R>(
         &self,
         collection: &str,
         targets: &[PushTarget],
         decide: F,
-        _idempotency: Option<&Idempotency<'_, R>>,
+        idempotency: Option<&Idempotency<'_, R>>,
     ) -> Result<PushApplied<R>, PushError<E>>
     where
         F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
@@ -161,11 +173,24 @@ impl PgStore {
             targets.iter().map(|t| t.skip_body_at.as_deref()).collect();
         let ids = (ids.as_slice(), skip_at.as_slice());
         for attempt in 1..=MAX_ATTEMPTS {
-            // Optimistic first; after any collision, under row locks.
-            match self.attempt(collection, ids, &decide, attempt > 1).await {
-                Ok(outcome) => return Ok(PushApplied::Applied(outcome)),
+            // Optimistic first; after any collision, under row locks. Each attempt is a
+            // transaction of its own: a keyed attempt that does not commit leaves no key.
+            let locking = attempt > 1;
+            let result = match idempotency {
+                None => self
+                    .attempt(collection, ids, &decide, locking)
+                    .await
+                    .map(PushApplied::Applied),
+                Some(key) => {
+                    self.keyed_attempt(collection, ids, &decide, locking, key)
+                        .await
+                }
+            };
+            match result {
+                Ok(applied) => return Ok(applied),
                 Err(AttemptError::Fail(e)) => return Err(PushError::Store(e)),
                 Err(AttemptError::Refused(e)) => return Err(PushError::Refused(e)),
+                Err(AttemptError::KeyReused) => return Err(PushError::KeyReused),
                 Err(AttemptError::Retry) => {
                     tracing::debug!(attempt, collection, "push collided; retrying");
                     // Jittered backoff so colliding pushes do not collide again in lockstep.
@@ -180,13 +205,13 @@ impl PgStore {
         ))))
     }
 
-    /// One try. Optimistic: read without locks and write with the guarded statement in its own
-    /// implicit transaction. Locking: a transaction that first claims every id (CLAIM_SQL), then
-    /// reads, decides and writes the same way.
+    /// One try without a key. Optimistic: read without locks and write with the guarded
+    /// statement in its own implicit transaction. Locking: a transaction that first claims
+    /// every id (CLAIM_SQL), then reads, decides and writes the same way.
     async fn attempt<F, E, R>(
         &self,
         collection: &str,
-        ids: (&[&str], &[Option<&str>]),
+        ids: Ids<'_>,
         decide: &F,
         locking: bool,
     ) -> Result<PushOutcome<R>, AttemptError<E>>
@@ -201,29 +226,163 @@ impl PgStore {
         if !locking {
             let mut conn = self.acquire().await.map_err(AttemptError::Fail)?;
             let rows = read(&mut conn, collection, ids).await?;
-            return write_plan(&mut conn, collection, rows, &[], decide, sync).await;
+            let (current, plan) = decide_on(rows, decide)?;
+            if plan.overwritten.is_empty() {
+                return write_plan(&mut conn, collection, &current, plan, &[], sync).await;
+            }
+            // Kept versions must commit with the writes, or not at all. Only a push that
+            // resolved a conflict keeps any, so the common push stays one implicit
+            // transaction; such a push pays for BEGIN and COMMIT here instead (rather than a
+            // CTE in the write statement, which a plan that keeps versions without writing
+            // anything, a losing last-write-wins row, would not run). The read before BEGIN
+            // is safe: the guarded write re-checks every revision it planned on.
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let outcome = write_plan(&mut tx, collection, &current, plan, &[], sync).await?;
+            tx.commit().await?;
+            return Ok(outcome);
         }
         let mut tx: Transaction<'_, Postgres> = self.pool().begin().await?;
         metrics::histogram!(crate::telemetry::metrics::POOL_ACQUIRE_SECONDS)
             .record(started.elapsed().as_secs_f64());
-        let claimed: Vec<String> = sqlx::query_scalar(CLAIM_SQL)
-            .bind(collection)
-            .bind(ids.0)
-            .bind(sync)
-            .fetch_all(&mut *tx)
-            .await?;
+        let claimed = claim_ids(&mut tx, collection, ids, sync).await?;
         let rows = read(&mut tx, collection, ids).await?;
-        let outcome = write_plan(&mut tx, collection, rows, &claimed, decide, sync).await?;
+        let (current, plan) = decide_on(rows, decide)?;
+        let outcome = write_plan(&mut tx, collection, &current, plan, &claimed, sync).await?;
         tx.commit().await?;
         Ok(outcome)
     }
+
+    /// One try with an idempotency key: one transaction that claims the key first (a
+    /// concurrent push with the same key waits here until this one ends), then reads,
+    /// decides and writes as [`PgStore::attempt`] does (optimistic or locking), and stores
+    /// the response before committing. A key held by an earlier push is answered from it,
+    /// without deciding.
+    async fn keyed_attempt<F, E, R>(
+        &self,
+        collection: &str,
+        ids: Ids<'_>,
+        decide: &F,
+        locking: bool,
+        key: &Idempotency<'_, R>,
+    ) -> Result<PushApplied<R>, AttemptError<E>>
+    where
+        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
+        E: Send,
+        R: Send + Sync,
+    {
+        let started = std::time::Instant::now();
+        let mut tx: Transaction<'_, Postgres> = self.pool().begin().await?;
+        metrics::histogram!(crate::telemetry::metrics::POOL_ACQUIRE_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        let result = keyed_body(
+            &mut tx,
+            collection,
+            ids,
+            decide,
+            locking,
+            key,
+            self.push_synchronous_commit,
+        )
+        .await;
+        match result {
+            Ok(KeyedEnd::Commit(outcome)) => {
+                tx.commit().await?;
+                Ok(PushApplied::Applied(outcome))
+            }
+            Ok(KeyedEnd::Replay(response)) => {
+                // Nothing was written; ending now releases the key row's lock.
+                tx.rollback().await?;
+                Ok(PushApplied::Replayed(response))
+            }
+            Err(e) => {
+                // Roll back now rather than when the connection is next used: the key (and
+                // any row claimed) is released before this push backs off, and a concurrent
+                // duplicate waiting on the key goes ahead.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// How a keyed attempt's transaction ends.
+enum KeyedEnd<R> {
+    /// Applied and the response stored: commit.
+    Commit(PushOutcome<R>),
+    /// Answered from the earlier push: roll back.
+    Replay(Vec<u8>),
+}
+
+/// The statements of a keyed attempt, in its transaction `conn`.
+async fn keyed_body<F, E, R>(
+    conn: &mut sqlx::PgConnection,
+    collection: &str,
+    ids: Ids<'_>,
+    decide: &F,
+    locking: bool,
+    key: &Idempotency<'_, R>,
+    sync: &str,
+) -> Result<KeyedEnd<R>, AttemptError<E>>
+where
+    F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
+    E: Send,
+    R: Send + Sync,
+{
+    // The key before any document: a push waiting for a key holds no row, so the key wait
+    // never joins a cycle with the id-ordered row locks.
+    match idempotency::claim(conn, key, sync).await? {
+        Claim::Claimed => {}
+        Claim::Remembered {
+            request_hash,
+            response,
+        } => {
+            if request_hash.as_slice() != key.request_hash.as_slice() {
+                return Err(AttemptError::KeyReused);
+            }
+            // A committed key always has its response (set in the claiming transaction).
+            return match response {
+                Some(response) => Ok(KeyedEnd::Replay(response)),
+                None => Err(AttemptError::Fail(StoreError::Internal(
+                    "a remembered push key has no response".into(),
+                ))),
+            };
+        }
+        Claim::Vanished => return Err(AttemptError::Retry),
+    }
+    let claimed = if locking {
+        claim_ids(conn, collection, ids, sync).await?
+    } else {
+        Vec::new()
+    };
+    let rows = read(conn, collection, ids).await?;
+    let (current, plan) = decide_on(rows, decide)?;
+    let outcome = write_plan(conn, collection, &current, plan, &claimed, sync).await?;
+    let response = (key.respond)(&outcome);
+    idempotency::respond(conn, key, &response).await?;
+    Ok(KeyedEnd::Commit(outcome))
+}
+
+/// Takes every target id in the locking transaction on `conn` (CLAIM_SQL); returns the ids
+/// that got a placeholder.
+async fn claim_ids<E>(
+    conn: &mut sqlx::PgConnection,
+    collection: &str,
+    ids: Ids<'_>,
+    synchronous_commit: &str,
+) -> Result<Vec<String>, AttemptError<E>> {
+    Ok(sqlx::query_scalar(CLAIM_SQL)
+        .bind(collection)
+        .bind(ids.0)
+        .bind(synchronous_commit)
+        .fetch_all(&mut *conn)
+        .await?)
 }
 
 /// The current states of the targets (placeholders excluded).
 async fn read<E>(
     conn: &mut sqlx::PgConnection,
     collection: &str,
-    ids: (&[&str], &[Option<&str>]),
+    ids: Ids<'_>,
 ) -> Result<Vec<StoredDocument>, AttemptError<E>> {
     let rows = sqlx::query(READ_SQL)
         .bind(collection)
@@ -234,24 +393,31 @@ async fn read<E>(
     Ok(documents(&rows)?)
 }
 
-/// Decides the push on `rows` (the current states) and writes the plan with the guarded
-/// statement on `conn`. `claimed` are the ids that hold this transaction's placeholders: they
-/// are updated like existing rows, and removed when the plan does not write them.
-async fn write_plan<F, E, R>(
-    conn: &mut sqlx::PgConnection,
-    collection: &str,
+/// Decides the push on `rows` (the current states), returning them by id with the plan.
+fn decide_on<F, E, R>(
     rows: Vec<StoredDocument>,
-    claimed: &[String],
     decide: &F,
-    synchronous_commit: &str,
-) -> Result<PushOutcome<R>, AttemptError<E>>
+) -> Result<(Current, PushPlan<R>), AttemptError<E>>
 where
     F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
-    E: Send,
 {
-    let current: HashMap<String, StoredDocument> =
-        rows.into_iter().map(|d| (d.id.clone(), d)).collect();
+    let current: Current = rows.into_iter().map(|d| (d.id.clone(), d)).collect();
     let plan = decide(&current).map_err(AttemptError::Refused)?;
+    Ok((current, plan))
+}
+
+/// Writes `plan` (decided on `current`) with the guarded statement on `conn`, and stores its
+/// overwritten versions (`conn` must then be in a transaction). `claimed` are the ids that
+/// hold this transaction's placeholders: they are updated like existing rows, and removed
+/// when the plan does not write them.
+async fn write_plan<E, R>(
+    conn: &mut sqlx::PgConnection,
+    collection: &str,
+    current: &Current,
+    plan: PushPlan<R>,
+    claimed: &[String],
+    synchronous_commit: &str,
+) -> Result<PushOutcome<R>, AttemptError<E>> {
     let mut conflicts = plan.conflicts;
     let mut resolved = plan.resolved;
     let written: std::collections::HashSet<&str> =
@@ -269,6 +435,7 @@ where
             .await?;
     }
     if plan.writes.is_empty() {
+        overwritten::keep(conn, collection, &plan.overwritten, synchronous_commit).await?;
         return Ok(PushOutcome {
             conflicts,
             resolved,
@@ -305,6 +472,8 @@ where
         .bind(synchronous_commit)
         .fetch_one(&mut *conn)
         .await?;
+    // After the write: a stale plan fails the write statement before anything else is done.
+    overwritten::keep(conn, collection, &plan.overwritten, synchronous_commit).await?;
     for c in &mut conflicts {
         c.updated_at.get_or_insert(result.written_at);
     }
