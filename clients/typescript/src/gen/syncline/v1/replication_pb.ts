@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file syncline/v1/replication.proto.
  */
 export const file_syncline_v1_replication: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zeW5jbGluZS92MS9yZXBsaWNhdGlvbi5wcm90bxILc3luY2xpbmUudjEihgEKCERvY3VtZW50EgoKAmlkGAEgASgJEgwKBGpzb24YAiABKAwSDwoHZGVsZXRlZBgDIAEoCBIQCghyZXZpc2lvbhgEIAEoCRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVvd25lchgGIAEoCSIbCgpDaGVja3BvaW50Eg0KBXRva2VuGAEgASgJIl0KC1B1bGxSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQSDQoFbGltaXQYAyABKA0iZQoMUHVsbFJlc3BvbnNlEigKCWRvY3VtZW50cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EisKCmNoZWNrcG9pbnQYAiABKAsyFy5zeW5jbGluZS52MS5DaGVja3BvaW50InMKCUNoYW5nZVJvdxIxChJuZXdfZG9jdW1lbnRfc3RhdGUYASABKAsyFS5zeW5jbGluZS52MS5Eb2N1bWVudBIzChRhc3N1bWVkX21hc3Rlcl9zdGF0ZRgCIAEoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50IoUBCgtQdXNoUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEiQKBHJvd3MYAiADKAsyFi5zeW5jbGluZS52MS5DaGFuZ2VSb3cSIwoEbW9kZRgDIAEoDjIVLnN5bmNsaW5lLnYxLlB1c2hNb2RlEhcKD2lkZW1wb3RlbmN5X2tleRgEIAEoCSKgAQoMUHVzaFJlc3BvbnNlEigKCWNvbmZsaWN0cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EigKB3JlZnVzZWQYAiADKAsyFy5zeW5jbGluZS52MS5SZWZ1c2VkUm93EioKCHJlc29sdmVkGAMgAygLMhguc3luY2xpbmUudjEuUmVzb2x2ZWRSb3cSEAoIcmVwbGF5ZWQYBCABKAgiVwoLUmVzb2x2ZWRSb3cSDQoFaW5kZXgYASABKA0SJwoIZG9jdW1lbnQYAiABKAsyFS5zeW5jbGluZS52MS5Eb2N1bWVudBIQCghzdHJhdGVneRgDIAEoCSJ/CgpSZWZ1c2VkUm93Eg0KBWluZGV4GAEgASgNEgoKAmlkGAIgASgJEg4KBnJlYXNvbhgDIAEoCRINCgVmaWVsZBgEIAEoCRIPCgdtZXNzYWdlGAUgASgJEiYKB2N1cnJlbnQYBiABKAsyFS5zeW5jbGluZS52MS5Eb2N1bWVudCJTChBTdWJzY3JpYmVSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQinQEKEVN1YnNjcmliZVJlc3BvbnNlEisKB2NoYW5nZXMYASABKAsyGC5zeW5jbGluZS52MS5DaGFuZ2VCYXRjaEgAEiUKBnJlc3luYxgCIAEoCzITLnN5bmNsaW5lLnYxLlJlc3luY0gAEisKCWhlYXJ0YmVhdBgDIAEoCzIWLnN5bmNsaW5lLnYxLkhlYXJ0YmVhdEgAQgcKBWV2ZW50ImQKC0NoYW5nZUJhdGNoEigKCWRvY3VtZW50cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EisKCmNoZWNrcG9pbnQYAiABKAsyFy5zeW5jbGluZS52MS5DaGVja3BvaW50IhgKBlJlc3luYxIOCgZyZWFzb24YASABKAkiCwoJSGVhcnRiZWF0Ij4KDUJ1Y2tldERpZ2VzdHMSDwoHYnVja2V0cxgBIAMoDRIOCgZjb3VudHMYAiADKA0SDAoEc3VtcxgDIAMoBiKNAQoQUmVjb25jaWxlUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEhMKC2J1Y2tldF9iaXRzGAIgASgNEhMKC3dpdGhpbl9iaXRzGAMgASgNEg4KBndpdGhpbhgEIAMoDRIrCgdkaWdlc3RzGAUgASgLMhouc3luY2xpbmUudjEuQnVja2V0RGlnZXN0cyJvChFSZWNvbmNpbGVSZXNwb25zZRItCglkaWZmZXJpbmcYASABKAsyGi5zeW5jbGluZS52MS5CdWNrZXREaWdlc3RzEisKCmNoZWNrcG9pbnQYAiABKAsyFy5zeW5jbGluZS52MS5DaGVja3BvaW50IlAKFFJlY29uY2lsZUxpc3RSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSEwoLYnVja2V0X2JpdHMYAiABKA0SDwoHYnVja2V0cxgDIAMoDSIqCgpJZFJldmlzaW9uEgoKAmlkGAEgASgJEhAKCHJldmlzaW9uGAIgASgJIkMKFVJlY29uY2lsZUxpc3RSZXNwb25zZRIqCglkb2N1bWVudHMYASADKAsyFy5zeW5jbGluZS52MS5JZFJldmlzaW9uIi8KDEZldGNoUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEgsKA2lkcxgCIAMoCSJLCg1GZXRjaFJlc3BvbnNlEigKCWRvY3VtZW50cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EhAKCGFuc3dlcmVkGAIgASgNIkcKFkxpc3RPdmVyd3JpdHRlblJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIKCgJpZBgCIAEoCRINCgVsaW1pdBgDIAEoDSKNAQoST3ZlcndyaXR0ZW5WZXJzaW9uEicKCGRvY3VtZW50GAEgASgLMhUuc3luY2xpbmUudjEuRG9jdW1lbnQSDgoGc291cmNlGAIgASgJEhAKCHN0cmF0ZWd5GAMgASgJEhkKEXJlc29sdmVkX3JldmlzaW9uGAQgASgJEhEKCXB1c2hlZF9ieRgFIAEoCSJMChdMaXN0T3ZlcndyaXR0ZW5SZXNwb25zZRIxCgh2ZXJzaW9ucxgBIAMoCzIfLnN5bmNsaW5lLnYxLk92ZXJ3cml0dGVuVmVyc2lvbipSCghQdXNoTW9kZRIZChVQVVNIX01PREVfVU5TUEVDSUZJRUQQABIUChBQVVNIX01PREVfQVRPTUlDEAESFQoRUFVTSF9NT0RFX1BFUl9ST1cQAjKeBAoSUmVwbGljYXRpb25TZXJ2aWNlEjsKBFB1bGwSGC5zeW5jbGluZS52MS5QdWxsUmVxdWVzdBoZLnN5bmNsaW5lLnYxLlB1bGxSZXNwb25zZRI7CgRQdXNoEhguc3luY2xpbmUudjEuUHVzaFJlcXVlc3QaGS5zeW5jbGluZS52MS5QdXNoUmVzcG9uc2USTAoJU3Vic2NyaWJlEh0uc3luY2xpbmUudjEuU3Vic2NyaWJlUmVxdWVzdBoeLnN5bmNsaW5lLnYxLlN1YnNjcmliZVJlc3BvbnNlMAESSgoJUmVjb25jaWxlEh0uc3luY2xpbmUudjEuUmVjb25jaWxlUmVxdWVzdBoeLnN5bmNsaW5lLnYxLlJlY29uY2lsZVJlc3BvbnNlElYKDVJlY29uY2lsZUxpc3QSIS5zeW5jbGluZS52MS5SZWNvbmNpbGVMaXN0UmVxdWVzdBoiLnN5bmNsaW5lLnYxLlJlY29uY2lsZUxpc3RSZXNwb25zZRI+CgVGZXRjaBIZLnN5bmNsaW5lLnYxLkZldGNoUmVxdWVzdBoaLnN5bmNsaW5lLnYxLkZldGNoUmVzcG9uc2USXAoPTGlzdE92ZXJ3cml0dGVuEiMuc3luY2xpbmUudjEuTGlzdE92ZXJ3cml0dGVuUmVxdWVzdBokLnN5bmNsaW5lLnYxLkxpc3RPdmVyd3JpdHRlblJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1zeW5jbGluZS92MS9yZXBsaWNhdGlvbi5wcm90bxILc3luY2xpbmUudjEihgEKCERvY3VtZW50EgoKAmlkGAEgASgJEgwKBGpzb24YAiABKAwSDwoHZGVsZXRlZBgDIAEoCBIQCghyZXZpc2lvbhgEIAEoCRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVvd25lchgGIAEoCSIbCgpDaGVja3BvaW50Eg0KBXRva2VuGAEgASgJIl0KC1B1bGxSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQSDQoFbGltaXQYAyABKA0iZQoMUHVsbFJlc3BvbnNlEigKCWRvY3VtZW50cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EisKCmNoZWNrcG9pbnQYAiABKAsyFy5zeW5jbGluZS52MS5DaGVja3BvaW50InMKCUNoYW5nZVJvdxIxChJuZXdfZG9jdW1lbnRfc3RhdGUYASABKAsyFS5zeW5jbGluZS52MS5Eb2N1bWVudBIzChRhc3N1bWVkX21hc3Rlcl9zdGF0ZRgCIAEoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50IoUBCgtQdXNoUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEiQKBHJvd3MYAiADKAsyFi5zeW5jbGluZS52MS5DaGFuZ2VSb3cSIwoEbW9kZRgDIAEoDjIVLnN5bmNsaW5lLnYxLlB1c2hNb2RlEhcKD2lkZW1wb3RlbmN5X2tleRgEIAEoCSLVAQoMUHVzaFJlc3BvbnNlEigKCWNvbmZsaWN0cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EigKB3JlZnVzZWQYAiADKAsyFy5zeW5jbGluZS52MS5SZWZ1c2VkUm93EioKCHJlc29sdmVkGAMgAygLMhguc3luY2xpbmUudjEuUmVzb2x2ZWRSb3cSEAoIcmVwbGF5ZWQYBCABKAgSMwoKdW5yZXNvbHZlZBgFIAMoCzIfLnN5bmNsaW5lLnYxLlVucmVzb2x2ZWRDb25mbGljdCI3ChJVbnJlc29sdmVkQ29uZmxpY3QSEAoIY29uZmxpY3QYASABKA0SDwoHbWVzc2FnZRgCIAEoCSJXCgtSZXNvbHZlZFJvdxINCgVpbmRleBgBIAEoDRInCghkb2N1bWVudBgCIAEoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EhAKCHN0cmF0ZWd5GAMgASgJIn8KClJlZnVzZWRSb3cSDQoFaW5kZXgYASABKA0SCgoCaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEg0KBWZpZWxkGAQgASgJEg8KB21lc3NhZ2UYBSABKAkSJgoHY3VycmVudBgGIAEoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50IlMKEFN1YnNjcmliZVJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIrCgpjaGVja3BvaW50GAIgASgLMhcuc3luY2xpbmUudjEuQ2hlY2twb2ludCKdAQoRU3Vic2NyaWJlUmVzcG9uc2USKwoHY2hhbmdlcxgBIAEoCzIYLnN5bmNsaW5lLnYxLkNoYW5nZUJhdGNoSAASJQoGcmVzeW5jGAIgASgLMhMuc3luY2xpbmUudjEuUmVzeW5jSAASKwoJaGVhcnRiZWF0GAMgASgLMhYuc3luY2xpbmUudjEuSGVhcnRiZWF0SABCBwoFZXZlbnQiZAoLQ2hhbmdlQmF0Y2gSKAoJZG9jdW1lbnRzGAEgAygLMhUuc3luY2xpbmUudjEuRG9jdW1lbnQSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQiGAoGUmVzeW5jEg4KBnJlYXNvbhgBIAEoCSILCglIZWFydGJlYXQiPgoNQnVja2V0RGlnZXN0cxIPCgdidWNrZXRzGAEgAygNEg4KBmNvdW50cxgCIAMoDRIMCgRzdW1zGAMgAygGIo0BChBSZWNvbmNpbGVSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSEwoLYnVja2V0X2JpdHMYAiABKA0SEwoLd2l0aGluX2JpdHMYAyABKA0SDgoGd2l0aGluGAQgAygNEisKB2RpZ2VzdHMYBSABKAsyGi5zeW5jbGluZS52MS5CdWNrZXREaWdlc3RzIm8KEVJlY29uY2lsZVJlc3BvbnNlEi0KCWRpZmZlcmluZxgBIAEoCzIaLnN5bmNsaW5lLnYxLkJ1Y2tldERpZ2VzdHMSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQiUAoUUmVjb25jaWxlTGlzdFJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRITCgtidWNrZXRfYml0cxgCIAEoDRIPCgdidWNrZXRzGAMgAygNIioKCklkUmV2aXNpb24SCgoCaWQYASABKAkSEAoIcmV2aXNpb24YAiABKAkiQwoVUmVjb25jaWxlTGlzdFJlc3BvbnNlEioKCWRvY3VtZW50cxgBIAMoCzIXLnN5bmNsaW5lLnYxLklkUmV2aXNpb24iLwoMRmV0Y2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSCwoDaWRzGAIgAygJIksKDUZldGNoUmVzcG9uc2USKAoJZG9jdW1lbnRzGAEgAygLMhUuc3luY2xpbmUudjEuRG9jdW1lbnQSEAoIYW5zd2VyZWQYAiABKA0iRwoWTGlzdE92ZXJ3cml0dGVuUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEgoKAmlkGAIgASgJEg0KBWxpbWl0GAMgASgNIo0BChJPdmVyd3JpdHRlblZlcnNpb24SJwoIZG9jdW1lbnQYASABKAsyFS5zeW5jbGluZS52MS5Eb2N1bWVudBIOCgZzb3VyY2UYAiABKAkSEAoIc3RyYXRlZ3kYAyABKAkSGQoRcmVzb2x2ZWRfcmV2aXNpb24YBCABKAkSEQoJcHVzaGVkX2J5GAUgASgJIkwKF0xpc3RPdmVyd3JpdHRlblJlc3BvbnNlEjEKCHZlcnNpb25zGAEgAygLMh8uc3luY2xpbmUudjEuT3ZlcndyaXR0ZW5WZXJzaW9uKlIKCFB1c2hNb2RlEhkKFVBVU0hfTU9ERV9VTlNQRUNJRklFRBAAEhQKEFBVU0hfTU9ERV9BVE9NSUMQARIVChFQVVNIX01PREVfUEVSX1JPVxACMp4EChJSZXBsaWNhdGlvblNlcnZpY2USOwoEUHVsbBIYLnN5bmNsaW5lLnYxLlB1bGxSZXF1ZXN0Ghkuc3luY2xpbmUudjEuUHVsbFJlc3BvbnNlEjsKBFB1c2gSGC5zeW5jbGluZS52MS5QdXNoUmVxdWVzdBoZLnN5bmNsaW5lLnYxLlB1c2hSZXNwb25zZRJMCglTdWJzY3JpYmUSHS5zeW5jbGluZS52MS5TdWJzY3JpYmVSZXF1ZXN0Gh4uc3luY2xpbmUudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJKCglSZWNvbmNpbGUSHS5zeW5jbGluZS52MS5SZWNvbmNpbGVSZXF1ZXN0Gh4uc3luY2xpbmUudjEuUmVjb25jaWxlUmVzcG9uc2USVgoNUmVjb25jaWxlTGlzdBIhLnN5bmNsaW5lLnYxLlJlY29uY2lsZUxpc3RSZXF1ZXN0GiIuc3luY2xpbmUudjEuUmVjb25jaWxlTGlzdFJlc3BvbnNlEj4KBUZldGNoEhkuc3luY2xpbmUudjEuRmV0Y2hSZXF1ZXN0Ghouc3luY2xpbmUudjEuRmV0Y2hSZXNwb25zZRJcCg9MaXN0T3ZlcndyaXR0ZW4SIy5zeW5jbGluZS52MS5MaXN0T3ZlcndyaXR0ZW5SZXF1ZXN0GiQuc3luY2xpbmUudjEuTGlzdE92ZXJ3cml0dGVuUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * One document as the server stores it.
@@ -301,6 +301,16 @@ export type PushResponse = Message<"syncline.v1.PushResponse"> & {
    * @generated from field: bool replayed = 4;
    */
   replayed: boolean;
+
+  /**
+   * One entry for each conflict the collection's strategy tried and could not
+   * resolve (no assumed master state to merge against, a resolved document
+   * that fails the collection's schema, ...): why, for people. A conflict
+   * without an entry simply lost (or the collection is first-write-wins).
+   *
+   * @generated from field: repeated syncline.v1.UnresolvedConflict unresolved = 5;
+   */
+  unresolved: UnresolvedConflict[];
 };
 
 /**
@@ -311,7 +321,56 @@ export const PushResponseSchema: GenMessage<PushResponse> = /*@__PURE__*/
   messageDesc(file_syncline_v1_replication, 6);
 
 /**
- * A conflicting row the server resolved and wrote.
+ * Why a conflicting row could not be resolved.
+ *
+ * @generated from message syncline.v1.UnresolvedConflict
+ */
+export type UnresolvedConflict = Message<"syncline.v1.UnresolvedConflict"> & {
+  /**
+   * The conflict's position in `PushResponse.conflicts`.
+   *
+   * @generated from field: uint32 conflict = 1;
+   */
+  conflict: number;
+
+  /**
+   * What prevented the resolution.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message syncline.v1.UnresolvedConflict.
+ * Use `create(UnresolvedConflictSchema)` to create a new message.
+ */
+export const UnresolvedConflictSchema: GenMessage<UnresolvedConflict> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 7);
+
+/**
+ * A conflicting row the server resolved and wrote. The strategies
+ * (`[[collections]] conflict`):
+ * - first-write-wins (default): never resolves; the row is a conflict.
+ * - last-write-wins: the row is written if it orders above the server's
+ *   state by `lww_field` (numbers by value, RFC 3339 strings as instants; a
+ *   missing or unusable value sorts lowest; ties broken by the bodies'
+ *   canonical text, then a tombstone wins); without `lww_field` the later
+ *   push wins. A losing row is a conflict.
+ * - field-merge: three-way merge against the row's assumed master state
+ *   (which must carry its body): fields changed by one side take that side's
+ *   value; fields changed by both follow `merge_rules` (server, client, or
+ *   union of arrays; default server); nested objects merge key by key. No
+ *   assumed state: a conflict (see `unresolved`).
+ * - crdt: field-merge, with CRDT fields merged on every conflict: counter =
+ *   server + (client - base), g-set = union, lww = the later write's value.
+ * Deletes (field-merge, crdt): `on_delete = delete-wins` (default) keeps or
+ * writes the tombstone against an edit, `edit-wins` keeps the edit or
+ * brings the document back; a row re-creating a document it did not know
+ * was deleted (no assumed state, server tombstone) is written. A result that
+ * fails the collection's checks (schema, size) is not written: a conflict
+ * with a reason in `unresolved`. A merge that changes nothing writes nothing
+ * and is reported as a conflict.
  *
  * @generated from message syncline.v1.ResolvedRow
  */
@@ -345,7 +404,7 @@ export type ResolvedRow = Message<"syncline.v1.ResolvedRow"> & {
  * Use `create(ResolvedRowSchema)` to create a new message.
  */
 export const ResolvedRowSchema: GenMessage<ResolvedRow> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 7);
+  messageDesc(file_syncline_v1_replication, 8);
 
 /**
  * A row not written because the server refused it (PUSH_MODE_PER_ROW).
@@ -406,7 +465,7 @@ export type RefusedRow = Message<"syncline.v1.RefusedRow"> & {
  * Use `create(RefusedRowSchema)` to create a new message.
  */
 export const RefusedRowSchema: GenMessage<RefusedRow> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 8);
+  messageDesc(file_syncline_v1_replication, 9);
 
 /**
  * Opens a live change stream.
@@ -434,7 +493,7 @@ export type SubscribeRequest = Message<"syncline.v1.SubscribeRequest"> & {
  * Use `create(SubscribeRequestSchema)` to create a new message.
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 9);
+  messageDesc(file_syncline_v1_replication, 10);
 
 /**
  * One event on a change stream.
@@ -479,7 +538,7 @@ export type SubscribeResponse = Message<"syncline.v1.SubscribeResponse"> & {
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 10);
+  messageDesc(file_syncline_v1_replication, 11);
 
 /**
  * Changed documents, in change order, and the checkpoint after them.
@@ -507,7 +566,7 @@ export type ChangeBatch = Message<"syncline.v1.ChangeBatch"> & {
  * Use `create(ChangeBatchSchema)` to create a new message.
  */
 export const ChangeBatchSchema: GenMessage<ChangeBatch> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 11);
+  messageDesc(file_syncline_v1_replication, 12);
 
 /**
  * The stream's position expired: its checkpoint is at or below the
@@ -534,7 +593,7 @@ export type Resync = Message<"syncline.v1.Resync"> & {
  * Use `create(ResyncSchema)` to create a new message.
  */
 export const ResyncSchema: GenMessage<Resync> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 12);
+  messageDesc(file_syncline_v1_replication, 13);
 
 /**
  * Keeps an idle stream alive through proxies; carries nothing.
@@ -549,7 +608,7 @@ export type Heartbeat = Message<"syncline.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 13);
+  messageDesc(file_syncline_v1_replication, 14);
 
 /**
  * Digests of hash buckets, as three parallel arrays (index i describes one
@@ -589,7 +648,7 @@ export type BucketDigests = Message<"syncline.v1.BucketDigests"> & {
  * Use `create(BucketDigestsSchema)` to create a new message.
  */
 export const BucketDigestsSchema: GenMessage<BucketDigests> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 14);
+  messageDesc(file_syncline_v1_replication, 15);
 
 /**
  * One round of a reconcile: the client's digests of some buckets.
@@ -644,7 +703,7 @@ export type ReconcileRequest = Message<"syncline.v1.ReconcileRequest"> & {
  * Use `create(ReconcileRequestSchema)` to create a new message.
  */
 export const ReconcileRequestSchema: GenMessage<ReconcileRequest> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 15);
+  messageDesc(file_syncline_v1_replication, 16);
 
 /**
  * The buckets that differ, and where pulling continues afterwards.
@@ -675,7 +734,7 @@ export type ReconcileResponse = Message<"syncline.v1.ReconcileResponse"> & {
  * Use `create(ReconcileResponseSchema)` to create a new message.
  */
 export const ReconcileResponseSchema: GenMessage<ReconcileResponse> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 16);
+  messageDesc(file_syncline_v1_replication, 17);
 
 /**
  * Lists the documents of some buckets.
@@ -710,7 +769,7 @@ export type ReconcileListRequest = Message<"syncline.v1.ReconcileListRequest"> &
  * Use `create(ReconcileListRequestSchema)` to create a new message.
  */
 export const ReconcileListRequestSchema: GenMessage<ReconcileListRequest> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 17);
+  messageDesc(file_syncline_v1_replication, 18);
 
 /**
  * One live document's id and revision.
@@ -738,7 +797,7 @@ export type IdRevision = Message<"syncline.v1.IdRevision"> & {
  * Use `create(IdRevisionSchema)` to create a new message.
  */
 export const IdRevisionSchema: GenMessage<IdRevision> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 18);
+  messageDesc(file_syncline_v1_replication, 19);
 
 /**
  * The live documents of the requested buckets.
@@ -761,7 +820,7 @@ export type ReconcileListResponse = Message<"syncline.v1.ReconcileListResponse">
  * Use `create(ReconcileListResponseSchema)` to create a new message.
  */
 export const ReconcileListResponseSchema: GenMessage<ReconcileListResponse> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 19);
+  messageDesc(file_syncline_v1_replication, 20);
 
 /**
  * Asks for documents by id.
@@ -789,7 +848,7 @@ export type FetchRequest = Message<"syncline.v1.FetchRequest"> & {
  * Use `create(FetchRequestSchema)` to create a new message.
  */
 export const FetchRequestSchema: GenMessage<FetchRequest> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 20);
+  messageDesc(file_syncline_v1_replication, 21);
 
 /**
  * Live documents among the requested ids.
@@ -819,7 +878,7 @@ export type FetchResponse = Message<"syncline.v1.FetchResponse"> & {
  * Use `create(FetchResponseSchema)` to create a new message.
  */
 export const FetchResponseSchema: GenMessage<FetchResponse> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 21);
+  messageDesc(file_syncline_v1_replication, 22);
 
 /**
  * Asks for the losing versions of one document.
@@ -854,7 +913,7 @@ export type ListOverwrittenRequest = Message<"syncline.v1.ListOverwrittenRequest
  * Use `create(ListOverwrittenRequestSchema)` to create a new message.
  */
 export const ListOverwrittenRequestSchema: GenMessage<ListOverwrittenRequest> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 22);
+  messageDesc(file_syncline_v1_replication, 23);
 
 /**
  * One version that lost an automatic conflict resolution.
@@ -906,7 +965,7 @@ export type OverwrittenVersion = Message<"syncline.v1.OverwrittenVersion"> & {
  * Use `create(OverwrittenVersionSchema)` to create a new message.
  */
 export const OverwrittenVersionSchema: GenMessage<OverwrittenVersion> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 23);
+  messageDesc(file_syncline_v1_replication, 24);
 
 /**
  * The losing versions of a document, newest first.
@@ -927,7 +986,7 @@ export type ListOverwrittenResponse = Message<"syncline.v1.ListOverwrittenRespon
  * Use `create(ListOverwrittenResponseSchema)` to create a new message.
  */
 export const ListOverwrittenResponseSchema: GenMessage<ListOverwrittenResponse> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 24);
+  messageDesc(file_syncline_v1_replication, 25);
 
 /**
  * How a push treats rows the server refuses.
