@@ -21,6 +21,7 @@ from .client import (
     ResyncRequired,
     Subscription,
     SynclineClient,
+    UnresolvedConflict,
 )
 from .errors import (
     CheckpointExpired,
@@ -68,5 +69,6 @@ __all__ = [
     "TokenExpired",
     "TokenInvalid",
     "Unavailable",
+    "UnresolvedConflict",
 ]
 __version__ = "0.1.0"

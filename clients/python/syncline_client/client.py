@@ -54,6 +54,7 @@ __all__ = [
     "ResyncRequired",
     "Subscription",
     "SynclineClient",
+    "UnresolvedConflict",
 ]
 
 
@@ -163,6 +164,15 @@ class ResolvedRow(NamedTuple):
     strategy: str
 
 
+class UnresolvedConflict(NamedTuple):
+    """Why the collection's strategy could not resolve a conflict (no assumed state to merge
+    against, a merged document the collection's schema refuses, ...): ``conflict`` is its
+    position in :attr:`PushResult.conflicts`, ``message`` the reason, for people."""
+
+    conflict: int
+    message: str
+
+
 @dataclass
 class PushResult:
     """The whole outcome of a push (:meth:`SynclineClient.push_result`, or
@@ -172,6 +182,8 @@ class PushResult:
     order. ``refused``: the refused rows (not written; per-row pushes only), in row order.
     ``resolved``: the conflicting rows the server resolved and wrote (collections with a
     ``conflict`` strategy other than first-write-wins), in row order: adopt each ``doc``.
+    ``unresolved``: for conflicts the strategy tried and could not resolve, why
+    (:class:`UnresolvedConflict`; a conflict without one simply lost).
     ``written``: the indices of every row written, as sent or as resolved, in one transaction
     (conflicts come back as documents, not indices: a row whose id is among them is not
     counted as written). ``replayed``: the server answered a retry of an already applied push
@@ -184,6 +196,7 @@ class PushResult:
     conflicts: list[Doc]
     refused: list[RefusedRow]
     resolved: list[ResolvedRow] = field(default_factory=list)
+    unresolved: list[UnresolvedConflict] = field(default_factory=list)
     replayed: bool = False
     idempotency_key: str = ""
 
@@ -615,6 +628,7 @@ class SynclineClient:
             conflicts=conflicts,
             refused=refused,
             resolved=resolved,
+            unresolved=[UnresolvedConflict(u.conflict, u.message) for u in response.unresolved],
             replayed=response.replayed,
             idempotency_key=key,
         )

@@ -284,3 +284,15 @@ def test_only_the_owner_sees_overwritten_versions(auth_server: Any) -> None:
         mine = alice.list_overwritten("overwritten", doc_id)
         assert mine and all(v.pushed_by == "alice" for v in mine)
         assert bob.list_overwritten("overwritten", doc_id) == []
+
+
+def test_a_conflict_the_strategy_cannot_resolve_says_why(client: SynclineClient) -> None:
+    base = counter(client, 4)
+    # No assumed state: nothing to merge against, so the row stays a conflict.
+    result = client.push_result("counters", [ChangeRow(Doc(base.id, {"count": 9}))])
+
+    assert [(d.id, d.body) for d in result.conflicts] == [(base.id, {"count": 4})]
+    assert result.resolved == [] and result.written == []
+    assert [u.conflict for u in result.unresolved] == [0]
+    assert result.unresolved[0].message
+    assert latest(client, "counters", base.id).body == {"count": 4}
