@@ -29,8 +29,18 @@ const HERE = dirname(fileURLToPath(import.meta.url)); // build/test
 const TS_ROOT = resolve(HERE, "../.."); // clients/typescript
 const REPO = resolve(TS_ROOT, "../..");
 
-/** Runs test/support/counter_client.py; resolves with its JSON line. */
-function runPythonCounter(args: string[]): Promise<{ pushed: number; resolved: number; conflicts: number; final: number | null }> {
+interface CounterResult {
+    pushed: number;
+    resolved: number;
+    conflicts: number;
+    final: number | null;
+}
+
+/**
+ * Runs test/support/counter_client.py: `ready` settles when it starts incrementing, `result`
+ * with its JSON line when it is done.
+ */
+function runPythonCounter(args: string[]): { ready: Promise<void>; result: Promise<CounterResult> } {
     const python = process.env.SYNCLINE_PYTHON ?? resolve(REPO, "target/python-venv/bin/python");
     if (!existsSync(python)) {
         throw new Error(
@@ -39,27 +49,36 @@ function runPythonCounter(args: string[]): Promise<{ pushed: number; resolved: n
         );
     }
     const script = resolve(TS_ROOT, "test/support/counter_client.py");
-    return new Promise((done, fail) => {
+    let onReady: () => void = () => undefined;
+    const ready = new Promise<void>((done) => (onReady = done));
+    const result = new Promise<CounterResult>((done, fail) => {
         const child = spawn(python, [script, ...args], { stdio: ["ignore", "pipe", "pipe"] });
         let out = "";
         let err = "";
-        child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()));
+        child.stdout.on("data", (chunk: Buffer) => {
+            out += chunk.toString();
+            if (out.split("\n").includes("ready")) {
+                onReady();
+            }
+        });
         child.stderr.on("data", (chunk: Buffer) => (err += chunk.toString()));
         const timer = setTimeout(() => child.kill("SIGKILL"), 90_000);
         child.on("error", fail);
         child.on("exit", (code) => {
             clearTimeout(timer);
+            onReady();
             if (code !== 0) {
                 fail(new Error(`counter_client.py exited with ${code}:\n${out}${err}`));
                 return;
             }
             try {
-                done(JSON.parse(out.trim().split("\n").pop() ?? ""));
+                done(JSON.parse(out.trim().split("\n").pop() ?? "") as CounterResult);
             } catch {
                 fail(new Error(`counter_client.py printed no result:\n${out}${err}`));
             }
         });
     });
+    return { ready, result };
 }
 
 export function defineResolutionSuite(kind: SynclineTransportKind): void {
@@ -176,14 +195,20 @@ export function defineResolutionSuite(kind: SynclineTransportKind): void {
             const increments = 50;
             const total = 2 * increments;
             const python = runPythonCounter([`127.0.0.1:${server.port}`, "counter", "c1", "n", String(increments), String(total)]);
-            python.catch(() => undefined);
+            python.result.catch(() => undefined);
+            await within("the Python service starting", 30_000, python.ready);
             for (let i = 0; i < increments; i += 1) {
                 await (await a.tasks.findOne("c1").exec())!.incrementalModify((doc) => ({ ...doc, n: (doc.n ?? 0) + 1 }));
                 await sleep(Math.random() * 10);
             }
-            const result = await within("the Python service", 100_000, python);
+            const result = await within("the Python service", 100_000, python.result);
             logA.pushDelayMs = 0;
-            await waitFor(`the app at n = ${total}`, 30_000, async () => (await a.tasks.findOne("c1").exec())?.n === total);
+            // Converged: the app holds what the server holds (a double-counted increment
+            // shows as a total above 100 on both).
+            await waitFor("the app and the server to agree", 30_000, async () => {
+                const server_ = (await pullAll(server.url, kind, "counter")).get("c1")?.body.n;
+                return (await a.tasks.findOne("c1").exec())?.n === server_ && (server_ as number) >= total;
+            });
             await ra.awaitInSync();
 
             assert.equal(result.pushed, increments);

@@ -3,11 +3,11 @@ the TypeScript resolution suite (test/resolution-suite.ts), which runs it beside
 
 Usage: python counter_client.py HOST:PORT COLLECTION ID FIELD INCREMENTS EXPECTED_TOTAL
 
-Waits until the document exists, then pushes INCREMENTS increments of FIELD one by one, each
-assuming the state it last knew (the server's resolved state when it resolved the push),
-sleeping 0 to 5 ms in between so that they interleave with the other writer's. Then polls the
-server until FIELD equals EXPECTED_TOTAL (30 s at most) and prints one JSON line: what it
-pushed and the final value it read.
+Waits until the document exists, prints "ready", then pushes INCREMENTS increments of FIELD one
+by one, each assuming the state it last knew (the server's resolved state when it resolved the
+push), sleeping 0 to 10 ms in between so that they interleave with the other writer's. Then
+polls the server until FIELD equals EXPECTED_TOTAL (30 s at most) and prints one JSON line:
+what it pushed and the final value it read.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def main() -> int:
                 return 1
             time.sleep(0.05)
             doc = read(client, collection, doc_id)
+        # The other writer starts its increments when it reads this line.
+        print("ready", flush=True)
         resolved = conflicts = 0
         for _ in range(int(increments)):
             while True:
@@ -53,7 +55,7 @@ def main() -> int:
                     continue
                 doc = new
                 break
-            time.sleep(rng.uniform(0, 0.005))
+            time.sleep(rng.uniform(0, 0.01))
         final = None
         while time.monotonic() < deadline + 30:
             final = read(client, collection, doc_id)
