@@ -167,6 +167,10 @@ export function defineResolutionSuite(kind: SynclineTransportKind): void {
             assert.equal((await pullAll(server.url, kind, "merge")).get("m1")?.body.title, "original");
 
             // A syncs first; B's push then conflicts and the server merges it.
+            // The merged state reaches B's conflict handler as the master state (RxDB's
+            // default handler adopts it), not only later through the stream.
+            const handed: Array<Record<string, unknown>> = [];
+            const sub = rb.conflict$.subscribe((c) => handed.push(c.input.realMasterState as unknown as Record<string, unknown>));
             await ra.start();
             await ra.awaitInSync();
             await rb.start();
@@ -177,7 +181,12 @@ export function defineResolutionSuite(kind: SynclineTransportKind): void {
             await ra.awaitInSync();
             const onServer = (await pullAll(server.url, kind, "merge")).get("m1");
             assert.deepEqual(onServer?.body, { id: "m1", title: "title from A", done: true, n: 1 });
+            sub.unsubscribe();
             assert.ok(logB.resolvedRows >= 1, "the server resolved B's row (field-merge), not B's conflict handler");
+            assert.ok(
+                handed.some((m) => m.title === "title from A" && m.done === true && m._deleted === false),
+                `B's conflict handler was not handed the merged state: ${JSON.stringify(handed)}`,
+            );
             assert.equal(logA.resolvedRows, 0);
         });
 
