@@ -9,7 +9,8 @@
 #
 # 1. pytest: installs clients/python[dev] (a real, non-editable install: the build hook
 #    generates the stubs) into target/python-venv, creates a fresh database, starts
-#    `syncline serve` on a free port with collections `tasks` and `notes` (no auth) and a
+#    `syncline serve` on a free port with collections `tasks`, `notes`, `purged`, `counters`
+#    (crdt) and `overwritten` (last-write-wins, keep_overwritten) (no auth) and a
 #    second one with JWT auth (see clients/python/tests/conftest.py), runs pytest with
 #    SYNCLINE_ADDR, SYNCLINE_AUTH_ADDR and SYNCLINE_AUTH_SECRET set.
 # 2. The READMEs' snippets (markers `<!-- ci: python-... -->`): in a fresh venv in a temp dir
@@ -163,6 +164,17 @@ name = "notes"
 [[collections]]
 name = "purged"
 tombstone_retention = "1s"
+
+# Conflict resolution and idempotent pushes (tests/test_resolution.py).
+[[collections]]
+name = "counters"
+conflict = "crdt"
+crdt_fields = { count = "counter" }
+
+[[collections]]
+name = "overwritten"
+conflict = "last-write-wins"
+keep_overwritten = "1h"
 TOML
 start_server tests "$WORK/syncline.toml" "$DB_URL" "$PORT"
 
@@ -196,6 +208,11 @@ schema = "checked.json"
 [[collections]]
 name = "guarded"
 write_scopes = ["writer"]
+
+[[collections]]
+name = "overwritten"
+conflict = "last-write-wins"
+keep_overwritten = "1h"
 TOML
 start_server auth "$WORK/auth.toml" "$DB_URL" "$AUTH_PORT"
 

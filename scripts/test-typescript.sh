@@ -11,7 +11,10 @@
 # node_modules matches the lock), checks that the committed stubs (src/gen) match a fresh
 # generation from proto/, compiles (tsc), then runs the suites: the interop suite and the
 # client-behaviour suite (auth failures, token expiry, owners, compression) over both
-# transports, and a server without gRPC-Web. Finally scripts/test-typescript-readme.sh runs
+# transports, a server without gRPC-Web, and the conflict-resolution suite over both
+# transports (field-merge and crdt collections, idempotent retries, ListOverwritten; its
+# counter test runs the Python client from target/python-venv, installed here, or from
+# $SYNCLINE_PYTHON). Finally scripts/test-typescript-readme.sh runs
 # the README's TypeScript snippet from the packed tarball in a fresh project. Each suite starts its own server on a free port against a fresh database
 # (syncline_ts_<run>_<transport>), kills and restarts it mid-test, and drops the database at
 # the end. This script drops leftover databases and stops leftover servers on exit, prints the
@@ -36,6 +39,26 @@ for tool in node npm psql; do
         exit 2
     fi
 done
+
+# The resolution suite runs the Python client beside an RxDB app (test/resolution-suite.ts):
+# install it into the venv scripts/test-python.sh uses (same stamp: reinstalled when the
+# package or the proto changed), unless SYNCLINE_PYTHON names another interpreter.
+if [ -z "${SYNCLINE_PYTHON:-}" ]; then
+    VENV=target/python-venv
+    PY_STAMP=$VENV/.syncline-client-installed
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "== creating $VENV (for the Python side of the resolution suite)"
+        python3 -m venv "$VENV"
+    fi
+    if [ ! -f "$PY_STAMP" ] || [ -n "$(find clients/python/pyproject.toml clients/python/setup.py \
+        clients/python/generate.py clients/python/syncline_client proto/syncline \
+        -newer "$PY_STAMP" -not -path '*/_gen/*' -not -name '*.pyc' -print -quit)" ]; then
+        echo "== installing clients/python[dev] into $VENV"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall './clients/python[dev]'
+        touch "$PY_STAMP"
+    fi
+    export SYNCLINE_PYTHON=$ROOT/$VENV/bin/python
+fi
 
 cd clients/typescript
 STAMP=node_modules/.syncline-npm-ci
@@ -88,8 +111,9 @@ echo "== node --test (gRPC and gRPC-Web against $(basename "$SYNCLINE_BIN"))"
 set +e
 SYNCLINE_BIN="$SYNCLINE_BIN" SYNCLINE_TEST_LOG_DIR="$WORK" SYNCLINE_TEST_RUN_ID="$RUN_ID" \
     node --test --test-concurrency=1 "$@" \
-    build/test/convert.test.js build/test/errors.test.js build/test/reconcile.test.js build/test/interop-grpc.test.js build/test/interop-grpc-web.test.js \
-    build/test/client-grpc.test.js build/test/client-grpc-web.test.js build/test/grpc-web-off.test.js
+    build/test/convert.test.js build/test/errors.test.js build/test/reconcile.test.js build/test/push-keys.test.js build/test/interop-grpc.test.js build/test/interop-grpc-web.test.js \
+    build/test/client-grpc.test.js build/test/client-grpc-web.test.js build/test/grpc-web-off.test.js \
+    build/test/resolution-grpc.test.js build/test/resolution-grpc-web.test.js
 status=$?
 set -e
 cd "$ROOT"

@@ -12,15 +12,23 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal, Optional, Union, overload
+from typing import Any, Literal, NamedTuple, Optional, Union, overload
 
 import grpc
 
 from . import reconcile as _reconcile
-from .errors import CheckpointExpired, CheckpointInvalid, TokenExpired, from_rpc_error
+from .errors import (
+    CheckpointExpired,
+    CheckpointInvalid,
+    SynclineError,
+    TokenExpired,
+    from_rpc_error,
+)
 from .reconcile import ReconcileLimits, ReconcileResult
 
 try:
@@ -36,14 +44,17 @@ except ImportError as exc:  # pragma: no cover - depends on the checkout
 __all__ = [
     "ChangeRow",
     "Doc",
+    "OverwrittenVersion",
     "PushResult",
     "ReconcileLimits",
     "ReconcileResult",
     "RefusedRow",
+    "ResolvedRow",
     "ResumeResult",
     "ResyncRequired",
     "Subscription",
     "SynclineClient",
+    "UnresolvedConflict",
 ]
 
 
@@ -139,24 +150,80 @@ class RefusedRow:
     row: Optional[ChangeRow] = None
 
 
+class ResolvedRow(NamedTuple):
+    """A conflicting row the server resolved under the collection's conflict strategy and wrote.
+
+    ``index`` is its position in the pushed rows, ``doc`` the document as stored (with its new
+    revision: adopt it as the server's state) and ``strategy`` the strategy that resolved it
+    (``"last-write-wins"``, ``"field-merge"`` or ``"crdt"``). A tuple: ``for index, doc,
+    strategy in result.resolved`` works.
+    """
+
+    index: int
+    doc: Doc
+    strategy: str
+
+
+class UnresolvedConflict(NamedTuple):
+    """Why the collection's strategy could not resolve a conflict (no assumed state to merge
+    against, a merged document the collection's schema refuses, ...): ``conflict`` is its
+    position in :attr:`PushResult.conflicts`, ``message`` the reason, for people."""
+
+    conflict: int
+    message: str
+
+
 @dataclass
 class PushResult:
-    """The outcome of a per-row push (:meth:`SynclineClient.push` with ``per_row=True``).
+    """The whole outcome of a push (:meth:`SynclineClient.push_result`, or
+    :meth:`SynclineClient.push` with ``per_row=True``).
 
-    ``conflicts``: the server's state of each conflicting row (not written), in row order.
-    ``refused``: the refused rows (not written), in row order. ``written``: the indices of
-    the other rows, which were written, in one transaction. (Conflicts come back as documents,
-    not indices: a row whose id is among them is not counted as written.)
+    ``conflicts``: the server's state of each conflicting row that was not written, in row
+    order. ``refused``: the refused rows (not written; per-row pushes only), in row order.
+    ``resolved``: the conflicting rows the server resolved and wrote (collections with a
+    ``conflict`` strategy other than first-write-wins), in row order: adopt each ``doc``.
+    ``unresolved``: for conflicts the strategy tried and could not resolve, why
+    (:class:`UnresolvedConflict`; a conflict without one simply lost).
+    ``written``: the indices of every row written, as sent or as resolved, in one transaction
+    (conflicts come back as documents, not indices: a row whose id is among them is not
+    counted as written). ``replayed``: the server answered a retry of an already applied push
+    (same idempotency key) with the first push's outcome, and wrote nothing this time.
+    ``idempotency_key``: the key the push was sent with (pass it to a later retry, e.g. after
+    a restart, as ``idempotency_key=``).
     """
 
     written: list[int]
     conflicts: list[Doc]
     refused: list[RefusedRow]
+    resolved: list[ResolvedRow] = field(default_factory=list)
+    unresolved: list[UnresolvedConflict] = field(default_factory=list)
+    replayed: bool = False
+    idempotency_key: str = ""
 
     @property
     def ok(self) -> bool:
-        """True when every row was written."""
-        return not self.conflicts and not self.refused
+        """True when every row was written as sent (nothing conflicted, refused or resolved)."""
+        return not self.conflicts and not self.refused and not self.resolved
+
+
+@dataclass
+class OverwrittenVersion:
+    """A version of a document that lost an automatic conflict resolution
+    (:meth:`SynclineClient.list_overwritten`).
+
+    ``doc`` is the losing state: its ``revision`` is the one it had on the server (``source ==
+    "server"``: a stored state the resolution replaced) or the one the pushing client had
+    assumed (``source == "client"``: a pushed state not written as sent; empty when it
+    assumed none), and ``updated_at`` when it lost. ``strategy`` decided it,
+    ``resolved_revision`` is the revision of the state the resolution stored, and
+    ``pushed_by`` the subject of the principal whose push was resolved.
+    """
+
+    doc: Doc
+    source: str
+    strategy: str
+    resolved_revision: str
+    pushed_by: str
 
 
 @dataclass
@@ -226,6 +293,18 @@ class SynclineClient:
     (UNIMPLEMENTED). Syncline accepts gzip and zstd; grpc Python has no zstd. Replies are accepted compressed either way
     (the channel offers gzip and deflate in ``grpc-accept-encoding``; the server decides).
 
+    Pushes are retried, and only pushes: every push carries an idempotency key (see
+    :meth:`push_result`), so after ``UNAVAILABLE`` (the server restarting or draining, a lost
+    connection) or ``DEADLINE_EXCEEDED`` (perhaps after the server committed) the client sends
+    the same request with the same key again, up to ``push_retries`` times, waiting with
+    jittered exponential backoff (or the server's ``retry_after``). The server applies the
+    push at most once and answers the retry with the first outcome (``replayed``). Other
+    calls are not retried (pulls are cheap to repeat yourself; streams reconnect on their
+    own). ``push_retries=0`` turns this off.
+
+    ``interceptors``: gRPC client interceptors (``grpc.UnaryUnaryClientInterceptor``, ...)
+    every call goes through, e.g. for logging or tracing.
+
     Use as a context manager, or call :meth:`close`, to release the channel.
     """
 
@@ -238,8 +317,12 @@ class SynclineClient:
         timeout: Optional[float] = 30.0,
         options: Optional[Sequence[tuple[str, Any]]] = None,
         compression: Union[str, grpc.Compression, None] = None,
+        push_retries: int = 3,
+        interceptors: Sequence[Any] = (),
     ) -> None:
         algorithm = _compression(compression)
+        if isinstance(push_retries, bool) or not isinstance(push_retries, int) or push_retries < 0:
+            raise ValueError(f"push_retries must be a non-negative int, not {push_retries!r:.40}")
         if credentials is None:
             self._channel = grpc.insecure_channel(
                 target, options=options, compression=algorithm
@@ -248,9 +331,13 @@ class SynclineClient:
             self._channel = grpc.secure_channel(
                 target, credentials, options=options, compression=algorithm
             )
-        self._stub = pb_grpc.ReplicationServiceStub(self._channel)
+        calls = (
+            grpc.intercept_channel(self._channel, *interceptors) if interceptors else self._channel
+        )
+        self._stub = pb_grpc.ReplicationServiceStub(calls)
         self._token = token
         self._timeout = timeout
+        self._push_retries = push_retries
         self._closed = False
         self.target = target
 
@@ -432,37 +519,87 @@ class SynclineClient:
 
     @overload
     def push(
-        self, collection: str, rows: Sequence[ChangeRow], *, per_row: Literal[False] = ...
+        self,
+        collection: str,
+        rows: Sequence[ChangeRow],
+        *,
+        per_row: Literal[False] = ...,
+        idempotency_key: Optional[str] = ...,
     ) -> list[Doc]: ...
 
     @overload
     def push(
-        self, collection: str, rows: Sequence[ChangeRow], *, per_row: Literal[True]
+        self,
+        collection: str,
+        rows: Sequence[ChangeRow],
+        *,
+        per_row: Literal[True],
+        idempotency_key: Optional[str] = ...,
     ) -> PushResult: ...
 
     def push(
-        self, collection: str, rows: Sequence[ChangeRow], *, per_row: bool = False
+        self,
+        collection: str,
+        rows: Sequence[ChangeRow],
+        *,
+        per_row: bool = False,
+        idempotency_key: Optional[str] = None,
     ) -> Union[list[Doc], PushResult]:
         """Writes ``rows`` in one transaction.
 
         By default (atomic) any refused row fails the whole call with its typed error
         (:class:`~syncline_client.errors.InvalidDocument`, ``NotOwner``, ...) and nothing is
-        written; it returns the server's current state of every row that conflicted (those
-        rows were not written), in row order: ``[]`` when all were written.
+        written; it returns the server's current state of every row that conflicted and was
+        not written, in row order: ``[]`` when nothing conflicted. Rows the server resolved
+        (a collection with a ``conflict`` strategy) were written and are not in that list:
+        call :meth:`push_result` to receive their merged state.
 
         With ``per_row=True`` the rows the server refuses are skipped and reported instead,
         and every other row is written (or conflicts) in the same single transaction: it
-        returns a :class:`PushResult`. Errors about the request as a whole (authentication,
-        unknown collection, request-size limits) still raise.
+        returns a :class:`PushResult`, as :meth:`push_result` does. Errors about the request as
+        a whole (authentication, unknown collection, request-size limits) still raise.
+
+        Retried with the same idempotency key after ``UNAVAILABLE`` or ``DEADLINE_EXCEEDED``;
+        ``idempotency_key`` as in :meth:`push_result`.
         """
-        mode = pb.PUSH_MODE_PER_ROW if per_row else pb.PUSH_MODE_UNSPECIFIED
-        response = self._unary(
-            self._stub.Push,
-            pb.PushRequest(collection=collection, rows=[r.to_proto() for r in rows], mode=mode),
+        result = self.push_result(
+            collection, rows, per_row=per_row, idempotency_key=idempotency_key
         )
+        return result if per_row else result.conflicts
+
+    def push_result(
+        self,
+        collection: str,
+        rows: Sequence[ChangeRow],
+        *,
+        per_row: bool = False,
+        idempotency_key: Optional[str] = None,
+    ) -> PushResult:
+        """:meth:`push` returning the whole :class:`PushResult`, in either mode: the conflicts
+        (not written), the rows the server resolved and wrote (``resolved``: adopt their
+        ``doc``), the refused rows (``per_row=True`` only; an atomic push raises instead),
+        ``written`` and ``replayed``.
+
+        Every push carries an idempotency key: a new random one (``uuid4().hex``) unless
+        ``idempotency_key`` is given. The client's own retries (after ``UNAVAILABLE`` or
+        ``DEADLINE_EXCEEDED``, see :class:`SynclineClient`) resend it, so the server applies the
+        push at most once. To retry across a process restart, store
+        ``result.idempotency_key`` (or your own key, up to 128 printable ASCII characters)
+        before pushing and pass it again: a push the server already applied comes back with
+        ``replayed=True`` and the first outcome, nothing written twice. A key names one
+        logical push: reusing it with different rows or collection raises
+        :class:`~syncline_client.errors.IdempotencyKeyReused`.
+        """
+        key = uuid.uuid4().hex if idempotency_key is None else idempotency_key
+        mode = pb.PUSH_MODE_PER_ROW if per_row else pb.PUSH_MODE_UNSPECIFIED
+        request = pb.PushRequest(
+            collection=collection,
+            rows=[r.to_proto() for r in rows],
+            mode=mode,
+            idempotency_key=key,
+        )
+        response = self._push_with_retries(request)
         conflicts = [Doc.from_proto(d) for d in response.conflicts]
-        if not per_row:
-            return conflicts
         refused = [
             RefusedRow(
                 index=r.index,
@@ -475,6 +612,10 @@ class SynclineClient:
             )
             for r in response.refused
         ]
+        resolved = [
+            ResolvedRow(index=r.index, doc=Doc.from_proto(r.document), strategy=r.strategy)
+            for r in response.resolved
+        ]
         refused_indices = {r.index for r in refused}
         conflicting_ids = {d.id for d in conflicts}
         written = [
@@ -482,7 +623,70 @@ class SynclineClient:
             for i, row in enumerate(rows)
             if i not in refused_indices and row.new.id not in conflicting_ids
         ]
-        return PushResult(written=written, conflicts=conflicts, refused=refused)
+        return PushResult(
+            written=written,
+            conflicts=conflicts,
+            refused=refused,
+            resolved=resolved,
+            unresolved=[UnresolvedConflict(u.conflict, u.message) for u in response.unresolved],
+            replayed=response.replayed,
+            idempotency_key=key,
+        )
+
+    #: Codes after which a push is sent again (with the same idempotency key).
+    PUSH_RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+    #: First and largest wait between push attempts, in seconds.
+    PUSH_RETRY_INITIAL_BACKOFF = 0.1
+    PUSH_RETRY_MAX_BACKOFF = 2.0
+
+    def _push_with_retries(self, request: pb.PushRequest) -> pb.PushResponse:
+        # Safe only because the request carries an idempotency key: the server applies it at
+        # most once, and a retry after a lost acknowledgement gets the first response back.
+        backoff = self.PUSH_RETRY_INITIAL_BACKOFF
+        attempt = 0
+        while True:
+            try:
+                return self._unary(self._stub.Push, request)
+            except SynclineError as err:
+                if (
+                    attempt >= self._push_retries
+                    or self._closed
+                    or err.code() not in self.PUSH_RETRY_CODES
+                ):
+                    raise
+                delay = random.uniform(backoff / 2, backoff)
+                if err.retry_after is not None:
+                    delay = max(delay, min(err.retry_after, self.PUSH_RETRY_MAX_BACKOFF))
+                time.sleep(delay)
+                backoff = min(backoff * 2, self.PUSH_RETRY_MAX_BACKOFF)
+                attempt += 1
+
+    def list_overwritten(
+        self, collection: str, id: str, limit: int = 0
+    ) -> list[OverwrittenVersion]:
+        """The recent versions of document ``id`` that lost an automatic conflict resolution,
+        newest first (at most ``limit``; 0 means the server's maximum, 100), to show the user
+        after the fact (the guide's conflict dialog).
+
+        Only for collections with ``keep_overwritten`` (otherwise
+        :class:`~syncline_client.errors.OverwrittenNotKept`); versions are kept that long. The
+        document's owner and service principals see them; for anyone else the list is empty,
+        as for an id that never lost anything.
+        """
+        response = self._unary(
+            self._stub.ListOverwritten,
+            pb.ListOverwrittenRequest(collection=collection, id=id, limit=limit),
+        )
+        return [
+            OverwrittenVersion(
+                doc=Doc.from_proto(v.document),
+                source=v.source,
+                strategy=v.strategy,
+                resolved_revision=v.resolved_revision,
+                pushed_by=v.pushed_by,
+            )
+            for v in response.versions
+        ]
 
     def _unary(self, method: Any, request: Any) -> Any:
         try:

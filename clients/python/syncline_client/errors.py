@@ -22,10 +22,12 @@ __all__ = [
     "CheckpointInvalid",
     "CollectionNotFound",
     "FieldViolation",
+    "IdempotencyKeyReused",
     "InvalidDocument",
     "InvalidRequest",
     "LimitExceeded",
     "NotOwner",
+    "OverwrittenNotKept",
     "ScopeMissing",
     "SynclineError",
     "TokenExpired",
@@ -140,6 +142,18 @@ class TokenInvalid(SynclineError):
     """``TOKEN_INVALID``: no token, or one the server does not accept (UNAUTHENTICATED)."""
 
 
+class IdempotencyKeyReused(InvalidRequest):
+    """``IDEMPOTENCY_KEY_REUSED``: the push's ``idempotency_key`` is remembered for a different
+    request (INVALID_ARGUMENT, field ``idempotency_key``). A key names one logical push: reuse
+    it only to retry that same push, and pick a new one for anything else."""
+
+
+class OverwrittenNotKept(SynclineError):
+    """``OVERWRITTEN_NOT_KEPT``: ``list_overwritten`` on a collection that keeps no overwritten
+    versions (FAILED_PRECONDITION, field ``collection``): the server's collection needs
+    ``keep_overwritten``."""
+
+
 class Unavailable(SynclineError):
     """UNAVAILABLE (``DATABASE_UNAVAILABLE``, ``CONTENTION``, ``SHUTTING_DOWN``, or no reason):
     retryable, after :attr:`retry_after` when given."""
@@ -159,6 +173,8 @@ _BY_REASON: dict[str, type[SynclineError]] = {
     "DATABASE_UNAVAILABLE": Unavailable,
     "CONTENTION": Unavailable,
     "SHUTTING_DOWN": Unavailable,
+    "IDEMPOTENCY_KEY_REUSED": IdempotencyKeyReused,
+    "OVERWRITTEN_NOT_KEPT": OverwrittenNotKept,
 }
 
 # Without a reason (an older server, a proxy), the code still picks a useful class.

@@ -2,14 +2,17 @@
 
 The server's address comes from ``SYNCLINE_ADDR`` (``host:port``); ``scripts/test-python.sh``
 starts a server and sets it. Without a reachable server every test fails (never skips).
-The server must declare the collections ``tasks`` and ``notes`` (no schema) and should send
-heartbeats every couple of seconds.
+The server must declare the collections ``tasks`` and ``notes`` (no schema), ``counters``
+(``conflict = "crdt"``, ``crdt_fields = { count = "counter" }``) and ``overwritten``
+(``conflict = "last-write-wins"``, ``keep_overwritten = "1h"``), and should send heartbeats
+every couple of seconds.
 
 The tests of authentication, owners and error details use a second server with JWT
 authentication: ``SYNCLINE_AUTH_ADDR`` and ``SYNCLINE_AUTH_SECRET`` (its ``auth.hs256_secret``);
 scripts/test-python.sh starts it with ``leeway_seconds = 0``, ``push_rows_max = 50``,
 ``streams_per_principal_max = 2`` and the collections ``tasks``, ``checked`` (a schema whose
-``title`` must be a string) and ``guarded`` (``write_scopes = ["writer"]``).
+``title`` must be a string), ``guarded`` (``write_scopes = ["writer"]``) and ``overwritten``
+(as on the first server).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 // syncline-rxdb for browsers: the same API as the Node entry point, over gRPC-Web (fetch).
 
+import { createSynclineClientWith, type SynclineClient, type SynclineClientOptions } from "./client.js";
 import {
     replicateSynclineWith,
     type SynclineReplicationOptions,
@@ -17,4 +18,12 @@ export function replicateSyncline<RxDocType>(
     options: SynclineReplicationOptions<RxDocType>,
 ): SynclineReplicationState<RxDocType> {
     return replicateSynclineWith(options, "grpc-web", createBrowserTransport);
+}
+
+/**
+ * A client for calls outside replication (`listOverwritten`), with the same url, token and
+ * transport settings as `replicateSyncline`.
+ */
+export function createSynclineClient(options: SynclineClientOptions): SynclineClient {
+    return createSynclineClientWith(options, "grpc-web", createBrowserTransport);
 }

@@ -2,7 +2,8 @@
 //
 // Built on RxDB's replicateRxCollection():
 //   pull.handler  -> ReplicationService.Pull   (checkpoint = { token })
-//   push.handler  -> ReplicationService.Push   (conflicts come back as RxDB master states)
+//   push.handler  -> ReplicationService.Push   (conflicts and rows the server resolved come back
+//                    as RxDB master states; one idempotency key per batch, reused on retry)
 //   pull.stream$  <- ReplicationService.Subscribe (ChangeBatch -> { documents, checkpoint },
 //                    Resync / stream errors / reconnects -> 'RESYNC', Heartbeat ignored)
 //   an expired or refused checkpoint -> Reconcile / ReconcileList / Fetch (reconcile.ts), the
@@ -11,7 +12,7 @@
 // This module is transport-agnostic: the entry points (index.ts for Node, browser.ts for
 // browsers) pass in how to build a Connect transport for 'grpc' and 'grpc-web'.
 
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import {
     Code,
     ConnectError,
@@ -35,6 +36,7 @@ import { replicateRxCollection, type RxReplicationState } from "rxdb/plugins/rep
 
 import { canonicalBody, fromServerDocument, toServerDocument } from "./convert.js";
 import { SynclineError } from "./errors.js";
+import { AbsorbedStates, PendingPushKeys } from "./push-keys.js";
 import { reconcile } from "./reconcile.js";
 import { RevisionStore, sha256Hex } from "./revisions.js";
 import { refusalError, refusedMasterState } from "./refusals.js";
@@ -160,7 +162,8 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
     });
 }
 
-function authInterceptor(
+/** The interceptor that sends `authorization: Bearer <token>`, or undefined without a token. */
+export function authInterceptor(
     token: string | undefined,
     getToken: SynclineReplicationOptions<unknown>["getToken"],
 ): Interceptor | undefined {
@@ -435,33 +438,51 @@ export function replicateSynclineWith<RxDocType>(
         return { documents, checkpoint: next };
     };
 
+    // Idempotency keys of batches not pushed successfully yet, and the states the server
+    // absorbed when it resolved a row (push-keys.ts explains both).
+    const pendingKeys = new PendingPushKeys();
+    const absorbed = new AbsorbedStates<Record<string, unknown>>();
+    const assumedIdentity = (state: Record<string, unknown> | undefined): string =>
+        state === undefined ? "" : `${state._deleted === true}:${canonicalBody(state, ownerField)}`;
+
     const pushHandler = async (
         rows: RxReplicationWriteToMasterRow<RxDocType>[],
     ): Promise<WithDeleted<RxDocType>[]> => {
         pushesInFlight += 1;
         try {
+            const states = rows.map((row) => ({
+                id: String((row.newDocumentState as Record<string, unknown>)[primaryPath]),
+                next: row.newDocumentState as unknown as Record<string, unknown>,
+                assumed: row.assumedMasterState as unknown as Record<string, unknown> | undefined,
+            }));
             const request = create(PushRequestSchema, {
                 collection: collectionName,
                 mode: PushMode.PER_ROW,
-                rows: rows.map((row) =>
-                    create(ChangeRowSchema, {
-                        newDocumentState: toServerDocument(
-                            row.newDocumentState as unknown as Record<string, unknown>,
-                            primaryPath,
-                            ownerField,
-                        ),
-                        assumedMasterState: row.assumedMasterState
-                            ? toServerDocument(
-                                  row.assumedMasterState as unknown as Record<string, unknown>,
-                                  primaryPath,
-                                  ownerField,
-                              )
-                            : undefined,
-                    }),
-                ),
+                rows: states.map(({ id, next, assumed }) => {
+                    const base = absorbed.rebase(id, assumedIdentity(assumed)) ?? assumed;
+                    return create(ChangeRowSchema, {
+                        newDocumentState: toServerDocument(next, primaryPath, ownerField),
+                        assumedMasterState: base ? toServerDocument(base, primaryPath, ownerField) : undefined,
+                    });
+                }),
             });
+            // The same rows (a retry by RxDB) encode the same: they get the same key.
+            const { key, digest } = await pendingKeys.keyFor(toBinary(PushRequestSchema, request));
+            request.idempotencyKey = key;
             const response = await unary(() => client.push(request, callOptions()));
+            pendingKeys.succeeded(digest);
+            states.forEach(({ id }) => absorbed.forget(id));
             const masterStates = received(response.conflicts);
+            // Rows the server resolved (a collection with a `conflict` strategy) were written
+            // as merged: handed back like conflicts, so RxDB's conflict handler adopts the
+            // server's state (the default handler takes the master state).
+            masterStates.push(...received(response.resolved.flatMap((r) => (r.document ? [r.document] : []))));
+            for (const resolved of response.resolved) {
+                const row = states[resolved.index];
+                if (row !== undefined) {
+                    absorbed.resolved(row.id, assumedIdentity(row.assumed), row.next);
+                }
+            }
             // Refused rows (another owner's id, a document the server's schema refuses): each
             // is reported once and handed back as a conflict with the server's state (or a
             // deleted one), so RxDB reverts or drops the local copy and stops pushing it,

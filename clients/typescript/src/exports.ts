@@ -7,6 +7,7 @@ export type {
     SynclineReplicationState,
     SynclineTransportKind,
 } from "./core.js";
+export type { OverwrittenVersionInfo, SynclineClient, SynclineClientOptions } from "./client.js";
 export { documentBody, fromServerDocument, toServerDocument } from "./convert.js";
 export { SynclineError, type SynclineErrorInit, type SynclineFieldViolation } from "./errors.js";
 export { diagnoseGrpcWebFailure } from "./grpc-web-diagnosis.js";

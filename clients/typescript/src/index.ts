@@ -2,6 +2,7 @@
 // (default) or gRPC-Web. Browsers get ./browser.js through the package's "browser" export
 // condition, with the same API.
 
+import { createSynclineClientWith, type SynclineClient, type SynclineClientOptions } from "./client.js";
 import {
     replicateSynclineWith,
     type SynclineReplicationOptions,
@@ -19,4 +20,12 @@ export function replicateSyncline<RxDocType>(
     options: SynclineReplicationOptions<RxDocType>,
 ): SynclineReplicationState<RxDocType> {
     return replicateSynclineWith(options, "grpc", createNodeTransport);
+}
+
+/**
+ * A client for calls outside replication (`listOverwritten`), with the same url, token and
+ * transport settings as `replicateSyncline`.
+ */
+export function createSynclineClient(options: SynclineClientOptions): SynclineClient {
+    return createSynclineClientWith(options, "grpc", createNodeTransport);
 }

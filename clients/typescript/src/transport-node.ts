@@ -13,8 +13,8 @@ import { grpcWebDiagnosis, isDroppedConnection } from "./grpc-web-diagnosis.js";
  * Retries a unary call once when it failed on a connection the server had already closed:
  * Node's HTTP/1.1 agent reuses kept-alive sockets, and one the server closed after a previous
  * response fails the next request (EPIPE, ECONNRESET) before the server saw it. Pull is
- * read-only and a repeated Push row is answered as a conflict equal to the row, so a second
- * attempt is safe.
+ * read-only and a Push carries an idempotency key (a second attempt the server had already
+ * applied is answered with the first outcome), so a second attempt is safe.
  */
 const retryDroppedConnection: Interceptor = (next) => async (req) => {
     try {

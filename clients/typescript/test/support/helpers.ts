@@ -12,6 +12,7 @@ import {
     ReplicationService,
     type FetchResponse,
     type PullResponse,
+    type PushResponse,
     type SubscribeResponse,
 } from "../../src/gen/syncline/v1/replication_pb.js";
 import type { SynclineTransportKind } from "../../src/index.js";
@@ -85,6 +86,16 @@ export class CallLog {
     resyncs = 0;
     /** While true, Subscribe streams fail (UNAVAILABLE) at open and at their next message. */
     failSubscribes = false;
+    /** The idempotency key of each Push, in order. */
+    pushKeys: string[] = [];
+    /** Rows the server resolved (PushResponse.resolved) and Push responses marked replayed. */
+    resolvedRows = 0;
+    replayedPushes = 0;
+    /**
+     * Pushes whose acknowledgement is lost: the server answers, and the client is told
+     * UNAVAILABLE instead (as when a connection drops after the server committed).
+     */
+    loseNextPushAcks = 0;
 
     readonly interceptor: Interceptor = (next) => async (req) => {
         const name = req.method.name;
@@ -106,13 +117,24 @@ export class CallLog {
         if (name === "Push") {
             this.pushes += 1;
             const start = Date.now();
-            const message = req.message as unknown as { rows: Array<{ newDocumentState?: { id: string } }> };
+            const message = req.message as unknown as {
+                rows: Array<{ newDocumentState?: { id: string } }>;
+                idempotencyKey: string;
+            };
+            this.pushKeys.push(message.idempotencyKey);
             this.pushRows.push(message.rows.length);
             this.pushedIds.push(...message.rows.map((r) => r.newDocumentState?.id ?? ""));
             const window = { start, end: Number.POSITIVE_INFINITY };
             this.pushWindows.push(window);
             try {
                 const res = (await next(req)) as UnaryResponse;
+                const answer = res.message as unknown as PushResponse;
+                this.resolvedRows += answer.resolved.length;
+                this.replayedPushes += answer.replayed ? 1 : 0;
+                if (this.loseNextPushAcks > 0) {
+                    this.loseNextPushAcks -= 1;
+                    throw new ConnectError("acknowledgement lost (simulated by the test)", Code.Unavailable);
+                }
                 if (this.pushDelayMs > 0) {
                     await new Promise((r) => setTimeout(r, this.pushDelayMs));
                 }

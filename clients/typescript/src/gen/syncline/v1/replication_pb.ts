@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file syncline/v1/replication.proto.
  */
 export const file_syncline_v1_replication: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zeW5jbGluZS92MS9yZXBsaWNhdGlvbi5wcm90bxILc3luY2xpbmUudjEihgEKCERvY3VtZW50EgoKAmlkGAEgASgJEgwKBGpzb24YAiABKAwSDwoHZGVsZXRlZBgDIAEoCBIQCghyZXZpc2lvbhgEIAEoCRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVvd25lchgGIAEoCSIbCgpDaGVja3BvaW50Eg0KBXRva2VuGAEgASgJIl0KC1B1bGxSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQSDQoFbGltaXQYAyABKA0iZQoMUHVsbFJlc3BvbnNlEigKCWRvY3VtZW50cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EisKCmNoZWNrcG9pbnQYAiABKAsyFy5zeW5jbGluZS52MS5DaGVja3BvaW50InMKCUNoYW5nZVJvdxIxChJuZXdfZG9jdW1lbnRfc3RhdGUYASABKAsyFS5zeW5jbGluZS52MS5Eb2N1bWVudBIzChRhc3N1bWVkX21hc3Rlcl9zdGF0ZRgCIAEoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50ImwKC1B1c2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSJAoEcm93cxgCIAMoCzIWLnN5bmNsaW5lLnYxLkNoYW5nZVJvdxIjCgRtb2RlGAMgASgOMhUuc3luY2xpbmUudjEuUHVzaE1vZGUiYgoMUHVzaFJlc3BvbnNlEigKCWNvbmZsaWN0cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EigKB3JlZnVzZWQYAiADKAsyFy5zeW5jbGluZS52MS5SZWZ1c2VkUm93In8KClJlZnVzZWRSb3cSDQoFaW5kZXgYASABKA0SCgoCaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEg0KBWZpZWxkGAQgASgJEg8KB21lc3NhZ2UYBSABKAkSJgoHY3VycmVudBgGIAEoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50IlMKEFN1YnNjcmliZVJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIrCgpjaGVja3BvaW50GAIgASgLMhcuc3luY2xpbmUudjEuQ2hlY2twb2ludCKdAQoRU3Vic2NyaWJlUmVzcG9uc2USKwoHY2hhbmdlcxgBIAEoCzIYLnN5bmNsaW5lLnYxLkNoYW5nZUJhdGNoSAASJQoGcmVzeW5jGAIgASgLMhMuc3luY2xpbmUudjEuUmVzeW5jSAASKwoJaGVhcnRiZWF0GAMgASgLMhYuc3luY2xpbmUudjEuSGVhcnRiZWF0SABCBwoFZXZlbnQiZAoLQ2hhbmdlQmF0Y2gSKAoJZG9jdW1lbnRzGAEgAygLMhUuc3luY2xpbmUudjEuRG9jdW1lbnQSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQiGAoGUmVzeW5jEg4KBnJlYXNvbhgBIAEoCSILCglIZWFydGJlYXQiPgoNQnVja2V0RGlnZXN0cxIPCgdidWNrZXRzGAEgAygNEg4KBmNvdW50cxgCIAMoDRIMCgRzdW1zGAMgAygGIo0BChBSZWNvbmNpbGVSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSEwoLYnVja2V0X2JpdHMYAiABKA0SEwoLd2l0aGluX2JpdHMYAyABKA0SDgoGd2l0aGluGAQgAygNEisKB2RpZ2VzdHMYBSABKAsyGi5zeW5jbGluZS52MS5CdWNrZXREaWdlc3RzIm8KEVJlY29uY2lsZVJlc3BvbnNlEi0KCWRpZmZlcmluZxgBIAEoCzIaLnN5bmNsaW5lLnYxLkJ1Y2tldERpZ2VzdHMSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQiUAoUUmVjb25jaWxlTGlzdFJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRITCgtidWNrZXRfYml0cxgCIAEoDRIPCgdidWNrZXRzGAMgAygNIioKCklkUmV2aXNpb24SCgoCaWQYASABKAkSEAoIcmV2aXNpb24YAiABKAkiQwoVUmVjb25jaWxlTGlzdFJlc3BvbnNlEioKCWRvY3VtZW50cxgBIAMoCzIXLnN5bmNsaW5lLnYxLklkUmV2aXNpb24iLwoMRmV0Y2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSCwoDaWRzGAIgAygJIksKDUZldGNoUmVzcG9uc2USKAoJZG9jdW1lbnRzGAEgAygLMhUuc3luY2xpbmUudjEuRG9jdW1lbnQSEAoIYW5zd2VyZWQYAiABKA0qUgoIUHVzaE1vZGUSGQoVUFVTSF9NT0RFX1VOU1BFQ0lGSUVEEAASFAoQUFVTSF9NT0RFX0FUT01JQxABEhUKEVBVU0hfTU9ERV9QRVJfUk9XEAIywAMKElJlcGxpY2F0aW9uU2VydmljZRI7CgRQdWxsEhguc3luY2xpbmUudjEuUHVsbFJlcXVlc3QaGS5zeW5jbGluZS52MS5QdWxsUmVzcG9uc2USOwoEUHVzaBIYLnN5bmNsaW5lLnYxLlB1c2hSZXF1ZXN0Ghkuc3luY2xpbmUudjEuUHVzaFJlc3BvbnNlEkwKCVN1YnNjcmliZRIdLnN5bmNsaW5lLnYxLlN1YnNjcmliZVJlcXVlc3QaHi5zeW5jbGluZS52MS5TdWJzY3JpYmVSZXNwb25zZTABEkoKCVJlY29uY2lsZRIdLnN5bmNsaW5lLnYxLlJlY29uY2lsZVJlcXVlc3QaHi5zeW5jbGluZS52MS5SZWNvbmNpbGVSZXNwb25zZRJWCg1SZWNvbmNpbGVMaXN0EiEuc3luY2xpbmUudjEuUmVjb25jaWxlTGlzdFJlcXVlc3QaIi5zeW5jbGluZS52MS5SZWNvbmNpbGVMaXN0UmVzcG9uc2USPgoFRmV0Y2gSGS5zeW5jbGluZS52MS5GZXRjaFJlcXVlc3QaGi5zeW5jbGluZS52MS5GZXRjaFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1zeW5jbGluZS92MS9yZXBsaWNhdGlvbi5wcm90bxILc3luY2xpbmUudjEihgEKCERvY3VtZW50EgoKAmlkGAEgASgJEgwKBGpzb24YAiABKAwSDwoHZGVsZXRlZBgDIAEoCBIQCghyZXZpc2lvbhgEIAEoCRIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVvd25lchgGIAEoCSIbCgpDaGVja3BvaW50Eg0KBXRva2VuGAEgASgJIl0KC1B1bGxSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQSDQoFbGltaXQYAyABKA0iZQoMUHVsbFJlc3BvbnNlEigKCWRvY3VtZW50cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EisKCmNoZWNrcG9pbnQYAiABKAsyFy5zeW5jbGluZS52MS5DaGVja3BvaW50InMKCUNoYW5nZVJvdxIxChJuZXdfZG9jdW1lbnRfc3RhdGUYASABKAsyFS5zeW5jbGluZS52MS5Eb2N1bWVudBIzChRhc3N1bWVkX21hc3Rlcl9zdGF0ZRgCIAEoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50IoUBCgtQdXNoUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEiQKBHJvd3MYAiADKAsyFi5zeW5jbGluZS52MS5DaGFuZ2VSb3cSIwoEbW9kZRgDIAEoDjIVLnN5bmNsaW5lLnYxLlB1c2hNb2RlEhcKD2lkZW1wb3RlbmN5X2tleRgEIAEoCSLVAQoMUHVzaFJlc3BvbnNlEigKCWNvbmZsaWN0cxgBIAMoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EigKB3JlZnVzZWQYAiADKAsyFy5zeW5jbGluZS52MS5SZWZ1c2VkUm93EioKCHJlc29sdmVkGAMgAygLMhguc3luY2xpbmUudjEuUmVzb2x2ZWRSb3cSEAoIcmVwbGF5ZWQYBCABKAgSMwoKdW5yZXNvbHZlZBgFIAMoCzIfLnN5bmNsaW5lLnYxLlVucmVzb2x2ZWRDb25mbGljdCI3ChJVbnJlc29sdmVkQ29uZmxpY3QSEAoIY29uZmxpY3QYASABKA0SDwoHbWVzc2FnZRgCIAEoCSJXCgtSZXNvbHZlZFJvdxINCgVpbmRleBgBIAEoDRInCghkb2N1bWVudBgCIAEoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50EhAKCHN0cmF0ZWd5GAMgASgJIn8KClJlZnVzZWRSb3cSDQoFaW5kZXgYASABKA0SCgoCaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEg0KBWZpZWxkGAQgASgJEg8KB21lc3NhZ2UYBSABKAkSJgoHY3VycmVudBgGIAEoCzIVLnN5bmNsaW5lLnYxLkRvY3VtZW50IlMKEFN1YnNjcmliZVJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRIrCgpjaGVja3BvaW50GAIgASgLMhcuc3luY2xpbmUudjEuQ2hlY2twb2ludCKdAQoRU3Vic2NyaWJlUmVzcG9uc2USKwoHY2hhbmdlcxgBIAEoCzIYLnN5bmNsaW5lLnYxLkNoYW5nZUJhdGNoSAASJQoGcmVzeW5jGAIgASgLMhMuc3luY2xpbmUudjEuUmVzeW5jSAASKwoJaGVhcnRiZWF0GAMgASgLMhYuc3luY2xpbmUudjEuSGVhcnRiZWF0SABCBwoFZXZlbnQiZAoLQ2hhbmdlQmF0Y2gSKAoJZG9jdW1lbnRzGAEgAygLMhUuc3luY2xpbmUudjEuRG9jdW1lbnQSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQiGAoGUmVzeW5jEg4KBnJlYXNvbhgBIAEoCSILCglIZWFydGJlYXQiPgoNQnVja2V0RGlnZXN0cxIPCgdidWNrZXRzGAEgAygNEg4KBmNvdW50cxgCIAMoDRIMCgRzdW1zGAMgAygGIo0BChBSZWNvbmNpbGVSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSEwoLYnVja2V0X2JpdHMYAiABKA0SEwoLd2l0aGluX2JpdHMYAyABKA0SDgoGd2l0aGluGAQgAygNEisKB2RpZ2VzdHMYBSABKAsyGi5zeW5jbGluZS52MS5CdWNrZXREaWdlc3RzIm8KEVJlY29uY2lsZVJlc3BvbnNlEi0KCWRpZmZlcmluZxgBIAEoCzIaLnN5bmNsaW5lLnYxLkJ1Y2tldERpZ2VzdHMSKwoKY2hlY2twb2ludBgCIAEoCzIXLnN5bmNsaW5lLnYxLkNoZWNrcG9pbnQiUAoUUmVjb25jaWxlTGlzdFJlcXVlc3QSEgoKY29sbGVjdGlvbhgBIAEoCRITCgtidWNrZXRfYml0cxgCIAEoDRIPCgdidWNrZXRzGAMgAygNIioKCklkUmV2aXNpb24SCgoCaWQYASABKAkSEAoIcmV2aXNpb24YAiABKAkiQwoVUmVjb25jaWxlTGlzdFJlc3BvbnNlEioKCWRvY3VtZW50cxgBIAMoCzIXLnN5bmNsaW5lLnYxLklkUmV2aXNpb24iLwoMRmV0Y2hSZXF1ZXN0EhIKCmNvbGxlY3Rpb24YASABKAkSCwoDaWRzGAIgAygJIksKDUZldGNoUmVzcG9uc2USKAoJZG9jdW1lbnRzGAEgAygLMhUuc3luY2xpbmUudjEuRG9jdW1lbnQSEAoIYW5zd2VyZWQYAiABKA0iRwoWTGlzdE92ZXJ3cml0dGVuUmVxdWVzdBISCgpjb2xsZWN0aW9uGAEgASgJEgoKAmlkGAIgASgJEg0KBWxpbWl0GAMgASgNIo0BChJPdmVyd3JpdHRlblZlcnNpb24SJwoIZG9jdW1lbnQYASABKAsyFS5zeW5jbGluZS52MS5Eb2N1bWVudBIOCgZzb3VyY2UYAiABKAkSEAoIc3RyYXRlZ3kYAyABKAkSGQoRcmVzb2x2ZWRfcmV2aXNpb24YBCABKAkSEQoJcHVzaGVkX2J5GAUgASgJIkwKF0xpc3RPdmVyd3JpdHRlblJlc3BvbnNlEjEKCHZlcnNpb25zGAEgAygLMh8uc3luY2xpbmUudjEuT3ZlcndyaXR0ZW5WZXJzaW9uKlIKCFB1c2hNb2RlEhkKFVBVU0hfTU9ERV9VTlNQRUNJRklFRBAAEhQKEFBVU0hfTU9ERV9BVE9NSUMQARIVChFQVVNIX01PREVfUEVSX1JPVxACMp4EChJSZXBsaWNhdGlvblNlcnZpY2USOwoEUHVsbBIYLnN5bmNsaW5lLnYxLlB1bGxSZXF1ZXN0Ghkuc3luY2xpbmUudjEuUHVsbFJlc3BvbnNlEjsKBFB1c2gSGC5zeW5jbGluZS52MS5QdXNoUmVxdWVzdBoZLnN5bmNsaW5lLnYxLlB1c2hSZXNwb25zZRJMCglTdWJzY3JpYmUSHS5zeW5jbGluZS52MS5TdWJzY3JpYmVSZXF1ZXN0Gh4uc3luY2xpbmUudjEuU3Vic2NyaWJlUmVzcG9uc2UwARJKCglSZWNvbmNpbGUSHS5zeW5jbGluZS52MS5SZWNvbmNpbGVSZXF1ZXN0Gh4uc3luY2xpbmUudjEuUmVjb25jaWxlUmVzcG9uc2USVgoNUmVjb25jaWxlTGlzdBIhLnN5bmNsaW5lLnYxLlJlY29uY2lsZUxpc3RSZXF1ZXN0GiIuc3luY2xpbmUudjEuUmVjb25jaWxlTGlzdFJlc3BvbnNlEj4KBUZldGNoEhkuc3luY2xpbmUudjEuRmV0Y2hSZXF1ZXN0Ghouc3luY2xpbmUudjEuRmV0Y2hSZXNwb25zZRJcCg9MaXN0T3ZlcndyaXR0ZW4SIy5zeW5jbGluZS52MS5MaXN0T3ZlcndyaXR0ZW5SZXF1ZXN0GiQuc3luY2xpbmUudjEuTGlzdE92ZXJ3cml0dGVuUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * One document as the server stores it.
@@ -233,6 +233,23 @@ export type PushRequest = Message<"syncline.v1.PushRequest"> & {
    * @generated from field: syncline.v1.PushMode mode = 3;
    */
   mode: PushMode;
+
+  /**
+   * Makes the push safe to retry. The server remembers the key, per caller,
+   * with the push's response, in the same transaction as the push's writes,
+   * for the server's `idempotency_retention` (24 hours by default). A push
+   * repeating a remembered key is answered with the first response (with
+   * `replayed` set) and writes nothing; a concurrent duplicate waits for the
+   * first and gets its response. Reusing a key with a different request is
+   * INVALID_ARGUMENT (reason IDEMPOTENCY_KEY_REUSED, field "idempotency_key").
+   * A push that failed stored nothing, so its retry runs afresh. Empty: no
+   * key. At most 128 bytes of printable ASCII; a random UUID per logical push,
+   * reused on every retry of it, is the usual choice. Both Syncline clients
+   * send one on every push.
+   *
+   * @generated from field: string idempotency_key = 4;
+   */
+  idempotencyKey: string;
 };
 
 /**
@@ -244,13 +261,16 @@ export const PushRequestSchema: GenMessage<PushRequest> = /*@__PURE__*/
 
 /**
  * The outcome of a push. Rows listed in neither `conflicts` nor `refused`
- * were written.
+ * were written as sent; rows listed in `resolved` were written as the server
+ * resolved them.
  *
  * @generated from message syncline.v1.PushResponse
  */
 export type PushResponse = Message<"syncline.v1.PushResponse"> & {
   /**
-   * The server's current state of each row that conflicted, in row order.
+   * The server's current state of each row that conflicted and was not
+   * written, in row order. The client should adopt it (or resolve and push
+   * again).
    *
    * @generated from field: repeated syncline.v1.Document conflicts = 1;
    */
@@ -262,6 +282,35 @@ export type PushResponse = Message<"syncline.v1.PushResponse"> & {
    * @generated from field: repeated syncline.v1.RefusedRow refused = 2;
    */
   refused: RefusedRow[];
+
+  /**
+   * The rows that conflicted and that the server resolved under the
+   * collection's conflict strategy and wrote, in row order: the stored state,
+   * with its new revision. The client should adopt it as the document's master
+   * state (the RxDB plugin hands it to RxDB like a conflict's master state).
+   * Resolved writes reach every stream like any other write.
+   *
+   * @generated from field: repeated syncline.v1.ResolvedRow resolved = 3;
+   */
+  resolved: ResolvedRow[];
+
+  /**
+   * True when this response repeats the response to an earlier push with the
+   * same `idempotency_key`; nothing was written this time.
+   *
+   * @generated from field: bool replayed = 4;
+   */
+  replayed: boolean;
+
+  /**
+   * One entry for each conflict the collection's strategy tried and could not
+   * resolve (no assumed master state to merge against, a resolved document
+   * that fails the collection's schema, ...): why, for people. A conflict
+   * without an entry simply lost (or the collection is first-write-wins).
+   *
+   * @generated from field: repeated syncline.v1.UnresolvedConflict unresolved = 5;
+   */
+  unresolved: UnresolvedConflict[];
 };
 
 /**
@@ -270,6 +319,92 @@ export type PushResponse = Message<"syncline.v1.PushResponse"> & {
  */
 export const PushResponseSchema: GenMessage<PushResponse> = /*@__PURE__*/
   messageDesc(file_syncline_v1_replication, 6);
+
+/**
+ * Why a conflicting row could not be resolved.
+ *
+ * @generated from message syncline.v1.UnresolvedConflict
+ */
+export type UnresolvedConflict = Message<"syncline.v1.UnresolvedConflict"> & {
+  /**
+   * The conflict's position in `PushResponse.conflicts`.
+   *
+   * @generated from field: uint32 conflict = 1;
+   */
+  conflict: number;
+
+  /**
+   * What prevented the resolution.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message syncline.v1.UnresolvedConflict.
+ * Use `create(UnresolvedConflictSchema)` to create a new message.
+ */
+export const UnresolvedConflictSchema: GenMessage<UnresolvedConflict> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 7);
+
+/**
+ * A conflicting row the server resolved and wrote. The strategies
+ * (`[[collections]] conflict`):
+ * - first-write-wins (default): never resolves; the row is a conflict.
+ * - last-write-wins: the row is written if it orders above the server's
+ *   state by `lww_field` (numbers by value, RFC 3339 strings as instants; a
+ *   missing or unusable value sorts lowest; ties broken by the bodies'
+ *   canonical text, then a tombstone wins); without `lww_field` the later
+ *   push wins. A losing row is a conflict.
+ * - field-merge: three-way merge against the row's assumed master state
+ *   (which must carry its body): fields changed by one side take that side's
+ *   value; fields changed by both follow `merge_rules` (server, client, or
+ *   union of arrays; default server); nested objects merge key by key. No
+ *   assumed state: a conflict (see `unresolved`).
+ * - crdt: field-merge, with CRDT fields merged on every conflict: counter =
+ *   server + (client - base), g-set = union, lww = the later write's value.
+ * Deletes (field-merge, crdt): `on_delete = delete-wins` (default) keeps or
+ * writes the tombstone against an edit, `edit-wins` keeps the edit or
+ * brings the document back; a row re-creating a document it did not know
+ * was deleted (no assumed state, server tombstone) is written. A result that
+ * fails the collection's checks (schema, size) is not written: a conflict
+ * with a reason in `unresolved`. A merge that changes nothing writes nothing
+ * and is reported as a conflict.
+ *
+ * @generated from message syncline.v1.ResolvedRow
+ */
+export type ResolvedRow = Message<"syncline.v1.ResolvedRow"> & {
+  /**
+   * The row's index in `PushRequest.rows`.
+   *
+   * @generated from field: uint32 index = 1;
+   */
+  index: number;
+
+  /**
+   * The document as stored by the resolution (revision, owner and updated_at
+   * set).
+   *
+   * @generated from field: syncline.v1.Document document = 2;
+   */
+  document?: Document | undefined;
+
+  /**
+   * The strategy that resolved it: "last-write-wins", "field-merge" or
+   * "crdt".
+   *
+   * @generated from field: string strategy = 3;
+   */
+  strategy: string;
+};
+
+/**
+ * Describes the message syncline.v1.ResolvedRow.
+ * Use `create(ResolvedRowSchema)` to create a new message.
+ */
+export const ResolvedRowSchema: GenMessage<ResolvedRow> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 8);
 
 /**
  * A row not written because the server refused it (PUSH_MODE_PER_ROW).
@@ -330,7 +465,7 @@ export type RefusedRow = Message<"syncline.v1.RefusedRow"> & {
  * Use `create(RefusedRowSchema)` to create a new message.
  */
 export const RefusedRowSchema: GenMessage<RefusedRow> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 7);
+  messageDesc(file_syncline_v1_replication, 9);
 
 /**
  * Opens a live change stream.
@@ -358,7 +493,7 @@ export type SubscribeRequest = Message<"syncline.v1.SubscribeRequest"> & {
  * Use `create(SubscribeRequestSchema)` to create a new message.
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 8);
+  messageDesc(file_syncline_v1_replication, 10);
 
 /**
  * One event on a change stream.
@@ -403,7 +538,7 @@ export type SubscribeResponse = Message<"syncline.v1.SubscribeResponse"> & {
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 9);
+  messageDesc(file_syncline_v1_replication, 11);
 
 /**
  * Changed documents, in change order, and the checkpoint after them.
@@ -431,7 +566,7 @@ export type ChangeBatch = Message<"syncline.v1.ChangeBatch"> & {
  * Use `create(ChangeBatchSchema)` to create a new message.
  */
 export const ChangeBatchSchema: GenMessage<ChangeBatch> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 10);
+  messageDesc(file_syncline_v1_replication, 12);
 
 /**
  * The stream's position expired: its checkpoint is at or below the
@@ -458,7 +593,7 @@ export type Resync = Message<"syncline.v1.Resync"> & {
  * Use `create(ResyncSchema)` to create a new message.
  */
 export const ResyncSchema: GenMessage<Resync> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 11);
+  messageDesc(file_syncline_v1_replication, 13);
 
 /**
  * Keeps an idle stream alive through proxies; carries nothing.
@@ -473,7 +608,7 @@ export type Heartbeat = Message<"syncline.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 12);
+  messageDesc(file_syncline_v1_replication, 14);
 
 /**
  * Digests of hash buckets, as three parallel arrays (index i describes one
@@ -513,7 +648,7 @@ export type BucketDigests = Message<"syncline.v1.BucketDigests"> & {
  * Use `create(BucketDigestsSchema)` to create a new message.
  */
 export const BucketDigestsSchema: GenMessage<BucketDigests> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 13);
+  messageDesc(file_syncline_v1_replication, 15);
 
 /**
  * One round of a reconcile: the client's digests of some buckets.
@@ -568,7 +703,7 @@ export type ReconcileRequest = Message<"syncline.v1.ReconcileRequest"> & {
  * Use `create(ReconcileRequestSchema)` to create a new message.
  */
 export const ReconcileRequestSchema: GenMessage<ReconcileRequest> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 14);
+  messageDesc(file_syncline_v1_replication, 16);
 
 /**
  * The buckets that differ, and where pulling continues afterwards.
@@ -599,7 +734,7 @@ export type ReconcileResponse = Message<"syncline.v1.ReconcileResponse"> & {
  * Use `create(ReconcileResponseSchema)` to create a new message.
  */
 export const ReconcileResponseSchema: GenMessage<ReconcileResponse> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 15);
+  messageDesc(file_syncline_v1_replication, 17);
 
 /**
  * Lists the documents of some buckets.
@@ -634,7 +769,7 @@ export type ReconcileListRequest = Message<"syncline.v1.ReconcileListRequest"> &
  * Use `create(ReconcileListRequestSchema)` to create a new message.
  */
 export const ReconcileListRequestSchema: GenMessage<ReconcileListRequest> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 16);
+  messageDesc(file_syncline_v1_replication, 18);
 
 /**
  * One live document's id and revision.
@@ -662,7 +797,7 @@ export type IdRevision = Message<"syncline.v1.IdRevision"> & {
  * Use `create(IdRevisionSchema)` to create a new message.
  */
 export const IdRevisionSchema: GenMessage<IdRevision> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 17);
+  messageDesc(file_syncline_v1_replication, 19);
 
 /**
  * The live documents of the requested buckets.
@@ -685,7 +820,7 @@ export type ReconcileListResponse = Message<"syncline.v1.ReconcileListResponse">
  * Use `create(ReconcileListResponseSchema)` to create a new message.
  */
 export const ReconcileListResponseSchema: GenMessage<ReconcileListResponse> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 18);
+  messageDesc(file_syncline_v1_replication, 20);
 
 /**
  * Asks for documents by id.
@@ -713,7 +848,7 @@ export type FetchRequest = Message<"syncline.v1.FetchRequest"> & {
  * Use `create(FetchRequestSchema)` to create a new message.
  */
 export const FetchRequestSchema: GenMessage<FetchRequest> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 19);
+  messageDesc(file_syncline_v1_replication, 21);
 
 /**
  * Live documents among the requested ids.
@@ -743,7 +878,115 @@ export type FetchResponse = Message<"syncline.v1.FetchResponse"> & {
  * Use `create(FetchResponseSchema)` to create a new message.
  */
 export const FetchResponseSchema: GenMessage<FetchResponse> = /*@__PURE__*/
-  messageDesc(file_syncline_v1_replication, 20);
+  messageDesc(file_syncline_v1_replication, 22);
+
+/**
+ * Asks for the losing versions of one document.
+ *
+ * @generated from message syncline.v1.ListOverwrittenRequest
+ */
+export type ListOverwrittenRequest = Message<"syncline.v1.ListOverwrittenRequest"> & {
+  /**
+   * The collection's name.
+   *
+   * @generated from field: string collection = 1;
+   */
+  collection: string;
+
+  /**
+   * The document's id.
+   *
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * The most versions to return; 0 means 100, the maximum.
+   *
+   * @generated from field: uint32 limit = 3;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message syncline.v1.ListOverwrittenRequest.
+ * Use `create(ListOverwrittenRequestSchema)` to create a new message.
+ */
+export const ListOverwrittenRequestSchema: GenMessage<ListOverwrittenRequest> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 23);
+
+/**
+ * One version that lost an automatic conflict resolution.
+ *
+ * @generated from message syncline.v1.OverwrittenVersion
+ */
+export type OverwrittenVersion = Message<"syncline.v1.OverwrittenVersion"> & {
+  /**
+   * The losing state. Its `revision` is the revision it had on the server
+   * (source "server"), or the revision the pushing client had assumed (source
+   * "client"; empty when it assumed none); `updated_at` is when it lost.
+   *
+   * @generated from field: syncline.v1.Document document = 1;
+   */
+  document?: Document | undefined;
+
+  /**
+   * "server": a stored state the resolution replaced; "client": a pushed
+   * state the resolution did not write as sent.
+   *
+   * @generated from field: string source = 2;
+   */
+  source: string;
+
+  /**
+   * The strategy that decided: "last-write-wins", "field-merge" or "crdt".
+   *
+   * @generated from field: string strategy = 3;
+   */
+  strategy: string;
+
+  /**
+   * The revision of the state the resolution left stored.
+   *
+   * @generated from field: string resolved_revision = 4;
+   */
+  resolvedRevision: string;
+
+  /**
+   * The subject of the principal whose push was resolved.
+   *
+   * @generated from field: string pushed_by = 5;
+   */
+  pushedBy: string;
+};
+
+/**
+ * Describes the message syncline.v1.OverwrittenVersion.
+ * Use `create(OverwrittenVersionSchema)` to create a new message.
+ */
+export const OverwrittenVersionSchema: GenMessage<OverwrittenVersion> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 24);
+
+/**
+ * The losing versions of a document, newest first.
+ *
+ * @generated from message syncline.v1.ListOverwrittenResponse
+ */
+export type ListOverwrittenResponse = Message<"syncline.v1.ListOverwrittenResponse"> & {
+  /**
+   * At most the request's limit.
+   *
+   * @generated from field: repeated syncline.v1.OverwrittenVersion versions = 1;
+   */
+  versions: OverwrittenVersion[];
+};
+
+/**
+ * Describes the message syncline.v1.ListOverwrittenResponse.
+ * Use `create(ListOverwrittenResponseSchema)` to create a new message.
+ */
+export const ListOverwrittenResponseSchema: GenMessage<ListOverwrittenResponse> = /*@__PURE__*/
+  messageDesc(file_syncline_v1_replication, 25);
 
 /**
  * How a push treats rows the server refuses.
@@ -815,9 +1058,13 @@ export const ReplicationService: GenService<{
     output: typeof PullResponseSchema;
   },
   /**
-   * Writes a batch of documents atomically. Rows whose assumed master state
-   * differs from the server's current state are not written; the server's
-   * state of each of them is returned as a conflict.
+   * Writes a batch of documents atomically. A row whose assumed master state
+   * differs from the server's current state conflicts. The collection's
+   * conflict strategy decides what happens to it: under first-write-wins (the
+   * default) it is not written and the server's state is returned in
+   * `conflicts`; under last-write-wins, field-merge and crdt the server may
+   * resolve it and write the result, returned in `resolved` (README "Conflict
+   * resolution" gives the exact rules).
    *
    * @generated from rpc syncline.v1.ReplicationService.Push
    */
@@ -874,6 +1121,21 @@ export const ReplicationService: GenService<{
     methodKind: "unary";
     input: typeof FetchRequestSchema;
     output: typeof FetchResponseSchema;
+  },
+  /**
+   * Lists the recent versions of one document that lost an automatic conflict
+   * resolution, newest first, so an app can show them to the user after the
+   * fact. Only for collections with `keep_overwritten` (otherwise
+   * FAILED_PRECONDITION, field "collection"); versions are kept for that long.
+   * The document's owner and service principals see them; for anyone else the
+   * list is empty, as for an id that never lost anything.
+   *
+   * @generated from rpc syncline.v1.ReplicationService.ListOverwritten
+   */
+  listOverwritten: {
+    methodKind: "unary";
+    input: typeof ListOverwrittenRequestSchema;
+    output: typeof ListOverwrittenResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_syncline_v1_replication, 0);
