@@ -580,16 +580,7 @@ async fn per_row_refusals() {
     );
     drop(c);
     server.stop().await.unwrap();
-    // This test's database only.
-    use sqlx::Connection;
-    let name = db.rsplit_once('/').unwrap().1;
-    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    drop_database(&db).await;
 }
 
 #[test]
@@ -631,6 +622,11 @@ async fn resolutions_and_replays() {
     assert_eq!(value(&m, replays), 1.0);
     drop(c);
     server.stop().await.unwrap();
+    drop_database(&db).await;
+}
+
+/// Drops this test's database only.
+async fn drop_database(db: &str) {
     use sqlx::Connection;
     let name = db.rsplit_once('/').unwrap().1;
     let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();

@@ -155,6 +155,15 @@ pub async fn push_response(
     collection: &str,
     rows: Vec<ChangeRow>,
 ) -> syncline::proto::PushResponse {
+    push_response_as(client, None, collection, rows).await
+}
+
+async fn push_response_as(
+    client: &mut Client,
+    bearer: Option<&Bearer>,
+    collection: &str,
+    rows: Vec<ChangeRow>,
+) -> syncline::proto::PushResponse {
     let message = PushRequest {
         collection: collection.into(),
         rows,
@@ -162,7 +171,7 @@ pub async fn push_response(
         idempotency_key: String::new(),
     };
     client
-        .push(request(message, None))
+        .push(request(message, bearer))
         .await
         .unwrap_or_else(|s| panic!("push to {collection}: {s}"))
         .into_inner()
@@ -180,17 +189,8 @@ pub async fn push_as(
     collection: &str,
     rows: Vec<ChangeRow>,
 ) -> Vec<Document> {
-    let message = PushRequest {
-        collection: collection.into(),
-        rows,
-        mode: 0,
-        idempotency_key: String::new(),
-    };
-    client
-        .push(request(message, bearer))
+    push_response_as(client, bearer, collection, rows)
         .await
-        .unwrap_or_else(|s| panic!("push to {collection}: {s}"))
-        .into_inner()
         .conflicts
 }
 
