@@ -78,13 +78,48 @@ async fn sql_ids(conn: &mut sqlx::PgConnection, selector: &Selector) -> BTreeSet
 // ---- random documents, as JSON text (numbers keep their exact digits) ----
 
 const STRINGS: &[&str] = &[
-    "", "a", "b", "B", "ab", "a b", "Z", "z", "é", "e\u{301}", "😀", "\u{ffff}", "\u{7f}", "ｚ",
-    "1=1) OR (1=1", "'", "\\", "\"", "eu", "us", "1",
+    "",
+    "a",
+    "b",
+    "B",
+    "ab",
+    "a b",
+    "Z",
+    "z",
+    "é",
+    "e\u{301}",
+    "😀",
+    "\u{ffff}",
+    "\u{7f}",
+    "ｚ",
+    "1=1) OR (1=1",
+    "'",
+    "\\",
+    "\"",
+    "eu",
+    "us",
+    "1",
 ];
 /// Numbers an f64 holds exactly as written (serde_json's `Value` reads them right).
 const NUMBERS: &[&str] = &[
-    "0", "-0", "1", "1.0", "1.5", "-1", "2", "10", "1e2", "100", "0.1", "0.30000000000000004",
-    "9007199254740993", "-9007199254740993", "1e-20", "3.14159", "-2.5e3", "18446744073709551615",
+    "0",
+    "-0",
+    "1",
+    "1.0",
+    "1.5",
+    "-1",
+    "2",
+    "10",
+    "1e2",
+    "100",
+    "0.1",
+    "0.30000000000000004",
+    "9007199254740993",
+    "-9007199254740993",
+    "1e-20",
+    "3.14159",
+    "-2.5e3",
+    "18446744073709551615",
 ];
 /// Numbers with more digits than an f64: only the text matcher reads them exactly.
 const WIDE_NUMBERS: &[&str] = &[
@@ -202,8 +237,9 @@ fn operand(rng: &mut StdRng, ty: &str) -> Value {
 
 fn clause(rng: &mut StdRng) -> (String, Value) {
     let (path, ty) = FIELDS[rng.random_range(0..FIELDS.len())];
-    let op = ["", "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists"]
-        [rng.random_range(0..10)];
+    let op = [
+        "", "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists",
+    ][rng.random_range(0..10)];
     let arg = match op {
         "" => return (path.to_owned(), operand(rng, ty)),
         "$in" | "$nin" => {
@@ -233,8 +269,9 @@ fn selector(rng: &mut StdRng, depth: usize) -> Value {
 }
 
 /// Seeded documents and selectors: the rows PostgreSQL returns for the compiled SQL are
-/// exactly the documents the matcher accepts (on the body text PostgreSQL gives back, and on
-/// serde_json values when their numbers fit an f64).
+/// exactly the documents the matcher accepts (on the body text PostgreSQL gives back, on
+/// serde_json values when their numbers fit an f64, and on the declared fields' projections
+/// computed in SQL and in Rust).
 #[tokio::test]
 async fn compiled_sql_agrees_with_the_matcher() {
     let fields = fields();
@@ -251,23 +288,37 @@ async fn compiled_sql_agrees_with_the_matcher() {
         if wide {
             wide_ids.insert(id.clone());
         }
-        sqlx::query("INSERT INTO syncline_documents (collection, id, body) VALUES ('tasks', $1, $2::jsonb)")
-            .bind(&id)
-            .bind(&body)
-            .execute(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("{body}: {e}"));
+        sqlx::query(
+            "INSERT INTO syncline_documents (collection, id, body) VALUES ('tasks', $1, $2::jsonb)",
+        )
+        .bind(&id)
+        .bind(&body)
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{body}: {e}"));
     }
     // Another collection's documents never match.
     sqlx::query("INSERT INTO syncline_documents (collection, id, body) VALUES ('other', 'o1', '{\"done\": true}')")
         .execute(&mut conn)
         .await
         .expect("insert other");
-    let rows = sqlx::query("SELECT id, body::text FROM syncline_documents WHERE collection = 'tasks'")
+    // Bodies as PostgreSQL gives them back, and the projections removal records would keep.
+    let read = format!(
+        "SELECT id, body::text, {}::text FROM syncline_documents d WHERE collection = 'tasks'",
+        fields.projection_sql("d.body")
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(read))
         .fetch_all(&mut conn)
         .await
         .expect("read back");
     let docs: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let projections: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            let body: String = r.get(1);
+            (r.get(2), fields.project_json(&body).expect("body is JSON"))
+        })
+        .collect();
     assert_eq!(docs.len(), 400);
 
     let (mut some, mut checked) = (0, 0);
@@ -286,8 +337,15 @@ async fn compiled_sql_agrees_with_the_matcher() {
             "seed {seed} round {round}: {v}\nsql {:?}\ndisagree on {:?}: {:?}",
             s.to_sql(2).unwrap().sql,
             diff,
-            docs.iter().filter(|(id, _)| diff.contains(&id)).collect::<Vec<_>>()
+            docs.iter()
+                .filter(|(id, _)| diff.contains(&id))
+                .collect::<Vec<_>>()
         );
+        for ((id, _), (in_sql, in_rust)) in docs.iter().zip(&projections) {
+            let want = by_text.contains(id);
+            assert_eq!(s.matches_projection(in_sql), want, "{v} on {in_sql}");
+            assert_eq!(s.matches_projection(in_rust), want, "{v} on {in_rust}");
+        }
         for (id, body) in &docs {
             if !wide_ids.contains(id) {
                 let value: Value = serde_json::from_str(body).expect("body JSON");
@@ -300,8 +358,15 @@ async fn compiled_sql_agrees_with_the_matcher() {
         }
     }
     // The selectors do discriminate (not all trivially everything or nothing).
-    assert!(some > 150, "only {some} of 400 selectors split the documents");
-    assert!(checked > 10_000 && wide_ids.len() > 20, "{checked} {}", wide_ids.len());
+    assert!(
+        some > 150,
+        "only {some} of 400 selectors split the documents"
+    );
+    assert!(
+        checked > 10_000 && wide_ids.len() > 20,
+        "{checked} {}",
+        wide_ids.len()
+    );
 }
 
 /// A bound claim rule and an intersection compile and agree as well.
@@ -315,12 +380,14 @@ async fn bound_rules_agree_with_the_matcher() {
         ("b1", json!({"team": "b", "done": false, "tags": ["x"]})),
         ("n1", json!({"done": false})),
     ] {
-        sqlx::query("INSERT INTO syncline_documents (collection, id, body) VALUES ('tasks', $1, $2::jsonb)")
-            .bind(id)
-            .bind(body.to_string())
-            .execute(&mut conn)
-            .await
-            .expect("insert");
+        sqlx::query(
+            "INSERT INTO syncline_documents (collection, id, body) VALUES ('tasks', $1, $2::jsonb)",
+        )
+        .bind(id)
+        .bind(body.to_string())
+        .execute(&mut conn)
+        .await
+        .expect("insert");
     }
     let rule = Selector::parse_rule(
         &json!({"team": {"$in": {"$claim": "teams"}}}),
@@ -372,10 +439,16 @@ async fn declared_field_indexes_serve_compiled_predicates() {
         (json!({"team": {"$in": ["t7", "t8"]}}), index("team")),
         (json!({"meta.region": "r3"}), index("meta.region")),
         (json!({"priority": {"$gte": 990}}), index("priority")),
-        (json!({"priority": {"$gt": 10, "$lte": 12}}), index("priority")),
+        (
+            json!({"priority": {"$gt": 10, "$lte": 12}}),
+            index("priority"),
+        ),
         (json!({"tags": "x17"}), index("tags")),
         (json!({"scores": {"$in": [5, 6]}}), index("scores")),
-        (json!({"$or": [{"team": "t1"}, {"tags": "x3"}]}), index("tags")),
+        (
+            json!({"$or": [{"team": "t1"}, {"tags": "x3"}]}),
+            index("tags"),
+        ),
     ];
     for (v, want) in cases {
         let s = Selector::parse(&v, &fields).expect("parse");

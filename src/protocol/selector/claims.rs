@@ -102,7 +102,7 @@ fn bind_operand(
             None => Ok(None),
             Some(v) => scalar_of(field, v)
                 .map(|s| Some(Operand::Value(s)))
-                .map_err(|why| unfit(name, field, &why)),
+                .map_err(|(_, why)| unfit(name, field, &why)),
         },
     }
 }
@@ -140,7 +140,7 @@ fn bind_list(
             }
             let mut out = Vec::with_capacity(values.len());
             for v in values {
-                let s = scalar_of(field, v).map_err(|why| unfit(name, field, &why))?;
+                let s = scalar_of(field, v).map_err(|(_, why)| unfit(name, field, &why))?;
                 out.push(Operand::Value(s));
             }
             Ok(Some(ListOperand::Items(out)))

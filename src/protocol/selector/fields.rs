@@ -239,6 +239,24 @@ impl FilterFields {
         self.by_path.is_empty()
     }
 
+    /// A jsonb expression over the body expression `body` (trusted SQL, e.g. `d.body` or a
+    /// trigger's `OLD.body`) computing [`FilterFields::project_json`]'s object: what a removal
+    /// record keeps of a document's previous state, for
+    /// [`super::Selector::matches_projection`]. Fixed text: paths come from the configuration.
+    pub fn projection_sql(&self, body: &str) -> String {
+        if self.is_empty() {
+            return "'{}'::jsonb".to_owned();
+        }
+        let rows: Vec<String> = self
+            .iter()
+            .map(|f| format!("('{}', {body} #> {})", f.path, f.path_literal()))
+            .collect();
+        format!(
+            "(SELECT coalesce(jsonb_object_agg(p.k, p.v), '{{}}'::jsonb) FROM (VALUES {}) AS p(k, v) WHERE p.v IS NOT NULL)",
+            rows.join(", ")
+        )
+    }
+
     /// The `CREATE INDEX` statements the store must run for these fields.
     pub fn index_ddl(&self, concurrently: bool) -> Vec<String> {
         self.iter().map(|f| f.index_ddl(concurrently)).collect()

@@ -9,6 +9,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::fields::{FieldDecl, FilterFields};
 use super::value::{Num, Scalar};
 use super::{Clause, CmpOp, ListOperand, Node, Op, Operand, Selector};
 
@@ -35,6 +36,42 @@ impl Selector {
             Err(_) => false,
         }
     }
+
+    /// Whether a document matched, judged from its projection (see
+    /// [`FilterFields::project_json`] and [`FilterFields::projection_sql`]): what a removal
+    /// record keeps of a document's previous state. Same result as on the whole document.
+    pub fn matches_projection(&self, projection: &str) -> bool {
+        if self.unbound {
+            return false;
+        }
+        match serde_json::from_str::<&RawValue>(projection) {
+            Ok(raw) => node(&self.root, &ProjectionDoc(raw)),
+            Err(_) => false,
+        }
+    }
+}
+
+impl FilterFields {
+    /// The declared fields' values in `body` (JSON text), as a flat object keyed by dotted
+    /// path (`{"done":false,"meta.region":"eu"}`), absent fields left out and values copied
+    /// as written (numbers exact). `None` when `body` is not JSON. The store's
+    /// [`FilterFields::projection_sql`] computes the same object.
+    pub fn project_json(&self, body: &str) -> Option<String> {
+        let root = serde_json::from_str::<&RawValue>(body).ok()?;
+        let mut out = String::from("{");
+        for field in self.iter() {
+            if let Some(raw) = raw_at(root, &field.segments) {
+                if out.len() > 1 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::from(field.path.as_str()).to_string());
+                out.push(':');
+                out.push_str(raw.get());
+            }
+        }
+        out.push('}');
+        Some(out)
+    }
 }
 
 /// A value found in a document, as far as selectors care.
@@ -55,15 +92,15 @@ enum Found<'a> {
 
 /// A document the matcher can look paths up in.
 trait Doc {
-    fn find(&self, segments: &[String]) -> Found<'_>;
+    fn find(&self, field: &FieldDecl) -> Found<'_>;
 }
 
 struct ValueDoc<'a>(&'a Value);
 
 impl Doc for ValueDoc<'_> {
-    fn find(&self, segments: &[String]) -> Found<'_> {
+    fn find(&self, field: &FieldDecl) -> Found<'_> {
         let mut current = self.0;
-        for segment in segments {
+        for segment in &field.segments {
             match current {
                 Value::Object(map) => match map.get(segment) {
                     Some(v) => current = v,
@@ -91,27 +128,42 @@ fn value_leaf(v: &Value) -> Leaf<'_> {
 struct TextDoc<'a>(&'a RawValue);
 
 impl Doc for TextDoc<'_> {
-    fn find(&self, segments: &[String]) -> Found<'_> {
-        let mut current: &RawValue = self.0;
-        for segment in segments {
-            if !current.get().starts_with('{') {
-                return Found::Missing;
-            }
-            let mut de = serde_json::Deserializer::from_str(current.get());
-            match FindKey(segment).deserialize(&mut de) {
-                Ok(Some(v)) => current = v,
-                _ => return Found::Missing,
-            }
+    fn find(&self, field: &FieldDecl) -> Found<'_> {
+        raw_at(self.0, &field.segments).map_or(Found::Missing, raw_found)
+    }
+}
+
+/// A projection: the declared fields' values keyed by their dotted paths.
+struct ProjectionDoc<'a>(&'a RawValue);
+
+impl Doc for ProjectionDoc<'_> {
+    fn find(&self, field: &FieldDecl) -> Found<'_> {
+        raw_at(self.0, std::slice::from_ref(&field.path)).map_or(Found::Missing, raw_found)
+    }
+}
+
+/// The value at a path through objects (anything else on the way: absent).
+fn raw_at<'a>(root: &'a RawValue, segments: &[String]) -> Option<&'a RawValue> {
+    let mut current = root;
+    for segment in segments {
+        if !current.get().starts_with('{') {
+            return None;
         }
-        let text = current.get();
-        if text.starts_with('[') {
-            match serde_json::from_str::<Vec<&RawValue>>(text) {
-                Ok(items) => Found::Array(items.into_iter().map(text_leaf).collect()),
-                Err(_) => Found::Missing,
-            }
-        } else {
-            Found::One(text_leaf(current))
+        let mut de = serde_json::Deserializer::from_str(current.get());
+        current = FindKey(segment).deserialize(&mut de).ok()??;
+    }
+    Some(current)
+}
+
+fn raw_found(raw: &RawValue) -> Found<'_> {
+    let text = raw.get();
+    if text.starts_with('[') {
+        match serde_json::from_str::<Vec<&RawValue>>(text) {
+            Ok(items) => Found::Array(items.into_iter().map(text_leaf).collect()),
+            Err(_) => Found::One(Leaf::Other),
         }
+    } else {
+        Found::One(text_leaf(raw))
     }
 }
 
@@ -192,38 +244,35 @@ fn node(n: &Node, doc: &dyn Doc) -> bool {
 }
 
 fn clause(c: &Clause, doc: &dyn Doc) -> bool {
-    let found = doc.find(&c.field.segments);
-    if let Op::Exists(wanted) = c.op {
-        return !matches!(found, Found::Missing) == wanted;
-    }
+    let found = doc.find(&c.field);
     // The candidates: the value of a scalar field, the elements of an array field (of the
-    // declared type: others never compare, see `Scalar::compare`).
+    // declared type: others never compare, see `compare`).
     let candidates: &[Leaf<'_>] = match (&found, c.field.ty.array) {
         (Found::One(leaf), false) => std::slice::from_ref(leaf),
         (Found::Array(items), true) => items,
         _ => &[],
     };
-    let any = |test: &dyn Fn(Ordering) -> bool, value: &Scalar| {
+    let any = |test: fn(Ordering) -> bool, value: &Scalar| {
         candidates
             .iter()
             .any(|leaf| compare(leaf, value).is_some_and(test))
     };
     match &c.op {
-        Op::Exists(_) => unreachable!("handled above"),
+        Op::Exists(wanted) => !matches!(found, Found::Missing) == *wanted,
         Op::Cmp(op, Operand::Value(v)) => match op {
-            CmpOp::Eq => any(&Ordering::is_eq, v),
-            CmpOp::Ne => !any(&Ordering::is_eq, v),
-            CmpOp::Gt => any(&Ordering::is_gt, v),
-            CmpOp::Gte => any(&Ordering::is_ge, v),
-            CmpOp::Lt => any(&Ordering::is_lt, v),
-            CmpOp::Lte => any(&Ordering::is_le, v),
+            CmpOp::Eq => any(Ordering::is_eq, v),
+            CmpOp::Ne => !any(Ordering::is_eq, v),
+            CmpOp::Gt => any(Ordering::is_gt, v),
+            CmpOp::Gte => any(Ordering::is_ge, v),
+            CmpOp::Lt => any(Ordering::is_lt, v),
+            CmpOp::Lte => any(Ordering::is_le, v),
         },
         Op::In {
             negated,
             list: ListOperand::Items(items),
         } => {
             let listed = items.iter().any(|item| match item {
-                Operand::Value(v) => any(&Ordering::is_eq, v),
+                Operand::Value(v) => any(Ordering::is_eq, v),
                 // Unreachable: selectors with claims match nothing until bound.
                 Operand::Claim(_) => false,
             });

@@ -291,7 +291,7 @@ impl<'f> Parser<'f> {
         }
         scalar_of(field, value)
             .map(Operand::Value)
-            .map_err(|why| invalid(path, why))
+            .map_err(|(reason, why)| ProtocolError::invalid(reason, path, format!("{path}: {why}")))
     }
 
     fn claim(&mut self, value: &Value, path: &str) -> Result<String, ProtocolError> {
@@ -317,8 +317,9 @@ fn is_claim(value: &Value) -> bool {
     matches!(value, Value::Object(map) if map.len() == 1 && map.contains_key("$claim"))
 }
 
-/// A JSON value as a value of `field`'s type; the error says what was expected.
-pub(crate) fn scalar_of(field: &FieldDecl, value: &Value) -> Result<Scalar, String> {
+/// A JSON value as a value of `field`'s type; the error says what was expected (with
+/// [`Reason::LimitExceeded`] for an over-long string).
+pub(crate) fn scalar_of(field: &FieldDecl, value: &Value) -> Result<Scalar, (Reason, String)> {
     let expected = || {
         let article = match field.ty.scalar {
             ScalarType::String => "a string",
@@ -338,22 +339,26 @@ pub(crate) fn scalar_of(field: &FieldDecl, value: &Value) -> Result<Scalar, Stri
     match (field.ty.scalar, value) {
         (ScalarType::String, Value::String(s)) => {
             if s.len() > STRING_BYTES_MAX {
-                return Err(format!(
-                    "a string of {} bytes, more than {STRING_BYTES_MAX}",
-                    s.len()
+                return Err((
+                    Reason::LimitExceeded,
+                    format!(
+                        "a string of {} bytes, more than {STRING_BYTES_MAX}",
+                        s.len()
+                    ),
                 ));
             }
             if s.contains('\0') {
-                return Err(
+                return Err((
+                    Reason::InvalidRequest,
                     "a string holding NUL (\\u0000), which no stored document can hold".to_owned(),
-                );
+                ));
             }
             Ok(Scalar::Str(s.clone()))
         }
         (ScalarType::Number, Value::Number(n)) => Num::parse(&n.to_string())
             .map(Scalar::Num)
-            .ok_or_else(|| "a number out of range".to_owned()),
+            .ok_or_else(|| (Reason::InvalidRequest, "a number out of range".to_owned())),
         (ScalarType::Boolean, Value::Bool(b)) => Ok(Scalar::Bool(*b)),
-        _ => Err(expected()),
+        _ => Err((Reason::InvalidRequest, expected())),
     }
 }

@@ -278,7 +278,7 @@ fn bounds_are_enforced() {
         .collect();
     limit(error(json!({ "$and": lists })));
     // String bytes.
-    let e = error(json!({"team": "x".repeat(STRING_BYTES_MAX + 1)}));
+    let e = limit(error(json!({"team": "x".repeat(STRING_BYTES_MAX + 1)})));
     assert!(e.message.contains("more than 1024"), "{}", e.message);
     parse(json!({"team": "x".repeat(STRING_BYTES_MAX)}));
     // JSON bytes, refused before parsing.
@@ -565,6 +565,40 @@ fn strings_order_as_bytes_and_numbers_exactly() {
     // duplicate keys: the last one, as jsonb keeps
     assert!(parse(json!({"team": "b"})).matches_json(r#"{"team": "a", "team": "b"}"#));
     assert!(!parse(json!({})).matches_json("not json"));
+}
+
+#[test]
+fn projections_keep_what_selectors_read() {
+    let f = fields();
+    let body = r#"{"done": false, "meta": {"region": "eu", "x": 1}, "tags": ["a", 1],
+        "priority": 1.000000000000000000001, "title": "secret", "team": null, "flags": {}}"#;
+    let p = f.project_json(body).expect("JSON");
+    let v: Value = serde_json::from_str(&p).expect("projection is JSON");
+    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        ["done", "flags", "meta.region", "priority", "tags", "team"]
+    );
+    assert!(p.contains("\"priority\":1.000000000000000000001"), "{p}");
+    assert!(!p.contains("secret"));
+    assert_eq!(f.project_json("{\"meta\": \"eu\"}").unwrap(), "{}");
+    assert_eq!(f.project_json("nope"), None);
+    for sel in [
+        json!({"priority": {"$gt": 1}}),
+        json!({"priority": 1}),
+        json!({"meta.region": "eu", "done": false}),
+        json!({"team": {"$exists": true}, "scores": {"$exists": false}}),
+        json!({"tags": "a", "flags": {"$ne": true}}),
+        json!({"tags": {"$in": ["b"]}}),
+        json!({"meta.region": {"$exists": false}}),
+    ] {
+        let s = parse(sel.clone());
+        assert_eq!(s.matches_projection(&p), s.matches_json(body), "{sel}");
+    }
+    assert!(
+        f.projection_sql("OLD.body")
+            .starts_with("(SELECT coalesce(jsonb_object_agg(")
+    );
 }
 
 // ---- claims ----
