@@ -30,15 +30,66 @@ fn fields() -> FilterFields {
     FilterFields::from_config("tasks", &declared).expect("filter_fields")
 }
 
+/// A database whose default collation is ICU `en-US` (`"a" < "B" < "b"`), unlike the bytes
+/// order selectors compare strings in: the compiled SQL must not depend on the database's
+/// collation. Dropped (`WITH (FORCE)`) when the guard is, a panicking test's included.
+struct IcuDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl IcuDatabase {
+    async fn create() -> IcuDatabase {
+        let admin = crate::common::admin_url();
+        let name = format!(
+            "syncline_t_{}_icu_{:012x}",
+            std::process::id(),
+            rand::random::<u64>() >> 16
+        );
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("admin");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C.UTF-8' \
+             LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("create an ICU database");
+        let _ = conn.close().await;
+        let url = crate::common::with_database(&admin, &name);
+        IcuDatabase { admin, name, url }
+    }
+}
+
+impl Drop for IcuDatabase {
+    fn drop(&mut self) {
+        // psql, not sqlx: no runtime may be left to run a query when this runs.
+        let dropped = std::process::Command::new("psql")
+            .arg(&self.admin)
+            .args(["-XqAt", "-c"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+        if !dropped.is_ok_and(|out| out.status.success()) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
 /// A fresh database with the real schema and the declared fields' indexes.
 async fn migrated(fields: &FilterFields) -> (sqlx::PgPool, sqlx::PgConnection) {
-    let url = fresh_database().await;
-    let pool = sqlx::PgPool::connect(&url).await.expect("pool");
+    migrated_at(&fresh_database().await, fields).await
+}
+
+async fn migrated_at(url: &str, fields: &FilterFields) -> (sqlx::PgPool, sqlx::PgConnection) {
+    let pool = sqlx::PgPool::connect(url).await.expect("pool");
     PgStore::from_pool(pool.clone())
         .migrate()
         .await
         .expect("migrate");
-    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
     for ddl in fields.index_ddl(false) {
         sqlx::query(sqlx::AssertSqlSafe(ddl.clone()))
             .execute(&mut conn)
@@ -275,7 +326,16 @@ fn selector(rng: &mut StdRng, depth: usize) -> Value {
 #[tokio::test]
 async fn compiled_sql_agrees_with_the_matcher() {
     let fields = fields();
-    let (_pool, mut conn) = migrated(&fields).await;
+    let database = IcuDatabase::create().await;
+    let (_pool, mut conn) = migrated_at(&database.url, &fields).await;
+    let unlike_bytes: bool = sqlx::query_scalar("SELECT 'a' < 'B'")
+        .fetch_one(&mut conn)
+        .await
+        .expect("collation check");
+    assert!(
+        unlike_bytes,
+        "the database's collation should not be bytewise"
+    );
     let seed: u64 = std::env::var("SELECTOR_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
