@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use sqlx::{Connection, Postgres, Row};
-use syncline::protocol::selector::{FilterFields, Selector, SqlParam};
+use syncline::protocol::selector::{FilterFields, Projection, Selector, SqlParam};
 use syncline::store::postgres::PgStore;
 
 use crate::common::fresh_database;
@@ -379,6 +379,10 @@ async fn compiled_sql_agrees_with_the_matcher() {
             (r.get(2), fields.project_json(&body).expect("body is JSON"))
         })
         .collect();
+    let projected: Vec<Projection> = docs
+        .iter()
+        .map(|(_, body)| fields.project(body).expect("body is JSON"))
+        .collect();
     assert_eq!(docs.len(), 400);
 
     let (mut some, mut checked) = (0, 0);
@@ -401,10 +405,13 @@ async fn compiled_sql_agrees_with_the_matcher() {
                 .filter(|(id, _)| diff.contains(&id))
                 .collect::<Vec<_>>()
         );
-        for ((id, _), (in_sql, in_rust)) in docs.iter().zip(&projections) {
+        for (((id, _), (in_sql, in_rust)), once) in docs.iter().zip(&projections).zip(&projected) {
             let want = by_text.contains(id);
+            assert_eq!(s.matches_projected(once), want, "{v} on {id}");
             assert_eq!(s.matches_projection(in_sql), want, "{v} on {in_sql}");
             assert_eq!(s.matches_projection(in_rust), want, "{v} on {in_rust}");
+            let parsed = Projection::from_json(in_sql).expect("projection JSON");
+            assert_eq!(s.matches_projected(&parsed), want, "{v} on {in_sql}");
         }
         for (id, body) in &docs {
             if !wide_ids.contains(id) {

@@ -75,6 +75,7 @@ impl FilterFields {
 }
 
 /// A value found in a document, as far as selectors care.
+#[derive(Debug, Clone)]
 enum Leaf<'a> {
     Str(Cow<'a, str>),
     Num(Num),
@@ -84,6 +85,7 @@ enum Leaf<'a> {
 }
 
 /// What a path holds.
+#[derive(Debug, Clone)]
 enum Found<'a> {
     Missing,
     One(Leaf<'a>),
@@ -92,13 +94,19 @@ enum Found<'a> {
 
 /// A document the matcher can look paths up in.
 trait Doc {
-    fn find(&self, field: &FieldDecl) -> Found<'_>;
+    fn find(&self, field: &FieldDecl) -> Cow<'_, Found<'_>>;
 }
 
 struct ValueDoc<'a>(&'a Value);
 
 impl Doc for ValueDoc<'_> {
-    fn find(&self, field: &FieldDecl) -> Found<'_> {
+    fn find(&self, field: &FieldDecl) -> Cow<'_, Found<'_>> {
+        Cow::Owned(self.lookup(field))
+    }
+}
+
+impl ValueDoc<'_> {
+    fn lookup(&self, field: &FieldDecl) -> Found<'_> {
         let mut current = self.0;
         for segment in &field.segments {
             match current {
@@ -128,8 +136,8 @@ fn value_leaf(v: &Value) -> Leaf<'_> {
 struct TextDoc<'a>(&'a RawValue);
 
 impl Doc for TextDoc<'_> {
-    fn find(&self, field: &FieldDecl) -> Found<'_> {
-        raw_at(self.0, &field.segments).map_or(Found::Missing, raw_found)
+    fn find(&self, field: &FieldDecl) -> Cow<'_, Found<'_>> {
+        Cow::Owned(raw_at(self.0, &field.segments).map_or(Found::Missing, raw_found))
     }
 }
 
@@ -137,8 +145,81 @@ impl Doc for TextDoc<'_> {
 struct ProjectionDoc<'a>(&'a RawValue);
 
 impl Doc for ProjectionDoc<'_> {
-    fn find(&self, field: &FieldDecl) -> Found<'_> {
-        raw_at(self.0, std::slice::from_ref(&field.path)).map_or(Found::Missing, raw_found)
+    fn find(&self, field: &FieldDecl) -> Cow<'_, Found<'_>> {
+        Cow::Owned(
+            raw_at(self.0, std::slice::from_ref(&field.path)).map_or(Found::Missing, raw_found),
+        )
+    }
+}
+
+/// The declared fields' values of one document, read once: every stream of the collection
+/// then matches its selector against it without parsing anything
+/// ([`Selector::matches_projected`]).
+#[derive(Debug, Clone, Default)]
+pub struct Projection {
+    /// By dotted path; absent fields are not here.
+    values: std::collections::BTreeMap<String, Found<'static>>,
+}
+
+impl Projection {
+    /// Reads a projection's JSON text ([`FilterFields::project_json`],
+    /// [`FilterFields::projection_sql`]: a removal record's previous values). `None` when it
+    /// is not a JSON object.
+    pub fn from_json(projection: &str) -> Option<Projection> {
+        let map: std::collections::BTreeMap<String, &RawValue> =
+            serde_json::from_str(projection).ok()?;
+        Some(Projection {
+            values: map
+                .into_iter()
+                .map(|(k, raw)| (k, owned(raw_found(raw))))
+                .collect(),
+        })
+    }
+}
+
+impl FilterFields {
+    /// Reads the declared fields of a document's JSON text once (numbers exact). `None` when
+    /// `body` is not JSON.
+    pub fn project(&self, body: &str) -> Option<Projection> {
+        let root = serde_json::from_str::<&RawValue>(body).ok()?;
+        let values = self
+            .iter()
+            .filter_map(|f| {
+                raw_at(root, &f.segments).map(|raw| (f.path.clone(), owned(raw_found(raw))))
+            })
+            .collect();
+        Some(Projection { values })
+    }
+}
+
+impl Selector {
+    /// Whether the document `projection` was read from matches (same result as
+    /// [`Selector::matches_json`] on it, for a projection of this selector's collection).
+    pub fn matches_projected(&self, projection: &Projection) -> bool {
+        !self.unbound && node(&self.root, projection)
+    }
+}
+
+impl Doc for Projection {
+    fn find(&self, field: &FieldDecl) -> Cow<'_, Found<'_>> {
+        match self.values.get(&field.path) {
+            Some(found) => Cow::Borrowed(found),
+            None => Cow::Owned(Found::Missing),
+        }
+    }
+}
+
+fn owned(found: Found<'_>) -> Found<'static> {
+    let leaf = |l: Leaf<'_>| match l {
+        Leaf::Str(s) => Leaf::Str(Cow::Owned(s.into_owned())),
+        Leaf::Num(n) => Leaf::Num(n),
+        Leaf::Bool(b) => Leaf::Bool(b),
+        Leaf::Other => Leaf::Other,
+    };
+    match found {
+        Found::Missing => Found::Missing,
+        Found::One(l) => Found::One(leaf(l)),
+        Found::Array(items) => Found::Array(items.into_iter().map(leaf).collect()),
     }
 }
 
@@ -245,9 +326,10 @@ fn node(n: &Node, doc: &dyn Doc) -> bool {
 
 fn clause(c: &Clause, doc: &dyn Doc) -> bool {
     let found = doc.find(&c.field);
+    let found: &Found<'_> = &found;
     // The candidates: the value of a scalar field, the elements of an array field (of the
     // declared type: others never compare, see `compare`).
-    let candidates: &[Leaf<'_>] = match (&found, c.field.ty.array) {
+    let candidates: &[Leaf<'_>] = match (found, c.field.ty.array) {
         (Found::One(leaf), false) => std::slice::from_ref(leaf),
         (Found::Array(items), true) => items,
         _ => &[],

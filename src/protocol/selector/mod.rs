@@ -59,6 +59,7 @@ use std::sync::Arc;
 
 pub use claims::{Access, AccessRules};
 pub use fields::{FieldDecl, FieldType, FilterFields, ScalarType};
+pub use matcher::Projection;
 pub use sql::{SqlParam, SqlPredicate};
 pub use value::{Num, Scalar};
 

@@ -593,8 +593,20 @@ fn projections_keep_what_selectors_read() {
         json!({"meta.region": {"$exists": false}}),
     ] {
         let s = parse(sel.clone());
-        assert_eq!(s.matches_projection(&p), s.matches_json(body), "{sel}");
+        let want = s.matches_json(body);
+        assert_eq!(s.matches_projection(&p), want, "{sel}");
+        assert_eq!(
+            s.matches_projected(&f.project(body).unwrap()),
+            want,
+            "{sel}"
+        );
+        assert_eq!(
+            s.matches_projected(&Projection::from_json(&p).unwrap()),
+            want,
+            "{sel}"
+        );
     }
+    assert!(f.project("[1").is_none() && Projection::from_json("[]").is_none());
     assert!(
         f.projection_sql("OLD.body")
             .starts_with("(SELECT coalesce(jsonb_object_agg(")
