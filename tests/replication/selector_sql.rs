@@ -541,3 +541,63 @@ async fn declared_field_indexes_serve_compiled_predicates() {
         }
     }
 }
+
+/// Numbers with more digits than an f64, in documents and in selectors from the wire: SQL
+/// and the matcher compare them exactly, and agree.
+#[tokio::test]
+async fn wide_numbers_compare_exactly_in_sql_and_in_memory() {
+    let fields = fields();
+    let (_pool, mut conn) = migrated(&fields).await;
+    let bodies = [
+        ("n1", r#"{"priority": 0.3}"#),
+        ("n2", r#"{"priority": 0.30000000000000000001}"#),
+        ("n3", r#"{"priority": 0.30000000000000000002}"#),
+        ("n4", r#"{"priority": 123456789012345678901234567890}"#),
+        ("n5", r#"{"priority": 123456789012345678901234567891}"#),
+        ("n6", r#"{"scores": [1.8217090164508454, 7]}"#),
+    ];
+    for (id, body) in bodies {
+        sqlx::query(
+            "INSERT INTO syncline_documents (collection, id, body) VALUES ('tasks', $1, $2::jsonb)",
+        )
+        .bind(id)
+        .bind(body)
+        .execute(&mut conn)
+        .await
+        .expect("insert");
+    }
+    let stored: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, body::text FROM syncline_documents WHERE collection = 'tasks' ORDER BY id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("read");
+    let cases: [(&str, &[&str]); 6] = [
+        (
+            r#"{"priority": {"$gt": 0.30000000000000000001}}"#,
+            &["n3", "n4", "n5"],
+        ),
+        (r#"{"priority": 0.30000000000000000001}"#, &["n2"]),
+        (r#"{"priority": {"$lte": 0.3}}"#, &["n1"]),
+        (
+            r#"{"priority": {"$gte": 123456789012345678901234567891}}"#,
+            &["n5"],
+        ),
+        (
+            r#"{"priority": {"$in": [123456789012345678901234567890, 0.3]}}"#,
+            &["n1", "n4"],
+        ),
+        (r#"{"scores": 1.8217090164508454}"#, &["n6"]),
+    ];
+    for (text, want) in cases {
+        let s = Selector::parse_json(text.as_bytes(), &fields).expect("parse");
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        assert_eq!(sql_ids(&mut conn, &s).await, want, "{text} in SQL");
+        let in_memory: BTreeSet<String> = stored
+            .iter()
+            .filter(|(_, body)| s.matches_json(body))
+            .map(|(id, _)| id.clone())
+            .collect();
+        assert_eq!(in_memory, want, "{text} in memory");
+    }
+}

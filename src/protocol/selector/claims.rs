@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 
+use super::json::Json;
 use super::parse::scalar_of;
 use super::{
     Clause, FieldDecl, FilterFields, IN_VALUES_MAX, ListOperand, Node, Op, Operand, Selector,
@@ -100,7 +101,7 @@ fn bind_operand(
         Operand::Value(_) => Ok(Some(o.clone())),
         Operand::Claim(name) => match present(claims, name) {
             None => Ok(None),
-            Some(v) => scalar_of(field, v)
+            Some(v) => scalar_of(field, &Json::from_value(v))
                 .map(|s| Some(Operand::Value(s)))
                 .map_err(|(_, why)| unfit(name, field, &why)),
         },
@@ -140,7 +141,8 @@ fn bind_list(
             }
             let mut out = Vec::with_capacity(values.len());
             for v in values {
-                let s = scalar_of(field, v).map_err(|(_, why)| unfit(name, field, &why))?;
+                let s = scalar_of(field, &Json::from_value(v))
+                    .map_err(|(_, why)| unfit(name, field, &why))?;
                 out.push(Operand::Value(s));
             }
             Ok(Some(ListOperand::Items(out)))

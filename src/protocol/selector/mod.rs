@@ -34,10 +34,20 @@
 //! - Strings compare as UTF-8 bytes (PostgreSQL `COLLATE "C"`, Rust `str`'s order), numbers by
 //!   exact decimal value (`1` = `1.0`, no rounding: jsonb's `numeric`), `false < true`.
 //!
-//! The one departure from mingo: mingo also looks into an array held by a field declared
-//! scalar (and at a scalar held by an array field). We follow the declaration, which keeps
-//! each field served by one index; it differs only on documents that break their declared
-//! types, which a collection's schema can forbid.
+//! Departures from mingo, each for exactness or for an index:
+//! - mingo also looks into an array held by a field declared scalar (and at a scalar held by
+//!   an array field), and through arrays in the middle of a path (`meta.region` over
+//!   `meta: [{region}]`). We follow the declaration, which keeps each field served by one
+//!   index; it differs only on documents that break their declared types, which a
+//!   collection's schema can forbid.
+//! - mingo's `{"x": null}` also matches absent fields; we refuse `null` (say `$exists`).
+//! - JavaScript compares numbers as `f64` and strings as UTF-16 code units; we compare exact
+//!   decimals (different only beyond 15 significant digits) and UTF-8 bytes (different only
+//!   between characters above U+FFFF and those in U+E000..U+FFFF).
+//!
+//! Streams should read a document's declared fields once ([`FilterFields::project`]) and
+//! match every stream's selector against that [`Projection`]; removal records keep the same
+//! projection of a document's previous state ([`FilterFields::projection_sql`]).
 //!
 //! # Bounds
 //!
@@ -48,6 +58,7 @@
 mod canonical;
 pub mod claims;
 pub mod fields;
+mod json;
 pub mod matcher;
 pub mod parse;
 pub mod sql;

@@ -2,7 +2,7 @@
 //! every bound kept. Errors are INVALID_ARGUMENT naming the path
 //! (`selector.priority.$gte: expected a number (priority is declared number)`).
 
-use serde_json::Value;
+use super::json::Json as Value;
 
 use super::fields::{FieldDecl, FilterFields, ScalarType};
 use super::value::{Num, Scalar};
@@ -10,6 +10,7 @@ use super::{
     CLAUSES_MAX, Clause, CmpOp, DEPTH_MAX, IN_VALUES_MAX, ListOperand, Node, Op, Operand,
     SELECTOR_BYTES_MAX, STRING_BYTES_MAX, Selector, VALUES_MAX,
 };
+use crate::protocol::json_number::fits_numeric;
 use crate::protocol::{ProtocolError, Reason, cut_text};
 
 /// Characters of a client key quoted in a path.
@@ -36,26 +37,35 @@ impl Selector {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Selector::everything());
         }
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        let value = Value::from_slice(bytes).map_err(|e| {
             ProtocolError::invalid(
                 Reason::InvalidRequest,
                 "selector",
                 format!("selector: not JSON ({})", cut_text(&e.to_string(), 120)),
             )
         })?;
-        Selector::parse(&value, fields)
+        Parser::new(fields, false).run(&value, "selector")
     }
 
     /// Parses a client's selector. `$claim` is refused: only the configuration's rules use it.
-    pub fn parse(value: &Value, fields: &FilterFields) -> Result<Selector, ProtocolError> {
-        Parser::new(fields, false).run(value, "selector")
+    /// Numbers are read as serde_json read them: prefer [`Selector::parse_json`], which
+    /// keeps the numbers as written.
+    pub fn parse(
+        value: &serde_json::Value,
+        fields: &FilterFields,
+    ) -> Result<Selector, ProtocolError> {
+        Parser::new(fields, false).run(&Value::from_value(value), "selector")
     }
 
     /// Parses a configured rule (`read_filter`, `write_filter`, named by `key`), where values
     /// may be `{"$claim": "name"}`. Errors name the collection and the rule's path.
-    pub fn parse_rule(value: &Value, fields: &FilterFields, key: &str) -> Result<Selector, String> {
+    pub fn parse_rule(
+        value: &serde_json::Value,
+        fields: &FilterFields,
+        key: &str,
+    ) -> Result<Selector, String> {
         Parser::new(fields, true)
-            .run(value, key)
+            .run(&Value::from_value(value), key)
             .map_err(|e| format!("collection {:?}: {}", fields.collection(), e.message))
     }
 }
@@ -355,9 +365,16 @@ pub(crate) fn scalar_of(field: &FieldDecl, value: &Value) -> Result<Scalar, (Rea
             }
             Ok(Scalar::Str(s.clone()))
         }
-        (ScalarType::Number, Value::Number(n)) => Num::parse(&n.to_string())
+        // Beyond numeric's range, the query would fail: refuse it here.
+        (ScalarType::Number, Value::Number(n)) => Num::parse(n)
+            .filter(|num| fits_numeric(n) && fits_numeric(&num.canonical()))
             .map(Scalar::Num)
-            .ok_or_else(|| (Reason::InvalidRequest, "a number out of range".to_owned())),
+            .ok_or_else(|| {
+                (
+                    Reason::InvalidRequest,
+                    "a number beyond what PostgreSQL's numeric holds".to_owned(),
+                )
+            }),
         (ScalarType::Boolean, Value::Bool(b)) => Ok(Scalar::Bool(*b)),
         _ => Err((Reason::InvalidRequest, expected())),
     }

@@ -281,6 +281,14 @@ fn bounds_are_enforced() {
     let e = limit(error(json!({"team": "x".repeat(STRING_BYTES_MAX + 1)})));
     assert!(e.message.contains("more than 1024"), "{}", e.message);
     parse(json!({"team": "x".repeat(STRING_BYTES_MAX)}));
+    // Numbers numeric cannot hold.
+    for n in ["1e131072", "1e-16384", "1e999999999999"] {
+        let text = format!("{{\"priority\": {n}}}");
+        let e = Selector::parse_json(text.as_bytes(), &fields()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("selector.priority"), "{n}");
+        assert!(e.message.contains("numeric"), "{}", e.message);
+    }
+    assert!(Selector::parse_json(b"{\"priority\": 1e131071}", &fields()).is_ok());
     // JSON bytes, refused before parsing.
     let big = format!("{{\"team\": \"{}\"}}", "x".repeat(SELECTOR_BYTES_MAX));
     let e = limit(Selector::parse_json(big.as_bytes(), &fields()).unwrap_err());
@@ -293,6 +301,32 @@ fn bounds_are_enforced() {
             .is_everything()
     );
     assert!(Selector::parse_json(b"{\"done\": true}", &fields()).is_ok());
+}
+
+/// Numbers are compared as the client wrote them, not as a (best-effort) f64 reading.
+#[test]
+fn wire_numbers_keep_their_digits() {
+    let p = |text: &str| {
+        Selector::parse_json(text.as_bytes(), &fields())
+            .unwrap()
+            .to_sql(1)
+            .unwrap()
+            .params
+    };
+    assert_eq!(
+        p(r#"{"priority": 1.8217090164508454}"#),
+        vec![SqlParam::Numeric("18217090164508454e-16".into())]
+    );
+    assert_eq!(
+        p(r#"{"priority": 123456789012345678901234567890}"#),
+        vec![SqlParam::Numeric("12345678901234567890123456789e1".into())]
+    );
+    let s = Selector::parse_json(br#"{"priority": 0.30000000000000000001}"#, &fields()).unwrap();
+    assert!(s.matches_json(r#"{"priority": 0.30000000000000000001}"#));
+    assert!(!s.matches_json(r#"{"priority": 0.3}"#));
+    // Repeated keys: the last one, as serde_json and jsonb keep.
+    let s = Selector::parse_json(br#"{"team": "a", "team": "b"}"#, &fields()).unwrap();
+    assert_eq!(s.canonical(), r#"{"team":{"$eq":"b"}}"#);
 }
 
 // ---- SQL ----
@@ -803,5 +837,89 @@ fn canonical_form_ignores_spelling() {
     assert_eq!(
         Selector::parse(&v, &other).unwrap().canonical(),
         parse(v).canonical()
+    );
+}
+
+/// Random JSON, mostly selector-shaped junk: parsing never panics, refusals are always
+/// INVALID_ARGUMENT naming a path under `selector`, and what parses compiles and matches.
+#[test]
+fn random_input_is_refused_cleanly() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    fn junk(rng: &mut StdRng, depth: usize) -> Value {
+        let keys = [
+            "done",
+            "priority",
+            "team",
+            "meta.region",
+            "tags",
+            "scores",
+            "flags",
+            "meta",
+            "$and",
+            "$or",
+            "$eq",
+            "$ne",
+            "$gt",
+            "$in",
+            "$nin",
+            "$exists",
+            "$claim",
+            "$not",
+            "",
+            "x.y",
+        ];
+        match rng.random_range(0..if depth > 4 { 6 } else { 9 }) {
+            0 => Value::Null,
+            1 => Value::Bool(rng.random_bool(0.5)),
+            2 => json!(rng.random_range(-5.0..5.0)),
+            3 => json!(rng.random_range(-3i64..3)),
+            4 => json!(["a", "b", "\u{0}", "é"][rng.random_range(0..4)]),
+            5 => json!(u64::MAX),
+            6 | 7 => {
+                let mut map = serde_json::Map::new();
+                for _ in 0..rng.random_range(0..4) {
+                    let key = keys[rng.random_range(0..keys.len())].to_owned();
+                    map.insert(key, junk(rng, depth + 1));
+                }
+                Value::Object(map)
+            }
+            _ => Value::Array(
+                (0..rng.random_range(0..4))
+                    .map(|_| junk(rng, depth + 1))
+                    .collect(),
+            ),
+        }
+    }
+    let mut rng = StdRng::seed_from_u64(15);
+    let f = fields();
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..20_000 {
+        let v = junk(&mut rng, 0);
+        match Selector::parse(&v, &f) {
+            Ok(s) => {
+                ok += 1;
+                let p = s.to_sql(1).expect("a parsed selector compiles");
+                let placeholders = p.sql.matches('$').count();
+                assert_eq!(placeholders, p.params.len(), "{v}: {}", p.sql);
+                s.matches(&v);
+                s.matches_json(&v.to_string());
+                let again = Selector::parse_json(s.canonical().as_bytes(), &f);
+                if let Ok(again) = again {
+                    assert_eq!(again.canonical(), s.canonical(), "{v}");
+                }
+            }
+            Err(e) => {
+                refused += 1;
+                assert_eq!(e.kind, Kind::InvalidArgument, "{v}: {e:?}");
+                let field = e.field.clone().unwrap_or_default();
+                assert!(field.starts_with("selector"), "{v}: {e:?}");
+                assert!(e.message.starts_with(&format!("{field}: ")), "{v}: {e:?}");
+            }
+        }
+    }
+    assert!(
+        ok > 1000 && refused > 1000,
+        "{ok} parsed, {refused} refused"
     );
 }
