@@ -49,6 +49,20 @@
 //! match every stream's selector against that [`Projection`]; removal records keep the same
 //! projection of a document's previous state ([`FilterFields::projection_sql`]).
 //!
+//! # Wiring
+//!
+//! - Configuration: [`FilterFields::from_config`] (`filter_fields`),
+//!   [`AccessRules::from_config`] (`access`, `read_filter`, `write_filter`).
+//! - Store: run [`FilterFields::index_ddl`] for each collection (one index per declared path
+//!   and type, shared by collections); splice [`Selector::to_sql`] as `AND (<sql>)` into a
+//!   query over `syncline_documents d`, binding [`SqlParam`]s after the query's own.
+//! - Requests: [`Selector::parse_json`] (wire bytes), then
+//!   `Selector::intersect(&selector, &read_rule.bind_claims(&claims)?)`; bind checkpoints to
+//!   [`Selector::digest`].
+//! - Streams and removal records: [`FilterFields::project`] / [`Projection::from_json`],
+//!   [`Selector::matches_projected`]; [`FilterFields::projection_sql`] for what a removal
+//!   record keeps.
+//!
 //! # Bounds
 //!
 //! A selector's JSON is at most [`SELECTOR_BYTES_MAX`] bytes, [`DEPTH_MAX`] levels of
