@@ -366,6 +366,22 @@ pub struct CollectionConfig {
     /// (`"7d"`). Absent: not kept.
     #[serde(default)]
     pub keep_overwritten: Option<String>,
+    /// Fields selectors may filter on, by dotted path: `string`, `number`, `boolean` or arrays
+    /// of them (`string[]`, ...). Each gets an index. Empty: no filtering.
+    #[serde(default)]
+    pub filter_fields: std::collections::BTreeMap<String, String>,
+    /// Selector every read is narrowed to, over `filter_fields`; a value may be
+    /// `{ "$claim" = "name" }`, the caller's token claim. Needs `access` `claims` or `either`.
+    #[serde(default)]
+    pub read_filter: Option<serde_json::Value>,
+    /// Selector that the server's and the new state of every pushed document must match
+    /// (values may be claims, as in `read_filter`).
+    #[serde(default)]
+    pub write_filter: Option<serde_json::Value>,
+    /// How `read_filter` / `write_filter` combine with the owner rule: `owner` (the default:
+    /// no filters), `claims` (the filters alone) or `either` (owner or filters).
+    #[serde(default)]
+    pub access: Option<String>,
 }
 
 impl CollectionConfig {

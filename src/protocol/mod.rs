@@ -16,6 +16,7 @@ pub mod principal;
 mod push;
 pub mod reconcile;
 pub mod resolution;
+pub mod selector;
 pub mod validate;
 
 use std::sync::Arc;

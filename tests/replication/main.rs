@@ -23,6 +23,7 @@ mod push;
 mod reconcile;
 mod restore;
 mod retention;
+mod selector_sql;
 mod sigterm;
 mod slow_reader;
 mod sql_writes;
