@@ -105,6 +105,19 @@ impl Collections {
     pub fn from_config(c: &Config) -> Result<Collections, String> {
         let mut by_name = HashMap::new();
         for cc in &c.collections {
+            // Parsed (and tested) already, but not yet enforced by Pull, Subscribe and Push: a
+            // read_filter that silently did nothing would be a hole, so they are refused.
+            if !cc.filter_fields.is_empty()
+                || cc.read_filter.is_some()
+                || cc.write_filter.is_some()
+                || cc.access.is_some()
+            {
+                return Err(format!(
+                    "collection {:?}: filter_fields, read_filter, write_filter and access are \
+                     reserved for selective sync, which this version does not serve yet; remove them",
+                    cc.name
+                ));
+            }
             let mut schema_value = None;
             let schema = match &cc.schema {
                 None => None,
@@ -168,4 +181,29 @@ impl Collections {
 /// `encrypted`, ...) that standard validators ignore, so an RxDB schema file works as is.
 fn compile_schema(value: &serde_json::Value) -> Result<jsonschema::Validator, String> {
     jsonschema::validator_for(value).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selective_sync_keys_are_refused_until_they_are_enforced() {
+        for key in [
+            "filter_fields = { done = \"boolean\" }",
+            "read_filter = { done = false }",
+            "write_filter = { done = false }",
+            "access = \"owner\"",
+        ] {
+            let config = Config::from_toml(&format!(
+                "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n{key}\n"
+            ))
+            .expect("parses");
+            let err = Collections::from_config(&config).expect_err(key);
+            assert!(
+                err.contains("collection \"t\"") && err.contains("not serve yet"),
+                "{err}"
+            );
+        }
+    }
 }
