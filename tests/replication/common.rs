@@ -152,8 +152,9 @@ pub fn config(db_url: &str) -> Config {
         keepalive_seconds = 0
         metrics_enabled = false
         # Tests share one cluster; some hold transactions open on purpose, which holds every
-        # database's visibility horizon back. Let pulls wait that out.
-        visibility_wait_ms = 10000
+        # database's visibility horizon back. Let pulls wait that out (generously: on a loaded
+        # machine such a test can hold its transaction for well over 10 s).
+        visibility_wait_ms = 30000
         [auth]
         mode = "none"
         [[collections]]
