@@ -47,7 +47,18 @@ async fn a_transaction_that_commits_late_is_not_skipped() {
         ],
     )
     .await;
-    let (before, t0) = pull_all(&mut c, "tasks", "", 100).await;
+    // This server waits only 200 ms for the horizon, and another test's open transaction in
+    // the shared cluster may hold it back longer: read until both documents are readable.
+    let mut read = None;
+    for _ in 0..600 {
+        let (before, t0) = pull_all(&mut c, "tasks", "", 100).await;
+        if before.len() == 2 {
+            read = Some((before, t0));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (before, t0) = read.expect("both documents become readable");
     let state: HashMap<String, Document> = before.into_iter().map(|d| (d.id.clone(), d)).collect();
 
     // Hold a row lock so that push P1 takes its transaction id (locking a_free) and then waits.
