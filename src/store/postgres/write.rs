@@ -75,7 +75,7 @@ RETURNING d.id"
 // Removes the placeholders of ids the plan did not write. Today an absent id is always written
 // (only a stored document can conflict); this keeps a placeholder from ever committing if a
 // decision ever leaves one out.
-const UNCLAIM_SQL: &str = "DELETE FROM syncline_documents WHERE collection = $1 AND id = ANY($2::text[]) AND revision = ''";
+pub(super) const UNCLAIM_SQL: &str = "DELETE FROM syncline_documents WHERE collection = $1 AND id = ANY($2::text[]) AND revision = ''";
 
 // One round trip for every write of the push: one upsert over all written ids in id order, so
 // row locks and insert waits are taken in the same global order as CLAIM_SQL's (an INSERT and an
