@@ -87,7 +87,7 @@ pub(super) const UNCLAIM_SQL: &str = "DELETE FROM syncline_documents WHERE colle
 // `xmax = 0` holds for the rows this statement inserted (an updated row carries its lock).
 // Positions follow the request, not the lock order: the subquery (not flattened, its target
 // list being volatile) draws the sequence in array order before the rows are sorted by id.
-const WRITE_SQL: &str = concat!(
+pub(super) const WRITE_SQL: &str = concat!(
     "
 WITH up AS (
     INSERT INTO syncline_documents AS d
