@@ -12,9 +12,10 @@
 //!
 //! So every pool connection plans each execution with its parameters
 //! (`plan_cache_mode = force_custom_plan`): the planner then sees the table's current size and
-//! the real ids. It costs planning time on every execution, about 0.1 ms for the push's write,
-//! and nothing for the single-document read, which PostgreSQL was already planning afresh on an
-//! analyzed table (its generic plan expects ten ids).
+//! the real ids. It costs PostgreSQL time on every execution: about 0.1 ms for a one-row push's
+//! write, nothing for its read (which PostgreSQL was already planning afresh on an analyzed
+//! table: the generic plan expects ten ids), about 0.75 ms for a 100-row push's read and write
+//! (some 18% of PostgreSQL's time for it; docs/performance.md has the measurements).
 //!
 //! Fresh plans are not enough on a table loaded and not yet analyzed: the planner then guesses
 //! that a collection holds 0.5% of the rows and a range a third of those, and reads a page's
