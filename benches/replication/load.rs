@@ -50,6 +50,23 @@ pub async fn documents_owned(
     n: usize,
     owners: usize,
 ) {
+    insert(db_url, collection, prefix, n, owners).await;
+    let mut conn = sqlx::PgConnection::connect(db_url)
+        .await
+        .expect("connect to vacuum");
+    sqlx::query("VACUUM ANALYZE syncline_documents")
+        .execute(&mut conn)
+        .await
+        .expect("vacuum analyze");
+}
+
+/// Inserts documents `0..n` as `documents` does, and leaves the table as a bulk load does:
+/// neither vacuumed nor analyzed.
+pub async fn documents_unanalyzed(db_url: &str, collection: &str, prefix: &str, n: usize) {
+    insert(db_url, collection, prefix, n, 0).await;
+}
+
+async fn insert(db_url: &str, collection: &str, prefix: &str, n: usize, owners: usize) {
     let chunks: Vec<(usize, usize)> = (0..n)
         .step_by(CHUNK)
         .map(|start| (start, (start + CHUNK).min(n) - 1))
@@ -82,11 +99,4 @@ pub async fn documents_owned(
     for t in tasks {
         t.await.expect("loader task");
     }
-    let mut conn = sqlx::PgConnection::connect(db_url)
-        .await
-        .expect("connect to vacuum");
-    sqlx::query("VACUUM ANALYZE syncline_documents")
-        .execute(&mut conn)
-        .await
-        .expect("vacuum analyze");
 }

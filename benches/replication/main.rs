@@ -20,6 +20,7 @@ mod import;
 mod initial_sync;
 mod load;
 mod owners;
+mod plans;
 mod probe;
 mod push;
 mod reconcile;
@@ -133,6 +134,10 @@ async fn run_all(ctx: &Ctx<'_>) -> Report {
     if s.runs("reconcile") {
         phase("8. reconcile after a purge vs a full re-download");
         reconcile::run(ctx, &mut report).await;
+    }
+    if s.runs("plans") {
+        phase("9. plan stability: just loaded vs analyzed");
+        plans::run(ctx, &mut report).await;
     }
     report.notes.push(
         "Each figure is the median of the rounds; Syncline and its baseline alternate \

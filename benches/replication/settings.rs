@@ -66,9 +66,13 @@ pub struct Settings {
     pub import_docs: usize,
     /// Scenario 8: documents the reconciling client holds (`BENCH_RECONCILE_DOCS`).
     pub reconcile_docs: usize,
+    /// Scenario 9: documents bulk-loaded into each database (`BENCH_PLANS_DOCS`).
+    pub plans_docs: usize,
+    /// Scenario 9: timed calls of each kind per database per round (`BENCH_PLANS_SAMPLES`).
+    pub plans_samples: usize,
     /// Port of the benchmark's own PostgreSQL cluster (`BENCH_PG_PORT`).
     pub pg_port: u16,
-    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse,import`); all when unset.
+    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse,import,plans`); all when unset.
     pub only: Option<Vec<String>>,
 }
 
@@ -110,6 +114,8 @@ impl Settings {
             abuse_ceiling_mib: env_usize("BENCH_ABUSE_CEILING_MIB", pick(4_096, 2_048)).max(64),
             import_docs: env_usize("BENCH_IMPORT_DOCS", pick(200_000, 2_000)).max(1),
             reconcile_docs: env_usize("BENCH_RECONCILE_DOCS", pick(100_000, 2_000)).max(200),
+            plans_docs: env_usize("BENCH_PLANS_DOCS", pick(200_000, 2_000)).max(100),
+            plans_samples: env_usize("BENCH_PLANS_SAMPLES", pick(200, 10)).max(1),
             pg_port: env_usize("BENCH_PG_PORT", 55460) as u16,
             only: std::env::var("BENCH_ONLY")
                 .ok()
@@ -130,7 +136,8 @@ impl Settings {
             "mode {}, {} round(s); docs {}; push {} clients x {} batches x {} rows; \
              fan-out {} subscribers at {}/s for {:?}; idle {} streams over {:?}; scale {} vs {}; \
              owners 100 vs 1 of {}; abuse {} x {} empty rows, {} docs of ~1 MiB, \
-             {} pull rounds, {} unread streams, {} watches, {} idle connections; import {}",
+             {} pull rounds, {} unread streams, {} watches, {} idle connections; import {}; \
+             plans {} docs x {} samples",
             if self.smoke { "smoke" } else { "bench" },
             self.rounds,
             self.sync_docs,
@@ -153,6 +160,8 @@ impl Settings {
             self.abuse_watches,
             self.abuse_idle_connections,
             self.import_docs,
+            self.plans_docs,
+            self.plans_samples,
         )
     }
 }

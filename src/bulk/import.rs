@@ -159,6 +159,12 @@ pub async fn run(config: &Config, args: &ImportArgs) -> Result<ImportSummary, Bu
         }
     };
     drop(batches);
+    if done.counts.created + done.counts.updated > 0 {
+        // Fresh statistics for the rows just written, before the servers' next plans.
+        if let Err(e) = store.analyze_documents().await {
+            tracing::warn!(error = %e, "ANALYZE after the import failed");
+        }
+    }
     if result.is_ok() {
         // It closed the channel: it has returned.
         let _ = reading.join();

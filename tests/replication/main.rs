@@ -18,6 +18,7 @@ mod memory_bounds;
 mod notifications;
 mod ordering;
 mod per_row_push;
+mod plans;
 mod pull;
 mod push;
 mod reconcile;

@@ -256,6 +256,10 @@ async fn restamp_locked(
             .await
             .map_err(to_store_error)?;
         tx.commit().await.map_err(to_store_error)?;
+        // Every position changed: the planner's statistics of them are stale.
+        if let Err(e) = super::plans::analyze(conn).await {
+            tracing::warn!(error = %e, "ANALYZE after the re-stamp failed");
+        }
         let generation = u32::try_from(generation).unwrap_or(0);
         tracing::warn!(
             rows,

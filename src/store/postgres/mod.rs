@@ -8,6 +8,7 @@ mod idempotency;
 mod keys;
 pub mod notify;
 mod overwritten;
+mod plans;
 mod purge;
 mod read;
 mod read_ahead;
@@ -31,6 +32,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub use bulk::{ExportError, ExportOptions};
 pub use dataset::{DatasetState, Foreign, Restamp};
 pub use notify::NOTIFY_CHANNEL;
+pub use plans::{HotPlan, PlanProbe};
 pub use purge::{ExpiredBatch, PurgeBatch, PurgeHorizon, PurgePreview};
 
 /// Pooled connections idle at least this long are pinged before use.
@@ -84,10 +86,20 @@ impl PgStore {
         // sqlx pings every connection it hands out by default: one extra round trip per
         // request. A connection in steady use has just proven itself; only one that sat idle
         // (where a restart or a proxy's idle timeout may have cut it) is worth the ping.
+        let custom_plans = settings.statement_cache_capacity > 0;
         let pool = PgPoolOptions::new()
             .max_connections(settings.size)
             .acquire_timeout(settings.acquire_timeout)
             .test_before_acquire(false)
+            // Plans made for the table as it is, not as it was (see plans.rs).
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if custom_plans {
+                        sqlx::Executor::execute(conn, plans::CONNECTION_SETUP_SQL).await?;
+                    }
+                    Ok(())
+                })
+            })
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
                     if meta.idle_for >= PING_WHEN_IDLE_FOR {

@@ -75,7 +75,7 @@ RETURNING d.id"
 // Removes the placeholders of ids the plan did not write. Today an absent id is always written
 // (only a stored document can conflict); this keeps a placeholder from ever committing if a
 // decision ever leaves one out.
-const UNCLAIM_SQL: &str = "DELETE FROM syncline_documents WHERE collection = $1 AND id = ANY($2::text[]) AND revision = ''";
+pub(super) const UNCLAIM_SQL: &str = "DELETE FROM syncline_documents WHERE collection = $1 AND id = ANY($2::text[]) AND revision = ''";
 
 // One round trip for every write of the push: one upsert over all written ids in id order, so
 // row locks and insert waits are taken in the same global order as CLAIM_SQL's (an INSERT and an
@@ -87,7 +87,7 @@ const UNCLAIM_SQL: &str = "DELETE FROM syncline_documents WHERE collection = $1 
 // `xmax = 0` holds for the rows this statement inserted (an updated row carries its lock).
 // Positions follow the request, not the lock order: the subquery (not flattened, its target
 // list being volatile) draws the sequence in array order before the rows are sorted by id.
-const WRITE_SQL: &str = concat!(
+pub(super) const WRITE_SQL: &str = concat!(
     "
 WITH up AS (
     INSERT INTO syncline_documents AS d
