@@ -1,0 +1,585 @@
+//! Attachments through the real server: one suite run against both blob back ends
+//! (PostgreSQL chunks, and S3 on the `moto_server` that scripts/test.sh starts), then scoping
+//! by owner, limits, and a 200 MiB transfer whose server memory stays flat.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::Digest;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use crate::common::*;
+use syncline::config::Config;
+use syncline::proto::attachment_service_client::AttachmentServiceClient;
+use syncline::proto::{
+    DownloadRequest, MissingRequest, UploadRequest, UploadResponse, UploadStart, upload_request,
+};
+
+pub type Blobs = AttachmentServiceClient<Channel>;
+
+/// The chunk limit of the suite's servers: small, so that blobs span many chunks.
+pub const CHUNK: usize = 64 * 1024;
+
+/// The digest RxDB's default hashFunction gives `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `n` random bytes.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::Rng::fill(&mut rand::rng(), v.as_mut_slice());
+    v
+}
+
+/// An attachment client of `server`.
+pub async fn blobs_client(server: &TestServer) -> Blobs {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    AttachmentServiceClient::new(channel)
+        .max_decoding_message_size(16 * 1024 * 1024)
+        .max_encoding_message_size(16 * 1024 * 1024)
+}
+
+pub fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
+    let mut r = Request::new(message);
+    if let Some(token) = token {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    r
+}
+
+fn start(collection: &str, digest: &str, length: u64) -> UploadRequest {
+    UploadRequest {
+        part: Some(upload_request::Part::Start(UploadStart {
+            collection: collection.into(),
+            digest: digest.into(),
+            length,
+            content_type: "application/octet-stream".into(),
+        })),
+    }
+}
+
+fn chunk(bytes: &[u8]) -> UploadRequest {
+    UploadRequest {
+        part: Some(upload_request::Part::Chunk(bytes.to_vec())),
+    }
+}
+
+/// Uploads `bytes` declared as (`digest`, `length`), in chunks of `size`.
+pub async fn upload_as(
+    c: &mut Blobs,
+    token: Option<&str>,
+    collection: &str,
+    (digest, length): (&str, u64),
+    bytes: &[u8],
+    size: usize,
+) -> Result<UploadResponse, Status> {
+    let mut messages = vec![start(collection, digest, length)];
+    messages.extend(bytes.chunks(size).map(chunk));
+    c.upload(with_token(tokio_stream::iter(messages), token))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Uploads `bytes` under their true digest and length.
+pub async fn upload(
+    c: &mut Blobs,
+    token: Option<&str>,
+    collection: &str,
+    bytes: &[u8],
+) -> Result<UploadResponse, Status> {
+    let d = digest(bytes);
+    upload_as(c, token, collection, (&d, bytes.len() as u64), bytes, CHUNK).await
+}
+
+/// Downloads a range; returns the bytes and checks every message's offset and size.
+pub async fn download(
+    c: &mut Blobs,
+    token: Option<&str>,
+    collection: &str,
+    digest: &str,
+    offset: u64,
+    length: u64,
+) -> Result<Vec<u8>, Status> {
+    let mut stream = c
+        .download(with_token(
+            DownloadRequest {
+                collection: collection.into(),
+                digest: digest.into(),
+                offset,
+                length,
+            },
+            token,
+        ))
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(message) = stream.message().await? {
+        assert_eq!(message.offset, offset + out.len() as u64, "chunk offsets");
+        assert!(message.chunk.len() <= CHUNK, "a chunk over the limit");
+        out.extend_from_slice(&message.chunk);
+    }
+    Ok(out)
+}
+
+pub async fn missing(
+    c: &mut Blobs,
+    token: Option<&str>,
+    collection: &str,
+    digests: &[&str],
+) -> Result<Vec<String>, Status> {
+    c.missing(with_token(
+        MissingRequest {
+            collection: collection.into(),
+            digests: digests.iter().map(|d| d.to_string()).collect(),
+        },
+        token,
+    ))
+    .await
+    .map(|r| r.into_inner().digests)
+}
+
+/// A body that references `digest` as RxDB describes an attachment.
+pub fn with_attachment(name: &str, digest: &str, length: usize) -> Value {
+    json!({"title": name, "_attachments": {name: {"digest": digest, "length": length, "type": "image/png"}}})
+}
+
+/// The field the status names (ErrorInfo metadata).
+pub fn field(s: &Status) -> String {
+    use tonic_types::StatusExt;
+    s.get_details_error_info()
+        .and_then(|i| i.metadata.get("field").cloned())
+        .unwrap_or_default()
+}
+
+/// Row counts of the blob tables: (blobs, chunks, uploads in progress, grants).
+pub async fn blob_rows(server: &TestServer) -> (i64, i64, i64, i64) {
+    let mut db = server.db().await;
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM syncline_blobs), (SELECT count(*) FROM syncline_blob_chunks), \
+         (SELECT count(*) FROM syncline_blob_uploads), (SELECT count(*) FROM syncline_blob_grants)",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap()
+}
+
+/// The two back ends the suite runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Postgres,
+    S3,
+}
+
+/// The S3 endpoint and bucket scripts/test.sh provides; `None` (the test returns) outside
+/// CI when there is none. Under CI a missing endpoint fails the test: it is never skipped.
+pub fn s3_target() -> Option<(String, String)> {
+    let endpoint = std::env::var("SYNCLINE_TEST_S3_ENDPOINT").ok();
+    let bucket = std::env::var("SYNCLINE_TEST_S3_BUCKET").ok();
+    match (endpoint, bucket) {
+        (Some(e), Some(b)) if !e.is_empty() && !b.is_empty() => Some((e, b)),
+        _ if std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false") => panic!(
+            "SYNCLINE_TEST_S3_ENDPOINT / SYNCLINE_TEST_S3_BUCKET are not set: the S3 back end \
+             must be tested (scripts/test.sh starts moto_server)"
+        ),
+        _ => {
+            eprintln!("no S3 endpoint (SYNCLINE_TEST_S3_ENDPOINT): S3 case not run outside CI");
+            None
+        }
+    }
+}
+
+/// A test configuration on `backend` (S3: a fresh prefix of the test bucket); `None` when
+/// the back end is not available here (see [`s3_target`]).
+pub fn backend_config(db: &str, backend: Backend) -> Option<Config> {
+    let mut c = config(db);
+    c.attachments.chunk_bytes_max = CHUNK;
+    if let Backend::S3 = backend {
+        let (endpoint, bucket) = s3_target()?;
+        c.attachments.store = syncline::blobs::BlobStoreKind::S3;
+        c.attachments.s3_bucket = Some(bucket);
+        c.attachments.s3_endpoint = Some(endpoint);
+        c.attachments.s3_region = Some("us-east-1".into());
+        c.attachments.s3_allow_http = true;
+        c.attachments.s3_prefix = format!("t{:016x}/", rand::random::<u64>());
+    }
+    Some(c)
+}
+
+/// The suite, instantiated once per back end.
+macro_rules! suite {
+    ($($backend:ident),*) => {$(
+        #[allow(non_snake_case)]
+        mod $backend {
+            use super::*;
+
+            #[tokio::test]
+            async fn chunked_upload_downloads_whole_and_resumes_from_an_offset() {
+                chunked_upload_downloads_whole_and_resumes(Backend::$backend).await;
+            }
+
+            #[tokio::test]
+            async fn wrong_digest_or_length_is_refused_and_nothing_is_stored() {
+                wrong_digest_or_length_stores_nothing(Backend::$backend).await;
+            }
+
+            #[tokio::test]
+            async fn a_second_upload_finishes_at_once_and_the_blob_is_stored_once() {
+                dedup(Backend::$backend).await;
+            }
+
+            #[tokio::test]
+            async fn missing_lists_what_to_upload() {
+                missing_lists(Backend::$backend).await;
+            }
+
+            #[tokio::test]
+            async fn gc_keeps_referenced_and_recent_blobs_and_removes_the_rest() {
+                gc(Backend::$backend).await;
+            }
+        }
+    )*};
+}
+
+suite!(Postgres, S3);
+
+async fn chunked_upload_downloads_whole_and_resumes(backend: Backend) {
+    let db = fresh_database().await;
+    let Some(cfg) = backend_config(&db, backend) else {
+        return;
+    };
+    let server = TestServer::start_with(cfg).await;
+    let mut c = blobs_client(&server).await;
+    let bytes = random_bytes(3 * CHUNK + 12_345);
+    let d = digest(&bytes);
+    let r = upload(&mut c, None, "tasks", &bytes).await.unwrap();
+    assert_eq!(
+        (r.digest.as_str(), r.length, r.already_stored),
+        (d.as_str(), bytes.len() as u64, false)
+    );
+
+    // No document references it yet: not downloadable, as if absent.
+    let s = download(&mut c, None, "tasks", &d, 0, 0).await.unwrap_err();
+    assert_eq!(s.code(), Code::NotFound, "{s:?}");
+
+    let mut rc = server.client().await;
+    push(
+        &mut rc,
+        "tasks",
+        vec![insert(doc("t1", with_attachment("photo", &d, bytes.len())))],
+    )
+    .await;
+    assert_eq!(
+        download(&mut c, None, "tasks", &d, 0, 0).await.unwrap(),
+        bytes
+    );
+    // Resume after an interruption at an arbitrary byte, and a bounded range.
+    let from = 100_003;
+    assert_eq!(
+        download(&mut c, None, "tasks", &d, from, 0).await.unwrap(),
+        bytes[from as usize..]
+    );
+    assert_eq!(
+        download(&mut c, None, "tasks", &d, 70_000, 5_000)
+            .await
+            .unwrap(),
+        bytes[70_000..75_000]
+    );
+    assert_eq!(
+        download(&mut c, None, "tasks", &d, bytes.len() as u64 - 10, 1_000)
+            .await
+            .unwrap(),
+        bytes[bytes.len() - 10..]
+    );
+    assert!(
+        download(&mut c, None, "tasks", &d, bytes.len() as u64, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let s = download(&mut c, None, "tasks", &d, bytes.len() as u64 + 1, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), field(&s).as_str()),
+        (Code::InvalidArgument, "offset")
+    );
+    // The other collection holds nothing under that digest.
+    let s = download(&mut c, None, "notes", &d, 0, 0).await.unwrap_err();
+    assert_eq!(s.code(), Code::NotFound);
+    // An empty blob is a blob too.
+    let r = upload(&mut c, None, "tasks", b"").await.unwrap();
+    push(
+        &mut rc,
+        "tasks",
+        vec![insert(doc("t2", with_attachment("empty", &r.digest, 0)))],
+    )
+    .await;
+    assert!(
+        download(&mut c, None, "tasks", &r.digest, 0, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn wrong_digest_or_length_stores_nothing(backend: Backend) {
+    let db = fresh_database().await;
+    let Some(cfg) = backend_config(&db, backend) else {
+        return;
+    };
+    let server = TestServer::start_with(cfg).await;
+    let mut c = blobs_client(&server).await;
+    let bytes = random_bytes(2 * CHUNK + 7);
+    let d = digest(&bytes);
+    let n = bytes.len() as u64;
+    let other = digest(b"something else");
+    for (declared, sent, want_field) in [
+        ((other.as_str(), n), &bytes[..], "start.digest"),
+        ((d.as_str(), n - 1), &bytes[..], "start.length"),
+        ((d.as_str(), n + 1), &bytes[..], "start.length"),
+        ((d.as_str(), n), &bytes[..bytes.len() - 1], "start.length"),
+        (("not-a-digest", n), &bytes[..], "start.digest"),
+        ((d.to_uppercase().as_str(), n), &bytes[..], "start.digest"),
+    ] {
+        let s = upload_as(&mut c, None, "tasks", declared, sent, CHUNK)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (s.code(), field(&s).as_str()),
+            (Code::InvalidArgument, want_field),
+            "{s:?}"
+        );
+        assert!(
+            s.message().len() < 400,
+            "the message echoes too much: {}",
+            s.message()
+        );
+    }
+    let s = upload_as(&mut c, None, "nope", (&d, n), &bytes, CHUNK)
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::NotFound);
+    // A refused upload leaves nothing: no blob, no staged chunks, no upload in progress.
+    assert_eq!(blob_rows(&server).await, (0, 0, 0, 0));
+    // The same bytes under their true digest are then stored.
+    upload(&mut c, None, "tasks", &bytes).await.unwrap();
+    let (blobs, _, uploads, _) = blob_rows(&server).await;
+    assert_eq!((blobs, uploads), (1, 0));
+}
+
+async fn dedup(backend: Backend) {
+    let db = fresh_database().await;
+    let Some(cfg) = backend_config(&db, backend) else {
+        return;
+    };
+    let server = TestServer::start_with(cfg).await;
+    let mut c = blobs_client(&server).await;
+    let bytes = random_bytes(CHUNK + 1);
+    let d = digest(&bytes);
+    assert!(
+        !upload(&mut c, None, "tasks", &bytes)
+            .await
+            .unwrap()
+            .already_stored
+    );
+    let after_first = blob_rows(&server).await;
+
+    // The second upload sends `start` and then nothing: the answer must come without the
+    // bytes (the stream stays open until the answer is in).
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(start("tasks", &d, bytes.len() as u64))
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        c.upload(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .expect("answered without the bytes")
+    .unwrap()
+    .into_inner();
+    assert!(r.already_stored);
+    drop(tx);
+    // The same file on 100 documents is stored once.
+    let mut rc = server.client().await;
+    let rows = (0..100)
+        .map(|i| insert(doc(&format!("d{i}"), with_attachment("f", &d, bytes.len()))))
+        .collect();
+    push(&mut rc, "tasks", rows).await;
+    for _ in 0..3 {
+        assert!(
+            upload(&mut c, None, "tasks", &bytes)
+                .await
+                .unwrap()
+                .already_stored
+        );
+    }
+    assert_eq!(blob_rows(&server).await, after_first);
+    assert_eq!(after_first.0, 1);
+    // A declared length that contradicts the stored blob is refused.
+    let s = upload_as(&mut c, None, "tasks", (&d, 3), b"abc", CHUNK)
+        .await
+        .unwrap_err();
+    assert_eq!(field(&s), "start.length");
+}
+
+async fn missing_lists(backend: Backend) {
+    let db = fresh_database().await;
+    let Some(mut cfg) = backend_config(&db, backend) else {
+        return;
+    };
+    cfg.attachments.missing_digests_max = 3;
+    let server = TestServer::start_with(cfg).await;
+    let mut c = blobs_client(&server).await;
+    let a = random_bytes(10);
+    let b = random_bytes(20);
+    let (da, db_) = (digest(&a), digest(&b));
+    assert_eq!(
+        missing(&mut c, None, "tasks", &[&da, &db_, &da])
+            .await
+            .unwrap(),
+        vec![da.clone(), db_.clone()]
+    );
+    upload(&mut c, None, "tasks", &a).await.unwrap();
+    assert_eq!(
+        missing(&mut c, None, "tasks", &[&da, &db_]).await.unwrap(),
+        vec![db_.clone()]
+    );
+    // Per collection.
+    assert_eq!(
+        missing(&mut c, None, "notes", &[&da]).await.unwrap(),
+        vec![da.clone()]
+    );
+    let s = missing(&mut c, None, "tasks", &[&da, "x"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), field(&s).as_str()),
+        (Code::InvalidArgument, "digests[1]")
+    );
+    let s = missing(&mut c, None, "tasks", &[&da, &da, &da, &da])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), field(&s).as_str()),
+        (Code::InvalidArgument, "digests")
+    );
+}
+
+async fn gc(backend: Backend) {
+    let db = fresh_database().await;
+    let Some(cfg) = backend_config(&db, backend) else {
+        return;
+    };
+    let attachments = cfg.attachments.clone();
+    let server = TestServer::start_with(cfg).await;
+    let mut c = blobs_client(&server).await;
+    let mut rc = server.client().await;
+    // referenced + old, unreferenced + old, unreferenced + recent, referenced by a tombstone
+    // only + old, referenced in another collection only + old.
+    let blobs: Vec<Vec<u8>> = (0..5).map(|i| random_bytes(CHUNK + i)).collect();
+    let ds: Vec<String> = blobs.iter().map(|b| digest(b)).collect();
+    for b in &blobs {
+        upload(&mut c, None, "tasks", b).await.unwrap();
+    }
+    push(
+        &mut rc,
+        "tasks",
+        vec![
+            insert(doc("keep", with_attachment("a", &ds[0], blobs[0].len()))),
+            insert(doc("gone", with_attachment("d", &ds[3], blobs[3].len()))),
+        ],
+    )
+    .await;
+    let (stored, _) = pull_all(&mut rc, "tasks", "", 100).await;
+    let gone = stored.iter().find(|d| d.id == "gone").unwrap().clone();
+    push(&mut rc, "tasks", vec![update(tombstone("gone"), gone)]).await;
+    push(
+        &mut rc,
+        "notes",
+        vec![insert(doc(
+            "n",
+            with_attachment("e", &ds[4], blobs[4].len()),
+        ))],
+    )
+    .await;
+
+    let mut conn = server.db().await;
+    sqlx::query(
+        "UPDATE syncline_blobs SET created_at = now() - interval '2 days', \
+         touched_at = now() - interval '2 days' WHERE digest <> $1",
+    )
+    .bind(&ds[2])
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let pool = sqlx::PgPool::connect(&server.db_url).await.unwrap();
+    let store = syncline::blobs::open(&attachments, pool.clone()).unwrap();
+    let grace = Duration::from_secs(24 * 3600);
+
+    // Another replica holds the GC lock: this one does nothing.
+    {
+        use sqlx::Connection;
+        let mut other = server.db().await;
+        let mut tx = other.begin().await.unwrap();
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('syncline.blob_gc'), 0)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let r = syncline::blobs::gc::collect(&store, grace, 1)
+            .await
+            .unwrap();
+        assert!(r.locked_out && r.deleted.blobs == 0, "{r:?}");
+    }
+
+    // Batches of one: the round goes on until a batch comes back short.
+    let r = syncline::blobs::gc::collect(&store, grace, 1)
+        .await
+        .unwrap();
+    assert_eq!(r.deleted.blobs, 3, "{r:?}");
+    assert!(r.batches >= 4, "{r:?}");
+    use syncline::blobs::Blobs as _;
+    let left = store.exists_many("tasks", &ds).await.unwrap();
+    assert_eq!(left, vec![true, false, true, false, false]);
+    // The kept blobs still download whole.
+    assert_eq!(
+        download(&mut c, None, "tasks", &ds[0], 0, 0).await.unwrap(),
+        blobs[0]
+    );
+    if let Backend::Postgres = backend {
+        let chunks: i64 =
+            sqlx::query_scalar("SELECT count(DISTINCT upload_id) FROM syncline_blob_chunks")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(chunks, 2, "chunks of deleted blobs are deleted with them");
+    }
+    // A deleted blob can be uploaded again and is then stored anew.
+    assert!(
+        !upload(&mut c, None, "tasks", &blobs[1])
+            .await
+            .unwrap()
+            .already_stored
+    );
+
+    // A crash mid-upload leaves a staged upload: the GC removes it after the grace period.
+    sqlx::query("INSERT INTO syncline_blob_uploads (upload_id, location, started_at) VALUES ('x', 'x', now() - interval '2 days')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let r = syncline::blobs::gc::collect(&store, grace, 10)
+        .await
+        .unwrap();
+    assert_eq!((r.deleted.blobs, r.deleted.stale_uploads), (0, 1), "{r:?}");
+    pool.close().await;
+}
