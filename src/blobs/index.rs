@@ -7,7 +7,10 @@ use super::{BlobMeta, StoredBlob, db_error};
 use crate::store::StoreError;
 
 /// The expression the GIN index `syncline_documents_attachments` covers; every reference
-/// lookup repeats it verbatim (`d` is `syncline_documents`), with `NOT d.deleted`.
+/// lookup repeats it verbatim (`d` is `syncline_documents`), with `NOT d.deleted`. Lookups
+/// count the references rather than ask EXISTS: the planner cannot estimate how selective a
+/// digest is and, for EXISTS, bets on finding one soon by walking the whole collection (which,
+/// for an unreferenced blob, the GC's usual case, means every document).
 macro_rules! references {
     ($digest:literal) => {
         concat!(
@@ -29,10 +32,10 @@ const AVAILABLE_SQL: &str = concat!(
       AND ($3::text IS NULL
         OR EXISTS (SELECT 1 FROM syncline_blob_grants g
                    WHERE g.collection = $1 AND g.digest = b.digest AND g.owner = $3)
-        OR EXISTS (SELECT 1 FROM syncline_documents d
-                   WHERE d.collection = $1 AND NOT d.deleted AND d.owner = $3 AND ",
+        OR (SELECT count(*) FROM syncline_documents d
+            WHERE d.collection = $1 AND NOT d.deleted AND d.owner = $3 AND ",
     references!("b.digest"),
-    "))
+    ") > 0)
 ), touched AS (
     UPDATE syncline_blobs b SET touched_at = now() FROM found f
     WHERE b.collection = $1 AND b.digest = f.digest AND b.touched_at < now() - interval '1 minute'
@@ -45,11 +48,11 @@ SELECT digest, length FROM found"
 const READABLE_SQL: &str = concat!(
     "SELECT b.length, b.content_type, b.location FROM syncline_blobs b
 WHERE b.collection = $1 AND b.digest = $2
-  AND EXISTS (SELECT 1 FROM syncline_documents d
-              WHERE d.collection = $1 AND NOT d.deleted AND ($3::text IS NULL OR d.owner = $3)
-                AND ",
+  AND (SELECT count(*) FROM syncline_documents d
+       WHERE d.collection = $1 AND NOT d.deleted AND ($3::text IS NULL OR d.owner = $3)
+         AND ",
     references!("$2"),
-    ")"
+    ") > 0"
 );
 
 const EXISTS_SQL: &str =
@@ -80,10 +83,10 @@ pub(super) const GC_VICTIMS_SQL: &str = concat!(
     SELECT b.collection, b.digest FROM syncline_blobs b
     WHERE b.touched_at < now() - $1::bigint * interval '1 second'
       AND b.created_at < now() - $1::bigint * interval '1 second'
-      AND NOT EXISTS (SELECT 1 FROM syncline_documents d
-                      WHERE d.collection = b.collection AND NOT d.deleted AND ",
+      AND (SELECT count(*) FROM syncline_documents d
+           WHERE d.collection = b.collection AND NOT d.deleted AND ",
     references!("b.digest"),
-    ")
+    ") = 0
     ORDER BY b.touched_at LIMIT $2
     FOR UPDATE OF b SKIP LOCKED
 )
@@ -176,6 +179,40 @@ impl BlobIndex {
             .await
             .map_err(db_error)?;
         Ok(digests.iter().map(|d| found.contains(d)).collect())
+    }
+
+    /// The plans of the reference lookups with sequential scans discouraged: availability and
+    /// download for an owner (served by the owner index or the digest index, whichever the
+    /// planner prefers), download for a service and the GC (the digest index).
+    pub async fn explain_reference_queries(&self) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        sqlx::query("SET LOCAL enable_seqscan = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let digest = "0".repeat(super::DIGEST_CHARS);
+        let mut plans = Vec::new();
+        let service: Option<&str> = None;
+        for (sql, owner) in [
+            (AVAILABLE_SQL, Some("owner")),
+            (READABLE_SQL, Some("owner")),
+            (READABLE_SQL, service),
+            (GC_VICTIMS_SQL, service),
+        ] {
+            let explain = sqlx::AssertSqlSafe(format!("EXPLAIN {sql}"));
+            let query = sqlx::query_scalar::<_, String>(explain);
+            let query = if sql == GC_VICTIMS_SQL {
+                query.bind(86_400_i64).bind(100_i64)
+            } else if sql == AVAILABLE_SQL {
+                query.bind("tasks").bind(vec![digest.clone()]).bind(owner)
+            } else {
+                query.bind("tasks").bind(digest.clone()).bind(owner)
+            };
+            let lines = query.fetch_all(&mut *tx).await.map_err(db_error)?;
+            plans.push(lines.join("\n"));
+        }
+        tx.rollback().await.map_err(db_error)?;
+        Ok(plans)
     }
 
     /// Records a staged upload (so that a crash leaves something the GC can find).

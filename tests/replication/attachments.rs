@@ -215,6 +215,27 @@ pub fn backend_config(db: &str, backend: Backend) -> Option<Config> {
     Some(c)
 }
 
+/// The objects under the S3 prefix of `attachments` (none for the PostgreSQL back end).
+pub async fn s3_objects(attachments: &syncline::blobs::AttachmentsConfig) -> Vec<String> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStore;
+    let (Some(bucket), Some(endpoint)) = (&attachments.s3_bucket, &attachments.s3_endpoint) else {
+        return Vec::new();
+    };
+    let store = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_endpoint(endpoint)
+        .with_region("us-east-1")
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let prefix = object_store::path::Path::from(attachments.s3_prefix.trim_end_matches('/'));
+    let listed: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
+    let mut names: Vec<String> = listed.into_iter().map(|m| m.location.to_string()).collect();
+    names.sort();
+    names
+}
+
 /// The suite, instantiated once per back end.
 macro_rules! suite {
     ($($backend:ident),*) => {$(
@@ -337,6 +358,7 @@ async fn wrong_digest_or_length_stores_nothing(backend: Backend) {
     let Some(cfg) = backend_config(&db, backend) else {
         return;
     };
+    let attachments = cfg.attachments.clone();
     let server = TestServer::start_with(cfg).await;
     let mut c = blobs_client(&server).await;
     let bytes = random_bytes(2 * CHUNK + 7);
@@ -371,10 +393,17 @@ async fn wrong_digest_or_length_stores_nothing(backend: Backend) {
     assert_eq!(s.code(), Code::NotFound);
     // A refused upload leaves nothing: no blob, no staged chunks, no upload in progress.
     assert_eq!(blob_rows(&server).await, (0, 0, 0, 0));
-    // The same bytes under their true digest are then stored.
+    assert_eq!(s3_objects(&attachments).await, Vec::<String>::new());
+    // The same bytes under their true digest are then stored, under the digest's name only.
     upload(&mut c, None, "tasks", &bytes).await.unwrap();
     let (blobs, _, uploads, _) = blob_rows(&server).await;
     assert_eq!((blobs, uploads), (1, 0));
+    if let Backend::S3 = backend {
+        assert_eq!(
+            s3_objects(&attachments).await,
+            vec![format!("{}blobs/tasks/{d}", attachments.s3_prefix)]
+        );
+    }
 }
 
 async fn dedup(backend: Backend) {
@@ -503,7 +532,10 @@ async fn gc(backend: Backend) {
     .await;
     let (stored, _) = pull_all(&mut rc, "tasks", "", 100).await;
     let gone = stored.iter().find(|d| d.id == "gone").unwrap().clone();
-    push(&mut rc, "tasks", vec![update(tombstone("gone"), gone)]).await;
+    // A tombstone keeping its body (as RxDB sends them) references nothing.
+    let mut dead = doc("gone", with_attachment("d", &ds[3], blobs[3].len()));
+    dead.deleted = true;
+    push(&mut rc, "tasks", vec![update(dead, gone)]).await;
     push(
         &mut rc,
         "notes",
@@ -581,5 +613,45 @@ async fn gc(backend: Backend) {
         .await
         .unwrap();
     assert_eq!((r.deleted.blobs, r.deleted.stale_uploads), (0, 1), "{r:?}");
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn reference_lookups_are_served_by_the_digest_index() {
+    let server = TestServer::start().await;
+    let pool = sqlx::PgPool::connect(&server.db_url).await.unwrap();
+    // A collection of some size, each document with its own attachment, so that the planner
+    // weighs the choices as it would in production.
+    sqlx::query(
+        "INSERT INTO syncline_documents (collection, id, body, deleted, revision, updated_at, \
+         change_xid, change_seq, owner) \
+         SELECT 'tasks', 'd' || i, jsonb_build_object('_attachments', jsonb_build_object('p', \
+         jsonb_build_object('digest', encode(sha256(i::text::bytea), 'hex'), 'length', 1))), \
+         false, '1-a', now(), 1, i, 'o' || (i % 10) FROM generate_series(1, 5000) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE syncline_documents")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let plans = syncline::blobs::index::BlobIndex::new(pool.clone())
+        .explain_reference_queries()
+        .await
+        .unwrap();
+    for plan in &plans {
+        assert!(
+            !plan.contains("Seq Scan on syncline_documents"),
+            "a reference lookup scans the documents:\n{plan}"
+        );
+    }
+    // Without an owner to narrow them, only the digest index finds the references.
+    for plan in &plans[2..] {
+        assert!(
+            plan.contains("syncline_documents_attachments"),
+            "a reference lookup does not use the digest index:\n{plan}"
+        );
+    }
     pool.close().await;
 }
