@@ -24,7 +24,8 @@ macro_rules! references {
 // A digest is available to a principal when the blob is stored and the principal is a service
 // ($3 NULL), proved it holds the bytes (a grant), or may read a live document referencing it.
 // Found blobs are touched (at most once a minute) so that the GC spares them for its grace
-// period: the push that follows a "held" answer has that long to commit.
+// period: the push that follows a "held" answer has that long to commit. The key-share lock
+// waits for a GC batch that holds the row, so a blob it deletes is never answered as held.
 const AVAILABLE_SQL: &str = concat!(
     "WITH found AS (
     SELECT b.digest, b.length FROM syncline_blobs b
@@ -36,6 +37,7 @@ const AVAILABLE_SQL: &str = concat!(
             WHERE d.collection = $1 AND NOT d.deleted AND d.owner = $3 AND ",
     references!("b.digest"),
     ") > 0)
+    FOR KEY SHARE OF b
 ), touched AS (
     UPDATE syncline_blobs b SET touched_at = now() FROM found f
     WHERE b.collection = $1 AND b.digest = f.digest AND b.touched_at < now() - interval '1 minute'
