@@ -267,6 +267,11 @@ macro_rules! suite {
             async fn gc_keeps_referenced_and_recent_blobs_and_removes_the_rest() {
                 gc(Backend::$backend).await;
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn racing_uploads_and_gc_store_each_blob_once_and_never_lose_bytes() {
+                racing_uploads_and_gc(Backend::$backend).await;
+            }
         }
     )*};
 }
@@ -652,6 +657,108 @@ async fn reference_lookups_are_served_by_the_digest_index() {
             plan.contains("syncline_documents_attachments"),
             "a reference lookup does not use the digest index:\n{plan}"
         );
+    }
+    pool.close().await;
+}
+
+/// Rounds of 8 callers uploading the same new blob at once, while the GC (grace 1 s, its
+/// blobs aged by hand) deletes the previous rounds' unreferenced blobs: every upload succeeds,
+/// each blob is stored once, and every blob a document references downloads whole.
+async fn racing_uploads_and_gc(backend: Backend) {
+    let db = fresh_database().await;
+    let Some(mut cfg) = backend_config(&db, backend) else {
+        return;
+    };
+    cfg.attachments.uploads_per_principal_max = 16;
+    let attachments = cfg.attachments.clone();
+    let server = TestServer::start_with(cfg).await;
+    let pool = sqlx::PgPool::connect(&server.db_url).await.unwrap();
+    let store = syncline::blobs::open(&attachments, pool.clone()).unwrap();
+    let mut rc = server.client().await;
+    let mut kept = Vec::new();
+    for round in 0..6 {
+        let bytes = std::sync::Arc::new(random_bytes(CHUNK * 2 + round));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let bytes = bytes.clone();
+            let mut c = blobs_client(&server).await;
+            tasks.push(tokio::spawn(async move {
+                upload(&mut c, None, "tasks", &bytes).await
+            }));
+        }
+        // Meanwhile: earlier rounds' unreferenced blobs become old and are collected.
+        sqlx::query("UPDATE syncline_blobs SET created_at = now() - interval '1 hour', touched_at = now() - interval '1 hour' WHERE digest <> ALL($1)")
+            .bind(&kept)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let gc = syncline::blobs::gc::collect(&store, Duration::from_secs(1), 2);
+        let (gc, results) = tokio::join!(gc, futures::future::join_all(tasks));
+        gc.unwrap();
+        let fresh = results
+            .into_iter()
+            .map(|r| r.unwrap().expect("every racing upload succeeds"))
+            .filter(|r| !r.already_stored)
+            .count();
+        assert!(fresh >= 1);
+        let d = digest(&bytes);
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM syncline_blobs WHERE digest = $1")
+            .bind(&d)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        // Stored once (or, if this round's GC took it right away, not at all: upload again).
+        if rows == 0 {
+            let mut c = blobs_client(&server).await;
+            upload(&mut c, None, "tasks", &bytes).await.unwrap();
+        }
+        if round % 2 == 0 {
+            push(
+                &mut rc,
+                "tasks",
+                vec![insert(doc(
+                    &format!("r{round}"),
+                    with_attachment("f", &d, bytes.len()),
+                ))],
+            )
+            .await;
+            kept.push(d.clone());
+            let mut c = blobs_client(&server).await;
+            assert_eq!(
+                download(&mut c, None, "tasks", &d, 0, 0).await.unwrap(),
+                *bytes
+            );
+        }
+    }
+    // No staged leftovers, and only referenced blobs remain once the GC has run again.
+    sqlx::query("UPDATE syncline_blobs SET created_at = now() - interval '1 hour', touched_at = now() - interval '1 hour'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    syncline::blobs::gc::collect(&store, Duration::from_secs(1), 2)
+        .await
+        .unwrap();
+    let (blobs, _, uploads, _) = blob_rows(&server).await;
+    assert_eq!((blobs, uploads), (kept.len() as i64, 0));
+    let mut c = blobs_client(&server).await;
+    for d in &kept {
+        assert!(
+            !download(&mut c, None, "tasks", d, 0, 0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    if let Backend::Postgres = backend {
+        let ids: i64 =
+            sqlx::query_scalar("SELECT count(DISTINCT upload_id) FROM syncline_blob_chunks")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(ids, kept.len() as i64, "chunks only of the kept blobs");
+    } else {
+        let objects = s3_objects(&attachments).await;
+        assert_eq!(objects.len(), kept.len(), "{objects:?}");
     }
     pool.close().await;
 }
