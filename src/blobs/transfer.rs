@@ -236,7 +236,7 @@ impl<B: Blobs> Attachments<B> {
         }
         let mut staged = Staged {
             blobs: self.blobs.clone(),
-            staging: Some(self.blobs.begin(collection, &start.digest).await?),
+            staging: Some(self.begin(collection, &start.digest).await?),
         };
         let received = self.receive(&start, &mut staged, &mut chunks).await;
         let staging = staged
@@ -244,7 +244,9 @@ impl<B: Blobs> Attachments<B> {
             .take()
             .ok_or_else(|| ProtocolError::internal("upload staging lost"))?;
         if let Err(e) = received {
-            self.blobs.abort(staging).await;
+            // Its own task: a client that goes away cancels this call, not the clean-up.
+            let blobs = self.blobs.clone();
+            let _ = tokio::spawn(async move { blobs.abort(staging).await }).await;
             metrics::counter!(ATTACHMENT_UPLOADS, "collection" => collection.to_owned(), "outcome" => "refused").increment(1);
             return Err(e);
         }
@@ -254,10 +256,11 @@ impl<B: Blobs> Attachments<B> {
             length: start.length,
             content_type: start.content_type.clone(),
         };
-        let inserted = self
-            .blobs
-            .commit(staging, &meta, &principal.subject)
-            .await?;
+        // Its own task too: verified bytes are recorded even if the client leaves now.
+        let (blobs, owner) = (self.blobs.clone(), principal.subject.clone());
+        let inserted = tokio::spawn(async move { blobs.commit(staging, &meta, &owner).await })
+            .await
+            .map_err(|e| ProtocolError::internal(format!("upload commit task: {e}")))??;
         let outcome = if inserted { "stored" } else { "deduplicated" };
         metrics::counter!(ATTACHMENT_UPLOADS, "collection" => collection.to_owned(), "outcome" => outcome).increment(1);
         Ok(Uploaded {
@@ -265,6 +268,29 @@ impl<B: Blobs> Attachments<B> {
             length: start.length,
             already_stored: false,
         })
+    }
+
+    /// Starts staging in a task of its own that hands the staging over, or drops it when this
+    /// call was cancelled meanwhile (the client went away while the back end was starting).
+    async fn begin(&self, collection: &str, digest: &str) -> Result<B::Staging, ProtocolError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let blobs = self.blobs.clone();
+        let (collection, digest) = (collection.to_owned(), digest.to_owned());
+        tokio::spawn(async move {
+            match blobs.begin(&collection, &digest).await {
+                Ok(staging) => {
+                    if let Err(Ok(staging)) = tx.send(Ok(staging)) {
+                        blobs.abort(staging).await;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+        Ok(rx
+            .await
+            .map_err(|_| ProtocolError::internal("upload staging task lost"))??)
     }
 
     /// Stages every chunk, hashing; refuses the upload unless the bytes are the declared ones.

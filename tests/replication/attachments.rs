@@ -409,6 +409,47 @@ async fn wrong_digest_or_length_stores_nothing(backend: Backend) {
             vec![format!("{}blobs/tasks/{d}", attachments.s3_prefix)]
         );
     }
+    let stored = blob_rows(&server).await;
+
+    // A call cut off mid-upload leaves nothing either.
+    let other = random_bytes(3 * CHUNK);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(start("tasks", &digest(&other), other.len() as u64))
+        .await
+        .unwrap();
+    tx.send(chunk(&other[..CHUNK])).await.unwrap();
+    let mut cut = c.clone();
+    let call = tokio::spawn(async move {
+        cut.upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let mut staged = false;
+    for _ in 0..3000 {
+        if blob_rows(&server).await.2 == 1 {
+            staged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(staged, "the upload was staged");
+    call.abort();
+    drop(tx);
+    let mut cleaned = false;
+    for _ in 0..3000 {
+        if blob_rows(&server).await == stored {
+            cleaned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        cleaned,
+        "a cut-off upload is dropped: {:?}",
+        blob_rows(&server).await
+    );
+    if let Backend::S3 = backend {
+        assert_eq!(s3_objects(&attachments).await.len(), 1);
+    }
 }
 
 async fn dedup(backend: Backend) {

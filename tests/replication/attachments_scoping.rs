@@ -556,6 +556,10 @@ async fn a_200_mib_blob_goes_up_and_down_with_the_server_memory_flat() {
     assert_eq!(back, d);
 
     let grown_mib = peak_rss_kib(pid).saturating_sub(baseline) / 1024;
+    eprintln!(
+        "server peak RSS: {} MiB before, +{grown_mib} MiB after 200 MiB up and down",
+        baseline / 1024
+    );
     assert!(
         grown_mib < 48,
         "the server's peak RSS grew by {grown_mib} MiB for a 200 MiB upload and download"
