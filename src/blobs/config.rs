@@ -120,3 +120,38 @@ fn default_attachment_gc_grace() -> String {
 fn default_gc_batch_blobs() -> u32 {
     100
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const BASE: &str = "[auth]\nmode = \"none\"\n[[collections]]\nname = \"tasks\"\n";
+
+    #[test]
+    fn the_table_is_optional_checked_and_strict() {
+        let c = Config::from_toml(BASE).unwrap();
+        assert_eq!(c.attachments.store, super::BlobStoreKind::Postgres);
+        assert!(c.attachments.check().is_ok());
+        assert_eq!(c.attachments.gc_grace().unwrap().as_secs(), 86_400);
+
+        let c = Config::from_toml(&format!("{BASE}[attachments]\nstore = \"s3\"\n")).unwrap();
+        assert!(c.attachments.check().unwrap_err().contains("s3_bucket"));
+        let c = Config::from_toml(&format!(
+            "{BASE}[attachments]\nstore = \"s3\"\ns3_bucket = \"b\"\nattachment_gc_grace = \"2h\"\n"
+        ))
+        .unwrap();
+        assert!(c.attachments.check().is_ok());
+        assert_eq!(c.attachments.gc_grace().unwrap().as_secs(), 7200);
+
+        for bad in [
+            "attachment_gc_grace = \"soon\"",
+            "chunk_bytes_max = 10",
+            "uploads_per_principal_max = 0",
+        ] {
+            let c = Config::from_toml(&format!("{BASE}[attachments]\n{bad}\n")).unwrap();
+            assert!(c.attachments.check().is_err(), "{bad}");
+        }
+        assert!(Config::from_toml(&format!("{BASE}[attachments]\nstorage = \"s3\"\n")).is_err());
+        assert!(Config::from_toml(&format!("{BASE}[attachments]\nstore = \"disk\"\n")).is_err());
+    }
+}
