@@ -1,7 +1,10 @@
 //! Compiles `proto/` with the pure-Rust `protox` compiler, so building needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/syncline/v1/replication.proto"];
+    let files = [
+        "proto/syncline/v1/replication.proto",
+        "proto/syncline/v1/attachments.proto",
+    ];
     let descriptors = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor_path = out.join("syncline_descriptor.bin");

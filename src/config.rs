@@ -226,6 +226,9 @@ pub struct Config {
     /// remembered per principal (`"24h"`: a number with s, m, h or d).
     #[serde(default = "default_idempotency_retention")]
     pub idempotency_retention: String,
+    /// The `[attachments]` table: blob storage, limits and GC (see `blobs::AttachmentsConfig`).
+    #[serde(default)]
+    pub attachments: crate::blobs::AttachmentsConfig,
 }
 
 fn default_idempotency_retention() -> String {

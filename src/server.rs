@@ -57,6 +57,7 @@ pub fn open_store(config: &Config) -> Result<PgStore, ServerError> {
 /// Everything `serve` checks before connecting: collection schemas, auth keys, TLS files.
 pub fn check(config: &Config) -> Result<(), ServerError> {
     Collections::from_config(config).map_err(ServerError::Config)?;
+    config.attachments.check().map_err(ServerError::Config)?;
     if let Some(auth) = &config.auth {
         Authenticator::from_config(auth).map_err(ServerError::Config)?;
     }
@@ -183,7 +184,11 @@ pub async fn serve(
         builder = builder.tls_config(tls)?;
     }
     let retentions = crate::purge::retentions(&config).map_err(ServerError::Config)?;
+    config.attachments.check().map_err(ServerError::Config)?;
+    let attachment_collections = Collections::from_config(&config).map_err(ServerError::Config)?;
     let store = Arc::new(open_store(&config)?);
+    let blobs = crate::blobs::open(&config.attachments, store.pool().clone())
+        .map_err(ServerError::Config)?;
     if config.migrate_on_start {
         store.migrate().await?;
     }
@@ -224,6 +229,13 @@ pub async fn serve(
         retentions,
         Duration::from_secs(config.purge_interval_seconds),
         config.purge_batch_rows,
+        background.clone(),
+    ));
+    tasks.spawn(crate::blobs::gc::run(
+        blobs.clone(),
+        config.attachments.gc_grace().map_err(ServerError::Config)?,
+        config.attachments.gc_batch_blobs,
+        Duration::from_secs(config.purge_interval_seconds),
         background.clone(),
     ));
     let replicator = Arc::new(
@@ -297,6 +309,13 @@ pub async fn serve(
         service,
         WireLimits::from_limits(&Limits::from_config(&config)),
     );
+    let attachments = attachment_service(
+        &config,
+        blobs,
+        attachment_collections,
+        store.pool().clone(),
+        &authenticator,
+    );
     let service = InterceptedService::new(service, AuthInterceptor::new(authenticator));
 
     if config.max_connection_age_seconds > 0 {
@@ -342,6 +361,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(service)
+        .add_service(attachments)
         .serve_with_incoming_shutdown(edge.incoming(listener), drain)
         .await;
 
@@ -354,6 +374,32 @@ pub async fn serve(
     store.close().await;
     tracing::info!("stopped");
     Ok(result?)
+}
+
+/// The attachment service: messages bounded by the chunk size, authenticated like replication.
+fn attachment_service(
+    config: &Config,
+    blobs: crate::blobs::AnyBlobs,
+    collections: Collections,
+    pool: sqlx::PgPool,
+    authenticator: &Authenticator,
+) -> InterceptedService<
+    crate::proto::attachment_service_server::AttachmentServiceServer<
+        crate::api::attachments::AttachmentApi<crate::blobs::AnyBlobs>,
+    >,
+    AuthInterceptor,
+> {
+    let index = crate::blobs::index::BlobIndex::new(pool);
+    let attachments =
+        crate::blobs::Attachments::new(blobs, index, collections, config.attachments.clone());
+    // A chunk plus the few fields around it.
+    let message_max = config.attachments.chunk_bytes_max + 4096;
+    let service = crate::proto::attachment_service_server::AttachmentServiceServer::new(
+        crate::api::attachments::AttachmentApi::new(Arc::new(attachments)),
+    )
+    .max_decoding_message_size(message_max)
+    .max_encoding_message_size(message_max);
+    InterceptedService::new(service, AuthInterceptor::new(authenticator.clone()))
 }
 
 /// Re-stamps positions restored from another cluster (retrying while the database is away),

@@ -1,5 +1,6 @@
 //! gRPC: thin handlers that decode, call the protocol, encode and map errors.
 
+pub mod attachments;
 pub mod auth;
 pub mod codec;
 pub mod compressing_body;

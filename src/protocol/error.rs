@@ -64,11 +64,14 @@ pub enum Reason {
     IdempotencyKeyReused,
     /// ListOverwritten on a collection that keeps no overwritten versions.
     OverwrittenNotKept,
+    /// No attachment with that digest the caller may read (absent, or referenced by no
+    /// document it can read: the two are not told apart).
+    AttachmentNotFound,
 }
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::InvalidRequest,
         Reason::InvalidDocument,
         Reason::LimitExceeded,
@@ -85,6 +88,7 @@ impl Reason {
         Reason::Internal,
         Reason::IdempotencyKeyReused,
         Reason::OverwrittenNotKept,
+        Reason::AttachmentNotFound,
     ];
 
     /// The code as sent (upper snake case).
@@ -106,6 +110,7 @@ impl Reason {
             Reason::Internal => "INTERNAL",
             Reason::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Reason::OverwrittenNotKept => "OVERWRITTEN_NOT_KEPT",
+            Reason::AttachmentNotFound => "ATTACHMENT_NOT_FOUND",
         }
     }
 }

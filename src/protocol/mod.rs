@@ -1,6 +1,7 @@
 //! The replication rules, independent of gRPC: checkpoints, validation, conflict decisions,
 //! limits and the stream loop. Handlers in [`crate::api`] only translate to and from protobuf.
 
+pub mod attachments;
 pub mod checkpoint;
 pub mod collections;
 pub mod conflict;

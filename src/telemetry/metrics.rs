@@ -78,6 +78,19 @@ pub const PURGE_HORIZON_AGE_SECONDS: &str = "syncline_purge_horizon_age_seconds"
 /// Expired rows deleted by the background purge, by `kind` (`push_key`, `overwritten_version`).
 pub const EXPIRED_PURGED: &str = "syncline_expired_rows_purged_total";
 
+/// Attachment bytes received by Upload (staged, verified or not), by collection.
+pub const ATTACHMENT_BYTES_UPLOADED: &str = "syncline_attachment_bytes_uploaded_total";
+/// Attachment bytes sent by Download, by collection.
+pub const ATTACHMENT_BYTES_DOWNLOADED: &str = "syncline_attachment_bytes_downloaded_total";
+/// Uploads by collection and `outcome`: `stored` (a new blob), `deduplicated` (verified, but
+/// another upload had stored it), `already_stored` (answered after the first message),
+/// `refused` (wrong digest or length, or a failure: nothing stored).
+pub const ATTACHMENT_UPLOADS: &str = "syncline_attachment_uploads_total";
+/// Deleted by the attachment GC, by `kind` (`blob`, `stale_upload`).
+pub const ATTACHMENT_GC_DELETED: &str = "syncline_attachment_gc_deleted_total";
+/// Bytes of the blobs the attachment GC deleted.
+pub const ATTACHMENT_GC_BYTES: &str = "syncline_attachment_gc_bytes_total";
+
 /// Histogram buckets for every `_seconds` metric.
 const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -195,5 +208,25 @@ fn describe() {
     describe_counter!(
         EXPIRED_PURGED,
         "Expired idempotency keys and overwritten versions deleted, by kind"
+    );
+    describe_counter!(
+        ATTACHMENT_BYTES_UPLOADED,
+        Unit::Bytes,
+        "Attachment bytes received by Upload"
+    );
+    describe_counter!(
+        ATTACHMENT_BYTES_DOWNLOADED,
+        Unit::Bytes,
+        "Attachment bytes sent by Download"
+    );
+    describe_counter!(ATTACHMENT_UPLOADS, "Attachment uploads by outcome");
+    describe_counter!(
+        ATTACHMENT_GC_DELETED,
+        "Blobs and stale uploads deleted by the attachment GC"
+    );
+    describe_counter!(
+        ATTACHMENT_GC_BYTES,
+        Unit::Bytes,
+        "Bytes of blobs deleted by the attachment GC"
     );
 }

@@ -1,5 +1,7 @@
 //! Integration tests: the real server, a real PostgreSQL, the generated client.
 
+mod attachments;
+mod attachments_scoping;
 mod auth;
 mod bulk;
 mod checkpoints;

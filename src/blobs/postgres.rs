@@ -1,0 +1,211 @@
+//! The default back end: blob bytes as chunk rows in PostgreSQL (`syncline_blob_chunks`).
+//! Chunks are written as they arrive, each in its own short statement, under a fresh upload
+//! id that no blob names: readers cannot see them until the verified upload's blob row names
+//! that id, so a refused or cut-off upload is never visible.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::gc::GcBatch;
+use super::index::{self, BlobIndex};
+use super::{BlobMeta, Blobs, ByteStream, db_error};
+use crate::store::StoreError;
+
+/// Blob bytes in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresBlobs {
+    index: BlobIndex,
+}
+
+/// An upload being staged: its id and the offset of its next chunk.
+#[derive(Debug)]
+pub struct PgStaging {
+    upload_id: String,
+    next: i64,
+}
+
+impl PostgresBlobs {
+    /// Blobs in `pool`'s database.
+    pub fn new(pool: sqlx::PgPool) -> PostgresBlobs {
+        PostgresBlobs {
+            index: BlobIndex::new(pool),
+        }
+    }
+}
+
+const CHUNK_SQL: &str =
+    "INSERT INTO syncline_blob_chunks (upload_id, start, data) VALUES ($1, $2, $3)";
+
+// The stored chunk holding byte $2, cut to at most $3 bytes from there (substring of an
+// uncompressed, out-of-line bytea reads only the slices it needs).
+const READ_SQL: &str = "
+SELECT start, substring(data FROM ($2 - start + 1)::int FOR $3::int)
+FROM syncline_blob_chunks WHERE upload_id = $1 AND start <= $2
+ORDER BY start DESC LIMIT 1";
+
+impl Blobs for PostgresBlobs {
+    type Staging = PgStaging;
+
+    async fn begin(&self, _collection: &str, _digest: &str) -> Result<PgStaging, StoreError> {
+        let upload_id = super::upload_id();
+        self.index.start_upload(&upload_id, &upload_id).await?;
+        Ok(PgStaging { upload_id, next: 0 })
+    }
+
+    async fn write(&self, staging: &mut PgStaging, chunk: Bytes) -> Result<(), StoreError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(CHUNK_SQL)
+            .bind(&staging.upload_id)
+            .bind(staging.next)
+            .bind(chunk.as_ref())
+            .execute(self.index.pool())
+            .await
+            .map_err(db_error)?;
+        staging.next += i64::try_from(chunk.len()).unwrap_or(i64::MAX);
+        Ok(())
+    }
+
+    async fn commit(
+        &self,
+        staging: PgStaging,
+        meta: &BlobMeta,
+        owner: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.index.pool().begin().await.map_err(db_error)?;
+        let (inserted, _) = index::record(&mut tx, meta, &staging.upload_id, owner).await?;
+        if !inserted {
+            delete_chunks(&mut tx, std::slice::from_ref(&staging.upload_id)).await?;
+        }
+        sqlx::query("DELETE FROM syncline_blob_uploads WHERE upload_id = $1")
+            .bind(&staging.upload_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(inserted)
+    }
+
+    async fn abort(&self, staging: PgStaging) {
+        let done = async {
+            let mut tx = self.index.pool().begin().await.map_err(db_error)?;
+            delete_chunks(&mut tx, std::slice::from_ref(&staging.upload_id)).await?;
+            sqlx::query("DELETE FROM syncline_blob_uploads WHERE upload_id = $1")
+                .bind(&staging.upload_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)
+        };
+        if let Err(e) = done.await {
+            // The GC removes it after the grace period.
+            tracing::warn!(error = %e, "could not drop a refused upload's chunks");
+        }
+    }
+
+    async fn read(
+        &self,
+        location: &str,
+        range: Range<u64>,
+        chunk: usize,
+    ) -> Result<ByteStream, StoreError> {
+        let pool = self.index.pool().clone();
+        let location = location.to_owned();
+        let chunk = i64::try_from(chunk.max(1)).unwrap_or(i64::MAX);
+        let start = i64::try_from(range.start).unwrap_or(i64::MAX);
+        let end = i64::try_from(range.end).unwrap_or(i64::MAX);
+        let stream = futures::stream::try_unfold(start, move |pos| {
+            let pool = pool.clone();
+            let location = location.clone();
+            async move {
+                if pos >= end {
+                    return Ok(None);
+                }
+                let want = chunk.min(end - pos);
+                let row: Option<(i64, Vec<u8>)> = sqlx::query_as(READ_SQL)
+                    .bind(&location)
+                    .bind(pos)
+                    .bind(want)
+                    .fetch_optional(&pool)
+                    .await
+                    .map_err(db_error)?;
+                match row {
+                    Some((_, bytes)) if !bytes.is_empty() => {
+                        let next = pos + i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+                        Ok(Some((Bytes::from(bytes), next)))
+                    }
+                    _ => Err(StoreError::Internal(format!(
+                        "blob chunks of upload {location} end before byte {pos}"
+                    ))),
+                }
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn exists_many(
+        &self,
+        collection: &str,
+        digests: &[String],
+    ) -> Result<Vec<bool>, StoreError> {
+        self.index.exists_many(collection, digests).await
+    }
+
+    async fn collect_garbage(
+        &self,
+        grace: Duration,
+        batch: u32,
+    ) -> Result<Option<GcBatch>, StoreError> {
+        let mut tx = self.index.pool().begin().await.map_err(db_error)?;
+        let locked: bool = sqlx::query_scalar(index::GC_LOCK_SQL)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if !locked {
+            return Ok(None);
+        }
+        let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        let victims: Vec<(String, i64)> = sqlx::query_as(index::GC_VICTIMS_SQL)
+            .bind(grace)
+            .bind(i64::from(batch))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let stale: Vec<(String, String)> = sqlx::query_as(index::GC_STALE_UPLOADS_SQL)
+            .bind(grace)
+            .bind(i64::from(batch))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let mut ids: Vec<String> = victims.iter().map(|(l, _)| l.clone()).collect();
+        ids.extend(stale.iter().map(|(_, l)| l.clone()));
+        delete_chunks(&mut tx, &ids).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(Some(GcBatch {
+            blobs: victims.len() as u64,
+            bytes: victims
+                .iter()
+                .map(|(_, n)| u64::try_from(*n).unwrap_or(0))
+                .sum(),
+            stale_uploads: stale.len() as u64,
+        }))
+    }
+}
+
+async fn delete_chunks(
+    tx: &mut sqlx::PgConnection,
+    upload_ids: &[String],
+) -> Result<(), StoreError> {
+    if upload_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("DELETE FROM syncline_blob_chunks WHERE upload_id = ANY($1)")
+        .bind(upload_ids)
+        .execute(tx)
+        .await
+        .map_err(db_error)
+        .map(drop)
+}
