@@ -129,6 +129,13 @@ impl<S: Store> Replicator<S> {
             PushMode::Atomic => {
                 let rows = validate::validate_rows(&collection, &self.limits, rows)
                     .inspect_err(|_| rejected("invalid", row_count))?;
+                let refusals = self
+                    .attachment_refusals(&collection.name, principal, rows.iter().enumerate())
+                    .await?;
+                if let Some(refusal) = refusals.into_iter().next() {
+                    rejected("invalid", row_count);
+                    return Err(refusal.1);
+                }
                 if rows.is_empty() {
                     return Ok(PushReply::Fresh(PushResult::default()));
                 }
@@ -146,6 +153,30 @@ impl<S: Store> Replicator<S> {
                 let rows = validate::validate_each(&collection, &self.limits, rows)
                     .inspect_err(|_| rejected("invalid", row_count))?;
                 let rows = conflict::refuse_foreign_owners(rows, principal);
+                let valid = rows.iter().enumerate().filter_map(|(i, r)| match r {
+                    PlannedRow::Valid(v) => Some((i, v)),
+                    PlannedRow::Refused { .. } => None,
+                });
+                let mut refusals: std::collections::HashMap<usize, ProtocolError> = self
+                    .attachment_refusals(&collection.name, principal, valid)
+                    .await?
+                    .into_iter()
+                    .collect();
+                let rows: Vec<PlannedRow> = rows
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, row)| match (refusals.remove(&i), row) {
+                        (Some(error), PlannedRow::Valid(v)) => PlannedRow::Refused {
+                            refusal: validate::Refusal {
+                                index: i,
+                                id: validate::refused_id(&v.id),
+                                error,
+                            },
+                            id: Some(v.id),
+                        },
+                        (_, row) => row,
+                    })
+                    .collect();
                 if rows.is_empty() {
                     return Ok(PushReply::Fresh(PushResult::default()));
                 }
@@ -228,6 +259,64 @@ impl<S: Store> Replicator<S> {
         }
         Ok(PushReply::Fresh(result_of(outcome)))
     }
+}
+
+impl<S: Store> Replicator<S> {
+    /// The rows (index, row) whose attachments the pusher may not reference: malformed
+    /// `_attachments`, inline data, or a blob the server does not hold for this principal
+    /// (it neither uploaded it nor can read a document referencing it: knowing a digest must
+    /// not be enough to read its bytes through a document of one's own). One blob-index
+    /// query for the whole push, only when some row describes attachments.
+    async fn attachment_refusals<'r>(
+        &self,
+        collection: &str,
+        principal: &Principal,
+        rows: impl Iterator<Item = (usize, &'r validate::ValidRow)>,
+    ) -> Result<Vec<(usize, ProtocolError)>, ProtocolError> {
+        let mut refused = Vec::new();
+        let mut described = Vec::new();
+        for (i, row) in rows {
+            match attachment_refs(i, row) {
+                Ok(refs) if refs.is_empty() => {}
+                Ok(refs) => described.push((i, row, refs)),
+                Err(e) => refused.push((i, e)),
+            }
+        }
+        if described.is_empty() {
+            return Ok(refused);
+        }
+        let mut digests: Vec<String> = described
+            .iter()
+            .flat_map(|(_, _, refs)| refs.iter().map(|r| r.digest.clone()))
+            .collect();
+        digests.sort_unstable();
+        digests.dedup();
+        let held = self
+            .store
+            .attachments_held(collection, principal.owner_filter(), &digests)
+            .await?;
+        for (i, row, refs) in described {
+            if let Err(e) = super::attachments::check_row(i, &row.id, &refs, &held) {
+                refused.push((i, e));
+            }
+        }
+        refused.sort_by_key(|(i, _)| *i);
+        Ok(refused)
+    }
+}
+
+/// The attachments a live row describes. The body is parsed only when it may hold the key:
+/// its text names `_attachments`, or escapes a character (`\u005f...` spells the same key).
+fn attachment_refs(
+    i: usize,
+    row: &validate::ValidRow,
+) -> Result<Vec<super::attachments::AttachmentRef>, ProtocolError> {
+    if row.deleted || !(row.body.contains("_attachments") || row.body.contains("\\u")) {
+        return Ok(Vec::new());
+    }
+    let body: serde_json::Value = serde_json::from_str(&row.body)
+        .map_err(|e| ProtocolError::internal(format!("a validated body does not parse: {e}")))?;
+    super::attachments::references(&body, i, &row.id)
 }
 
 /// The result as answered: refused rows' states written by this push carry its commit time.

@@ -566,3 +566,101 @@ async fn a_200_mib_blob_goes_up_and_down_with_the_server_memory_flat() {
     );
     drop(child);
 }
+
+/// A push may reference only blobs the pusher holds: uploaded by it, or referenced by a
+/// document it can read. Knowing another owner's digest is not enough, also when the key is
+/// spelled with an escape, and the bytes never travel inline.
+#[tokio::test]
+async fn a_push_references_only_blobs_the_pusher_holds() {
+    let db = fresh_database().await;
+    let server = TestServer::start_with(jwt(config(&db))).await;
+    let mut c = blobs_client(&server).await;
+    let (alice, bob) = (token("alice", ""), token("bob", ""));
+    let bytes = random_bytes(CHUNK + 3);
+    let (d, n) = (digest(&bytes), bytes.len());
+    upload(&mut c, Some(&alice), "tasks", &bytes).await.unwrap();
+    push_as(
+        &server,
+        &alice,
+        "tasks",
+        "a1",
+        with_attachment("p", &d, n),
+        false,
+    )
+    .await;
+    let try_push = |token: String, mode: i32, json: Vec<u8>| {
+        let server_addr = server.addr;
+        async move {
+            let channel = tonic::transport::Channel::from_shared(format!("http://{server_addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut rc =
+                syncline::proto::replication_service_client::ReplicationServiceClient::new(channel);
+            rc.push(with_token(
+                PushRequest {
+                    collection: "tasks".into(),
+                    rows: vec![syncline::proto::ChangeRow {
+                        new_document_state: Some(syncline::proto::Document {
+                            id: "b1".into(),
+                            json,
+                            ..Default::default()
+                        }),
+                        assumed_master_state: None,
+                    }],
+                    mode,
+                    idempotency_key: String::new(),
+                },
+                Some(&token),
+            ))
+            .await
+        }
+    };
+    let plain = with_attachment("q", &d, n).to_string().into_bytes();
+    let escaped = String::from_utf8(plain.clone())
+        .unwrap()
+        .replace("_attachments", "\\u005fattachments")
+        .into_bytes();
+    let inline = json!({"_attachments": {"q": {"digest": d, "length": n, "data": "AAAA"}}})
+        .to_string()
+        .into_bytes();
+    for (what, json) in [
+        ("plain", &plain),
+        ("escaped", &escaped),
+        ("inline", &inline),
+    ] {
+        let err = try_push(bob.clone(), 0, json.clone())
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(
+            field(&err).starts_with("rows[0].new_document_state.json._attachments"),
+            "{what}: {err:?}"
+        );
+        // Per row: refused alone, with the same reason.
+        let r = try_push(bob.clone(), 2, json.clone())
+            .await
+            .expect(what)
+            .into_inner();
+        assert_eq!(r.refused.len(), 1, "{what}: {r:?}");
+        assert_eq!(r.refused[0].reason, "INVALID_DOCUMENT");
+    }
+    // Nothing of Bob's was written, so he still cannot read the bytes.
+    assert_eq!(
+        download(&mut c, Some(&bob), "tasks", &d, 0, 0)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    // A wrong length is refused even for the uploader; the right one is accepted.
+    let wrong = with_attachment("p", &d, n + 1).to_string().into_bytes();
+    let err = try_push(alice.clone(), 0, wrong)
+        .await
+        .expect_err("wrong length");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    try_push(alice.clone(), 0, plain.clone())
+        .await
+        .expect("alice holds the blob");
+}

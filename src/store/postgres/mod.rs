@@ -336,4 +336,18 @@ impl Store for PgStore {
     ) -> impl Future<Output = Result<(Vec<StoredDocument>, usize), StoreError>> + Send {
         self.fetch_live(collection, owner, ids, limit)
     }
+
+    async fn attachments_held(
+        &self,
+        collection: &str,
+        owner: Option<&str>,
+        digests: &[String],
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        let index = crate::blobs::index::BlobIndex::new(self.pool().clone());
+        Ok(index
+            .available(collection, owner, digests)
+            .await?
+            .into_iter()
+            .collect())
+    }
 }
