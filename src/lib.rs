@@ -11,6 +11,7 @@ pub mod auth;
 pub mod blobs;
 pub mod bulk;
 pub mod config;
+pub mod crypto;
 pub mod health;
 pub mod horizon;
 pub mod protocol;

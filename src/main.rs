@@ -67,6 +67,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    syncline::crypto::install_provider();
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,

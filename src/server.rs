@@ -150,6 +150,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    crate::crypto::install_provider();
     let collections = Collections::from_config(&config).map_err(ServerError::Config)?;
     let auth_config = config
         .auth

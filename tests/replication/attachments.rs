@@ -582,6 +582,8 @@ async fn gc(backend: Backend) {
     let mut dead = doc("gone", with_attachment("d", &ds[3], blobs[3].len()));
     dead.deleted = true;
     push(&mut rc, "tasks", vec![update(dead, gone)]).await;
+    // The same bytes in another collection are another blob: referenced there, not here.
+    upload(&mut c, None, "notes", &blobs[4]).await.unwrap();
     push(
         &mut rc,
         "notes",
@@ -640,7 +642,8 @@ async fn gc(backend: Backend) {
                 .fetch_one(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(chunks, 2, "chunks of deleted blobs are deleted with them");
+        // Kept: tasks' referenced and recent blobs, and notes' copy of the fifth.
+        assert_eq!(chunks, 3, "chunks of deleted blobs are deleted with them");
     }
     // A deleted blob can be uploaded again and is then stored anew.
     assert!(

@@ -61,6 +61,7 @@ async fn tls_pull(
     ca: Option<&str>,
     identity: Option<&(String, String)>,
 ) -> Result<(), String> {
+    syncline::crypto::install_provider();
     let mut tls = ClientTlsConfig::new().domain_name("localhost");
     if let Some(ca) = ca {
         tls = tls.ca_certificate(Certificate::from_pem(ca));
