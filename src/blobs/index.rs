@@ -267,3 +267,61 @@ pub(super) async fn record(
         .map_err(db_error)?;
     Ok((inserted, stored_at))
 }
+
+/// One GC batch being collected: its transaction (holding the GC lock and the victims' row
+/// locks), the unreferenced blobs past the grace period (storage location, length), and the
+/// stale staged uploads (upload id, location).
+pub(super) struct GcCandidates {
+    /// Commit it once the bytes are gone; dropping it rolls the batch back.
+    pub tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    pub victims: Vec<(String, i64)>,
+    pub stale: Vec<(String, String)>,
+}
+
+impl GcCandidates {
+    /// The batch's figures.
+    pub fn batch(&self) -> super::gc::GcBatch {
+        super::gc::GcBatch {
+            blobs: self.victims.len() as u64,
+            bytes: self
+                .victims
+                .iter()
+                .map(|(_, n)| u64::try_from(*n).unwrap_or(0))
+                .sum(),
+            stale_uploads: self.stale.len() as u64,
+        }
+    }
+}
+
+impl BlobIndex {
+    /// Opens a GC batch of at most `batch` blobs and `batch` stale uploads older than
+    /// `grace`; `None` when another replica holds the GC lock.
+    pub(super) async fn gc_candidates(
+        &self,
+        grace: std::time::Duration,
+        batch: u32,
+    ) -> Result<Option<GcCandidates>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let locked: bool = sqlx::query_scalar(GC_LOCK_SQL)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if !locked {
+            return Ok(None);
+        }
+        let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        let victims: Vec<(String, i64)> = sqlx::query_as(GC_VICTIMS_SQL)
+            .bind(grace)
+            .bind(i64::from(batch))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let stale: Vec<(String, String)> = sqlx::query_as(GC_STALE_UPLOADS_SQL)
+            .bind(grace)
+            .bind(i64::from(batch))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        Ok(Some(GcCandidates { tx, victims, stale }))
+    }
+}

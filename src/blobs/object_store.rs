@@ -210,45 +210,22 @@ impl Blobs for ObjectStoreBlobs {
         grace: Duration,
         batch: u32,
     ) -> Result<Option<GcBatch>, StoreError> {
-        let mut tx = self.index.pool().begin().await.map_err(db_error)?;
-        let locked: bool = sqlx::query_scalar(index::GC_LOCK_SQL)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        if !locked {
+        let Some(gc) = self.index.gc_candidates(grace, batch).await? else {
             return Ok(None);
-        }
-        let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
-        let victims: Vec<(String, i64)> = sqlx::query_as(index::GC_VICTIMS_SQL)
-            .bind(grace)
-            .bind(i64::from(batch))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let stale: Vec<(String, String)> = sqlx::query_as(index::GC_STALE_UPLOADS_SQL)
-            .bind(grace)
-            .bind(i64::from(batch))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        };
         // Inside the transaction: a failed delete rolls the rows back, and an upload of the
         // same digest waits on their locks until the objects are gone.
-        for location in victims
+        for location in gc
+            .victims
             .iter()
             .map(|(l, _)| l)
-            .chain(stale.iter().map(|(_, l)| l))
+            .chain(gc.stale.iter().map(|(_, l)| l))
         {
             delete_object(self.store.as_ref(), &Path::from(location.as_str())).await?;
         }
-        tx.commit().await.map_err(db_error)?;
-        Ok(Some(GcBatch {
-            blobs: victims.len() as u64,
-            bytes: victims
-                .iter()
-                .map(|(_, n)| u64::try_from(*n).unwrap_or(0))
-                .sum(),
-            stale_uploads: stale.len() as u64,
-        }))
+        let done = gc.batch();
+        gc.tx.commit().await.map_err(db_error)?;
+        Ok(Some(done))
     }
 }
 

@@ -159,39 +159,15 @@ impl Blobs for PostgresBlobs {
         grace: Duration,
         batch: u32,
     ) -> Result<Option<GcBatch>, StoreError> {
-        let mut tx = self.index.pool().begin().await.map_err(db_error)?;
-        let locked: bool = sqlx::query_scalar(index::GC_LOCK_SQL)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        if !locked {
+        let Some(mut gc) = self.index.gc_candidates(grace, batch).await? else {
             return Ok(None);
-        }
-        let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
-        let victims: Vec<(String, i64)> = sqlx::query_as(index::GC_VICTIMS_SQL)
-            .bind(grace)
-            .bind(i64::from(batch))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let stale: Vec<(String, String)> = sqlx::query_as(index::GC_STALE_UPLOADS_SQL)
-            .bind(grace)
-            .bind(i64::from(batch))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let mut ids: Vec<String> = victims.iter().map(|(l, _)| l.clone()).collect();
-        ids.extend(stale.iter().map(|(_, l)| l.clone()));
-        delete_chunks(&mut tx, &ids).await?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(Some(GcBatch {
-            blobs: victims.len() as u64,
-            bytes: victims
-                .iter()
-                .map(|(_, n)| u64::try_from(*n).unwrap_or(0))
-                .sum(),
-            stale_uploads: stale.len() as u64,
-        }))
+        };
+        let mut ids: Vec<String> = gc.victims.iter().map(|(l, _)| l.clone()).collect();
+        ids.extend(gc.stale.iter().map(|(_, l)| l.clone()));
+        delete_chunks(&mut gc.tx, &ids).await?;
+        let done = gc.batch();
+        gc.tx.commit().await.map_err(db_error)?;
+        Ok(Some(done))
     }
 }
 
