@@ -14,7 +14,7 @@
 # transports, a server without gRPC-Web, and the conflict-resolution suite over both
 # transports (field-merge and crdt collections, idempotent retries, ListOverwritten; its
 # counter test runs the Python client from target/python-venv, installed here, or from
-# $SYNCLINE_PYTHON). Finally scripts/test-typescript-readme.sh runs
+# $TEST_PYTHON). Finally scripts/test-typescript-readme.sh runs
 # the README's TypeScript snippet from the packed tarball in a fresh project. Each suite starts its own server on a free port against a fresh database
 # (syncline_ts_<run>_<transport>), kills and restarts it mid-test, and drops the database at
 # the end. This script drops leftover databases and stops leftover servers on exit, prints the
@@ -42,8 +42,8 @@ done
 
 # The resolution suite runs the Python client beside an RxDB app (test/resolution-suite.ts):
 # install it into the venv scripts/test-python.sh uses (same stamp: reinstalled when the
-# package or the proto changed), unless SYNCLINE_PYTHON names another interpreter.
-if [ -z "${SYNCLINE_PYTHON:-}" ]; then
+# package or the proto changed), unless TEST_PYTHON names another interpreter.
+if [ -z "${TEST_PYTHON:-}" ]; then
     VENV=target/python-venv
     PY_STAMP=$VENV/.syncline-client-installed
     if [ ! -x "$VENV/bin/python" ]; then
@@ -57,7 +57,7 @@ if [ -z "${SYNCLINE_PYTHON:-}" ]; then
         "$VENV/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall './clients/python[dev]'
         touch "$PY_STAMP"
     fi
-    export SYNCLINE_PYTHON=$ROOT/$VENV/bin/python
+    export TEST_PYTHON=$ROOT/$VENV/bin/python
 fi
 
 cd clients/typescript

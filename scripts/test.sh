@@ -31,10 +31,10 @@ fi
 MOTO_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >target/moto.log 2>&1 &
 MOTO_PID=$!
-export SYNCLINE_TEST_S3_ENDPOINT="http://127.0.0.1:$MOTO_PORT" SYNCLINE_TEST_S3_BUCKET=syncline-test
+export TEST_S3_ENDPOINT="http://127.0.0.1:$MOTO_PORT" TEST_S3_BUCKET=syncline-test
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 # Create the bucket once the server answers (bounded wait).
-python3 - "$SYNCLINE_TEST_S3_ENDPOINT/$SYNCLINE_TEST_S3_BUCKET" <<'PY'
+python3 - "$TEST_S3_ENDPOINT/$TEST_S3_BUCKET" <<'PY'
 import sys, time, urllib.request
 for _ in range(150):
     try:

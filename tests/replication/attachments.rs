@@ -183,16 +183,16 @@ pub enum Backend {
 /// The S3 endpoint and bucket scripts/test.sh provides; `None` (the test returns) outside
 /// CI when there is none. Under CI a missing endpoint fails the test: it is never skipped.
 pub fn s3_target() -> Option<(String, String)> {
-    let endpoint = std::env::var("SYNCLINE_TEST_S3_ENDPOINT").ok();
-    let bucket = std::env::var("SYNCLINE_TEST_S3_BUCKET").ok();
+    let endpoint = std::env::var("TEST_S3_ENDPOINT").ok();
+    let bucket = std::env::var("TEST_S3_BUCKET").ok();
     match (endpoint, bucket) {
         (Some(e), Some(b)) if !e.is_empty() && !b.is_empty() => Some((e, b)),
         _ if std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false") => panic!(
-            "SYNCLINE_TEST_S3_ENDPOINT / SYNCLINE_TEST_S3_BUCKET are not set: the S3 back end \
+            "TEST_S3_ENDPOINT / TEST_S3_BUCKET are not set: the S3 back end \
              must be tested (scripts/test.sh starts moto_server)"
         ),
         _ => {
-            eprintln!("no S3 endpoint (SYNCLINE_TEST_S3_ENDPOINT): S3 case not run outside CI");
+            eprintln!("no S3 endpoint (TEST_S3_ENDPOINT): S3 case not run outside CI");
             None
         }
     }

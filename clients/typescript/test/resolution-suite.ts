@@ -4,7 +4,7 @@
 // acknowledgement. Run once per transport (resolution-grpc.test.ts, resolution-grpc-web.test.ts).
 //
 // The mixed test spawns the Python client (clients/python) from the virtual environment that
-// scripts/test-python.sh and scripts/test-typescript.sh install it into, $SYNCLINE_PYTHON
+// scripts/test-python.sh and scripts/test-typescript.sh install it into, $TEST_PYTHON
 // (default <repo>/target/python-venv/bin/python): one language driving the other keeps both
 // suites independent of each other's tooling, and the TypeScript suite already owns a server.
 
@@ -41,11 +41,11 @@ interface CounterResult {
  * with its JSON line when it is done.
  */
 function runPythonCounter(args: string[]): { ready: Promise<void>; result: Promise<CounterResult> } {
-    const python = process.env.SYNCLINE_PYTHON ?? resolve(REPO, "target/python-venv/bin/python");
+    const python = process.env.TEST_PYTHON ?? resolve(REPO, "target/python-venv/bin/python");
     if (!existsSync(python)) {
         throw new Error(
             `no Python with the Syncline client at ${python}: run scripts/test-typescript.sh (it installs ` +
-                "clients/python into target/python-venv) or set SYNCLINE_PYTHON",
+                "clients/python into target/python-venv) or set TEST_PYTHON",
         );
     }
     const script = resolve(TS_ROOT, "test/support/counter_client.py");
