@@ -169,13 +169,7 @@ async fn a_blob_is_readable_only_through_a_live_document_the_caller_may_read() {
             .is_empty()
     );
     // Uploading does not make it readable: only a document does.
-    assert_eq!(
-        download(&mut c, Some(&bob), "tasks", &d, 0, 0)
-            .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
-    );
+    assert_hidden(&mut c, &bob, &d).await;
     push_as(
         &server,
         &bob,
@@ -194,13 +188,7 @@ async fn a_blob_is_readable_only_through_a_live_document_the_caller_may_read() {
     // Alice's tombstone leaves Bob's reference; Bob's tombstone ends his access, not Alice's
     // (she has none left either: her document is gone), and the service's only with the last.
     push_as(&server, &alice, "tasks", "a1", json!({}), true).await;
-    assert_eq!(
-        download(&mut c, Some(&alice), "tasks", &d, 0, 0)
-            .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
-    );
+    assert_hidden(&mut c, &alice, &d).await;
     assert_eq!(
         download(&mut c, Some(&bob), "tasks", &d, 10, 0)
             .await
@@ -208,20 +196,8 @@ async fn a_blob_is_readable_only_through_a_live_document_the_caller_may_read() {
         bytes[10..]
     );
     push_as(&server, &bob, "tasks", "b1", json!({}), true).await;
-    assert_eq!(
-        download(&mut c, Some(&bob), "tasks", &d, 0, 0)
-            .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
-    );
-    assert_eq!(
-        download(&mut c, Some(&service), "tasks", &d, 0, 0)
-            .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
-    );
+    assert_hidden(&mut c, &bob, &d).await;
+    assert_hidden(&mut c, &service, &d).await;
     // Without a token nothing is answered.
     let s = missing(&mut c, None, "tasks", &[&d]).await.unwrap_err();
     assert_eq!(s.code(), Code::Unauthenticated);
@@ -647,13 +623,7 @@ async fn a_push_references_only_blobs_the_pusher_holds() {
         assert_eq!(r.refused[0].reason, "INVALID_DOCUMENT");
     }
     // Nothing of Bob's was written, so he still cannot read the bytes.
-    assert_eq!(
-        download(&mut c, Some(&bob), "tasks", &d, 0, 0)
-            .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
-    );
+    assert_hidden(&mut c, &bob, &d).await;
     // A wrong length is refused even for the uploader; the right one is accepted.
     let wrong = with_attachment("p", &d, n + 1).to_string().into_bytes();
     let err = try_push(alice.clone(), 0, wrong)
@@ -663,4 +633,12 @@ async fn a_push_references_only_blobs_the_pusher_holds() {
     try_push(alice.clone(), 0, plain.clone())
         .await
         .expect("alice holds the blob");
+}
+
+/// `token`'s caller cannot download blob `d` of "tasks": NOT_FOUND, as for an absent digest.
+async fn assert_hidden(c: &mut Blobs, token: &str, d: &str) {
+    let s = download(c, Some(token), "tasks", d, 0, 0)
+        .await
+        .expect_err("the blob is not the caller's to read");
+    assert_eq!(s.code(), Code::NotFound, "{s:?}");
 }
