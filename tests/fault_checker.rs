@@ -318,6 +318,7 @@ async fn pull_once(
             token: replica.checkpoint.clone(),
         }),
         limit,
+        selector: Vec::new(),
     });
     let response = timeout(RPC_TIMEOUT, call)
         .await

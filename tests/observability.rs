@@ -187,6 +187,7 @@ async fn scripted_session() {
             token: String::new(),
         }),
         limit: 10,
+        selector: Vec::new(),
     });
     traced.metadata_mut().insert(
         "traceparent",
@@ -406,6 +407,7 @@ async fn made_up_method_names() {
             collection: "tasks".into(),
             checkpoint: None,
             limit: 1,
+            selector: Vec::new(),
         })
         .await;
     assert!(pulled.is_ok());
@@ -495,6 +497,7 @@ async fn connection_metrics() {
                 collection: "tasks".into(),
                 checkpoint: None,
                 limit: 1,
+                selector: Vec::new(),
             })
             .await;
         if pulled.is_ok() {

@@ -676,6 +676,7 @@ async fn pull_to_end(
                 token: checkpoint.clone(),
             }),
             limit: 1000,
+            selector: Vec::new(),
         };
         let r = c
             .pull(request(message, token))

@@ -105,6 +105,7 @@ pub async fn pull_page_as(
             token: token.into(),
         }),
         limit,
+        selector: Vec::new(),
     };
     let r = client.pull(request(message, bearer)).await?.into_inner();
     Ok((

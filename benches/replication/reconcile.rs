@@ -311,6 +311,7 @@ async fn reconcile(
                     token: token.clone(),
                 }),
                 limit: PAGE,
+                selector: Vec::new(),
             })
             .await
             .expect("pull from C0")

@@ -22,6 +22,7 @@ pub fn document(d: StoredDocument) -> proto::Document {
         revision: d.revision,
         updated_at: Some(timestamp(d.updated_at)),
         owner: d.owner,
+        left_scope: d.left_scope,
     }
 }
 
@@ -34,6 +35,7 @@ pub fn conflict(c: ConflictState) -> proto::Document {
         revision: c.revision,
         updated_at: c.updated_at.map(timestamp),
         owner: c.owner,
+        left_scope: false,
     }
 }
 
@@ -103,6 +105,7 @@ pub fn overwritten(r: crate::store::OverwrittenRecord) -> proto::OverwrittenVers
             revision: v.revision,
             updated_at: Some(timestamp(r.overwritten_at)),
             owner: v.owner,
+            left_scope: false,
         }),
         source: v.source.to_owned(),
         strategy: v.strategy.to_owned(),

@@ -68,6 +68,7 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
                 &r.collection,
                 &convert::token(r.checkpoint),
                 r.limit,
+                &r.selector,
             )
             .await?;
         Ok(compression::reply(PullResponse {

@@ -541,6 +541,7 @@ mod tests {
                 nanos: i32::MIN,
             }),
             owner: "o".repeat(8),
+            left_scope: true,
         };
         let r = ChangeRow {
             new_document_state: Some(full.clone()),

@@ -90,13 +90,30 @@ impl Sealer {
 
     /// The tokens of `principal` on `collection`.
     pub fn bind(&self, collection: &str, principal: &Principal) -> Tokens {
-        let scope = scope_data(principal.owner_filter());
+        self.bind_filtered(collection, principal, None)
+    }
+
+    /// The tokens of `principal` on `collection` for reads under the filter whose digest is
+    /// `filter` (`None`: unfiltered): a token of one filter does not open under another, so a
+    /// client changing its filter starts a new sync.
+    pub fn bind_filtered(
+        &self,
+        collection: &str,
+        principal: &Principal,
+        filter: Option<&[u8; 32]>,
+    ) -> Tokens {
+        let scope = scope_data(principal.owner_filter(), filter.map_or(&[][..], |d| &d[..]));
         let associated = associated_data(collection, &scope);
+        let unfiltered = filter.map(|_| {
+            associated_data(collection, &scope_data(principal.owner_filter(), b""))
+                .into_boxed_slice()
+        });
         Tokens {
             cipher: self.cipher.clone(),
             generation: self.generation,
             scope_at: associated.len() - scope.len(),
             associated: associated.into_boxed_slice(),
+            unfiltered,
         }
     }
 }
@@ -104,8 +121,8 @@ impl Sealer {
 /// Encodes what a token is bound to besides its collection: the owner filter (or the service
 /// scope, which sees every owner) and the read filter. Each part is tagged and
 /// length-prefixed, so that no subject can pose as the service or another subject.
-fn scope_data(owner: Option<&str>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 8 + owner.map_or(0, str::len) + 8);
+fn scope_data(owner: Option<&str>, filter: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 8 + owner.map_or(0, str::len) + 8 + filter.len());
     match owner {
         None => out.push(0),
         Some(subject) => {
@@ -113,8 +130,9 @@ fn scope_data(owner: Option<&str>) -> Vec<u8> {
             put(&mut out, subject.as_bytes());
         }
     }
-    // The filter a read was issued under; empty until filtered reads exist.
-    put(&mut out, b"");
+    // The digest of the filter a read was issued under; empty for unfiltered reads (which is
+    // what tokens issued before filtered reads existed carry).
+    put(&mut out, filter);
     out
 }
 
@@ -147,6 +165,9 @@ pub struct Tokens {
     generation: u32,
     /// Built once: every stream holds one, so it is kept to one allocation.
     associated: Box<[u8]>,
+    /// For a filtered reader, the associated data of the same reader unfiltered: only to
+    /// explain a refusal.
+    unfiltered: Option<Box<[u8]>>,
     /// Where the scope part of `associated` starts (the collection name ends there).
     scope_at: usize,
 }
@@ -242,12 +263,20 @@ impl Tokens {
                         .open(raw, plain_len, &associated(other, scope))
                         .is_some()
             });
+            let unfiltered = version == VERSION
+                && self
+                    .unfiltered
+                    .as_ref()
+                    .is_some_and(|ad| self.open(raw, plain_len, ad).is_some());
             return Err(if elsewhere {
                 refuse("issued for another collection")
+            } else if unfiltered {
+                refuse("issued for a pull without a selector; a new selector starts a new sync")
             } else {
                 // Authentication cannot tell these apart: the associated data differs either way.
                 refuse(
-                    "not issued to this caller for this collection (another principal's checkpoint, or an altered one)",
+                    "not issued to this caller for this collection and selector (another \
+                     principal's checkpoint, one issued under another selector, or an altered one)",
                 )
             });
         };
@@ -473,7 +502,7 @@ mod tests {
         let (plain, tag) = raw[1 + NONCE_LEN..].split_at_mut(PLAIN_LEN_2);
         plain[4..12].copy_from_slice(&p.tx.to_be_bytes());
         plain[12..].copy_from_slice(&p.seq.to_be_bytes());
-        let scope = scope_data(alice.owner_filter());
+        let scope = scope_data(alice.owner_filter(), b"");
         let sealed = t
             .cipher
             .encrypt_inout_detached(

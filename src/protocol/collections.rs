@@ -20,6 +20,8 @@ pub struct Collection {
     pub write_scopes: Vec<String>,
     /// What conflicting rows become.
     pub policy: super::merge::MergePolicy,
+    /// The fields selectors may name (`filter_fields`), each served by an index.
+    pub filter_fields: super::selector::FilterFields,
 }
 
 impl std::fmt::Debug for Collection {
@@ -107,17 +109,15 @@ impl Collections {
         for cc in &c.collections {
             // Parsed (and tested) already, but not yet enforced by Pull, Subscribe and Push: a
             // read_filter that silently did nothing would be a hole, so they are refused.
-            if !cc.filter_fields.is_empty()
-                || cc.read_filter.is_some()
-                || cc.write_filter.is_some()
-                || cc.access.is_some()
-            {
+            if cc.read_filter.is_some() || cc.write_filter.is_some() || cc.access.is_some() {
                 return Err(format!(
-                    "collection {:?}: filter_fields, read_filter, write_filter and access are \
-                     reserved for selective sync, which this version does not serve yet; remove them",
+                    "collection {:?}: read_filter, write_filter and access are reserved for \
+                     claim-based access rules, which this version does not enforce yet; remove them",
                     cc.name
                 ));
             }
+            let filter_fields =
+                super::selector::FilterFields::from_config(&cc.name, &cc.filter_fields)?;
             let mut schema_value = None;
             let schema = match &cc.schema {
                 None => None,
@@ -143,6 +143,7 @@ impl Collections {
                 read_scopes: cc.read_scopes.clone(),
                 write_scopes: cc.write_scopes.clone(),
                 policy,
+                filter_fields,
             };
             by_name.insert(cc.name.clone(), Arc::new(collection));
         }
@@ -171,6 +172,11 @@ impl Collections {
         })
     }
 
+    /// Every collection.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Collection>> {
+        self.by_name.values()
+    }
+
     /// Every collection name.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.by_name.keys().map(String::as_str)
@@ -188,9 +194,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn selective_sync_keys_are_refused_until_they_are_enforced() {
+    fn access_rule_keys_are_refused_until_they_are_enforced() {
         for key in [
-            "filter_fields = { done = \"boolean\" }",
             "read_filter = { done = false }",
             "write_filter = { done = false }",
             "access = \"owner\"",
@@ -201,9 +206,31 @@ mod tests {
             .expect("parses");
             let err = Collections::from_config(&config).expect_err(key);
             assert!(
-                err.contains("collection \"t\"") && err.contains("not serve yet"),
+                err.contains("collection \"t\"") && err.contains("not enforce yet"),
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn filter_fields_are_declared_and_checked() {
+        let config = |fields: &str| {
+            Config::from_toml(&format!(
+                "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\nfilter_fields = {fields}\n"
+            ))
+            .expect("parses")
+        };
+        let collections = Collections::from_config(&config(
+            "{ done = \"boolean\", \"meta.region\" = \"string\" }",
+        ))
+        .expect("valid declaration");
+        let t = collections.get("t").expect("declared");
+        assert!(t.filter_fields.get("meta.region").is_some());
+        assert!(t.filter_fields.get("done").is_some());
+        let err = Collections::from_config(&config("{ done = \"bool\" }")).expect_err("bad type");
+        assert!(
+            err.contains("collection \"t\"") && err.contains("done"),
+            "{err}"
+        );
     }
 }

@@ -429,6 +429,7 @@ mod tests {
             revision: revision.into(),
             updated_at: chrono::Utc::now(),
             position: Position { tx: 5, seq: 1 },
+            left_scope: false,
         }
     }
 
@@ -453,6 +454,7 @@ mod tests {
                 read_scopes: vec![],
                 write_scopes: vec![],
                 policy: Default::default(),
+                filter_fields: Default::default(),
             };
             let limits = crate::protocol::Limits {
                 pull_default: 10,

@@ -292,6 +292,7 @@ mod tests {
             read_scopes: vec![],
             write_scopes: vec![],
             policy: Default::default(),
+            filter_fields: Default::default(),
         }
     }
 
@@ -364,6 +365,7 @@ mod tests {
             revision: "3-abc".into(),
             updated_at: chrono::Utc::now(),
             position: Position { tx: 5, seq: 1 },
+            left_scope: false,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod principal;
 mod push;
 pub mod reconcile;
 pub mod resolution;
+pub mod selective;
 pub mod selector;
 pub mod validate;
 
@@ -188,6 +189,17 @@ impl<S: Store> Replicator<S> {
         collection: &str,
         principal: &Principal,
     ) -> Result<checkpoint::Tokens, ProtocolError> {
+        self.filtered_tokens(collection, principal, None).await
+    }
+
+    /// The checkpoint tokens of `principal` on `collection` under the filter of digest
+    /// `filter` (`None`: unfiltered).
+    async fn filtered_tokens(
+        &self,
+        collection: &str,
+        principal: &Principal,
+        filter: Option<&[u8; 32]>,
+    ) -> Result<checkpoint::Tokens, ProtocolError> {
         let sealer = self
             .checkpoints
             .get_or_try_init(|| async {
@@ -200,20 +212,30 @@ impl<S: Store> Replicator<S> {
                 Ok::<_, ProtocolError>(checkpoint::Sealer::new(&key).with_generation(generation))
             })
             .await?;
-        Ok(sealer.bind(collection, principal))
+        Ok(sealer.bind_filtered(collection, principal, filter))
     }
 
-    /// Pull: the documents whose latest write is after `checkpoint`, at most `limit`.
+    /// Pull: the documents whose latest write is after `checkpoint`, at most `limit`; with a
+    /// `selector` (JSON bytes, empty for none), only those matching it and removals of those
+    /// that stopped matching (see [`selective`]).
     pub async fn pull(
         &self,
         principal: &Principal,
         collection: &str,
         checkpoint: &str,
         limit: u32,
+        selector: &[u8],
     ) -> Result<PullPage, ProtocolError> {
         let collection = self.collections.get(collection)?;
         principal.check_read(&collection)?;
-        let tokens = self.tokens(&collection.name, principal).await?;
+        let filter = selective::filter(&collection, selector)?;
+        let tokens = self
+            .filtered_tokens(
+                &collection.name,
+                principal,
+                filter.as_ref().map(|f| &f.digest),
+            )
+            .await?;
         let after = tokens.decode(checkpoint, "checkpoint.token", self.collections.names())?;
         let limit = PageLimit::new(self.limits.pull_limit(limit), self.page_bytes);
         // A write this process has heard of (its own pushes, or NOTIFY from others) may be
@@ -225,10 +247,24 @@ impl<S: Store> Replicator<S> {
         let mut backoff = Duration::from_millis(1);
         let mut waited = false;
         let page = loop {
-            let page = self
-                .store
-                .read_changes(&collection.name, principal.owner_filter(), after, limit)
-                .await?;
+            let page = match &filter {
+                None => {
+                    self.store
+                        .read_changes(&collection.name, principal.owner_filter(), after, limit)
+                        .await?
+                }
+                Some(filter) => {
+                    self.store
+                        .read_filtered(
+                            &collection.name,
+                            principal.owner_filter(),
+                            &filter.read,
+                            after,
+                            limit,
+                        )
+                        .await?
+                }
+            };
             if page.expired {
                 return Err(expired_checkpoint("checkpoint.token"));
             }

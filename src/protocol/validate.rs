@@ -571,6 +571,7 @@ mod tests {
             read_scopes: vec![],
             write_scopes: vec![],
             policy: Default::default(),
+            filter_fields: Default::default(),
         }
     }
 

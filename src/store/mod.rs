@@ -2,6 +2,7 @@
 //! push atomically with a caller-supplied decision. The protocol rules live in
 //! [`crate::protocol`]; a store only guarantees ordering, atomicity and isolation.
 
+pub mod filter;
 pub mod postgres;
 
 use std::collections::HashMap;
@@ -61,6 +62,10 @@ pub struct StoredDocument {
     pub updated_at: DateTime<Utc>,
     /// Position of the latest write.
     pub position: Position,
+    /// A filtered reader's removal: the document left the reader's filter (it still exists,
+    /// and `deleted` is set for this reader only). Its body is `{}` and its position that of
+    /// the write that moved it out.
+    pub left_scope: bool,
 }
 
 impl StoredDocument {
@@ -352,6 +357,34 @@ pub trait Store: Send + Sync + 'static {
         after: Resume,
         limit: PageLimit,
     ) -> impl Future<Output = Result<ChangePage, StoreError>> + Send;
+
+    /// Like [`Store::read_changes`], for a reader with `filter`: the documents after
+    /// `after.position` whose latest state matches `filter.current`, and a removal (see
+    /// [`StoredDocument::left_scope`]; `deleted`, body `{}`) for each document with a removal
+    /// record after it whose previous state matched `filter.previous` while the latest state
+    /// is deleted or no longer matches. Removal records older than the reader's floor, and
+    /// every one for a reader at [`Position::START`], are skipped: it never held those states.
+    fn read_filtered(
+        &self,
+        _collection: &str,
+        _owner: Option<&str>,
+        _filter: &filter::ReadFilter,
+        _after: Resume,
+        _limit: PageLimit,
+    ) -> impl Future<Output = Result<ChangePage, StoreError>> + Send {
+        async { Err(StoreError::Internal("this store cannot filter".into())) }
+    }
+
+    /// Records `collection`'s declared filterable fields (dotted paths) for its removal
+    /// records, and creates the indexes `index_ddl` lists. Run at start-up.
+    fn declare_filter_fields(
+        &self,
+        _collection: &str,
+        _paths: &[String],
+        _index_ddl: &[String],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
 
     /// The visibility horizon now: every transaction below it has finished, so no change at a
     /// position with a smaller transaction can still appear.

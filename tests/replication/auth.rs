@@ -127,6 +127,7 @@ async fn try_pull_all(
                         token: checkpoint.clone(),
                     }),
                     limit: 500,
+                    selector: Vec::new(),
                 },
                 token,
             ))
@@ -190,6 +191,7 @@ async fn every_bad_token_is_unauthenticated_and_health_needs_none() {
         collection: "tasks".into(),
         checkpoint: None,
         limit: 1,
+        selector: Vec::new(),
     };
     let ok = c.pull(authed(pull(), &token("alice"))).await;
     assert!(ok.is_ok(), "a valid token passes: {ok:?}");
@@ -455,6 +457,7 @@ async fn eventually_accepted(c: &mut Client, token: &str) -> bool {
             collection: "tasks".into(),
             checkpoint: None,
             limit: 1,
+            selector: Vec::new(),
         };
         if c.pull(authed(pull, token)).await.is_ok() {
             return true;
@@ -481,6 +484,7 @@ async fn jwks_keys_rotate_without_a_restart() {
         collection: "tasks".into(),
         checkpoint: None,
         limit: 1,
+        selector: Vec::new(),
     };
     assert!(
         eventually_accepted(&mut c, &sign(&k1, "k1")).await,
@@ -523,6 +527,7 @@ async fn collection_scopes_and_per_principal_stream_limits() {
                 collection: "notes".into(),
                 checkpoint: None,
                 limit: 1,
+                selector: Vec::new(),
             },
             t,
         )

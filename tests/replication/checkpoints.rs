@@ -78,6 +78,7 @@ async fn try_pull(
                     token: token.into(),
                 }),
                 limit,
+                selector: Vec::new(),
             },
             bearer,
         ))

@@ -193,6 +193,7 @@ impl TestServer {
                     collection: "tasks".into(),
                     checkpoint: None,
                     limit: 1,
+                    selector: Vec::new(),
                 })
                 .await;
             // Answering at all means serving (migrations run first); UNAUTHENTICATED is an
@@ -346,6 +347,7 @@ pub async fn pull(
                 token: token.into(),
             }),
             limit,
+            selector: Vec::new(),
         })
         .await
         .expect("pull succeeds")

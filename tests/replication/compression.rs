@@ -70,6 +70,7 @@ fn pull_request(collection: &str, limit: u32) -> PullRequest {
         collection: collection.into(),
         checkpoint: None,
         limit,
+        selector: Vec::new(),
     }
 }
 

@@ -37,6 +37,7 @@ async fn pull_ok(client: &mut ReplicationServiceClient<Channel>) -> Result<(), t
             collection: "tasks".into(),
             checkpoint: None,
             limit: 1,
+            selector: Vec::new(),
         })
         .await
         .map(|_| ())

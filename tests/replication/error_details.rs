@@ -130,6 +130,7 @@ fn pull_request(collection: &str, checkpoint: &str) -> PullRequest {
             token: checkpoint.into(),
         }),
         limit: 10,
+        selector: Vec::new(),
     }
 }
 

@@ -111,6 +111,7 @@ async fn health_follows_the_database_and_pull_fails_fast_while_it_is_away() {
             collection: "tasks".into(),
             checkpoint: None,
             limit: 0,
+            selector: Vec::new(),
         })
         .await
         .unwrap_err();

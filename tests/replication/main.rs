@@ -26,6 +26,7 @@ mod push;
 mod reconcile;
 mod restore;
 mod retention;
+mod selective_sync;
 mod selector_sql;
 mod sigterm;
 mod slow_reader;

@@ -73,6 +73,7 @@ async fn pull_pages(
                     token: token.clone(),
                 }),
                 limit,
+                selector: Vec::new(),
             })
             .await
             .unwrap_or_else(|s| panic!("pull fails: {s:?}"))

@@ -104,7 +104,7 @@ async fn a_forged_notification_is_ignored_and_makes_no_pull_wait() {
 
     for _ in 0..5 {
         let page = reader
-            .pull(&Principal::anonymous_service(), "tasks", "", 10)
+            .pull(&Principal::anonymous_service(), "tasks", "", 10, b"")
             .await
             .unwrap();
         assert_eq!(page.documents.len(), 1);
@@ -130,7 +130,7 @@ async fn positions_the_cluster_cannot_have_are_forgotten_on_connect() {
     }
     assert_eq!(hub.latest("tasks"), 0);
     reader
-        .pull(&Principal::anonymous_service(), "tasks", "", 10)
+        .pull(&Principal::anonymous_service(), "tasks", "", 10, b"")
         .await
         .unwrap();
     assert_eq!(reader.visibility_waits_out(), 0);
@@ -152,7 +152,7 @@ async fn a_position_held_back_by_a_long_transaction_is_waited_for_once() {
     hub.notify("tasks", tx);
     for round in 0..5 {
         reader
-            .pull(&Principal::anonymous_service(), "tasks", "", 10)
+            .pull(&Principal::anonymous_service(), "tasks", "", 10, b"")
             .await
             .unwrap();
         assert_eq!(reader.visibility_waits_out(), 1, "round {round}");
@@ -160,7 +160,7 @@ async fn a_position_held_back_by_a_long_transaction_is_waited_for_once() {
     // A newer position is waited for again.
     hub.notify("tasks", tx + 1);
     reader
-        .pull(&Principal::anonymous_service(), "tasks", "", 10)
+        .pull(&Principal::anonymous_service(), "tasks", "", 10, b"")
         .await
         .unwrap();
     assert_eq!(reader.visibility_waits_out(), 2);

@@ -58,6 +58,7 @@ async fn pulled(c: &mut Client, who: &str) -> HashMap<String, Document> {
                         token: checkpoint.clone(),
                     }),
                     limit: 500,
+                    selector: Vec::new(),
                 },
                 &token(who),
             ))

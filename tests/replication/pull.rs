@@ -187,6 +187,7 @@ async fn collections_are_separate_and_unknown_ones_are_not_found() {
             collection: "nope".into(),
             checkpoint: None,
             limit: 0,
+            selector: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -213,6 +214,7 @@ async fn foreign_checkpoint_tokens_are_invalid_argument() {
                 collection: "tasks".into(),
                 checkpoint: Some(Checkpoint { token: bad.into() }),
                 limit: 0,
+                selector: Vec::new(),
             })
             .await
             .unwrap_err();

@@ -217,6 +217,7 @@ pub(crate) async fn pull_into(
                         token: checkpoint.clone(),
                     }),
                     limit: 100,
+                    selector: Vec::new(),
                 },
                 tok,
             ))
@@ -849,6 +850,7 @@ async fn a_client_expired_by_the_purge_reconciles_and_pulls_on_from_c0() {
                 collection: "tasks".into(),
                 checkpoint: Some(Checkpoint { token: old }),
                 limit: 100,
+                selector: Vec::new(),
             },
             &alice,
         ))

@@ -201,6 +201,7 @@ fn authed_pull(checkpoint: &str, tok: &str) -> tonic::Request<PullRequest> {
             token: checkpoint.into(),
         }),
         limit: 100,
+        selector: Vec::new(),
     });
     r.metadata_mut().insert(
         "authorization",

@@ -153,6 +153,7 @@ async fn try_pull(
                 token: token.into(),
             }),
             limit,
+            selector: Vec::new(),
         })
         .await?
         .into_inner();

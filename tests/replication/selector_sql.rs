@@ -126,6 +126,27 @@ async fn sql_ids(conn: &mut sqlx::PgConnection, selector: &Selector) -> BTreeSet
     rows.iter().map(|r| r.get::<String, _>(0)).collect()
 }
 
+/// Ids of removal records in `collection` whose previous projection matches the selector
+/// compiled over `m.previous` (placeholders from `$2`).
+async fn moved_ids(conn: &mut sqlx::PgConnection, selector: &Selector) -> BTreeSet<String> {
+    let p = selector
+        .to_projection_sql(2, "m.previous")
+        .expect("compiles");
+    let text = format!(
+        "SELECT id FROM syncline_moves m WHERE m.collection = $1 AND ({})",
+        p.sql
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(text.clone())).bind("moved");
+    for param in &p.params {
+        q = bind(q, param);
+    }
+    let rows = q
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("{text}: {e}"));
+    rows.iter().map(|r| r.get::<String, _>(0)).collect()
+}
+
 // ---- random documents, as JSON text (numbers keep their exact digits) ----
 
 const STRINGS: &[&str] = &[
@@ -362,6 +383,37 @@ async fn compiled_sql_agrees_with_the_matcher() {
         .execute(&mut conn)
         .await
         .expect("insert other");
+    // The same documents in a collection declaring the fields, then deleted: the moves trigger
+    // (migrations/0012) records each one's previous projection, which the selector compiled
+    // over `m.previous` must judge as the matcher judges the body.
+    sqlx::query(
+        "INSERT INTO syncline_filter_paths (collection, path, segments) \
+         SELECT 'moved', p, string_to_array(p, '.') FROM unnest($1::text[]) AS p",
+    )
+    .bind(fields.iter().map(|f| f.path.clone()).collect::<Vec<_>>())
+    .execute(&mut conn)
+    .await
+    .expect("declare paths");
+    sqlx::query(
+        "INSERT INTO syncline_documents (collection, id, body) \
+         SELECT 'moved', id, body FROM syncline_documents WHERE collection = 'tasks'",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("copy");
+    sqlx::query("UPDATE syncline_documents SET deleted = true WHERE collection = 'moved'")
+        .execute(&mut conn)
+        .await
+        .expect("delete the copies");
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM syncline_moves WHERE collection = 'moved'")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count moves");
+    assert_eq!(
+        recorded, 400,
+        "one removal record per deleted live document"
+    );
     // Bodies as PostgreSQL gives them back, and the projections removal records would keep.
     let read = format!(
         "SELECT id, body::text, {}::text FROM syncline_documents d WHERE collection = 'tasks'",
@@ -395,6 +447,13 @@ async fn compiled_sql_agrees_with_the_matcher() {
             .filter(|(_, body)| s.matches_json(body))
             .map(|(id, _)| id.clone())
             .collect();
+        let from_moves = moved_ids(&mut conn, &s).await;
+        assert_eq!(
+            from_moves,
+            by_text,
+            "seed {seed} round {round}: {v} over the removal records: {:?}",
+            s.to_projection_sql(2, "m.previous").unwrap().sql
+        );
         let diff: Vec<_> = from_sql.symmetric_difference(&by_text).collect();
         assert!(
             diff.is_empty(),

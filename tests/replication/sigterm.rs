@@ -51,6 +51,7 @@ async fn sigterm_finishes_the_push_ends_the_stream_and_exits_zero() {
                     collection: "tasks".into(),
                     checkpoint: None,
                     limit: 1,
+                    selector: Vec::new(),
                 })
                 .await
                 .is_ok()

@@ -442,6 +442,7 @@ async fn a_slow_reader_stops_receiving_when_its_token_expires() {
                 token: token.clone(),
             }),
             limit: 20,
+            selector: Vec::new(),
         });
         request
             .metadata_mut()

@@ -83,6 +83,7 @@ async fn tls_pull(
             collection: "tasks".into(),
             checkpoint: None,
             limit: 1,
+            selector: Vec::new(),
         })
         .await
         .map(|_| ())
@@ -102,6 +103,7 @@ async fn plaintext_pull(server: &TestServer) -> Result<(), String> {
             collection: "tasks".into(),
             checkpoint: None,
             limit: 1,
+            selector: Vec::new(),
         })
         .await
         .map(|_| ())

@@ -80,6 +80,7 @@ fn pull_request() -> PullRequest {
         collection: "tasks".into(),
         checkpoint: None,
         limit: 100,
+        selector: Vec::new(),
     }
 }
 

@@ -27,6 +27,7 @@ fn grpc_web_pull(origin: &str) -> Vec<u8> {
         collection: "tasks".into(),
         checkpoint: None,
         limit: 10,
+        selector: Vec::new(),
     }
     .encode_to_vec();
     let mut body = vec![0u8];

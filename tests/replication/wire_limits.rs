@@ -181,6 +181,7 @@ async fn the_default_message_limit_follows_the_limits() {
             nanos: i32::MIN,
         }),
         owner: "o".repeat(16),
+        left_scope: false,
     };
     let rows: Vec<ChangeRow> = (0..4)
         .map(|i| ChangeRow {

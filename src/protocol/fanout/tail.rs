@@ -385,6 +385,7 @@ mod tests {
             revision: format!("{tx}-x"),
             updated_at: chrono::Utc::now(),
             position: Position { tx, seq: 0 },
+            left_scope: false,
         }
     }
 

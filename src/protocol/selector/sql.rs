@@ -40,29 +40,30 @@ pub struct SqlPredicate {
     pub params: Vec<SqlParam>,
 }
 
-/// One parameter, with how to bind it (the SQL casts it to what it needs).
-#[derive(Debug, Clone, PartialEq)]
-pub enum SqlParam {
-    /// Bind as `text`.
-    Text(String),
-    /// A decimal number's text, bind as `text` (cast to `numeric` in the SQL).
-    Numeric(String),
-    /// Bind as `boolean`.
-    Bool(bool),
-    /// Bind as `text[]`.
-    TextArray(Vec<String>),
-    /// Decimal numbers' texts, bind as `text[]` (cast to `numeric[]` in the SQL).
-    NumericArray(Vec<String>),
-    /// Bind as `boolean[]`.
-    BoolArray(Vec<bool>),
-    /// JSON text, bind as `text` (cast to `jsonb` in the SQL).
-    Jsonb(String),
-}
+/// One parameter, with how to bind it (the store's type: it binds them).
+pub use crate::store::filter::SqlParam;
 
 impl Selector {
     /// Compiles to a predicate whose placeholders start at `$first_param` (so that it composes
     /// with a query's own binds). A selector with unbound claims does not compile.
     pub fn to_sql(&self, first_param: usize) -> Result<SqlPredicate, ProtocolError> {
+        self.compile(first_param, Source::Body)
+    }
+
+    /// Compiles to a predicate over a removal record's projection column `column` (trusted
+    /// SQL, e.g. `m.previous`: an object of dotted path to value, as
+    /// [`super::FilterFields::projection_sql`] and the moves trigger write it), with the same
+    /// result as [`Selector::matches_projection`] and the same parameters, in the same order,
+    /// as [`Selector::to_sql`] with the same `first_param`: one set of binds serves both.
+    pub fn to_projection_sql(
+        &self,
+        first_param: usize,
+        column: &'static str,
+    ) -> Result<SqlPredicate, ProtocolError> {
+        self.compile(first_param, Source::Projection(column))
+    }
+
+    fn compile(&self, first_param: usize, source: Source) -> Result<SqlPredicate, ProtocolError> {
         if self.unbound {
             return Err(ProtocolError::internal(
                 "a selector with unbound claims reached compilation",
@@ -72,6 +73,7 @@ impl Selector {
             sql: String::new(),
             params: Vec::new(),
             first: first_param,
+            source,
         };
         out.node(&self.root);
         Ok(SqlPredicate {
@@ -81,10 +83,20 @@ impl Selector {
     }
 }
 
+/// Where a compiled predicate reads a field's value from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// The document body `d.body`, by path (`#>`), as the indexes do.
+    Body,
+    /// A flat projection column: `<column> -> 'dotted.path'`.
+    Projection(&'static str),
+}
+
 struct Compiler {
     sql: String,
     params: Vec<SqlParam>,
     first: usize,
+    source: Source,
 }
 
 fn cmp_sql(op: CmpOp) -> &'static str {
@@ -98,6 +110,23 @@ fn cmp_sql(op: CmpOp) -> &'static str {
 }
 
 impl Compiler {
+    /// The raw jsonb of `field` (SQL NULL when absent). Paths are checked plain names joined
+    /// by dots (see `fields::check_segment`), so they are safe inside a literal.
+    fn raw(&self, field: &FieldDecl) -> String {
+        match self.source {
+            Source::Body => field.raw(BODY),
+            Source::Projection(column) => format!("({column} -> '{}')", field.path),
+        }
+    }
+
+    /// The typed value of a scalar `field` (see [`FieldDecl::typed`]).
+    fn typed(&self, field: &FieldDecl) -> String {
+        match self.source {
+            Source::Body => field.typed(BODY),
+            Source::Projection(_) => typed_value(&self.raw(field), field.ty.scalar),
+        }
+    }
+
     /// Adds a parameter; returns its placeholder with the cast it needs.
     fn param(&mut self, p: SqlParam) -> String {
         let cast = match &p {
@@ -156,12 +185,12 @@ impl Compiler {
 
     fn clause(&mut self, c: &Clause) -> String {
         let field: &FieldDecl = &c.field;
-        let raw = field.raw(BODY);
+        let raw = self.raw(field);
         match &c.op {
             Op::Exists(true) => format!("({raw} IS NOT NULL)"),
             Op::Exists(false) => format!("({raw} IS NULL)"),
             Op::Cmp(op, Operand::Value(v)) if !field.ty.array => {
-                let k = field.typed(BODY);
+                let k = self.typed(field);
                 let p = self.scalar(v);
                 match op {
                     CmpOp::Ne => format!("(({k} = {p}) IS NOT TRUE)"),
@@ -210,7 +239,7 @@ impl Compiler {
                         any
                     }
                 } else {
-                    let k = field.typed(BODY);
+                    let k = self.typed(field);
                     let p = self.list(field.ty.scalar, &values);
                     format!("({k} = ANY({p}))")
                 };

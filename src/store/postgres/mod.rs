@@ -4,6 +4,7 @@
 mod bulk;
 mod dataset;
 mod error;
+mod filtered;
 mod idempotency;
 mod keys;
 pub mod notify;
@@ -263,6 +264,26 @@ impl Store for PgStore {
         limit: PageLimit,
     ) -> impl Future<Output = Result<ChangePage, StoreError>> + Send {
         self.read_page(collection, owner, after, limit)
+    }
+
+    fn read_filtered(
+        &self,
+        collection: &str,
+        owner: Option<&str>,
+        filter: &crate::store::filter::ReadFilter,
+        after: Resume,
+        limit: PageLimit,
+    ) -> impl Future<Output = Result<ChangePage, StoreError>> + Send {
+        self.read_filtered_page(collection, owner, filter, after, limit)
+    }
+
+    fn declare_filter_fields(
+        &self,
+        collection: &str,
+        paths: &[String],
+        index_ddl: &[String],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.declare_filter_paths(collection, paths, index_ddl)
     }
 
     async fn horizon(&self) -> Result<i64, StoreError> {

@@ -253,5 +253,6 @@ pub(super) fn document_at(row: &PgRow, first: usize) -> Result<StoredDocument, s
             tx: row.try_get_unchecked(first + 6)?,
             seq: row.try_get_unchecked(first + 7)?,
         },
+        left_scope: false,
     })
 }

@@ -1,0 +1,498 @@
+//! Selective sync end to end: a Pull with a selector gets the documents matching it at their
+//! latest state and a removal for each document it may hold that stopped matching, across any
+//! number of edits and however they were written (push or SQL); checkpoints are bound to the
+//! selector; bad selectors are INVALID_ARGUMENT naming the path; and a seeded race of writers
+//! and readers ends with every reader holding exactly its matches, never having been sent a
+//! document outside its selector.
+
+use std::collections::BTreeMap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use syncline::config::Config;
+use syncline::proto::replication_service_client::ReplicationServiceClient;
+use syncline::proto::{Checkpoint, Document, PullRequest};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+use crate::common::{
+    TestServer, body, doc, fresh_database, insert, pull_all, push, tombstone, update,
+};
+
+type Client = ReplicationServiceClient<Channel>;
+
+async fn server() -> TestServer {
+    let db = fresh_database().await;
+    let mut c = Config::from_toml(
+        r#"
+        listen = "127.0.0.1:0"
+        metrics_enabled = false
+        visibility_wait_ms = 30000
+        [auth]
+        mode = "none"
+        [[collections]]
+        name = "tasks"
+        filter_fields = { done = "boolean", team = "string", priority = "number", "meta.region" = "string", tags = "string[]" }
+        [[collections]]
+        name = "notes"
+        "#,
+    )
+    .expect("config parses");
+    c.database_url = Some(db);
+    TestServer::start_with(c).await
+}
+
+/// One filtered pull; the status on refusal.
+async fn try_pull(
+    c: &mut Client,
+    selector: &Value,
+    token: &str,
+    limit: u32,
+) -> Result<(Vec<Document>, String), tonic::Status> {
+    let r = c
+        .pull(PullRequest {
+            collection: "tasks".into(),
+            checkpoint: Some(Checkpoint {
+                token: token.into(),
+            }),
+            limit,
+            selector: selector.to_string().into_bytes(),
+        })
+        .await?
+        .into_inner();
+    Ok((
+        r.documents,
+        r.checkpoint.map(|c| c.token).unwrap_or_default(),
+    ))
+}
+
+/// Filtered pulls from `token` until an empty page.
+async fn pull_filtered(
+    c: &mut Client,
+    selector: &Value,
+    token: &str,
+    limit: u32,
+) -> (Vec<Document>, String) {
+    let mut token = token.to_owned();
+    let mut all = Vec::new();
+    for _ in 0..10_000 {
+        let (docs, next) = try_pull(c, selector, &token, limit)
+            .await
+            .expect("filtered pull succeeds");
+        if docs.is_empty() {
+            assert_eq!(next, token, "an empty page returns the same checkpoint");
+            return (all, token);
+        }
+        all.extend(docs);
+        token = next;
+    }
+    panic!("pull_filtered did not finish");
+}
+
+/// The current state of `id`, read by an unfiltered pull.
+async fn current(c: &mut Client, id: &str) -> Document {
+    let (docs, _) = pull_all(c, "tasks", "", 1000).await;
+    docs.into_iter()
+        .find(|d| d.id == id)
+        .expect("document exists")
+}
+
+/// Replaces `id`'s body, assuming its current state.
+async fn edit(c: &mut Client, id: &str, new: Value) {
+    let assumed = current(c, id).await;
+    let conflicts = push(c, "tasks", vec![update(doc(id, new), assumed)]).await;
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+}
+
+fn is_removal(d: &Document) -> bool {
+    d.deleted && d.left_scope && d.json == b"{}" && d.revision.is_empty()
+}
+
+#[tokio::test]
+async fn a_document_edited_out_while_the_reader_was_away_arrives_as_one_removal() {
+    let server = server().await;
+    let mut c = server.client().await;
+    let open = json!({"done": false});
+    push(
+        &mut c,
+        "tasks",
+        vec![
+            insert(doc("a", json!({"done": false, "priority": 1}))),
+            insert(doc("b", json!({"done": false, "priority": 2}))),
+            insert(doc("c", json!({"done": true, "priority": 3}))),
+        ],
+    )
+    .await;
+    let (first, token) = pull_filtered(&mut c, &open, "", 100).await;
+    let ids: Vec<&str> = first.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"], "only the matching documents");
+    assert!(first.iter().all(|d| !d.deleted && !d.left_scope));
+
+    // While the reader is away: a matches, then B (done) and C (another field) do not.
+    edit(&mut c, "a", json!({"done": true, "priority": 1})).await;
+    edit(&mut c, "a", json!({"done": true, "priority": 9})).await;
+    // An edit of a document the reader holds that keeps it in scope.
+    edit(&mut c, "b", json!({"done": false, "priority": 5})).await;
+    // A document the reader never held: edited twice, never matching.
+    edit(&mut c, "c", json!({"done": true, "priority": 4})).await;
+
+    let (back, token) = pull_filtered(&mut c, &open, &token, 100).await;
+    let by_id: BTreeMap<&str, &Document> = back.iter().map(|d| (d.id.as_str(), d)).collect();
+    assert_eq!(back.len(), 2, "{back:?}");
+    assert!(
+        is_removal(by_id["a"]),
+        "a left the selector: {:?}",
+        by_id["a"]
+    );
+    assert_eq!(body(by_id["b"]), json!({"done": false, "priority": 5}));
+    assert!(!by_id.contains_key("c"), "never in scope: never named");
+
+    // Moved back in: the document itself comes again.
+    edit(&mut c, "a", json!({"done": false, "priority": 1})).await;
+    let (again, _) = pull_filtered(&mut c, &open, &token, 100).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, "a");
+    assert!(!again[0].deleted && !again[0].left_scope);
+    assert_eq!(body(&again[0]), json!({"done": false, "priority": 1}));
+}
+
+#[tokio::test]
+async fn deleting_a_matching_document_is_a_tombstone_and_a_fresh_reader_gets_no_removals() {
+    let server = server().await;
+    let mut c = server.client().await;
+    let team = json!({"team": "red"});
+    push(
+        &mut c,
+        "tasks",
+        vec![
+            insert(doc("a", json!({"team": "red"}))),
+            insert(doc("b", json!({"team": "red"}))),
+        ],
+    )
+    .await;
+    let (_, token) = pull_filtered(&mut c, &team, "", 100).await;
+    let a = current(&mut c, "a").await;
+    assert!(
+        push(&mut c, "tasks", vec![update(tombstone("a"), a)])
+            .await
+            .is_empty()
+    );
+    edit(&mut c, "b", json!({"team": "blue"})).await;
+    let (changes, _) = pull_filtered(&mut c, &team, &token, 100).await;
+    let by_id: BTreeMap<&str, &Document> = changes.iter().map(|d| (d.id.as_str(), d)).collect();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(
+        by_id["a"].deleted && !by_id["a"].left_scope,
+        "a deletion is a deletion"
+    );
+    assert_eq!(by_id["a"].json, b"{}", "nothing of the deleted state");
+    assert!(is_removal(by_id["b"]));
+
+    // A reader starting now never held either: it gets nothing at all.
+    let (fresh, _) = pull_filtered(&mut c, &team, "", 100).await;
+    assert!(fresh.is_empty(), "{fresh:?}");
+}
+
+#[tokio::test]
+async fn writes_from_sql_record_removals_too() {
+    let server = server().await;
+    let mut c = server.client().await;
+    let eu = json!({"meta.region": "eu"});
+    push(
+        &mut c,
+        "tasks",
+        vec![insert(doc("a", json!({"meta": {"region": "eu"}})))],
+    )
+    .await;
+    let (first, token) = pull_filtered(&mut c, &eu, "", 100).await;
+    assert_eq!(first.len(), 1);
+    let mut db = server.db().await;
+    sqlx::query(r#"SELECT syncline_put('tasks', 'a', '{"meta": {"region": "us"}}')"#)
+        .execute(&mut db)
+        .await
+        .expect("SQL write");
+    let (changes, token) = pull_filtered(&mut c, &eu, &token, 100).await;
+    assert_eq!(changes.len(), 1);
+    assert!(is_removal(&changes[0]), "{changes:?}");
+    sqlx::query("DELETE FROM syncline_documents WHERE collection = 'tasks' AND id = 'a'")
+        .execute(&mut db)
+        .await
+        .expect("SQL delete");
+    let (after_delete, _) = pull_filtered(&mut c, &eu, &token, 100).await;
+    assert!(
+        after_delete.is_empty(),
+        "already out of scope when deleted: {after_delete:?}"
+    );
+}
+
+#[tokio::test]
+async fn checkpoints_are_bound_to_their_selector() {
+    let server = server().await;
+    let mut c = server.client().await;
+    push(
+        &mut c,
+        "tasks",
+        vec![insert(doc("a", json!({"done": false, "priority": 2})))],
+    )
+    .await;
+    let s1 = json!({"done": false, "priority": {"$gte": 1}});
+    let (_, token) = pull_filtered(&mut c, &s1, "", 100).await;
+    assert!(!token.is_empty());
+    // The same selector written differently is the same selector.
+    let same = json!({"$and": [{"priority": {"$gte": 1.0}}, {"done": {"$eq": false}}]});
+    try_pull(&mut c, &same, &token, 100)
+        .await
+        .expect("same canonical selector");
+    for other in [json!({"done": false}), json!({}), json!({"done": true})] {
+        let err = try_pull(&mut c, &other, &token, 100)
+            .await
+            .expect_err("another selector");
+        assert_eq!(err.code(), Code::InvalidArgument, "{other}: {err:?}");
+        let info = err.get_details_error_info().expect("error info");
+        assert_eq!(info.reason, "CHECKPOINT_INVALID", "{other}");
+    }
+    let unfiltered = try_pull(&mut c, &json!({}), &token, 100)
+        .await
+        .expect_err("unfiltered");
+    assert!(
+        unfiltered.message().contains("without a selector")
+            || unfiltered.message().contains("selector"),
+        "{}",
+        unfiltered.message()
+    );
+    // And an unfiltered token does not open under a selector.
+    let (_, plain) = pull_all(&mut c, "tasks", "", 100).await;
+    let err = try_pull(&mut c, &s1, &plain, 100)
+        .await
+        .expect_err("unfiltered token under a selector");
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn bad_selectors_are_invalid_argument_naming_the_path_and_values_are_inert() {
+    let server = server().await;
+    let mut c = server.client().await;
+    push(
+        &mut c,
+        "tasks",
+        vec![
+            insert(doc("a", json!({"team": "red"}))),
+            insert(doc("b", json!({"team": "1=1) OR (1=1"}))),
+        ],
+    )
+    .await;
+    for (selector, path) in [
+        (json!({"secret": 1}), "selector.secret"),
+        (json!({"priority": "high"}), "selector.priority"),
+        (json!({"team": {"$regex": "r.*"}}), "selector.team.$regex"),
+        (json!({"1=1) OR (1=1": true}), "selector"),
+        (json!({"done": null}), "selector.done"),
+    ] {
+        let err = try_pull(&mut c, &selector, "", 100)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{selector}: {err:?}");
+        assert!(
+            err.message().contains(path),
+            "{selector}: {}",
+            err.message()
+        );
+        let field = err
+            .get_details_bad_request()
+            .and_then(|b| b.field_violations.first().map(|v| v.field.clone()));
+        assert!(
+            field.as_deref().is_some_and(|f| f.starts_with("selector")),
+            "{selector}: {field:?}"
+        );
+    }
+    let not_json = c
+        .pull(PullRequest {
+            collection: "tasks".into(),
+            checkpoint: None,
+            limit: 10,
+            selector: b"{not json".to_vec(),
+        })
+        .await
+        .expect_err("not JSON");
+    assert_eq!(not_json.code(), Code::InvalidArgument);
+    // A collection declaring no fields accepts no selector but `{}`.
+    let undeclared = c
+        .pull(PullRequest {
+            collection: "notes".into(),
+            checkpoint: None,
+            limit: 10,
+            selector: br#"{"team": "red"}"#.to_vec(),
+        })
+        .await
+        .expect_err("notes declares nothing");
+    assert_eq!(undeclared.code(), Code::InvalidArgument);
+    // An injection attempt as a value is a value: it matches only the document holding it.
+    let (docs, _) = pull_filtered(&mut c, &json!({"team": "1=1) OR (1=1"}), "", 100).await;
+    let ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["b"]);
+}
+
+/// The selectors of the race, each with the rule it states, written independently of the
+/// server's matcher.
+/// A selector's rule, stated in plain Rust.
+type Rule = fn(&Value) -> bool;
+
+fn race_selectors() -> Vec<(Value, Rule)> {
+    vec![
+        (json!({"done": false}), |b| b["done"] == json!(false)),
+        (json!({"team": {"$in": ["red", "blue"]}}), |b| {
+            b["team"] == json!("red") || b["team"] == json!("blue")
+        }),
+        (
+            json!({"priority": {"$gte": 3}, "done": {"$ne": true}}),
+            |b| b["priority"].as_f64().is_some_and(|p| p >= 3.0) && b["done"] != json!(true),
+        ),
+        (
+            json!({"$or": [{"team": "green"}, {"priority": {"$lt": 1}}]}),
+            |b| b["team"] == json!("green") || b["priority"].as_f64().is_some_and(|p| p < 1.0),
+        ),
+        (json!({"tags": "x"}), |b| {
+            b["tags"]
+                .as_array()
+                .is_some_and(|t| t.contains(&json!("x")))
+        }),
+        (json!({"meta.region": {"$exists": true}}), |b| {
+            b["meta"]
+                .as_object()
+                .is_some_and(|m| m.contains_key("region"))
+        }),
+    ]
+}
+
+fn random_body(rng: &mut StdRng) -> Value {
+    let teams = ["red", "blue", "green", "gray"];
+    let mut b = json!({
+        "done": rng.random_bool(0.5),
+        "team": teams[rng.random_range(0..teams.len())],
+        "priority": rng.random_range(0..6),
+    });
+    if rng.random_bool(0.4) {
+        b["tags"] = json!(if rng.random_bool(0.5) {
+            vec!["x"]
+        } else {
+            vec!["y"]
+        });
+    }
+    if rng.random_bool(0.3) {
+        b["meta"] = json!({"region": "eu"});
+    }
+    b
+}
+
+/// A reader's local copy: documents it was sent, removals applied.
+#[derive(Default)]
+struct Replica {
+    token: String,
+    docs: BTreeMap<String, Value>,
+}
+
+impl Replica {
+    /// Applies one page; checks that every document sent matches the selector.
+    fn apply(&mut self, page: &[Document], matches: Rule, selector: &Value) {
+        for d in page {
+            if d.deleted {
+                self.docs.remove(&d.id);
+            } else {
+                let b = body(d);
+                assert!(matches(&b), "{selector}: sent a document outside it: {b}");
+                self.docs.insert(d.id.clone(), b);
+            }
+        }
+    }
+}
+
+/// Several writers edit random documents concurrently while several readers per selector pull
+/// small pages from time to time; at the end every reader catches up and holds exactly the
+/// documents matching its selector at their latest state.
+#[tokio::test]
+async fn a_seeded_race_of_writers_and_filtered_readers_ends_exact() {
+    let server = server().await;
+    let seed: u64 = std::env::var("TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5e1ec7);
+    const DOCS: usize = 60;
+    const WRITERS: usize = 4;
+    const ROUNDS: usize = 40;
+    let mut c = server.client().await;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let rows = (0..DOCS)
+        .map(|i| insert(doc(&format!("d{i:03}"), random_body(&mut rng))))
+        .collect();
+    assert!(push(&mut c, "tasks", rows).await.is_empty());
+
+    let mut clients = Vec::new();
+    for _ in 0..WRITERS {
+        clients.push(server.client().await);
+    }
+    let writers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(w, mut c)| {
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed ^ (w as u64 + 1));
+                for _ in 0..ROUNDS {
+                    let id = format!("d{:03}", rng.random_range(0..DOCS));
+                    let (docs, _) = pull_all(&mut c, "tasks", "", 1000).await;
+                    let Some(assumed) = docs.into_iter().find(|d| d.id == id) else {
+                        continue;
+                    };
+                    let row = if rng.random_bool(0.08) {
+                        if assumed.deleted {
+                            insert(doc(&id, random_body(&mut rng)))
+                        } else {
+                            update(tombstone(&id), assumed)
+                        }
+                    } else {
+                        update(doc(&id, random_body(&mut rng)), assumed)
+                    };
+                    // Conflicts are fine: another writer got there first.
+                    let _ = push(&mut c, "tasks", vec![row]).await;
+                }
+            })
+        })
+        .collect();
+
+    let selectors = race_selectors();
+    let mut replicas: Vec<(usize, Replica)> = (0..selectors.len() * 2)
+        .map(|i| (i % selectors.len(), Replica::default()))
+        .collect();
+    let mut reader_rng = StdRng::seed_from_u64(seed ^ 0xabc);
+    while !writers.iter().all(|w| w.is_finished()) {
+        let (s, replica) = &mut replicas[reader_rng.random_range(0..selectors.len() * 2)];
+        let (selector, matches) = &selectors[*s];
+        let limit = reader_rng.random_range(1..8);
+        let (page, next) = try_pull(&mut c, selector, &replica.token, limit)
+            .await
+            .expect("filtered pull");
+        replica.apply(&page, *matches, selector);
+        replica.token = next;
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let (all, _) = pull_all(&mut c, "tasks", "", 1000).await;
+    for (s, replica) in &mut replicas {
+        let (selector, matches) = &selectors[*s];
+        let (rest, _) = pull_filtered(&mut c, selector, &replica.token, 5).await;
+        replica.apply(&rest, *matches, selector);
+        let expected: BTreeMap<String, Value> = all
+            .iter()
+            .filter(|d| !d.deleted)
+            .map(|d| (d.id.clone(), body(d)))
+            .filter(|(_, b)| matches(b))
+            .collect();
+        assert_eq!(
+            replica.docs, expected,
+            "seed {seed}: {selector}: the reader's copy differs from the matches"
+        );
+    }
+}
