@@ -193,7 +193,6 @@ pub async fn serve(
     if config.migrate_on_start {
         store.migrate().await?;
     }
-    declare_filter_fields(&store, &collections).await?;
     if config.metrics_enabled {
         crate::telemetry::metrics::install(config.metrics_listen).map_err(ServerError::Config)?;
     }
@@ -266,6 +265,10 @@ pub async fn serve(
                 .map_err(ServerError::Config)?,
         ),
     );
+    // Before serving when the database is ready; else `start` retries it in the background.
+    if let Err(e) = replicator.declare_filters().await {
+        tracing::warn!(error = %e.message, "cannot declare the filterable fields yet; retrying in the background");
+    }
     replicator.start(&tasks);
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
@@ -455,22 +458,4 @@ fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, ServerError> {
         config = config.client_ca_root(Certificate::from_pem(read(ca)?));
     }
     Ok(config)
-}
-
-/// Records each collection's declared filterable fields for its removal records (exactly
-/// those of this configuration) and builds their indexes; a collection declaring none records
-/// none. Before serving: a filtered read needs both.
-async fn declare_filter_fields(
-    store: &PgStore,
-    collections: &Collections,
-) -> Result<(), ServerError> {
-    use crate::store::Store;
-    for collection in collections.iter() {
-        let fields = &collection.filter_fields;
-        let paths: Vec<String> = fields.iter().map(|f| f.path.clone()).collect();
-        store
-            .declare_filter_fields(&collection.name, &paths, &fields.index_ddl(true))
-            .await?;
-    }
-    Ok(())
 }

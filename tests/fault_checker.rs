@@ -383,6 +383,7 @@ async fn streamer(
         let call = client.subscribe(SubscribeRequest {
             collection: "tasks".into(),
             checkpoint: Some(Checkpoint { token }),
+            selector: Vec::new(),
         });
         let mut stream = match timeout(RPC_TIMEOUT, call).await {
             Ok(Ok(r)) => r.into_inner(),

@@ -108,6 +108,7 @@ async fn scripted_session() {
         .subscribe(SubscribeRequest {
             collection: "tasks".into(),
             checkpoint: None,
+            selector: Vec::new(),
         })
         .await
         .unwrap()
@@ -164,6 +165,7 @@ async fn scripted_session() {
         .subscribe(SubscribeRequest {
             collection: "tasks".into(),
             checkpoint: None,
+            selector: Vec::new(),
         })
         .await
         .unwrap()

@@ -915,6 +915,7 @@ async fn subscribe(
         checkpoint: Some(Checkpoint {
             token: checkpoint.into(),
         }),
+        selector: Vec::new(),
     };
     Ok(c.subscribe(request(message, token)).await?.into_inner())
 }

@@ -207,6 +207,7 @@ pub async fn subscribe(
             checkpoint: Some(Checkpoint {
                 token: token.into(),
             }),
+            selector: Vec::new(),
         })
         .await?
         .into_inner())

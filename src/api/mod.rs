@@ -129,7 +129,12 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
         let r = request.into_inner();
         let events = self
             .replicator
-            .subscribe(&principal, &r.collection, &convert::token(r.checkpoint))
+            .subscribe(
+                &principal,
+                &r.collection,
+                &convert::token(r.checkpoint),
+                &r.selector,
+            )
             .await?;
         let stream = ReceiverStream::new(events).map(event);
         Ok(Response::new(Box::pin(stream)))

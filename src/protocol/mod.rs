@@ -76,6 +76,9 @@ pub struct Replicator<S> {
     visibility_wait: Duration,
     shutdown: CancellationToken,
     waits_out: std::sync::atomic::AtomicU64,
+    /// The declared filterable fields are recorded in the store (removal records follow
+    /// them): filtered reads wait for it.
+    filters_declared: Arc<std::sync::atomic::AtomicBool>,
     /// Built on first use from the key (the configured one, else the store's) and the
     /// store's dataset generation (the server starts and waits for migrations without a
     /// database).
@@ -125,10 +128,15 @@ impl<S: Store> Replicator<S> {
     pub fn new(p: ReplicatorParts<S>) -> Replicator<S> {
         let tails = p
             .collections
-            .names()
-            .map(|name| {
-                let tail = tail::Tail::new(name, p.stream_buffer_documents, p.stream_buffer_bytes);
-                (name.to_owned(), tail)
+            .iter()
+            .map(|c| {
+                let tail = tail::Tail::with_fields(
+                    &c.name,
+                    p.stream_buffer_documents,
+                    p.stream_buffer_bytes,
+                    c.filter_fields.clone(),
+                );
+                (c.name.clone(), tail)
             })
             .collect();
         let batch_bytes = p.limits.batch_bytes(p.page_bytes_max);
@@ -149,6 +157,7 @@ impl<S: Store> Replicator<S> {
             visibility_wait: p.visibility_wait,
             shutdown: p.shutdown,
             waits_out: Default::default(),
+            filters_declared: Default::default(),
             checkpoints: tokio::sync::OnceCell::new(),
             checkpoint_key: p.checkpoint_key,
             reconcile_limits: reconcile::ReconcileLimits::default(),
@@ -168,9 +177,41 @@ impl<S: Store> Replicator<S> {
         self
     }
 
+    /// Records every collection's declared filterable fields in the store (exactly those of
+    /// this configuration) and builds their indexes. Filtered reads are UNAVAILABLE until it
+    /// succeeded once ([`Replicator::start`] retries it when the database was not ready).
+    pub async fn declare_filters(&self) -> Result<(), ProtocolError> {
+        declare_filters(self.store.as_ref(), &self.collections).await?;
+        self.filters_declared
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
     /// Starts each collection's shared stream tail on `tasks`; they run until the streams'
-    /// shutdown.
+    /// shutdown. Retries [`Replicator::declare_filters`] until it succeeds, if it has not.
     pub fn start(&self, tasks: &TaskTracker) {
+        if !self
+            .filters_declared
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            let (store, collections) = (self.store.clone(), self.collections.clone());
+            let (declared, shutdown) = (self.filters_declared.clone(), self.shutdown.clone());
+            tasks.spawn(async move {
+                loop {
+                    match declare_filters(store.as_ref(), &collections).await {
+                        Ok(()) => {
+                            declared.store(true, std::sync::atomic::Ordering::Release);
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e.message, "cannot declare the filterable fields yet (migrations pending?); retrying"),
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+            });
+        }
         for (name, tail) in &self.tails {
             if let Some(signals) = self.hub.subscribe(name) {
                 tasks.spawn(tail.clone().run(
@@ -228,7 +269,7 @@ impl<S: Store> Replicator<S> {
     ) -> Result<PullPage, ProtocolError> {
         let collection = self.collections.get(collection)?;
         principal.check_read(&collection)?;
-        let filter = selective::filter(&collection, selector)?;
+        let filter = self.filter(&collection, selector)?;
         let tokens = self
             .filtered_tokens(
                 &collection.name,
@@ -305,16 +346,25 @@ impl<S: Store> Replicator<S> {
     }
 
     /// Subscribe: starts a stream task and returns its channel. The first event comes from
-    /// the catch-up read.
+    /// the catch-up read. With a `selector` (JSON bytes, empty for none), the stream carries
+    /// what a filtered Pull would (see [`selective`]).
     pub async fn subscribe(
         &self,
         principal: &Principal,
         collection: &str,
         checkpoint: &str,
+        selector: &[u8],
     ) -> Result<mpsc::Receiver<StreamItem>, ProtocolError> {
         let collection = self.collections.get(collection)?;
         principal.check_read(&collection)?;
-        let tokens = self.tokens(&collection.name, principal).await?;
+        let filter = self.filter(&collection, selector)?;
+        let tokens = self
+            .filtered_tokens(
+                &collection.name,
+                principal,
+                filter.as_ref().map(|f| &f.digest),
+            )
+            .await?;
         let resume = match tokens.decode(checkpoint, "checkpoint.token", self.collections.names()) {
             Ok(resume) => resume,
             // An expired checkpoint is a stream's Resync, as when the stream is overtaken
@@ -344,6 +394,7 @@ impl<S: Store> Replicator<S> {
             store: self.store.clone(),
             collection: collection.name.clone(),
             owner: principal.owner_filter().map(str::to_owned),
+            filter: filter.map(Arc::new),
             expires_at: principal.expires_at,
             position: resume.position,
             floor: resume.floor,
@@ -358,6 +409,27 @@ impl<S: Store> Replicator<S> {
         };
         tokio::spawn(subscription.run());
         Ok(events)
+    }
+
+    /// A read's filter (see [`selective::filter`]), once the fields are declared.
+    fn filter(
+        &self,
+        collection: &Collection,
+        selector: &[u8],
+    ) -> Result<Option<selective::Filter>, ProtocolError> {
+        let filter = selective::filter(collection, selector)?;
+        if filter.is_some()
+            && !self
+                .filters_declared
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(ProtocolError::unavailable(
+                Reason::DatabaseUnavailable,
+                "filtered reads start once the filterable fields are recorded in the database \
+                 (are the migrations applied?); retry shortly",
+            ));
+        }
+        Ok(filter)
     }
 
     fn count_wait(&self, collection: &str, outcome: &'static str) {
@@ -413,4 +485,19 @@ fn push_targets<'a>(
             },
         })
         .collect()
+}
+
+/// See [`Replicator::declare_filters`].
+async fn declare_filters<S: Store>(
+    store: &S,
+    collections: &Collections,
+) -> Result<(), ProtocolError> {
+    for collection in collections.iter() {
+        let fields = &collection.filter_fields;
+        let paths: Vec<String> = fields.iter().map(|f| f.path.clone()).collect();
+        store
+            .declare_filter_fields(&collection.name, &paths, &fields.index_ddl(true))
+            .await?;
+    }
+    Ok(())
 }

@@ -38,3 +38,17 @@ pub struct ReadFilter {
     /// The parameters of both.
     pub params: Vec<SqlParam>,
 }
+
+/// A removal record: a write at `position` changed the declared fields of a live document
+/// `id`, or deleted it; `previous` is the projection of the state it replaced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoveRecord {
+    /// The document.
+    pub id: String,
+    /// Its owner.
+    pub owner: String,
+    /// The position of the write.
+    pub position: super::Position,
+    /// The previous state's declared fields, as JSON text (dotted path -> value).
+    pub previous: String,
+}

@@ -375,6 +375,23 @@ pub trait Store: Send + Sync + 'static {
         async { Err(StoreError::Internal("this store cannot filter".into())) }
     }
 
+    /// The removal records of `collection` at positions in `(after, upto]`, in position order,
+    /// at most `max`. Only for positions every transaction of which has finished (a shared
+    /// stream tail reads them for the range of changes it has just read).
+    fn read_moves(
+        &self,
+        _collection: &str,
+        _after: Position,
+        _upto: Position,
+        _max: u32,
+    ) -> impl Future<Output = Result<Vec<filter::MoveRecord>, StoreError>> + Send {
+        async {
+            Err(StoreError::Internal(
+                "this store keeps no removal records".into(),
+            ))
+        }
+    }
+
     /// Records `collection`'s declared filterable fields (dotted paths) for its removal
     /// records, and creates the indexes `index_ddl` lists. Run at start-up.
     fn declare_filter_fields(

@@ -265,6 +265,7 @@ async fn every_bad_token_is_unauthenticated_and_health_needs_none() {
         let mut request = Request::new(SubscribeRequest {
             collection: "tasks".into(),
             checkpoint: None,
+            selector: Vec::new(),
         });
         if let Some(h) = &header {
             request
@@ -314,6 +315,7 @@ async fn owners_never_see_each_others_documents() {
             SubscribeRequest {
                 collection: "tasks".into(),
                 checkpoint: None,
+                selector: Vec::new(),
             },
             &alice,
         ))
@@ -440,6 +442,7 @@ async fn a_stream_ends_when_its_token_expires() {
             SubscribeRequest {
                 collection: "tasks".into(),
                 checkpoint: None,
+                selector: Vec::new(),
             },
             &hs256(&short),
         ))
@@ -566,6 +569,7 @@ async fn collection_scopes_and_per_principal_stream_limits() {
             SubscribeRequest {
                 collection: "tasks".into(),
                 checkpoint: None,
+                selector: Vec::new(),
             },
             t,
         )

@@ -102,6 +102,7 @@ async fn try_subscribe(
             checkpoint: Some(Checkpoint {
                 token: token.into(),
             }),
+            selector: Vec::new(),
         },
         bearer,
     ))

@@ -109,6 +109,7 @@ async fn pull_push_and_subscribe_give_the_same_results_plain_gzip_and_zstd() {
             .subscribe(SubscribeRequest {
                 collection: "tasks".into(),
                 checkpoint: Some(Checkpoint::default()),
+                selector: Vec::new(),
             })
             .await
             .expect("subscribe");
@@ -583,6 +584,7 @@ async fn a_stream_compresses_its_large_messages_only() {
     let request = SubscribeRequest {
         collection: "tasks".into(),
         checkpoint: Some(Checkpoint::default()),
+        selector: Vec::new(),
     };
     let request = http::Request::builder()
         .method("POST")
@@ -650,6 +652,7 @@ async fn a_stream_compresses_its_large_messages_only() {
             .subscribe(SubscribeRequest {
                 collection: "tasks".into(),
                 checkpoint: Some(Checkpoint::default()),
+                selector: Vec::new(),
             })
             .await
             .expect("subscribe");

@@ -241,6 +241,7 @@ async fn field_merge_keeps_both_sides_changes_and_streams_the_result() {
         .subscribe(SubscribeRequest {
             collection: "merge".into(),
             checkpoint: None,
+            selector: Vec::new(),
         })
         .await
         .expect("subscribe")

@@ -90,6 +90,7 @@ async fn connections_beyond_the_limit_are_closed_while_open_ones_keep_working() 
         .subscribe(SubscribeRequest {
             collection: "tasks".into(),
             checkpoint: None,
+            selector: Vec::new(),
         })
         .await
         .expect("a stream on an admitted connection")
@@ -178,6 +179,7 @@ async fn a_connection_that_sends_no_request_is_closed_after_the_handshake_timeou
         .subscribe(SubscribeRequest {
             collection: "tasks".into(),
             checkpoint: None,
+            selector: Vec::new(),
         })
         .await
         .unwrap()
@@ -301,6 +303,7 @@ async fn streams_beyond_the_per_connection_limit_are_not_served_concurrently() {
         c.subscribe(SubscribeRequest {
             collection: "tasks".into(),
             checkpoint: None,
+            selector: Vec::new(),
         })
         .await
     };

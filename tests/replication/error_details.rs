@@ -286,6 +286,7 @@ async fn an_expired_token_is_told_apart_from_a_bad_one_by_its_reason_only() {
             SubscribeRequest {
                 collection: "tasks".into(),
                 checkpoint: None,
+                selector: Vec::new(),
             },
             &token("alice"),
         )
@@ -326,6 +327,7 @@ async fn unavailable_says_why_and_when_to_retry() {
         .subscribe(SubscribeRequest {
             collection: "tasks".into(),
             checkpoint: None,
+            selector: Vec::new(),
         })
         .await
         .unwrap()

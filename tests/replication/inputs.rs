@@ -221,6 +221,7 @@ async fn echoed_values_are_cut() {
         .subscribe(SubscribeRequest {
             collection: huge,
             checkpoint: None,
+            selector: Vec::new(),
         })
         .await
         .expect_err("unknown collection");

@@ -123,6 +123,7 @@ async fn a_page_holds_one_document_when_one_exceeds_the_budget() {
         .subscribe(SubscribeRequest {
             collection: "tasks".into(),
             checkpoint: None,
+            selector: Vec::new(),
         })
         .await
         .unwrap()
@@ -163,6 +164,7 @@ async fn a_service_principals_default_pull_and_subscribe_over_large_documents_ne
         .subscribe(SubscribeRequest {
             collection: "tasks".into(),
             checkpoint: None,
+            selector: Vec::new(),
         })
         .await
         .unwrap()
@@ -233,7 +235,10 @@ async fn the_shared_tail_stays_under_its_byte_bound() {
     const BOUND: usize = 2 * MIB;
     let replicator = replicator(MIB, BOUND, 512 * MIB).await;
     let service = Principal::anonymous_service();
-    let mut events = replicator.subscribe(&service, "tasks", "").await.unwrap();
+    let mut events = replicator
+        .subscribe(&service, "tasks", "", b"")
+        .await
+        .unwrap();
     // Let the stream catch up (nothing yet) so that it follows the tail.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -296,9 +301,15 @@ async fn a_principals_streams_may_pin_only_their_byte_budget() {
     // to about 2.6 MiB and each stream may pin two, about 5.2 MiB; 11 MiB allow two streams.
     let replicator = replicator(MIB, 64 * MIB, 11 * MIB).await;
     let alice = alice();
-    let first = replicator.subscribe(&alice, "tasks", "").await.unwrap();
-    let _second = replicator.subscribe(&alice, "tasks", "").await.unwrap();
-    match replicator.subscribe(&alice, "tasks", "").await {
+    let first = replicator
+        .subscribe(&alice, "tasks", "", b"")
+        .await
+        .unwrap();
+    let _second = replicator
+        .subscribe(&alice, "tasks", "", b"")
+        .await
+        .unwrap();
+    match replicator.subscribe(&alice, "tasks", "", b"").await {
         Err(ProtocolError {
             kind: syncline::protocol::Kind::ResourceExhausted,
             message: m,
@@ -312,11 +323,11 @@ async fn a_principals_streams_may_pin_only_their_byte_budget() {
         subject: "bob".into(),
         ..alice.clone()
     };
-    let _bob = replicator.subscribe(&bob, "tasks", "").await.unwrap();
+    let _bob = replicator.subscribe(&bob, "tasks", "", b"").await.unwrap();
     drop(first);
     // The slot comes back once the first stream's task has ended.
     for _ in 0..500 {
-        if replicator.subscribe(&alice, "tasks", "").await.is_ok() {
+        if replicator.subscribe(&alice, "tasks", "", b"").await.is_ok() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

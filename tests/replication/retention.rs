@@ -618,6 +618,7 @@ async fn subscribe_from(
         checkpoint: Some(Checkpoint {
             token: token.into(),
         }),
+        selector: Vec::new(),
     })
     .await
     .expect("subscribe is accepted")
@@ -760,7 +761,10 @@ async fn a_stream_overtaken_by_a_purge_while_open_resyncs() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let mut events = replicator.subscribe(&service, "tasks", "").await.unwrap();
+    let mut events = replicator
+        .subscribe(&service, "tasks", "", b"")
+        .await
+        .unwrap();
     // The reader takes the first page, then stalls while the last 10 documents are deleted
     // and their tombstones purged.
     match next(&mut events).await {

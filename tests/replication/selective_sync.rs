@@ -12,8 +12,11 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use syncline::config::Config;
 use syncline::proto::replication_service_client::ReplicationServiceClient;
-use syncline::proto::{Checkpoint, Document, PullRequest};
+use syncline::proto::{
+    Checkpoint, Document, PullRequest, SubscribeRequest, SubscribeResponse, subscribe_response,
+};
 use tonic::Code;
+use tonic::Streaming;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
@@ -334,6 +337,91 @@ async fn bad_selectors_are_invalid_argument_naming_the_path_and_values_are_inert
     assert_eq!(ids, ["b"]);
 }
 
+/// A filtered stream from `token`.
+async fn subscribe(c: &mut Client, selector: &Value, token: &str) -> Streaming<SubscribeResponse> {
+    c.subscribe(SubscribeRequest {
+        collection: "tasks".into(),
+        checkpoint: Some(Checkpoint {
+            token: token.into(),
+        }),
+        selector: selector.to_string().into_bytes(),
+    })
+    .await
+    .expect("subscribe")
+    .into_inner()
+}
+
+/// Documents from `stream` until `count` arrived (bounded wait), and the last checkpoint.
+async fn stream_documents(
+    stream: &mut Streaming<SubscribeResponse>,
+    count: usize,
+) -> (Vec<Document>, String) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (mut docs, mut token) = (Vec::new(), String::new());
+    while docs.len() < count {
+        let msg = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("only {} of {count} documents arrived: {docs:?}", docs.len())
+            })
+            .expect("stream ok")
+            .expect("stream open");
+        if let Some(subscribe_response::Event::Changes(batch)) = msg.event {
+            docs.extend(batch.documents);
+            token = batch.checkpoint.map(|c| c.token).unwrap_or_default();
+        }
+    }
+    (docs, token)
+}
+
+#[tokio::test]
+async fn a_filtered_stream_carries_matches_and_removals_live() {
+    let server = server().await;
+    let mut c = server.client().await;
+    let open = json!({"done": false});
+    push(
+        &mut c,
+        "tasks",
+        vec![
+            insert(doc("a", json!({"done": false}))),
+            insert(doc("b", json!({"done": true}))),
+            insert(doc("c", json!({"done": false}))),
+        ],
+    )
+    .await;
+    // Catch-up from the start: the matches only.
+    let mut stream = subscribe(&mut c, &open, "").await;
+    let (caught_up, _) = stream_documents(&mut stream, 2).await;
+    let ids: Vec<&str> = caught_up.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["a", "c"]);
+
+    // Live: a leaves, b stays out (edited), d arrives, c is deleted.
+    edit(&mut c, "a", json!({"done": true})).await;
+    edit(&mut c, "b", json!({"done": true, "priority": 2})).await;
+    push(
+        &mut c,
+        "tasks",
+        vec![insert(doc("d", json!({"done": false})))],
+    )
+    .await;
+    let c_state = current(&mut c, "c").await;
+    assert!(
+        push(&mut c, "tasks", vec![update(tombstone("c"), c_state)])
+            .await
+            .is_empty()
+    );
+    let (live, token) = stream_documents(&mut stream, 3).await;
+    let by_id: BTreeMap<&str, &Document> = live.iter().map(|d| (d.id.as_str(), d)).collect();
+    assert_eq!(live.len(), 3, "{live:?}");
+    assert!(is_removal(by_id["a"]), "{:?}", by_id["a"]);
+    assert!(!by_id.contains_key("b"), "never in scope: never named");
+    assert_eq!(body(by_id["d"]), json!({"done": false}));
+    assert!(by_id["c"].deleted && !by_id["c"].left_scope);
+    // The stream's checkpoint is a filtered Pull's under the same selector.
+    let (after, _) = pull_filtered(&mut c, &open, &token, 100).await;
+    assert!(after.is_empty(), "{after:?}");
+}
+
 /// The selectors of the race, each with the rule it states, written independently of the
 /// server's matcher.
 /// A selector's rule, stated in plain Rust.
@@ -461,6 +549,22 @@ async fn a_seeded_race_of_writers_and_filtered_readers_ends_exact() {
         .collect();
 
     let selectors = race_selectors();
+    // One live stream per selector, applying what it is sent.
+    let mut streamed = Vec::new();
+    for (selector, matches) in &selectors {
+        let mut stream = subscribe(&mut c, selector, "").await;
+        let replica = std::sync::Arc::new(std::sync::Mutex::new(Replica::default()));
+        let (selector, matches, into) = (selector.clone(), *matches, replica.clone());
+        let task = tokio::spawn(async move {
+            while let Ok(Some(msg)) = stream.message().await {
+                if let Some(subscribe_response::Event::Changes(batch)) = msg.event {
+                    let mut r = into.lock().expect("replica");
+                    r.apply(&batch.documents, matches, &selector);
+                }
+            }
+        });
+        streamed.push((replica, task));
+    }
     let mut replicas: Vec<(usize, Replica)> = (0..selectors.len() * 2)
         .map(|i| (i % selectors.len(), Replica::default()))
         .collect();
@@ -494,5 +598,28 @@ async fn a_seeded_race_of_writers_and_filtered_readers_ends_exact() {
             replica.docs, expected,
             "seed {seed}: {selector}: the reader's copy differs from the matches"
         );
+    }
+    // The streams converge to the same (bounded wait: they follow the writes live).
+    for ((selector, matches), (replica, task)) in selectors.iter().zip(&streamed) {
+        let expected: BTreeMap<String, Value> = all
+            .iter()
+            .filter(|d| !d.deleted)
+            .map(|d| (d.id.clone(), body(d)))
+            .filter(|(_, b)| matches(b))
+            .collect();
+        let mut same = false;
+        for _ in 0..300 {
+            if replica.lock().expect("replica").docs == expected {
+                same = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(
+            same,
+            "seed {seed}: {selector}: the stream's copy differs: {:?} vs {expected:?}",
+            replica.lock().expect("replica").docs
+        );
+        task.abort();
     }
 }

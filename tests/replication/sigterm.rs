@@ -69,6 +69,7 @@ async fn sigterm_finishes_the_push_ends_the_stream_and_exits_zero() {
         .subscribe(SubscribeRequest {
             collection: "tasks".into(),
             checkpoint: None,
+            selector: Vec::new(),
         })
         .await
         .unwrap()

@@ -174,8 +174,14 @@ async fn eventually_within(what: &str, seconds: u64, done: impl Fn() -> bool) {
 async fn stalled_subscribers_hold_at_most_two_pages_and_catch_up_from_the_table() {
     let (store, replicator) = counting_replicator().await;
     let service = Principal::anonymous_service();
-    let _second_stalled = replicator.subscribe(&service, "tasks", "").await.unwrap();
-    let mut events = replicator.subscribe(&service, "tasks", "").await.unwrap();
+    let _second_stalled = replicator
+        .subscribe(&service, "tasks", "", b"")
+        .await
+        .unwrap();
+    let mut events = replicator
+        .subscribe(&service, "tasks", "", b"")
+        .await
+        .unwrap();
     // 100 pushes of 10 documents while nobody reads the stream.
     push_batches(&replicator, "slow", 100).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -211,7 +217,10 @@ async fn the_shared_tail_reads_nothing_while_no_stream_watches() {
 
     // A stream wakes the tail: it gets the 50 older documents from the table, then live ones.
     let service = Principal::anonymous_service();
-    let mut events = replicator.subscribe(&service, "tasks", "").await.unwrap();
+    let mut events = replicator
+        .subscribe(&service, "tasks", "", b"")
+        .await
+        .unwrap();
     assert_eq!(receive(&mut events, 50).await.len(), 50);
     push_batches(&replicator, "watched", 3).await;
     let live = receive(&mut events, 30).await;
@@ -270,7 +279,10 @@ async fn a_stream_that_wakes_the_tail_as_it_goes_to_sleep_skips_nothing() {
     // write committed before then is read by the streams that need it, never by the tail. So
     // the writes start once the tail follows, or it may hold fewer than 50 (and then the late
     // writes below would evict nothing, and the test would prove nothing).
-    let mut a = replicator.subscribe(&service, "tasks", "").await.unwrap();
+    let mut a = replicator
+        .subscribe(&service, "tasks", "", b"")
+        .await
+        .unwrap();
     let mut following = tail.watch();
     tokio::time::timeout(Duration::from_secs(10), async {
         while *following.borrow_and_update() == Position::START {
@@ -297,7 +309,10 @@ async fn a_stream_that_wakes_the_tail_as_it_goes_to_sleep_skips_nothing() {
     // B subscribes in that window and catches up from the table in pages of 20, 20 and 10;
     // the last one (not full: B is now caught up) stays queued, so B reads nothing more until
     // it is taken.
-    let mut b = replicator.subscribe(&service, "tasks", "").await.unwrap();
+    let mut b = replicator
+        .subscribe(&service, "tasks", "", b"")
+        .await
+        .unwrap();
     assert_eq!(receive_batch(&mut b).await.len(), 20);
     assert_eq!(receive_batch(&mut b).await.len(), 20);
     eventually("B queues its last catch-up page", || b.len() == 1).await;
@@ -478,6 +493,7 @@ async fn a_slow_reader_stops_receiving_when_its_token_expires() {
     let mut request = tonic::Request::new(SubscribeRequest {
         collection: "tasks".into(),
         checkpoint: None,
+        selector: Vec::new(),
     });
     request.metadata_mut().insert(
         "authorization",

@@ -25,6 +25,7 @@ pub async fn subscribe(
         checkpoint: Some(Checkpoint {
             token: token.into(),
         }),
+        selector: Vec::new(),
     })
     .await
     .expect("subscribe")
@@ -194,6 +195,7 @@ async fn unknown_collections_and_bad_checkpoints_are_refused() {
         .subscribe(SubscribeRequest {
             collection: "nope".into(),
             checkpoint: None,
+            selector: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -204,6 +206,7 @@ async fn unknown_collections_and_bad_checkpoints_are_refused() {
             checkpoint: Some(Checkpoint {
                 token: "zzz".into(),
             }),
+            selector: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -223,6 +226,7 @@ async fn the_stream_limit_is_resource_exhausted_and_frees_up() {
         .subscribe(SubscribeRequest {
             collection: "tasks".into(),
             checkpoint: None,
+            selector: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -233,6 +237,7 @@ async fn the_stream_limit_is_resource_exhausted_and_frees_up() {
         if c.subscribe(SubscribeRequest {
             collection: "tasks".into(),
             checkpoint: None,
+            selector: Vec::new(),
         })
         .await
         .is_ok()

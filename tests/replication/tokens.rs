@@ -114,6 +114,7 @@ async fn assert_refused(c: &mut Client, token: &str, what: &str) {
     let subscribe = SubscribeRequest {
         collection: "tasks".into(),
         checkpoint: None,
+        selector: Vec::new(),
     };
     check(
         c.subscribe(authed(subscribe, token)).await.map(drop),
@@ -296,6 +297,7 @@ async fn out_of_range_times_are_unauthenticated() {
             SubscribeRequest {
                 collection: "tasks".into(),
                 checkpoint: None,
+                selector: Vec::new(),
             },
             &far,
         ))

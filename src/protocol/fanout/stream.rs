@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::stream_limits::StreamSlot;
-use super::tail::{Tail, Take, covered_below};
+use super::tail::{Tail, Take, View, covered_below};
 use crate::protocol::{ProtocolError, Reason, checkpoint};
 use crate::store::{PageLimit, Position, Resume, Store, StoredDocument};
 use crate::telemetry::metrics as m;
@@ -81,6 +81,8 @@ pub(in crate::protocol) struct Subscription<S> {
     pub collection: String,
     /// Only this owner's documents (every document for a service principal).
     pub owner: Option<String>,
+    /// Selective sync: only matching documents, and removals (see `selective`).
+    pub filter: Option<Arc<crate::protocol::selective::Filter>>,
     /// The credential's expiry: the stream ends with UNAUTHENTICATED then.
     pub expires_at: Option<SystemTime>,
     pub position: Position,
@@ -225,9 +227,15 @@ impl<S: Store> Subscription<S> {
                 documents,
                 position,
                 more,
-            } = self
-                .tail
-                .take(self.position, self.owner.as_deref(), self.page)
+            } = self.tail.take_view(
+                self.position,
+                View {
+                    owner: self.owner.as_deref(),
+                    selector: self.filter.as_ref().map(|f| &f.selector),
+                    floor: self.floor,
+                },
+                self.page,
+            )
         {
             return Ok(Page {
                 documents,
@@ -238,15 +246,25 @@ impl<S: Store> Subscription<S> {
                 horizon: None,
             });
         }
-        let page = self
-            .store
-            .read_changes(
-                &self.collection,
-                self.owner.as_deref(),
-                Resume::new(self.position, self.floor),
-                self.page,
-            )
-            .await?;
+        let after = Resume::new(self.position, self.floor);
+        let page = match &self.filter {
+            None => {
+                self.store
+                    .read_changes(&self.collection, self.owner.as_deref(), after, self.page)
+                    .await?
+            }
+            Some(filter) => {
+                self.store
+                    .read_filtered(
+                        &self.collection,
+                        self.owner.as_deref(),
+                        &filter.read,
+                        after,
+                        self.page,
+                    )
+                    .await?
+            }
+        };
         let full = page.more;
         let position = match page.documents.last() {
             Some(last) if full => last.position,

@@ -21,6 +21,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::protocol::selector::{FilterFields, Projection, Selector};
+use crate::store::filter::MoveRecord;
 use crate::store::{PageLimit, Position, Resume, Store, StoredDocument};
 
 /// Pauses before re-reading when a signalled commit is not yet readable in order (an older
@@ -28,6 +30,29 @@ use crate::store::{PageLimit, Position, Resume, Store, StoredDocument};
 const PENDING_BACKOFF_MIN: Duration = Duration::from_millis(2);
 const PENDING_BACKOFF_MAX: Duration = Duration::from_millis(250);
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
+/// Removal records read with each page, per document of the page.
+const MOVES_PER_DOCUMENT: u32 = 4;
+
+/// What a filtered stream receives for a removal record whose document's latest state is
+/// `current` (deleted, or out of the stream's selector): a deletion, or a departure from its
+/// scope that reveals nothing of the state.
+fn removal(record: &StoredDocument, current: &StoredDocument) -> StoredDocument {
+    let left_scope = !current.deleted;
+    StoredDocument {
+        id: record.id.clone(),
+        owner: record.owner.clone(),
+        body: "{}".to_owned(),
+        deleted: true,
+        revision: if left_scope {
+            String::new()
+        } else {
+            current.revision.clone()
+        },
+        updated_at: current.updated_at,
+        position: record.position,
+        left_scope,
+    }
+}
 
 /// What the buffer can say about the changes after a position.
 #[derive(Debug)]
@@ -46,16 +71,55 @@ pub enum Take {
     NotCovered,
 }
 
+/// One buffered change: a document at its state then, or a removal record.
+struct Entry {
+    /// The document; for a removal record only its id, owner and the record's position.
+    doc: StoredDocument,
+    /// The declared fields, read once for every stream: of the document's state (live
+    /// documents of a collection declaring fields), or of the previous state a removal record
+    /// keeps.
+    projection: Option<Projection>,
+    /// A removal record (selective sync) rather than a document.
+    removal: bool,
+    /// What the entry weighs in the buffer.
+    bytes: usize,
+}
+
+/// Which buffered changes one stream receives.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct View<'a> {
+    /// Only this owner's documents (every owner's for `None`).
+    pub owner: Option<&'a str>,
+    /// Selective sync: the documents matching it, and removals of those it may hold that
+    /// stopped matching (see `store::Store::read_filtered`).
+    pub selector: Option<&'a Selector>,
+    /// The stream's floor: removal records of older transactions are of states it never held.
+    pub floor: i64,
+}
+
 #[derive(Default)]
 struct Buffer {
     ready: bool,
     from: Position,
     head: Position,
-    entries: VecDeque<Arc<StoredDocument>>,
+    entries: VecDeque<Arc<Entry>>,
     /// What the entries weigh ([`StoredDocument::page_bytes`] each).
     bytes: usize,
-    /// Position of each buffered document's latest entry.
+    /// Position of each buffered document's latest entry (removal records are not entries
+    /// of their document).
     latest: HashMap<String, Position>,
+}
+
+impl Buffer {
+    /// The document entry at `position`.
+    fn entry_at(&self, position: Position) -> Option<&Entry> {
+        let at = self.entries.partition_point(|e| e.doc.position < position);
+        self.entries
+            .range(at..)
+            .take_while(|e| e.doc.position == position)
+            .map(|e| &**e)
+            .find(|e| !e.removal)
+    }
 }
 
 impl Buffer {
@@ -91,6 +155,9 @@ impl Pause {
 /// One collection's tail.
 pub struct Tail {
     collection: String,
+    /// The collection's declared filterable fields: when there are some, the tail also reads
+    /// removal records and projects each document once.
+    fields: FilterFields,
     capacity: usize,
     capacity_bytes: usize,
     buffer: RwLock<Buffer>,
@@ -104,8 +171,24 @@ impl Tail {
     /// An empty tail keeping at most `capacity` documents and `capacity_bytes` bytes (counted
     /// by [`StoredDocument::page_bytes`]); [`Tail::run`] fills it.
     pub fn new(collection: &str, capacity: usize, capacity_bytes: usize) -> Arc<Tail> {
+        Tail::with_fields(
+            collection,
+            capacity,
+            capacity_bytes,
+            FilterFields::default(),
+        )
+    }
+
+    /// Like [`Tail::new`], for a collection declaring filterable `fields`.
+    pub fn with_fields(
+        collection: &str,
+        capacity: usize,
+        capacity_bytes: usize,
+        fields: FilterFields,
+    ) -> Arc<Tail> {
         Arc::new(Tail {
             collection: collection.to_owned(),
+            fields,
             capacity: capacity.max(1),
             capacity_bytes,
             buffer: RwLock::default(),
@@ -166,6 +249,22 @@ impl Tail {
     /// The changes after `after` that `owner` may see (every owner's for `None`), within
     /// `limit` (documents and bytes, at least one document), each at its latest buffered state.
     pub fn take(&self, after: Position, owner: Option<&str>, limit: PageLimit) -> Take {
+        self.take_view(
+            after,
+            View {
+                owner,
+                ..View::default()
+            },
+            limit,
+        )
+    }
+
+    /// The changes after `after` that `view` receives, within `limit` (documents and bytes,
+    /// at least one document), each at its latest buffered state. With a selector: the
+    /// documents whose latest state matches, and for each removal record whose previous state
+    /// matched, of a document whose latest state is deleted or no longer matches, a removal at
+    /// the record's position (once per document in a batch), as a filtered Pull reads them.
+    pub fn take_view(&self, after: Position, view: View<'_>, limit: PageLimit) -> Take {
         let buffer = self.read();
         if !buffer.ready || after < buffer.from {
             return Take::NotCovered;
@@ -177,31 +276,78 @@ impl Tail {
                 more: false,
             };
         }
-        let start = buffer.entries.partition_point(|d| d.position <= after);
+        let start = buffer.entries.partition_point(|e| e.doc.position <= after);
         let mut documents: Vec<StoredDocument> = Vec::new();
+        let mut removed: Vec<&str> = Vec::new();
         let mut bytes = 0;
-        for doc in buffer.entries.range(start..) {
-            let latest = buffer.latest.get(&doc.id) == Some(&doc.position);
-            if latest && owner.is_none_or(|o| o == doc.owner) {
-                let size = doc.page_bytes();
-                if let Some(last) = documents.last()
-                    && bytes + size > limit.bytes
-                {
-                    return Take::Covered {
-                        position: last.position,
-                        documents,
-                        more: true,
-                    };
+        for entry in buffer.entries.range(start..) {
+            let doc = &entry.doc;
+            if view.owner.is_some_and(|o| o != doc.owner) {
+                continue;
+            }
+            let send = match view.selector {
+                None => (!entry.removal && buffer.latest.get(&doc.id) == Some(&doc.position))
+                    .then(|| StoredDocument::clone(doc)),
+                Some(selector) if !entry.removal => {
+                    let latest = buffer.latest.get(&doc.id) == Some(&doc.position);
+                    let matches = !doc.deleted
+                        && entry
+                            .projection
+                            .as_ref()
+                            .is_some_and(|p| selector.matches_projected(p));
+                    (latest && matches).then(|| StoredDocument::clone(doc))
                 }
-                bytes += size;
-                documents.push(StoredDocument::clone(doc));
-                if documents.len() >= limit.documents as usize {
-                    return Take::Covered {
-                        position: doc.position,
-                        documents,
-                        more: true,
+                Some(selector) => {
+                    if doc.position.tx < view.floor
+                        || removed.contains(&doc.id.as_str())
+                        || !entry
+                            .projection
+                            .as_ref()
+                            .is_some_and(|p| selector.matches_projected(p))
+                    {
+                        continue;
+                    }
+                    // The record's write is buffered (it is at or after the record), unless
+                    // the buffer lost it: then read the table.
+                    let Some(current) = buffer
+                        .latest
+                        .get(&doc.id)
+                        .and_then(|at| buffer.entry_at(*at))
+                    else {
+                        return Take::NotCovered;
                     };
+                    let still = !current.doc.deleted
+                        && current
+                            .projection
+                            .as_ref()
+                            .is_some_and(|p| selector.matches_projected(p));
+                    if still {
+                        continue;
+                    }
+                    removed.push(&doc.id);
+                    Some(removal(doc, &current.doc))
                 }
+            };
+            let Some(send) = send else { continue };
+            let size = send.page_bytes();
+            if let Some(last) = documents.last()
+                && bytes + size > limit.bytes
+            {
+                return Take::Covered {
+                    position: last.position,
+                    documents,
+                    more: true,
+                };
+            }
+            bytes += size;
+            let position = send.position;
+            documents.push(send);
+            if documents.len() >= limit.documents as usize {
+                return Take::Covered {
+                    position,
+                    documents,
+                    more: true,
+                };
             }
         }
         Take::Covered {
@@ -211,22 +357,70 @@ impl Tail {
         }
     }
 
+    #[cfg(test)]
     fn append(&self, documents: Vec<StoredDocument>, covered: Position) {
+        self.append_with_moves(documents, Vec::new(), covered);
+    }
+
+    /// Appends a read's documents and the removal records of the same range, in position
+    /// order, and moves the head to `covered`.
+    fn append_with_moves(
+        &self,
+        documents: Vec<StoredDocument>,
+        moves: Vec<MoveRecord>,
+        covered: Position,
+    ) {
+        let project = !self.fields.is_empty();
+        let mut entries: Vec<Entry> = documents
+            .into_iter()
+            .map(|doc| Entry {
+                projection: (project && !doc.deleted)
+                    .then(|| self.fields.project(&doc.body))
+                    .flatten(),
+                bytes: doc.page_bytes(),
+                doc,
+                removal: false,
+            })
+            .chain(moves.into_iter().map(|m| {
+                let bytes = m.id.len() + m.owner.len() + m.previous.len() + 64;
+                Entry {
+                    projection: Projection::from_json(&m.previous),
+                    doc: StoredDocument {
+                        id: m.id,
+                        owner: m.owner,
+                        body: String::new(),
+                        deleted: true,
+                        revision: String::new(),
+                        updated_at: chrono::DateTime::UNIX_EPOCH,
+                        position: m.position,
+                        left_scope: false,
+                    },
+                    removal: true,
+                    bytes,
+                }
+            }))
+            .collect();
+        // A record shares its write's position: it comes first, as the state it replaced.
+        entries.sort_by_key(|e| (e.doc.position, !e.removal));
         let mut buffer = self.buffer.write().unwrap_or_else(|e| e.into_inner());
-        for doc in documents {
-            buffer.bytes += doc.page_bytes();
-            buffer.latest.insert(doc.id.clone(), doc.position);
-            buffer.entries.push_back(Arc::new(doc));
+        for entry in entries {
+            buffer.bytes += entry.bytes;
+            if !entry.removal {
+                buffer
+                    .latest
+                    .insert(entry.doc.id.clone(), entry.doc.position);
+            }
+            buffer.entries.push_back(Arc::new(entry));
         }
         while buffer.entries.len() > self.capacity || buffer.bytes > self.capacity_bytes {
             let Some(old) = buffer.entries.pop_front() else {
                 break;
             };
-            buffer.bytes -= old.page_bytes();
+            buffer.bytes -= old.bytes;
             // Never back: a position below `from` may sit in a gap the buffer never held.
-            buffer.from = buffer.from.max(old.position);
-            if buffer.latest.get(&old.id) == Some(&old.position) {
-                buffer.latest.remove(&old.id);
+            buffer.from = buffer.from.max(old.doc.position);
+            if !old.removal && buffer.latest.get(&old.doc.id) == Some(&old.doc.position) {
+                buffer.latest.remove(&old.doc.id);
             }
         }
         buffer.head = buffer.head.max(covered);
@@ -234,7 +428,6 @@ impl Tail {
         drop(buffer);
         self.head.send_replace(head);
     }
-
     /// Reads new changes whenever `signals` (the hub) says something committed, until
     /// `shutdown`, while some stream watches; dormant otherwise. Each time it wakes it starts
     /// from the newest position: older changes are read by the streams that need them.
@@ -329,13 +522,38 @@ impl Tail {
                 self.sleep();
                 return pause(shutdown, ERROR_BACKOFF).await;
             }
-            let full = page_read.more;
+            let mut full = page_read.more;
             // Everything below the horizon has been read once the page is not full.
-            let covered = match (page_read.documents.last(), full) {
+            let mut covered = match (page_read.documents.last(), full) {
                 (Some(last), true) => last.position,
                 _ => head.max(covered_below(page_read.horizon)),
             };
-            self.append(page_read.documents, covered);
+            let mut documents = page_read.documents;
+            let mut moves = Vec::new();
+            if !self.fields.is_empty() && covered > head {
+                // The removal records of the same range: every transaction in it has finished.
+                let max = page.documents.saturating_mul(MOVES_PER_DOCUMENT).max(1);
+                moves = match store.read_moves(&self.collection, head, covered, max).await {
+                    Ok(moves) => moves,
+                    Err(e) => {
+                        tracing::warn!(error = %e, collection = %self.collection, "stream tail read failed");
+                        if pause(shutdown, ERROR_BACKOFF).await {
+                            return true;
+                        }
+                        continue;
+                    }
+                };
+                if moves.len() >= max as usize
+                    && let Some(last) = moves.last()
+                {
+                    // More records than a batch holds (documents rewritten many times): cover
+                    // only up to the last one read; the next read starts there.
+                    covered = last.position;
+                    documents.retain(|d| d.position <= covered);
+                    full = true;
+                }
+            }
+            self.append_with_moves(documents, moves, covered);
             if full {
                 continue;
             }

@@ -8,7 +8,7 @@ use sqlx::query::Query;
 use super::PgStore;
 use super::error::to_store_error;
 use super::read::document_at;
-use crate::store::filter::{FILTER_FIRST_PARAM, ReadFilter, SqlParam};
+use crate::store::filter::{FILTER_FIRST_PARAM, MoveRecord, ReadFilter, SqlParam};
 use crate::store::{ChangePage, PageLimit, Position, Resume, StoreError, StoredDocument};
 
 /// The statement of a filtered page. `$1` collection, `$2`/`$3` the position, `$4` the row
@@ -210,6 +210,44 @@ fn merge(rows: &[PgRow], limit: usize) -> Result<ChangePage, sqlx::Error> {
         horizon,
         expired,
     })
+}
+
+const MOVES_SQL: &str = "
+SELECT id, owner, change_xid, change_seq, previous::text FROM syncline_moves
+WHERE collection = $1
+  AND (change_xid, change_seq) > ($2, $3) AND (change_xid, change_seq) <= ($4, $5)
+ORDER BY change_xid, change_seq
+LIMIT $6";
+
+impl PgStore {
+    /// See [`crate::store::Store::read_moves`].
+    pub(crate) async fn moves_between(
+        &self,
+        collection: &str,
+        after: Position,
+        upto: Position,
+        max: u32,
+    ) -> Result<Vec<MoveRecord>, StoreError> {
+        let rows: Vec<(String, String, i64, i64, String)> = sqlx::query_as(MOVES_SQL)
+            .bind(collection)
+            .bind(after.tx)
+            .bind(after.seq)
+            .bind(upto.tx)
+            .bind(upto.seq)
+            .bind(i64::from(max))
+            .fetch_all(self.pool())
+            .await
+            .map_err(to_store_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, owner, tx, seq, previous)| MoveRecord {
+                id,
+                owner,
+                position: Position { tx, seq },
+                previous,
+            })
+            .collect())
+    }
 }
 
 // Two replicas starting together must not build the same index twice at once (a concurrent

@@ -277,6 +277,17 @@ impl Store for PgStore {
         self.read_filtered_page(collection, owner, filter, after, limit)
     }
 
+    fn read_moves(
+        &self,
+        collection: &str,
+        after: crate::store::Position,
+        upto: crate::store::Position,
+        max: u32,
+    ) -> impl Future<Output = Result<Vec<crate::store::filter::MoveRecord>, StoreError>> + Send
+    {
+        self.moves_between(collection, after, upto, max)
+    }
+
     fn declare_filter_fields(
         &self,
         collection: &str,
