@@ -81,11 +81,14 @@ pub struct ExpiryReport {
     pub keys: u64,
     /// Expired overwritten versions deleted.
     pub versions: u64,
+    /// Removal records below their collection's purge horizon deleted.
+    pub moves: u64,
     /// Batches run.
     pub batches: u32,
 }
 
-/// Deletes expired idempotency keys and overwritten versions, `batch_rows` of each per
+/// Deletes expired idempotency keys, overwritten versions and removal records below the purge
+/// horizon, `batch_rows` of each per
 /// statement, until a batch of both comes back short. Safe on every replica at once.
 pub async fn purge_expired(store: &PgStore, batch_rows: u32) -> Result<ExpiryReport, StoreError> {
     let mut report = ExpiryReport::default();
@@ -94,13 +97,15 @@ pub async fn purge_expired(store: &PgStore, batch_rows: u32) -> Result<ExpiryRep
         report.batches += 1;
         report.keys += batch.keys;
         report.versions += batch.versions;
+        report.moves += batch.moves;
+        metrics::counter!(EXPIRED_PURGED, "kind" => "removal_record").increment(batch.moves);
         metrics::counter!(EXPIRED_PURGED, "kind" => "push_key").increment(batch.keys);
         metrics::counter!(EXPIRED_PURGED, "kind" => "overwritten_version")
             .increment(batch.versions);
         // Short: nothing older was left but rows others hold (deleted next round). Rows
         // expire no faster than pushes wrote them, so the loop ends.
         let full = u64::from(batch_rows);
-        if batch.keys < full && batch.versions < full {
+        if batch.keys < full && batch.versions < full && batch.moves < full {
             return Ok(report);
         }
     }
@@ -155,12 +160,13 @@ pub async fn run(
             outcome = purge_expired(&store, batch_rows) => outcome,
         };
         match expiry {
-            Ok(r) if r.keys + r.versions > 0 => {
+            Ok(r) if r.keys + r.versions + r.moves > 0 => {
                 tracing::info!(
                     keys = r.keys,
                     versions = r.versions,
+                    removal_records = r.moves,
                     batches = r.batches,
-                    "purged expired push keys and overwritten versions"
+                    "purged expired push keys, overwritten versions and removal records"
                 );
             }
             Ok(_) => {}

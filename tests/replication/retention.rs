@@ -27,7 +27,7 @@ use syncline::protocol::{
     Collections, DocumentInput, Limits, Principal, Replicator, ReplicatorParts, RowInput,
     StreamEvent,
 };
-use syncline::purge::purge_collection;
+use syncline::purge::{purge_collection, purge_expired};
 use syncline::store::postgres::{PgStore, PoolSettings};
 use syncline::store::{PageLimit, Position, Resume, Store};
 use tokio_util::sync::CancellationToken;
@@ -817,4 +817,58 @@ async fn a_stream_overtaken_by_a_purge_while_open_resyncs() {
     .execute(&mut admin)
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn removal_records_go_with_the_tombstones_below_the_purge_horizon() {
+    let server = server_with(|cfg| {
+        let tasks = cfg
+            .collections
+            .iter_mut()
+            .find(|c| c.name == "tasks")
+            .expect("tasks");
+        tasks.filter_fields.insert("v".into(), "number".into());
+    })
+    .await;
+    let url = server.db_url.clone();
+    let mut c = server.client().await;
+    let ids = names("r", 0..10);
+    create(&mut c, "tasks", &ids).await;
+    // Six deletions (removal records at their positions), then four later edits of `v`.
+    delete(&mut c, "tasks", &ids[..6]).await;
+    let edits = ids[6..]
+        .iter()
+        .map(|id| {
+            update(
+                doc(id, json!({"id": id, "v": 2})),
+                doc(id, json!({"id": id, "v": 1})),
+            )
+        })
+        .collect();
+    assert!(push(&mut c, "tasks", edits).await.is_empty());
+    let moves = |url: String| async move {
+        let mut db = sqlx::PgConnection::connect(&url).await.expect("connect");
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM syncline_moves WHERE collection = 'tasks'",
+        )
+        .fetch_one(&mut db)
+        .await
+        .expect("count moves")
+    };
+    assert_eq!(moves(url.clone()).await, 10);
+
+    let store = store_on(&url);
+    // Nothing below a horizon before the first purge.
+    assert_eq!(purge_expired(&store, 100).await.unwrap().moves, 0);
+    age(&url, "tasks", Some(&ids[..6])).await;
+    let report = purge_collection(&store, "tasks", MONTH, 100).await.unwrap();
+    assert_eq!(report.purged, 6);
+    // Batches of two: the loop goes on while batches come back full.
+    let expiry = purge_expired(&store, 2).await.unwrap();
+    assert_eq!(expiry.moves, 6, "{expiry:?}");
+    assert_eq!(
+        moves(url.clone()).await,
+        4,
+        "the records above the horizon stay"
+    );
 }

@@ -63,6 +63,17 @@ DELETE FROM syncline_overwritten WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM syncline_overwritten WHERE expires_at <= now()
     ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED))";
 
+// Removal records (migration 0012) at or below their collection's purge horizon: every reader
+// that could need one is expired (its position is at or below the horizon, and a reader whose
+// floor keeps it unexpired skips records older than its floor, which these are). Deleted in
+// batches like the expired keys, by any replica at any time.
+const EXPIRED_MOVES_SQL: &str = "
+DELETE FROM syncline_moves WHERE ctid = ANY(ARRAY(
+    SELECT m.ctid FROM syncline_moves m
+    JOIN syncline_purge_horizon p ON p.collection = m.collection
+    WHERE (m.change_xid, m.change_seq) <= (p.change_xid, p.change_seq)
+    LIMIT $1 FOR UPDATE OF m SKIP LOCKED))";
+
 const PREVIEW_SQL: &str = "
 SELECT count(*), min(updated_at), max(updated_at) FROM syncline_documents
 WHERE collection = $1 AND deleted AND updated_at < now() - $2::bigint * interval '1 second'";
@@ -88,6 +99,8 @@ pub struct ExpiredBatch {
     pub keys: u64,
     /// Expired overwritten versions.
     pub versions: u64,
+    /// Removal records at or below their collection's purge horizon.
+    pub moves: u64,
 }
 
 /// The tombstones a purge would delete now.
@@ -150,13 +163,15 @@ impl PgStore {
         })
     }
 
-    /// Deletes up to `rows` expired idempotency keys and up to `rows` expired overwritten
-    /// versions, oldest first, passing over rows another transaction holds.
+    /// Deletes up to `rows` expired idempotency keys, up to `rows` expired overwritten
+    /// versions and up to `rows` removal records below the purge horizon, oldest first,
+    /// passing over rows another transaction holds.
     pub async fn purge_expired_batch(&self, rows: u32) -> Result<ExpiredBatch, StoreError> {
         let mut batch = ExpiredBatch::default();
         for (sql, count) in [
             (EXPIRED_KEYS_SQL, &mut batch.keys),
             (EXPIRED_VERSIONS_SQL, &mut batch.versions),
+            (EXPIRED_MOVES_SQL, &mut batch.moves),
         ] {
             *count = sqlx::query(sql)
                 .bind(i64::from(rows))
