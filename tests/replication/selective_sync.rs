@@ -623,3 +623,105 @@ async fn a_seeded_race_of_writers_and_filtered_readers_ends_exact() {
         task.abort();
     }
 }
+
+/// Every node of `plan` (EXPLAIN JSON) that reads `relation`, as (node type, index name).
+fn reads(plan: &Value, relation: &str, out: &mut Vec<(String, String)>) {
+    match plan {
+        Value::Array(items) => items.iter().for_each(|v| reads(v, relation, out)),
+        Value::Object(map) => {
+            let kind = map.get("Node Type").and_then(Value::as_str).unwrap_or("");
+            let index = map.get("Index Name").and_then(Value::as_str).unwrap_or("");
+            let on = map.get("Relation Name").and_then(Value::as_str);
+            if on == Some(relation)
+                || (kind == "Bitmap Index Scan" && index.starts_with("syncline_filter_"))
+            {
+                out.push((kind.to_owned(), index.to_owned()));
+            }
+            map.values().for_each(|v| reads(v, relation, out));
+        }
+        _ => {}
+    }
+}
+
+/// A selective selector over a large collection is served by the declared fields' indexes
+/// (btree for scalars, GIN for arrays), and the removal records by their position index:
+/// never a scan of the whole table.
+#[tokio::test]
+async fn filtered_pages_are_served_by_the_declared_fields_indexes() {
+    let server = server().await;
+    let mut db = server.db().await;
+    sqlx::query(
+        "INSERT INTO syncline_documents (collection, id, body)
+         SELECT 'tasks', 'd' || lpad(i::text, 6, '0'),
+                jsonb_build_object('team', CASE WHEN i % 100 = 0 THEN 'needle' ELSE 'hay' || (i % 50) END,
+                                   'priority', i % 1000,
+                                   'tags', CASE WHEN i % 100 = 1 THEN '[\"x\"]'::jsonb ELSE '[\"y\"]'::jsonb END,
+                                   'notes', repeat(md5(i::text), 4))
+         FROM generate_series(1, 20000) AS i",
+    )
+    .execute(&mut db)
+    .await
+    .expect("load");
+    sqlx::query("ANALYZE syncline_documents")
+        .execute(&mut db)
+        .await
+        .expect("analyze");
+    let mut config = Config::from_toml(
+        r#"
+        [auth]
+        mode = "none"
+        [[collections]]
+        name = "tasks"
+        filter_fields = { done = "boolean", team = "string", priority = "number", "meta.region" = "string", tags = "string[]" }
+        "#,
+    )
+    .expect("config");
+    config.database_url = Some(server.db_url.clone());
+    let collections = syncline::protocol::Collections::from_config(&config).expect("collections");
+    let tasks = collections.get("tasks").expect("tasks");
+    let store = syncline::server::open_store(&config).expect("store");
+    for selector in [
+        json!({"team": "needle"}),
+        json!({"team": {"$in": ["needle", "hay1"]}}),
+        json!({"priority": {"$gte": 990}}),
+        json!({"tags": "x"}),
+        json!({"$or": [{"team": "needle"}, {"tags": "x"}]}),
+    ] {
+        let filter = syncline::protocol::selective::filter(&tasks, selector.to_string().as_bytes())
+            .expect("valid")
+            .expect("filtered");
+        for after in [
+            syncline::store::Resume::default(),
+            syncline::store::Resume::new(syncline::store::Position { tx: 1, seq: 1 }, 0),
+        ] {
+            let plan = store
+                .explain_filtered(
+                    "tasks",
+                    None,
+                    &filter.read,
+                    after,
+                    syncline::store::PageLimit::new(1000, 4 << 20),
+                )
+                .await
+                .expect("explain");
+            let mut documents = Vec::new();
+            reads(&plan, "syncline_documents", &mut documents);
+            let mut moves = Vec::new();
+            reads(&plan, "syncline_moves", &mut moves);
+            assert!(
+                documents
+                    .iter()
+                    .chain(&moves)
+                    .all(|(kind, _)| kind != "Seq Scan"),
+                "{selector}: {documents:?} {moves:?}\n{plan:#}"
+            );
+            assert!(
+                documents
+                    .iter()
+                    .any(|(_, index)| index.starts_with("syncline_filter_")),
+                "{selector}: the declared fields' index is not used: {documents:?}\n{plan:#}"
+            );
+        }
+    }
+    store.close().await;
+}
