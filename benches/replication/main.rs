@@ -26,6 +26,7 @@ mod push;
 mod reconcile;
 mod report;
 mod scaling;
+mod selective;
 mod server;
 mod settings;
 mod stats;
@@ -138,6 +139,10 @@ async fn run_all(ctx: &Ctx<'_>) -> Report {
     if s.runs("plans") {
         phase("9. plan stability: just loaded vs analyzed");
         plans::run(ctx, &mut report).await;
+    }
+    if s.runs("selective") {
+        phase("10. selective sync: a 1% selector's initial sync, filtered fan-out");
+        selective::run(ctx, &mut report).await;
     }
     report.notes.push(
         "Each figure is the median of the rounds; Syncline and its baseline alternate \

@@ -70,9 +70,12 @@ pub struct Settings {
     pub plans_docs: usize,
     /// Scenario 9: timed calls of each kind per database per round (`BENCH_PLANS_SAMPLES`).
     pub plans_samples: usize,
+    /// Scenario 10 a: documents in the collection a 1% selector syncs from
+    /// (`BENCH_SELECTIVE_DOCS`).
+    pub selective_docs: usize,
     /// Port of the benchmark's own PostgreSQL cluster (`BENCH_PG_PORT`).
     pub pg_port: u16,
-    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse,import,plans`); all when unset.
+    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse,import,plans,selective`); all when unset.
     pub only: Option<Vec<String>>,
 }
 
@@ -116,6 +119,7 @@ impl Settings {
             reconcile_docs: env_usize("BENCH_RECONCILE_DOCS", pick(100_000, 2_000)).max(200),
             plans_docs: env_usize("BENCH_PLANS_DOCS", pick(200_000, 2_000)).max(100),
             plans_samples: env_usize("BENCH_PLANS_SAMPLES", pick(200, 10)).max(1),
+            selective_docs: env_usize("BENCH_SELECTIVE_DOCS", pick(1_000_000, 5_000)).max(100),
             pg_port: env_usize("BENCH_PG_PORT", 55460) as u16,
             only: std::env::var("BENCH_ONLY")
                 .ok()
