@@ -774,6 +774,119 @@ mod tests {
         assert_eq!(ids(tail.take(p(20), None, n(10))).0, vec!["e"]);
     }
 
+    fn fields() -> FilterFields {
+        let declared = [("done".to_owned(), "boolean".to_owned())]
+            .into_iter()
+            .collect();
+        FilterFields::from_config("c", &declared).expect("fields")
+    }
+
+    fn with_body(id: &str, owner: &str, tx: i64, body: &str, deleted: bool) -> StoredDocument {
+        StoredDocument {
+            body: body.into(),
+            deleted,
+            ..doc(id, owner, tx)
+        }
+    }
+
+    fn record(id: &str, owner: &str, tx: i64, previous: &str) -> MoveRecord {
+        MoveRecord {
+            id: id.into(),
+            owner: owner.into(),
+            position: Position { tx, seq: 0 },
+            previous: previous.into(),
+        }
+    }
+
+    /// (id, deleted, left_scope) of what `view` takes after `after`.
+    fn taken(tail: &Tail, after: i64, view: View<'_>) -> Vec<(String, bool, bool)> {
+        match tail.take_view(Position { tx: after, seq: 0 }, view, n(100)) {
+            Take::Covered { documents, .. } => documents
+                .into_iter()
+                .map(|d| (d.id, d.deleted, d.left_scope))
+                .collect(),
+            Take::NotCovered => panic!("not covered"),
+        }
+    }
+
+    #[test]
+    fn filtered_views_get_matches_and_one_removal_per_document_above_their_floor() {
+        let fields = fields();
+        let tail = Tail::with_fields("c", 100, usize::MAX, fields.clone());
+        {
+            let mut b = tail.buffer.write().unwrap();
+            b.ready = true;
+            b.from = Position { tx: 10, seq: 0 };
+            b.head = b.from;
+        }
+        let open = Selector::parse(&serde_json::json!({"done": false}), &fields).expect("selector");
+        // a: edited out twice (records at 11 and 12), b: deleted (record at 13), c: matches,
+        // d: never matched (its record's previous state did not match either).
+        tail.append_with_moves(
+            vec![
+                with_body("a", "alice", 12, r#"{"done": true, "x": 2}"#, false),
+                with_body("b", "bob", 13, "{}", true),
+                with_body("c", "alice", 14, r#"{"done": false}"#, false),
+                with_body("d", "alice", 15, r#"{"done": true}"#, false),
+            ],
+            vec![
+                record("a", "alice", 11, r#"{"done": false}"#),
+                record("a", "alice", 12, r#"{"done": true}"#),
+                record("b", "bob", 13, r#"{"done": false}"#),
+                record("d", "alice", 15, r#"{"done": true}"#),
+            ],
+            Position { tx: 15, seq: 0 },
+        );
+        let view = |owner, floor| View {
+            owner,
+            selector: Some(&open),
+            floor,
+        };
+        assert_eq!(
+            taken(&tail, 10, view(None, 0)),
+            vec![
+                ("a".into(), true, true),
+                ("b".into(), true, false),
+                ("c".into(), false, false)
+            ],
+            "a removal for a (once), a deletion for b, the match c, nothing of d"
+        );
+        assert_eq!(
+            taken(&tail, 10, view(Some("alice"), 0)),
+            vec![("a".into(), true, true), ("c".into(), false, false)],
+            "another owner's records are not this reader's"
+        );
+        assert_eq!(
+            taken(&tail, 10, view(None, 12)),
+            vec![("b".into(), true, false), ("c".into(), false, false)],
+            "records below the floor are of states the reader never held"
+        );
+        assert_eq!(
+            taken(&tail, 11, view(None, 0)),
+            vec![("b".into(), true, false), ("c".into(), false, false)],
+            "a's only matching record is at or before the position"
+        );
+        // Unfiltered views never see records, and see every latest state.
+        assert_eq!(
+            ids(tail.take(Position { tx: 10, seq: 0 }, None, n(100))).0,
+            vec!["a", "b", "c", "d"]
+        );
+        // Moved back in: the document, no removal.
+        tail.append_with_moves(
+            vec![with_body("a", "alice", 16, r#"{"done": false}"#, false)],
+            vec![record("a", "alice", 16, r#"{"done": true, "x": 2}"#)],
+            Position { tx: 16, seq: 0 },
+        );
+        assert_eq!(
+            taken(&tail, 10, view(None, 0)),
+            vec![
+                ("b".into(), true, false),
+                ("c".into(), false, false),
+                ("a".into(), false, false)
+            ]
+        );
+    }
+
     impl Take {
         fn is_covered(&self) -> bool {
             matches!(self, Take::Covered { .. })
