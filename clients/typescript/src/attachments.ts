@@ -230,9 +230,13 @@ export class AttachmentSync {
         const options: CallOptions = { timeoutMs: this.options.callTimeoutMs + Math.ceil(blob.size / 1024) * MS_PER_KIB };
         // A blob the server will not take (wrong digest or length, over attachment_bytes_max):
         // reported, and the row refused by the server, rather than stopping the replication.
+        // A chunk over the server's chunk_bytes_max is a configuration error (every upload
+        // would fail): it stays permanent and stops the replication.
+        const field = (error: SynclineError, name: string): boolean =>
+            error.metadata?.field === name || error.fieldViolations.some((v) => v.field === name);
         const refusedBlob = (error: SynclineError): boolean =>
-            error.code === Code.InvalidArgument ||
-            (error.code === Code.ResourceExhausted && error.fieldViolations.some((v) => v.field === "start.length"));
+            (error.code === Code.InvalidArgument && !field(error, "chunk")) ||
+            (error.code === Code.ResourceExhausted && field(error, "start.length"));
         try {
             await this.options.unary(() => client.upload(messages(), options), refusedBlob);
         } catch (err) {

@@ -8,29 +8,33 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { after, afterEach, before, describe, test } from "node:test";
 
-import type { Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
 import { addRxPlugin, type RxDocument, type RxJsonSchema } from "rxdb";
 import { RxDBAttachmentsPlugin } from "rxdb/plugins/attachments";
 
 import { replicateSyncline as replicateSynclineBrowser } from "../src/browser.js";
 import { replicateSyncline, type SynclineReplicationState, type SynclineTransportKind } from "../src/index.js";
-import type { UploadRequest } from "../src/gen/syncline/v1/attachments_pb.js";
+import type { DownloadResponse, UploadRequest } from "../src/gen/syncline/v1/attachments_pb.js";
 import { createTestDatabase, pullAll, taskSchema, waitFor, type Task, type TestDatabase } from "./support/helpers.js";
 import { SynclineServer } from "./support/server.js";
 
 addRxPlugin(RxDBAttachmentsPlugin);
 
-const COLLECTIONS = ["photo", "dedup", "restart", "change", "offline", "browser"];
+const COLLECTIONS = ["photo", "dedup", "restart", "resume", "change", "offline", "pending", "chunk", "browser"];
 
 /** `taskSchema` with attachments enabled. */
 const attachmentSchema: RxJsonSchema<Task> = { ...taskSchema, attachments: {} };
 
-/** Counts AttachmentService calls; can run a hook after each uploaded chunk. */
+/** Counts AttachmentService calls; can run a hook after each uploaded chunk, and cut a download. */
 class TransferLog {
     uploads = 0;
     uploadedChunks = 0;
     downloads = 0;
     missing = 0;
+    /** The offset of each Download's first message. */
+    downloadStarts: number[] = [];
+    /** The first Download fails (UNAVAILABLE) after this many messages. */
+    cutFirstDownloadAfter: number | undefined;
     /** Runs after chunk `n` (1-based) of an upload was handed to the transport. */
     afterUploadChunk: ((n: number) => Promise<void>) | undefined;
 
@@ -55,6 +59,24 @@ class TransferLog {
         }
         if (name === "Download") {
             this.downloads += 1;
+            const cutAfter = this.downloads === 1 ? this.cutFirstDownloadAfter : undefined;
+            const res = (await next(req)) as StreamResponse;
+            const inner = res.message as AsyncIterable<DownloadResponse>;
+            const starts = this.downloadStarts;
+            async function* observed(): AsyncGenerator<DownloadResponse> {
+                let n = 0;
+                for await (const message of inner) {
+                    if (n === 0) {
+                        starts.push(Number(message.offset));
+                    }
+                    if (cutAfter !== undefined && n === cutAfter) {
+                        throw new ConnectError("download cut by the test", Code.Unavailable);
+                    }
+                    n += 1;
+                    yield message;
+                }
+            }
+            return { ...res, message: observed() } as never;
         }
         if (name === "Missing") {
             this.missing += 1;
@@ -137,6 +159,7 @@ export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
             collectionName: string,
             log: TransferLog,
             entry: "node" | "browser" = "node",
+            extra: Partial<Parameters<typeof replicateSyncline<Task>>[0]> = {},
         ): SynclineReplicationState<Task> {
             const start = entry === "browser" ? replicateSynclineBrowser : replicateSyncline;
             const state = start<Task>({
@@ -149,6 +172,7 @@ export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
                 reconnectMaxDelayMs: 1_000,
                 attachmentChunkBytes: 65_536,
                 interceptors: [log.interceptor],
+                ...extra,
             });
             cleanups.push(() => state.cancel());
             return state;
@@ -241,6 +265,18 @@ export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
             ]);
         });
 
+        serverTest("a download cut mid-stream resumes from the byte it reached", async () => {
+            const { a, b, logB } = await twoReplicas("resume");
+            logB.cutFirstDownloadAfter = 5;
+            const bytes = new Uint8Array(randomBytes(1024 * 1024 + 7));
+            await a.tasks.insert({ id: "s1", title: "resumed" });
+            await putAttachment(a, "s1", "video.mp4", bytes, "video/mp4");
+            await waitFor("the video on B", 60_000, () => hasBytes(b, "s1", "video.mp4", bytes));
+            // The server's chunks are 64 KiB (chunk_bytes_max): the second call starts at 5 of them.
+            assert.deepEqual(logB.downloadStarts, [0, 5 * 65_536]);
+            assert.equal(logB.downloads, 2);
+        });
+
         serverTest("a changed attachment replicates its new bytes, and a removed one its removal, both ways", async () => {
             const { a, b } = await twoReplicas("change");
             const first = new Uint8Array(randomBytes(100_000));
@@ -282,6 +318,38 @@ export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
             const again = replicate(b, "offline", new TransferLog(), kind === "grpc-web" ? "browser" : "node");
             await again.awaitInitialReplication();
             await waitFor("the attachment on B", 30_000, () => hasBytes(b, "o1", "img.png", bytes));
+        });
+
+        serverTest("an attachment added while the app was closed is uploaded when it replicates again", async () => {
+            const { a, b, ra } = await twoReplicas("pending");
+            await ra.cancel();
+            const bytes = new Uint8Array(randomBytes(300_000));
+            await a.tasks.insert({ id: "q1", title: "written offline" });
+            await putAttachment(a, "q1", "draft.bin", bytes, "application/octet-stream");
+            const log = new TransferLog();
+            const again = replicate(a, "pending", log);
+            await again.awaitInitialReplication();
+            await waitFor("the attachment on B", 30_000, () => hasBytes(b, "q1", "draft.bin", bytes));
+            assert.equal(log.uploads, 1);
+        });
+
+        serverTest("chunks over the server's chunk_bytes_max stop the replication and keep the local attachment", async () => {
+            const a = await database("a");
+            const state = replicate(a, "chunk", new TransferLog(), "node", { attachmentChunkBytes: 65_537 });
+            const errors: unknown[] = [];
+            const sub = state.error$.subscribe((err) => errors.push(err));
+            cleanups.push(async () => sub.unsubscribe());
+            await state.awaitInitialReplication();
+            const bytes = new Uint8Array(randomBytes(200_000));
+            await a.tasks.insert({ id: "k1", title: "too big chunks" });
+            await putAttachment(a, "k1", "big.bin", bytes, "application/octet-stream");
+            await waitFor("the replication stopped", 30_000, () => state.isStopped());
+            assert.ok(
+                errors.some((err) => /chunk_bytes_max/.test(JSON.stringify(err))),
+                `an error names chunk_bytes_max: ${JSON.stringify(errors).slice(0, 2000)}`,
+            );
+            // Not handed back as a refused row: the local document keeps its attachment.
+            assert.ok(await hasBytes(a, "k1", "big.bin", bytes));
         });
 
         if (kind === "grpc-web") {
