@@ -54,8 +54,6 @@ export interface AttachmentSyncOptions {
     callTimeoutMs: number;
     /** Bytes per Upload chunk (at most the server's `chunk_bytes_max`). */
     chunkBytes: number;
-    /** Why this transport cannot upload (gRPC-Web over fetch), or undefined when it can. */
-    uploadUnsupported?: string;
     /** core.ts's unary call: refreshes an expired token; permanent errors stop replication. */
     unary: <T>(call: () => Promise<T>, handled?: (err: SynclineError) => boolean) => Promise<T>;
     /** core.ts's verdict on a failed call: a permanent error stops the replication. */
@@ -192,9 +190,6 @@ export class AttachmentSync {
 
     private async upload(digest: string, docId: string, name: string, entry: Entry): Promise<void> {
         const { collectionName, client, chunkBytes } = this.options;
-        if (this.options.uploadUnsupported !== undefined) {
-            throw this.options.fail(this.cannotUpload(this.options.uploadUnsupported));
-        }
         let blob: Blob;
         try {
             blob =
@@ -241,8 +236,9 @@ export class AttachmentSync {
             await this.options.unary(() => client.upload(messages(), options), refusedBlob);
         } catch (err) {
             const error = SynclineError.from(err);
+            // connect-web's own transport (passed in as `transport`) refuses client streams.
             if (/does not support streaming request bodies/.test(error.message)) {
-                throw this.options.fail(this.cannotUpload("this transport cannot stream a request"));
+                throw this.options.fail(this.cannotUpload());
             }
             if (!refusedBlob(error)) {
                 throw error;
@@ -257,12 +253,12 @@ export class AttachmentSync {
         }
     }
 
-    private cannotUpload(why: string): SynclineError {
+    private cannotUpload(): SynclineError {
         return new SynclineError(
-            `syncline-rxdb: cannot upload attachments of '${this.options.collectionName}': ${why}. ` +
-                "AttachmentService.Upload is client-streaming, which gRPC-Web in browsers cannot do; " +
-                "replicate collections with attachments from Node.js (transport 'grpc' or 'grpc-web'), " +
-                "or only pull them in the browser",
+            `syncline-rxdb: cannot upload attachments of '${this.options.collectionName}': the ` +
+                "transport given cannot send a client stream (AttachmentService.Upload is one; " +
+                "connect-web's gRPC-Web transport over fetch refuses them). Use transport 'grpc-web' " +
+                "(the browser entry point sends uploads as one request body) or 'grpc' in Node",
             Code.Unimplemented,
         );
     }

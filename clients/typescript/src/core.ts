@@ -318,18 +318,13 @@ export function replicateSynclineWith<RxDocType>(
     };
 
     // Attachment bytes (attachments.ts): undefined for a collection without attachments, which
-    // then replicates exactly as before. The browser entry point's gRPC-Web (fetch) cannot
-    // stream a request, so it cannot Upload.
+    // then replicates exactly as before.
     const attachments = AttachmentSync.for({
         collection,
         collectionName,
         client: createClient(AttachmentService, transport),
         callTimeoutMs,
         chunkBytes: attachmentChunkBytes,
-        uploadUnsupported:
-            defaultTransport === "grpc-web" && transportOption === "grpc-web"
-                ? "gRPC-Web over fetch (the browser entry point) cannot stream a request"
-                : undefined,
         unary: (call, handled) => unary(call, handled),
         fail: (err) => callFailed(err),
         reportError: (err) => reportError(err),

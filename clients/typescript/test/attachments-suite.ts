@@ -1,14 +1,14 @@
 // The attachments suite: RxDB attachments (putAttachment / getData) replicating between two
 // RxDB databases through a real Syncline server, the bytes through AttachmentService. Run once
 // per transport (attachments-grpc.test.ts, attachments-grpc-web.test.ts). Over gRPC-Web, side
-// B uses the browser entry point (fetch): it downloads, and cannot upload (a test checks the
-// error says so).
+// B uses the browser entry point (fetch), whose uploads gather the request into one body.
 
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { after, afterEach, before, describe, test } from "node:test";
 
 import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
+import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { addRxPlugin, type RxDocument, type RxJsonSchema } from "rxdb";
 import { RxDBAttachmentsPlugin } from "rxdb/plugins/attachments";
 
@@ -178,7 +178,7 @@ export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
             return state;
         }
 
-        /** A (Node) writes; B reads, through the browser entry point over gRPC-Web. */
+        /** A and B; over gRPC-Web, B uses the browser entry point. */
         async function twoReplicas(collectionName: string) {
             const a = await database("a");
             const b = await database("b");
@@ -296,12 +296,10 @@ export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
                 return onB !== null && onB.allAttachments().length === 0;
             });
 
-            if (kind === "grpc") {
-                // B writes, A reads: an attachment added on the other side comes back.
-                const third = new Uint8Array(randomBytes(50_000));
-                await putAttachment(b, "c1", "reply.txt", third, "text/plain");
-                await waitFor("B's attachment on A", 30_000, () => hasBytes(a, "c1", "reply.txt", third));
-            }
+            // B writes, A reads (over gRPC-Web: an upload from the browser entry point).
+            const third = new Uint8Array(randomBytes(50_000));
+            await putAttachment(b, "c1", "reply.txt", third, "text/plain");
+            await waitFor("B's attachment on A", 30_000, () => hasBytes(a, "c1", "reply.txt", third));
         });
 
         serverTest("a replica that was offline gets the attachments added meanwhile when it replicates again", async () => {
@@ -353,18 +351,28 @@ export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
         });
 
         if (kind === "grpc-web") {
-            serverTest("the browser entry point says clearly that it cannot upload", async () => {
-                const b = await database("b");
-                const state = replicate(b, "browser", new TransferLog(), "browser");
+            serverTest("the browser entry point uploads a photo in chunks; connect-web's own transport is told it cannot", async () => {
+                const { a, b, logB } = await twoReplicas("browser");
+                const photo = new Uint8Array(randomBytes(2 * 1024 * 1024 + 5));
+                await b.tasks.insert({ id: "w0", title: "from a browser" });
+                await putAttachment(b, "w0", "photo.jpg", photo, "image/jpeg");
+                await waitFor("the browser's photo on A", 60_000, () => hasBytes(a, "w0", "photo.jpg", photo));
+                assert.equal(logB.uploads, 1);
+                assert.ok(logB.uploadedChunks >= Math.ceil(photo.length / 65_536), "uploaded in chunks");
+
+                const c = await database("c");
+                const state = replicate(c, "browser", new TransferLog(), "node", {
+                    transport: createGrpcWebTransport({ baseUrl: server.url }),
+                });
                 const errors: unknown[] = [];
                 const sub = state.error$.subscribe((err) => errors.push(err));
                 cleanups.push(async () => sub.unsubscribe());
                 await state.awaitInitialReplication();
-                await b.tasks.insert({ id: "w1", title: "from a browser" });
-                await putAttachment(b, "w1", "x.bin", new Uint8Array([1, 2, 3]), "application/octet-stream");
+                await c.tasks.insert({ id: "w1", title: "through connect-web" });
+                await putAttachment(c, "w1", "x.bin", new Uint8Array([1, 2, 3]), "application/octet-stream");
                 const says = (err: unknown): boolean => /cannot upload attachments of 'browser'/.test(JSON.stringify(err));
                 await waitFor("the upload error", 30_000, () => errors.some(says));
-                assert.match(JSON.stringify(errors.find(says)), /gRPC-Web/);
+                assert.match(JSON.stringify(errors.find(says)), /client stream/);
                 // A permanent error: the replication stops instead of retrying forever.
                 await waitFor("the replication stopped", 10_000, () => state.isStopped());
             });
