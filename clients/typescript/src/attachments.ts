@@ -124,12 +124,15 @@ export class AttachmentSync {
             const docId = String(state[this.primaryPath]);
             for (const [name, entry] of entriesOf(state)) {
                 if (typeof entry?.digest !== "string" || !DIGEST.test(entry.digest)) {
-                    throw new SynclineError(
-                        `syncline-rxdb: attachment '${name}' of document "${docId}" has digest ` +
-                            `'${String(entry?.digest).slice(0, 80)}', not a SHA-256 hex digest: create the ` +
-                            "RxDB database with RxDB's default hashFunction (defaultHashSha256)",
-                        Code.InvalidArgument,
-                        { documentId: docId },
+                    // A configuration error no retry fixes: permanent, the replication stops.
+                    throw this.options.fail(
+                        new SynclineError(
+                            `syncline-rxdb: attachment '${name}' of document "${docId}" has digest ` +
+                                `'${String(entry?.digest).slice(0, 80)}', not a SHA-256 hex digest: create ` +
+                                "the RxDB database with RxDB's default hashFunction (defaultHashSha256)",
+                            Code.InvalidArgument,
+                            { documentId: docId },
+                        ),
                     );
                 }
                 const seen = wanted.get(entry.digest);

@@ -9,7 +9,8 @@ import { after, afterEach, before, describe, test } from "node:test";
 
 import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
-import { addRxPlugin, type RxDocument, type RxJsonSchema } from "rxdb";
+import { addRxPlugin, createRxDatabase, type RxCollection, type RxDocument, type RxJsonSchema } from "rxdb";
+import { getRxStorageMemory } from "rxdb/plugins/storage-memory";
 import { RxDBAttachmentsPlugin } from "rxdb/plugins/attachments";
 
 import { replicateSyncline as replicateSynclineBrowser } from "../src/browser.js";
@@ -20,7 +21,7 @@ import { SynclineServer } from "./support/server.js";
 
 addRxPlugin(RxDBAttachmentsPlugin);
 
-const COLLECTIONS = ["photo", "dedup", "restart", "resume", "change", "offline", "pending", "chunk", "browser"];
+const COLLECTIONS = ["photo", "dedup", "restart", "resume", "change", "offline", "pending", "chunk", "hash", "browser"];
 
 /** `taskSchema` with attachments enabled. */
 const attachmentSchema: RxJsonSchema<Task> = { ...taskSchema, attachments: {} };
@@ -348,6 +349,28 @@ export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
             );
             // Not handed back as a refused row: the local document keeps its attachment.
             assert.ok(await hasBytes(a, "k1", "big.bin", bytes));
+        });
+
+        serverTest("a database with another hashFunction stops the replication with an error naming it", async () => {
+            const db = await createRxDatabase({
+                name: `hash${Date.now()}`,
+                storage: getRxStorageMemory(),
+                multiInstance: false,
+                hashFunction: async (input) => `md5-${String(typeof input === "string" ? input.length : 0)}`,
+            });
+            cleanups.push(() => db.close());
+            const { tasks } = await db.addCollections({ tasks: { schema: attachmentSchema } });
+            const side: TestDatabase = { db, tasks: tasks as RxCollection<Task> };
+            const state = replicate(side, "hash", new TransferLog());
+            const errors: unknown[] = [];
+            const sub = state.error$.subscribe((err) => errors.push(err));
+            cleanups.push(async () => sub.unsubscribe());
+            await state.awaitInitialReplication();
+            await side.tasks.insert({ id: "h1", title: "other hash" });
+            await putAttachment(side, "h1", "a.bin", new Uint8Array([1, 2, 3]), "application/octet-stream");
+            await waitFor("the replication stopped", 30_000, () => state.isStopped());
+            assert.ok(errors.some((err) => /defaultHashSha256/.test(JSON.stringify(err))), "the error names the hash function");
+            assert.equal((await pullAll(server.url, kind, "hash")).get("h1")?.body._attachments, undefined, "no attachment pushed");
         });
 
         if (kind === "grpc-web") {
