@@ -3,7 +3,9 @@
 // RxDB side: `WithDeleted<RxDocType>` — the document's own fields (primary key included) plus
 // `_deleted`, sometimes with `_meta`, `_rev` and `_attachments` still attached.
 // Syncline side: `Document { id, json, deleted, revision, updated_at, owner }` where `json` is
-// the document body as one UTF-8 JSON object. With an owner field (`ownerField`), `owner`
+// the document body as one UTF-8 JSON object. Attachments (collections whose schema has
+// `attachments`) travel in the body as RxDB describes them, `_attachments: {name: {digest,
+// length, type}}`, never with their `data` (attachments.ts moves the bytes). With an owner field (`ownerField`), `owner`
 // travels in that field of the RxDB document and never in the body, so that the body compared
 // for conflicts is the same on both sides.
 
@@ -21,7 +23,9 @@ export type RxDocState = Record<string, unknown> & { _deleted: boolean };
 
 /**
  * The document body sent to the server: the RxDB state without RxDB's own fields and without
- * the owner field, when there is one.
+ * the owner field, when there is one. Non-empty `_attachments` stay, as metadata only
+ * (`digest`, `length`, `type`; never `data`); an empty one is left out, so that a document
+ * without attachments has the same body in every collection.
  */
 export function documentBody(state: Record<string, unknown>, ownerField?: string): Record<string, unknown> {
     const body: Record<string, unknown> = {};
@@ -31,7 +35,26 @@ export function documentBody(state: Record<string, unknown>, ownerField?: string
         }
         body[key] = value;
     }
+    const attachments = attachmentMetadata(state._attachments);
+    if (attachments !== undefined) {
+        body._attachments = attachments;
+    }
     return body;
+}
+
+/**
+ * `_attachments` as the server stores it: each entry's `digest`, `length` and `type`, without
+ * RxDB's `data`; undefined when there is none.
+ */
+function attachmentMetadata(value: unknown): Record<string, unknown> | undefined {
+    if (value === null || typeof value !== "object" || Object.keys(value).length === 0) {
+        return undefined;
+    }
+    const out: Record<string, unknown> = {};
+    for (const [name, entry] of Object.entries(value as Record<string, Record<string, unknown>>)) {
+        out[name] = { digest: entry?.digest, length: entry?.length, type: entry?.type };
+    }
+    return out;
 }
 
 /**
@@ -62,9 +85,16 @@ export function toServerDocument(
 /**
  * A Syncline `Document` as an RxDB document state: the body's fields, the primary key from
  * `id`, `_deleted` from `deleted`, and `owner` in `ownerField` when given. A tombstone with an
- * empty body becomes `{ [primaryPath]: id, _deleted: true }`.
+ * empty body becomes `{ [primaryPath]: id, _deleted: true }`. With `withAttachments` (a
+ * collection whose schema has attachments) the body's `_attachments` metadata is kept, `{}`
+ * when absent (attachments.ts completes it with the bytes before RxDB gets it).
  */
-export function fromServerDocument(doc: Document, primaryPath: string, ownerField?: string): RxDocState {
+export function fromServerDocument(
+    doc: Document,
+    primaryPath: string,
+    ownerField?: string,
+    withAttachments = false,
+): RxDocState {
     let body: Record<string, unknown> = {};
     if (doc.json.length > 0) {
         const parsed: unknown = JSON.parse(decoder.decode(doc.json));
@@ -79,6 +109,11 @@ export function fromServerDocument(doc: Document, primaryPath: string, ownerFiel
             continue;
         }
         state[key] = value;
+    }
+    if (withAttachments) {
+        // Always present (`{}` without attachments, and on tombstones): RxDB refuses to push
+        // a document whose assumed master state has no `_attachments` (AT4).
+        state._attachments = doc.deleted || body._attachments === undefined ? {} : body._attachments;
     }
     state[primaryPath] = doc.id;
     if (ownerField !== undefined) {

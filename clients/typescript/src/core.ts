@@ -34,6 +34,7 @@ import type {
 } from "rxdb";
 import { replicateRxCollection, type RxReplicationState } from "rxdb/plugins/replication";
 
+import { AttachmentSync } from "./attachments.js";
 import { canonicalBody, fromServerDocument, toServerDocument } from "./convert.js";
 import { SynclineError } from "./errors.js";
 import { AbsorbedStates, PendingPushKeys } from "./push-keys.js";
@@ -50,6 +51,7 @@ import {
     ReplicationService,
     SubscribeRequestSchema,
 } from "./gen/syncline/v1/replication_pb.js";
+import { AttachmentService } from "./gen/syncline/v1/attachments_pb.js";
 
 /** The checkpoint RxDB stores for a Syncline replication: the server's opaque token. */
 export interface SynclineCheckpoint {
@@ -125,6 +127,12 @@ export interface SynclineReplicationOptions<RxDocType> {
      * because a server built without gzip support refuses compressed requests (UNIMPLEMENTED).
      */
     compression?: SynclineCompression;
+    /**
+     * Bytes per chunk when uploading an attachment (collections whose schema has
+     * `attachments`); at most the server's `chunk_bytes_max` (1 MiB by default). Default
+     * 262144 (256 KiB).
+     */
+    attachmentChunkBytes?: number;
     /** RxDB pull/push modifiers, passed through. */
     pull?: Pick<ReplicationPullOptions<RxDocType, SynclineCheckpoint>, "modifier">;
     push?: Pick<ReplicationPushOptions<RxDocType>, "modifier">;
@@ -248,6 +256,10 @@ export function replicateSynclineWith<RxDocType>(
     let emitToStream: ((item: RxReplicationPullStreamItem<RxDocType, SynclineCheckpoint>) => void) | undefined;
 
     const callOptions = (): CallOptions => ({ timeoutMs: callTimeoutMs });
+    const attachmentChunkBytes = options.attachmentChunkBytes ?? 256 * 1024;
+    if (!Number.isInteger(attachmentChunkBytes) || attachmentChunkBytes < 1) {
+        throw new Error(`syncline-rxdb: attachmentChunkBytes must be a positive integer, not ${attachmentChunkBytes}`);
+    }
 
     let replicationState: SynclineReplicationState<RxDocType> | undefined;
     const reportError = (err: Error): void => {
@@ -305,6 +317,19 @@ export function replicateSynclineWith<RxDocType>(
         }
     };
 
+    // Attachment bytes (attachments.ts): undefined for a collection without attachments, which
+    // then replicates exactly as before.
+    const attachments = AttachmentSync.for({
+        collection,
+        collectionName,
+        client: createClient(AttachmentService, transport),
+        callTimeoutMs,
+        chunkBytes: attachmentChunkBytes,
+        unary: (call, handled) => unary(call, handled),
+        fail: (err) => callFailed(err),
+        reportError: (err) => reportError(err),
+    });
+
     // The server revision of each live document handed to RxDB (Pull, stream, conflict,
     // reconcile), with a hash of the body it came with, kept beside the collection
     // (revisions.ts): what a reconcile compares. A revision counts only while the local
@@ -313,7 +338,7 @@ export function replicateSynclineWith<RxDocType>(
     // through this plugin, the document is compared with an empty revision, so its bucket is
     // listed and it is fetched if the server still has it live: exact, only less frugal.
     const received = (docs: readonly Document[]): WithDeleted<RxDocType>[] => {
-        const states = docs.map((doc) => fromServerDocument(doc, primaryPath, ownerField));
+        const states = docs.map((doc) => fromServerDocument(doc, primaryPath, ownerField, attachments !== undefined));
         const entries = docs.map((doc, i) =>
             doc.deleted ? { id: doc.id } : { id: doc.id, revision: doc.revision, body: canonicalBody(states[i], ownerField) },
         );
@@ -352,14 +377,17 @@ export function replicateSynclineWith<RxDocType>(
     const reconcileAndPull = async (
         limit: number,
     ): Promise<{ documents: WithDeleted<RxDocType>[]; token: string | undefined }> => {
-        const local: Array<{ primary: unknown; toJSON: () => Record<string, unknown> }> = await collection
+        const local: Array<{ primary: unknown; toJSON: (withMeta?: boolean) => Record<string, unknown> }> = await collection
             .find()
             .exec();
         const seen = await (await revisions).lookup(local.map((doc) => String(doc.primary)));
         const held: Array<readonly [string, string]> = [];
         for (let i = 0; i < local.length; i += 1_000) {
             const chunk = local.slice(i, i + 1_000);
-            const hashes = await Promise.all(chunk.map((doc) => sha256Hex(canonicalBody(doc.toJSON(), ownerField))));
+            // With attachments, the local body includes their metadata, as the server's does.
+            const hashes = await Promise.all(
+                chunk.map((doc) => sha256Hex(canonicalBody(doc.toJSON(attachments !== undefined), ownerField))),
+            );
             chunk.forEach((doc, j) => {
                 const id = String(doc.primary);
                 const last = seen.get(id);
@@ -426,6 +454,9 @@ export function replicateSynclineWith<RxDocType>(
             ({ documents, token } = await reconcileAndPull(limit));
             streamCheckpointStale = true;
         }
+        if (attachments) {
+            documents = await attachments.complete(documents);
+        }
         const next: SynclineCheckpoint | undefined = token ? { token } : checkpoint;
         if (next && (streamCheckpoint === undefined || streamCheckpointStale || documents.length > 0)) {
             streamCheckpoint = next;
@@ -455,6 +486,9 @@ export function replicateSynclineWith<RxDocType>(
                 next: row.newDocumentState as unknown as Record<string, unknown>,
                 assumed: row.assumedMasterState as unknown as Record<string, unknown> | undefined,
             }));
+            if (attachments) {
+                await attachments.beforePush(states.map(({ next }) => next));
+            }
             const request = create(PushRequestSchema, {
                 collection: collectionName,
                 mode: PushMode.PER_ROW,
@@ -491,10 +525,16 @@ export function replicateSynclineWith<RxDocType>(
                 reportError(refusalError(refused));
                 const row = rows[refused.index]?.newDocumentState as unknown as Record<string, unknown> | undefined;
                 masterStates.push(
-                    refusedMasterState(refused, row, primaryPath, ownerField) as unknown as WithDeleted<RxDocType>,
+                    refusedMasterState(
+                        refused,
+                        row,
+                        primaryPath,
+                        ownerField,
+                        attachments !== undefined,
+                    ) as unknown as WithDeleted<RxDocType>,
                 );
             }
-            return masterStates;
+            return attachments ? await attachments.complete(masterStates) : masterStates;
         } finally {
             pushesInFlight -= 1;
             if (pushesInFlight === 0 && batchWithheldDuringPush) {
@@ -589,6 +629,12 @@ export function replicateSynclineWith<RxDocType>(
                                 }
                                 if (pushesInFlight > 0) {
                                     batchWithheldDuringPush = true;
+                                    continue;
+                                }
+                                // Attachment bytes are fetched by the pull handler (the stream
+                                // cannot wait for them): let RxDB pull this batch.
+                                if (attachments?.describesAttachments(event.value.documents)) {
+                                    subscriber.next("RESYNC");
                                     continue;
                                 }
                                 subscriber.next({

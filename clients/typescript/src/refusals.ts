@@ -27,16 +27,19 @@ export function refusalError(refused: RefusedRow): SynclineError {
  * current state when the caller may see it (the local copy reverts to it), else the row's
  * own state deleted (the local copy is dropped; keeping its fields keeps it valid for the
  * local schema). RxDB's default conflict handler takes the master state, records it as the
- * assumed master, and so never pushes the row again.
+ * assumed master, and so never pushes the row again. `withAttachments` (the collection has
+ * attachments): the server's state keeps its `_attachments` metadata (attachments.ts then
+ * completes every master state with the bytes, and gives the deleted one `_attachments: {}`).
  */
 export function refusedMasterState(
     refused: RefusedRow,
     row: Record<string, unknown> | undefined,
     primaryPath: string,
     ownerField: string | undefined,
+    withAttachments = false,
 ): RxDocState {
     if (refused.current) {
-        return fromServerDocument(refused.current, primaryPath, ownerField);
+        return fromServerDocument(refused.current, primaryPath, ownerField, withAttachments);
     }
     const state: Record<string, unknown> = {};
     for (const [key, value] of Object.entries(row ?? {})) {

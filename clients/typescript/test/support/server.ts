@@ -232,6 +232,17 @@ export class SynclineServer {
         psql(this.adminUrl, `DROP DATABASE IF EXISTS "${this.database}" WITH (FORCE)`);
     }
 
+    /** Runs `sql` on the server's database; the result rows, `|`-separated values per line. */
+    query(sql: string): string[] {
+        const result = spawnSync("psql", [this.databaseUrl, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql], {
+            encoding: "utf8",
+        });
+        if (result.error || result.status !== 0) {
+            throw new Error(`psql failed (${sql}): ${result.error?.message ?? result.stderr}`);
+        }
+        return result.stdout.split("\n").filter((line) => line.length > 0);
+    }
+
     log(): string {
         try {
             return readFileSync(this.logPath, "utf8");
