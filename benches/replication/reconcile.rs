@@ -203,6 +203,7 @@ async fn reconcile(
             within_bits: 0,
             within: vec![],
             digests: Some(wire(&digests_of_keys(items(), L1, 0, &[]))),
+            selector: Vec::new(),
         })
         .await
         .expect("reconcile round 1")
@@ -218,6 +219,7 @@ async fn reconcile(
                 within_bits: L1,
                 within: within.to_vec(),
                 digests: Some(wire(&digests_of_keys(items(), L2, L1, within))),
+                selector: Vec::new(),
             })
             .await
             .expect("reconcile round 2")
@@ -256,6 +258,7 @@ async fn reconcile(
                 collection: COLLECTION.into(),
                 bucket_bits: L2,
                 buckets: buckets.clone(),
+                selector: Vec::new(),
             })
             .await
             .expect("reconcile list")
@@ -284,6 +287,7 @@ async fn reconcile(
             .fetch(FetchRequest {
                 collection: COLLECTION.into(),
                 ids: ask.to_vec(),
+                selector: Vec::new(),
             })
             .await
             .expect("fetch")

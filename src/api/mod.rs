@@ -156,6 +156,7 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
                 r.within_bits,
                 &r.within,
                 (&digests.buckets, &digests.counts, &digests.sums),
+                &r.selector,
             )
             .await?;
         let mut differing = BucketDigests::default();
@@ -181,7 +182,13 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
         let r = request.into_inner();
         let listed = self
             .replicator
-            .reconcile_list(&principal, &r.collection, r.bucket_bits, &r.buckets)
+            .reconcile_list(
+                &principal,
+                &r.collection,
+                r.bucket_bits,
+                &r.buckets,
+                &r.selector,
+            )
             .await?;
         Ok(compression::reply(ReconcileListResponse {
             documents: listed
@@ -199,7 +206,7 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
         let r = request.into_inner();
         let fetched = self
             .replicator
-            .fetch(&principal, &r.collection, &r.ids)
+            .fetch(&principal, &r.collection, &r.ids, &r.selector)
             .await?;
         Ok(compression::reply(FetchResponse {
             documents: fetched

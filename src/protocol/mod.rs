@@ -224,15 +224,6 @@ impl<S: Store> Replicator<S> {
         }
     }
 
-    /// The checkpoint tokens of `principal` on `collection`.
-    async fn tokens(
-        &self,
-        collection: &str,
-        principal: &Principal,
-    ) -> Result<checkpoint::Tokens, ProtocolError> {
-        self.filtered_tokens(collection, principal, None).await
-    }
-
     /// The checkpoint tokens of `principal` on `collection` under the filter of digest
     /// `filter` (`None`: unfiltered).
     async fn filtered_tokens(

@@ -290,9 +290,11 @@ impl<S: Store> Replicator<S> {
         within_bits: u32,
         within: &[u32],
         client: (&[u32], &[u32], &[u64]),
+        selector: &[u8],
     ) -> Result<ReconcileRound, ProtocolError> {
         let collection = self.collections.get(collection)?;
         principal.check_read(&collection)?;
+        let filter = self.filter(&collection, selector)?;
         let max = self.reconcile_limits.digests_max;
         check_bits(bits, "bucket_bits")?;
         if within_bits > bits {
@@ -339,12 +341,19 @@ impl<S: Store> Replicator<S> {
                 ),
             ));
         }
-        let tokens = self.tokens(&collection.name, principal).await?;
+        let tokens = self
+            .filtered_tokens(
+                &collection.name,
+                principal,
+                filter.as_ref().map(|f| &f.digest),
+            )
+            .await?;
         let snapshot = self
             .store
             .bucket_digests(
                 &collection.name,
                 principal.owner_filter(),
+                filter.as_ref().map(|f| &f.read),
                 bits,
                 within_bits,
                 within,
@@ -379,9 +388,11 @@ impl<S: Store> Replicator<S> {
         collection: &str,
         bits: u32,
         buckets: &[u32],
+        selector: &[u8],
     ) -> Result<Vec<(String, String)>, ProtocolError> {
         let collection = self.collections.get(collection)?;
         principal.check_read(&collection)?;
+        let filter = self.filter(&collection, selector)?;
         check_bits(bits, "bucket_bits")?;
         let limits = self.reconcile_limits;
         if buckets.len() > limits.digests_max {
@@ -403,6 +414,7 @@ impl<S: Store> Replicator<S> {
             .bucket_documents(
                 &collection.name,
                 principal.owner_filter(),
+                filter.as_ref().map(|f| &f.read),
                 bits,
                 buckets,
                 limits.list_max.saturating_add(1),
@@ -425,9 +437,11 @@ impl<S: Store> Replicator<S> {
         principal: &super::Principal,
         collection: &str,
         ids: &[String],
+        selector: &[u8],
     ) -> Result<Fetched, ProtocolError> {
         let collection = self.collections.get(collection)?;
         principal.check_read(&collection)?;
+        let filter = self.filter(&collection, selector)?;
         let max = self.reconcile_limits.fetch_ids_max;
         if ids.len() > max {
             return Err(ProtocolError::invalid(
@@ -469,7 +483,13 @@ impl<S: Store> Replicator<S> {
         let limit = PageLimit::new(self.limits.pull_max, self.page_bytes);
         let (documents, answered) = self
             .store
-            .live_documents(&collection.name, principal.owner_filter(), ids, limit)
+            .live_documents(
+                &collection.name,
+                principal.owner_filter(),
+                filter.as_ref().map(|f| &f.read),
+                ids,
+                limit,
+            )
             .await?;
         Ok(Fetched {
             documents,

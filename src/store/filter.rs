@@ -39,6 +39,55 @@ pub struct ReadFilter {
     pub params: Vec<SqlParam>,
 }
 
+impl ReadFilter {
+    /// The predicate over `d.body` with its placeholders renumbered to start at `$first`, for
+    /// a statement with other binds than the filtered page's.
+    pub fn current_from(&self, first: usize) -> String {
+        renumber(&self.current, first)
+    }
+}
+
+/// `sql` with every placeholder `$n` (all at or above [`FILTER_FIRST_PARAM`]) moved to
+/// `$(n - FILTER_FIRST_PARAM + first)`. A compiled predicate holds `$` only in placeholders:
+/// values are parameters and paths are plain names.
+fn renumber(sql: &str, first: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let start = i + 1;
+        let mut end = start;
+        while let Some(&(j, d)) = chars.peek() {
+            if !d.is_ascii_digit() {
+                break;
+            }
+            end = j + 1;
+            chars.next();
+        }
+        if end > start {
+            let n: usize = sql[start..end].parse().unwrap_or(FILTER_FIRST_PARAM);
+            out.push_str(&(n.saturating_sub(FILTER_FIRST_PARAM) + first).to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn placeholders_are_renumbered_and_nothing_else_changes() {
+        let sql = "(d.body #> '{a}') = $8::text AND x = ANY($9::text[]) AND $10::int > 0 AND é";
+        assert_eq!(
+            super::renumber(sql, 5),
+            "(d.body #> '{a}') = $5::text AND x = ANY($6::text[]) AND $7::int > 0 AND é"
+        );
+        assert_eq!(super::renumber(sql, 8), sql);
+    }
+}
+
 /// A removal record: a write at `position` changed the declared fields of a live document
 /// `id`, or deleted it; `previous` is the projection of the state it replaced.
 #[derive(Debug, Clone, PartialEq)]

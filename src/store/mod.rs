@@ -466,12 +466,13 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Digests of the hash buckets (`bits` bits) of the live documents of `collection` (only
-    /// `owner`'s when given), only under the `within_bits`-bit prefixes `within` unless
+    /// `owner`'s when given, and only those matching `filter.current` when given), only under the `within_bits`-bit prefixes `within` unless
     /// `within_bits` is 0, read from one snapshot whose xmin comes back with them.
     fn bucket_digests(
         &self,
         _collection: &str,
         _owner: Option<&str>,
+        _filter: Option<&filter::ReadFilter>,
         _bits: u32,
         _within_bits: u32,
         _within: &[u32],
@@ -485,6 +486,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         _collection: &str,
         _owner: Option<&str>,
+        _filter: Option<&filter::ReadFilter>,
         _bits: u32,
         _buckets: &[u32],
         _max: usize,
@@ -498,6 +500,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         _collection: &str,
         _owner: Option<&str>,
+        _filter: Option<&filter::ReadFilter>,
         _ids: &[String],
         _limit: PageLimit,
     ) -> impl Future<Output = Result<(Vec<StoredDocument>, usize), StoreError>> + Send {

@@ -60,6 +60,7 @@ async fn push_as(
                 syncline::proto::FetchRequest {
                     collection: collection.into(),
                     ids: vec![id.into()],
+                    selector: Vec::new(),
                 },
                 Some(token),
             ))

@@ -109,6 +109,7 @@ pub(crate) async fn reconcile(
                 within_bits: 0,
                 within: vec![],
                 digests: Some(wire(&digests(items(), L1, 0, &[]))),
+                selector: Vec::new(),
             },
             tok,
         ))
@@ -127,6 +128,7 @@ pub(crate) async fn reconcile(
                     within_bits: L1,
                     within: within.to_vec(),
                     digests: Some(wire(&digests(items(), L2, L1, within))),
+                    selector: Vec::new(),
                 },
                 tok,
             ))
@@ -146,6 +148,7 @@ pub(crate) async fn reconcile(
                     collection: collection.into(),
                     bucket_bits: L2,
                     buckets: chunk.iter().map(|(b, _)| *b).collect(),
+                    selector: Vec::new(),
                 },
                 tok,
             ))
@@ -174,6 +177,7 @@ pub(crate) async fn reconcile(
                 FetchRequest {
                     collection: collection.into(),
                     ids: ask.to_vec(),
+                    selector: Vec::new(),
                 },
                 tok,
             ))
@@ -342,6 +346,7 @@ async fn a_stale_copy_comes_back_exact_and_never_sees_another_owner() {
                 within_bits: 0,
                 within: vec![],
                 digests: None,
+                selector: Vec::new(),
             },
             &alice,
         ))
@@ -357,6 +362,7 @@ async fn a_stale_copy_comes_back_exact_and_never_sees_another_owner() {
                 collection: "tasks".into(),
                 bucket_bits: 0,
                 buckets: vec![0],
+                selector: Vec::new(),
             },
             &alice,
         ))
@@ -371,6 +377,7 @@ async fn a_stale_copy_comes_back_exact_and_never_sees_another_owner() {
             FetchRequest {
                 collection: "tasks".into(),
                 ids: vec!["b007".into(), "a150".into()],
+                selector: Vec::new(),
             },
             &alice,
         ))
@@ -387,6 +394,7 @@ async fn a_stale_copy_comes_back_exact_and_never_sees_another_owner() {
             FetchRequest {
                 collection: "tasks".into(),
                 ids: vec!["b007".into(), "a150".into()],
+                selector: Vec::new(),
             },
             &bob,
         ))
@@ -540,6 +548,7 @@ async fn oversized_or_malformed_requests_are_refused_naming_the_field() {
                 counts: vec![1; counts],
                 sums: vec![1; n as usize],
             }),
+            selector: Vec::new(),
         };
     let inv = Code::InvalidArgument;
     refused(
@@ -609,6 +618,7 @@ async fn oversized_or_malformed_requests_are_refused_naming_the_field() {
         collection: "tasks".into(),
         bucket_bits: bits,
         buckets,
+        selector: Vec::new(),
     };
     refused(
         c.reconcile_list(list(8, (0..9).collect())).await,
@@ -632,6 +642,7 @@ async fn oversized_or_malformed_requests_are_refused_naming_the_field() {
     let fetch = |ids: &[&str]| FetchRequest {
         collection: "tasks".into(),
         ids: ids.iter().map(|s| s.to_string()).collect(),
+        selector: Vec::new(),
     };
     refused(
         c.fetch(fetch(&["a", "b", "c", "d"])).await,
@@ -655,6 +666,7 @@ async fn oversized_or_malformed_requests_are_refused_naming_the_field() {
         .fetch(FetchRequest {
             collection: "nope".into(),
             ids: vec![],
+            selector: Vec::new(),
         })
         .await
         .expect_err("unknown collection");
@@ -699,6 +711,7 @@ async fn fetch_is_cut_at_the_page_byte_budget_and_says_how_far_it_answered() {
             .fetch(FetchRequest {
                 collection: "tasks".into(),
                 ids: ask.clone(),
+                selector: Vec::new(),
             })
             .await
             .expect("fetch")
@@ -762,15 +775,18 @@ async fn browsers_can_reconcile_through_grpc_web() {
         within_bits: 0,
         within: vec![],
         digests: None,
+        selector: Vec::new(),
     };
     let list = ReconcileListRequest {
         collection: "tasks".into(),
         bucket_bits: 0,
         buckets: vec![0],
+        selector: Vec::new(),
     };
     let fetch = FetchRequest {
         collection: "tasks".into(),
         ids: vec!["web-1".into()],
+        selector: Vec::new(),
     };
     for (method, message) in [
         ("Reconcile", round.encode_to_vec()),

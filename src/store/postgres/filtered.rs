@@ -95,7 +95,7 @@ FROM gone"
 const BEGIN_FILTERED: &str =
     "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY; SET LOCAL enable_bitmapscan = on";
 
-fn bind_param<'q>(
+pub(super) fn bind_param<'q>(
     query: Query<'q, sqlx::Postgres, PgArguments>,
     param: &'q SqlParam,
 ) -> Query<'q, sqlx::Postgres, PgArguments> {

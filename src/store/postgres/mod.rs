@@ -341,32 +341,35 @@ impl Store for PgStore {
         &self,
         collection: &str,
         owner: Option<&str>,
+        filter: Option<&crate::store::filter::ReadFilter>,
         bits: u32,
         within_bits: u32,
         within: &[u32],
     ) -> impl Future<Output = Result<super::DigestSnapshot, StoreError>> + Send {
-        self.reconcile_digests(collection, owner, bits, within_bits, within)
+        self.reconcile_digests(collection, owner, filter, bits, within_bits, within)
     }
 
     fn bucket_documents(
         &self,
         collection: &str,
         owner: Option<&str>,
+        filter: Option<&crate::store::filter::ReadFilter>,
         bits: u32,
         buckets: &[u32],
         max: usize,
     ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send {
-        self.reconcile_list(collection, owner, bits, buckets, max)
+        self.reconcile_list(collection, owner, filter, bits, buckets, max)
     }
 
     fn live_documents(
         &self,
         collection: &str,
         owner: Option<&str>,
+        filter: Option<&crate::store::filter::ReadFilter>,
         ids: &[String],
         limit: PageLimit,
     ) -> impl Future<Output = Result<(Vec<StoredDocument>, usize), StoreError>> + Send {
-        self.fetch_live(collection, owner, ids, limit)
+        self.fetch_live(collection, owner, filter, ids, limit)
     }
 
     async fn attachments_held(

@@ -7,6 +7,7 @@ use sqlx::Row;
 use super::PgStore;
 use super::error::to_store_error;
 use super::read::document_at;
+use crate::store::filter::{ReadFilter, SqlParam};
 use crate::store::{BucketDigest, DigestSnapshot, PageLimit, StoreError, StoredDocument};
 
 // The bucket is the top `$2` bits of the first 4 bytes of sha256(id) (enough for the 24 bits
@@ -21,7 +22,7 @@ macro_rules! keyed_sql {
        ('x' || encode(substr(sha256(convert_to(id || E'\\n' || revision, 'UTF8')), 1, 8), 'hex'))
               ::bit(64)::bigint AS h,
        id, revision
-FROM syncline_documents
+FROM syncline_documents d
 WHERE collection = $1 AND NOT deleted",
             $owner_filter
         )
@@ -53,6 +54,10 @@ FROM s ORDER BY bucket"
 
 const DIGEST_SQL: &str = digest_sql!("");
 const OWNER_DIGEST_SQL: &str = digest_sql!(" AND owner = $5");
+// With a reader's filter (selective sync): `FILTER` is replaced by its predicate, whose
+// placeholders follow the statement's own.
+const FILTERED_DIGEST_SQL: &str = digest_sql!(" AND (FILTER)");
+const OWNER_FILTERED_DIGEST_SQL: &str = digest_sql!(" AND owner = $5 AND (FILTER)");
 
 macro_rules! list_sql {
     ($owner_filter:literal) => {
@@ -67,6 +72,8 @@ SELECT id, revision FROM k WHERE bucket IN (SELECT unnest($3::bigint[])) ORDER B
 
 const LIST_SQL: &str = list_sql!("");
 const OWNER_LIST_SQL: &str = list_sql!(" AND owner = $5");
+const FILTERED_LIST_SQL: &str = list_sql!(" AND (FILTER)");
+const OWNER_FILTERED_LIST_SQL: &str = list_sql!(" AND owner = $5 AND (FILTER)");
 
 // Live documents by id in request order, cut at the byte budget `$3` as the page statement
 // cuts (see read.rs): the first document always fits, and the first that does not comes back
@@ -97,6 +104,39 @@ ORDER BY w.n"
 
 const FETCH_SQL: &str = fetch_sql!("");
 const OWNER_FETCH_SQL: &str = fetch_sql!(" AND d.owner = $4");
+const FILTERED_FETCH_SQL: &str = fetch_sql!(" AND (FILTER)");
+const OWNER_FILTERED_FETCH_SQL: &str = fetch_sql!(" AND d.owner = $4 AND (FILTER)");
+
+/// The statement for a scope: `plain` / `owned` without a filter, else the filtered text with
+/// the predicate placed after the statement's `binds` own parameters.
+fn statement(
+    filter: Option<&ReadFilter>,
+    owner: bool,
+    [plain, owned, filtered, owned_filtered]: [&'static str; 4],
+    binds: usize,
+) -> String {
+    match (filter, owner) {
+        (None, false) => plain.to_owned(),
+        (None, true) => owned.to_owned(),
+        (Some(f), false) => filtered.replace("FILTER", &f.current_from(binds + 1)),
+        (Some(f), true) => owned_filtered.replace("FILTER", &f.current_from(binds + 2)),
+    }
+}
+
+fn bind_filter<'q, O>(
+    mut query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    filter: Option<&'q ReadFilter>,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    for param in filter.map(|f| f.params.as_slice()).unwrap_or_default() {
+        query = match param {
+            SqlParam::Text(s) | SqlParam::Numeric(s) | SqlParam::Jsonb(s) => query.bind(s.as_str()),
+            SqlParam::Bool(b) => query.bind(*b),
+            SqlParam::TextArray(v) | SqlParam::NumericArray(v) => query.bind(v.as_slice()),
+            SqlParam::BoolArray(v) => query.bind(v.as_slice()),
+        };
+    }
+    query
+}
 
 impl PgStore {
     /// Digests of the live documents' buckets, in one REPEATABLE READ snapshot whose xmin
@@ -105,6 +145,7 @@ impl PgStore {
         &self,
         collection: &str,
         owner: Option<&str>,
+        filter: Option<&ReadFilter>,
         bits: u32,
         within_bits: u32,
         within: &[u32],
@@ -124,12 +165,20 @@ impl PgStore {
                 .await
                 .map_err(to_store_error)?;
         let within: Vec<i64> = within.iter().map(|&b| i64::from(b)).collect();
-        let sql = if owner.is_some() {
-            OWNER_DIGEST_SQL
-        } else {
-            DIGEST_SQL
-        };
-        let mut query = sqlx::query(sql)
+        let sql = statement(
+            filter,
+            owner.is_some(),
+            [
+                DIGEST_SQL,
+                OWNER_DIGEST_SQL,
+                FILTERED_DIGEST_SQL,
+                OWNER_FILTERED_DIGEST_SQL,
+            ],
+            4,
+        );
+        // Audited: fixed text, and a compiled filter of placeholders and configured paths.
+        let mut query = sqlx::query_as::<_, (i64, i64, i64)>(sqlx::AssertSqlSafe(sql))
+            .persistent(filter.is_none())
             .bind(collection)
             .bind(bits as i32)
             .bind(within_bits as i32)
@@ -137,13 +186,13 @@ impl PgStore {
         if let Some(owner) = owner {
             query = query.bind(owner);
         }
-        let rows = query.fetch_all(&mut *tx).await.map_err(to_store_error)?;
+        let rows = bind_filter(query, filter)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(to_store_error)?;
         tx.commit().await.map_err(to_store_error)?;
         let mut digests = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let bucket: i64 = row.try_get(0).map_err(to_store_error)?;
-            let count: i64 = row.try_get(1).map_err(to_store_error)?;
-            let sum: i64 = row.try_get(2).map_err(to_store_error)?;
+        for &(bucket, count, sum) in &rows {
             digests.push(BucketDigest {
                 bucket: u32::try_from(bucket).map_err(|_| bad("bucket"))?,
                 count: u64::try_from(count).map_err(|_| bad("count"))?,
@@ -158,17 +207,25 @@ impl PgStore {
         &self,
         collection: &str,
         owner: Option<&str>,
+        filter: Option<&ReadFilter>,
         bits: u32,
         buckets: &[u32],
         max: usize,
     ) -> Result<Vec<(String, String)>, StoreError> {
         let buckets: Vec<i64> = buckets.iter().map(|&b| i64::from(b)).collect();
-        let sql = if owner.is_some() {
-            OWNER_LIST_SQL
-        } else {
-            LIST_SQL
-        };
-        let mut query = sqlx::query_as::<_, (String, String)>(sql)
+        let sql = statement(
+            filter,
+            owner.is_some(),
+            [
+                LIST_SQL,
+                OWNER_LIST_SQL,
+                FILTERED_LIST_SQL,
+                OWNER_FILTERED_LIST_SQL,
+            ],
+            4,
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql))
+            .persistent(filter.is_none())
             .bind(collection)
             .bind(bits as i32)
             .bind(&buckets)
@@ -177,7 +234,10 @@ impl PgStore {
             query = query.bind(owner);
         }
         let mut conn = self.acquire().await?;
-        query.fetch_all(&mut *conn).await.map_err(to_store_error)
+        bind_filter(query, filter)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(to_store_error)
     }
 
     /// The live documents among `ids` in request order, and how many ids that answers.
@@ -185,20 +245,31 @@ impl PgStore {
         &self,
         collection: &str,
         owner: Option<&str>,
+        filter: Option<&ReadFilter>,
         ids: &[String],
         limit: PageLimit,
     ) -> Result<(Vec<StoredDocument>, usize), StoreError> {
-        let sql = if owner.is_some() {
-            OWNER_FETCH_SQL
-        } else {
-            FETCH_SQL
-        };
-        let mut query = sqlx::query(sql)
+        let sql = statement(
+            filter,
+            owner.is_some(),
+            [
+                FETCH_SQL,
+                OWNER_FETCH_SQL,
+                FILTERED_FETCH_SQL,
+                OWNER_FILTERED_FETCH_SQL,
+            ],
+            3,
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(filter.is_none())
             .bind(collection)
             .bind(ids)
             .bind(i64::try_from(limit.bytes).unwrap_or(i64::MAX));
         if let Some(owner) = owner {
             query = query.bind(owner);
+        }
+        for param in filter.map(|f| f.params.as_slice()).unwrap_or_default() {
+            query = super::filtered::bind_param(query, param);
         }
         let mut conn = self.acquire().await?;
         let rows = query.fetch_all(&mut *conn).await.map_err(to_store_error)?;
