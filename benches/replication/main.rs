@@ -141,7 +141,7 @@ async fn run_all(ctx: &Ctx<'_>) -> Report {
         plans::run(ctx, &mut report).await;
     }
     if s.runs("selective") {
-        phase("10. selective sync: a 1% selector's initial sync, filtered fan-out");
+        phase("12. selective sync: a 1% selector's initial sync, filtered fan-out");
         selective::run(ctx, &mut report).await;
     }
     report.notes.push(

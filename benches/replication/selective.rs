@@ -1,4 +1,4 @@
-//! Scenario 10: selective sync.
+//! Scenario 12: selective sync.
 //!
 //! a. Initial sync of a 1% selector (`{"bucket": 7}`) out of a large collection, in pages of
 //!    1,000, against the same indexed keyset query run directly on PostgreSQL (the predicate
@@ -102,7 +102,7 @@ async fn initial_sync(ctx: &Ctx<'_>, report: &mut Report, server: &Server, db: &
     let ratio = ours / theirs;
     report.add(Row {
         scenario: format!(
-            "10a. Selective initial sync: 1% selector ({} of {} docs), pages of 1,000",
+            "12a. Selective initial sync: 1% selector ({} of {} docs), pages of 1,000",
             thousands(want as u64),
             thousands(n as u64)
         ),
@@ -296,7 +296,7 @@ async fn fanout(ctx: &Ctx<'_>, report: &mut Report, server: &Server) {
     }
     report.add(Row {
         scenario: format!(
-            "10b. Selective fan-out: {} subscribers, each a 1% selector, {} single-row pushes/s for {:.0} s",
+            "12b. Selective fan-out: {} subscribers, each a 1% selector, {} single-row pushes/s for {:.0} s",
             thousands(s.subscribers as u64),
             s.fanout_rate,
             s.fanout_duration.as_secs_f64()

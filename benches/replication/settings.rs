@@ -70,7 +70,7 @@ pub struct Settings {
     pub plans_docs: usize,
     /// Scenario 9: timed calls of each kind per database per round (`BENCH_PLANS_SAMPLES`).
     pub plans_samples: usize,
-    /// Scenario 10 a: documents in the collection a 1% selector syncs from
+    /// Scenario 12 a: documents in the collection a 1% selector syncs from
     /// (`BENCH_SELECTIVE_DOCS`).
     pub selective_docs: usize,
     /// Port of the benchmark's own PostgreSQL cluster (`BENCH_PG_PORT`).
