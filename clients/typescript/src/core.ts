@@ -42,7 +42,7 @@ import { AbsorbedStates, PendingPushKeys } from "./push-keys.js";
 import { reconcile } from "./reconcile.js";
 import { RevisionStore, sha256Hex } from "./revisions.js";
 import { refusalError, refusedMasterState } from "./refusals.js";
-import { encodeSelector, startOver, withLocalFields } from "./selector.js";
+import { encodeSelector, OutOfScopeStates, startOver, withLocalFields } from "./selector.js";
 import {
     ChangeRowSchema,
     DocumentSchema,
@@ -232,6 +232,8 @@ export function replicateSynclineWith<RxDocType>(
         throw new Error(`syncline-rxdb: compression must be 'gzip' or 'none', not '${String(compression)}'`);
     }
     const selector = encodeSelector(options.selector);
+    const outOfScope =
+        selector && options.selector ? new OutOfScopeStates(collection.schema.jsonSchema, options.selector) : undefined;
 
     const interceptors: Interceptor[] = [];
     const auth = authInterceptor(options.token, options.getToken);
@@ -512,11 +514,14 @@ export function replicateSynclineWith<RxDocType>(
             const response = await unary(() => client.push(request, callOptions()));
             pendingKeys.succeeded(digest);
             states.forEach(({ id }) => absorbed.forget(id));
-            const masterStates = received(response.conflicts);
             // Rows the server resolved (a collection with a `conflict` strategy) were written
             // as merged: handed back like conflicts, so RxDB's conflict handler adopts the
-            // server's state (the default handler takes the master state).
-            masterStates.push(...received(response.resolved.flatMap((r) => (r.document ? [r.document] : []))));
+            // server's state (the default handler takes the master state). In a filtered
+            // replication, one outside the selector is handed over deleted (selector.ts).
+            const serverStates = [...response.conflicts, ...response.resolved.flatMap((r) => (r.document ? [r.document] : []))];
+            const masterStates = received(serverStates).map((state, i) =>
+                outOfScope ? outOfScope.masterState(serverStates[i].id, serverStates[i].revision, state) : state,
+            );
             for (const resolved of response.resolved) {
                 const row = states[resolved.index];
                 if (row !== undefined) {

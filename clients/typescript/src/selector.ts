@@ -12,8 +12,15 @@
 // the selector (every matching document, from the beginning) and deletes, as pulled
 // deletions, the local documents the server did not send: they matched only the old selector
 // or were removed while the checkpoint was unusable.
+//
+// One case no filtered read covers: a local edit RxDB pushes after the document left the
+// selector on the server (the removal arrived while the edit was pending, so RxDB kept the
+// edit). The push conflicts and returns the server's state, outside the selector; RxDB's
+// default conflict handler would store it and keep it forever (the removal is behind the
+// checkpoint). Such a state is handed to RxDB deleted instead (OutOfScopeStates).
 
 import { create } from "@bufbuild/protobuf";
+import { getQueryMatcher, normalizeMangoQuery, type MangoQuerySelector, type RxJsonSchema } from "rxdb";
 
 import { DocumentSchema, type Document, type PullResponse } from "./gen/syncline/v1/replication_pb.js";
 
@@ -121,4 +128,47 @@ export async function startOver(
         }
     }
     return { documents: [...byId.values()], token, dropped };
+}
+
+/** Server states handed to RxDB as deletions, remembered at most (by id, oldest forgotten). */
+const OUT_OF_SCOPE_REMEMBERED_MAX = 1_000;
+
+/**
+ * Decides the master state RxDB gets for a server state a push returned (a conflict, or a
+ * row the server resolved) in a filtered replication: the state itself while it matches the
+ * selector (by RxDB's Mango matcher, the one its local queries use), else the state deleted,
+ * so the local copy leaves as it would by a removal and nothing is pushed back. Once per
+ * (id, revision): when the same server state conflicts again (a conflict handler that kept
+ * the document alive against the deletion and pushed), the real state is handed on, so that
+ * handler's push can succeed instead of conflicting forever.
+ */
+export class OutOfScopeStates {
+    private readonly matches: (state: Record<string, unknown>) => boolean;
+    private readonly handed = new Map<string, string>();
+
+    constructor(schema: RxJsonSchema<any>, selector: MangoQuerySelector<any>) {
+        const matcher = getQueryMatcher(schema, normalizeMangoQuery(schema, { selector }));
+        this.matches = (state) => matcher(state as never);
+    }
+
+    /** The master state for `state`, the server's state of document `id` at `revision`. */
+    masterState<T extends Record<string, unknown>>(id: string, revision: string, state: T): T {
+        if (state._deleted === true || this.matches(state)) {
+            this.handed.delete(id);
+            return state;
+        }
+        if (this.handed.get(id) === revision) {
+            this.handed.delete(id);
+            return state;
+        }
+        this.handed.delete(id);
+        this.handed.set(id, revision);
+        if (this.handed.size > OUT_OF_SCOPE_REMEMBERED_MAX) {
+            const oldest = this.handed.keys().next().value;
+            if (oldest !== undefined) {
+                this.handed.delete(oldest);
+            }
+        }
+        return { ...state, _deleted: true };
+    }
 }

@@ -16,10 +16,10 @@ import { wrappedValidateAjvStorage } from "rxdb/plugins/validate-ajv";
 
 import { replicateSyncline as replicateSynclineBrowser } from "../src/browser.js";
 import { replicateSyncline, type SynclineReplicationState, type SynclineTransportKind } from "../src/index.js";
-import { CallLog, createTestDatabase, pullAll, snapshot, taskSchema, waitFor, type Task, type TestDatabase } from "./support/helpers.js";
+import { CallLog, createTestDatabase, pullAll, sleep, snapshot, taskSchema, waitFor, type Task, type TestDatabase } from "./support/helpers.js";
 import { SynclineServer } from "./support/server.js";
 
-const COLLECTIONS = ["sel_initial", "sel_moves", "sel_local", "sel_change", "sel_valid"];
+const COLLECTIONS = ["sel_initial", "sel_moves", "sel_local", "sel_change", "sel_valid", "sel_conflict"];
 const FILTER_FIELDS = 'filter_fields = { done = "boolean", n = "number" }';
 
 export function defineSelectiveSuite(kind: SynclineTransportKind): void {
@@ -188,6 +188,36 @@ export function defineSelectiveSuite(kind: SynclineTransportKind): void {
             assert.equal(onServer.get("mine")?.deleted, false);
             assert.deepEqual(onServer.get("mine")?.body, { id: "mine", title: "done", done: true });
             assert.deepEqual(logA.pushedIds, ["mine", "mine"], "the insert and the edit, and no deletion");
+        });
+
+        serverTest("a local edit of a document that left the selector meanwhile conflicts, and the copy still leaves: the server keeps its state", async () => {
+            const a = await createTestDatabase("ka");
+            const b = await createTestDatabase("kb");
+            const ra = replicate(a, "sel_conflict", new CallLog());
+            const firstB = replicate(b, "sel_conflict", new CallLog(), { selector: { done: false } });
+            await Promise.all([ra.awaitInitialReplication(), firstB.awaitInitialReplication()]);
+            await a.tasks.insert({ id: "k", title: "shared", done: false });
+            await waitFor("k on B", 10_000, async () => (await b.tasks.findOne("k").exec()) !== null);
+            await firstB.awaitInSync();
+            // B goes offline and edits k; meanwhile A moves k out of B's selector.
+            await firstB.cancel();
+            await (await b.tasks.findOne("k").exec())!.incrementalPatch({ title: "edited on B" });
+            await (await a.tasks.findOne("k").exec())!.incrementalPatch({ done: true });
+            await ra.awaitInSync();
+
+            const logB = new CallLog();
+            const rb = replicate(b, "sel_conflict", logB, { selector: { done: false } });
+            await rb.awaitInitialReplication();
+            await waitFor("k gone from B", 10_000, async () => (await b.tasks.findOne("k").exec()) === null);
+            await rb.awaitInSync();
+            // The default conflict handler keeps the server's state: outside the selector.
+            const onServer = await pullAll(server.url, kind, "sel_conflict");
+            assert.deepEqual(onServer.get("k"), { id: "k", deleted: false, body: { id: "k", title: "shared", done: true } });
+            assert.ok(logB.pushedIds.every((id) => id === "k") && logB.pushedIds.length <= 1, JSON.stringify(logB.pushedIds));
+            // It stays gone (no push loop, nothing comes back).
+            await sleep(500);
+            assert.equal(await b.tasks.findOne("k").exec(), null);
+            assert.ok(logB.pushedIds.length <= 1, JSON.stringify(logB.pushedIds));
         });
 
         serverTest("changing the selector of a replication starts it over with exactly the new selection", async () => {

@@ -1,13 +1,16 @@
-// selector.ts without a server: the selector's wire form, and starting a filtered replication
-// over (every page from the beginning, local documents the server did not send deleted).
+// selector.ts without a server: the selector's wire form, starting a filtered replication over
+// (every page from the beginning, local documents the server did not send deleted), removals
+// with the local copy's fields, and push results outside the selector.
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { create } from "@bufbuild/protobuf";
+import { fillWithDefaultSettings } from "rxdb";
 
 import { DocumentSchema, PullResponseSchema, type PullResponse } from "../src/gen/syncline/v1/replication_pb.js";
-import { encodeSelector, startOver, withLocalFields } from "../src/selector.js";
+import { encodeSelector, OutOfScopeStates, startOver, withLocalFields } from "../src/selector.js";
+import { taskSchema } from "./support/helpers.js";
 
 const text = (bytes: Uint8Array | undefined): string | undefined => (bytes === undefined ? undefined : new TextDecoder().decode(bytes));
 
@@ -84,4 +87,20 @@ test("starting over pages from the beginning, keeps each document's latest state
 test("starting over refuses a page that does not advance the checkpoint instead of looping", async () => {
     await assert.rejects(startOver(async () => page(["a"], "same"), async () => []), /without advancing the checkpoint/);
     await assert.rejects(startOver(async () => page(["a"], ""), async () => []), /without advancing the checkpoint/);
+});
+
+test("a server state outside the selector is handed over deleted, once per revision; a matching one as it is", () => {
+    const schema = fillWithDefaultSettings(taskSchema);
+    const states = new OutOfScopeStates(schema, { done: false, n: { $gte: 2 } });
+    const inside = { id: "a", title: "t", done: false, n: 3, _deleted: false };
+    assert.equal(states.masterState("a", "2-x", inside), inside);
+    const outside = { id: "a", title: "t", done: true, n: 3, _deleted: false };
+    assert.deepEqual(states.masterState("a", "3-y", outside), { ...outside, _deleted: true });
+    // The same server state again (a handler kept the document alive and pushed): as it is,
+    // so that push can succeed instead of conflicting forever; a later revision: deleted again.
+    assert.equal(states.masterState("a", "3-y", outside), outside);
+    assert.deepEqual(states.masterState("a", "4-z", outside), { ...outside, _deleted: true });
+    // A server tombstone stays a tombstone.
+    const tombstone = { id: "b", title: "t", _deleted: true };
+    assert.equal(states.masterState("b", "5-w", tombstone), tombstone);
 });
