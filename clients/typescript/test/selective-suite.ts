@@ -256,6 +256,21 @@ export function defineSelectiveSuite(kind: SynclineTransportKind): void {
             await waitFor("B's stream open", 5_000, () => logB.subscribesOpened > 0);
             await (await a.tasks.findOne("c1").exec())!.incrementalPatch({ n: 7 });
             await waitFor("c1 on B again", 10_000, async () => (await b.tasks.findOne("c1").exec())?.n === 7);
+
+            // Without a selector: the refused checkpoint is reconciled as usual, and B ends with
+            // the whole collection (the documents it dropped come back; nothing is pushed).
+            await rb.awaitInSync();
+            await rb.cancel();
+            await (await a.tasks.findOne("c3").exec())!.incrementalPatch({ n: 0 });
+            await ra.awaitInSync();
+            const logAll = new CallLog();
+            const all = replicate(b, "sel_change", logAll);
+            await all.awaitInitialReplication();
+            await all.awaitInSync();
+            assert.deepEqual(await snapshot(b.tasks), await snapshot(a.tasks));
+            assert.deepEqual([...(await snapshot(b.tasks)).keys()].sort(), ["c1", "c2", "c3"]);
+            assert.ok(logAll.reconcileCalls > 0, "the unfiltered replication reconciled");
+            assert.deepEqual(logAll.pushedIds, []);
         });
 
         serverTest("with a storage that validates the schema, a removal (no body) still deletes the local copy", async () => {
