@@ -10,7 +10,8 @@
 # 1. pytest: installs clients/python[dev] (a real, non-editable install: the build hook
 #    generates the stubs) into target/python-venv, creates a fresh database, starts
 #    `syncline serve` on a free port with collections `tasks`, `notes`, `purged`, `counters`
-#    (crdt) and `overwritten` (last-write-wins, keep_overwritten) (no auth) and a
+#    (crdt), `overwritten` (last-write-wins, keep_overwritten) and `selective` (filter_fields)
+#    (no auth) and a
 #    second one with JWT auth (see clients/python/tests/conftest.py), runs pytest with
 #    SYNCLINE_ADDR, SYNCLINE_AUTH_ADDR and SYNCLINE_AUTH_SECRET set.
 # 2. The READMEs' snippets (markers `<!-- ci: python-... -->`): in a fresh venv in a temp dir
@@ -175,6 +176,11 @@ crdt_fields = { count = "counter" }
 name = "overwritten"
 conflict = "last-write-wins"
 keep_overwritten = "1h"
+
+# Selective sync: filtered pulls and streams (tests/test_selective.py).
+[[collections]]
+name = "selective"
+filter_fields = { done = "boolean", team = "string", priority = "number" }
 TOML
 start_server tests "$WORK/syncline.toml" "$DB_URL" "$PORT"
 
@@ -265,6 +271,8 @@ run_snippet() {
 run_snippet "$REPO/README.md" python-quickstart "^\['t-[0-9a-f]{8}'\]" || failed="$failed readme"
 run_snippet "$REPO/clients/python/README.md" python-client-example "^t-[0-9a-f]{8} deleted " \
     || failed="$failed client-readme"
+run_snippet "$REPO/clients/python/README.md" python-selective-example "^t-[0-9a-f]{8} deleted left_scope" \
+    || failed="$failed client-readme-selective"
 
 echo "== README: python -m build (sdist, then a wheel from the sdist alone)"
 venv/bin/pip install -q --disable-pip-version-check build

@@ -67,6 +67,11 @@ class Doc:
     conflict check compares; with an empty one it compares ``body`` (by JSON value) and
     ``deleted``. ``owner`` is the principal the document belongs to: a service principal may
     set it on a new document (others may leave it empty or name themselves); updates keep it.
+
+    ``left_scope`` is set only in a filtered read (a ``selector``): the document still exists
+    but no longer matches the selector. ``deleted`` is then true for this reader only, ``body``
+    is ``{}`` and ``revision`` empty: drop the local copy, and do not push the removal back
+    (that would delete the document for everyone). The server ignores it in pushes.
     """
 
     id: str
@@ -75,6 +80,7 @@ class Doc:
     revision: str = ""
     updated_at: Optional[datetime] = None
     owner: str = ""
+    left_scope: bool = False
 
     def to_proto(self) -> pb.Document:
         """Encodes the document as a ``syncline.v1.Document`` (``body`` as compact UTF-8 JSON)."""
@@ -84,6 +90,7 @@ class Doc:
             deleted=self.deleted,
             revision=self.revision,
             owner=self.owner,
+            left_scope=self.left_scope,
         )
         if self.updated_at is not None:
             updated_at = self.updated_at
@@ -108,6 +115,7 @@ class Doc:
             revision=message.revision,
             updated_at=updated_at,
             owner=message.owner,
+            left_scope=message.left_scope,
         )
 
 
@@ -277,6 +285,25 @@ def _compression(value: Union[str, grpc.Compression, None]) -> Optional[grpc.Com
     )
 
 
+#: What ``selector=`` accepts: a Mango selector as a dict, or its JSON text.
+Selector = Union[Mapping[str, Any], str, None]
+
+
+def _selector_bytes(selector: Selector) -> bytes:
+    """The wire form of ``selector`` (UTF-8 JSON; ``b""`` for none). The server parses and
+    checks it (INVALID_ARGUMENT naming the path); here only the Python type is checked."""
+    if selector is None:
+        return b""
+    if isinstance(selector, str):
+        return selector.encode()
+    if isinstance(selector, Mapping):
+        return json.dumps(selector, separators=(",", ":"), ensure_ascii=False).encode()
+    raise TypeError(
+        f"selector must be a dict (a Mango selector), its JSON text or None, "
+        f"not {type(selector).__name__}"
+    )
+
+
 class SynclineClient:
     """A connection to a Syncline server.
 
@@ -378,32 +405,54 @@ class SynclineClient:
     # -- calls -------------------------------------------------------------------------------
 
     def pull(
-        self, collection: str, checkpoint: str = "", limit: int = 0
+        self,
+        collection: str,
+        checkpoint: str = "",
+        limit: int = 0,
+        *,
+        selector: Selector = None,
     ) -> tuple[list[Doc], str]:
         """Returns one page of documents changed after ``checkpoint`` and the checkpoint after
-        them (the same checkpoint when nothing is new). ``limit=0`` uses the server default."""
+        them (the same checkpoint when nothing is new). ``limit=0`` uses the server default.
+
+        ``selector`` (selective sync): a Mango selector over the collection's declared
+        ``filter_fields``, as a dict or its JSON text, e.g. ``{"done": False, "priority":
+        {"$gte": 3}}``. The page then holds the documents that match it at their latest state,
+        and a removal for each document that matched after ``checkpoint`` and no longer does:
+        ``deleted`` set, with ``left_scope`` when the document still exists (an edit moved it
+        out). The checkpoint returned is bound to the selector: using it with another selector
+        (or none) raises :class:`~syncline_client.errors.CheckpointInvalid`. A malformed
+        selector, or one naming an undeclared field, raises
+        :class:`~syncline_client.errors.InvalidRequest` (``err.field`` names the path).
+        """
         response = self._unary(
             self._stub.Pull,
             pb.PullRequest(
                 collection=collection,
                 checkpoint=pb.Checkpoint(token=checkpoint),
                 limit=limit,
+                selector=_selector_bytes(selector),
             ),
         )
         return [Doc.from_proto(d) for d in response.documents], response.checkpoint.token
 
     def pull_all(
-        self, collection: str, checkpoint: str = "", limit: int = 500
+        self,
+        collection: str,
+        checkpoint: str = "",
+        limit: int = 500,
+        *,
+        selector: Selector = None,
     ) -> tuple[list[Doc], str]:
         """Pulls page after page until a page comes back empty.
 
         Returns every document changed after ``checkpoint``, each once at the latest state
         seen (a document written again while paging appears once, at its later position), in
-        change order, and the final checkpoint.
+        change order, and the final checkpoint. ``selector`` as in :meth:`pull`.
         """
         docs: dict[str, Doc] = {}
         while True:
-            page, next_checkpoint = self.pull(collection, checkpoint, limit)
+            page, next_checkpoint = self.pull(collection, checkpoint, limit, selector=selector)
             if not page:
                 return list(docs.values()), next_checkpoint
             if next_checkpoint == checkpoint:
@@ -417,7 +466,12 @@ class SynclineClient:
             checkpoint = next_checkpoint
 
     def pull_all_or_restart(
-        self, collection: str, checkpoint: str = "", limit: int = 500
+        self,
+        collection: str,
+        checkpoint: str = "",
+        limit: int = 500,
+        *,
+        selector: Selector = None,
     ) -> tuple[list[Doc], str, bool]:
         """:meth:`pull_all`, starting over from the beginning when the server refuses
         ``checkpoint`` as :class:`~syncline_client.errors.CheckpointInvalid` (issued for
@@ -431,14 +485,19 @@ class SynclineClient:
 
         A client that keeps a local copy should call :meth:`resume` instead: it reconciles
         that copy (transferring only what differs) rather than downloading everything again.
+
+        With a ``selector`` (see :meth:`pull`) this is how a filtered copy starts over, e.g.
+        after its selector changed (the old checkpoint is ``CheckpointInvalid``): ``docs`` is
+        then every document matching the selector, and the local copy is replaced by it.
+        (:meth:`resume` does not take a selector: a reconcile compares the whole collection.)
         """
         try:
-            docs, next_checkpoint = self.pull_all(collection, checkpoint, limit)
+            docs, next_checkpoint = self.pull_all(collection, checkpoint, limit, selector=selector)
             return docs, next_checkpoint, False
         except (CheckpointInvalid, CheckpointExpired):
             if not checkpoint:
                 raise
-        docs, next_checkpoint = self.pull_all(collection, "", limit)
+        docs, next_checkpoint = self.pull_all(collection, "", limit, selector=selector)
         return docs, next_checkpoint, True
 
     def reconcile(
@@ -701,8 +760,16 @@ class SynclineClient:
         *,
         reconnect: bool = True,
         max_backoff: float = 5.0,
+        selector: Selector = None,
     ) -> Subscription:
         """Opens a live change stream: an iterator of ``(docs, checkpoint)`` batches.
+
+        ``selector`` (selective sync, see :meth:`pull`): the stream carries the documents
+        matching it and removals (``deleted``, with ``left_scope`` when an edit moved the
+        document out), and its checkpoints are those of a filtered :meth:`pull` under the same
+        selector. A checkpoint of another selector raises ``CheckpointInvalid`` from the first
+        ``next()``. The selector is checked when the subscription is created (``TypeError``),
+        and by the server at the first ``next()`` (``InvalidRequest``).
 
         Heartbeats are skipped. With ``reconnect=True`` the stream is reopened from the last
         checkpoint received after ``UNAVAILABLE`` and after the server ends the stream,
@@ -714,7 +781,12 @@ class SynclineClient:
         another thread) or by leaving its ``with`` block.
         """
         return Subscription(
-            self, collection, checkpoint, reconnect=reconnect, max_backoff=max_backoff
+            self,
+            collection,
+            checkpoint,
+            reconnect=reconnect,
+            max_backoff=max_backoff,
+            selector=selector,
         )
 
 
@@ -742,8 +814,9 @@ def _resume_result(
 class Subscription(Iterator[tuple[list[Doc], str]]):
     """A (re)connecting ``Subscribe`` stream; see :meth:`SynclineClient.subscribe`.
 
-    :attr:`checkpoint` is the checkpoint after the last batch handed out; store it to resume.
-    :attr:`reconnects` counts how many times the stream was reopened.
+    :attr:`checkpoint` is the checkpoint after the last batch handed out; store it to resume
+    (with the same :attr:`selector`). :attr:`reconnects` counts how many times the stream was
+    reopened.
     """
 
     INITIAL_BACKOFF = 0.1
@@ -758,9 +831,12 @@ class Subscription(Iterator[tuple[list[Doc], str]]):
         *,
         reconnect: bool = True,
         max_backoff: float = 5.0,
+        selector: Selector = None,
     ) -> None:
         self.collection = collection
         self.checkpoint = checkpoint
+        #: The selector's wire form (``b""``: unfiltered), sent on every (re)connection.
+        self.selector = _selector_bytes(selector)
         self.reconnects = 0
         self._client = client
         self._reconnect = reconnect
@@ -804,6 +880,7 @@ class Subscription(Iterator[tuple[list[Doc], str]]):
                     pb.SubscribeRequest(
                         collection=self.collection,
                         checkpoint=pb.Checkpoint(token=self.checkpoint),
+                        selector=self.selector,
                     ),
                     metadata=self._client.metadata,
                 )

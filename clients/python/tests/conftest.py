@@ -4,8 +4,9 @@ The server's address comes from ``SYNCLINE_ADDR`` (``host:port``); ``scripts/tes
 starts a server and sets it. Without a reachable server every test fails (never skips).
 The server must declare the collections ``tasks`` and ``notes`` (no schema), ``counters``
 (``conflict = "crdt"``, ``crdt_fields = { count = "counter" }``) and ``overwritten``
-(``conflict = "last-write-wins"``, ``keep_overwritten = "1h"``), and should send heartbeats
-every couple of seconds.
+(``conflict = "last-write-wins"``, ``keep_overwritten = "1h"``) and ``selective``
+(``filter_fields = { done = "boolean", team = "string", priority = "number" }``), and should
+send heartbeats every couple of seconds.
 
 The tests of authentication, owners and error details use a second server with JWT
 authentication: ``SYNCLINE_AUTH_ADDR`` and ``SYNCLINE_AUTH_SECRET`` (its ``auth.hs256_secret``);

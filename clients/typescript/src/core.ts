@@ -8,6 +8,7 @@
 //                    Resync / stream errors / reconnects -> 'RESYNC', Heartbeat ignored)
 //   an expired or refused checkpoint -> Reconcile / ReconcileList / Fetch (reconcile.ts), the
 //                    result handed to RxDB as pulled documents and tombstones, then Pull from C0
+//                    (with a `selector`: filtered Pulls from the beginning instead, selector.ts)
 //
 // This module is transport-agnostic: the entry points (index.ts for Node, browser.ts for
 // browsers) pass in how to build a Connect transport for 'grpc' and 'grpc-web'.
@@ -25,6 +26,7 @@ import {
 import { Observable } from "rxjs";
 import { errorToPlainJson, newRxError } from "rxdb";
 import type {
+    MangoQuerySelector,
     ReplicationPullOptions,
     ReplicationPushOptions,
     RxCollection,
@@ -41,6 +43,7 @@ import { AbsorbedStates, PendingPushKeys } from "./push-keys.js";
 import { reconcile } from "./reconcile.js";
 import { RevisionStore, sha256Hex } from "./revisions.js";
 import { refusalError, refusedMasterState } from "./refusals.js";
+import { encodeSelector, OutOfScopeStates, startOver, withLocalFields } from "./selector.js";
 import {
     ChangeRowSchema,
     DocumentSchema,
@@ -133,6 +136,20 @@ export interface SynclineReplicationOptions<RxDocType> {
      * 262144 (256 KiB).
      */
     attachmentChunkBytes?: number;
+    /**
+     * Selective sync: replicate only the server documents matching this Mango selector, over
+     * the fields the server collection declares in `filter_fields` (operators `$eq $ne $gt
+     * $gte $lt $lte $in $nin $exists $and $or`, dotted paths), e.g. `{ done: false }`. Sent
+     * on every Pull and Subscribe. A document that stops matching (someone edits it out, or
+     * deletes it) arrives as a removal and is deleted locally, never on the server: the plugin
+     * hands it to RxDB as the server's state, so RxDB does not push the deletion back. Local
+     * writes are pushed as usual; one that moves a document out of the selector is followed
+     * by its removal. Changing the selector of a replication (same replicationIdentifier)
+     * starts it over: the server refuses the old checkpoint, the plugin pulls every document
+     * matching the new selector and deletes locally the documents it did not send. Default:
+     * every document.
+     */
+    selector?: MangoQuerySelector<RxDocType>;
     /** RxDB pull/push modifiers, passed through. */
     pull?: Pick<ReplicationPullOptions<RxDocType, SynclineCheckpoint>, "modifier">;
     push?: Pick<ReplicationPushOptions<RxDocType>, "modifier">;
@@ -222,6 +239,9 @@ export function replicateSynclineWith<RxDocType>(
     if (compression !== "none" && compression !== "gzip") {
         throw new Error(`syncline-rxdb: compression must be 'gzip' or 'none', not '${String(compression)}'`);
     }
+    const selector = encodeSelector(options.selector);
+    const outOfScope =
+        selector && options.selector ? new OutOfScopeStates(collection.schema.jsonSchema, options.selector) : undefined;
 
     const interceptors: Interceptor[] = [];
     const auth = authInterceptor(options.token, options.getToken);
@@ -346,6 +366,12 @@ export function replicateSynclineWith<RxDocType>(
         return states as unknown as WithDeleted<RxDocType>[];
     };
 
+    /** Body-less deletions (removals, a reconcile's tombstones) with the local copy's fields (selector.ts). */
+    const filled = (states: WithDeleted<RxDocType>[]): Promise<WithDeleted<RxDocType>[]> =>
+        withLocalFields(states as unknown as Array<Record<string, unknown>>, primaryPath, ownerField, (ids) =>
+            collection.storageInstance.findDocumentsById(ids, true) as Promise<Array<Record<string, unknown>>>,
+        ) as unknown as Promise<WithDeleted<RxDocType>[]>;
+
     // A checkpoint the server no longer accepts (FAILED_PRECONDITION, reason CHECKPOINT_EXPIRED:
     // at or before the purge horizon, or of another dataset generation; CHECKPOINT_INVALID: a
     // token from before a key change, or of another principal) is answered by a reconcile
@@ -367,6 +393,7 @@ export function replicateSynclineWith<RxDocType>(
                         collection: collectionName,
                         limit,
                         checkpoint: token ? { token } : undefined,
+                        ...(selector ? { selector } : {}),
                     }),
                     callOptions(),
                 ),
@@ -427,6 +454,20 @@ export function replicateSynclineWith<RxDocType>(
         return { documents: received([...byId.values()]), token: response.checkpoint?.token || result.checkpoint };
     };
 
+    /** A filtered replication's answer to a refused checkpoint (selector.ts). */
+    const startOverFiltered = async (
+        limit: number,
+    ): Promise<{ documents: WithDeleted<RxDocType>[]; token: string | undefined }> => {
+        const localIds = async (): Promise<string[]> =>
+            (await collection.find().exec()).map((doc: { primary: unknown }) => String(doc.primary));
+        const result = await startOver((token) => pullOnce(token, limit), localIds);
+        console.info(
+            `syncline-rxdb: started '${collectionName}' over under its selector: ` +
+                `${result.documents.length - result.dropped} matching, ${result.dropped} dropped locally`,
+        );
+        return { documents: received(result.documents), token: result.token };
+    };
+
     const pullHandler = async (
         checkpoint: SynclineCheckpoint | undefined,
         limit: number,
@@ -445,15 +486,16 @@ export function replicateSynclineWith<RxDocType>(
             }
             const notice = new SynclineError(
                 `syncline-rxdb: the server refused the stored checkpoint of '${collectionName}' ` +
-                    `(${error.message}); reconciling the local copy`,
+                    `(${error.message}); ${selector ? "starting over under the selector" : "reconciling the local copy"}`,
                 error.code,
                 { reason: error.reason, cause: err },
             );
             console.warn(notice.message);
             reportError(notice);
-            ({ documents, token } = await reconcileAndPull(limit));
+            ({ documents, token } = selector ? await startOverFiltered(limit) : await reconcileAndPull(limit));
             streamCheckpointStale = true;
         }
+        documents = await filled(documents);
         if (attachments) {
             documents = await attachments.complete(documents);
         }
@@ -506,11 +548,14 @@ export function replicateSynclineWith<RxDocType>(
             const response = await unary(() => client.push(request, callOptions()));
             pendingKeys.succeeded(digest);
             states.forEach(({ id }) => absorbed.forget(id));
-            const masterStates = received(response.conflicts);
             // Rows the server resolved (a collection with a `conflict` strategy) were written
             // as merged: handed back like conflicts, so RxDB's conflict handler adopts the
-            // server's state (the default handler takes the master state).
-            masterStates.push(...received(response.resolved.flatMap((r) => (r.document ? [r.document] : []))));
+            // server's state (the default handler takes the master state). In a filtered
+            // replication, one outside the selector is handed over deleted (selector.ts).
+            const serverStates = [...response.conflicts, ...response.resolved.flatMap((r) => (r.document ? [r.document] : []))];
+            const masterStates = received(serverStates).map((state, i) =>
+                outOfScope ? outOfScope.masterState(serverStates[i].id, serverStates[i].revision, state) : state,
+            );
             for (const resolved of response.resolved) {
                 const row = states[resolved.index];
                 if (row !== undefined) {
@@ -609,6 +654,7 @@ export function replicateSynclineWith<RxDocType>(
                         const request = create(SubscribeRequestSchema, {
                             collection: collectionName,
                             checkpoint: streamCheckpoint ? { token: streamCheckpoint.token } : undefined,
+                            ...(selector ? { selector } : {}),
                         });
                         const responses = client.subscribe(request, {
                             signal: call.signal,
@@ -637,10 +683,13 @@ export function replicateSynclineWith<RxDocType>(
                                     subscriber.next("RESYNC");
                                     continue;
                                 }
-                                subscriber.next({
-                                    documents: received(event.value.documents),
-                                    checkpoint: { token },
-                                });
+                                const documents = await filled(received(event.value.documents));
+                                // A push may have started while the local copies were read.
+                                if (pushesInFlight > 0) {
+                                    batchWithheldDuringPush = true;
+                                    continue;
+                                }
+                                subscriber.next({ documents, checkpoint: { token } });
                             } else if (event.case === "resync") {
                                 // The stream's position expired (a purge overtook it, or a
                                 // restore): RxDB's Pull from its own checkpoint is refused in
