@@ -14,7 +14,7 @@
 # transports, a server without gRPC-Web, and the conflict-resolution suite over both
 # transports (field-merge and crdt collections, idempotent retries, ListOverwritten; its
 # counter test runs the Python client from target/python-venv, installed here, or from
-# $TEST_PYTHON). Finally scripts/test-typescript-readme.sh runs
+# $TEST_PYTHON), and a smoke run of the Node benchmark (bench/, tiny sizes). Finally scripts/test-typescript-readme.sh runs
 # the README's TypeScript snippet from the packed tarball in a fresh project. Each suite starts its own server on a free port against a fresh database
 # (syncline_ts_<run>_<transport>), kills and restarts it mid-test, and drops the database at
 # the end. This script drops leftover databases and stops leftover servers on exit, prints the
@@ -113,7 +113,7 @@ SYNCLINE_BIN="$SYNCLINE_BIN" SYNCLINE_TEST_LOG_DIR="$WORK" SYNCLINE_TEST_RUN_ID=
     node --test --test-concurrency=1 "$@" \
     build/test/convert.test.js build/test/errors.test.js build/test/reconcile.test.js build/test/push-keys.test.js build/test/interop-grpc.test.js build/test/interop-grpc-web.test.js \
     build/test/client-grpc.test.js build/test/client-grpc-web.test.js build/test/grpc-web-off.test.js \
-    build/test/resolution-grpc.test.js build/test/resolution-grpc-web.test.js
+    build/test/resolution-grpc.test.js build/test/resolution-grpc-web.test.js build/test/bench-smoke.test.js
 status=$?
 set -e
 cd "$ROOT"
