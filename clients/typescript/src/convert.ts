@@ -65,20 +65,21 @@ export function toServerDocument(
  * empty body becomes `{ [primaryPath]: id, _deleted: true }`.
  */
 export function fromServerDocument(doc: Document, primaryPath: string, ownerField?: string): RxDocState {
-    let body: Record<string, unknown> = {};
+    let state: Record<string, unknown> = {};
     if (doc.json.length > 0) {
         const parsed: unknown = JSON.parse(decoder.decode(doc.json));
         if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
             throw new Error(`syncline-rxdb: document "${doc.id}" body is not a JSON object`);
         }
-        body = parsed as Record<string, unknown>;
-    }
-    const state: Record<string, unknown> = {};
-    for (const [key, value] of Object.entries(body)) {
-        if ((RXDB_INTERNAL_FIELDS as readonly string[]).includes(key)) {
-            continue;
+        // The parsed body is ours: it becomes the state itself (copying it into a new object
+        // was a third of the client's time per pulled document). RxDB's own fields, which a
+        // body should never hold, are removed.
+        state = parsed as Record<string, unknown>;
+        for (const key of RXDB_INTERNAL_FIELDS) {
+            if (Object.hasOwn(state, key)) {
+                delete state[key];
+            }
         }
-        state[key] = value;
     }
     state[primaryPath] = doc.id;
     if (ownerField !== undefined) {

@@ -36,6 +36,8 @@ import { replicateRxCollection, type RxReplicationState } from "rxdb/plugins/rep
 
 import { canonicalBody, fromServerDocument, toServerDocument } from "./convert.js";
 import { SynclineError } from "./errors.js";
+import { PullAhead } from "./pull-ahead.js";
+import { pullPage } from "./pull-page.js";
 import { AbsorbedStates, PendingPushKeys } from "./push-keys.js";
 import { reconcile } from "./reconcile.js";
 import { RevisionStore, sha256Hex } from "./revisions.js";
@@ -334,19 +336,17 @@ export function replicateSynclineWith<RxDocType>(
         error.reason === "CHECKPOINT_EXPIRED" ||
         error.code === Code.FailedPrecondition;
 
+    // Pages decoded by hand (pull-page.ts), the next one requested while RxDB stores this
+    // one (pull-ahead.ts; pushes stop it reading ahead).
+    const ahead = new PullAhead((token: string | undefined, limit: number) =>
+        pullPage(
+            transport,
+            create(PullRequestSchema, { collection: collectionName, limit, checkpoint: token ? { token } : undefined }),
+            callOptions(),
+        ),
+    );
     const pullOnce = (token: string | undefined, limit: number, handled?: (err: SynclineError) => boolean) =>
-        unary(
-            () =>
-                client.pull(
-                    create(PullRequestSchema, {
-                        collection: collectionName,
-                        limit,
-                        checkpoint: token ? { token } : undefined,
-                    }),
-                    callOptions(),
-                ),
-            handled,
-        );
+        unary(() => ahead.pull(token, limit), handled);
 
     /** The reconcile after a refused checkpoint: its documents and tombstones, then a Pull from C0. */
     const reconcileAndPull = async (
@@ -449,6 +449,7 @@ export function replicateSynclineWith<RxDocType>(
         rows: RxReplicationWriteToMasterRow<RxDocType>[],
     ): Promise<WithDeleted<RxDocType>[]> => {
         pushesInFlight += 1;
+        ahead.writeStarted();
         try {
             const states = rows.map((row) => ({
                 id: String((row.newDocumentState as Record<string, unknown>)[primaryPath]),
@@ -496,6 +497,7 @@ export function replicateSynclineWith<RxDocType>(
             }
             return masterStates;
         } finally {
+            ahead.writeFinished();
             pushesInFlight -= 1;
             if (pushesInFlight === 0 && batchWithheldDuringPush) {
                 batchWithheldDuringPush = false;
