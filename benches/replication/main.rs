@@ -19,6 +19,7 @@ mod idle;
 mod import;
 mod initial_sync;
 mod load;
+mod node;
 mod owners;
 mod plans;
 mod probe;
@@ -138,6 +139,10 @@ async fn run_all(ctx: &Ctx<'_>) -> Report {
     if s.runs("plans") {
         phase("9. plan stability: just loaded vs analyzed");
         plans::run(ctx, &mut report).await;
+    }
+    if s.runs("node") {
+        phase("10. Node family: the TypeScript client against node-postgres");
+        node::run(ctx, &mut report).await;
     }
     report.notes.push(
         "Each figure is the median of the rounds; Syncline and its baseline alternate \

@@ -27,9 +27,14 @@ export interface BenchConfig {
     liveSamples: number;
     /** Pipelined pulls (the next page requested while this one is decoded). Default true. */
     pullAhead?: boolean;
+    /** How pages are decoded: by hand as the plugin does (default), or by the generated client. */
+    pullDecoder?: PullDecoder;
     /** Only these steps (names as in `BenchResult.steps`); all when absent. */
     only?: string[];
 }
+
+/** "hand": src/pull-page.ts, what the plugin uses; "generated": protobuf-es's reflection. */
+export type PullDecoder = "hand" | "generated";
 
 /** The collections the server must declare for a run. */
 export const COLLECTIONS = {
@@ -109,6 +114,9 @@ export function parseConfig(text: string): BenchConfig {
         if (!Number.isInteger(value) || value < 1) {
             throw new Error(`bench config: '${key}' must be a positive integer, not ${String(value)}`);
         }
+    }
+    if (config.pullDecoder !== undefined && config.pullDecoder !== "hand" && config.pullDecoder !== "generated") {
+        throw new Error(`bench config: 'pullDecoder' must be "hand" or "generated"`);
     }
     if (config.pullPage > 1000 || config.pushBatch > 1000) {
         throw new Error("bench config: 'pullPage' and 'pushBatch' must not exceed the server's 1000");

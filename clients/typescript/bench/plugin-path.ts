@@ -3,11 +3,13 @@
 // an app gets minus RxDB's storage.
 
 import { create, toBinary } from "@bufbuild/protobuf";
+import type { Transport } from "@connectrpc/connect";
 
 import { createSynclineClient, fromServerDocument, toServerDocument, type SynclineClient } from "../src/index.js";
 import type { RxDocState } from "../src/convert.js";
 import { ChangeRowSchema, PushMode, PushRequestSchema, type PushResponse } from "../src/gen/syncline/v1/replication_pb.js";
 import { PendingPushKeys } from "../src/push-keys.js";
+import { createNodeTransport } from "../src/transport-node.js";
 
 /** The primary key of the benchmark's documents. */
 export const PRIMARY = "id";
@@ -18,9 +20,10 @@ export interface Write {
     assumed?: Record<string, unknown>;
 }
 
-/** A client on its own HTTP/2 connection (native gRPC, the Node default). */
-export function connect(url: string): SynclineClient {
-    return createSynclineClient({ url, transport: "grpc" });
+/** A client on its own HTTP/2 connection (native gRPC, the Node default), and its transport. */
+export function connect(url: string): SynclineClient & { transport: Transport } {
+    const transport = createNodeTransport("grpc", url, { interceptors: [], compression: "none" });
+    return { ...createSynclineClient({ url, transport }), transport };
 }
 
 /** Pushes as the plugin's push handler does: per-row mode, one idempotency key per batch. */

@@ -1,14 +1,16 @@
-// Pull steps: a fresh client pulls a whole collection in pages of `pullPage` and turns every
-// document into the state the plugin hands RxDB (protobuf decoding, UTF-8 and JSON parsing of
-// the body, the copy into an RxDB state), against node-postgres reading the same keyset pages
+// Pull steps: a fresh client pulls a whole collection in pages of `pullPage` as the plugin's
+// pull handler does (pages decoded by hand and read ahead unless the config says otherwise)
+// and turns every document into the state the plugin hands RxDB (UTF-8 and JSON parsing of
+// the body, an RxDB state), against node-postgres reading the same keyset pages
 // (`WHERE (change_xid, change_seq) > ($2, $3) ORDER BY ... LIMIT`) and parsing the bodies.
 
 import pg from "pg";
 
-import type { RoundFigures } from "./config.js";
+import type { PullDecoder, RoundFigures } from "./config.js";
 import { connect, toStates } from "./plugin-path.js";
 import { Stopwatch } from "./stats.js";
 import { PullAhead } from "../src/pull-ahead.js";
+import { pullPage } from "../src/pull-page.js";
 
 const KEYSET_SQL = `
 SELECT id, body::text AS body, deleted, revision, updated_at, change_xid, change_seq
@@ -35,13 +37,18 @@ export async function pullSyncline(
     page: number,
     expected: number,
     pipelined: boolean,
+    decoder: PullDecoder,
     violations: string[],
 ): Promise<RoundFigures> {
     const client = connect(url);
     // Connect first: the connection's set-up is not what is measured.
     await client.service.pull({ collection, limit: 1 });
-    const fetch = (token: string | undefined, limit: number) =>
-        client.service.pull({ collection, limit, checkpoint: token ? { token } : undefined }, { timeoutMs: 60_000 });
+    const fetch = (token: string | undefined, limit: number) => {
+        const request = { collection, limit, checkpoint: token ? { token } : undefined };
+        return decoder === "hand"
+            ? pullPage(client.transport, request, { timeoutMs: 60_000 })
+            : client.service.pull(request, { timeoutMs: 60_000 });
+    };
     const ahead = new PullAhead(fetch);
     const ids: string[] = [];
     let token: string | undefined;

@@ -64,6 +64,8 @@ export async function runBench(config: BenchConfig): Promise<BenchResult> {
     }
 
     const pipelined = config.pullAhead ?? true;
+    const decoder = config.pullDecoder ?? "hand";
+    const how = [pipelined ? "" : "not pipelined", decoder === "hand" ? "" : "generated decoder"].filter((s) => s).join(", ");
     const docs = config.pushDocs;
     if (runs("push_sequential")) {
         steps.push(
@@ -98,9 +100,9 @@ export async function runBench(config: BenchConfig): Promise<BenchResult> {
                 await step(
                     config,
                     name,
-                    `${label}, ${config.pullPage} per request${pipelined ? "" : " (not pipelined)"}`,
+                    `${label}, ${config.pullPage} per request${how ? ` (${how})` : ""}`,
                     n,
-                    () => pullSyncline(config.url, collection, config.pullPage, n, pipelined, violations),
+                    () => pullSyncline(config.url, collection, config.pullPage, n, pipelined, decoder, violations),
                     () => pullBaseline(db, collection, config.pullPage, n, violations),
                 ),
             );

@@ -23,7 +23,7 @@ after(async () => {
 const STEPS = ["push_sequential", "push_concurrent", "pull", "sync", "cas", "live"];
 
 for (const pullAhead of [true, false]) {
-    test(`every step of the Node benchmark completes (pull ahead: ${pullAhead})`, async () => {
+    test(`every step of the Node benchmark completes (pull ahead and decoded by hand: ${pullAhead})`, async () => {
         const config: BenchConfig = {
             url: server.url,
             databaseUrl: server.databaseUrl,
@@ -37,7 +37,8 @@ for (const pullAhead of [true, false]) {
             casSamples: 5,
             liveSamples: 5,
             pullAhead,
-            // The pulls again, without pipelining (on the collections the first run loaded).
+            pullDecoder: pullAhead ? "hand" : "generated",
+            // The pulls again, the other way (on the collections the first run loaded).
             only: pullAhead ? undefined : ["pull", "sync"],
         };
         const result = await runBench(config);
