@@ -3,7 +3,8 @@
 //! the same work on the same table, both driven from one Node process
 //! (`clients/typescript/bench/`, compiled here with `npm run build:test`), which prints its
 //! per-round figures as JSON. Steps: push sequential and `push_clients` in flight, pull all,
-//! initial sync, single-document compare-and-set, push-to-live-stream latency.
+//! initial sync (uncompressed, as node-postgres reads; and again with gzip responses, the
+//! plugin's default), single-document compare-and-set, push-to-live-stream latency.
 //!
 //! `cargo test` (the smoke run) leaves it to `scripts/test-typescript.sh`, which runs the same
 //! steps at tiny sizes, unless `BENCH_ONLY` names `node`.
@@ -138,6 +139,7 @@ pub async fn run(ctx: &Ctx<'_>, report: &mut Report) {
         "liveSamples": s.node_samples,
         "pullAhead": s.node_pull_ahead,
         "pullDecoder": s.node_pull_decoder,
+        "responseCompression": s.node_response_compression,
     });
     let cpu_before = server.cpu_seconds();
     let result = spawn(&dir, &config.to_string()).await;

@@ -83,6 +83,9 @@ pub struct Settings {
     /// Scenario 10: how the client decodes pages: `hand` (what the plugin uses) or `generated`
     /// (protobuf-es's reflection), for an A/B (`BENCH_NODE_PULL_DECODER`).
     pub node_pull_decoder: String,
+    /// Scenario 10: whether the pull steps accept gzip responses: `none` (like node-postgres)
+    /// or `gzip` (`BENCH_NODE_RESPONSE_COMPRESSION`); a separate step always measures gzip.
+    pub node_response_compression: String,
     /// Port of the benchmark's own PostgreSQL cluster (`BENCH_PG_PORT`).
     pub pg_port: u16,
     /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse,import,plans,node`); all when unset.
@@ -135,6 +138,8 @@ impl Settings {
             node_pull_ahead: env_usize("BENCH_NODE_PULL_AHEAD", 1) != 0,
             node_pull_decoder: std::env::var("BENCH_NODE_PULL_DECODER")
                 .unwrap_or_else(|_| "hand".to_owned()),
+            node_response_compression: std::env::var("BENCH_NODE_RESPONSE_COMPRESSION")
+                .unwrap_or_else(|_| "none".to_owned()),
             pg_port: env_usize("BENCH_PG_PORT", 55460) as u16,
             only: std::env::var("BENCH_ONLY")
                 .ok()

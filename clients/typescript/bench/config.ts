@@ -29,6 +29,8 @@ export interface BenchConfig {
     pullAhead?: boolean;
     /** How pages are decoded: by hand as the plugin does (default), or by the generated client. */
     pullDecoder?: PullDecoder;
+    /** Whether the pull steps let the server gzip its pages (default "none"; step "sync_gzip" always does). */
+    responseCompression?: "gzip" | "none";
     /** Only these steps (names as in `BenchResult.steps`); all when absent. */
     only?: string[];
 }
@@ -117,6 +119,9 @@ export function parseConfig(text: string): BenchConfig {
     }
     if (config.pullDecoder !== undefined && config.pullDecoder !== "hand" && config.pullDecoder !== "generated") {
         throw new Error(`bench config: 'pullDecoder' must be "hand" or "generated"`);
+    }
+    if (config.responseCompression !== undefined && config.responseCompression !== "gzip" && config.responseCompression !== "none") {
+        throw new Error(`bench config: 'responseCompression' must be "gzip" or "none"`);
     }
     if (config.pullPage > 1000 || config.pushBatch > 1000) {
         throw new Error("bench config: 'pullPage' and 'pushBatch' must not exceed the server's 1000");

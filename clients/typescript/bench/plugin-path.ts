@@ -5,7 +5,13 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import type { Transport } from "@connectrpc/connect";
 
-import { createSynclineClient, fromServerDocument, toServerDocument, type SynclineClient } from "../src/index.js";
+import {
+    createSynclineClient,
+    fromServerDocument,
+    toServerDocument,
+    type SynclineClient,
+    type SynclineCompression,
+} from "../src/index.js";
 import type { RxDocState } from "../src/convert.js";
 import { ChangeRowSchema, PushMode, PushRequestSchema, type PushResponse } from "../src/gen/syncline/v1/replication_pb.js";
 import { PendingPushKeys } from "../src/push-keys.js";
@@ -20,9 +26,13 @@ export interface Write {
     assumed?: Record<string, unknown>;
 }
 
-/** A client on its own HTTP/2 connection (native gRPC, the Node default), and its transport. */
-export function connect(url: string): SynclineClient & { transport: Transport } {
-    const transport = createNodeTransport("grpc", url, { interceptors: [], compression: "none" });
+/**
+ * A client on its own HTTP/2 connection (native gRPC, the Node default), and its transport.
+ * Responses uncompressed unless asked (node-postgres gets none either); the plugin's default
+ * accepts gzip.
+ */
+export function connect(url: string, responseCompression: SynclineCompression = "none"): SynclineClient & { transport: Transport } {
+    const transport = createNodeTransport("grpc", url, { interceptors: [], compression: "none", responseCompression });
     return { ...createSynclineClient({ url, transport }), transport };
 }
 

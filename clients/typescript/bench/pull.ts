@@ -9,6 +9,7 @@ import pg from "pg";
 import type { PullDecoder, RoundFigures } from "./config.js";
 import { connect, toStates } from "./plugin-path.js";
 import { Stopwatch } from "./stats.js";
+import type { SynclineCompression } from "../src/index.js";
 import { PullAhead } from "../src/pull-ahead.js";
 import { pullPage } from "../src/pull-page.js";
 
@@ -38,9 +39,10 @@ export async function pullSyncline(
     expected: number,
     pipelined: boolean,
     decoder: PullDecoder,
+    compression: SynclineCompression,
     violations: string[],
 ): Promise<RoundFigures> {
-    const client = connect(url);
+    const client = connect(url, compression);
     // Connect first: the connection's set-up is not what is measured.
     await client.service.pull({ collection, limit: 1 });
     const fetch = (token: string | undefined, limit: number) => {

@@ -3,6 +3,7 @@
 
 import { BASE_SUFFIX, COLLECTIONS, type BenchConfig, type BenchResult, type RoundFigures, type StepResult } from "./config.js";
 import { loadDocuments } from "./load.js";
+import { connect } from "./plugin-path.js";
 import { pullBaseline, pullSyncline } from "./pull.js";
 import { pushBaseline, pushSyncline } from "./push.js";
 import { casBaseline, casSyncline, holder, liveBaseline, liveSyncline } from "./single.js";
@@ -12,6 +13,23 @@ const PREFIX = { pull: "p", sync: "s", cas: "c", live: "l" } as const;
 
 function log(message: string): void {
     process.stderr.write(`bench(node): ${message}\n`);
+}
+
+/** Waits (at most 30 s) until the server answers a Pull: its tables exist from then on. */
+async function serverReady(url: string): Promise<void> {
+    const client = connect(url);
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+        try {
+            await client.service.pull({ collection: COLLECTIONS.push, limit: 1 }, { timeoutMs: 5_000 });
+            return;
+        } catch (err) {
+            if (Date.now() > deadline) {
+                throw new Error(`bench: the server at ${url} did not answer a Pull within 30 s: ${String(err)}`);
+            }
+            await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+    }
 }
 
 /** Runs one step: `rounds` A/B pairs, order alternating. */
@@ -46,11 +64,12 @@ export async function runBench(config: BenchConfig): Promise<BenchResult> {
     const db = config.databaseUrl;
     const singles = config.rounds * Math.max(config.casSamples, config.liveSamples);
 
+    await serverReady(config.url);
     log("loading");
     if (runs("pull")) {
         await loadDocuments(db, COLLECTIONS.pull, PREFIX.pull, config.pullDocs);
     }
-    if (runs("sync")) {
+    if (runs("sync") || runs("sync_gzip")) {
         await loadDocuments(db, COLLECTIONS.sync, PREFIX.sync, config.syncDocs);
     }
     for (const [name, collection, prefix] of [
@@ -65,7 +84,11 @@ export async function runBench(config: BenchConfig): Promise<BenchResult> {
 
     const pipelined = config.pullAhead ?? true;
     const decoder = config.pullDecoder ?? "hand";
-    const how = [pipelined ? "" : "not pipelined", decoder === "hand" ? "" : "generated decoder"].filter((s) => s).join(", ");
+    const compression = config.responseCompression ?? "none";
+    const how = (gzip: boolean): string =>
+        [gzip ? "gzip responses (the plugin's default)" : "", pipelined ? "" : "not pipelined", decoder === "hand" ? "" : "generated decoder"]
+            .filter((s) => s)
+            .join(", ");
     const docs = config.pushDocs;
     if (runs("push_sequential")) {
         steps.push(
@@ -91,18 +114,20 @@ export async function runBench(config: BenchConfig): Promise<BenchResult> {
             ),
         );
     }
-    for (const [name, collection, n, label] of [
-        ["pull", COLLECTIONS.pull, config.pullDocs, "pull all"],
-        ["sync", COLLECTIONS.sync, config.syncDocs, "initial sync"],
+    for (const [name, collection, n, label, gzip] of [
+        ["pull", COLLECTIONS.pull, config.pullDocs, "pull all", compression === "gzip"],
+        ["sync", COLLECTIONS.sync, config.syncDocs, "initial sync", compression === "gzip"],
+        ["sync_gzip", COLLECTIONS.sync, config.syncDocs, "initial sync", true],
     ] as const) {
-        if (runs(name)) {
+        if (runs(name) && !(name === "sync_gzip" && compression === "gzip")) {
+            const note = how(gzip);
             steps.push(
                 await step(
                     config,
                     name,
-                    `${label}, ${config.pullPage} per request${how ? ` (${how})` : ""}`,
+                    `${label}, ${config.pullPage} per request${note ? ` (${note})` : ""}`,
                     n,
-                    () => pullSyncline(config.url, collection, config.pullPage, n, pipelined, decoder, violations),
+                    () => pullSyncline(config.url, collection, config.pullPage, n, pipelined, decoder, gzip ? "gzip" : "none", violations),
                     () => pullBaseline(db, collection, config.pullPage, n, violations),
                 ),
             );

@@ -20,7 +20,7 @@ after(async () => {
     await server?.stop();
 });
 
-const STEPS = ["push_sequential", "push_concurrent", "pull", "sync", "cas", "live"];
+const STEPS = ["push_sequential", "push_concurrent", "pull", "sync", "sync_gzip", "cas", "live"];
 
 for (const pullAhead of [true, false]) {
     test(`every step of the Node benchmark completes (pull ahead and decoded by hand: ${pullAhead})`, async () => {
@@ -38,6 +38,7 @@ for (const pullAhead of [true, false]) {
             liveSamples: 5,
             pullAhead,
             pullDecoder: pullAhead ? "hand" : "generated",
+            responseCompression: pullAhead ? "none" : "gzip",
             // The pulls again, the other way (on the collections the first run loaded).
             only: pullAhead ? undefined : ["pull", "sync"],
         };
