@@ -141,7 +141,7 @@ async fn run_all(ctx: &Ctx<'_>) -> Report {
         plans::run(ctx, &mut report).await;
     }
     if s.runs("node") {
-        phase("10. Node family: the TypeScript client against node-postgres");
+        phase("11. Node family: the TypeScript client against node-postgres");
         node::run(ctx, &mut report).await;
     }
     report.notes.push(

@@ -1,4 +1,4 @@
-//! Scenario 10: the Node family (issue 17). The TypeScript client's own path (the package's
+//! Scenario 11: the Node family (issue 17). The TypeScript client's own path (the package's
 //! exported client on its Node gRPC transport, no RxDB storage) against node-postgres doing
 //! the same work on the same table, both driven from one Node process
 //! (`clients/typescript/bench/`, compiled here with `npm run build:test`), which prints its
@@ -118,7 +118,7 @@ pub async fn run(ctx: &Ctx<'_>, report: &mut Report) {
     if s.smoke && !named {
         report
             .notes
-            .push("10. Node family: smoke-tested by scripts/test-typescript.sh".into());
+            .push("11. Node family: smoke-tested by scripts/test-typescript.sh".into());
         return;
     }
     let dir = typescript_dir();
@@ -187,7 +187,7 @@ fn add_row(report: &mut Report, step: &Step, node: &str) {
         )
     };
     report.add(Row {
-        scenario: format!("10. Node ({node}): {}, {what}", step.label),
+        scenario: format!("11. Node ({node}): {}, {what}", step.label),
         syncline: ours.text(unit),
         baseline: format!("{} (node-postgres)", theirs.text(unit)),
         ratio: Some(ratio),
@@ -250,7 +250,7 @@ async fn spawn(dir: &Path, config: &str) -> NodeResult {
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .expect("the Node benchmark's waiting thread")
-        .expect("start node (Node.js is needed for scenario 10)");
+        .expect("start node (Node.js is needed for scenario 11)");
     assert!(
         output.status.success(),
         "the Node benchmark failed ({})",

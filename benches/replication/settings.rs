@@ -70,20 +70,20 @@ pub struct Settings {
     pub plans_docs: usize,
     /// Scenario 9: timed calls of each kind per database per round (`BENCH_PLANS_SAMPLES`).
     pub plans_samples: usize,
-    /// Scenario 10: documents each Node push step writes per round (`BENCH_NODE_PUSH_DOCS`).
+    /// Scenario 11: documents each Node push step writes per round (`BENCH_NODE_PUSH_DOCS`).
     pub node_push_docs: usize,
-    /// Scenario 10: documents of the Node "pull all" step (`BENCH_NODE_PULL_DOCS`); its
+    /// Scenario 11: documents of the Node "pull all" step (`BENCH_NODE_PULL_DOCS`); its
     /// initial sync uses `sync_docs`.
     pub node_pull_docs: usize,
-    /// Scenario 10: single-document calls per round of each latency step (`BENCH_NODE_SAMPLES`).
+    /// Scenario 11: single-document calls per round of each latency step (`BENCH_NODE_SAMPLES`).
     pub node_samples: usize,
-    /// Scenario 10: the client requests the next page while decoding one
+    /// Scenario 11: the client requests the next page while decoding one
     /// (`BENCH_NODE_PULL_AHEAD`, 1; 0 turns it off for an A/B).
     pub node_pull_ahead: bool,
-    /// Scenario 10: how the client decodes pages: `hand` (what the plugin uses) or `generated`
+    /// Scenario 11: how the client decodes pages: `hand` (what the plugin uses) or `generated`
     /// (protobuf-es's reflection), for an A/B (`BENCH_NODE_PULL_DECODER`).
     pub node_pull_decoder: String,
-    /// Scenario 10: whether the pull steps accept gzip responses: `none` (like node-postgres)
+    /// Scenario 11: whether the pull steps accept gzip responses: `none` (like node-postgres)
     /// or `gzip` (`BENCH_NODE_RESPONSE_COMPRESSION`); a separate step always measures gzip.
     pub node_response_compression: String,
     /// Port of the benchmark's own PostgreSQL cluster (`BENCH_PG_PORT`).

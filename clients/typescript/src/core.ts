@@ -131,7 +131,7 @@ export interface SynclineReplicationOptions<RxDocType> {
      * Let the server compress its responses with gzip (Node transports; browsers negotiate
      * by themselves). Default 'gzip': fewer bytes on a real network. 'none' saves CPU on
      * both sides where bytes are cheap (same host, a fast LAN): on loopback an initial sync
-     * ran about 1.5x faster without it (docs/performance.md, scenario 10).
+     * ran about 1.5x faster without it (docs/performance.md, scenario 11).
      */
     responseCompression?: SynclineCompression;
     /** RxDB pull/push modifiers, passed through. */
