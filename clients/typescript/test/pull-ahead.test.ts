@@ -99,13 +99,17 @@ test("a page read ahead is not served once a write has started, nor read while o
 test("a page read ahead after a write started and finished meanwhile is dropped", async () => {
     const server = fakeServer(300);
     const ahead = new PullAhead(server.fetch);
-    const pending = ahead.pull(undefined, 100);
-    const first = await pending;
+    const first = await ahead.pull(undefined, 100);
+    // Page 2 has been read ahead (before the write) by the time the write starts.
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+    assert.equal(server.requests.length, 2);
     ahead.writeStarted();
     ahead.writeFinished();
     server.write();
     const second = await ahead.pull(first.checkpoint?.token, 100);
-    assert.equal(second.documents[0], 100 * 1000 + 1);
+    assert.equal(second.documents[0], 100 * 1000 + 1, "page 2 as read after the write");
+    assert.equal(second.request, 3);
 });
 
 test("a failed read-ahead is asked again by the caller's pull; the caller's own failure surfaces", async () => {
