@@ -15,8 +15,9 @@
 # transports (field-merge and crdt collections, idempotent retries, ListOverwritten; its
 # counter test runs the Python client from target/python-venv, installed here, or from
 # $TEST_PYTHON), the attachments suite over both transports (RxDB attachments byte-identical
-# across databases, dedup, an upload cut by a restart), and the selective-sync suite over both
-# transports (replications with a `selector`, removals, a changed selector). Finally
+# across databases, dedup, an upload cut by a restart), the selective-sync suite over both
+# transports (replications with a `selector`, removals, a changed selector), and a smoke run of
+# the Node benchmark (bench/, tiny sizes). Finally
 # scripts/test-typescript-readme.sh runs
 # the README's TypeScript snippet from the packed tarball in a fresh project. Each suite starts its own server on a free port against a fresh database
 # (syncline_ts_<run>_<transport>), kills and restarts it mid-test, and drops the database at
@@ -114,11 +115,12 @@ echo "== node --test (gRPC and gRPC-Web against $(basename "$SYNCLINE_BIN"))"
 set +e
 SYNCLINE_BIN="$SYNCLINE_BIN" SYNCLINE_TEST_LOG_DIR="$WORK" SYNCLINE_TEST_RUN_ID="$RUN_ID" \
     node --test --test-concurrency=1 "$@" \
-    build/test/convert.test.js build/test/errors.test.js build/test/reconcile.test.js build/test/push-keys.test.js build/test/attachments-convert.test.js build/test/interop-grpc.test.js build/test/interop-grpc-web.test.js \
+    build/test/convert.test.js build/test/errors.test.js build/test/reconcile.test.js build/test/push-keys.test.js build/test/attachments-convert.test.js build/test/pull-page.test.js build/test/pull-ahead.test.js build/test/sha256.test.js build/test/response-compression.test.js build/test/interop-grpc.test.js build/test/interop-grpc-web.test.js \
     build/test/client-grpc.test.js build/test/client-grpc-web.test.js build/test/grpc-web-off.test.js \
     build/test/resolution-grpc.test.js build/test/resolution-grpc-web.test.js \
     build/test/attachments-grpc.test.js build/test/attachments-grpc-web.test.js \
-    build/test/selector.test.js build/test/selective-grpc.test.js build/test/selective-grpc-web.test.js
+    build/test/selector.test.js build/test/selective-grpc.test.js build/test/selective-grpc-web.test.js \
+    build/test/bench-smoke.test.js
 status=$?
 set -e
 cd "$ROOT"

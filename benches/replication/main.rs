@@ -19,6 +19,7 @@ mod idle;
 mod import;
 mod initial_sync;
 mod load;
+mod node;
 mod owners;
 mod plans;
 mod probe;
@@ -143,6 +144,10 @@ async fn run_all(ctx: &Ctx<'_>) -> Report {
     if s.runs("selective") {
         phase("12. selective sync: a 1% selector's initial sync, filtered fan-out");
         selective::run(ctx, &mut report).await;
+    }
+    if s.runs("node") {
+        phase("11. Node family: the TypeScript client against node-postgres");
+        node::run(ctx, &mut report).await;
     }
     report.notes.push(
         "Each figure is the median of the rounds; Syncline and its baseline alternate \

@@ -73,9 +73,25 @@ pub struct Settings {
     /// Scenario 12 a: documents in the collection a 1% selector syncs from
     /// (`BENCH_SELECTIVE_DOCS`).
     pub selective_docs: usize,
+    /// Scenario 11: documents each Node push step writes per round (`BENCH_NODE_PUSH_DOCS`).
+    pub node_push_docs: usize,
+    /// Scenario 11: documents of the Node "pull all" step (`BENCH_NODE_PULL_DOCS`); its
+    /// initial sync uses `sync_docs`.
+    pub node_pull_docs: usize,
+    /// Scenario 11: single-document calls per round of each latency step (`BENCH_NODE_SAMPLES`).
+    pub node_samples: usize,
+    /// Scenario 11: the client requests the next page while decoding one
+    /// (`BENCH_NODE_PULL_AHEAD`, 1; 0 turns it off for an A/B).
+    pub node_pull_ahead: bool,
+    /// Scenario 11: how the client decodes pages: `hand` (what the plugin uses) or `generated`
+    /// (protobuf-es's reflection), for an A/B (`BENCH_NODE_PULL_DECODER`).
+    pub node_pull_decoder: String,
+    /// Scenario 11: whether the pull steps accept gzip responses: `none` (like node-postgres)
+    /// or `gzip` (`BENCH_NODE_RESPONSE_COMPRESSION`); a separate step always measures gzip.
+    pub node_response_compression: String,
     /// Port of the benchmark's own PostgreSQL cluster (`BENCH_PG_PORT`).
     pub pg_port: u16,
-    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse,import,plans,selective`); all when unset.
+    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse,import,plans,node,selective`); all when unset.
     pub only: Option<Vec<String>>,
 }
 
@@ -120,6 +136,14 @@ impl Settings {
             plans_docs: env_usize("BENCH_PLANS_DOCS", pick(200_000, 2_000)).max(100),
             plans_samples: env_usize("BENCH_PLANS_SAMPLES", pick(200, 10)).max(1),
             selective_docs: env_usize("BENCH_SELECTIVE_DOCS", pick(1_000_000, 5_000)).max(100),
+            node_push_docs: env_usize("BENCH_NODE_PUSH_DOCS", pick(20_000, 200)).max(1),
+            node_pull_docs: env_usize("BENCH_NODE_PULL_DOCS", pick(20_000, 500)).max(1),
+            node_samples: env_usize("BENCH_NODE_SAMPLES", pick(500, 10)).max(1),
+            node_pull_ahead: env_usize("BENCH_NODE_PULL_AHEAD", 1) != 0,
+            node_pull_decoder: std::env::var("BENCH_NODE_PULL_DECODER")
+                .unwrap_or_else(|_| "hand".to_owned()),
+            node_response_compression: std::env::var("BENCH_NODE_RESPONSE_COMPRESSION")
+                .unwrap_or_else(|_| "none".to_owned()),
             pg_port: env_usize("BENCH_PG_PORT", 55460) as u16,
             only: std::env::var("BENCH_ONLY")
                 .ok()
@@ -141,7 +165,7 @@ impl Settings {
              fan-out {} subscribers at {}/s for {:?}; idle {} streams over {:?}; scale {} vs {}; \
              owners 100 vs 1 of {}; abuse {} x {} empty rows, {} docs of ~1 MiB, \
              {} pull rounds, {} unread streams, {} watches, {} idle connections; import {}; \
-             plans {} docs x {} samples",
+             plans {} docs x {} samples; node push {} / pull {} docs, {} samples",
             if self.smoke { "smoke" } else { "bench" },
             self.rounds,
             self.sync_docs,
@@ -166,6 +190,9 @@ impl Settings {
             self.import_docs,
             self.plans_docs,
             self.plans_samples,
+            self.node_push_docs,
+            self.node_pull_docs,
+            self.node_samples,
         )
     }
 }

@@ -8,6 +8,7 @@ import { createClient, type Client, type Interceptor, type Transport } from "@co
 
 import {
     authInterceptor,
+    checkCompression,
     type SynclineCompression,
     type SynclineReplicationOptions,
     type SynclineTransportKind,
@@ -30,6 +31,8 @@ export interface SynclineClientOptions {
     interceptors?: Interceptor[];
     /** Compress requests with gzip (Node transports). Default 'none'. */
     compression?: SynclineCompression;
+    /** Let the server compress responses with gzip (Node transports). Default 'gzip'. */
+    responseCompression?: SynclineCompression;
     /** Deadline of each call in milliseconds. Default 30000. */
     callTimeoutMs?: number;
 }
@@ -109,7 +112,11 @@ export function createSynclineClientWith(
     const transportOption = options.transport ?? defaultTransport;
     const transport =
         typeof transportOption === "string"
-            ? transportFactory(transportOption, options.url, { interceptors, compression })
+            ? transportFactory(transportOption, options.url, {
+                  interceptors,
+                  compression,
+                  responseCompression: checkCompression("responseCompression", options.responseCompression ?? "gzip"),
+              })
             : transportOption;
     const service = createClient(ReplicationService, transport);
     const timeoutMs = options.callTimeoutMs ?? 30_000;

@@ -95,25 +95,28 @@ export function fromServerDocument(
     ownerField?: string,
     withAttachments = false,
 ): RxDocState {
-    let body: Record<string, unknown> = {};
+    let state: Record<string, unknown> = {};
+    let attachments: unknown;
     if (doc.json.length > 0) {
         const parsed: unknown = JSON.parse(decoder.decode(doc.json));
         if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
             throw new Error(`syncline-rxdb: document "${doc.id}" body is not a JSON object`);
         }
-        body = parsed as Record<string, unknown>;
-    }
-    const state: Record<string, unknown> = {};
-    for (const [key, value] of Object.entries(body)) {
-        if ((RXDB_INTERNAL_FIELDS as readonly string[]).includes(key)) {
-            continue;
+        // The parsed body is ours: it becomes the state itself (copying it into a new object
+        // was a third of the client's time per pulled document). RxDB's own fields, which a
+        // body should never hold, are removed (the attachments' metadata kept aside).
+        state = parsed as Record<string, unknown>;
+        attachments = state._attachments;
+        for (const key of RXDB_INTERNAL_FIELDS) {
+            if (Object.hasOwn(state, key)) {
+                delete state[key];
+            }
         }
-        state[key] = value;
     }
     if (withAttachments) {
         // Always present (`{}` without attachments, and on tombstones): RxDB refuses to push
         // a document whose assumed master state has no `_attachments` (AT4).
-        state._attachments = doc.deleted || body._attachments === undefined ? {} : body._attachments;
+        state._attachments = doc.deleted || attachments === undefined ? {} : attachments;
     }
     state[primaryPath] = doc.id;
     if (ownerField !== undefined) {

@@ -51,10 +51,11 @@ function probeHttp1(url: string): Promise<boolean | undefined> {
 }
 
 export function createNodeTransport(kind: SynclineTransportKind, url: string, settings: TransportSettings): Transport {
-    // Accepting gzip is always safe (a server without it answers uncompressed); sending it is
-    // opt-in, since a server without gzip support refuses a compressed request.
+    // Accepting gzip is always safe (a server without it answers uncompressed), but costs CPU
+    // on both sides, so an app may decline it; sending it is opt-in, since a server without
+    // gzip support refuses a compressed request.
     const compression = {
-        acceptCompression: [compressionGzip],
+        acceptCompression: settings.responseCompression === "none" ? [] : [compressionGzip],
         sendCompression: settings.compression === "gzip" ? compressionGzip : undefined,
     };
     switch (kind) {

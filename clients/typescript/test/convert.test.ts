@@ -31,6 +31,19 @@ test("fromServerDocument restores the primary key and _deleted", () => {
     assert.deepEqual(state, { title: "t", n: 2, key: "k1", _deleted: false });
 });
 
+test("fromServerDocument drops RxDB's own fields from a body, keeping the order of the rest", () => {
+    const state = fromServerDocument(
+        create(DocumentSchema, {
+            id: "k1",
+            json: new TextEncoder().encode('{"b":1,"_rev":"9-x","a":{"_meta":2},"_deleted":true,"_meta":{},"_attachments":{},"c":3}'),
+            deleted: false,
+        }),
+        "id",
+    );
+    assert.deepEqual(state, { b: 1, a: { _meta: 2 }, c: 3, id: "k1", _deleted: false });
+    assert.deepEqual(Object.keys(state), ["b", "a", "c", "id", "_deleted"]);
+});
+
 test("fromServerDocument accepts a tombstone with an empty body", () => {
     const state = fromServerDocument(create(DocumentSchema, { id: "k2", deleted: true }), "id");
     assert.deepEqual(state, { id: "k2", _deleted: true });

@@ -108,7 +108,7 @@ export class SynclineServer {
         private readonly bin: string,
         private readonly adminUrl: string,
         private readonly database: string,
-        private readonly databaseUrl: string,
+        readonly databaseUrl: string,
         private readonly configPath: string,
         private readonly logPath: string,
         readonly port: number,
