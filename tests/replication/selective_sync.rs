@@ -474,6 +474,15 @@ fn random_body(rng: &mut StdRng) -> Value {
     b
 }
 
+/// The live documents of `all` that `matches` selects, by id.
+fn matching(all: &[Document], matches: Rule) -> BTreeMap<String, Value> {
+    all.iter()
+        .filter(|d| !d.deleted)
+        .map(|d| (d.id.clone(), body(d)))
+        .filter(|(_, b)| matches(b))
+        .collect()
+}
+
 /// A reader's local copy: documents it was sent, removals applied.
 #[derive(Default)]
 struct Replica {
@@ -588,12 +597,7 @@ async fn a_seeded_race_of_writers_and_filtered_readers_ends_exact() {
         let (selector, matches) = &selectors[*s];
         let (rest, _) = pull_filtered(&mut c, selector, &replica.token, 5).await;
         replica.apply(&rest, *matches, selector);
-        let expected: BTreeMap<String, Value> = all
-            .iter()
-            .filter(|d| !d.deleted)
-            .map(|d| (d.id.clone(), body(d)))
-            .filter(|(_, b)| matches(b))
-            .collect();
+        let expected = matching(&all, *matches);
         assert_eq!(
             replica.docs, expected,
             "seed {seed}: {selector}: the reader's copy differs from the matches"
@@ -601,12 +605,7 @@ async fn a_seeded_race_of_writers_and_filtered_readers_ends_exact() {
     }
     // The streams converge to the same (bounded wait: they follow the writes live).
     for ((selector, matches), (replica, task)) in selectors.iter().zip(&streamed) {
-        let expected: BTreeMap<String, Value> = all
-            .iter()
-            .filter(|d| !d.deleted)
-            .map(|d| (d.id.clone(), body(d)))
-            .filter(|(_, b)| matches(b))
-            .collect();
+        let expected = matching(&all, *matches);
         let mut same = false;
         for _ in 0..300 {
             if replica.lock().expect("replica").docs == expected {

@@ -118,11 +118,49 @@ impl PgStore {
         after: Resume,
         limit: PageLimit,
     ) -> Result<ChangePage, StoreError> {
+        let rows = self
+            .run_filtered(page_sql(filter), collection, owner, filter, after, limit)
+            .await?;
+        merge(&rows, limit.documents as usize).map_err(to_store_error)
+    }
+
+    /// `EXPLAIN (FORMAT JSON)` of the filtered page statement as
+    /// [`PgStore::read_filtered_page`] runs it (same settings, same binds): for tests that
+    /// check which indexes serve a selector.
+    #[doc(hidden)]
+    pub async fn explain_filtered(
+        &self,
+        collection: &str,
+        owner: Option<&str>,
+        filter: &ReadFilter,
+        after: Resume,
+        limit: PageLimit,
+    ) -> Result<serde_json::Value, StoreError> {
+        let sql = format!("EXPLAIN (FORMAT JSON) {}", page_sql(filter));
+        let rows = self
+            .run_filtered(sql, collection, owner, filter, after, limit)
+            .await?;
+        let first = rows
+            .first()
+            .ok_or_else(|| StoreError::Internal("EXPLAIN returned no row".into()))?;
+        first.try_get(0).map_err(to_store_error)
+    }
+
+    /// Runs `sql` (the filtered page statement, or a wrapper of it) with its binds, in the
+    /// filtered reads' transaction.
+    async fn run_filtered(
+        &self,
+        sql: String,
+        collection: &str,
+        owner: Option<&str>,
+        filter: &ReadFilter,
+        after: Resume,
+        limit: PageLimit,
+    ) -> Result<Vec<PgRow>, StoreError> {
         debug_assert_eq!(
             FILTER_FIRST_PARAM, 8,
             "the statement binds seven values first"
         );
-        let sql = page_sql(filter);
         let budget = i64::try_from(limit.bytes).unwrap_or(i64::MAX);
         // Audited: the filter's SQL holds fixed fragments, configured paths and placeholders
         // only (`protocol::selector::sql`); every client value is one of `filter.params`.
@@ -146,44 +184,7 @@ impl PgStore {
             .map_err(to_store_error)?;
         let rows = query.fetch_all(&mut *tx).await.map_err(to_store_error)?;
         tx.commit().await.map_err(to_store_error)?;
-        merge(&rows, limit.documents as usize).map_err(to_store_error)
-    }
-}
-
-impl PgStore {
-    /// `EXPLAIN (FORMAT JSON)` of the filtered page statement as
-    /// [`PgStore::read_filtered_page`] would run it (same settings, same binds): for tests
-    /// that check which indexes serve a selector.
-    #[doc(hidden)]
-    pub async fn explain_filtered(
-        &self,
-        collection: &str,
-        owner: Option<&str>,
-        filter: &ReadFilter,
-        after: Resume,
-        limit: PageLimit,
-    ) -> Result<serde_json::Value, StoreError> {
-        let sql = format!("EXPLAIN (FORMAT JSON) {}", page_sql(filter));
-        let budget = i64::try_from(limit.bytes).unwrap_or(i64::MAX);
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(false)
-            .bind(collection)
-            .bind(after.position.tx)
-            .bind(after.position.seq)
-            .bind(i64::from(limit.documents))
-            .bind(budget)
-            .bind(after.floor)
-            .bind(owner);
-        for param in &filter.params {
-            query = bind_param(query, param);
-        }
-        let mut conn = self.acquire().await?;
-        let mut tx = sqlx::Connection::begin_with(&mut *conn, BEGIN_FILTERED)
-            .await
-            .map_err(to_store_error)?;
-        let row = query.fetch_one(&mut *tx).await.map_err(to_store_error)?;
-        tx.commit().await.map_err(to_store_error)?;
-        row.try_get(0).map_err(to_store_error)
+        Ok(rows)
     }
 }
 
