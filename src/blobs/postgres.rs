@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::gc::GcBatch;
 use super::index::{self, BlobIndex};
-use super::{BlobMeta, Blobs, ByteStream, db_error};
+use super::{BlobMeta, BlobStoreKind, Blobs, ByteStream, db_error};
 use crate::store::StoreError;
 
 /// Blob bytes in PostgreSQL.
@@ -47,6 +47,14 @@ ORDER BY start DESC LIMIT 1";
 
 impl Blobs for PostgresBlobs {
     type Staging = PgStaging;
+
+    fn kind(&self) -> BlobStoreKind {
+        BlobStoreKind::Postgres
+    }
+
+    fn index(&self) -> &BlobIndex {
+        &self.index
+    }
 
     async fn begin(&self, _collection: &str, _digest: &str) -> Result<PgStaging, StoreError> {
         let upload_id = super::upload_id();

@@ -261,6 +261,9 @@ impl<B: Blobs> Attachments<B> {
         let inserted = tokio::spawn(async move { blobs.commit(staging, &meta, &owner).await })
             .await
             .map_err(|e| ProtocolError::internal(format!("upload commit task: {e}")))??;
+        if inserted {
+            super::stored::refresh(self.blobs.index(), self.blobs.kind().label()).await;
+        }
         let outcome = if inserted { "stored" } else { "deduplicated" };
         metrics::counter!(ATTACHMENT_UPLOADS, "collection" => collection.to_owned(), "outcome" => outcome).increment(1);
         Ok(Uploaded {
