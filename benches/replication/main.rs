@@ -11,6 +11,7 @@
 //! `settings.rs` (`BENCH_DOCS`, `BENCH_SUBSCRIBERS`, `BENCH_SCALE_DOCS`, `BENCH_ONLY`...).
 
 mod abuse;
+mod attachments;
 mod client;
 mod cluster;
 mod compression;
@@ -138,6 +139,10 @@ async fn run_all(ctx: &Ctx<'_>) -> Report {
     if s.runs("plans") {
         phase("9. plan stability: just loaded vs analyzed");
         plans::run(ctx, &mut report).await;
+    }
+    if s.runs("attachments") {
+        phase("10. attachments: blob upload and download throughput");
+        attachments::run(ctx, &mut report).await;
     }
     report.notes.push(
         "Each figure is the median of the rounds; Syncline and its baseline alternate \

@@ -70,9 +70,14 @@ pub struct Settings {
     pub plans_docs: usize,
     /// Scenario 9: timed calls of each kind per database per round (`BENCH_PLANS_SAMPLES`).
     pub plans_samples: usize,
+    /// Scenario 10: MiB of each blob uploaded and downloaded (`BENCH_ATTACH_MIB`).
+    pub attach_mib: usize,
+    /// Scenario 10: KiB per chunk, on the wire and in the baselines (`BENCH_ATTACH_CHUNK_KIB`;
+    /// the server's `chunk_bytes_max` is set to it).
+    pub attach_chunk_kib: usize,
     /// Port of the benchmark's own PostgreSQL cluster (`BENCH_PG_PORT`).
     pub pg_port: u16,
-    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse,import,plans`); all when unset.
+    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse,import,plans,attachments`); all when unset.
     pub only: Option<Vec<String>>,
 }
 
@@ -116,6 +121,8 @@ impl Settings {
             reconcile_docs: env_usize("BENCH_RECONCILE_DOCS", pick(100_000, 2_000)).max(200),
             plans_docs: env_usize("BENCH_PLANS_DOCS", pick(200_000, 2_000)).max(100),
             plans_samples: env_usize("BENCH_PLANS_SAMPLES", pick(200, 10)).max(1),
+            attach_mib: env_usize("BENCH_ATTACH_MIB", pick(100, 4)).max(1),
+            attach_chunk_kib: env_usize("BENCH_ATTACH_CHUNK_KIB", 1024).clamp(1, 16 * 1024),
             pg_port: env_usize("BENCH_PG_PORT", 55460) as u16,
             only: std::env::var("BENCH_ONLY")
                 .ok()
@@ -137,7 +144,7 @@ impl Settings {
              fan-out {} subscribers at {}/s for {:?}; idle {} streams over {:?}; scale {} vs {}; \
              owners 100 vs 1 of {}; abuse {} x {} empty rows, {} docs of ~1 MiB, \
              {} pull rounds, {} unread streams, {} watches, {} idle connections; import {}; \
-             plans {} docs x {} samples",
+             plans {} docs x {} samples; attachments {} MiB in {} KiB chunks",
             if self.smoke { "smoke" } else { "bench" },
             self.rounds,
             self.sync_docs,
@@ -162,6 +169,8 @@ impl Settings {
             self.import_docs,
             self.plans_docs,
             self.plans_samples,
+            self.attach_mib,
+            self.attach_chunk_kib,
         )
     }
 }
