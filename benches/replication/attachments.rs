@@ -27,6 +27,7 @@ use syncline::proto::attachment_service_client::AttachmentServiceClient;
 use syncline::proto::{DownloadRequest, UploadRequest, UploadStart, upload_request::Part};
 use tonic::transport::Channel;
 
+use crate::cluster::Cluster;
 use crate::report::{Report, Row};
 use crate::server::{Server, ServerOptions};
 use crate::stats::median;
@@ -57,13 +58,91 @@ pub async fn run(ctx: &Ctx<'_>, report: &mut Report) {
     }
 }
 
-/// Upload and download MiB/s, and the server's CPU per MiB, of one round.
+/// Upload and download MiB/s of one round, and the CPU each took per MiB.
 #[derive(Debug, Clone, Copy, Default)]
 struct Transfer {
     up_mib_s: f64,
     down_mib_s: f64,
-    up_cpu: f64,
-    down_cpu: f64,
+    up_cpu: Cpu,
+    down_cpu: Cpu,
+}
+
+/// CPU milliseconds per MiB: the load generator (this process: the gRPC or sqlx client),
+/// the Syncline server, and the whole PostgreSQL cluster (when this run started it).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    client: f64,
+    server: f64,
+    postgres: Option<f64>,
+}
+
+impl Cpu {
+    fn text(&self) -> String {
+        let postgres = self
+            .postgres
+            .map_or(String::new(), |p| format!(", PostgreSQL {p:.1}"));
+        let server = if self.server > 0.0 {
+            format!(", server {:.1}", self.server)
+        } else {
+            String::new()
+        };
+        format!("CPU ms/MiB: client {:.1}{server}{postgres}", self.client)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({"client": self.client, "server": self.server, "postgres": self.postgres})
+    }
+}
+
+/// Wall time and CPU of one measured step.
+struct Meter<'a> {
+    cluster: &'a Cluster,
+    server: Option<&'a Server>,
+    started: Instant,
+    client: f64,
+    server_cpu: f64,
+    postgres: Option<f64>,
+}
+
+impl<'a> Meter<'a> {
+    fn start(cluster: &'a Cluster, server: Option<&'a Server>) -> Meter<'a> {
+        Meter {
+            cluster,
+            server,
+            client: own_cpu_seconds(),
+            server_cpu: server.map_or(0.0, Server::cpu_seconds),
+            postgres: cluster.cpu_seconds(),
+            started: Instant::now(),
+        }
+    }
+
+    /// MiB/s, and the CPU per MiB, for `mib` MiB moved since [`Meter::start`].
+    fn stop(self, mib: f64) -> (f64, Cpu) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let per_mib = |seconds: f64| seconds * 1000.0 / mib;
+        let cpu = Cpu {
+            client: per_mib(own_cpu_seconds() - self.client),
+            server: per_mib(self.server.map_or(0.0, Server::cpu_seconds) - self.server_cpu),
+            postgres: self
+                .cluster
+                .cpu_seconds()
+                .zip(self.postgres)
+                .map(|(now, then)| per_mib(now - then)),
+        };
+        (mib / elapsed, cpu)
+    }
+}
+
+/// CPU seconds this process (the load generator) used so far.
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    ticks as f64 / crate::server::clock_ticks_per_second()
 }
 
 async fn postgres_back_end(ctx: &Ctx<'_>, report: &mut Report, size: usize, chunk: usize) {
@@ -84,8 +163,8 @@ async fn postgres_back_end(ctx: &Ctx<'_>, report: &mut Report, size: usize, chun
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 0..ctx.settings.rounds {
         let blob = Blob::fresh(size, round);
-        theirs.push(pg_baseline(&mut conn, &blob, chunk, round).await);
-        ours.push(syncline_round(&server, &blob, chunk, report).await);
+        theirs.push(pg_baseline(ctx.cluster, &mut conn, &blob, chunk, round).await);
+        ours.push(syncline_round(ctx.cluster, &server, &blob, chunk, report).await);
     }
     conn.close().await.ok();
     add_rows(
@@ -128,11 +207,12 @@ async fn object_store_back_end(
     for round in 0..ctx.settings.rounds {
         let blob = Blob::fresh(size, round);
         theirs.push(fs_baseline(
+            ctx.cluster,
             &dir.path().join(format!("r{round}")),
             &blob,
             chunk,
         ));
-        ours.push(syncline_round(&server, &blob, chunk, report).await);
+        ours.push(syncline_round(ctx.cluster, &server, &blob, chunk, report).await);
     }
     add_rows(
         report,
@@ -188,6 +268,7 @@ fn hex(hash: &[u8]) -> String {
 /// Syncline: Upload, push a document referencing the blob (untimed: downloads need a
 /// readable referencing document), Download; checks the bytes.
 async fn syncline_round(
+    cluster: &Cluster,
     server: &Server,
     blob: &Blob,
     chunk: usize,
@@ -198,11 +279,9 @@ async fn syncline_round(
         .max_decoding_message_size(chunk + 64 * 1024)
         .max_encoding_message_size(chunk + 64 * 1024);
 
-    let cpu = server.cpu_seconds();
-    let started = Instant::now();
+    let meter = Meter::start(cluster, Some(server));
     let done = upload(&mut c, blob, chunk).await;
-    let up = started.elapsed();
-    let up_cpu = server.cpu_seconds() - cpu;
+    let (up_mib_s, up_cpu) = meter.stop(blob.mib());
     if done.already_stored || done.digest != blob.digest {
         report.violation(format!(
             "10. upload answered {done:?}, not a new {}",
@@ -225,11 +304,9 @@ async fn syncline_round(
         0,
     );
 
-    let cpu = server.cpu_seconds();
-    let started = Instant::now();
+    let meter = Meter::start(cluster, Some(server));
     let (length, digest) = download(&mut c, &blob.digest).await;
-    let down = started.elapsed();
-    let down_cpu = server.cpu_seconds() - cpu;
+    let (down_mib_s, down_cpu) = meter.stop(blob.mib());
     report.expect_eq("10. bytes downloaded", length, blob.bytes.len());
     if digest != blob.digest {
         report.violation(format!(
@@ -237,12 +314,11 @@ async fn syncline_round(
             blob.digest
         ));
     }
-    let mib = blob.mib();
     Transfer {
-        up_mib_s: mib / up.as_secs_f64(),
-        down_mib_s: mib / down.as_secs_f64(),
-        up_cpu: up_cpu * 1e6 / mib,
-        down_cpu: down_cpu * 1e6 / mib,
+        up_mib_s,
+        down_mib_s,
+        up_cpu,
+        down_cpu,
     }
 }
 
@@ -294,13 +370,14 @@ async fn download(c: &mut Blobs, digest: &str) -> (usize, String) {
 /// PostgreSQL alone: each chunk INSERTed as a bytea row in its own statement (autocommit),
 /// then each SELECTed back by key, as the PostgreSQL back end does.
 async fn pg_baseline(
+    cluster: &Cluster,
     conn: &mut sqlx::PgConnection,
     blob: &Blob,
     chunk: usize,
     round: usize,
 ) -> Transfer {
     let id = format!("r{round}");
-    let started = Instant::now();
+    let meter = Meter::start(cluster, None);
     for at in (0..blob.bytes.len()).step_by(chunk) {
         let piece = &blob.bytes[at..(at + chunk).min(blob.bytes.len())];
         sqlx::query("INSERT INTO bench_chunks (upload_id, start, data) VALUES ($1, $2, $3)")
@@ -311,8 +388,8 @@ async fn pg_baseline(
             .await
             .expect("baseline insert");
     }
-    let up = started.elapsed();
-    let started = Instant::now();
+    let (up_mib_s, up_cpu) = meter.stop(blob.mib());
+    let meter = Meter::start(cluster, None);
     let mut hash = sha2::Sha256::new();
     for at in (0..blob.bytes.len()).step_by(chunk) {
         let data: Vec<u8> =
@@ -324,22 +401,23 @@ async fn pg_baseline(
                 .expect("baseline select");
         hash.update(&data);
     }
-    let down = started.elapsed();
+    let (down_mib_s, down_cpu) = meter.stop(blob.mib());
     assert_eq!(
         hex(&hash.finalize()),
         blob.digest,
         "the baseline read back other bytes"
     );
     Transfer {
-        up_mib_s: blob.mib() / up.as_secs_f64(),
-        down_mib_s: blob.mib() / down.as_secs_f64(),
-        ..Transfer::default()
+        up_mib_s,
+        down_mib_s,
+        up_cpu,
+        down_cpu,
     }
 }
 
 /// The filesystem alone: the chunks written to a new file and fsynced, then read back.
-fn fs_baseline(path: &std::path::Path, blob: &Blob, chunk: usize) -> Transfer {
-    let started = Instant::now();
+fn fs_baseline(cluster: &Cluster, path: &std::path::Path, blob: &Blob, chunk: usize) -> Transfer {
+    let meter = Meter::start(cluster, None);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -351,8 +429,8 @@ fn fs_baseline(path: &std::path::Path, blob: &Blob, chunk: usize) -> Transfer {
         file.write_all(piece).expect("write the baseline file");
     }
     file.sync_all().expect("fsync the baseline file");
-    let up = started.elapsed();
-    let started = Instant::now();
+    let (up_mib_s, up_cpu) = meter.stop(blob.mib());
+    let meter = Meter::start(cluster, None);
     file.rewind().expect("rewind");
     let mut buf = vec![0u8; chunk];
     let mut hash = sha2::Sha256::new();
@@ -363,7 +441,7 @@ fn fs_baseline(path: &std::path::Path, blob: &Blob, chunk: usize) -> Transfer {
         }
         hash.update(&buf[..n]);
     }
-    let down = started.elapsed();
+    let (down_mib_s, down_cpu) = meter.stop(blob.mib());
     assert_eq!(
         hex(&hash.finalize()),
         blob.digest,
@@ -372,9 +450,10 @@ fn fs_baseline(path: &std::path::Path, blob: &Blob, chunk: usize) -> Transfer {
     drop(file);
     let _ = std::fs::remove_file(path);
     Transfer {
-        up_mib_s: blob.mib() / up.as_secs_f64(),
-        down_mib_s: blob.mib() / down.as_secs_f64(),
-        ..Transfer::default()
+        up_mib_s,
+        down_mib_s,
+        up_cpu,
+        down_cpu,
     }
 }
 
@@ -387,43 +466,48 @@ fn add_rows(
     ours: &[Transfer],
     theirs: &[Transfer],
 ) {
-    let pick =
-        |v: &[Transfer], f: fn(&Transfer) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
-    for (what, field, cpu) in [
-        (
-            "upload",
-            (|t: &Transfer| t.up_mib_s) as fn(&Transfer) -> f64,
-            (|t: &Transfer| t.up_cpu) as fn(&Transfer) -> f64,
-        ),
-        (
-            "download",
-            |t: &Transfer| t.down_mib_s,
-            |t: &Transfer| t.down_cpu,
-        ),
-    ] {
-        let (a, b) = (pick(ours, field), pick(theirs, field));
+    type Pick = fn(&Transfer) -> (f64, Cpu);
+    let up: Pick = |t| (t.up_mib_s, t.up_cpu);
+    let down: Pick = |t| (t.down_mib_s, t.down_cpu);
+    for (what, pick) in [("upload", up), ("download", down)] {
+        let (a, a_cpu) = medians(ours, pick);
+        let (b, b_cpu) = medians(theirs, pick);
         let ratio = a / b;
-        let cpu = pick(ours, cpu);
         report.add(Row {
             scenario: format!(
                 "10. Attachments {what}, {} MiB blobs in {} KiB chunks, {back_end}",
                 size / MIB,
                 chunk / 1024
             ),
-            syncline: format!("{a:.0} MiB/s ({:.1} ms server CPU per MiB)", cpu / 1000.0),
-            baseline: format!("{b:.0} MiB/s ({baseline})"),
+            syncline: format!("{a:.0} MiB/s; {}", a_cpu.text()),
+            baseline: format!("{b:.0} MiB/s ({baseline}); {}", b_cpu.text()),
             ratio: Some(ratio),
             target: format!(">= {TARGET}"),
             met: Some(ratio >= TARGET),
             figures: json!({
                 "mib_per_second": a,
                 "baseline_mib_per_second": b,
-                "server_cpu_us_per_mib": cpu,
-                "rounds": ours.iter().map(field).collect::<Vec<_>>(),
-                "baseline_rounds": theirs.iter().map(field).collect::<Vec<_>>(),
+                "cpu_ms_per_mib": a_cpu.json(),
+                "baseline_cpu_ms_per_mib": b_cpu.json(),
+                "rounds": ours.iter().map(|t| pick(t).0).collect::<Vec<_>>(),
+                "baseline_rounds": theirs.iter().map(|t| pick(t).0).collect::<Vec<_>>(),
             }),
         });
     }
+}
+
+/// The medians of the rounds' MiB/s and of each CPU figure.
+fn medians(rounds: &[Transfer], pick: fn(&Transfer) -> (f64, Cpu)) -> (f64, Cpu) {
+    let of = |f: &dyn Fn(&Transfer) -> f64| median(&rounds.iter().map(f).collect::<Vec<_>>());
+    let postgres: Vec<f64> = rounds.iter().filter_map(|t| pick(t).1.postgres).collect();
+    (
+        of(&|t| pick(t).0),
+        Cpu {
+            client: of(&|t| pick(t).1.client),
+            server: of(&|t| pick(t).1.server),
+            postgres: (!postgres.is_empty()).then(|| median(&postgres)),
+        },
+    )
 }
 
 fn in_ci() -> bool {

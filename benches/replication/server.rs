@@ -273,7 +273,8 @@ fn free_port() -> SocketAddr {
         .expect("find a free port")
 }
 
-fn clock_ticks_per_second() -> f64 {
+/// `CLK_TCK`: the unit of the CPU times in `/proc/<pid>/stat`.
+pub fn clock_ticks_per_second() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
