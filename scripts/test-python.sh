@@ -147,10 +147,13 @@ DB="syncline_py_$(date +%s)_$$"
 create_database "$DB"
 DB_URL=$(database_url "$DB")
 PORT=$(free_port)
+# Metrics on: the attachment tests read the server's transfer counters (dedup, resume).
+METRICS_PORT=$(free_port)
 cat >"$WORK/syncline.toml" <<TOML
 listen = "127.0.0.1:$PORT"
 heartbeat_seconds = 2
-metrics_enabled = false
+metrics_enabled = true
+metrics_listen = "127.0.0.1:$METRICS_PORT"
 purge_interval_seconds = 1
 
 [auth]
@@ -227,7 +230,8 @@ start_server auth "$WORK/auth.toml" "$DB_URL" "$AUTH_PORT"
 echo "== pytest (client: $(cd / && "$REPO/$PY" -c 'import syncline_client.client as c; print(c.__file__)'))"
 set +e
 (cd clients/python && SYNCLINE_ADDR="127.0.0.1:$PORT" SYNCLINE_AUTH_ADDR="127.0.0.1:$AUTH_PORT" \
-    SYNCLINE_AUTH_SECRET="$AUTH_SECRET" "$REPO/$VENV/bin/pytest" -q "$@")
+    SYNCLINE_AUTH_SECRET="$AUTH_SECRET" SYNCLINE_METRICS_ADDR="127.0.0.1:$METRICS_PORT" \
+    "$REPO/$VENV/bin/pytest" -q "$@")
 status=$?
 set -e
 [ "$status" -eq 0 ] || failed="pytest"
@@ -273,6 +277,8 @@ run_snippet "$REPO/clients/python/README.md" python-client-example "^t-[0-9a-f]{
     || failed="$failed client-readme"
 run_snippet "$REPO/clients/python/README.md" python-selective-example "^t-[0-9a-f]{8} deleted left_scope" \
     || failed="$failed client-readme-selective"
+run_snippet "$REPO/clients/python/README.md" python-attachments-example \
+    "^t-[0-9a-f]{8} [0-9a-f]{12} True$" || failed="$failed client-readme-attachments"
 
 echo "== README: python -m build (sdist, then a wheel from the sdist alone)"
 venv/bin/pip install -q --disable-pip-version-check build

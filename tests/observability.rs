@@ -642,3 +642,106 @@ async fn drop_database(db: &str) {
     .await
     .unwrap();
 }
+
+#[test]
+fn stored_blobs_are_gauged_and_gc_rounds_counted() {
+    run(stored_blobs())
+}
+
+/// Uploads `bytes` to `collection` in 64 KiB chunks; returns the digest.
+async fn upload_blob(server: &TestServer, collection: &str, bytes: &[u8]) -> String {
+    use sha2::Digest;
+    use syncline::proto::attachment_service_client::AttachmentServiceClient;
+    use syncline::proto::{UploadRequest, UploadStart, upload_request::Part};
+    let digest: String = sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut messages = vec![UploadRequest {
+        part: Some(Part::Start(UploadStart {
+            collection: collection.into(),
+            digest: digest.clone(),
+            length: bytes.len() as u64,
+            content_type: "application/octet-stream".into(),
+        })),
+    }];
+    messages.extend(bytes.chunks(64 * 1024).map(|c| UploadRequest {
+        part: Some(Part::Chunk(c.to_vec())),
+    }));
+    let mut client = AttachmentServiceClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    let done = client
+        .upload(tokio_stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!done.already_stored);
+    digest
+}
+
+async fn stored_blobs() {
+    let metrics_addr = metrics_addr();
+    let db = fresh_database().await;
+    let mut cfg = config(&db);
+    cfg.metrics_enabled = true;
+    cfg.metrics_listen = metrics_addr;
+    cfg.purge_interval_seconds = 1;
+    let server = TestServer::start_with(cfg).await;
+    let (a, b, n) = (vec![1u8; 200_000], vec![2u8; 150_001], vec![3u8; 70_000]);
+    let da = upload_blob(&server, "tasks", &a).await;
+    let db_ = upload_blob(&server, "tasks", &b).await;
+    upload_blob(&server, "notes", &n).await;
+
+    // Refreshed by the uploads themselves: exact at once, per collection and back end.
+    let stored =
+        |c: &str| format!("syncline_blobs_stored{{collection=\"{c}\",store=\"postgres\"}}");
+    let bytes =
+        |c: &str| format!("syncline_blob_bytes_stored{{collection=\"{c}\",store=\"postgres\"}}");
+    let m = scrape(metrics_addr).await;
+    assert_eq!(value(&m, &stored("tasks")), 2.0);
+    assert_eq!(value(&m, &bytes("tasks")), (a.len() + b.len()) as f64);
+    assert_eq!(value(&m, &stored("notes")), 1.0);
+    assert_eq!(value(&m, &bytes("notes")), n.len() as f64);
+
+    // `a` is referenced; `b` is not and is made older than the grace period: the server's GC
+    // (every second) deletes it, and the gauges follow.
+    let mut c = server.client().await;
+    let body = json!({"_attachments": {"a": {"digest": da, "length": a.len(), "type": "x/y"}}});
+    push(&mut c, "tasks", vec![insert(doc("has-a", body))]).await;
+    let mut conn = server.db().await;
+    sqlx::query(
+        "UPDATE syncline_blobs SET created_at = now() - interval '2 days', \
+         touched_at = now() - interval '2 days' WHERE digest = $1",
+    )
+    .bind(&db_)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let gone = format!("{} 1", stored("tasks"));
+    let m = scrape_until(metrics_addr, |m| m.lines().any(|l| l == gone)).await;
+    assert_eq!(value(&m, &bytes("tasks")), a.len() as f64);
+    assert_eq!(value(&m, &stored("notes")), 1.0);
+    assert_eq!(
+        value(&m, "syncline_attachment_gc_deleted_total{kind=\"blob\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "syncline_attachment_gc_bytes_total"),
+        b.len() as f64
+    );
+    assert!(value(&m, "syncline_attachment_gc_runs_total{outcome=\"done\"}") >= 1.0);
+    // The totals the gauges read agree with the blobs themselves.
+    let (blobs, total): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(length), 0)::bigint FROM syncline_blobs \
+         WHERE collection = 'tasks'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!((blobs, total), (1, a.len() as i64));
+    drop(conn);
+    drop(c);
+    server.stop().await.unwrap();
+    drop_database(&db).await;
+}

@@ -64,6 +64,47 @@ impl Cluster {
         }
     }
 
+    /// CPU seconds (user + system) the whole cluster used so far: the postmaster, its live
+    /// children (backends, background workers) and the children it reaped. `None` for a
+    /// cluster this run did not start (its processes are not ours to read).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let own = self.own.as_ref()?;
+        let pid_file = std::fs::read_to_string(own.dir.path().join("data/postmaster.pid")).ok()?;
+        let postmaster: u32 = pid_file.lines().next()?.trim().parse().ok()?;
+        let mut ticks = 0u64;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // After the command name: state is field 3, ppid 4, utime 14, stime 15,
+            // cutime 16, cstime 17.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .skip(1)
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            if f.len() < 15 {
+                continue;
+            }
+            if pid == postmaster {
+                ticks += f[10] + f[11] + f[12] + f[13];
+            } else if f[0] == u64::from(postmaster) {
+                ticks += f[10] + f[11];
+            }
+        }
+        Some(ticks as f64 / crate::server::clock_ticks_per_second())
+    }
+
     /// Whether this run started the cluster itself.
     pub fn is_own(&self) -> bool {
         self.own.is_some()

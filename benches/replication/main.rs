@@ -11,6 +11,7 @@
 //! `settings.rs` (`BENCH_DOCS`, `BENCH_SUBSCRIBERS`, `BENCH_SCALE_DOCS`, `BENCH_ONLY`...).
 
 mod abuse;
+mod attachments;
 mod client;
 mod cluster;
 mod compression;
@@ -140,6 +141,10 @@ async fn run_all(ctx: &Ctx<'_>) -> Report {
     if s.runs("plans") {
         phase("9. plan stability: just loaded vs analyzed");
         plans::run(ctx, &mut report).await;
+    }
+    if s.runs("attachments") {
+        phase("10. attachments: blob upload and download throughput");
+        attachments::run(ctx, &mut report).await;
     }
     if s.runs("selective") {
         phase("12. selective sync: a 1% selector's initial sync, filtered fan-out");

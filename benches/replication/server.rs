@@ -31,6 +31,10 @@ pub struct ServerOptions {
     pub streams_max: usize,
     /// `auth.mode = "jwt"` with this HS256 secret (at least 32 bytes); none: `mode = "none"`.
     pub hs256_secret: Option<String>,
+    /// The lines of an `[attachments]` table (TOML); none: the defaults.
+    pub attachments: Option<String>,
+    /// Environment variables of the server process (S3 credentials).
+    pub env: Vec<(String, String)>,
 }
 
 impl ServerOptions {
@@ -44,6 +48,8 @@ impl ServerOptions {
             keepalive_seconds: 30,
             streams_max: 10_000,
             hs256_secret: None,
+            attachments: None,
+            env: Vec::new(),
         }
     }
 
@@ -72,6 +78,9 @@ impl ServerOptions {
                     let _ = writeln!(collections, "{lines}");
                 }
             }
+        }
+        if let Some(lines) = &self.attachments {
+            let _ = write!(collections, "\n[attachments]\n{lines}\n");
         }
         let auth = match &self.hs256_secret {
             Some(secret) => format!("mode = \"jwt\"\nhs256_secret = \"{secret}\"\n"),
@@ -141,7 +150,8 @@ impl Server {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone log handle"))
-            .stderr(log_file);
+            .stderr(log_file)
+            .envs(options.env.iter().map(|(k, v)| (k, v)));
         // The server rejects unknown SYNCLINE_* variables; the file says everything.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("SYNCLINE_") {
@@ -263,7 +273,8 @@ fn free_port() -> SocketAddr {
         .expect("find a free port")
 }
 
-fn clock_ticks_per_second() -> f64 {
+/// `CLK_TCK`: the unit of the CPU times in `/proc/<pid>/stat`.
+pub fn clock_ticks_per_second() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()

@@ -70,6 +70,11 @@ pub struct Settings {
     pub plans_docs: usize,
     /// Scenario 9: timed calls of each kind per database per round (`BENCH_PLANS_SAMPLES`).
     pub plans_samples: usize,
+    /// Scenario 10: MiB of each blob uploaded and downloaded (`BENCH_ATTACH_MIB`).
+    pub attach_mib: usize,
+    /// Scenario 10: KiB per chunk, on the wire and in the baselines (`BENCH_ATTACH_CHUNK_KIB`;
+    /// the server's `chunk_bytes_max` is set to it).
+    pub attach_chunk_kib: usize,
     /// Scenario 12 a: documents in the collection a 1% selector syncs from
     /// (`BENCH_SELECTIVE_DOCS`).
     pub selective_docs: usize,
@@ -91,7 +96,7 @@ pub struct Settings {
     pub node_response_compression: String,
     /// Port of the benchmark's own PostgreSQL cluster (`BENCH_PG_PORT`).
     pub pg_port: u16,
-    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse,import,plans,node,selective`); all when unset.
+    /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse,import,plans,attachments,node,selective`); all when unset.
     pub only: Option<Vec<String>>,
 }
 
@@ -135,6 +140,8 @@ impl Settings {
             reconcile_docs: env_usize("BENCH_RECONCILE_DOCS", pick(100_000, 2_000)).max(200),
             plans_docs: env_usize("BENCH_PLANS_DOCS", pick(200_000, 2_000)).max(100),
             plans_samples: env_usize("BENCH_PLANS_SAMPLES", pick(200, 10)).max(1),
+            attach_mib: env_usize("BENCH_ATTACH_MIB", pick(100, 4)).max(1),
+            attach_chunk_kib: env_usize("BENCH_ATTACH_CHUNK_KIB", 1024).clamp(1, 16 * 1024),
             selective_docs: env_usize("BENCH_SELECTIVE_DOCS", pick(1_000_000, 5_000)).max(100),
             node_push_docs: env_usize("BENCH_NODE_PUSH_DOCS", pick(20_000, 200)).max(1),
             node_pull_docs: env_usize("BENCH_NODE_PULL_DOCS", pick(20_000, 500)).max(1),
@@ -165,7 +172,7 @@ impl Settings {
              fan-out {} subscribers at {}/s for {:?}; idle {} streams over {:?}; scale {} vs {}; \
              owners 100 vs 1 of {}; abuse {} x {} empty rows, {} docs of ~1 MiB, \
              {} pull rounds, {} unread streams, {} watches, {} idle connections; import {}; \
-             plans {} docs x {} samples; node push {} / pull {} docs, {} samples",
+             plans {} docs x {} samples; attachments {} MiB in {} KiB chunks; node push {} / pull {} docs, {} samples",
             if self.smoke { "smoke" } else { "bench" },
             self.rounds,
             self.sync_docs,
@@ -190,6 +197,8 @@ impl Settings {
             self.import_docs,
             self.plans_docs,
             self.plans_samples,
+            self.attach_mib,
+            self.attach_chunk_kib,
             self.node_push_docs,
             self.node_pull_docs,
             self.node_samples,

@@ -8,7 +8,7 @@ straight from the source tree without installing it (needs ``grpcio-tools``)::
     python clients/python/generate.py      # writes clients/python/syncline_client/_gen/
 
 It runs ``grpc_tools.protoc`` (``--python_out``, ``--grpc_python_out``, ``--pyi_out``) on
-``syncline/v1/replication.proto``, then makes the output a package (``_gen/syncline/v1``) and
+``syncline/v1/replication.proto`` and ``syncline/v1/attachments.proto``, then makes the output a package (``_gen/syncline/v1``) and
 rewrites the generated absolute import ``from syncline.v1 import`` into a relative one, so the
 stubs import as ``syncline_client._gen.syncline.v1`` without touching ``sys.path``.
 """
@@ -22,7 +22,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PROTO_FILE = "syncline/v1/replication.proto"
-#: Where the proto is looked for: a copy beside this file (an sdist carries one), then the
+#: Every proto the package carries stubs for (the first is the one looked for).
+PROTO_FILES = (PROTO_FILE, "syncline/v1/attachments.proto")
+#: Where the protos are looked for: copies beside this file (an sdist carries them), then the
 #: repository's own ``proto/`` (building from a clone).
 PROTO_ROOTS = (HERE / "proto", HERE.parent.parent / "proto")
 SOURCE_OUT = HERE / "syncline_client" / "_gen"
@@ -32,16 +34,19 @@ _ABSOLUTE_IMPORT = re.compile(r"^from syncline\.v1 import ", re.MULTILINE)
 
 
 def find_proto_root() -> Path:
-    """The first of :data:`PROTO_ROOTS` holding the proto; raises ``FileNotFoundError``."""
+    """The first of :data:`PROTO_ROOTS` holding every proto; raises ``FileNotFoundError``."""
     for root in PROTO_ROOTS:
-        if (root / PROTO_FILE).is_file():
+        if all((root / name).is_file() for name in PROTO_FILES):
             return root
-    tried = ", ".join(str(root / PROTO_FILE) for root in PROTO_ROOTS)
-    raise FileNotFoundError(f"syncline-client: {PROTO_FILE} not found (looked in {tried})")
+    tried = ", ".join(str(root) for root in PROTO_ROOTS)
+    raise FileNotFoundError(
+        f"syncline-client: {', '.join(PROTO_FILES)} not found together (looked in {tried})"
+    )
 
 
 def generate(out: Path, proto_root: Path) -> None:
-    """Writes the stubs for ``proto_root/PROTO_FILE`` as the package ``out`` (replaced)."""
+    """Writes the stubs for ``proto_root``'s :data:`PROTO_FILES` as the package ``out``
+    (replaced)."""
     # Imported here so that the sdist step (which only copies the proto) needs no grpc_tools.
     import grpc_tools
     from grpc_tools import protoc
@@ -58,11 +63,11 @@ def generate(out: Path, proto_root: Path) -> None:
             f"--python_out={out}",
             f"--grpc_python_out={out}",
             f"--pyi_out={out}",
-            str(proto_root / PROTO_FILE),
+            *(str(proto_root / name) for name in PROTO_FILES),
         ]
     )
     if status != 0:
-        raise RuntimeError(f"syncline-client: protoc failed on {proto_root / PROTO_FILE}")
+        raise RuntimeError(f"syncline-client: protoc failed on {', '.join(PROTO_FILES)}")
     package = out / "syncline" / "v1"
     for folder in (out, out / "syncline", package):
         (folder / "__init__.py").write_text('"""Generated from the proto at build time; do not edit."""\n')

@@ -64,14 +64,15 @@ class BuildPyWithStubs(build_py):
 
 
 class SdistWithProto(sdist):
-    """``sdist`` that puts the proto beside ``generate.py``, where the wheel build finds it."""
+    """``sdist`` that puts the protos beside ``generate.py``, where the wheel build finds them."""
 
     def make_release_tree(self, base_dir: str, files: list[str]) -> None:
         super().make_release_tree(base_dir, files)
-        source = generator.find_proto_root() / generator.PROTO_FILE
-        target = Path(base_dir) / "proto" / generator.PROTO_FILE
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        root = generator.find_proto_root()
+        for name in generator.PROTO_FILES:
+            target = Path(base_dir) / "proto" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / name, target)
 
 
 setup(

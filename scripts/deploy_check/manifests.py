@@ -37,8 +37,13 @@ except ImportError:  # Python < 3.11
 URL_KEYS = {"database_url": "DATABASE_URL", "listen_database_url": "SYNCLINE_LISTEN_DATABASE_URL"}
 # Likewise the HS256 secret: Secret key hs256-secret, env SYNCLINE_AUTH__HS256_SECRET.
 SECRET_AUTH_KEYS = {"hs256_secret": "SYNCLINE_AUTH__HS256_SECRET"}
-# Env vars that carry credentials: from a Secret (valueFrom), never a literal value.
-SECRET_ENV = set(URL_KEYS.values()) | set(SECRET_AUTH_KEYS.values())
+# Env vars that carry credentials: from a Secret (valueFrom), never a literal value (the
+# object storage's too: [attachments] store = "s3").
+SECRET_ENV = (
+    set(URL_KEYS.values())
+    | set(SECRET_AUTH_KEYS.values())
+    | {"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+)
 
 # `jwks_file = "..."` (in [auth], or `auth.jwks_file` before any table), with a basic
 # or literal string value.

@@ -13,6 +13,16 @@ pub enum BlobStoreKind {
     S3,
 }
 
+impl BlobStoreKind {
+    /// The `store` label of the blob metrics, as the configuration spells it.
+    pub fn label(self) -> &'static str {
+        match self {
+            BlobStoreKind::Postgres => "postgres",
+            BlobStoreKind::S3 => "s3",
+        }
+    }
+}
+
 /// Attachment limits and storage.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

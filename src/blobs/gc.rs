@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Blobs;
 use crate::store::StoreError;
-use crate::telemetry::metrics::{ATTACHMENT_GC_BYTES, ATTACHMENT_GC_DELETED};
+use crate::telemetry::metrics::{ATTACHMENT_GC_BYTES, ATTACHMENT_GC_DELETED, ATTACHMENT_GC_RUNS};
 
 /// What one GC batch deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,6 +70,7 @@ pub async fn run<B: Blobs>(
     interval: Duration,
     stop: CancellationToken,
 ) {
+    super::stored::refresh(blobs.index(), blobs.kind().label()).await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -79,6 +80,12 @@ pub async fn run<B: Blobs>(
             _ = stop.cancelled() => return,
             outcome = collect(&blobs, grace, batch) => outcome,
         };
+        let label = match &outcome {
+            Ok(r) if r.locked_out && r.batches == 0 => "locked_out",
+            Ok(_) => "done",
+            Err(_) => "failed",
+        };
+        metrics::counter!(ATTACHMENT_GC_RUNS, "outcome" => label).increment(1);
         match outcome {
             Ok(r) if r.deleted.blobs + r.deleted.stale_uploads > 0 => tracing::info!(
                 blobs = r.deleted.blobs,
@@ -89,5 +96,7 @@ pub async fn run<B: Blobs>(
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "attachment GC failed"),
         }
+        // Every replica, also one locked out: uploads and other replicas' GC change the totals.
+        super::stored::refresh(blobs.index(), blobs.kind().label()).await;
     }
 }

@@ -57,6 +57,8 @@ WHERE b.collection = $1 AND b.digest = $2
     ") > 0"
 );
 
+const TOTALS_SQL: &str = "SELECT collection, blobs, bytes FROM syncline_blob_totals";
+
 const EXISTS_SQL: &str =
     "SELECT digest FROM syncline_blobs WHERE collection = $1 AND digest = ANY($2)";
 
@@ -166,6 +168,21 @@ impl BlobIndex {
             content_type,
             location,
         }))
+    }
+
+    /// Blobs and bytes stored per collection (kept by a trigger: a few rows, never a scan).
+    pub async fn totals(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(TOTALS_SQL)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(c, n, b)| {
+                let n = u64::try_from(n).unwrap_or(0);
+                (c, n, u64::try_from(b).unwrap_or(0))
+            })
+            .collect())
     }
 
     /// Which of `digests` `collection` holds, whoever may read them.

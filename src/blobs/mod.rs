@@ -9,6 +9,7 @@ pub mod gc;
 pub mod index;
 mod object_store;
 mod postgres;
+pub mod stored;
 pub mod transfer;
 
 use std::future::Future;
@@ -86,6 +87,12 @@ pub trait Blobs: Clone + Send + Sync + 'static {
     /// An upload in progress.
     type Staging: Send + 'static;
 
+    /// Which back end this is (the `store` label of its metrics).
+    fn kind(&self) -> BlobStoreKind;
+
+    /// The blob index it records blobs in.
+    fn index(&self) -> &index::BlobIndex;
+
     /// Starts staging an upload of `collection`'s blob `digest`.
     fn begin(
         &self,
@@ -158,6 +165,20 @@ pub enum AnyStaging {
 
 impl Blobs for AnyBlobs {
     type Staging = AnyStaging;
+
+    fn kind(&self) -> BlobStoreKind {
+        match self {
+            AnyBlobs::Postgres(b) => b.kind(),
+            AnyBlobs::ObjectStore(b) => b.kind(),
+        }
+    }
+
+    fn index(&self) -> &index::BlobIndex {
+        match self {
+            AnyBlobs::Postgres(b) => b.index(),
+            AnyBlobs::ObjectStore(b) => b.index(),
+        }
+    }
 
     async fn begin(&self, collection: &str, digest: &str) -> Result<AnyStaging, StoreError> {
         Ok(match self {

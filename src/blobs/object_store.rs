@@ -16,7 +16,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMulti
 
 use super::gc::GcBatch;
 use super::index::{self, BlobIndex};
-use super::{AttachmentsConfig, BlobMeta, Blobs, ByteStream, db_error};
+use super::{AttachmentsConfig, BlobMeta, BlobStoreKind, Blobs, ByteStream, db_error};
 use crate::store::StoreError;
 
 /// Multipart part size: S3's minimum for every part but the last, so that is what a staged
@@ -111,6 +111,14 @@ async fn delete_object(store: &dyn ObjectStore, path: &Path) -> Result<(), Store
 
 impl Blobs for ObjectStoreBlobs {
     type Staging = ObjectStaging;
+
+    fn kind(&self) -> BlobStoreKind {
+        BlobStoreKind::S3
+    }
+
+    fn index(&self) -> &BlobIndex {
+        &self.index
+    }
 
     async fn begin(&self, _collection: &str, _digest: &str) -> Result<ObjectStaging, StoreError> {
         let upload_id = super::upload_id();

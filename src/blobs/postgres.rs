@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::gc::GcBatch;
 use super::index::{self, BlobIndex};
-use super::{BlobMeta, Blobs, ByteStream, db_error};
+use super::{BlobMeta, BlobStoreKind, Blobs, ByteStream, db_error};
 use crate::store::StoreError;
 
 /// Blob bytes in PostgreSQL.
@@ -35,6 +35,13 @@ impl PostgresBlobs {
     }
 }
 
+// Chunk statements run in a transaction of their own whose plans are generic: the pool's
+// connections force custom plans (plan stability of the hot path, store/postgres/plans.rs),
+// and a custom plan of a chunk statement copies its megabyte parameter into the plan and
+// costs PostgreSQL about twice the CPU per MiB (docs/performance.md, "Attachments"). One
+// round trip, and SET LOCAL ends with the transaction, whatever happens to it.
+const GENERIC_BEGIN: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
+
 const CHUNK_SQL: &str =
     "INSERT INTO syncline_blob_chunks (upload_id, start, data) VALUES ($1, $2, $3)";
 
@@ -48,6 +55,14 @@ ORDER BY start DESC LIMIT 1";
 impl Blobs for PostgresBlobs {
     type Staging = PgStaging;
 
+    fn kind(&self) -> BlobStoreKind {
+        BlobStoreKind::Postgres
+    }
+
+    fn index(&self) -> &BlobIndex {
+        &self.index
+    }
+
     async fn begin(&self, _collection: &str, _digest: &str) -> Result<PgStaging, StoreError> {
         let upload_id = super::upload_id();
         self.index.start_upload(&upload_id, &upload_id).await?;
@@ -58,13 +73,20 @@ impl Blobs for PostgresBlobs {
         if chunk.is_empty() {
             return Ok(());
         }
+        let mut tx = self
+            .index
+            .pool()
+            .begin_with(GENERIC_BEGIN)
+            .await
+            .map_err(db_error)?;
         sqlx::query(CHUNK_SQL)
             .bind(&staging.upload_id)
             .bind(staging.next)
             .bind(chunk.as_ref())
-            .execute(self.index.pool())
+            .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
         staging.next += i64::try_from(chunk.len()).unwrap_or(i64::MAX);
         Ok(())
     }
@@ -125,13 +147,15 @@ impl Blobs for PostgresBlobs {
                     return Ok(None);
                 }
                 let want = chunk.min(end - pos);
+                let mut tx = pool.begin_with(GENERIC_BEGIN).await.map_err(db_error)?;
                 let row: Option<(i64, Vec<u8>)> = sqlx::query_as(READ_SQL)
                     .bind(&location)
                     .bind(pos)
                     .bind(want)
-                    .fetch_optional(&pool)
+                    .fetch_optional(&mut *tx)
                     .await
                     .map_err(db_error)?;
+                tx.commit().await.map_err(db_error)?;
                 match row {
                     Some((_, bytes)) if !bytes.is_empty() => {
                         let next = pos + i64::try_from(bytes.len()).unwrap_or(i64::MAX);

@@ -261,6 +261,9 @@ impl<B: Blobs> Attachments<B> {
         let inserted = tokio::spawn(async move { blobs.commit(staging, &meta, &owner).await })
             .await
             .map_err(|e| ProtocolError::internal(format!("upload commit task: {e}")))??;
+        if inserted {
+            super::stored::refresh(self.blobs.index(), self.blobs.kind().label()).await;
+        }
         let outcome = if inserted { "stored" } else { "deduplicated" };
         metrics::counter!(ATTACHMENT_UPLOADS, "collection" => collection.to_owned(), "outcome" => outcome).increment(1);
         Ok(Uploaded {
@@ -311,7 +314,25 @@ impl<B: Blobs> Attachments<B> {
         let mut received: u64 = 0;
         let uploaded =
             metrics::counter!(ATTACHMENT_BYTES_UPLOADED, "collection" => start.collection.clone());
-        while let Some(chunk) = chunks.next().await {
+        // Pipelined: while chunk N is written, chunk N is hashed and chunk N+1 received, so the
+        // back end is kept busy instead of waiting on each network read and hash in turn.
+        // Memory: the chunk being written and the one received (two chunks).
+        let mut pending: Option<Bytes> = None;
+        loop {
+            let next = match pending.take() {
+                Some(chunk) => {
+                    let write = self.blobs.write(staging, chunk.clone());
+                    let hash_and_receive = async {
+                        hash.update(&chunk);
+                        chunks.next().await
+                    };
+                    let (written, next) = tokio::join!(write, hash_and_receive);
+                    written?;
+                    next
+                }
+                None => chunks.next().await,
+            };
+            let Some(chunk) = next else { break };
             let chunk = chunk?;
             if chunk.len() > self.config.chunk_bytes_max {
                 return Err(ProtocolError::invalid(
@@ -335,9 +356,8 @@ impl<B: Blobs> Attachments<B> {
                     ),
                 ));
             }
-            hash.update(&chunk);
             uploaded.increment(chunk.len() as u64);
-            self.blobs.write(staging, chunk).await?;
+            pending = Some(chunk);
         }
         if received != start.length {
             return Err(ProtocolError::invalid(
@@ -411,6 +431,7 @@ impl<B: Blobs> Attachments<B> {
             .blobs
             .read(&blob.location, offset..end, self.config.chunk_bytes_max)
             .await?;
+        let stream = read_ahead(stream);
         let sent =
             metrics::counter!(ATTACHMENT_BYTES_DOWNLOADED, "collection" => collection.to_owned());
         let stream = stream.inspect(move |chunk| {
@@ -485,4 +506,21 @@ impl<B: Blobs> Attachments<B> {
             .into_iter()
             .collect())
     }
+}
+
+/// Reads the next chunk from the back end while the previous one is being sent: a task pulls
+/// `stream` into a channel of one, so the database read of chunk N+1 overlaps the network
+/// write of chunk N. Memory: the chunk sent, the one queued and the one being read. The task
+/// ends when the stream does or when the receiver is dropped (the client went away).
+fn read_ahead(mut stream: ByteStream) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

@@ -90,6 +90,14 @@ pub const ATTACHMENT_UPLOADS: &str = "syncline_attachment_uploads_total";
 pub const ATTACHMENT_GC_DELETED: &str = "syncline_attachment_gc_deleted_total";
 /// Bytes of the blobs the attachment GC deleted.
 pub const ATTACHMENT_GC_BYTES: &str = "syncline_attachment_gc_bytes_total";
+/// Attachment GC rounds by `outcome`: `done`, `locked_out` (another replica held the GC lock
+/// at once), `failed`.
+pub const ATTACHMENT_GC_RUNS: &str = "syncline_attachment_gc_runs_total";
+/// Blobs stored, by collection and `store` (`postgres`, `s3`): database-wide, the same on every
+/// replica; refreshed after each GC round and each upload that stored a blob.
+pub const BLOBS_STORED: &str = "syncline_blobs_stored";
+/// Bytes of the blobs stored, by collection and `store`; refreshed like [`BLOBS_STORED`].
+pub const BLOB_BYTES_STORED: &str = "syncline_blob_bytes_stored";
 
 /// Histogram buckets for every `_seconds` metric.
 const BUCKETS: &[f64] = &[
@@ -228,5 +236,12 @@ fn describe() {
         ATTACHMENT_GC_BYTES,
         Unit::Bytes,
         "Bytes of blobs deleted by the attachment GC"
+    );
+    describe_counter!(ATTACHMENT_GC_RUNS, "Attachment GC rounds by outcome");
+    describe_gauge!(BLOBS_STORED, "Attachment blobs stored, by collection");
+    describe_gauge!(
+        BLOB_BYTES_STORED,
+        Unit::Bytes,
+        "Bytes of the attachment blobs stored, by collection"
     );
 }

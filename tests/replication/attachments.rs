@@ -804,5 +804,20 @@ async fn racing_uploads_and_gc(backend: Backend) {
         let objects = s3_objects(&attachments).await;
         assert_eq!(objects.len(), kept.len(), "{objects:?}");
     }
+    // The per-collection totals behind the stored-blob gauges (kept by a trigger through every
+    // racing insert, dedup and GC delete) agree with the blobs.
+    let totals: (i64, i64) =
+        sqlx::query_as("SELECT blobs, bytes FROM syncline_blob_totals WHERE collection = 'tasks'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let actual: (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(length), 0)::bigint FROM syncline_blobs \
+         WHERE collection = 'tasks'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(totals, actual, "syncline_blob_totals drifted");
     pool.close().await;
 }

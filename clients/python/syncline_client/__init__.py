@@ -23,7 +23,10 @@ from .client import (
     SynclineClient,
     UnresolvedConflict,
 )
+from .attachments import file_digest
 from .errors import (
+    AttachmentCorrupted,
+    AttachmentNotFound,
     CheckpointExpired,
     CheckpointInvalid,
     CollectionNotFound,
@@ -42,6 +45,8 @@ from .errors import (
 )
 
 __all__ = [
+    "AttachmentCorrupted",
+    "AttachmentNotFound",
     "ChangeRow",
     "CheckpointExpired",
     "CheckpointInvalid",
@@ -70,5 +75,6 @@ __all__ = [
     "TokenInvalid",
     "Unavailable",
     "UnresolvedConflict",
+    "file_digest",
 ]
 __version__ = "0.1.0"

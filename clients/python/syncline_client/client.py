@@ -21,6 +21,7 @@ from typing import Any, Literal, NamedTuple, Optional, Union, overload
 
 import grpc
 
+from . import attachments as _attachments
 from . import reconcile as _reconcile
 from .errors import (
     CheckpointExpired,
@@ -34,6 +35,7 @@ from .reconcile import ReconcileLimits, ReconcileResult
 try:
     from ._gen.syncline.v1 import replication_pb2 as pb
     from ._gen.syncline.v1 import replication_pb2_grpc as pb_grpc
+    from ._gen.syncline.v1 import attachments_pb2_grpc as apb_grpc
 except ImportError as exc:  # pragma: no cover - depends on the checkout
     raise ImportError(
         "syncline_client: the generated gRPC stubs are missing: install the package "
@@ -362,6 +364,7 @@ class SynclineClient:
             grpc.intercept_channel(self._channel, *interceptors) if interceptors else self._channel
         )
         self._stub = pb_grpc.ReplicationServiceStub(calls)
+        self._attachment_stub = apb_grpc.AttachmentServiceStub(calls)
         self._token = token
         self._timeout = timeout
         self._push_retries = push_retries
@@ -752,6 +755,88 @@ class SynclineClient:
             return method(request, metadata=self.metadata, timeout=self._timeout)
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
+
+    def put_attachment(
+        self,
+        collection: str,
+        source: _attachments.Source,
+        *,
+        content_type: Optional[str] = None,
+        chunk_bytes: int = _attachments.CHUNK_BYTES,
+    ) -> tuple[str, int]:
+        """Uploads a file as an attachment blob of ``collection``; returns ``(digest, length)``
+        for the document's ``_attachments.<name>`` (``{"digest": ..., "length": ...,
+        "type": ...}``), to push after this returns.
+
+        ``source`` is a path or a seekable binary file (read from its current position to its
+        end). The file is read twice, chunk by chunk: once to hash it, then, only if the
+        server's ``Missing`` says it lacks the blob for this caller, to send it in chunks of
+        ``chunk_bytes`` (at most the server's ``attachments.chunk_bytes_max``, 1 MiB by
+        default). A blob the caller already holds is not sent again. Memory stays at about one
+        chunk. ``content_type`` defaults to a guess from the path, else
+        ``application/octet-stream``.
+
+        Raises :class:`~syncline_client.errors.InvalidRequest` (field ``start.digest`` or
+        ``start.length``) when the bytes sent are not the ones hashed (the file changed
+        meanwhile; nothing is stored), :class:`~syncline_client.errors.LimitExceeded` beyond
+        ``attachment_bytes_max`` or the uploads in flight per caller, and
+        :class:`~syncline_client.errors.ScopeMissing` without the collection's write scopes.
+        Uploads are not retried (run it again: nothing half-sent is kept).
+        """
+        return _attachments.put(
+            self._attachment_stub,
+            lambda: self.metadata,
+            self._timeout,
+            collection,
+            source,
+            content_type,
+            chunk_bytes,
+        )
+
+    def get_attachment(
+        self,
+        collection: str,
+        digest: str,
+        dest: _attachments.Source,
+        offset: int = 0,
+        *,
+        retries: int = 3,
+        backoff: float = 0.2,
+    ) -> int:
+        """Downloads the blob ``digest`` of ``collection`` into ``dest`` (a path, or a
+        writable binary file); returns its length.
+
+        ``offset`` > 0 resumes an earlier transfer: ``dest``'s first ``offset`` bytes are kept
+        (and read back, so a file object must then be readable and seekable) and only the rest
+        is fetched. A stream broken on the way (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``,
+        ``ABORTED``, or cut short) resumes from the bytes written, after ``backoff`` seconds
+        doubling per attempt; ``retries`` attempts in a row that bring no new byte raise the
+        last error. At the end the SHA-256 of the whole file is checked against ``digest``
+        (:class:`~syncline_client.errors.AttachmentCorrupted` otherwise). Raises
+        :class:`~syncline_client.errors.AttachmentNotFound` when the blob does not exist or no
+        live document the caller may read references it.
+        """
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a non-negative int, not {retries!r:.40}")
+        return _attachments.get(
+            self._attachment_stub,
+            lambda: self.metadata,
+            collection,
+            digest,
+            dest,
+            offset,
+            retries,
+            backoff,
+        )
+
+    def missing_attachments(self, collection: str, digests: Sequence[str]) -> list[str]:
+        """Which of ``digests`` the caller must upload before pushing documents referencing
+        them (in request order, each once)."""
+        response = self._unary(
+            self._attachment_stub.Missing,
+            _attachments.apb.MissingRequest(collection=collection, digests=list(digests)),
+        )
+        return list(response.digests)
 
     def subscribe(
         self,

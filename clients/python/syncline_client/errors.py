@@ -18,6 +18,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 __all__ = [
+    "AttachmentCorrupted",
+    "AttachmentNotFound",
     "CheckpointExpired",
     "CheckpointInvalid",
     "CollectionNotFound",
@@ -154,6 +156,22 @@ class OverwrittenNotKept(SynclineError):
     ``keep_overwritten``."""
 
 
+class AttachmentNotFound(SynclineError):
+    """``ATTACHMENT_NOT_FOUND`` (NOT_FOUND, field ``digest``): no such blob in the collection, or
+    none that a live document the caller may read references (the server answers both alike)."""
+
+
+class AttachmentCorrupted(Exception):
+    """A downloaded attachment's bytes do not hash to the digest asked for (raised by the
+    client after the transfer; no RPC failed). ``digest`` is the one asked for, ``actual`` the
+    SHA-256 of the bytes written."""
+
+    def __init__(self, digest: str, actual: str) -> None:
+        super().__init__(f"attachment {digest[:64]} downloaded as bytes hashing to {actual}")
+        self.digest = digest
+        self.actual = actual
+
+
 class Unavailable(SynclineError):
     """UNAVAILABLE (``DATABASE_UNAVAILABLE``, ``CONTENTION``, ``SHUTTING_DOWN``, or no reason):
     retryable, after :attr:`retry_after` when given."""
@@ -175,6 +193,7 @@ _BY_REASON: dict[str, type[SynclineError]] = {
     "SHUTTING_DOWN": Unavailable,
     "IDEMPOTENCY_KEY_REUSED": IdempotencyKeyReused,
     "OVERWRITTEN_NOT_KEPT": OverwrittenNotKept,
+    "ATTACHMENT_NOT_FOUND": AttachmentNotFound,
 }
 
 # Without a reason (an older server, a proxy), the code still picks a useful class.

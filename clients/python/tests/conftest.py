@@ -14,6 +14,9 @@ scripts/test-python.sh starts it with ``leeway_seconds = 0``, ``push_rows_max = 
 ``streams_per_principal_max = 2`` and the collections ``tasks``, ``checked`` (a schema whose
 ``title`` must be a string), ``guarded`` (``write_scopes = ["writer"]``) and ``overwritten``
 (as on the first server).
+
+The attachment tests also read the first server's Prometheus metrics at
+``SYNCLINE_METRICS_ADDR`` (``host:port``; scripts/test-python.sh enables them).
 """
 
 from __future__ import annotations

@@ -228,6 +228,11 @@ class CrossReferences(Case):
                   lambda d: container(d)["env"].__setitem__(0, {"name": "DATABASE_URL", "value": "postgres://x"}))
         self.assertCaught("env DATABASE_URL: a credential as a literal value")
 
+    def test_object_storage_secret_as_literal_env(self):
+        self.edit("base/deployment.yaml",
+                  lambda d: container(d)["env"].append({"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}))
+        self.assertCaught("env AWS_SECRET_ACCESS_KEY: a credential as a literal value")
+
     def test_env_secret_key_missing(self):
         self.edit("base/deployment.yaml",
                   lambda d: container(d)["env"][0]["valueFrom"]["secretKeyRef"].update(key="db-url"))
