@@ -130,6 +130,11 @@ impl Report {
     pub fn write(&self, header: &Header, dir: &Path) -> PathBuf {
         std::fs::create_dir_all(dir).expect("create the report directory");
         let md = dir.join("report.md");
+        // Replaced, never written through: a target directory seeded with hard links shares
+        // its files with another one, whose report would otherwise be overwritten.
+        for name in ["report.md", "report.json"] {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
         std::fs::write(&md, self.markdown(header)).expect("write report.md");
         let text = serde_json::to_string_pretty(&self.json(header)).expect("encode the report");
         std::fs::write(dir.join("report.json"), text).expect("write report.json");
