@@ -177,9 +177,10 @@ impl<S: Store> Replicator<S> {
         self
     }
 
-    /// Records every collection's declared filterable fields in the store (exactly those of
-    /// this configuration) and builds their indexes. Filtered reads are UNAVAILABLE until it
-    /// succeeded once ([`Replicator::start`] retries it when the database was not ready).
+    /// Records every collection's declared filterable fields in the store (adding to those
+    /// recorded, never removing: see the store) and builds their indexes. Filtered reads are
+    /// UNAVAILABLE until it succeeded once ([`Replicator::start`] retries it when the database
+    /// was not ready).
     pub async fn declare_filters(&self) -> Result<(), ProtocolError> {
         declare_filters(self.store.as_ref(), &self.collections).await?;
         self.filters_declared

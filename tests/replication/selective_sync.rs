@@ -800,3 +800,35 @@ async fn reconcile_list_and_fetch_stay_within_the_selector() {
         .expect_err("not an unfiltered checkpoint");
     assert_eq!(err.code(), Code::InvalidArgument);
 }
+
+/// A replica started with an older configuration (no declared fields) during a rolling
+/// deployment must not stop the removal records the others' filtered readers rely on.
+#[tokio::test]
+async fn a_replica_without_the_fields_does_not_undeclare_them() {
+    let server = server().await;
+    let mut c = server.client().await;
+    let open = json!({"done": false});
+    push(
+        &mut c,
+        "tasks",
+        vec![insert(doc("a", json!({"done": false})))],
+    )
+    .await;
+    let (_, token) = pull_filtered(&mut c, &open, "", 100).await;
+    // The older replica: the same database, no filter_fields.
+    let older = TestServer::start_with(crate::common::config(&server.db_url)).await;
+    let mut o = older.client().await;
+    let a = current(&mut o, "a").await;
+    assert!(
+        push(
+            &mut o,
+            "tasks",
+            vec![update(doc("a", json!({"done": true})), a)]
+        )
+        .await
+        .is_empty()
+    );
+    let (changes, _) = pull_filtered(&mut c, &open, &token, 100).await;
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert!(is_removal(&changes[0]), "{changes:?}");
+}

@@ -67,9 +67,12 @@ WHERE d.collection = n.collection AND d.id = n.id";
 const LEFT_SQL: &str = "SELECT EXISTS (SELECT 1 FROM syncline_restamp)";
 
 // The purge horizons are positions of the old cluster too; every checkpoint they guarded is of
-// the old generation and refused anyway, so they go.
+// the old generation and refused anyway, so they go. So do the removal records (selective
+// sync): their positions are the old cluster's and could sort after the new ones, and every
+// reader that could need one holds a checkpoint of the old generation (it starts over).
 const FINISH_SQL: &str = "
-WITH horizons AS (DELETE FROM syncline_purge_horizon)
+WITH horizons AS (DELETE FROM syncline_purge_horizon),
+     moves AS (DELETE FROM syncline_moves)
 UPDATE syncline_dataset
 SET system_identifier = (SELECT system_identifier FROM pg_control_system()),
     generation = generation + 1,

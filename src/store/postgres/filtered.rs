@@ -308,18 +308,19 @@ const INVALID_INDEX_SQL: &str = "SELECT c.relname::text FROM pg_index i
 JOIN pg_class c ON c.oid = i.indexrelid
 WHERE NOT i.indisvalid AND c.relname::text = ANY($1)";
 
+// Only ever adds: during a rolling deployment a replica still running (or restarting with) an
+// older configuration must not stop the records that the others' filtered readers rely on. A
+// path no configuration declares any more costs only a larger projection; delete its row by
+// hand once no replica declares it.
 const DECLARE_PATHS_SQL: &str = "
-WITH gone AS (
-    DELETE FROM syncline_filter_paths
-    WHERE collection = $1 AND NOT (path = ANY($2))
-)
 INSERT INTO syncline_filter_paths (collection, path, segments)
 SELECT $1, p, string_to_array(p, '.') FROM unnest($2::text[]) AS p
 ON CONFLICT (collection, path) DO NOTHING";
 
 impl PgStore {
-    /// Records the declared paths of `collection` (exactly these) for the removal-record
-    /// trigger, then builds the missing indexes (`CONCURRENTLY`: writes go on meanwhile).
+    /// Records the declared paths of `collection` for the removal-record trigger (adding to
+    /// those already recorded, never removing), then builds the missing indexes
+    /// (`CONCURRENTLY`: writes go on meanwhile).
     pub(crate) async fn declare_filter_paths(
         &self,
         collection: &str,
