@@ -264,6 +264,15 @@ async fn a_logical_restore_into_another_cluster_is_restamped_and_clients_reconci
     for i in 20..25 {
         put(&mut db, &format!("d{i:03}"), "alice", 1).await;
     }
+    // A removal record (selective sync) at one of the old cluster's positions.
+    sqlx::query(
+        "INSERT INTO syncline_moves (collection, id, owner, change_xid, change_seq, previous) \
+         SELECT 'tasks', id, owner, change_xid, change_seq, '{}' FROM syncline_documents \
+         WHERE id = 'd020'",
+    )
+    .execute(&mut db)
+    .await
+    .expect("a removal record");
     let _ = db.close().await;
     server.stop().await.expect("server stops");
 
@@ -334,6 +343,16 @@ async fn a_logical_restore_into_another_cluster_is_restamped_and_clients_reconci
         (40, 6, 1)
     );
     assert_eq!(change_order(&above).await, order_before);
+    let mut db = connect(&above).await;
+    let records: i64 = sqlx::query_scalar("SELECT count(*) FROM syncline_moves")
+        .fetch_one(&mut db)
+        .await
+        .expect("count removal records");
+    assert_eq!(
+        records, 0,
+        "the old cluster's removal records go with the re-stamp"
+    );
+    let _ = db.close().await;
     serve_restored(&above, &old, &stale).await;
 }
 

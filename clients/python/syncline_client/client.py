@@ -492,7 +492,7 @@ class SynclineClient:
         With a ``selector`` (see :meth:`pull`) this is how a filtered copy starts over, e.g.
         after its selector changed (the old checkpoint is ``CheckpointInvalid``): ``docs`` is
         then every document matching the selector, and the local copy is replaced by it.
-        (:meth:`resume` does not take a selector: a reconcile compares the whole collection.)
+        (:meth:`resume` with the same ``selector`` keeps a filtered local copy instead.)
         """
         try:
             docs, next_checkpoint = self.pull_all(collection, checkpoint, limit, selector=selector)
@@ -509,6 +509,7 @@ class SynclineClient:
         held: Mapping[str, str],
         *,
         limits: Optional[ReconcileLimits] = None,
+        selector: Selector = None,
     ) -> ReconcileResult:
         """Compares the local copy with the server's live documents and returns what differs.
 
@@ -520,10 +521,20 @@ class SynclineClient:
         subscribe from its ``checkpoint`` (C0), which sees every change the reconcile may
         have missed. Use it when the checkpoint expired (``CheckpointExpired``,
         ``ResyncRequired``) or was lost; :meth:`resume` does the whole sequence.
+
+        ``selector`` (selective sync, see :meth:`pull`): a filtered copy reconciles within its
+        selector; every round, list and fetch carries it, and the checkpoint is bound to it.
         """
+        wire = _selector_bytes(selector)
+
+        def call(method: str, request: Any) -> Any:
+            if wire:
+                request.selector = wire
+            return self._unary(getattr(self._stub, method), request)
+
         return _reconcile.run(
             pb,
-            lambda method, request: self._unary(getattr(self._stub, method), request),
+            call,
             collection,
             held,
             limits or ReconcileLimits(),
@@ -538,6 +549,7 @@ class SynclineClient:
         *,
         limit: int = 500,
         limits: Optional[ReconcileLimits] = None,
+        selector: Selector = None,
     ) -> ResumeResult:
         """Brings a local copy up to date: pulls from ``checkpoint`` and, when the server
         refuses it (``CheckpointExpired``: tombstones purged past it or a restore;
@@ -548,20 +560,23 @@ class SynclineClient:
         beginning would not mention documents purged while away. Returns a
         :class:`ResumeResult`, a delta to apply to the local copy in either case. When a purge
         overtakes the reconcile's own checkpoint before the pull (a very short retention),
-        it reconciles again, at most 3 times.
+        it reconciles again, at most 3 times. With a ``selector`` (see :meth:`pull`) the pulls
+        and the reconcile stay within it: ``removed`` then also holds the ids that left it.
         """
         changes: dict[str, Optional[Doc]] = {}
         pulled = 0
         if checkpoint or not held:
             try:
-                docs, next_checkpoint = self.pull_all(collection, checkpoint, limit)
+                docs, next_checkpoint = self.pull_all(
+                    collection, checkpoint, limit, selector=selector
+                )
                 _apply_pulled(changes, docs)
                 return _resume_result(changes, next_checkpoint, None, len(docs))
             except (CheckpointInvalid, CheckpointExpired):
                 pass
         local = dict(held)
         for attempt in range(3):
-            reconciled = self.reconcile(collection, local, limits=limits)
+            reconciled = self.reconcile(collection, local, limits=limits, selector=selector)
             for doc in reconciled.upserts:
                 changes[doc.id] = doc
                 local[doc.id] = doc.revision
@@ -569,7 +584,9 @@ class SynclineClient:
                 changes[doc_id] = None
                 local.pop(doc_id, None)
             try:
-                docs, next_checkpoint = self.pull_all(collection, reconciled.checkpoint, limit)
+                docs, next_checkpoint = self.pull_all(
+                    collection, reconciled.checkpoint, limit, selector=selector
+                )
             except CheckpointExpired:
                 if attempt == 2:
                     raise

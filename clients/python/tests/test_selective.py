@@ -179,3 +179,33 @@ def test_bad_selectors_are_refused_naming_the_path(client: SynclineClient) -> No
         client.pull(COLLECTION, selector=42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="selector must be"):
         client.subscribe(COLLECTION, selector=["team"])  # type: ignore[arg-type]
+
+
+def test_a_filtered_copy_resumes_within_its_selector(client: SynclineClient) -> None:
+    team = uid("team")
+    a, b, c, d = uid("sel"), uid("sel"), uid("sel"), uid("sel")
+    rows = [
+        ChangeRow(Doc(a, {"team": team, "done": False})),
+        ChangeRow(Doc(b, {"team": team, "done": False})),
+        ChangeRow(Doc(c, {"team": team, "done": True})),
+    ]
+    assert client.push(COLLECTION, rows) == []
+    selector = {"team": team, "done": False}
+    docs, _ = client.pull_all(COLLECTION, selector=selector)
+    held = {doc.id: doc.revision for doc in docs}
+    assert set(held) == {a, b}
+    # While the copy's checkpoint is lost: b leaves the selector, d arrives in it.
+    edit(client, b, {"team": team, "done": True})
+    assert client.push(COLLECTION, [ChangeRow(Doc(d, {"team": team, "done": False}))]) == []
+
+    result = client.resume(COLLECTION, "", held, selector=selector)
+    assert result.reconciled is not None, "no checkpoint: the copy is reconciled"
+    assert {doc.id for doc in result.upserts} == {d}, "only the new match; a is unchanged"
+    assert result.removed == [b]
+    assert all(doc.body["done"] is False for doc in result.upserts)
+    # The checkpoint is the selector's: a filtered pull continues from it, an unfiltered
+    # one is refused.
+    more, _ = client.pull_all(COLLECTION, result.checkpoint, selector=selector)
+    assert all(doc.body.get("team") == team and doc.body.get("done") is False for doc in more if not doc.deleted)
+    with pytest.raises(CheckpointInvalid):
+        client.pull(COLLECTION, result.checkpoint)
