@@ -59,6 +59,11 @@ enum Command {
         /// Lifetime: a number with s, m, h or d.
         #[arg(long, default_value = "1h")]
         ttl: String,
+        /// A claim for the collections' access rules, `name=<JSON value>` (a value that is not
+        /// JSON is taken as a string); repeat for several (e.g. `--claim team=blue`,
+        /// `--claim 'teams=["blue","red"]'`).
+        #[arg(long)]
+        claim: Vec<String>,
     },
     /// Load JSON lines (one document per line) into a collection, in batches written like pushes.
     Import(syncline::bulk::import::ImportArgs),
@@ -76,11 +81,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Command::Token { sub, scope, ttl } = &cli.command {
-        let minted = syncline::auth::mint::parse_ttl(ttl).and_then(|ttl| match &config.auth {
-            Some(auth) => syncline::auth::mint::mint_hs256(auth, sub, scope, ttl),
-            None => Err("no [auth] configuration".into()),
-        });
+    if let Command::Token {
+        sub,
+        scope,
+        ttl,
+        claim,
+    } = &cli.command
+    {
+        let minted = syncline::auth::mint::parse_ttl(ttl)
+            .and_then(|ttl| Ok((ttl, syncline::auth::mint::parse_claims(claim)?)))
+            .and_then(|(ttl, claims)| match &config.auth {
+                Some(auth) => syncline::auth::mint::mint_hs256(auth, sub, scope, &claims, ttl),
+                None => Err("no [auth] configuration".into()),
+            });
         return match minted {
             Ok(token) => {
                 println!("{token}");

@@ -22,6 +22,9 @@ struct Claims {
     exp: u64,
     #[serde(default)]
     scope: Option<String>,
+    /// Every other claim, for the collections' access rules (`{"$claim": "team"}`).
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Public keys from the JWKS file, with the key id each one was published under.
@@ -204,11 +207,20 @@ impl JwtVerifier {
             .checked_add(Duration::from_secs(claims.exp))
             .ok_or_else(|| TokenError::Invalid("exp out of range".into()))?;
         let scopes = scopes(claims.scope.as_deref().unwrap_or_default());
+        // The rules see every claim, `sub` and `scope` included (a token is bounded by the
+        // metadata size limit, so this copy is too).
+        let mut all = claims.other;
+        all.insert("sub".into(), claims.sub.clone().into());
+        all.insert("exp".into(), claims.exp.into());
+        if let Some(scope) = &claims.scope {
+            all.insert("scope".into(), scope.clone().into());
+        }
         Ok(Principal {
             service: scopes.contains(&self.service_scope),
             subject: claims.sub,
             scopes,
             expires_at: Some(expires_at),
+            claims: std::sync::Arc::new(serde_json::Value::Object(all)),
         })
     }
 }

@@ -37,11 +37,34 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
-/// Signs a token for `subject` with `scopes`, valid for `ttl`, with `auth.hs256_secret`.
+/// Claims the token may not set through `--claim`: the ones Syncline itself writes and checks.
+const RESERVED_CLAIMS: [&str; 6] = ["sub", "scope", "exp", "iat", "iss", "aud"];
+
+/// Parses `--claim name=value` arguments: the value as JSON when it is JSON, else as a string.
+pub fn parse_claims(args: &[String]) -> Result<Vec<(String, Value)>, String> {
+    args.iter()
+        .map(|arg| {
+            let (name, value) = arg
+                .split_once('=')
+                .ok_or_else(|| format!("--claim {arg:?}: expected name=value"))?;
+            if name.is_empty() || RESERVED_CLAIMS.contains(&name) {
+                return Err(format!(
+                    "--claim {arg:?}: the name must be non-empty and not one of {RESERVED_CLAIMS:?}"
+                ));
+            }
+            let value = serde_json::from_str(value).unwrap_or_else(|_| json!(value));
+            Ok((name.to_owned(), value))
+        })
+        .collect()
+}
+
+/// Signs a token for `subject` with `scopes` and extra `claims`, valid for `ttl`, with
+/// `auth.hs256_secret`.
 pub fn mint_hs256(
     auth: &AuthConfig,
     subject: &str,
     scopes: &[String],
+    claims_extra: &[(String, Value)],
     ttl: Duration,
 ) -> Result<String, String> {
     let secret = auth
@@ -59,7 +82,7 @@ pub fn mint_hs256(
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|_| "the system clock is before 1970")?;
-    let mut claims = Map::new();
+    let mut claims: Map<String, Value> = claims_extra.iter().cloned().collect();
     claims.insert("sub".into(), json!(subject));
     claims.insert("iat".into(), json!(now.as_secs()));
     claims.insert("exp".into(), json!((now + ttl).as_secs()));
@@ -107,13 +130,21 @@ mod tests {
         .unwrap();
         let auth = config.auth.as_ref().unwrap();
         let scopes = vec!["syncline:service".to_owned(), "team:a".to_owned()];
-        let token = mint_hs256(auth, "alice", &scopes, Duration::from_secs(60)).unwrap();
+        let claims = parse_claims(&["team=blue".into(), r#"teams=["a","b"]"#.into()]).unwrap();
+        let token = mint_hs256(auth, "alice", &scopes, &claims, Duration::from_secs(60)).unwrap();
         let Authenticator::Jwt(verifier) = Authenticator::from_config(auth).unwrap() else {
             panic!("jwt mode");
         };
         let principal = verifier.verify(&token).unwrap();
         assert_eq!(principal.subject, "alice");
         assert!(principal.service);
+        // The access rules see every claim.
+        assert_eq!(principal.claims["team"], json!("blue"));
+        assert_eq!(principal.claims["teams"], json!(["a", "b"]));
+        assert_eq!(principal.claims["sub"], json!("alice"));
+        for bad in ["team", "=x", "sub=bob", "exp=1"] {
+            assert!(parse_claims(&[bad.into()]).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -123,6 +154,7 @@ mod tests {
         let err = mint_hs256(
             config.auth.as_ref().unwrap(),
             "alice",
+            &[],
             &[],
             Duration::from_secs(60),
         )

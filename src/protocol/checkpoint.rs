@@ -13,6 +13,13 @@
 //! Version 2 tokens (66 characters, without the floor) are still accepted, with floor 0: the
 //! most careful reading (any purge past their position expires them).
 //!
+//! Version 4 tokens (87 characters) are issued on collections with claim-based access rules:
+//! their plaintext also holds an 8-byte fingerprint of the reader's bound read rule (its
+//! claims as the rule uses them). A token whose fingerprint differs from the caller's (its
+//! claims changed, or the collection's rules did) is expired rather than refused: the copy it
+//! was issued for may hold documents the caller can no longer read, or lack ones it now can,
+//! and Reconcile mends exactly that.
+//!
 //! What the token is bound to is not carried: the server rebuilds it from the request and
 //! passes it as the AEAD's associated data (the version, the collection, the scope: the owner
 //! filter or "service", and a filter field left empty until filtered reads exist). A token of
@@ -48,6 +55,13 @@ const VERSION_2: u8 = 2;
 const NONCE_LEN: usize = 12;
 const PLAIN_LEN: usize = 4 + 8 + 8 + 8;
 const PLAIN_LEN_2: usize = 4 + 8 + 8;
+/// The format with the read rule's fingerprint (see the module doc).
+const VERSION_4: u8 = 4;
+const PLAIN_LEN_4: usize = PLAIN_LEN + RULE_LEN;
+/// Bytes of a read rule's fingerprint.
+pub const RULE_LEN: usize = 8;
+const RAW_LEN_4: usize = 1 + NONCE_LEN + PLAIN_LEN_4 + TAG_LEN;
+const TOKEN_LEN_4: usize = (RAW_LEN_4 * 4).div_ceil(3);
 const TAG_LEN: usize = 16;
 const RAW_LEN: usize = 1 + NONCE_LEN + PLAIN_LEN + TAG_LEN;
 const RAW_LEN_2: usize = 1 + NONCE_LEN + PLAIN_LEN_2 + TAG_LEN;
@@ -90,23 +104,31 @@ impl Sealer {
 
     /// The tokens of `principal` on `collection`.
     pub fn bind(&self, collection: &str, principal: &Principal) -> Tokens {
-        self.bind_filtered(collection, principal, None)
+        self.bind_filtered(collection, principal, None, None)
     }
 
     /// The tokens of `principal` on `collection` for reads under the filter whose digest is
     /// `filter` (`None`: unfiltered): a token of one filter does not open under another, so a
-    /// client changing its filter starts a new sync.
+    /// client changing its filter starts a new sync. `rule` is the fingerprint of the
+    /// reader's bound read rule on a collection with claim-based access rules (`None`
+    /// elsewhere): sealed inside, so that a token of other claims is expired.
     pub fn bind_filtered(
         &self,
         collection: &str,
         principal: &Principal,
         filter: Option<&[u8; 32]>,
+        rule: Option<[u8; RULE_LEN]>,
     ) -> Tokens {
+        let version = if rule.is_some() { VERSION_4 } else { VERSION };
         let scope = scope_data(principal.owner_filter(), filter.map_or(&[][..], |d| &d[..]));
-        let associated = associated_data(collection, &scope);
+        let associated = associated_data_of(version, collection, &scope);
         let unfiltered = filter.map(|_| {
-            associated_data(collection, &scope_data(principal.owner_filter(), b""))
-                .into_boxed_slice()
+            associated_data_of(
+                version,
+                collection,
+                &scope_data(principal.owner_filter(), b""),
+            )
+            .into_boxed_slice()
         });
         Tokens {
             cipher: self.cipher.clone(),
@@ -114,6 +136,8 @@ impl Sealer {
             scope_at: associated.len() - scope.len(),
             associated: associated.into_boxed_slice(),
             unfiltered,
+            version,
+            rule,
         }
     }
 }
@@ -139,10 +163,6 @@ fn scope_data(owner: Option<&str>, filter: &[u8]) -> Vec<u8> {
 /// Where the collection name starts in [`associated_data`]: after the domain, the version and
 /// the name's length.
 const COLLECTION_AT: usize = DOMAIN.len() + 1 + 8;
-
-fn associated_data(collection: &str, scope: &[u8]) -> Vec<u8> {
-    associated_data_of(VERSION, collection, scope)
-}
 
 fn associated_data_of(version: u8, collection: &str, scope: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(DOMAIN.len() + 1 + 8 + collection.len() + scope.len());
@@ -170,6 +190,10 @@ pub struct Tokens {
     unfiltered: Option<Box<[u8]>>,
     /// Where the scope part of `associated` starts (the collection name ends there).
     scope_at: usize,
+    /// The format issued: [`VERSION`], or [`VERSION_4`] with `rule`.
+    version: u8,
+    /// The reader's read rule fingerprint (claim-based access rules only).
+    rule: Option<[u8; RULE_LEN]>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -186,24 +210,32 @@ impl Tokens {
         if position == Position::START {
             return String::new();
         }
-        let mut raw = [0u8; RAW_LEN];
-        raw[0] = VERSION;
+        let (raw_len, plain_len) = match self.rule {
+            Some(_) => (RAW_LEN_4, PLAIN_LEN_4),
+            None => (RAW_LEN, PLAIN_LEN),
+        };
+        let mut buffer = [0u8; RAW_LEN_4];
+        let raw = &mut buffer[..raw_len];
+        raw[0] = self.version;
         let nonce: [u8; NONCE_LEN] = rand::random();
         raw[1..1 + NONCE_LEN].copy_from_slice(&nonce);
-        let (plain, tag) = raw[1 + NONCE_LEN..].split_at_mut(PLAIN_LEN);
+        let (plain, tag) = raw[1 + NONCE_LEN..].split_at_mut(plain_len);
         plain[..4].copy_from_slice(&self.generation.to_be_bytes());
         plain[4..12].copy_from_slice(&position.tx.to_be_bytes());
         plain[12..20].copy_from_slice(&position.seq.to_be_bytes());
-        plain[20..].copy_from_slice(&floor.to_be_bytes());
+        plain[20..28].copy_from_slice(&floor.to_be_bytes());
+        if let Some(rule) = &self.rule {
+            plain[28..].copy_from_slice(rule);
+        }
         let nonce = Nonce::from(nonce);
         match self
             .cipher
             .encrypt_inout_detached(&nonce, &self.associated, plain.into())
         {
             Ok(t) => tag.copy_from_slice(&t),
-            // Only inputs over 2^36 bytes fail: the plaintext is 28 bytes and the associated
+            // Only inputs over 2^36 bytes fail: the plaintext is 36 bytes at most and the associated
             // data a collection name and a credential's subject, both bounded far below that.
-            Err(_) => unreachable!("AES-GCM-SIV refused a 28-byte plaintext"),
+            Err(_) => unreachable!("AES-GCM-SIV refused a 36-byte plaintext"),
         }
         URL_SAFE_NO_PAD.encode(raw)
     }
@@ -234,9 +266,10 @@ impl Tokens {
         let (version, raw_len, plain_len) = match token.len() {
             TOKEN_LEN => (VERSION, RAW_LEN, PLAIN_LEN),
             TOKEN_LEN_2 => (VERSION_2, RAW_LEN_2, PLAIN_LEN_2),
+            TOKEN_LEN_4 => (VERSION_4, RAW_LEN_4, PLAIN_LEN_4),
             _ => return Err(foreign()),
         };
-        let mut buffer = [0u8; RAW_LEN];
+        let mut buffer = [0u8; RAW_LEN_4];
         let raw = &mut buffer[..raw_len];
         match URL_SAFE_NO_PAD.decode_slice(token, raw) {
             Ok(n) if n == raw_len => {}
@@ -249,10 +282,11 @@ impl Tokens {
             |collection: &str, scope: &[u8]| associated_data_of(version, collection, scope);
         let this = &self.associated[COLLECTION_AT..self.scope_at];
         let scope = &self.associated[self.scope_at..];
-        let opened = if version == VERSION {
+        let opened = if version == self.version {
             self.open(raw, plain_len, &self.associated)
         } else {
-            // Rare (tokens issued before the upgrade): the associated data is rebuilt.
+            // Rare (tokens issued before an upgrade, or before the collection's access rules
+            // changed): the associated data is rebuilt.
             let this = std::str::from_utf8(this).unwrap_or_default();
             self.open(raw, plain_len, &associated(this, scope))
         };
@@ -263,7 +297,7 @@ impl Tokens {
                         .open(raw, plain_len, &associated(other, scope))
                         .is_some()
             });
-            let unfiltered = version == VERSION
+            let unfiltered = version == self.version
                 && self
                     .unfiltered
                     .as_ref()
@@ -303,21 +337,37 @@ impl Tokens {
             seq: word(12),
         };
         // Version 2 has no floor: 0, the most careful.
-        let floor = if plain_len == PLAIN_LEN { word(20) } else { 0 };
+        let floor = if plain_len >= PLAIN_LEN { word(20) } else { 0 };
         if position.tx < 0 || position.seq < 0 || floor < 0 {
             return Err(foreign());
+        }
+        let rule = (plain_len == PLAIN_LEN_4).then(|| {
+            let mut r = [0u8; RULE_LEN];
+            r.copy_from_slice(&plain[PLAIN_LEN..PLAIN_LEN_4]);
+            r
+        });
+        if rule != self.rule {
+            // Genuine, for this caller, but its copy was filled under other claims (or other
+            // rules): documents may have entered or left its scope before the position.
+            return Err(ProtocolError::checkpoint_expired(
+                field,
+                format!(
+                    "{field}: issued under other access rules or token claims than this call's; \
+                     reconcile your copy (Reconcile) or start over from an empty checkpoint"
+                ),
+            ));
         }
         Ok(Resume { position, floor })
     }
 
     /// The plaintext of `raw` (whose ciphertext is `plain_len` bytes) when it authenticates
-    /// under `associated`, zero-padded to [`PLAIN_LEN`].
-    fn open(&self, raw: &[u8], plain_len: usize, associated: &[u8]) -> Option<[u8; PLAIN_LEN]> {
+    /// under `associated`, zero-padded to [`PLAIN_LEN_4`].
+    fn open(&self, raw: &[u8], plain_len: usize, associated: &[u8]) -> Option<[u8; PLAIN_LEN_4]> {
         let (nonce, rest) = raw.get(1..)?.split_at_checked(NONCE_LEN)?;
         let (sealed, tag) = rest.split_at_checked(plain_len)?;
         let nonce = Nonce::try_from(nonce).ok()?;
         let tag = Tag::try_from(tag).ok()?;
-        let mut plain = [0u8; PLAIN_LEN];
+        let mut plain = [0u8; PLAIN_LEN_4];
         plain.get_mut(..plain_len)?.copy_from_slice(sealed);
         self.cipher
             .decrypt_inout_detached(&nonce, associated, plain[..plain_len].as_mut().into(), &tag)
@@ -342,6 +392,7 @@ mod tests {
             scopes: HashSet::new(),
             service: false,
             expires_at: None,
+            claims: Default::default(),
         }
     }
 
@@ -552,5 +603,52 @@ mod tests {
         }
         // The same position twice gives two different tokens.
         assert_ne!(t.encode(p, 0), t.encode(p, 0));
+    }
+
+    /// Under claim rules a token carries the reader's rule fingerprint: the same fingerprint
+    /// opens it, another (or none, or an older token without one) finds it expired, not
+    /// forged; an altered one is still refused.
+    #[test]
+    fn a_rule_fingerprint_change_expires_tokens() {
+        let alice = user("alice");
+        let sealer = Sealer::new(&KEY);
+        let blue = sealer.bind_filtered("tasks", &alice, None, Some([1; RULE_LEN]));
+        let red = sealer.bind_filtered("tasks", &alice, None, Some([2; RULE_LEN]));
+        let plain = sealer.bind("tasks", &alice);
+        let p = Position { tx: 42, seq: 3 };
+        let token = blue.encode(p, 7);
+        assert_eq!(token.len(), TOKEN_LEN_4);
+        assert_eq!(token.len(), 87);
+        let opened = blue
+            .decode(&token, "checkpoint.token", COLLECTIONS)
+            .unwrap();
+        assert_eq!((opened.position, opened.floor), (p, 7));
+        let expired = |t: &Tokens, token: &str| {
+            let e = t
+                .decode(token, "checkpoint.token", COLLECTIONS)
+                .unwrap_err();
+            (e.kind, e.reason)
+        };
+        let want = (Kind::FailedPrecondition, Reason::CheckpointExpired);
+        assert_eq!(expired(&red, &token), want, "other claims");
+        assert_eq!(expired(&plain, &token), want, "the rules were removed");
+        assert_eq!(
+            expired(&blue, &plain.encode(p, 0)),
+            want,
+            "a token from before the rules"
+        );
+        // Another principal's token stays foreign, whatever its rule.
+        let bob = sealer.bind_filtered("tasks", &user("bob"), None, Some([1; RULE_LEN]));
+        assert_eq!(
+            expired(&bob, &token),
+            (Kind::InvalidArgument, Reason::CheckpointInvalid)
+        );
+        let mut altered = token.into_bytes();
+        altered[40] = if altered[40] == b'A' { b'B' } else { b'A' };
+        let altered = String::from_utf8(altered).unwrap();
+        assert_eq!(
+            expired(&blue, &altered),
+            (Kind::InvalidArgument, Reason::CheckpointInvalid)
+        );
     }
 }

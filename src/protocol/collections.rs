@@ -22,6 +22,8 @@ pub struct Collection {
     pub policy: super::merge::MergePolicy,
     /// The fields selectors may name (`filter_fields`), each served by an index.
     pub filter_fields: super::selector::FilterFields,
+    /// Who reads and writes which documents (`access`, `read_filter`, `write_filter`).
+    pub access: super::selector::AccessRules,
 }
 
 impl std::fmt::Debug for Collection {
@@ -107,17 +109,14 @@ impl Collections {
     pub fn from_config(c: &Config) -> Result<Collections, String> {
         let mut by_name = HashMap::new();
         for cc in &c.collections {
-            // Parsed (and tested) already, but not yet enforced by Pull, Subscribe and Push: a
-            // read_filter that silently did nothing would be a hole, so they are refused.
-            if cc.read_filter.is_some() || cc.write_filter.is_some() || cc.access.is_some() {
-                return Err(format!(
-                    "collection {:?}: read_filter, write_filter and access are reserved for \
-                     claim-based access rules, which this version does not enforce yet; remove them",
-                    cc.name
-                ));
-            }
             let filter_fields =
                 super::selector::FilterFields::from_config(&cc.name, &cc.filter_fields)?;
+            let access = super::selector::AccessRules::from_config(
+                &filter_fields,
+                cc.access.as_deref(),
+                cc.read_filter.as_ref(),
+                cc.write_filter.as_ref(),
+            )?;
             let mut schema_value = None;
             let schema = match &cc.schema {
                 None => None,
@@ -144,6 +143,7 @@ impl Collections {
                 write_scopes: cc.write_scopes.clone(),
                 policy,
                 filter_fields,
+                access,
             };
             by_name.insert(cc.name.clone(), Arc::new(collection));
         }
@@ -194,22 +194,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn access_rule_keys_are_refused_until_they_are_enforced() {
-        for key in [
-            "read_filter = { done = false }",
-            "write_filter = { done = false }",
-            "access = \"owner\"",
-        ] {
+    fn access_rules_are_checked_at_start_up() {
+        let load = |keys: &str| {
             let config = Config::from_toml(&format!(
-                "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n{key}\n"
+                "[auth]\nmode = \"none\"\n[[collections]]\nname = \"t\"\n\
+                 filter_fields = {{ team = \"string\" }}\n{keys}\n"
             ))
             .expect("parses");
-            let err = Collections::from_config(&config).expect_err(key);
+            Collections::from_config(&config)
+        };
+        for (keys, why) in [
+            ("read_filter = { team = \"a\" }", "need access"),
+            ("access = \"claims\"\nread_filter = {}", "needs both"),
+            ("access = \"team\"", "not owner, claims or either"),
+            (
+                "access = \"either\"\nread_filter = { done = false }\nwrite_filter = {}",
+                "done",
+            ),
+        ] {
+            let err = load(keys).expect_err(keys);
             assert!(
-                err.contains("collection \"t\"") && err.contains("not enforce yet"),
-                "{err}"
+                err.contains("collection \"t\"") && err.contains(why),
+                "{keys}: {err}"
             );
         }
+        let loaded = load(
+            "access = \"claims\"\nread_filter = { team = { \"$claim\" = \"team\" } }\n\
+             write_filter = { team = { \"$claim\" = \"team\" } }",
+        )
+        .expect("valid rules");
+        let t = loaded.get("t").expect("declared");
+        assert_eq!(t.access.access, super::super::selector::Access::Claims);
+        assert!(
+            t.access
+                .read
+                .as_ref()
+                .is_some_and(|r| r.has_unbound_claims())
+        );
     }
 
     #[test]

@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 
+use super::access::{Gate, foreign_owner};
 use super::principal::Principal;
 use super::resolution::Decision;
 pub use super::resolution::Resolver;
 use super::validate::{Assumed, PlannedRow, Refusal, ValidRow};
-use super::{ProtocolError, Reason, json_text, shown};
+use super::{ProtocolError, json_text};
 use crate::store::{
     ConflictState, DocumentWrite, OverwrittenVersion, PushPlan, ResolvedState, StoredDocument,
 };
@@ -54,11 +55,12 @@ pub fn plan_push(
     principal: &Principal,
     resolver: Resolver<'_>,
 ) -> Result<PushPlan<RefusedRow>, ProtocolError> {
+    let gate = Gate::new(resolver.collection, principal)?;
     for (i, row) in rows.iter().enumerate() {
-        ownership(i, row, stored, principal)?;
+        ownership(i, row, stored, &gate)?;
     }
     let rows: Vec<Step<'_>> = rows.iter().map(Step::Write).collect();
-    plan_steps(&rows, stored, principal, resolver)
+    plan_steps(&rows, stored, &gate, principal, resolver)
 }
 
 /// Decides a per-row batch: rows refused by validation or for ownership are not written and
@@ -73,11 +75,12 @@ pub fn plan_push_per_row(
     principal: &Principal,
     resolver: Resolver<'_>,
 ) -> Result<PushPlan<RefusedRow>, ProtocolError> {
+    let gate = Gate::new(resolver.collection, principal)?;
     let steps: Vec<Step<'_>> = rows
         .iter()
         .enumerate()
         .map(|(i, row)| match row {
-            PlannedRow::Valid(v) => match ownership(i, v, stored, principal) {
+            PlannedRow::Valid(v) => match ownership(i, v, stored, &gate) {
                 Ok(()) => Step::Write(v),
                 Err(error) => Step::Refuse(
                     Refusal {
@@ -91,7 +94,7 @@ pub fn plan_push_per_row(
             PlannedRow::Refused { refusal, id } => Step::Refuse(refusal.clone(), id.as_deref()),
         })
         .collect();
-    plan_steps(&steps, stored, principal, resolver)
+    plan_steps(&steps, stored, &gate, principal, resolver)
 }
 
 /// Per-row pushes: refuses, before the store is read, every row of an ordinary principal that
@@ -119,17 +122,6 @@ fn names_another(row: &ValidRow, principal: &Principal) -> bool {
     row.owner.as_ref().is_some_and(|o| *o != principal.subject)
 }
 
-fn foreign_owner(i: usize, row: &ValidRow) -> ProtocolError {
-    ProtocolError::permission_denied(
-        Reason::NotOwner,
-        format!(
-            "rows[{i}] (id {}): new_document_state.owner may only name yourself",
-            shown(&row.id)
-        ),
-    )
-    .at(format!("rows[{i}].new_document_state.owner"))
-}
-
 /// One row of the decision: written (or conflicting), or refused with the id to report the
 /// current state of.
 enum Step<'a> {
@@ -140,6 +132,7 @@ enum Step<'a> {
 fn plan_steps(
     rows: &[Step<'_>],
     stored: &HashMap<String, StoredDocument>,
+    gate: &Gate<'_>,
     principal: &Principal,
     resolver: Resolver<'_>,
 ) -> Result<PushPlan<RefusedRow>, ProtocolError> {
@@ -168,7 +161,7 @@ fn plan_steps(
                 // Only a state the caller may read: never another owner's document.
                 let current = id
                     .and_then(|id| state.get(id))
-                    .filter(|c| principal.service || c.owner == principal.subject)
+                    .filter(|c| gate.may_read(&c.owner, &c.body))
                     .map(|c| c.conflict_state(id.unwrap_or_default()))
                     .transpose()?;
                 plan.refused.push(RefusedRow {
@@ -229,6 +222,9 @@ fn plan_steps(
                 .clone()
                 .unwrap_or_else(|| principal.subject.clone()),
         };
+        if is_resolved {
+            gate.check_resolved(index, &row.id, &owner, &body, deleted)?;
+        }
         if written.insert(row.id.as_str()) {
             written_order.push(row.id.as_str());
         }
@@ -350,36 +346,21 @@ impl Current {
     }
 }
 
-/// Ordinary principals may only touch their own documents and may only name themselves as
-/// owner; service principals may do both. Row `i` is checked against the stored states: within
-/// a batch an ordinary principal only ever creates documents of its own, so earlier rows never
-/// change the answer.
+/// Ordinary principals may only touch the documents the collection's rules give them (their
+/// own, or those its claim rules allow: see [`Gate::check`]) and may only name themselves as
+/// owner; service principals may do both. Row `i` is checked against the stored states: an
+/// earlier row of the batch for the same id wrote a state that passed the same rules, so it
+/// never changes the answer.
 fn ownership(
     i: usize,
     row: &ValidRow,
     stored: &HashMap<String, StoredDocument>,
-    principal: &Principal,
+    gate: &Gate<'_>,
 ) -> Result<(), ProtocolError> {
-    if principal.service {
-        return Ok(());
-    }
-    if names_another(row, principal) {
-        return Err(foreign_owner(i, row));
-    }
-    if stored
+    let current = stored
         .get(&row.id)
-        .is_some_and(|d| d.owner != principal.subject)
-    {
-        return Err(ProtocolError::permission_denied(
-            Reason::NotOwner,
-            format!(
-                "rows[{i}] (id {}): this id is taken by another owner",
-                shown(&row.id)
-            ),
-        )
-        .at(format!("rows[{i}].new_document_state.id")));
-    }
-    Ok(())
+        .map(|d| (d.owner.as_str(), d.body.as_str()));
+    gate.check(i, row, current)
 }
 
 /// A row conflicts when the server has the document (tombstones included) and the row either
@@ -418,6 +399,7 @@ pub fn next_revision(previous: Option<&str>, body: &str, deleted: bool) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Reason;
     use crate::store::Position;
 
     fn stored(id: &str, body: &str, deleted: bool, revision: &str) -> StoredDocument {
@@ -455,6 +437,7 @@ mod tests {
                 write_scopes: vec![],
                 policy: Default::default(),
                 filter_fields: Default::default(),
+                access: Default::default(),
             };
             let limits = crate::protocol::Limits {
                 pull_default: 10,
@@ -489,6 +472,7 @@ mod tests {
             scopes: Default::default(),
             service: false,
             expires_at: None,
+            claims: Default::default(),
         }
     }
 

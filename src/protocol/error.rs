@@ -67,11 +67,14 @@ pub enum Reason {
     /// No attachment with that digest the caller may read (absent, or referenced by no
     /// document it can read: the two are not told apart).
     AttachmentNotFound,
+    /// A pushed row's new state, or the stored state it would replace, is outside the
+    /// collection's `write_filter` for the caller's token claims.
+    OutsideWriteFilter,
 }
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::InvalidRequest,
         Reason::InvalidDocument,
         Reason::LimitExceeded,
@@ -89,6 +92,7 @@ impl Reason {
         Reason::IdempotencyKeyReused,
         Reason::OverwrittenNotKept,
         Reason::AttachmentNotFound,
+        Reason::OutsideWriteFilter,
     ];
 
     /// The code as sent (upper snake case).
@@ -111,6 +115,7 @@ impl Reason {
             Reason::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Reason::OverwrittenNotKept => "OVERWRITTEN_NOT_KEPT",
             Reason::AttachmentNotFound => "ATTACHMENT_NOT_FOUND",
+            Reason::OutsideWriteFilter => "OUTSIDE_WRITE_FILTER",
         }
     }
 }

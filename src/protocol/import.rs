@@ -293,6 +293,7 @@ mod tests {
             write_scopes: vec![],
             policy: Default::default(),
             filter_fields: Default::default(),
+            access: Default::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The replication rules, independent of gRPC: checkpoints, validation, conflict decisions,
 //! limits and the stream loop. Handlers in [`crate::api`] only translate to and from protobuf.
 
+pub mod access;
 pub mod attachments;
 pub mod checkpoint;
 pub mod collections;
@@ -225,13 +226,13 @@ impl<S: Store> Replicator<S> {
         }
     }
 
-    /// The checkpoint tokens of `principal` on `collection` under the filter of digest
-    /// `filter` (`None`: unfiltered).
+    /// The checkpoint tokens of `principal` on `collection` for reads in `scope` (its
+    /// selector's digest and its read rule's fingerprint).
     async fn filtered_tokens(
         &self,
         collection: &str,
         principal: &Principal,
-        filter: Option<&[u8; 32]>,
+        scope: &selective::ReadScope,
     ) -> Result<checkpoint::Tokens, ProtocolError> {
         let sealer = self
             .checkpoints
@@ -245,7 +246,7 @@ impl<S: Store> Replicator<S> {
                 Ok::<_, ProtocolError>(checkpoint::Sealer::new(&key).with_generation(generation))
             })
             .await?;
-        Ok(sealer.bind_filtered(collection, principal, filter))
+        Ok(sealer.bind_filtered(collection, principal, scope.selector.as_ref(), scope.rule))
     }
 
     /// Pull: the documents whose latest write is after `checkpoint`, at most `limit`; with a
@@ -261,13 +262,9 @@ impl<S: Store> Replicator<S> {
     ) -> Result<PullPage, ProtocolError> {
         let collection = self.collections.get(collection)?;
         principal.check_read(&collection)?;
-        let filter = self.filter(&collection, selector)?;
+        let scope = self.scope(&collection, principal, selector)?;
         let tokens = self
-            .filtered_tokens(
-                &collection.name,
-                principal,
-                filter.as_ref().map(|f| &f.digest),
-            )
+            .filtered_tokens(&collection.name, principal, &scope)
             .await?;
         let after = tokens.decode(checkpoint, "checkpoint.token", self.collections.names())?;
         let limit = PageLimit::new(self.limits.pull_limit(limit), self.page_bytes);
@@ -280,21 +277,15 @@ impl<S: Store> Replicator<S> {
         let mut backoff = Duration::from_millis(1);
         let mut waited = false;
         let page = loop {
-            let page = match &filter {
+            let page = match &scope.filter {
                 None => {
                     self.store
-                        .read_changes(&collection.name, principal.owner_filter(), after, limit)
+                        .read_changes(&collection.name, scope.owner(), after, limit)
                         .await?
                 }
                 Some(filter) => {
                     self.store
-                        .read_filtered(
-                            &collection.name,
-                            principal.owner_filter(),
-                            &filter.read,
-                            after,
-                            limit,
-                        )
+                        .read_filtered(&collection.name, scope.owner(), &filter.read, after, limit)
                         .await?
                 }
             };
@@ -349,13 +340,9 @@ impl<S: Store> Replicator<S> {
     ) -> Result<mpsc::Receiver<StreamItem>, ProtocolError> {
         let collection = self.collections.get(collection)?;
         principal.check_read(&collection)?;
-        let filter = self.filter(&collection, selector)?;
+        let scope = self.scope(&collection, principal, selector)?;
         let tokens = self
-            .filtered_tokens(
-                &collection.name,
-                principal,
-                filter.as_ref().map(|f| &f.digest),
-            )
+            .filtered_tokens(&collection.name, principal, &scope)
             .await?;
         let resume = match tokens.decode(checkpoint, "checkpoint.token", self.collections.names()) {
             Ok(resume) => resume,
@@ -385,8 +372,8 @@ impl<S: Store> Replicator<S> {
         let subscription = stream::Subscription {
             store: self.store.clone(),
             collection: collection.name.clone(),
-            owner: principal.owner_filter().map(str::to_owned),
-            filter: filter.map(Arc::new),
+            owner: scope.owner,
+            filter: scope.filter.map(Arc::new),
             expires_at: principal.expires_at,
             position: resume.position,
             floor: resume.floor,
@@ -403,14 +390,15 @@ impl<S: Store> Replicator<S> {
         Ok(events)
     }
 
-    /// A read's filter (see [`selective::filter`]), once the fields are declared.
-    fn filter(
+    /// A read's scope (see [`selective::scope`]); filtered ones once the fields are declared.
+    fn scope(
         &self,
         collection: &Collection,
+        principal: &Principal,
         selector: &[u8],
-    ) -> Result<Option<selective::Filter>, ProtocolError> {
-        let filter = selective::filter(collection, selector)?;
-        if filter.is_some()
+    ) -> Result<selective::ReadScope, ProtocolError> {
+        let scope = selective::scope(collection, principal, selector)?;
+        if scope.filter.is_some()
             && !self
                 .filters_declared
                 .load(std::sync::atomic::Ordering::Acquire)
@@ -421,7 +409,7 @@ impl<S: Store> Replicator<S> {
                  (are the migrations applied?); retry shortly",
             ));
         }
-        Ok(filter)
+        Ok(scope)
     }
 
     fn count_wait(&self, collection: &str, outcome: &'static str) {
@@ -463,16 +451,18 @@ impl<S: Store> Replicator<S> {
 
 /// Each id a push touches once, with the revision its first row assumes: only that row ever
 /// compares with the stored state, so a match replaces it unread. An id first met in a refused
-/// row (`None`) is read whole: its state may be reported back.
+/// row (`None`) is read whole: its state may be reported back; so is every id when `whole`
+/// (a write rule looks at the stored states).
 fn push_targets<'a>(
     rows: impl Iterator<Item = (&'a str, Option<&'a validate::ValidRow>)>,
+    whole: bool,
 ) -> Vec<crate::store::PushTarget> {
     let mut seen = std::collections::HashSet::new();
     rows.filter(|(id, _)| seen.insert(*id))
         .map(|(id, row)| crate::store::PushTarget {
             id: id.to_owned(),
             skip_body_at: match row.and_then(|r| r.assumed.as_ref()) {
-                Some(validate::Assumed::Revision(rev)) => Some(rev.clone()),
+                Some(validate::Assumed::Revision(rev)) if !whole => Some(rev.clone()),
                 _ => None,
             },
         })

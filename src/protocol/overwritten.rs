@@ -9,8 +9,9 @@ pub const LIST_MAX: usize = 100;
 
 impl<S: Store> Replicator<S> {
     /// The kept losing versions of `id`, newest first. Only the document's owner and service
-    /// principals see any; for anyone else the list is empty, exactly as for an id that never
-    /// lost anything, so the answer reveals nothing of other owners' documents.
+    /// principals see any (on a collection with claim rules: whoever may read each version);
+    /// for anyone else the list is empty, exactly as for an id that never lost anything, so
+    /// the answer reveals nothing of other owners' documents.
     pub async fn list_overwritten(
         &self,
         principal: &super::Principal,
@@ -46,9 +47,22 @@ impl<S: Store> Replicator<S> {
             0 => LIST_MAX,
             n => (n as usize).min(LIST_MAX),
         };
-        Ok(self
+        // Under claim rules the owner does not decide: each version is shown to whoever may
+        // read it (as a conflict's state is).
+        let gate = super::access::Gate::new(&collection, principal)?;
+        let by_rules = collection.access.read.is_some() && !principal.service;
+        let owner = if by_rules {
+            None
+        } else {
+            principal.owner_filter()
+        };
+        let mut versions = self
             .store
-            .overwritten_versions(&collection.name, id, principal.owner_filter(), limit)
-            .await?)
+            .overwritten_versions(&collection.name, id, owner, limit)
+            .await?;
+        if by_rules {
+            versions.retain(|r| gate.may_read(&r.version.owner, &r.version.body));
+        }
+        Ok(versions)
     }
 }

@@ -1,7 +1,10 @@
 //! Who is calling, and what that lets them see and change.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use serde_json::Value;
 
 use super::collections::Collection;
 use super::{ProtocolError, Reason};
@@ -17,6 +20,9 @@ pub struct Principal {
     pub service: bool,
     /// When the credential stops being valid (streams end then).
     pub expires_at: Option<SystemTime>,
+    /// Every claim of the token (a JSON object; `{}` without a token), for the collections'
+    /// claim-based access rules (`read_filter`, `write_filter`). Shared: read, never changed.
+    pub claims: Arc<Value>,
 }
 
 /// Why `subject` cannot name a principal, if it cannot: empty, longer than `bytes_max`, or
@@ -45,6 +51,7 @@ impl Principal {
             scopes: HashSet::new(),
             service: true,
             expires_at: None,
+            claims: Arc::new(Value::Object(serde_json::Map::new())),
         }
     }
 

@@ -125,6 +125,8 @@ impl<S: Store> Replicator<S> {
             }),
             _ => None,
         };
+        // The write rule looks at the stored states' bodies: none may be skipped.
+        let whole_states = super::access::Gate::needs_bodies(&collection, principal);
         let applied = match mode {
             PushMode::Atomic => {
                 let rows = validate::validate_rows(&collection, &self.limits, rows)
@@ -139,7 +141,8 @@ impl<S: Store> Replicator<S> {
                 if rows.is_empty() {
                     return Ok(PushReply::Fresh(PushResult::default()));
                 }
-                let targets = push_targets(rows.iter().map(|r| (r.id.as_str(), Some(r))));
+                let targets =
+                    push_targets(rows.iter().map(|r| (r.id.as_str(), Some(r))), whole_states);
                 self.store
                     .apply_push(
                         &collection.name,
@@ -182,10 +185,13 @@ impl<S: Store> Replicator<S> {
                 }
                 // Refused rows' ids are read too (for their current state), in the same
                 // round trip as the rest.
-                let targets = push_targets(rows.iter().filter_map(|r| match r {
-                    PlannedRow::Valid(v) => Some((v.id.as_str(), Some(v))),
-                    PlannedRow::Refused { id, .. } => id.as_deref().map(|id| (id, None)),
-                }));
+                let targets = push_targets(
+                    rows.iter().filter_map(|r| match r {
+                        PlannedRow::Valid(v) => Some((v.id.as_str(), Some(v))),
+                        PlannedRow::Refused { id, .. } => id.as_deref().map(|id| (id, None)),
+                    }),
+                    whole_states,
+                );
                 self.store
                     .apply_push(
                         &collection.name,

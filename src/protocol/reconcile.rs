@@ -294,7 +294,7 @@ impl<S: Store> Replicator<S> {
     ) -> Result<ReconcileRound, ProtocolError> {
         let collection = self.collections.get(collection)?;
         principal.check_read(&collection)?;
-        let filter = self.filter(&collection, selector)?;
+        let scope = self.scope(&collection, principal, selector)?;
         let max = self.reconcile_limits.digests_max;
         check_bits(bits, "bucket_bits")?;
         if within_bits > bits {
@@ -342,18 +342,14 @@ impl<S: Store> Replicator<S> {
             ));
         }
         let tokens = self
-            .filtered_tokens(
-                &collection.name,
-                principal,
-                filter.as_ref().map(|f| &f.digest),
-            )
+            .filtered_tokens(&collection.name, principal, &scope)
             .await?;
         let snapshot = self
             .store
             .bucket_digests(
                 &collection.name,
-                principal.owner_filter(),
-                filter.as_ref().map(|f| &f.read),
+                scope.owner(),
+                scope.filter.as_ref().map(|f| &f.read),
                 bits,
                 within_bits,
                 within,
@@ -392,7 +388,7 @@ impl<S: Store> Replicator<S> {
     ) -> Result<Vec<(String, String)>, ProtocolError> {
         let collection = self.collections.get(collection)?;
         principal.check_read(&collection)?;
-        let filter = self.filter(&collection, selector)?;
+        let scope = self.scope(&collection, principal, selector)?;
         check_bits(bits, "bucket_bits")?;
         let limits = self.reconcile_limits;
         if buckets.len() > limits.digests_max {
@@ -413,8 +409,8 @@ impl<S: Store> Replicator<S> {
             .store
             .bucket_documents(
                 &collection.name,
-                principal.owner_filter(),
-                filter.as_ref().map(|f| &f.read),
+                scope.owner(),
+                scope.filter.as_ref().map(|f| &f.read),
                 bits,
                 buckets,
                 limits.list_max.saturating_add(1),
@@ -441,7 +437,7 @@ impl<S: Store> Replicator<S> {
     ) -> Result<Fetched, ProtocolError> {
         let collection = self.collections.get(collection)?;
         principal.check_read(&collection)?;
-        let filter = self.filter(&collection, selector)?;
+        let scope = self.scope(&collection, principal, selector)?;
         let max = self.reconcile_limits.fetch_ids_max;
         if ids.len() > max {
             return Err(ProtocolError::invalid(
@@ -485,8 +481,8 @@ impl<S: Store> Replicator<S> {
             .store
             .live_documents(
                 &collection.name,
-                principal.owner_filter(),
-                filter.as_ref().map(|f| &f.read),
+                scope.owner(),
+                scope.filter.as_ref().map(|f| &f.read),
                 ids,
                 limit,
             )

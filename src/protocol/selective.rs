@@ -1,10 +1,104 @@
-//! A filtered reader's filter: its selector, checked against the collection's declared fields,
-//! compiled for the store, and the digest its checkpoints are bound to.
+//! What a read sees: its selector, checked against the collection's declared fields, narrowed
+//! by the collection's access rules for the caller, compiled for the store, and what its
+//! checkpoints are bound to.
 
+use super::checkpoint::RULE_LEN;
 use super::collections::Collection;
-use super::selector::Selector;
+use super::principal::Principal;
+use super::selector::{Access, Selector};
 use super::{ProtocolError, Reason};
 use crate::store::filter::{FILTER_FIRST_PARAM, ReadFilter};
+
+/// What one principal reads of one collection under one request's selector.
+#[derive(Debug, Clone)]
+pub struct ReadScope {
+    /// The store's owner filter (`None`: every owner's documents, within `filter`).
+    pub owner: Option<String>,
+    /// The request's selector intersected with the caller's read rule; `None` when that
+    /// selects everything within `owner`.
+    pub filter: Option<Filter>,
+    /// The digest of the request's own selector (`None`: it selects everything), which
+    /// checkpoints are bound to: another selector is another sync.
+    pub selector: Option<[u8; 32]>,
+    /// The fingerprint of the caller's bound read rule, sealed in its checkpoints (claim-based
+    /// rules only): a token of other claims is expired, and the client reconciles.
+    pub rule: Option<[u8; RULE_LEN]>,
+}
+
+impl ReadScope {
+    /// The owner filter as the store takes it.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+}
+
+/// The scope of a read of `collection` by `principal` with the request's `selector` bytes.
+/// Service principals and `access = "owner"` read by owner as ever; `claims` reads what the
+/// bound `read_filter` allows, whoever owns it; `either` both. The reader's selector is
+/// intersected with the rule, so it can only narrow it.
+pub fn scope(
+    collection: &Collection,
+    principal: &Principal,
+    selector: &[u8],
+) -> Result<ReadScope, ProtocolError> {
+    let selector = Selector::parse_json(selector, &collection.filter_fields)?;
+    let digest = (!selector.is_everything()).then(|| selector.digest());
+    let rules = &collection.access;
+    let Some(rule) = rules.read.as_ref().filter(|_| !principal.service) else {
+        return Ok(ReadScope {
+            owner: principal.owner_filter().map(str::to_owned),
+            filter: compile(selector)?,
+            selector: digest,
+            rule: None,
+        });
+    };
+    let bound = rule.bind_claims(&principal.claims)?;
+    let allowed = match rules.access {
+        _ if bound.is_everything() => Selector::everything(),
+        Access::Either => Selector::union(&Selector::owned_by(&principal.subject), &bound),
+        Access::Claims | Access::Owner => bound,
+    };
+    let mut fingerprint = [0u8; RULE_LEN];
+    fingerprint.copy_from_slice(&allowed.digest()[..RULE_LEN]);
+    let combined = if selector.is_everything() {
+        allowed
+    } else {
+        Selector::intersect(&selector, &allowed)
+    };
+    Ok(ReadScope {
+        owner: None,
+        filter: compile(combined)?,
+        selector: digest,
+        rule: Some(fingerprint),
+    })
+}
+
+/// Whether `principal` may read the document of `owner` whose declared fields are
+/// `projection`, by `collection`'s access rules (for answers outside the read paths: a
+/// conflict's server state, a blob's documents).
+pub fn readable(
+    collection: &Collection,
+    principal: &Principal,
+    owner: &str,
+    body: &str,
+) -> Result<bool, ProtocolError> {
+    if principal.service {
+        return Ok(true);
+    }
+    let own = owner == principal.subject;
+    let rules = &collection.access;
+    let Some(rule) = rules.read.as_ref() else {
+        return Ok(own);
+    };
+    if own && rules.access == Access::Either {
+        return Ok(true);
+    }
+    let bound = rule.bind_claims(&principal.claims)?;
+    Ok(collection
+        .filter_fields
+        .project(body)
+        .is_some_and(|p| bound.matches_projected(&p)))
+}
 
 /// What a filtered read needs.
 #[derive(Debug, Clone)]
@@ -20,7 +114,11 @@ pub struct Filter {
 /// The filter of a read of `collection` with the request's `selector` bytes: `None` when it
 /// selects everything (empty or `{}`), which reads exactly like an unfiltered request.
 pub fn filter(collection: &Collection, selector: &[u8]) -> Result<Option<Filter>, ProtocolError> {
-    let selector = Selector::parse_json(selector, &collection.filter_fields)?;
+    compile(Selector::parse_json(selector, &collection.filter_fields)?)
+}
+
+/// Compiles a checked, bound selector: `None` when it selects everything.
+fn compile(selector: Selector) -> Result<Option<Filter>, ProtocolError> {
     if selector.is_everything() {
         return Ok(None);
     }

@@ -572,6 +572,7 @@ mod tests {
             write_scopes: vec![],
             policy: Default::default(),
             filter_fields: Default::default(),
+            access: Default::default(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Integration tests: the real server, a real PostgreSQL, the generated client.
 
+mod access_rules;
 mod attachments;
 mod attachments_scoping;
 mod auth;

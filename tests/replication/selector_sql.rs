@@ -536,6 +536,63 @@ async fn bound_rules_agree_with_the_matcher() {
     }
 }
 
+/// `access = "either"`: the owner rule beside a claim rule, `(owner OR rule) AND selector`,
+/// selects the same documents in SQL (the owner column) and in memory (the projection with
+/// its owner), and a missing claim leaves only the owner's documents.
+#[tokio::test]
+async fn owner_or_rule_agrees_with_the_matcher() {
+    let fields = fields();
+    let (_pool, mut conn) = migrated(&fields).await;
+    let docs = [
+        ("a1", "alice", json!({"team": "a", "done": false})),
+        ("a2", "bob", json!({"team": "a", "done": false})),
+        ("b1", "alice", json!({"team": "b", "done": false})),
+        ("b2", "bob", json!({"team": "b", "done": true})),
+        ("n1", "carol", json!({"done": false})),
+    ];
+    for (id, owner, body) in &docs {
+        sqlx::query(
+            "INSERT INTO syncline_documents (collection, id, owner, body) \
+             VALUES ('tasks', $1, $2, $3::jsonb)",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(body.to_string())
+        .execute(&mut conn)
+        .await
+        .expect("insert");
+    }
+    let rule = Selector::parse_rule(&json!({"team": {"$claim": "team"}}), &fields, "read_filter")
+        .expect("rule");
+    let open = Selector::parse(&json!({"done": false}), &fields).unwrap();
+    let cases = [
+        ("alice", json!({"team": "a"}), vec!["a1", "a2", "b1"]),
+        ("bob", json!({"team": "b"}), vec!["a2", "b1"]),
+        ("carol", json!({}), vec!["n1"]),
+        ("dan", json!({"team": "c"}), vec![]),
+    ];
+    for (subject, claims, want) in cases {
+        let allowed = Selector::union(
+            &Selector::owned_by(subject),
+            &rule.bind_claims(&claims).expect("bind"),
+        );
+        let s = Selector::intersect(&open, &allowed);
+        let want: BTreeSet<String> = want.into_iter().map(str::to_owned).collect();
+        assert_eq!(sql_ids(&mut conn, &s).await, want, "{subject} {claims}");
+        let in_memory: BTreeSet<String> = docs
+            .iter()
+            .filter(|(_, owner, body)| {
+                let p = fields.project(&body.to_string()).expect("projects");
+                s.matches_projected_of(&p, owner)
+            })
+            .map(|(id, _, _)| (*id).to_owned())
+            .collect();
+        assert_eq!(in_memory, want, "in memory: {subject} {claims}");
+        // Without an owner (a body alone), the owner clause never matches.
+        assert!(!Selector::owned_by(subject).matches(&json!({})));
+    }
+}
+
 /// With the declared fields' indexes, 10,000 documents and fresh statistics, the compiled
 /// predicates are served by those indexes (btree for scalars, GIN for arrays), also under the
 /// page query's order and limit.

@@ -29,6 +29,7 @@ __all__ = [
     "InvalidRequest",
     "LimitExceeded",
     "NotOwner",
+    "OutsideWriteFilter",
     "OverwrittenNotKept",
     "ScopeMissing",
     "SynclineError",
@@ -132,6 +133,11 @@ class NotOwner(SynclineError):
     """``NOT_OWNER``: the document belongs to another principal (PERMISSION_DENIED)."""
 
 
+class OutsideWriteFilter(SynclineError):
+    """``OUTSIDE_WRITE_FILTER``: a row's new state, or the stored state it would replace, is
+    outside the collection's ``write_filter`` for the token's claims (PERMISSION_DENIED)."""
+
+
 class ScopeMissing(SynclineError):
     """``SCOPE_MISSING``: the token lacks a scope the call needs (PERMISSION_DENIED)."""
 
@@ -186,6 +192,7 @@ _BY_REASON: dict[str, type[SynclineError]] = {
     "COLLECTION_NOT_FOUND": CollectionNotFound,
     "NOT_OWNER": NotOwner,
     "SCOPE_MISSING": ScopeMissing,
+    "OUTSIDE_WRITE_FILTER": OutsideWriteFilter,
     "TOKEN_EXPIRED": TokenExpired,
     "TOKEN_INVALID": TokenInvalid,
     "DATABASE_UNAVAILABLE": Unavailable,

@@ -12,8 +12,8 @@ const RXDB_INTERNAL_FIELDS = ["_meta", "_rev", "_attachments"];
 
 /** The refusal as a `SynclineError` (reason, field, document id), for `error$`. */
 export function refusalError(refused: RefusedRow): SynclineError {
-    const code =
-        refused.reason === "NOT_OWNER" || refused.reason === "SCOPE_MISSING" ? Code.PermissionDenied : Code.InvalidArgument;
+    const permission = ["NOT_OWNER", "SCOPE_MISSING", "OUTSIDE_WRITE_FILTER"];
+    const code = permission.includes(refused.reason) ? Code.PermissionDenied : Code.InvalidArgument;
     return new SynclineError(`syncline-rxdb: the server refused document "${refused.id}": ${refused.message}`, code, {
         reason: refused.reason || undefined,
         documentId: refused.id,

@@ -294,7 +294,7 @@ impl Tail {
                         && entry
                             .projection
                             .as_ref()
-                            .is_some_and(|p| selector.matches_projected(p));
+                            .is_some_and(|p| selector.matches_projected_of(p, &doc.owner));
                     (latest && matches).then(|| StoredDocument::clone(doc))
                 }
                 Some(selector) => {
@@ -303,7 +303,7 @@ impl Tail {
                         || !entry
                             .projection
                             .as_ref()
-                            .is_some_and(|p| selector.matches_projected(p))
+                            .is_some_and(|p| selector.matches_projected_of(p, &doc.owner))
                     {
                         continue;
                     }
@@ -320,7 +320,7 @@ impl Tail {
                         && current
                             .projection
                             .as_ref()
-                            .is_some_and(|p| selector.matches_projected(p));
+                            .is_some_and(|p| selector.matches_projected_of(p, &current.doc.owner));
                     if still {
                         continue;
                     }

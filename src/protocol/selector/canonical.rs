@@ -32,6 +32,7 @@ fn collect_fields(n: &Node, out: &mut Vec<String>) {
             children.iter().for_each(|c| collect_fields(c, out))
         }
         Node::Clause(c) => out.push(format!("{}:{}", c.field.path, c.field.ty)),
+        Node::Owner(_) => {}
     }
 }
 
@@ -40,6 +41,7 @@ fn text(n: &Node) -> String {
         Node::All(_) => group(n, "$and", "{}"),
         Node::Any(_) => group(n, "$or", "{\"$or\":[]}"),
         Node::Clause(c) => clause(c),
+        Node::Owner(owner) => format!("{{\"$owner\":{}}}", serde_json::Value::from(owner.as_str())),
     }
 }
 

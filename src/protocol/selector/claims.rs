@@ -46,6 +46,7 @@ fn bind_node(n: &Node, claims: &Value) -> Result<Option<Node>, ProtocolError> {
     Ok(match n {
         Node::All(children) => bind_all(children)?.map(Node::All),
         Node::Any(children) => bind_all(children)?.map(Node::Any),
+        Node::Owner(owner) => Some(Node::Owner(owner.clone())),
         Node::Clause(c) => {
             let op = match &c.op {
                 Op::Cmp(op, o) => bind_operand(&c.field, o, claims)?.map(|o| Op::Cmp(*op, o)),

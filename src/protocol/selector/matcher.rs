@@ -95,6 +95,25 @@ enum Found<'a> {
 /// A document the matcher can look paths up in.
 trait Doc {
     fn find(&self, field: &FieldDecl) -> Cow<'_, Found<'_>>;
+    /// The document's owner, when known (a body alone has none: `owned_by` never matches it).
+    fn owner(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A projection with the owner of the document it was read from.
+struct OwnedProjection<'a> {
+    projection: &'a Projection,
+    owner: &'a str,
+}
+
+impl Doc for OwnedProjection<'_> {
+    fn find(&self, field: &FieldDecl) -> Cow<'_, Found<'_>> {
+        self.projection.find(field)
+    }
+    fn owner(&self) -> Option<&str> {
+        Some(self.owner)
+    }
 }
 
 struct ValueDoc<'a>(&'a Value);
@@ -197,6 +216,12 @@ impl Selector {
     /// [`Selector::matches_json`] on it, for a projection of this selector's collection).
     pub fn matches_projected(&self, projection: &Projection) -> bool {
         !self.unbound && node(&self.root, projection)
+    }
+
+    /// [`Selector::matches_projected`] for a document of `owner` ([`Selector::owned_by`]
+    /// clauses compare with it).
+    pub fn matches_projected_of(&self, projection: &Projection, owner: &str) -> bool {
+        !self.unbound && node(&self.root, &OwnedProjection { projection, owner })
     }
 }
 
@@ -321,6 +346,7 @@ fn node(n: &Node, doc: &dyn Doc) -> bool {
         Node::All(children) => children.iter().all(|c| node(c, doc)),
         Node::Any(children) => children.iter().any(|c| node(c, doc)),
         Node::Clause(c) => clause(c, doc),
+        Node::Owner(owner) => doc.owner() == Some(owner.as_str()),
     }
 }
 

@@ -119,6 +119,9 @@ pub(crate) enum Node {
     Any(Vec<Node>),
     /// One operator on one field.
     Clause(Clause),
+    /// The document belongs to this owner. Never parsed from a selector's JSON: only the
+    /// server builds it, for `access = "either"` (own documents, or those the claim rule allows).
+    Owner(String),
 }
 
 /// One operator on one declared field.
@@ -200,6 +203,23 @@ impl Selector {
         Selector {
             root: Node::All(vec![a.root.clone(), b.root.clone()]),
             unbound: a.unbound || b.unbound,
+        }
+    }
+
+    /// Either `a` or `b` (`{"$or": [a, b]}`).
+    pub fn union(a: &Selector, b: &Selector) -> Selector {
+        Selector {
+            root: Node::Any(vec![a.root.clone(), b.root.clone()]),
+            unbound: a.unbound || b.unbound,
+        }
+    }
+
+    /// The documents of `owner` (the owner column, not a body field): with [`Selector::union`],
+    /// the owner rule beside a claim rule.
+    pub fn owned_by(owner: &str) -> Selector {
+        Selector {
+            root: Node::Owner(owner.to_owned()),
+            unbound: false,
         }
     }
 

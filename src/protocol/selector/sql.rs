@@ -164,6 +164,18 @@ impl Compiler {
                 let sql = self.clause(c);
                 self.sql.push_str(&sql);
             }
+            Node::Owner(owner) => {
+                let column = match self.source {
+                    Source::Body => "d.owner".to_owned(),
+                    // `m.previous` -> `m.owner`: a removal record's owner.
+                    Source::Projection(column) => match column.split_once('.') {
+                        Some((table, _)) => format!("{table}.owner"),
+                        None => "owner".to_owned(),
+                    },
+                };
+                let p = self.param(SqlParam::Text(owner.clone()));
+                let _ = write!(self.sql, "({column} = {p})");
+            }
         }
     }
 

@@ -79,8 +79,9 @@ export type Document = Message<"syncline.v1.Document"> & {
   owner: string;
 
   /**
-   * Only in a filtered read (PullRequest.selector): the document still exists
-   * but left the reader's selector (an edit moved it out). `deleted` is then
+   * Only in a filtered read (PullRequest.selector, or a collection with a
+   * `read_filter`): the document still exists but left the reader's selector
+   * or read rule (an edit moved it out). `deleted` is then
    * true for this reader only, `json` is `{}` and `revision` is empty: drop the
    * local copy and do not push the removal back. A later edit that moves it
    * back in brings the document again. Ignored in pushes.
@@ -162,6 +163,11 @@ export type PullRequest = Message<"syncline.v1.PullRequest"> & {
    * (CHECKPOINT_INVALID), so a new selector starts a new sync. A malformed
    * selector, or one naming an undeclared field, is INVALID_ARGUMENT naming
    * the path (field "selector").
+   * On a collection with claim-based access rules (README "Access rules") the
+   * selector is intersected with the caller's `read_filter`, so it can only
+   * narrow what the token may read; a document leaving the reader's rule
+   * arrives as a removal too, and a checkpoint issued under other token claims
+   * is FAILED_PRECONDITION (CHECKPOINT_EXPIRED): reconcile.
    *
    * @generated from field: bytes selector = 4;
    */
@@ -1191,8 +1197,9 @@ export const ReplicationService: GenService<{
    * resolution, newest first, so an app can show them to the user after the
    * fact. Only for collections with `keep_overwritten` (otherwise
    * FAILED_PRECONDITION, field "collection"); versions are kept for that long.
-   * The document's owner and service principals see them; for anyone else the
-   * list is empty, as for an id that never lost anything.
+   * The document's owner and service principals see them (with claim-based
+   * access rules: whoever may read each version); for anyone else the list is
+   * empty, as for an id that never lost anything.
    *
    * @generated from rpc syncline.v1.ReplicationService.ListOverwritten
    */
