@@ -5,6 +5,17 @@ use sqlx::PgPool;
 
 use super::{BlobMeta, StoredBlob, db_error};
 use crate::store::StoreError;
+use crate::store::filter::{BlobScope, ReadFilter};
+use crate::store::postgres::bind_filter;
+
+/// `sql` with its `FILTER` placeholder replaced by the scope's read rule (its parameters
+/// numbered from `$first`), or `true`.
+fn scoped(sql: &'static str, filter: Option<&ReadFilter>, first: usize) -> String {
+    match filter {
+        None => sql.replace("FILTER", "true"),
+        Some(f) => sql.replace("FILTER", &format!("({})", f.current_from(first))),
+    }
+}
 
 /// The expression the GIN index `syncline_documents_attachments` covers; every reference
 /// lookup repeats it verbatim (`d` is `syncline_documents`), with `NOT d.deleted`. Lookups
@@ -34,7 +45,8 @@ const AVAILABLE_SQL: &str = concat!(
         OR EXISTS (SELECT 1 FROM syncline_blob_grants g
                    WHERE g.collection = $1 AND g.digest = b.digest AND g.owner = $3)
         OR (SELECT count(*) FROM syncline_documents d
-            WHERE d.collection = $1 AND NOT d.deleted AND d.owner = $3 AND ",
+            WHERE d.collection = $1 AND NOT d.deleted AND ($4::text IS NULL OR d.owner = $4)
+              AND FILTER AND ",
     references!("b.digest"),
     ") > 0)
     FOR KEY SHARE OF b
@@ -52,7 +64,7 @@ const READABLE_SQL: &str = concat!(
 WHERE b.collection = $1 AND b.digest = $2
   AND (SELECT count(*) FROM syncline_documents d
        WHERE d.collection = $1 AND NOT d.deleted AND ($3::text IS NULL OR d.owner = $3)
-         AND ",
+         AND FILTER AND ",
     references!("$2"),
     ") > 0"
 );
@@ -126,19 +138,21 @@ impl BlobIndex {
     }
 
     /// Which of `digests` (valid, deduplicated by the caller) `collection` holds for a
-    /// principal whose owner filter is `owner` (`None`: a service): stored, and proven held
-    /// by it (uploaded) or referenced by a live document it may read, with their lengths.
-    /// Touches them for the GC.
+    /// principal in `scope`: stored, and proven held by it (uploaded) or referenced by a live
+    /// document it may read, with their lengths. Touches them for the GC.
     pub async fn available(
         &self,
         collection: &str,
-        owner: Option<&str>,
+        scope: BlobScope<'_>,
         digests: &[String],
     ) -> Result<Vec<(String, u64)>, StoreError> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(AVAILABLE_SQL)
+        let sql = scoped(AVAILABLE_SQL, scope.filter, 5);
+        let query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(collection)
             .bind(digests)
-            .bind(owner)
+            .bind(scope.grantee)
+            .bind(scope.owner);
+        let rows: Vec<(String, i64)> = bind_filter(query, scope.filter)
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
@@ -148,18 +162,21 @@ impl BlobIndex {
             .collect())
     }
 
-    /// The blob `digest` of `collection` if a principal with owner filter `owner` may read
-    /// it; `None` both when it is absent and when it is not the principal's to read.
+    /// The blob `digest` of `collection` if a principal in `scope` may read it (a live
+    /// document it may read references it); `None` both when it is absent and when it is not
+    /// the principal's to read.
     pub async fn readable(
         &self,
         collection: &str,
-        owner: Option<&str>,
+        scope: BlobScope<'_>,
         digest: &str,
     ) -> Result<Option<StoredBlob>, StoreError> {
-        let row: Option<(i64, String, String)> = sqlx::query_as(READABLE_SQL)
+        let sql = scoped(READABLE_SQL, scope.filter, 4);
+        let query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(collection)
             .bind(digest)
-            .bind(owner)
+            .bind(scope.owner);
+        let row: Option<(i64, String, String)> = bind_filter(query, scope.filter)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
@@ -218,12 +235,16 @@ impl BlobIndex {
             (READABLE_SQL, service),
             (GC_VICTIMS_SQL, service),
         ] {
-            let explain = sqlx::AssertSqlSafe(format!("EXPLAIN {sql}"));
+            let explain = sqlx::AssertSqlSafe(format!("EXPLAIN {}", scoped(sql, None, 0)));
             let query = sqlx::query_scalar::<_, String>(explain);
             let query = if sql == GC_VICTIMS_SQL {
                 query.bind(86_400_i64).bind(100_i64)
             } else if sql == AVAILABLE_SQL {
-                query.bind("tasks").bind(vec![digest.clone()]).bind(owner)
+                query
+                    .bind("tasks")
+                    .bind(vec![digest.clone()])
+                    .bind(owner)
+                    .bind(owner)
             } else {
                 query.bind("tasks").bind(digest.clone()).bind(owner)
             };

@@ -11,7 +11,7 @@ use sha2::Digest as _;
 
 use super::index::BlobIndex;
 use super::{AttachmentsConfig, BlobMeta, Blobs, ByteStream, digest_hex, digest_problem};
-use crate::protocol::{Collections, Kind, Principal, ProtocolError, Reason, shown};
+use crate::protocol::{Collections, Kind, Principal, ProtocolError, Reason, selective, shown};
 use crate::telemetry::metrics::{
     ATTACHMENT_BYTES_DOWNLOADED, ATTACHMENT_BYTES_UPLOADED, ATTACHMENT_UPLOADS,
 };
@@ -156,6 +156,17 @@ impl<B: Blobs> Attachments<B> {
         })
     }
 
+    /// What `principal` reads of `collection` (its blobs follow: see
+    /// [`selective::ReadScope::blobs`]).
+    fn scope(
+        &self,
+        principal: &Principal,
+        collection: &str,
+    ) -> Result<selective::ReadScope, ProtocolError> {
+        let declared = self.collections.get(collection)?;
+        selective::scope(&declared, principal, b"")
+    }
+
     /// Checks the first message of an upload (collection, write scope, digest, length,
     /// content type).
     fn check_start(&self, principal: &Principal, start: &UploadStart) -> Result<(), ProtocolError> {
@@ -208,11 +219,12 @@ impl<B: Blobs> Attachments<B> {
         self.check_start(principal, &start)?;
         let _slot = self.slot(&principal.subject)?;
         let collection = start.collection.as_str();
+        let scope = self.scope(principal, collection)?;
         let held = self
             .index
             .available(
                 collection,
-                principal.owner_filter(),
+                scope.blobs(principal),
                 std::slice::from_ref(&start.digest),
             )
             .await?;
@@ -402,9 +414,10 @@ impl<B: Blobs> Attachments<B> {
         if digest_problem(digest).is_some() {
             return Err(not_found(collection, digest));
         }
+        let scope = selective::scope(&declared, principal, b"")?;
         let blob = self
             .index
-            .readable(collection, principal.owner_filter(), digest)
+            .readable(collection, scope.blobs(principal), digest)
             .await?
             .ok_or_else(|| not_found(collection, digest))?;
         if offset > blob.length {
@@ -481,9 +494,10 @@ impl<B: Blobs> Attachments<B> {
             .into_iter()
             .filter(|d| seen.insert(d.clone()))
             .collect();
+        let scope = self.scope(principal, collection)?;
         let held: HashSet<String> = self
             .index
-            .available(collection, principal.owner_filter(), &unique)
+            .available(collection, scope.blobs(principal), &unique)
             .await?
             .into_iter()
             .map(|(d, _)| d)
@@ -499,9 +513,10 @@ impl<B: Blobs> Attachments<B> {
         collection: &str,
         digests: &[String],
     ) -> Result<HashMap<String, u64>, ProtocolError> {
+        let scope = self.scope(principal, collection)?;
         Ok(self
             .index
-            .available(collection, principal.owner_filter(), digests)
+            .available(collection, scope.blobs(principal), digests)
             .await?
             .into_iter()
             .collect())

@@ -297,9 +297,12 @@ impl<S: Store> Replicator<S> {
             .collect();
         digests.sort_unstable();
         digests.dedup();
+        // The blobs of documents it may read: by owner, or by the collection's read rule.
+        let declared = self.collections.get(collection)?;
+        let scope = super::selective::scope(&declared, principal, b"")?;
         let held = self
             .store
-            .attachments_held(collection, principal.owner_filter(), &digests)
+            .attachments_held(collection, scope.blobs(principal), &digests)
             .await?;
         for (i, row, refs) in described {
             if let Err(e) = super::attachments::check_row(i, &row.id, &refs, &held) {

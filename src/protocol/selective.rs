@@ -73,31 +73,16 @@ pub fn scope(
     })
 }
 
-/// Whether `principal` may read the document of `owner` whose declared fields are
-/// `projection`, by `collection`'s access rules (for answers outside the read paths: a
-/// conflict's server state, a blob's documents).
-pub fn readable(
-    collection: &Collection,
-    principal: &Principal,
-    owner: &str,
-    body: &str,
-) -> Result<bool, ProtocolError> {
-    if principal.service {
-        return Ok(true);
+impl ReadScope {
+    /// What `principal` may reference and download of the blobs of a collection read in this
+    /// scope: its own uploads, and those of the documents it may read.
+    pub fn blobs<'a>(&'a self, principal: &'a Principal) -> crate::store::filter::BlobScope<'a> {
+        crate::store::filter::BlobScope {
+            grantee: principal.owner_filter(),
+            owner: self.owner(),
+            filter: self.filter.as_ref().map(|f| &f.read),
+        }
     }
-    let own = owner == principal.subject;
-    let rules = &collection.access;
-    let Some(rule) = rules.read.as_ref() else {
-        return Ok(own);
-    };
-    if own && rules.access == Access::Either {
-        return Ok(true);
-    }
-    let bound = rule.bind_claims(&principal.claims)?;
-    Ok(collection
-        .filter_fields
-        .project(body)
-        .is_some_and(|p| bound.matches_projected(&p)))
 }
 
 /// What a filtered read needs.

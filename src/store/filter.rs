@@ -101,3 +101,15 @@ pub struct MoveRecord {
     /// The previous state's declared fields, as JSON text (dotted path -> value).
     pub previous: String,
 }
+
+/// Who asks about blobs: what a principal may reference and download.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlobScope<'a> {
+    /// The principal whose uploads count (its grants); `None`: a service, which may use
+    /// every stored blob.
+    pub grantee: Option<&'a str>,
+    /// The owner filter of the documents it may read (`None`: every owner's, within `filter`).
+    pub owner: Option<&'a str>,
+    /// Its read rule on a collection with claim-based access rules.
+    pub filter: Option<&'a ReadFilter>,
+}

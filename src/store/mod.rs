@@ -427,13 +427,13 @@ pub trait Store: Send + Sync + 'static {
         E: Send,
         R: Send + Sync;
 
-    /// Which of `digests` the blob store of `collection` holds for a principal whose owner
-    /// filter is `owner` (`None`: a service), with their lengths: stored, and uploaded by it
-    /// or referenced by a live document it may read. A push may reference only these.
+    /// Which of `digests` the blob store of `collection` holds for a principal in `scope`,
+    /// with their lengths: stored, and uploaded by it or referenced by a live document it may
+    /// read. A push may reference only these.
     fn attachments_held(
         &self,
         _collection: &str,
-        _owner: Option<&str>,
+        _scope: filter::BlobScope<'_>,
         _digests: &[String],
     ) -> impl Future<Output = Result<HashMap<String, u64>, StoreError>> + Send {
         async { Ok(HashMap::new()) }

@@ -582,3 +582,75 @@ fn the_readme_access_rules_block_loads() {
     let bound = rule.bind_claims(&team).expect("binds");
     assert!(bound.matches(&json!({"team": "blue"})) && !bound.matches(&json!({"team": "red"})));
 }
+
+/// Attachments follow the read rule: a teammate downloads (and may reference) a blob its
+/// team's documents reference, whoever uploaded it; the other team gets NOT_FOUND, exactly as
+/// for a blob that does not exist, and may not reference it.
+#[tokio::test]
+async fn attachments_follow_the_team_rule() {
+    use crate::attachments::{blobs_client, digest, download, missing, random_bytes, upload};
+    let server = server("claims").await;
+    let (alice_token, bob_token, carol_token) = (
+        token("alice", json!({"team": "blue"}), false),
+        token("bob", json!({"team": "blue"}), false),
+        token("carol", json!({"team": "red"}), false),
+    );
+    let mut blobs = blobs_client(&server).await;
+    let bytes = random_bytes(100_000);
+    let d = digest(&bytes);
+    upload(&mut blobs, Some(&alice_token), "projects", &bytes)
+        .await
+        .expect("alice uploads");
+    let mut alice = client(&server, alice_token).await;
+    let attached = |title: &str, team: &str| {
+        let mut body = crate::attachments::with_attachment("photo.png", &d, bytes.len());
+        body["title"] = json!(title);
+        body["team"] = json!(team);
+        body["done"] = json!(false);
+        doc("b1", body)
+    };
+    try_push(&mut alice, vec![insert(attached("plan", "blue"))], 0)
+        .await
+        .expect("alice attaches");
+
+    let got = download(&mut blobs, Some(&bob_token), "projects", &d, 0, 0)
+        .await
+        .expect("a teammate downloads");
+    assert_eq!(got, bytes);
+    assert!(
+        missing(&mut blobs, Some(&bob_token), "projects", &[&d])
+            .await
+            .expect("missing")
+            .is_empty(),
+        "held for the team"
+    );
+    let mut bob = client(&server, bob_token).await;
+    let assumed = current(&server, "b1").await;
+    try_push(
+        &mut bob,
+        vec![update(attached("plan v2", "blue"), assumed)],
+        0,
+    )
+    .await
+    .expect("a teammate edits a document keeping its attachment");
+
+    let err = download(&mut blobs, Some(&carol_token), "projects", &d, 0, 0)
+        .await
+        .expect_err("the other team");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert_eq!(
+        missing(&mut blobs, Some(&carol_token), "projects", &[&d])
+            .await
+            .expect("missing"),
+        [d.clone()]
+    );
+    let mut carol = client(&server, carol_token).await;
+    let mut body = crate::attachments::with_attachment("photo.png", &d, bytes.len());
+    body["team"] = json!("red");
+    body["done"] = json!(false);
+    let err = try_push(&mut carol, vec![insert(doc("r1", body))], 0)
+        .await
+        .expect_err("referencing a blob she cannot read");
+    assert_eq!(reason(&err), "INVALID_DOCUMENT", "{err:?}");
+    assert!(err.message().contains("no blob"), "{}", err.message());
+}

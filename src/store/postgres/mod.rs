@@ -14,6 +14,7 @@ mod purge;
 mod read;
 mod read_ahead;
 mod reconcile;
+pub(crate) use reconcile::bind_filter;
 mod write;
 
 use std::time::Duration;
@@ -375,12 +376,12 @@ impl Store for PgStore {
     async fn attachments_held(
         &self,
         collection: &str,
-        owner: Option<&str>,
+        scope: crate::store::filter::BlobScope<'_>,
         digests: &[String],
     ) -> Result<HashMap<String, u64>, StoreError> {
         let index = crate::blobs::index::BlobIndex::new(self.pool().clone());
         Ok(index
-            .available(collection, owner, digests)
+            .available(collection, scope, digests)
             .await?
             .into_iter()
             .collect())

@@ -123,7 +123,7 @@ fn statement(
     }
 }
 
-fn bind_filter<'q, O>(
+pub(crate) fn bind_filter<'q, O>(
     mut query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     filter: Option<&'q ReadFilter>,
 ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
