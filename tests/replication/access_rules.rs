@@ -642,7 +642,7 @@ async fn attachments_follow_the_team_rule() {
         missing(&mut blobs, Some(&carol_token), "projects", &[&d])
             .await
             .expect("missing"),
-        [d.clone()]
+        std::slice::from_ref(&d)
     );
     let mut carol = client(&server, carol_token).await;
     let mut body = crate::attachments::with_attachment("photo.png", &d, bytes.len());
