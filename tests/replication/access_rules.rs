@@ -654,3 +654,248 @@ async fn attachments_follow_the_team_rule() {
     assert_eq!(reason(&err), "INVALID_DOCUMENT", "{err:?}");
     assert!(err.message().contains("no blob"), "{}", err.message());
 }
+
+/// A reader of the race: its token's team, its own selector, and the rule both state.
+struct RaceReader {
+    team: Option<&'static str>,
+    selector: Value,
+    open_only: bool,
+}
+
+impl RaceReader {
+    fn may_hold(&self, body: &Value) -> bool {
+        self.team.is_some_and(|t| body["team"] == json!(t))
+            && (!self.open_only || body["done"] == json!(false))
+    }
+}
+
+fn race_body(rng: &mut rand::rngs::StdRng, team: Option<&str>) -> Value {
+    use rand::Rng;
+    let teams = ["blue", "red", "green"];
+    json!({
+        "team": team.unwrap_or(teams[rng.random_range(0..teams.len())]),
+        "done": rng.random_bool(0.5),
+        "title": format!("t{}", rng.random_range(0..1000)),
+    })
+}
+
+/// A reader's copy: what it was sent, removals applied; every document sent must be inside
+/// its rule, and every removal must name an id some written state of which was.
+#[derive(Default)]
+struct RaceCopy {
+    token: String,
+    docs: std::collections::BTreeMap<String, Value>,
+}
+
+impl RaceCopy {
+    fn apply(
+        &mut self,
+        page: &[Document],
+        reader: &RaceReader,
+        written: &std::sync::Mutex<Vec<(String, Value)>>,
+        seed: u64,
+    ) {
+        for d in page {
+            if d.deleted {
+                let named = written
+                    .lock()
+                    .expect("written")
+                    .iter()
+                    .any(|(id, b)| *id == d.id && reader.may_hold(b));
+                assert!(
+                    named,
+                    "seed {seed}: {:?} {}: a removal names {}, never in its scope",
+                    reader.team, reader.selector, d.id
+                );
+                self.docs.remove(&d.id);
+            } else {
+                let b = body(d);
+                assert!(
+                    reader.may_hold(&b),
+                    "seed {seed}: {:?} {}: sent a document outside its rule: {b}",
+                    reader.team,
+                    reader.selector
+                );
+                self.docs.insert(d.id.clone(), b);
+            }
+        }
+    }
+}
+
+/// Writers (services moving documents between teams, team members editing their team's
+/// documents) race readers of every team, with and without a selector, pulling small pages and
+/// streaming: no reader is ever sent a document outside its rule or a removal of an id never
+/// in its scope, and at the end each holds exactly its team's matching documents.
+#[tokio::test]
+async fn a_seeded_race_of_teams_ends_exact_and_never_leaks() {
+    use rand::{Rng, SeedableRng};
+    use std::sync::{Arc, Mutex};
+    let server = server("claims").await;
+    let seed: u64 = std::env::var("TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x7ea5);
+    const DOCS: usize = 40;
+    const ROUNDS: usize = 40;
+    let written: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut ops = client(&server, token("ops", json!({}), true)).await;
+    let seeded: Vec<(String, Value)> = (0..DOCS)
+        .map(|i| (format!("d{i:03}"), race_body(&mut rng, None)))
+        .collect();
+    written.lock().expect("written").extend(seeded.clone());
+    let rows = seeded
+        .iter()
+        .map(|(id, b)| insert(doc(id, b.clone())))
+        .collect();
+    assert!(try_push(&mut ops, rows, 0).await.expect("seed").is_empty());
+
+    // Two services move documents anywhere; one member per team edits its team's documents.
+    let writer_teams = [None, None, Some("blue"), Some("red")];
+    let mut writers = Vec::new();
+    for (w, team) in writer_teams.into_iter().enumerate() {
+        let claims = team.map_or(json!({}), |t| json!({"team": t}));
+        let mut c = client(&server, token(&format!("w{w}"), claims, team.is_none())).await;
+        let written = written.clone();
+        writers.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (w as u64 + 1));
+            for _ in 0..ROUNDS {
+                let (docs, _) = pull_all(&mut c, &json!({}), "").await;
+                let live: Vec<&Document> = docs.iter().filter(|d| !d.deleted).collect();
+                if live.is_empty() {
+                    continue;
+                }
+                let assumed = live[rng.random_range(0..live.len())].clone();
+                let new = race_body(&mut rng, team);
+                let row = update(doc(&assumed.id, new.clone()), assumed.clone());
+                // Recorded before the push (a reader may hear of it before the push returns),
+                // withdrawn when it was not written. Conflicts are fine: another writer got
+                // there first.
+                let entry = (assumed.id.clone(), new);
+                written.lock().expect("written").push(entry.clone());
+                let applied = try_push(&mut c, vec![row], 0)
+                    .await
+                    .is_ok_and(|conflicts| conflicts.is_empty());
+                if !applied {
+                    let mut w = written.lock().expect("written");
+                    if let Some(at) = w.iter().rposition(|e| *e == entry) {
+                        w.remove(at);
+                    }
+                }
+            }
+        }));
+    }
+
+    let readers: Arc<Vec<RaceReader>> = Arc::new(
+        [Some("blue"), Some("red"), Some("green"), None]
+            .into_iter()
+            .flat_map(|team| {
+                [
+                    RaceReader {
+                        team,
+                        selector: json!({}),
+                        open_only: false,
+                    },
+                    RaceReader {
+                        team,
+                        selector: json!({"done": false}),
+                        open_only: true,
+                    },
+                ]
+            })
+            .collect(),
+    );
+    let reader_client = |r: &RaceReader| {
+        token(
+            "reader",
+            r.team.map_or(json!({}), |t| json!({"team": t})),
+            false,
+        )
+    };
+    let mut streams = Vec::new();
+    for i in 0..readers.len() {
+        let mut c = client(&server, reader_client(&readers[i])).await;
+        let mut stream = c
+            .subscribe(SubscribeRequest {
+                collection: "projects".into(),
+                checkpoint: None,
+                selector: if readers[i].open_only {
+                    readers[i].selector.to_string().into_bytes()
+                } else {
+                    Vec::new()
+                },
+            })
+            .await
+            .expect("subscribe")
+            .into_inner();
+        let copy = Arc::new(Mutex::new(RaceCopy::default()));
+        let (into, readers, written) = (copy.clone(), readers.clone(), written.clone());
+        let task = tokio::spawn(async move {
+            while let Ok(Some(msg)) = stream.message().await {
+                if let Some(subscribe_response::Event::Changes(batch)) = msg.event {
+                    into.lock()
+                        .expect("copy")
+                        .apply(&batch.documents, &readers[i], &written, seed);
+                }
+            }
+        });
+        streams.push((copy, task, c));
+    }
+    let mut pullers = Vec::new();
+    for r in readers.iter() {
+        pullers.push((client(&server, reader_client(r)).await, RaceCopy::default()));
+    }
+    let mut reader_rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xabc);
+    while !writers.iter().all(|w| w.is_finished()) {
+        let i = reader_rng.random_range(0..readers.len());
+        let (c, copy) = &mut pullers[i];
+        let token = copy.token.clone();
+        let (page, next) = try_pull(c, &readers[i].selector, &token)
+            .await
+            .expect("pull");
+        copy.apply(&page, &readers[i], &written, seed);
+        if !page.is_empty() {
+            copy.token = next;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let (all, _) = pull_all(&mut ops, &json!({}), "").await;
+    let expected = |r: &RaceReader| -> std::collections::BTreeMap<String, Value> {
+        all.iter()
+            .filter(|d| !d.deleted)
+            .map(|d| (d.id.clone(), body(d)))
+            .filter(|(_, b)| r.may_hold(b))
+            .collect()
+    };
+    for (i, (c, copy)) in pullers.iter_mut().enumerate() {
+        let (rest, _) = pull_all(c, &readers[i].selector, &copy.token).await;
+        copy.apply(&rest, &readers[i], &written, seed);
+        assert_eq!(
+            copy.docs,
+            expected(&readers[i]),
+            "seed {seed}: {:?} {}: the puller's copy differs",
+            readers[i].team,
+            readers[i].selector
+        );
+    }
+    for (i, (copy, task, _)) in streams.iter().enumerate() {
+        let want = expected(&readers[i]);
+        let mut same = false;
+        for _ in 0..300 {
+            if copy.lock().expect("copy").docs == want {
+                same = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            same,
+            "seed {seed}: {:?} {}: the stream's copy differs",
+            readers[i].team, readers[i].selector
+        );
+        task.abort();
+    }
+}
