@@ -222,6 +222,13 @@ write_scopes = ["writer"]
 name = "overwritten"
 conflict = "last-write-wins"
 keep_overwritten = "1h"
+
+[[collections]]
+name = "teams"
+filter_fields = { team = "string" }
+access = "claims"
+read_filter = { team = { "\$claim" = "team" } }
+write_filter = { team = { "\$claim" = "team" } }
 TOML
 start_server auth "$WORK/auth.toml" "$DB_URL" "$AUTH_PORT"
 

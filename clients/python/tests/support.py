@@ -196,10 +196,17 @@ def call_within(function: Callable[[], T], timeout: float = 10.0) -> T:
 
 
 def hs256_token(
-    secret: str, sub: str, *, scope: str = "", ttl: float = 300.0, signing_secret: Optional[str] = None
+    secret: str,
+    sub: str,
+    *,
+    scope: str = "",
+    ttl: float = 300.0,
+    signing_secret: Optional[str] = None,
+    claims: Optional[dict] = None,
 ) -> str:
     """A JWT signed with HS256, as the server's ``auth.hs256_secret`` verifies it. ``ttl`` may
-    be negative (an expired token); ``signing_secret`` signs with another key (a forged one)."""
+    be negative (an expired token); ``signing_secret`` signs with another key (a forged one);
+    ``claims`` adds claims (for the collections' access rules, e.g. ``{"team": "blue"}``)."""
     import base64
     import hashlib
     import hmac
@@ -208,11 +215,12 @@ def hs256_token(
     def b64(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
-    claims = {"sub": sub, "exp": int(time.time() + ttl)}
+    payload = dict(claims or {})
+    payload.update({"sub": sub, "exp": int(time.time() + ttl)})
     if scope:
-        claims["scope"] = scope
+        payload["scope"] = scope
     head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64(json.dumps(claims).encode())
+    body = b64(json.dumps(payload).encode())
     key = (signing_secret if signing_secret is not None else secret).encode()
     signature = hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
     return f"{head}.{body}.{b64(signature)}"
