@@ -20,7 +20,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 use tonic_types::StatusExt;
 
-use crate::common::{TestServer, body, doc, fresh_database, insert, update};
+use crate::common::{TestServer, body, doc, fresh_database, insert, stream_documents, update};
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
 
@@ -172,6 +172,16 @@ async fn current(server: &TestServer, id: &str) -> Document {
     fetched.documents.into_iter().next().expect("stored")
 }
 
+/// Pushes `new` over the server's current state of its id, as `c`.
+async fn replace(
+    server: &TestServer,
+    c: &mut Client,
+    new: Document,
+) -> Result<Vec<Document>, Status> {
+    let assumed = current(server, &new.id).await;
+    try_push(c, vec![update(new, assumed)], 0).await
+}
+
 fn reason(status: &Status) -> String {
     status
         .get_error_details()
@@ -239,7 +249,7 @@ async fn each_team_reads_exactly_its_documents_whoever_wrote_them() {
     try_push(&mut alice, vec![insert(project("b2", "blue", "next"))], 0)
         .await
         .expect("alice");
-    let streamed = stream_documents(&mut stream, 2).await;
+    let (streamed, _) = stream_documents(&mut stream, 2).await;
     assert_eq!(
         streamed
             .iter()
@@ -291,28 +301,6 @@ async fn subscribe(c: &mut Client, token: &str) -> Streaming<SubscribeResponse> 
     .await
     .expect("subscribe")
     .into_inner()
-}
-
-/// Documents from `stream` until `count` arrived (bounded wait).
-async fn stream_documents(
-    stream: &mut Streaming<SubscribeResponse>,
-    count: usize,
-) -> Vec<Document> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut docs = Vec::new();
-    while docs.len() < count {
-        let msg = tokio::time::timeout_at(deadline, stream.message())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("only {} of {count} documents arrived: {docs:?}", docs.len())
-            })
-            .expect("stream ok")
-            .expect("stream open");
-        if let Some(subscribe_response::Event::Changes(batch)) = msg.event {
-            docs.extend(batch.documents);
-        }
-    }
-    docs
 }
 
 #[tokio::test]
@@ -441,14 +429,9 @@ async fn changed_claims_expire_checkpoints_and_the_copy_is_mended_in_the_new_sco
     assert_eq!(ids(&blue), ["b1", "b2"]);
 
     // A document moved to another team leaves the blue readers' scope: they get a removal.
-    let assumed = current(&server, "b2").await;
-    try_push(
-        &mut ops,
-        vec![update(project("b2", "red", "two"), assumed)],
-        0,
-    )
-    .await
-    .expect("move");
+    replace(&server, &mut ops, project("b2", "red", "two"))
+        .await
+        .expect("move");
     let (moved, checkpoint) = pull_all(&mut as_blue, &json!({}), &checkpoint).await;
     assert_eq!(moved.len(), 1, "{moved:?}");
     assert!(moved[0].deleted && moved[0].left_scope, "{:?}", moved[0]);
@@ -523,36 +506,21 @@ async fn either_allows_own_documents_beside_the_teams() {
     assert_eq!(ids(&blue), ["b1"]);
     // Gina's own document moved to red stays hers (owner rule) and stays in her scope; a
     // red teammate now sees it too.
-    let assumed = current(&server, "b1").await;
-    try_push(
-        &mut gina,
-        vec![update(project("b1", "red", "moved"), assumed)],
-        0,
-    )
-    .await
-    .expect("an owner writes her own document anywhere");
+    replace(&server, &mut gina, project("b1", "red", "moved"))
+        .await
+        .expect("an owner writes her own document anywhere");
     let (again, _) = pull_all(&mut gina, &json!({}), &checkpoint).await;
     assert_eq!(ids(&again), ["b1"]);
     assert!(!again[0].deleted, "still hers: {:?}", again[0]);
     let (red, _) = pull_all(&mut hal, &json!({}), "").await;
     assert_eq!(ids(&red), ["b1", "r1"]);
     // Hal may write it by the team rule; Frank may not touch it at all.
-    let assumed = current(&server, "b1").await;
-    try_push(
-        &mut hal,
-        vec![update(project("b1", "red", "hal's"), assumed.clone())],
-        0,
-    )
-    .await
-    .expect("team write");
-    let assumed = current(&server, "b1").await;
-    let err = try_push(
-        &mut frank,
-        vec![update(doc("b1", json!({"note": "x"})), assumed)],
-        0,
-    )
-    .await
-    .expect_err("neither owner nor team");
+    replace(&server, &mut hal, project("b1", "red", "hal's"))
+        .await
+        .expect("team write");
+    let err = replace(&server, &mut frank, doc("b1", json!({"note": "x"})))
+        .await
+        .expect_err("neither owner nor team");
     assert_eq!(err.code(), Code::PermissionDenied);
     let (still, _) = pull_all(&mut frank, &json!({}), "").await;
     assert_eq!(ids(&still), ["f1"]);
@@ -625,14 +593,9 @@ async fn attachments_follow_the_team_rule() {
         "held for the team"
     );
     let mut bob = client(&server, bob_token).await;
-    let assumed = current(&server, "b1").await;
-    try_push(
-        &mut bob,
-        vec![update(attached("plan v2", "blue"), assumed)],
-        0,
-    )
-    .await
-    .expect("a teammate edits a document keeping its attachment");
+    replace(&server, &mut bob, attached("plan v2", "blue"))
+        .await
+        .expect("a teammate edits a document keeping its attachment");
 
     let err = download(&mut blobs, Some(&carol_token), "projects", &d, 0, 0)
         .await

@@ -524,3 +524,26 @@ fn cluster_script(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// Documents from `stream` until `count` arrived (bounded wait), and the last checkpoint.
+pub async fn stream_documents(
+    stream: &mut tonic::Streaming<syncline::proto::SubscribeResponse>,
+    count: usize,
+) -> (Vec<Document>, String) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (mut docs, mut token) = (Vec::new(), String::new());
+    while docs.len() < count {
+        let msg = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("only {} of {count} documents arrived: {docs:?}", docs.len())
+            })
+            .expect("stream ok")
+            .expect("stream open");
+        if let Some(syncline::proto::subscribe_response::Event::Changes(batch)) = msg.event {
+            docs.extend(batch.documents);
+            token = batch.checkpoint.map(|c| c.token).unwrap_or_default();
+        }
+    }
+    (docs, token)
+}

@@ -21,7 +21,8 @@ use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 use crate::common::{
-    TestServer, body, doc, fresh_database, insert, pull_all, push, tombstone, update,
+    TestServer, body, doc, fresh_database, insert, pull_all, push, stream_documents, tombstone,
+    update,
 };
 
 type Client = ReplicationServiceClient<Channel>;
@@ -370,29 +371,6 @@ async fn subscribe(c: &mut Client, selector: &Value, token: &str) -> Streaming<S
     .await
     .expect("subscribe")
     .into_inner()
-}
-
-/// Documents from `stream` until `count` arrived (bounded wait), and the last checkpoint.
-async fn stream_documents(
-    stream: &mut Streaming<SubscribeResponse>,
-    count: usize,
-) -> (Vec<Document>, String) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    let (mut docs, mut token) = (Vec::new(), String::new());
-    while docs.len() < count {
-        let msg = tokio::time::timeout_at(deadline, stream.message())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("only {} of {count} documents arrived: {docs:?}", docs.len())
-            })
-            .expect("stream ok")
-            .expect("stream open");
-        if let Some(subscribe_response::Event::Changes(batch)) = msg.event {
-            docs.extend(batch.documents);
-            token = batch.checkpoint.map(|c| c.token).unwrap_or_default();
-        }
-    }
-    (docs, token)
 }
 
 #[tokio::test]
