@@ -373,18 +373,26 @@ impl Tail {
         let project = !self.fields.is_empty();
         let mut entries: Vec<Entry> = documents
             .into_iter()
-            .map(|doc| Entry {
-                projection: (project && !doc.deleted)
+            .map(|doc| {
+                let projection = (project && !doc.deleted)
                     .then(|| self.fields.project(&doc.body))
-                    .flatten(),
-                bytes: doc.page_bytes(),
-                doc,
-                removal: false,
+                    .flatten();
+                Entry {
+                    // The projection is held beside the document: it weighs too.
+                    bytes: doc.page_bytes() + projection.as_ref().map_or(0, Projection::heap_bytes),
+                    projection,
+                    doc,
+                    removal: false,
+                }
             })
             .chain(moves.into_iter().map(|m| {
-                let bytes = m.id.len() + m.owner.len() + m.previous.len() + 64;
+                let projection = Projection::from_json(&m.previous);
+                let bytes = m.id.len()
+                    + m.owner.len()
+                    + 64
+                    + projection.as_ref().map_or(0, Projection::heap_bytes);
                 Entry {
-                    projection: Projection::from_json(&m.previous),
+                    projection,
                     doc: StoredDocument {
                         id: m.id,
                         owner: m.owner,
@@ -775,9 +783,12 @@ mod tests {
     }
 
     fn fields() -> FilterFields {
-        let declared = [("done".to_owned(), "boolean".to_owned())]
-            .into_iter()
-            .collect();
+        let declared = [
+            ("done".to_owned(), "boolean".to_owned()),
+            ("team".to_owned(), "string".to_owned()),
+        ]
+        .into_iter()
+        .collect();
         FilterFields::from_config("c", &declared).expect("fields")
     }
 
@@ -807,6 +818,38 @@ mod tests {
                 .collect(),
             Take::NotCovered => panic!("not covered"),
         }
+    }
+
+    /// The declared fields' projections are held beside the documents and records: the byte
+    /// bound counts them, so a buffer of large declared values stays within its bytes.
+    #[test]
+    fn projections_count_in_the_buffer_bytes() {
+        let big = "v".repeat(10_000);
+        let body = format!(r#"{{"team": "{big}", "done": false}}"#);
+        let doc = with_body("a", "alice", 11, &body, false);
+        let weight = doc.page_bytes();
+        let plain = Tail::with_fields("c", 100, usize::MAX, FilterFields::default());
+        let declared = Tail::with_fields("c", 100, usize::MAX, fields());
+        for tail in [&plain, &declared] {
+            tail.buffer.write().unwrap().ready = true;
+            tail.append_with_moves(vec![doc.clone()], Vec::new(), Position { tx: 11, seq: 0 });
+        }
+        assert_eq!(plain.bytes(), weight);
+        assert!(
+            declared.bytes() >= weight + big.len(),
+            "{} vs {weight}",
+            declared.bytes()
+        );
+        // A removal record weighs its projection too.
+        let record_tail = Tail::with_fields("c", 100, usize::MAX, fields());
+        record_tail.buffer.write().unwrap().ready = true;
+        let previous = format!(r#"{{"team": "{big}"}}"#);
+        record_tail.append_with_moves(
+            Vec::new(),
+            vec![record("a", "alice", 12, &previous)],
+            Position { tx: 12, seq: 0 },
+        );
+        assert!(record_tail.bytes() >= big.len(), "{}", record_tail.bytes());
     }
 
     #[test]

@@ -181,6 +181,31 @@ pub struct Projection {
 }
 
 impl Projection {
+    /// Bytes it holds on the heap (paths, strings, array elements, and the map's per-entry
+    /// cost, approximated), so that a buffer of projections is bounded in bytes.
+    pub fn heap_bytes(&self) -> usize {
+        const ENTRY: usize = 64;
+        let leaf = |l: &Leaf<'_>| {
+            std::mem::size_of::<Leaf<'static>>()
+                + match l {
+                    Leaf::Str(s) => s.len(),
+                    _ => 0,
+                }
+        };
+        self.values
+            .iter()
+            .map(|(path, found)| {
+                ENTRY
+                    + path.len()
+                    + match found {
+                        Found::Missing => 0,
+                        Found::One(l) => leaf(l),
+                        Found::Array(items) => items.iter().map(leaf).sum(),
+                    }
+            })
+            .sum()
+    }
+
     /// Reads a projection's JSON text ([`FilterFields::project_json`],
     /// [`FilterFields::projection_sql`]: a removal record's previous values). `None` when it
     /// is not a JSON object.
