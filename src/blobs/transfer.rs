@@ -297,6 +297,11 @@ impl<B: Blobs> Attachments<B> {
     }
 
     /// Stages every chunk, hashing; refuses the upload unless the bytes are the declared ones.
+    ///
+    /// The back end's writes run in a task of their own, fed through a queue of one chunk:
+    /// while it writes chunk N (the slow part: a database statement), this call receives and
+    /// hashes chunk N+1 on another core, so the back end never waits for the network or the
+    /// hash. Memory: the chunk being written, the one queued and the one being received.
     async fn receive<S>(
         &self,
         start: &UploadStart,
@@ -308,31 +313,46 @@ impl<B: Blobs> Attachments<B> {
     {
         let staging = staged
             .staging
-            .as_mut()
+            .take()
             .ok_or_else(|| ProtocolError::internal("upload staging lost"))?;
+        let (queue, queued) = tokio::sync::mpsc::channel(1);
+        // The writer holds the staging in a guard: if this call is cancelled, the finished
+        // writer's output is dropped with it, and the guard aborts the upload.
+        let writer = tokio::spawn(write_queued(
+            Staged {
+                blobs: self.blobs.clone(),
+                staging: Some(staging),
+            },
+            queued,
+        ));
+        let received = self.hash_and_queue(start, chunks, queue).await;
+        let (mut writer_staged, written) = writer
+            .await
+            .map_err(|e| ProtocolError::internal(format!("upload writer task: {e}")))?;
+        staged.staging = writer_staged.staging.take();
+        // A refused chunk stops the upload before the writer fails for want of it.
+        received?;
+        written?;
+        Ok(())
+    }
+
+    /// Receives the chunks, checks their sizes, queues them for the writer and hashes them;
+    /// then checks the length and the digest. Stops early when the writer has stopped (its
+    /// error is the one reported).
+    async fn hash_and_queue<S>(
+        &self,
+        start: &UploadStart,
+        chunks: &mut S,
+        queue: tokio::sync::mpsc::Sender<Bytes>,
+    ) -> Result<(), ProtocolError>
+    where
+        S: Stream<Item = Result<Bytes, ProtocolError>> + Unpin + Send,
+    {
         let mut hash = sha2::Sha256::new();
         let mut received: u64 = 0;
         let uploaded =
             metrics::counter!(ATTACHMENT_BYTES_UPLOADED, "collection" => start.collection.clone());
-        // Pipelined: while chunk N is written, chunk N is hashed and chunk N+1 received, so the
-        // back end is kept busy instead of waiting on each network read and hash in turn.
-        // Memory: the chunk being written and the one received (two chunks).
-        let mut pending: Option<Bytes> = None;
-        loop {
-            let next = match pending.take() {
-                Some(chunk) => {
-                    let write = self.blobs.write(staging, chunk.clone());
-                    let hash_and_receive = async {
-                        hash.update(&chunk);
-                        chunks.next().await
-                    };
-                    let (written, next) = tokio::join!(write, hash_and_receive);
-                    written?;
-                    next
-                }
-                None => chunks.next().await,
-            };
-            let Some(chunk) = next else { break };
+        while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
             if chunk.len() > self.config.chunk_bytes_max {
                 return Err(ProtocolError::invalid(
@@ -357,7 +377,14 @@ impl<B: Blobs> Attachments<B> {
                 ));
             }
             uploaded.increment(chunk.len() as u64);
-            pending = Some(chunk);
+            if chunk.is_empty() {
+                continue;
+            }
+            if queue.send(chunk.clone()).await.is_err() {
+                // The writer failed; the caller reports its error.
+                return Ok(());
+            }
+            hash.update(&chunk);
         }
         if received != start.length {
             return Err(ProtocolError::invalid(
@@ -506,6 +533,23 @@ impl<B: Blobs> Attachments<B> {
             .into_iter()
             .collect())
     }
+}
+
+/// The upload's writer: writes the queued chunks in order until the queue closes or a write
+/// fails; hands the staging back with the outcome.
+async fn write_queued<B: Blobs>(
+    mut staged: Staged<B>,
+    mut queued: tokio::sync::mpsc::Receiver<Bytes>,
+) -> (Staged<B>, Result<(), ProtocolError>) {
+    let Some(staging) = staged.staging.as_mut() else {
+        return (staged, Err(ProtocolError::internal("upload staging lost")));
+    };
+    while let Some(chunk) = queued.recv().await {
+        if let Err(e) = staged.blobs.write(staging, chunk).await {
+            return (staged, Err(e.into()));
+        }
+    }
+    (staged, Ok(()))
 }
 
 /// Reads the next chunk from the back end while the previous one is being sent: a task pulls
