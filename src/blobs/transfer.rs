@@ -568,3 +568,141 @@ fn read_ahead(mut stream: ByteStream) -> ByteStream {
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Range;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::super::BlobStoreKind;
+    use super::super::gc::GcBatch;
+    use super::*;
+    use crate::store::StoreError;
+
+    /// A back end whose first write waits until released; counts the writes.
+    #[derive(Clone)]
+    struct Gated {
+        index: BlobIndex,
+        release: Arc<tokio::sync::Notify>,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl Blobs for Gated {
+        type Staging = ();
+
+        fn kind(&self) -> BlobStoreKind {
+            BlobStoreKind::Postgres
+        }
+
+        fn index(&self) -> &BlobIndex {
+            &self.index
+        }
+
+        async fn begin(&self, _: &str, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        async fn write(&self, _: &mut (), _: Bytes) -> Result<(), StoreError> {
+            if self.writes.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.release.notified().await;
+            }
+            Ok(())
+        }
+
+        async fn commit(&self, _: (), _: &BlobMeta, _: &str) -> Result<bool, StoreError> {
+            Ok(true)
+        }
+
+        async fn abort(&self, _: ()) {}
+
+        async fn read(&self, _: &str, _: Range<u64>, _: usize) -> Result<ByteStream, StoreError> {
+            Ok(Box::pin(futures::stream::empty()))
+        }
+
+        async fn exists_many(&self, _: &str, d: &[String]) -> Result<Vec<bool>, StoreError> {
+            Ok(vec![false; d.len()])
+        }
+
+        async fn collect_garbage(
+            &self,
+            _: Duration,
+            _: u32,
+        ) -> Result<Option<GcBatch>, StoreError> {
+            Ok(None)
+        }
+    }
+
+    /// While the back end is still writing the first chunk, the upload goes on receiving:
+    /// the next chunk is queued for the writer and the one after it received (three chunks
+    /// held, no more). Before the writer had its own task, the upload stopped after receiving
+    /// the second chunk until the first write ended.
+    #[tokio::test]
+    async fn chunks_are_received_while_the_back_end_writes() {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("a lazy pool");
+        let blobs = Gated {
+            index: BlobIndex::new(pool.clone()),
+            release: Arc::new(tokio::sync::Notify::new()),
+            writes: Arc::new(AtomicUsize::new(0)),
+        };
+        let attachments = Attachments::new(
+            blobs.clone(),
+            BlobIndex::new(pool),
+            Collections::default(),
+            AttachmentsConfig::default(),
+        );
+        let chunks: Vec<Bytes> = (0..6u8).map(|i| Bytes::from(vec![i; 1000])).collect();
+        let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let start = UploadStart {
+            collection: "files".into(),
+            digest: digest_hex(&sha2::Sha256::digest(&all)),
+            length: all.len() as u64,
+            content_type: String::new(),
+        };
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let counter = pulled.clone();
+        let mut stream = futures::stream::iter(chunks)
+            .inspect(move |_| {
+                counter.fetch_add(1, Ordering::SeqCst);
+            })
+            .map(Ok);
+        let mut staged = Staged {
+            blobs: blobs.clone(),
+            staging: Some(()),
+        };
+        let upload = tokio::spawn(async move {
+            attachments
+                .receive(&start, &mut staged, &mut stream)
+                .await
+                .map(|()| staged.staging.is_some())
+        });
+        // Bounded wait for the receiving side to get as far as it may.
+        for _ in 0..500 {
+            if pulled.load(Ordering::SeqCst) >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(blobs.writes.load(Ordering::SeqCst), 1, "one write started");
+        assert_eq!(
+            pulled.load(Ordering::SeqCst),
+            3,
+            "chunks received while the first write is pending"
+        );
+        blobs.release.notify_one();
+        let kept_staging = tokio::time::timeout(Duration::from_secs(30), upload)
+            .await
+            .expect("the upload ends once the write is released")
+            .expect("the upload task")
+            .expect("the upload is accepted");
+        assert!(kept_staging, "the staging is handed back for the commit");
+        assert_eq!(
+            blobs.writes.load(Ordering::SeqCst),
+            6,
+            "every chunk written"
+        );
+        assert_eq!(pulled.load(Ordering::SeqCst), 6);
+    }
+}

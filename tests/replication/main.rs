@@ -2,6 +2,7 @@
 
 mod attachments;
 mod attachments_scoping;
+mod attachments_throughput;
 mod auth;
 mod bulk;
 mod checkpoints;
