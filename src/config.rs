@@ -124,6 +124,12 @@ pub struct Config {
     /// requests) before the connection gets a GOAWAY.
     #[serde(default = "default_http2_error_resets_max")]
     pub http2_error_resets_max: usize,
+    /// Largest HTTP/2 frame a client may send (SETTINGS_MAX_FRAME_SIZE, 16384 to 16777215).
+    /// Larger than HTTP/2's 16 KiB default so that an attachment chunk arrives in a few
+    /// frames, not 64 per MiB; a connection buffers at most one frame being read, less than
+    /// its flow-control window already allows.
+    #[serde(default = "default_http2_max_frame_size")]
+    pub http2_max_frame_size: u32,
     /// Most open `grpc.health.v1.Health/Watch` streams in this process (they need no token);
     /// beyond it Watch answers RESOURCE_EXHAUSTED. 0 turns Watch off; Check is unaffected.
     #[serde(default = "default_health_watches_max")]
@@ -495,6 +501,9 @@ fn default_http2_pending_resets_max() -> usize {
 fn default_http2_error_resets_max() -> usize {
     1024
 }
+fn default_http2_max_frame_size() -> u32 {
+    256 * 1024
+}
 fn default_health_watches_max() -> usize {
     1000
 }
@@ -688,6 +697,12 @@ impl Config {
                  http2_pending_resets_max and http2_error_resets_max must be at least 1"
                     .into(),
             );
+        }
+        if !(16_384..=16_777_215).contains(&self.http2_max_frame_size) {
+            return invalid(format!(
+                "http2_max_frame_size {} must be between 16384 and 16777215 (RFC 9113)",
+                self.http2_max_frame_size
+            ));
         }
         if self.push_bytes_max < self.document_bytes_max || self.owner_bytes_max == 0 {
             return invalid(

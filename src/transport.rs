@@ -60,6 +60,8 @@ pub struct EdgeLimits {
     pub error_resets_max: usize,
     /// Most open `grpc.health.v1.Health/Watch` streams in the process.
     pub health_watches_max: usize,
+    /// HTTP/2 SETTINGS_MAX_FRAME_SIZE: the largest frame a client may send.
+    pub max_frame_size: u32,
 }
 
 impl EdgeLimits {
@@ -83,6 +85,7 @@ impl EdgeLimits {
             pending_resets_max: config.http2_pending_resets_max,
             error_resets_max: config.http2_error_resets_max,
             health_watches_max: config.health_watches_max,
+            max_frame_size: config.http2_max_frame_size,
         }
     }
 }
@@ -149,6 +152,7 @@ impl Edge {
             .max_concurrent_streams(self.limits.streams_per_connection_max)
             .http2_max_pending_accept_reset_streams(Some(self.limits.pending_resets_max))
             .http2_max_local_error_reset_streams(Some(self.limits.error_resets_max))
+            .max_frame_size(Some(self.limits.max_frame_size))
     }
 
     /// The accepted connections of `listener`, within the limits.

@@ -309,6 +309,11 @@ impl<B: Blobs> Attachments<B> {
     }
 
     /// Stages every chunk, hashing; refuses the upload unless the bytes are the declared ones.
+    ///
+    /// The back end's writes run in a task of their own, fed through a queue of one chunk:
+    /// while it writes chunk N (the slow part: a database statement), this call receives and
+    /// hashes chunk N+1 on another core, so the back end never waits for the network or the
+    /// hash. Memory: the chunk being written, the one queued and the one being received.
     async fn receive<S>(
         &self,
         start: &UploadStart,
@@ -320,31 +325,46 @@ impl<B: Blobs> Attachments<B> {
     {
         let staging = staged
             .staging
-            .as_mut()
+            .take()
             .ok_or_else(|| ProtocolError::internal("upload staging lost"))?;
+        let (queue, queued) = tokio::sync::mpsc::channel(1);
+        // The writer holds the staging in a guard: if this call is cancelled, the finished
+        // writer's output is dropped with it, and the guard aborts the upload.
+        let writer = tokio::spawn(write_queued(
+            Staged {
+                blobs: self.blobs.clone(),
+                staging: Some(staging),
+            },
+            queued,
+        ));
+        let received = self.hash_and_queue(start, chunks, queue).await;
+        let (mut writer_staged, written) = writer
+            .await
+            .map_err(|e| ProtocolError::internal(format!("upload writer task: {e}")))?;
+        staged.staging = writer_staged.staging.take();
+        // A refused chunk stops the upload before the writer fails for want of it.
+        received?;
+        written?;
+        Ok(())
+    }
+
+    /// Receives the chunks, checks their sizes, queues them for the writer and hashes them;
+    /// then checks the length and the digest. Stops early when the writer has stopped (its
+    /// error is the one reported).
+    async fn hash_and_queue<S>(
+        &self,
+        start: &UploadStart,
+        chunks: &mut S,
+        queue: tokio::sync::mpsc::Sender<Bytes>,
+    ) -> Result<(), ProtocolError>
+    where
+        S: Stream<Item = Result<Bytes, ProtocolError>> + Unpin + Send,
+    {
         let mut hash = sha2::Sha256::new();
         let mut received: u64 = 0;
         let uploaded =
             metrics::counter!(ATTACHMENT_BYTES_UPLOADED, "collection" => start.collection.clone());
-        // Pipelined: while chunk N is written, chunk N is hashed and chunk N+1 received, so the
-        // back end is kept busy instead of waiting on each network read and hash in turn.
-        // Memory: the chunk being written and the one received (two chunks).
-        let mut pending: Option<Bytes> = None;
-        loop {
-            let next = match pending.take() {
-                Some(chunk) => {
-                    let write = self.blobs.write(staging, chunk.clone());
-                    let hash_and_receive = async {
-                        hash.update(&chunk);
-                        chunks.next().await
-                    };
-                    let (written, next) = tokio::join!(write, hash_and_receive);
-                    written?;
-                    next
-                }
-                None => chunks.next().await,
-            };
-            let Some(chunk) = next else { break };
+        while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
             if chunk.len() > self.config.chunk_bytes_max {
                 return Err(ProtocolError::invalid(
@@ -369,7 +389,14 @@ impl<B: Blobs> Attachments<B> {
                 ));
             }
             uploaded.increment(chunk.len() as u64);
-            pending = Some(chunk);
+            if chunk.is_empty() {
+                continue;
+            }
+            if queue.send(chunk.clone()).await.is_err() {
+                // The writer failed; the caller reports its error.
+                return Ok(());
+            }
+            hash.update(&chunk);
         }
         if received != start.length {
             return Err(ProtocolError::invalid(
@@ -523,6 +550,23 @@ impl<B: Blobs> Attachments<B> {
     }
 }
 
+/// The upload's writer: writes the queued chunks in order until the queue closes or a write
+/// fails; hands the staging back with the outcome.
+async fn write_queued<B: Blobs>(
+    mut staged: Staged<B>,
+    mut queued: tokio::sync::mpsc::Receiver<Bytes>,
+) -> (Staged<B>, Result<(), ProtocolError>) {
+    let Some(staging) = staged.staging.as_mut() else {
+        return (staged, Err(ProtocolError::internal("upload staging lost")));
+    };
+    while let Some(chunk) = queued.recv().await {
+        if let Err(e) = staged.blobs.write(staging, chunk).await {
+            return (staged, Err(e.into()));
+        }
+    }
+    (staged, Ok(()))
+}
+
 /// Reads the next chunk from the back end while the previous one is being sent: a task pulls
 /// `stream` into a channel of one, so the database read of chunk N+1 overlaps the network
 /// write of chunk N. Memory: the chunk sent, the one queued and the one being read. The task
@@ -538,4 +582,142 @@ fn read_ahead(mut stream: ByteStream) -> ByteStream {
         }
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Range;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::super::BlobStoreKind;
+    use super::super::gc::GcBatch;
+    use super::*;
+    use crate::store::StoreError;
+
+    /// A back end whose first write waits until released; counts the writes.
+    #[derive(Clone)]
+    struct Gated {
+        index: BlobIndex,
+        release: Arc<tokio::sync::Notify>,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl Blobs for Gated {
+        type Staging = ();
+
+        fn kind(&self) -> BlobStoreKind {
+            BlobStoreKind::Postgres
+        }
+
+        fn index(&self) -> &BlobIndex {
+            &self.index
+        }
+
+        async fn begin(&self, _: &str, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        async fn write(&self, _: &mut (), _: Bytes) -> Result<(), StoreError> {
+            if self.writes.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.release.notified().await;
+            }
+            Ok(())
+        }
+
+        async fn commit(&self, _: (), _: &BlobMeta, _: &str) -> Result<bool, StoreError> {
+            Ok(true)
+        }
+
+        async fn abort(&self, _: ()) {}
+
+        async fn read(&self, _: &str, _: Range<u64>, _: usize) -> Result<ByteStream, StoreError> {
+            Ok(Box::pin(futures::stream::empty()))
+        }
+
+        async fn exists_many(&self, _: &str, d: &[String]) -> Result<Vec<bool>, StoreError> {
+            Ok(vec![false; d.len()])
+        }
+
+        async fn collect_garbage(
+            &self,
+            _: Duration,
+            _: u32,
+        ) -> Result<Option<GcBatch>, StoreError> {
+            Ok(None)
+        }
+    }
+
+    /// While the back end is still writing the first chunk, the upload goes on receiving:
+    /// the next chunk is queued for the writer and the one after it received (three chunks
+    /// held, no more). Before the writer had its own task, the upload stopped after receiving
+    /// the second chunk until the first write ended.
+    #[tokio::test]
+    async fn chunks_are_received_while_the_back_end_writes() {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("a lazy pool");
+        let blobs = Gated {
+            index: BlobIndex::new(pool.clone()),
+            release: Arc::new(tokio::sync::Notify::new()),
+            writes: Arc::new(AtomicUsize::new(0)),
+        };
+        let attachments = Attachments::new(
+            blobs.clone(),
+            BlobIndex::new(pool),
+            Collections::default(),
+            AttachmentsConfig::default(),
+        );
+        let chunks: Vec<Bytes> = (0..6u8).map(|i| Bytes::from(vec![i; 1000])).collect();
+        let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let start = UploadStart {
+            collection: "files".into(),
+            digest: digest_hex(&sha2::Sha256::digest(&all)),
+            length: all.len() as u64,
+            content_type: String::new(),
+        };
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let counter = pulled.clone();
+        let mut stream = futures::stream::iter(chunks)
+            .inspect(move |_| {
+                counter.fetch_add(1, Ordering::SeqCst);
+            })
+            .map(Ok);
+        let mut staged = Staged {
+            blobs: blobs.clone(),
+            staging: Some(()),
+        };
+        let upload = tokio::spawn(async move {
+            attachments
+                .receive(&start, &mut staged, &mut stream)
+                .await
+                .map(|()| staged.staging.is_some())
+        });
+        // Bounded wait for the receiving side to get as far as it may.
+        for _ in 0..500 {
+            if pulled.load(Ordering::SeqCst) >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(blobs.writes.load(Ordering::SeqCst), 1, "one write started");
+        assert_eq!(
+            pulled.load(Ordering::SeqCst),
+            3,
+            "chunks received while the first write is pending"
+        );
+        blobs.release.notify_one();
+        let kept_staging = tokio::time::timeout(Duration::from_secs(30), upload)
+            .await
+            .expect("the upload ends once the write is released")
+            .expect("the upload task")
+            .expect("the upload is accepted");
+        assert!(kept_staging, "the staging is handed back for the commit");
+        assert_eq!(
+            blobs.writes.load(Ordering::SeqCst),
+            6,
+            "every chunk written"
+        );
+        assert_eq!(pulled.load(Ordering::SeqCst), 6);
+    }
 }

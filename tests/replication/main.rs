@@ -3,6 +3,7 @@
 mod access_rules;
 mod attachments;
 mod attachments_scoping;
+mod attachments_throughput;
 mod auth;
 mod bulk;
 mod checkpoints;
