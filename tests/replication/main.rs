@@ -13,6 +13,7 @@ mod connections;
 mod deadlocks;
 mod durability;
 mod error_details;
+mod fanout_shared;
 mod health;
 mod idempotency;
 mod inputs;
