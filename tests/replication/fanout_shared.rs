@@ -211,3 +211,151 @@ async fn streams_of_one_view_share_each_batch_and_no_batch_crosses_views() {
         );
     }
 }
+
+/// Over gRPC, with selectors: several streams per selector (and unfiltered ones) follow
+/// racing writers that move documents in and out of the selectors. Every document a filtered
+/// stream receives matches its selector when sent, and every stream's copy ends equal to the
+/// matches of the final state: streams of different selectors never share a batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn filtered_and_unfiltered_streams_over_grpc_get_exactly_their_own_changes() {
+    use std::collections::BTreeMap;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use syncline::config::Config;
+    use syncline::proto::{Checkpoint, SubscribeRequest, subscribe_response};
+
+    const DOCS: usize = 30;
+    const STREAMS_PER_VIEW: usize = 4;
+    const WRITERS: usize = 3;
+    const ROUNDS: usize = 30;
+    let db = fresh_database().await;
+    let mut config = Config::from_toml(
+        r#"
+        listen = "127.0.0.1:0"
+        metrics_enabled = false
+        [auth]
+        mode = "none"
+        [[collections]]
+        name = "tasks"
+        filter_fields = { done = "boolean" }
+        "#,
+    )
+    .expect("config parses");
+    config.database_url = Some(db);
+    let server = TestServer::start_with(config).await;
+    let mut c = server.client().await;
+    let rows = (0..DOCS)
+        .map(|i| {
+            insert(doc(
+                &format!("d{i:02}"),
+                serde_json::json!({"done": i % 2 == 0}),
+            ))
+        })
+        .collect();
+    assert!(push(&mut c, "tasks", rows).await.is_empty());
+
+    // None: unfiltered; Some(done): {"done": done}.
+    let views = [None, Some(false), Some(true)];
+    let mut streams = Vec::new();
+    for view in views {
+        for _ in 0..STREAMS_PER_VIEW {
+            let selector = view
+                .map(|done| serde_json::json!({ "done": done }).to_string().into_bytes())
+                .unwrap_or_default();
+            let mut stream = c
+                .subscribe(SubscribeRequest {
+                    collection: "tasks".into(),
+                    checkpoint: Some(Checkpoint::default()),
+                    selector,
+                })
+                .await
+                .expect("subscribe")
+                .into_inner();
+            let copy = Arc::new(std::sync::Mutex::new(BTreeMap::<String, bool>::new()));
+            let into = copy.clone();
+            let task = tokio::spawn(async move {
+                while let Ok(Some(message)) = stream.message().await {
+                    let Some(subscribe_response::Event::Changes(batch)) = message.event else {
+                        continue;
+                    };
+                    let mut copy = into.lock().expect("copy");
+                    for d in batch.documents {
+                        if d.deleted {
+                            copy.remove(&d.id);
+                            continue;
+                        }
+                        let body: serde_json::Value =
+                            serde_json::from_slice(&d.json).expect("a JSON body");
+                        let done = body["done"].as_bool().expect("done");
+                        if let Some(wanted) = view {
+                            assert_eq!(done, wanted, "{} sent to a stream of done={wanted}", d.id);
+                        }
+                        copy.insert(d.id, done);
+                    }
+                }
+            });
+            streams.push((view, copy, task));
+        }
+    }
+
+    let mut clients = Vec::new();
+    for _ in 0..WRITERS {
+        clients.push(server.client().await);
+    }
+    let writers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(w, mut c)| {
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(0xfa7 + w as u64);
+                for _ in 0..ROUNDS {
+                    let id = format!("d{:02}", rng.random_range(0..DOCS));
+                    let (docs, _) = pull_all(&mut c, "tasks", "", 1000).await;
+                    let current = docs.into_iter().find(|d| d.id == id).expect("seeded");
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&current.json).expect("a JSON body");
+                    let done = !body["done"].as_bool().expect("done");
+                    let row = update(doc(&id, serde_json::json!({ "done": done })), current);
+                    // A conflict is another writer's win: fine.
+                    let _ = push(&mut c, "tasks", vec![row]).await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let (all, _) = pull_all(&mut c, "tasks", "", 1000).await;
+    let state: BTreeMap<String, bool> = all
+        .iter()
+        .map(|d| {
+            let body: serde_json::Value = serde_json::from_slice(&d.json).expect("a JSON body");
+            (d.id.clone(), body["done"].as_bool().expect("done"))
+        })
+        .collect();
+    for (view, copy, task) in &streams {
+        let expected: BTreeMap<String, bool> = state
+            .iter()
+            .filter(|(_, done)| view.is_none_or(|wanted| **done == wanted))
+            .map(|(id, done)| (id.clone(), *done))
+            .collect();
+        let mut same = false;
+        for _ in 0..300 {
+            assert!(!task.is_finished(), "a stream ended (or its check failed)");
+            if *copy.lock().expect("copy") == expected {
+                same = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            same,
+            "view {view:?}: the stream's copy {:?} differs from {expected:?}",
+            copy.lock().expect("copy")
+        );
+    }
+    for (_, _, task) in streams {
+        task.abort();
+    }
+}
