@@ -296,7 +296,8 @@ pub async fn serve(
                 .watch_jwks(Duration::from_secs(2), background.clone()),
         );
     }
-    let mut service = ReplicationServiceServer::new(ReplicationApi::new(replicator))
+    let api = Arc::new(ReplicationApi::new(replicator));
+    let mut service = ReplicationServiceServer::from_arc(api.clone())
         .max_decoding_message_size(config.decoding_message_bytes_max())
         .max_encoding_message_size(config.encoding_message_bytes_max());
     for &compression in &config.compression {
@@ -305,6 +306,18 @@ pub async fn serve(
             .accept_compressed(encoding)
             .send_compressed(encoding);
     }
+    // Subscribe with batches encoded once per view (see api::subscribe).
+    let service = crate::api::subscribe::SubscribeFrames::new(
+        service,
+        api,
+        config
+            .compression
+            .iter()
+            .map(|&c| crate::api::compression::encoding(c))
+            .collect(),
+        config.decoding_message_bytes_max(),
+        config.encoding_message_bytes_max(),
+    );
     let service = CompressionPolicy::new(
         service,
         config.compression.clone(),

@@ -39,6 +39,9 @@ struct Outcome {
     duplicated: usize,
     reconnects: usize,
     write_rate: f64,
+    /// Server CPU (user + system, every process of the setup) from the first write until the
+    /// last delivery, per delivery: far steadier than the latencies on a shared machine.
+    cpu_us_per_delivery: f64,
 }
 
 pub async fn run(ctx: &Ctx<'_>, report: &mut Report) {
@@ -84,6 +87,12 @@ fn add_row(report: &mut Report, s: &Settings, setup: &Setup, ours: &[Outcome], t
     let duplicated: usize = ours.iter().map(|o| o.duplicated).sum();
     let reconnects: usize = ours.iter().map(|o| o.reconnects).sum();
     let write_rate = crate::stats::median(&ours.iter().map(|o| o.write_rate).collect::<Vec<_>>());
+    let cpu = crate::stats::median(
+        &ours
+            .iter()
+            .map(|o| o.cpu_us_per_delivery)
+            .collect::<Vec<_>>(),
+    );
     let who = match (setup.subscribers, setup.processes) {
         (1, _) => "1 subscriber".to_owned(),
         (n, 1) => format!("{} subscribers", thousands(n as u64)),
@@ -95,7 +104,8 @@ fn add_row(report: &mut Report, s: &Settings, setup: &Setup, ours: &[Outcome], t
         ));
     }
     let mut ours_text = format!(
-        "p50 {:.1} / p99 {:.1} / max {:.1} ms; {missed} missed, {duplicated} dup",
+        "p50 {:.1} / p99 {:.1} / max {:.1} ms; {missed} missed, {duplicated} dup; \
+         server CPU {cpu:.1} µs/delivery",
         latency.p50, latency.p99, latency.max
     );
     if reconnects > 0 {
@@ -123,6 +133,7 @@ fn add_row(report: &mut Report, s: &Settings, setup: &Setup, ours: &[Outcome], t
             "p50_ms": latency.p50, "p99_ms": latency.p99, "max_ms": latency.max,
             "deliveries": latency.count, "missed": missed, "duplicated": duplicated,
             "stream_errors": reconnects, "achieved_writes_per_s": write_rate,
+            "server_cpu_us_per_delivery": cpu,
             "baseline_p50_ms": base.p50, "baseline_p99_ms": base.p99, "baseline_max_ms": base.max,
         }),
     });
@@ -158,12 +169,15 @@ async fn syncline(servers: &[&Server], subscribers: usize, s: &Settings, tag: &s
             .expect("every subscriber opens its stream within 120 s")
             .expect("a subscriber task ended before its stream opened");
     }
+    let cpu = || servers.iter().map(|s| s.cpu_seconds()).sum::<f64>();
+    let cpu_before = cpu();
     let (acks, write_elapsed) = write(&mut writer, tag, planned, s).await;
     let sent = acks.len();
     let deadline = Instant::now() + s.fanout_grace;
     while progress.iter().any(|d| d.load(Ordering::Relaxed) < sent) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu_seconds = cpu() - cpu_before;
     cancel.cancel();
     let mut outcome = Outcome {
         write_rate: sent as f64 / write_elapsed.as_secs_f64(),
@@ -181,10 +195,12 @@ async fn syncline(servers: &[&Server], subscribers: usize, s: &Settings, tag: &s
                 .map(|(seq, at)| at.saturating_duration_since(acks[*seq])),
         );
     }
+    outcome.cpu_us_per_delivery = crate::server::micros_per(cpu_seconds, latencies.len());
     outcome.latency = Latency::of(latencies);
     eprintln!(
-        "bench:   {subscribers} subscriber(s): {sent} writes at {:.0}/s, p99 {:.1} ms, {} missed",
-        outcome.write_rate, outcome.latency.p99, outcome.missed
+        "bench:   {subscribers} subscriber(s): {sent} writes at {:.0}/s, p99 {:.1} ms, {} missed, \
+         server CPU {:.1} µs/delivery",
+        outcome.write_rate, outcome.latency.p99, outcome.missed, outcome.cpu_us_per_delivery
     );
     outcome
 }

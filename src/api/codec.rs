@@ -12,7 +12,7 @@
 use std::marker::PhantomData;
 use std::task::{Context, Poll};
 
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use prost::Message;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::NamedService;
@@ -214,6 +214,118 @@ impl<S: NamedService> NamedService for WireLimited<S> {
     const NAME: &'static str = S::NAME;
 }
 
+/// One message of a Subscribe stream as [`FrameCodec`] encodes it.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// A change batch: its documents already encoded, once for every stream that sends them
+    /// (see [`encode_documents`]), and this stream's own checkpoint.
+    Changes {
+        /// `ChangeBatch.documents` on the wire: each document as field 1, in order.
+        documents: Bytes,
+        /// The checkpoint after them.
+        checkpoint: proto::Checkpoint,
+    },
+    /// Any other message, encoded by prost.
+    Message(proto::SubscribeResponse),
+}
+
+/// `SubscribeResponse.changes`.
+const CHANGES_FIELD: u32 = 1;
+/// `ChangeBatch.checkpoint`.
+const CHECKPOINT_FIELD: u32 = 2;
+
+/// The documents of a change batch as they appear inside `ChangeBatch` on the wire.
+pub fn encode_documents(documents: impl IntoIterator<Item = proto::Document>) -> Bytes {
+    let batch = proto::ChangeBatch {
+        documents: documents.into_iter().collect(),
+        checkpoint: None,
+    };
+    Bytes::from(batch.encode_to_vec())
+}
+
+impl Frame {
+    /// The length of the `ChangeBatch` of a [`Frame::Changes`].
+    fn batch_len(documents: &Bytes, checkpoint: &proto::Checkpoint) -> usize {
+        documents.len() + prost::encoding::message::encoded_len(CHECKPOINT_FIELD, checkpoint)
+    }
+
+    /// The encoded length of the whole `SubscribeResponse`.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Frame::Changes {
+                documents,
+                checkpoint,
+            } => {
+                let batch = Frame::batch_len(documents, checkpoint);
+                prost::encoding::key_len(CHANGES_FIELD)
+                    + prost::encoding::encoded_len_varint(batch as u64)
+                    + batch
+            }
+            Frame::Message(message) => message.encoded_len(),
+        }
+    }
+
+    /// Writes the `SubscribeResponse`, byte for byte what prost writes for the same message:
+    /// prost writes fields in field-number order, so the documents (field 1) come before the
+    /// checkpoint (field 2).
+    pub fn encode(&self, buf: &mut impl bytes::BufMut) -> Result<(), prost::EncodeError> {
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        match self {
+            Frame::Changes {
+                documents,
+                checkpoint,
+            } => {
+                encode_key(CHANGES_FIELD, WireType::LengthDelimited, buf);
+                encode_varint(Frame::batch_len(documents, checkpoint) as u64, buf);
+                buf.put_slice(documents);
+                prost::encoding::message::encode(CHECKPOINT_FIELD, checkpoint, buf);
+                Ok(())
+            }
+            Frame::Message(message) => message.encode(buf),
+        }
+    }
+}
+
+/// The Subscribe codec of the server: [`Frame`]s out, checked `SubscribeRequest`s in.
+#[derive(Debug, Clone, Default)]
+pub struct FrameCodec;
+
+impl Codec for FrameCodec {
+    type Encode = Frame;
+    type Decode = proto::SubscribeRequest;
+    type Encoder = FrameEncoder;
+    type Decoder = CheckingDecoder<proto::SubscribeRequest>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        FrameEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        CheckingDecoder { _type: PhantomData }
+    }
+}
+
+/// Copies a frame's shared bytes after reserving its exact length.
+#[derive(Debug, Clone)]
+pub struct FrameEncoder;
+
+impl Encoder for FrameEncoder {
+    type Item = Frame;
+    type Error = Status;
+
+    fn encode(&mut self, item: Frame, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.reserve(item.encoded_len());
+        item.encode(buf).map_err(|e| {
+            tracing::error!(error = %e, "encoding a stream message");
+            super::status::internal()
+        })
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(ENCODE_BUFFER_BYTES, YIELD_THRESHOLD_BYTES)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +404,62 @@ mod tests {
         // The error message, nothing per row (decoding would build 1,000,000 rows of 100+
         // bytes each).
         assert!(allocated < 4096, "{allocated} bytes allocated");
+    }
+
+    #[test]
+    fn frames_are_byte_for_byte_what_prost_writes() {
+        let documents: Vec<proto::Document> = (0..3)
+            .map(|i| proto::Document {
+                id: format!("d{i}"),
+                json: format!("{{\"n\":{i}}}").into_bytes(),
+                deleted: i == 1,
+                revision: format!("{i}-abc"),
+                updated_at: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000 + i,
+                    nanos: 5,
+                }),
+                owner: if i == 2 {
+                    String::new()
+                } else {
+                    "alice".into()
+                },
+                left_scope: i == 1,
+            })
+            .collect();
+        // Both token kinds: an empty token still sends an (empty) checkpoint message.
+        for token in ["", "tok-123"] {
+            let expected = proto::SubscribeResponse {
+                event: Some(proto::subscribe_response::Event::Changes(
+                    proto::ChangeBatch {
+                        documents: documents.clone(),
+                        checkpoint: Some(proto::Checkpoint {
+                            token: token.into(),
+                        }),
+                    },
+                )),
+            }
+            .encode_to_vec();
+            let frame = Frame::Changes {
+                documents: encode_documents(documents.clone()),
+                checkpoint: proto::Checkpoint {
+                    token: token.into(),
+                },
+            };
+            let mut bytes = Vec::new();
+            frame.encode(&mut bytes).expect("encodes");
+            assert_eq!(bytes, expected, "token {token:?}");
+            assert_eq!(frame.encoded_len(), expected.len());
+        }
+        let heartbeat = proto::SubscribeResponse {
+            event: Some(proto::subscribe_response::Event::Heartbeat(
+                proto::Heartbeat {},
+            )),
+        };
+        let mut bytes = Vec::new();
+        Frame::Message(heartbeat.clone())
+            .encode(&mut bytes)
+            .expect("encodes");
+        assert_eq!(bytes, heartbeat.encode_to_vec());
     }
 
     #[test]

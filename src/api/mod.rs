@@ -8,14 +8,17 @@ pub mod compression;
 pub mod convert;
 pub mod push_scan;
 pub mod status;
+pub mod subscribe;
 
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::proto;
 use crate::proto::replication_service_server::ReplicationService;
 use crate::proto::{
     BucketDigests, ChangeBatch, FetchRequest, FetchResponse, Heartbeat, IdRevision,
@@ -23,8 +26,10 @@ use crate::proto::{
     PushResponse, ReconcileListRequest, ReconcileListResponse, ReconcileRequest, ReconcileResponse,
     Resync, SubscribeRequest, SubscribeResponse, subscribe_response,
 };
+use crate::protocol::fanout::shared::Batch;
 use crate::protocol::{IdempotentPush, PushReply, Replicator, StreamEvent, StreamItem};
 use crate::store::Store;
+use codec::Frame;
 
 /// The `syncline.v1.ReplicationService` implementation.
 pub struct ReplicationApi<S> {
@@ -41,19 +46,87 @@ impl<S> ReplicationApi<S> {
 /// The Subscribe response stream.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
 
-fn event(item: StreamItem) -> Result<SubscribeResponse, Status> {
-    let event = match item? {
+/// A batch's documents as they appear inside `ChangeBatch` on the wire, encoded by whichever
+/// stream sends the batch first and shared by the others.
+fn encoded(documents: &Batch) -> Bytes {
+    documents.encoded(|documents| {
+        codec::encode_documents(documents.iter().cloned().map(convert::document))
+    })
+}
+
+/// A stream item as the Subscribe codec sends it ([`subscribe::SubscribeFrames`]).
+fn frame(item: StreamItem) -> Result<Frame, Status> {
+    Ok(match item? {
         StreamEvent::Changes {
             documents,
             checkpoint,
-        } => subscribe_response::Event::Changes(ChangeBatch {
-            documents: documents.into_iter().map(convert::document).collect(),
-            checkpoint: convert::checkpoint(checkpoint),
-        }),
-        StreamEvent::Heartbeat => subscribe_response::Event::Heartbeat(Heartbeat {}),
-        StreamEvent::Resync { reason } => subscribe_response::Event::Resync(Resync { reason }),
-    };
-    Ok(SubscribeResponse { event: Some(event) })
+        } => Frame::Changes {
+            documents: encoded(&documents),
+            checkpoint: proto::Checkpoint { token: checkpoint },
+        },
+        StreamEvent::Heartbeat => message(subscribe_response::Event::Heartbeat(Heartbeat {})),
+        StreamEvent::Resync { reason } => {
+            message(subscribe_response::Event::Resync(Resync { reason }))
+        }
+    })
+}
+
+fn message(event: subscribe_response::Event) -> Frame {
+    Frame::Message(SubscribeResponse { event: Some(event) })
+}
+
+/// A stream item as a typed message, for a server without [`subscribe::SubscribeFrames`]
+/// (the bytes were encoded for the other streams of the view anyway).
+fn event(item: StreamItem) -> Result<SubscribeResponse, Status> {
+    match frame(item)? {
+        Frame::Message(message) => Ok(message),
+        Frame::Changes {
+            documents,
+            checkpoint,
+        } => {
+            let mut batch = <ChangeBatch as prost::Message>::decode(documents).map_err(|e| {
+                tracing::error!(error = %e, "a shared change batch does not decode");
+                status::internal()
+            })?;
+            batch.checkpoint = Some(checkpoint);
+            Ok(SubscribeResponse {
+                event: Some(subscribe_response::Event::Changes(batch)),
+            })
+        }
+    }
+}
+
+/// The Subscribe stream as [`subscribe::SubscribeFrames`] sends it.
+pub type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>>;
+
+impl<S: Store> ReplicationApi<S> {
+    /// Opens a Subscribe stream: its items, before they are encoded.
+    async fn open(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<ReceiverStream<StreamItem>, Status> {
+        let principal = auth::principal(&request)?;
+        let r = request.into_inner();
+        let events = self
+            .replicator
+            .subscribe(
+                &principal,
+                &r.collection,
+                &convert::token(r.checkpoint),
+                &r.selector,
+            )
+            .await?;
+        Ok(ReceiverStream::new(events))
+    }
+
+    /// Serves Subscribe with change batches encoded once per view.
+    pub async fn subscribe_frames(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<FrameStream>, Status> {
+        let stream = self.open(request).await?.map(frame);
+        Ok(Response::new(Box::pin(stream)))
+    }
 }
 
 #[tonic::async_trait]
@@ -125,18 +198,7 @@ impl<S: Store> ReplicationService for ReplicationApi<S> {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let principal = auth::principal(&request)?;
-        let r = request.into_inner();
-        let events = self
-            .replicator
-            .subscribe(
-                &principal,
-                &r.collection,
-                &convert::token(r.checkpoint),
-                &r.selector,
-            )
-            .await?;
-        let stream = ReceiverStream::new(events).map(event);
+        let stream = self.open(request).await?.map(event);
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -15,6 +15,7 @@ mod connections;
 mod deadlocks;
 mod durability;
 mod error_details;
+mod fanout_shared;
 mod health;
 mod idempotency;
 mod inputs;

@@ -256,7 +256,7 @@ async fn receive_batch(
             .expect("the stream is open")
             .expect("no stream error")
         {
-            StreamEvent::Changes { documents, .. } => return documents,
+            StreamEvent::Changes { documents, .. } => return documents.into_iter().collect(),
             StreamEvent::Heartbeat => {}
             StreamEvent::Resync { reason } => panic!("unexpected resync: {reason}"),
         }

@@ -5,6 +5,7 @@
 
 mod hub;
 pub mod listener;
+pub mod shared;
 pub mod stream;
 pub mod stream_limits;
 pub mod tail;

@@ -21,10 +21,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::shared::{Answer, Batch, Question};
 use super::stream_limits::StreamSlot;
 use super::tail::{Tail, Take, View, covered_below};
 use crate::protocol::{ProtocolError, Reason, checkpoint};
-use crate::store::{PageLimit, Position, Resume, Store, StoredDocument};
+use crate::store::{PageLimit, Position, Resume, Store};
 use crate::telemetry::metrics as m;
 
 /// What a stream sends.
@@ -32,8 +33,8 @@ use crate::telemetry::metrics as m;
 pub enum StreamEvent {
     /// Documents in change order and the checkpoint after them.
     Changes {
-        /// The documents.
-        documents: Vec<StoredDocument>,
+        /// The documents, shared with the other streams of the same view that send them.
+        documents: Batch,
         /// Token of the position after the last one.
         checkpoint: String,
     },
@@ -64,7 +65,7 @@ pub type StreamItem = Result<StreamEvent, ProtocolError>;
 /// A page for a stream: documents, the position they reach, and whether the stream is now
 /// caught up with the table.
 struct Page {
-    documents: Vec<StoredDocument>,
+    documents: Option<Batch>,
     position: Position,
     caught_up: bool,
     /// The page ended at its limit: read the next one at once.
@@ -107,6 +108,12 @@ impl<S: Store> Subscription<S> {
     /// Runs until the client goes away, the server shuts down or the store fails.
     pub async fn run(mut self) {
         let mut head = self.tail.watch();
+        // Looked up once: with many streams, a registry lookup (and a label copied) per batch
+        // and stream added up.
+        let sent = Sent {
+            documents: metrics::counter!(m::DOCS_STREAMED, "collection" => self.collection.clone()),
+            lag: metrics::histogram!(m::STREAM_LAG_SECONDS),
+        };
         let mut last_sent = Instant::now();
         let mut read = true;
         // Built once and reset, not rebuilt at every wake-up: with many streams, registering
@@ -134,7 +141,7 @@ impl<S: Store> Subscription<S> {
                     return;
                 }
                 // Mark the head seen before looking: a change appended meanwhile wakes us.
-                head.borrow_and_update();
+                let seen = *head.borrow_and_update();
                 // Lag is commit-to-send of live changes; documents a reconnecting stream catches
                 // up on are old by design and would drown it.
                 let live = self.caught_up;
@@ -147,7 +154,7 @@ impl<S: Store> Subscription<S> {
                     horizon,
                     // Boxed: the read's future is large, and inline it would sit in every idle
                     // stream's task for the stream's whole life.
-                } = match Box::pin(self.next_page()).await {
+                } = match Box::pin(self.next_page(seen)).await {
                     Ok(next) => next,
                     Err(e) => {
                         permit.send(Err(e));
@@ -173,9 +180,9 @@ impl<S: Store> Subscription<S> {
                     permit.send(Err(token_expired()));
                     return;
                 }
-                if let Some(last) = documents.last() {
-                    let checkpoint = self.tokens.encode(last.position, self.floor);
-                    self.observe_sent(&documents, live);
+                if let Some(documents) = documents {
+                    let checkpoint = self.tokens.encode(documents.last_position(), self.floor);
+                    sent.observe(&documents, live);
                     permit.send(Ok(StreamEvent::Changes {
                         documents,
                         checkpoint,
@@ -217,34 +224,56 @@ impl<S: Store> Subscription<S> {
 
     /// The next page after the stream's position: from the shared tail when it covers the
     /// position, else from the table. Returns the documents and the position they reach.
+    /// `seen` is the tail's head as the stream saw it before asking: streams of the same view
+    /// that saw the same head share one answer (see `super::shared`).
     ///
     /// Catch-up always reads the table, until a page comes back not full: the tail may lag the
     /// table, and a document committed before the stream started must arrive at its latest
     /// state, not at an older one still buffered.
-    async fn next_page(&self) -> Result<Page, ProtocolError> {
-        if self.caught_up
-            && let Take::Covered {
-                documents,
-                position,
-                more,
-            } = self.tail.take_view(
-                self.position,
-                View {
-                    owner: self.owner.as_deref(),
-                    selector: self.filter.as_ref().map(|f| &f.selector),
-                    floor: self.floor,
-                },
-                self.page,
-            )
-        {
-            return Ok(Page {
-                documents,
-                position,
-                caught_up: true,
-                more,
-                expired: false,
-                horizon: None,
+    async fn next_page(&self, seen: Position) -> Result<Page, ProtocolError> {
+        if self.caught_up {
+            let view = View {
+                owner: self.owner.as_deref(),
+                selector: self.filter.as_ref().map(|f| &f.selector),
+                floor: self.floor,
+            };
+            // Covered, but nothing for this stream: not worth recording.
+            let mut nothing = None;
+            let shared = self.tail.shared().answer(seen, self.question(view), || {
+                match self.tail.take_view(self.position, view, self.page) {
+                    Take::Covered {
+                        documents,
+                        position,
+                        more,
+                    } => match Batch::new(documents) {
+                        Some(batch) => Some(Answer {
+                            batch,
+                            position,
+                            more,
+                        }),
+                        None => {
+                            nothing = Some((position, more));
+                            None
+                        }
+                    },
+                    Take::NotCovered => None,
+                }
             });
+            let covered = match (shared, nothing) {
+                (Some(a), _) => Some((Some(a.batch), a.position, a.more)),
+                (None, Some((position, more))) => Some((None, position, more)),
+                (None, None) => None,
+            };
+            if let Some((documents, position, more)) = covered {
+                return Ok(Page {
+                    documents,
+                    position,
+                    caught_up: true,
+                    more,
+                    expired: false,
+                    horizon: None,
+                });
+            }
         }
         let after = Resume::new(self.position, self.floor);
         let page = match &self.filter {
@@ -272,7 +301,7 @@ impl<S: Store> Subscription<S> {
             _ => self.position.max(covered_below(page.horizon)),
         };
         Ok(Page {
-            documents: page.documents,
+            documents: Batch::new(page.documents),
             position,
             caught_up: !full,
             more: full,
@@ -281,17 +310,22 @@ impl<S: Store> Subscription<S> {
         })
     }
 
-    /// Counts streamed documents and, for live ones, their lag from commit to send.
-    fn observe_sent(&self, documents: &[StoredDocument], live: bool) {
-        metrics::counter!(m::DOCS_STREAMED, "collection" => self.collection.clone())
-            .increment(documents.len() as u64);
-        if !live {
-            return;
-        }
-        let now = chrono::Utc::now();
-        let lag = metrics::histogram!(m::STREAM_LAG_SECONDS);
-        for d in documents {
-            lag.record((now - d.updated_at).as_seconds_f64().max(0.0));
+    /// What identifies this stream's take from the tail among those of other streams.
+    fn question(&self, view: View<'_>) -> Question {
+        // Every field of the view, so that a field added to it cannot be forgotten here:
+        // streams the tail would answer differently must never share an answer.
+        let View {
+            owner,
+            selector,
+            floor,
+        } = view;
+        let filtered = selector.is_some();
+        Question {
+            owner: owner.map(str::to_owned),
+            selector: self.filter.as_ref().filter(|_| filtered).map(|f| f.digest),
+            floor: Question::floor_key(floor, self.position, filtered),
+            after: self.position,
+            limit: self.page,
         }
     }
 
@@ -332,6 +366,27 @@ impl<S: Store> Subscription<S> {
                 .unwrap_or(Duration::ZERO),
         };
         Instant::now() + left.min(NEVER)
+    }
+}
+
+/// A stream's metrics of what it sent.
+struct Sent {
+    documents: metrics::Counter,
+    lag: metrics::Histogram,
+}
+
+impl Sent {
+    /// Counts streamed documents and, for live ones, their lag from commit to send.
+    fn observe(&self, documents: &Batch, live: bool) {
+        self.documents.increment(documents.len() as u64);
+        if !live {
+            return;
+        }
+        let now = chrono::Utc::now();
+        for updated_at in documents.updated_at() {
+            self.lag
+                .record((now - *updated_at).as_seconds_f64().max(0.0));
+        }
     }
 }
 

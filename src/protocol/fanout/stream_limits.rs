@@ -5,7 +5,11 @@
 //! streams wait: every stream may pin up to [`StreamLimits::STREAM_PINS_PAGES`] batches (one
 //! queued in its channel, one ahead of it encoded in the HTTP/2 send buffer of a client that
 //! stopped reading), each at most `page_bytes_max` plus the document that crosses it, so
-//! `stream_bytes_per_principal_max` allows that many streams' worth. Refusing is decided once, costs nothing per batch, and
+//! `stream_bytes_per_principal_max` allows that many streams' worth. A batch shared by the
+//! streams of one view (`super::shared`) counts at its full size for every stream holding it:
+//! the sum is an upper bound of what they pin together, so sharing only makes the bound looser,
+//! never wrong, and a slow consumer still pins at most its two batches (a shared batch keeps
+//! either its documents or, once encoded, only its encoding). Refusing is decided once, costs nothing per batch, and
 //! tells the client at once (RESOURCE_EXHAUSTED); waiting would let one stalled stream hold
 //! back every other stream of its principal, indefinitely.
 

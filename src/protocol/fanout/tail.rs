@@ -165,6 +165,8 @@ pub struct Tail {
     head: watch::Sender<Position>,
     /// Wakes a dormant tail when a stream starts watching.
     wake: Notify,
+    /// Answers shared by the streams of one view (see `super::shared`).
+    shared: super::shared::SharedTakes,
 }
 
 impl Tail {
@@ -195,7 +197,13 @@ impl Tail {
             pause: Mutex::default(),
             head: watch::channel(Position::START).0,
             wake: Notify::new(),
+            shared: super::shared::SharedTakes::default(),
         })
+    }
+
+    /// The answers the streams of one view share (see `super::shared`).
+    pub(super) fn shared(&self) -> &super::shared::SharedTakes {
+        &self.shared
     }
 
     /// Signals every time the head moves. The tail follows the table while at least one
