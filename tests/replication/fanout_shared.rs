@@ -58,6 +58,7 @@ fn owner(subject: &str) -> Principal {
         scopes: HashSet::new(),
         service: false,
         expires_at: None,
+        claims: Default::default(),
     }
 }
 
