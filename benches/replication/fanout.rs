@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::Ctx;
+use crate::arrivals::Arrivals;
 use crate::client::{self, Client, STREAMS_PER_CONNECTION};
 use crate::report::{Report, Row, thousands};
 use crate::server::{Server, ServerOptions};
@@ -187,10 +188,11 @@ async fn syncline(servers: &[&Server], subscribers: usize, s: &Settings, tag: &s
     for t in tasks {
         let r = t.await.expect("subscriber task");
         outcome.reconnects += r.reconnects;
-        outcome.missed += sent - r.distinct;
-        outcome.duplicated += r.arrivals.len() - r.distinct;
+        outcome.missed += sent - r.got.distinct;
+        outcome.duplicated += r.got.duplicated();
         latencies.extend(
-            r.arrivals
+            r.got
+                .arrivals
                 .iter()
                 .map(|(seq, at)| at.saturating_duration_since(acks[*seq])),
         );
@@ -243,9 +245,7 @@ struct Subscriber {
 
 /// What one subscriber received.
 struct Received {
-    /// (document number, arrival) for every document delivered, duplicates included.
-    arrivals: Vec<(usize, Instant)>,
-    distinct: usize,
+    got: Arrivals,
     reconnects: usize,
 }
 
@@ -253,10 +253,8 @@ impl Subscriber {
     /// Streams until cancelled, resuming from the last checkpoint after an error (as a client
     /// must). Numbers at or above `capacity` are not expected.
     async fn run(mut self, capacity: usize, ready: mpsc::Sender<()>) -> Received {
-        let mut seen = vec![false; capacity];
         let mut got = Received {
-            arrivals: Vec::with_capacity(capacity),
-            distinct: 0,
+            got: Arrivals::new(&self.tag, capacity, capacity, self.distinct.clone()),
             reconnects: 0,
         };
         let mut ready = Some(ready);
@@ -286,7 +284,7 @@ impl Subscriber {
                 if let Some(Event::Changes(batch)) = message.event {
                     let now = Instant::now();
                     for d in batch.documents {
-                        self.record(&d.id, now, &mut seen, &mut got);
+                        got.got.record(&d.id, now);
                     }
                     if let Some(c) = batch.checkpoint {
                         self.token = c.token;
@@ -295,24 +293,6 @@ impl Subscriber {
             }
         }
         got
-    }
-
-    fn record(&self, id: &str, now: Instant, seen: &mut [bool], got: &mut Received) {
-        let Some(seq) = id
-            .strip_prefix(&self.tag)
-            .and_then(|n| n.parse::<usize>().ok())
-        else {
-            return;
-        };
-        if seq >= seen.len() {
-            return;
-        }
-        got.arrivals.push((seq, now));
-        if !seen[seq] {
-            seen[seq] = true;
-            got.distinct += 1;
-            self.distinct.store(got.distinct, Ordering::Relaxed);
-        }
     }
 }
 

@@ -11,6 +11,7 @@
 //! `settings.rs` (`BENCH_DOCS`, `BENCH_SUBSCRIBERS`, `BENCH_SCALE_DOCS`, `BENCH_ONLY`...).
 
 mod abuse;
+mod arrivals;
 mod attachments;
 mod client;
 mod cluster;

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::Ctx;
+use crate::arrivals::Arrivals;
 use crate::client::{self, Client, STREAMS_PER_CONNECTION};
 use crate::report::{Report, Row, rate, thousands};
 use crate::server::{Server, ServerOptions, micros_per};
@@ -216,9 +217,9 @@ async fn baseline(db: &str, want: usize, report: &mut Report) -> f64 {
 
 /// What one filtered subscriber received.
 struct Received {
-    /// (write number, arrival) of every matching document delivered, duplicates included.
-    arrivals: Vec<(usize, Instant)>,
-    distinct: usize,
+    /// The matching documents delivered.
+    got: Arrivals,
+    /// Documents delivered outside its selector (violations).
     outside: usize,
 }
 
@@ -276,11 +277,12 @@ async fn fanout(ctx: &Ctx<'_>, report: &mut Report, server: &Server) {
         let mut all = Vec::new();
         for (t, (bucket, _)) in tasks.into_iter().zip(&progress) {
             let r = t.await.expect("subscriber task");
-            missed += expected(*bucket).saturating_sub(r.distinct);
-            duplicated += r.arrivals.len() - r.distinct;
+            missed += expected(*bucket).saturating_sub(r.got.distinct);
+            duplicated += r.got.duplicated();
             outside += r.outside;
             all.extend(
-                r.arrivals
+                r.got
+                    .arrivals
                     .iter()
                     .map(|(seq, at)| at.saturating_duration_since(acks[*seq])),
             );
@@ -363,11 +365,9 @@ async fn subscriber(
 ) -> Received {
     let selector = selector(bucket).to_string().into_bytes();
     let mut got = Received {
-        arrivals: Vec::with_capacity(capacity / BUCKETS + 1),
-        distinct: 0,
+        got: Arrivals::new(&tag, capacity, capacity / BUCKETS + 1, distinct),
         outside: 0,
     };
-    let mut seen = vec![false; capacity];
     let mut stream = c
         .subscribe(SubscribeRequest {
             collection: LIVE.into(),
@@ -395,21 +395,7 @@ async fn subscriber(
                 got.outside += 1;
                 continue;
             }
-            let Some(seq) =
-                d.id.strip_prefix(&tag)
-                    .and_then(|n| n.parse::<usize>().ok())
-            else {
-                continue;
-            };
-            if seq >= seen.len() {
-                continue;
-            }
-            got.arrivals.push((seq, now));
-            if !seen[seq] {
-                seen[seq] = true;
-                got.distinct += 1;
-                distinct.store(got.distinct, Ordering::Relaxed);
-            }
+            got.got.record(&d.id, now);
         }
     }
     got
