@@ -12,6 +12,26 @@ import { connect, PendingPushKeys, push, toStates, type Write } from "./plugin-p
 import { latency, nowMs, Stopwatch } from "./stats.js";
 import type { SynclineClient } from "../src/index.js";
 
+/**
+ * Runs `step` on documents `first..first + n` in sequence, timing the round; each step returns
+ * its own latency in ms (`undefined`: no sample, e.g. a change that never arrived).
+ */
+async function timedSteps(
+    first: number,
+    n: number,
+    step: (i: number) => Promise<number | undefined>,
+): Promise<RoundFigures> {
+    const samples: number[] = [];
+    const watch = new Stopwatch();
+    for (let i = first; i < first + n; i += 1) {
+        const sample = await step(i);
+        if (sample !== undefined) {
+            samples.push(sample);
+        }
+    }
+    return { ...watch.finish(n), latency: latency(samples) };
+}
+
 /** How long one change may take to arrive before it counts as missed. */
 const ARRIVAL_TIMEOUT_MS = 10_000;
 
@@ -78,20 +98,17 @@ export async function casSyncline(
     n: number,
     violations: string[],
 ): Promise<RoundFigures> {
-    const samples: number[] = [];
     let conflicts = 0;
-    const watch = new Stopwatch();
-    for (let i = first; i < first + n; i += 1) {
+    const figures = await timedSteps(first, n, async (i) => {
         const t0 = nowMs();
         const response = await push(h.client, h.keys, collection, [update(h.states, docId(prefix, i))]);
-        samples.push(nowMs() - t0);
         conflicts += response.conflicts.length + response.refused.length;
-    }
-    const figures = watch.finish(n);
+        return nowMs() - t0;
+    });
     if (conflicts > 0) {
         violations.push(`compare-and-set ${collection}: ${conflicts} conflicts or refusals, expected none`);
     }
-    return { ...figures, latency: latency(samples) };
+    return figures;
 }
 
 /** The statement of one baseline update of document `i` (its second version, from the loaded one). */
@@ -112,20 +129,17 @@ export async function casBaseline(
     const client = new pg.Client({ connectionString: databaseUrl });
     await client.connect();
     try {
-        const samples: number[] = [];
         let missed = 0;
-        const watch = new Stopwatch();
-        for (let i = first; i < first + n; i += 1) {
+        const figures = await timedSteps(first, n, async (i) => {
             const t0 = nowMs();
             const result = await client.query(CAS_SQL, casParams(collection, prefix, i));
-            samples.push(nowMs() - t0);
             missed += result.rowCount === 1 ? 0 : 1;
-        }
-        const figures = watch.finish(n);
+            return nowMs() - t0;
+        });
         if (missed > 0) {
             violations.push(`compare-and-set baseline ${collection}: ${missed} updates matched no row`);
         }
-        return { ...figures, latency: latency(samples) };
+        return figures;
     } finally {
         await client.end();
     }
@@ -152,6 +166,21 @@ class Arrivals {
         const resolve = this.waiting.get(id);
         this.waiting.delete(id);
         resolve?.(at);
+    }
+}
+
+/** The latency from `t0` to `arrival`; `undefined` (and a violation) when it never came. */
+async function arrivalLatency(
+    arrival: Promise<number>,
+    t0: number,
+    what: string,
+    violations: string[],
+): Promise<number | undefined> {
+    try {
+        return (await arrival) - t0;
+    } catch (err) {
+        violations.push(`${what}: ${String(err)}`);
+        return undefined;
     }
 }
 
@@ -193,31 +222,25 @@ export async function liveSyncline(
         }
     });
     await open;
-    const samples: number[] = [];
     let problems = 0;
-    const watch = new Stopwatch();
+    let figures: RoundFigures;
     try {
-        for (let i = first; i < first + n; i += 1) {
+        figures = await timedSteps(first, n, async (i) => {
             const id = docId(prefix, i);
             const arrival = arrivals.wait(id);
             const t0 = nowMs();
             const response = await push(h.client, h.keys, collection, [update(h.states, id)]);
             problems += response.conflicts.length + response.refused.length;
-            try {
-                samples.push((await arrival) - t0);
-            } catch (err) {
-                violations.push(`live ${collection}: ${String(err)}`);
-            }
-        }
+            return arrivalLatency(arrival, t0, `live ${collection}`, violations);
+        });
     } finally {
         stop.abort();
         await stream;
     }
-    const figures = watch.finish(n);
     if (problems > 0) {
         violations.push(`live ${collection}: ${problems} pushes conflicted or were refused`);
     }
-    return { ...figures, latency: latency(samples) };
+    return figures;
 }
 
 /** UPDATE ... RETURNING with a NOTIFY in the same statement, observed by a LISTENing connection. */
@@ -236,9 +259,7 @@ export async function liveBaseline(
     listener.on("notification", (msg) => arrivals.arrived(msg.payload ?? "", nowMs()));
     await listener.query(`LISTEN ${NOTIFY_CHANNEL}`);
     try {
-        const samples: number[] = [];
-        const watch = new Stopwatch();
-        for (let i = first; i < first + n; i += 1) {
+        return await timedSteps(first, n, async (i) => {
             const id = docId(prefix, i);
             const arrival = arrivals.wait(id);
             const t0 = nowMs();
@@ -249,16 +270,10 @@ export async function liveBaseline(
             if (result.rowCount !== 1) {
                 violations.push(`live baseline ${collection}: update of ${id} matched no row`);
                 arrival.catch(() => undefined);
-                continue;
+                return undefined;
             }
-            try {
-                samples.push((await arrival) - t0);
-            } catch (err) {
-                violations.push(`live baseline ${collection}: ${String(err)}`);
-            }
-        }
-        const figures = watch.finish(n);
-        return { ...figures, latency: latency(samples) };
+            return arrivalLatency(arrival, t0, `live baseline ${collection}`, violations);
+        });
     } finally {
         await Promise.all([writer.end(), listener.end()]);
     }
