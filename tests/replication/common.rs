@@ -547,3 +547,45 @@ pub async fn stream_documents(
     }
     (docs, token)
 }
+
+/// A migrated store on `db` with a pool of `size` connections, for in-process replicators.
+pub async fn migrated_store(db: &str, size: u32) -> syncline::store::postgres::PgStore {
+    let store = syncline::store::postgres::PgStore::connect_lazy(
+        db,
+        &syncline::store::postgres::PoolSettings {
+            size,
+            acquire_timeout: Duration::from_secs(10),
+            statement_cache_capacity: 100,
+            read_ahead_pages: 16,
+        },
+    )
+    .expect("store");
+    store.migrate().await.expect("migrations");
+    store
+}
+
+/// The parts of an in-process replicator over `store` for the collections and limits of
+/// `cfg`, with roomy stream limits (100 streams, 10,000 buffered documents); tests override
+/// the fields they study.
+pub fn replicator_parts<S>(
+    store: std::sync::Arc<S>,
+    cfg: &Config,
+) -> syncline::protocol::ReplicatorParts<S> {
+    let collections = syncline::protocol::Collections::from_config(cfg).expect("collections");
+    syncline::protocol::ReplicatorParts {
+        store,
+        hub: syncline::protocol::fanout::Hub::new(collections.names()),
+        collections,
+        limits: syncline::protocol::Limits::from_config(cfg),
+        streams_max: 100,
+        streams_per_principal_max: 100,
+        stream_buffer_documents: 10_000,
+        page_bytes_max: cfg.page_bytes_max,
+        stream_buffer_bytes: cfg.stream_buffer_bytes,
+        stream_bytes_per_principal_max: cfg.stream_bytes_per_principal_max,
+        heartbeat: Duration::from_secs(60),
+        visibility_wait: Duration::from_millis(100),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        checkpoint_key: None,
+    }
+}

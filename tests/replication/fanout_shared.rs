@@ -5,48 +5,24 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use syncline::protocol::fanout::Hub;
 use syncline::protocol::fanout::shared::Batch;
 use syncline::protocol::{
-    Collections, DocumentInput, Limits, Principal, Replicator, ReplicatorParts, RowInput,
-    StreamEvent,
+    DocumentInput, Principal, Replicator, ReplicatorParts, RowInput, StreamEvent,
 };
-use syncline::store::postgres::{PgStore, PoolSettings};
-use tokio_util::sync::CancellationToken;
+use syncline::store::postgres::PgStore;
 
 use crate::common::*;
 
 async fn replicator() -> Arc<Replicator<PgStore>> {
     let db = fresh_database().await;
-    let cfg = config(&db);
-    let store = PgStore::connect_lazy(
-        &db,
-        &PoolSettings {
-            size: 8,
-            acquire_timeout: Duration::from_secs(10),
-            statement_cache_capacity: 100,
-            read_ahead_pages: 16,
-        },
-    )
-    .unwrap();
-    store.migrate().await.unwrap();
-    let collections = Collections::from_config(&cfg).unwrap();
-    let hub = Hub::new(collections.names());
+    let store = Arc::new(migrated_store(&db, 8).await);
     let replicator = Replicator::new(ReplicatorParts {
-        store: Arc::new(store),
-        collections,
-        limits: Limits::from_config(&cfg),
-        hub,
         streams_max: 200,
         streams_per_principal_max: 200,
-        stream_buffer_documents: 10_000,
         page_bytes_max: 4 << 20,
         stream_buffer_bytes: 64 << 20,
         stream_bytes_per_principal_max: 4 << 30,
-        heartbeat: Duration::from_secs(60),
-        visibility_wait: Duration::from_millis(100),
-        shutdown: CancellationToken::new(),
-        checkpoint_key: None,
+        ..replicator_parts(store, &config(&db))
     });
     replicator.start(&tokio_util::task::TaskTracker::new());
     Arc::new(replicator)

@@ -11,14 +11,11 @@ use std::time::Duration;
 use syncline::proto::replication_service_client::ReplicationServiceClient;
 use syncline::proto::subscribe_response::Event;
 use syncline::proto::{Checkpoint, Document, PullRequest, SubscribeRequest};
-use syncline::protocol::fanout::Hub;
 use syncline::protocol::{
-    Collections, DocumentInput, Limits, Principal, ProtocolError, Replicator, ReplicatorParts,
-    RowInput, StreamEvent,
+    DocumentInput, Principal, ProtocolError, Replicator, ReplicatorParts, RowInput, StreamEvent,
 };
 use syncline::store::DOCUMENT_OVERHEAD_BYTES;
-use syncline::store::postgres::{PgStore, PoolSettings};
-use tokio_util::sync::CancellationToken;
+use syncline::store::postgres::PgStore;
 use tonic::transport::Channel;
 
 use crate::common::*;
@@ -194,35 +191,12 @@ async fn replicator(
     stream_bytes_per_principal_max: usize,
 ) -> Arc<Replicator<PgStore>> {
     let db = fresh_database().await;
-    let cfg = config(&db);
-    let store = PgStore::connect_lazy(
-        &db,
-        &PoolSettings {
-            size: 4,
-            acquire_timeout: Duration::from_secs(5),
-            statement_cache_capacity: 100,
-            read_ahead_pages: 16,
-        },
-    )
-    .unwrap();
-    store.migrate().await.unwrap();
-    let collections = Collections::from_config(&cfg).unwrap();
-    let hub = Hub::new(collections.names());
+    let store = Arc::new(migrated_store(&db, 4).await);
     let replicator = Arc::new(Replicator::new(ReplicatorParts {
-        store: Arc::new(store),
-        collections,
-        limits: Limits::from_config(&cfg),
-        hub,
-        streams_max: 100,
-        streams_per_principal_max: 100,
-        stream_buffer_documents: 10_000,
         page_bytes_max,
         stream_buffer_bytes,
         stream_bytes_per_principal_max,
-        heartbeat: Duration::from_secs(60),
-        visibility_wait: Duration::from_millis(100),
-        shutdown: CancellationToken::new(),
-        checkpoint_key: None,
+        ..replicator_parts(store, &config(&db))
     }));
     replicator.start(&tokio_util::task::TaskTracker::new());
     replicator

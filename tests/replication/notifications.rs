@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use sqlx::Connection;
 use syncline::protocol::fanout::{Hub, listener};
-use syncline::protocol::{
-    Collections, DocumentInput, Limits, Principal, Replicator, ReplicatorParts, RowInput,
-};
-use syncline::store::postgres::{PgStore, PoolSettings};
+use syncline::protocol::{DocumentInput, Principal, Replicator, ReplicatorParts, RowInput};
+use syncline::store::postgres::PgStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
@@ -18,35 +16,15 @@ const FORGED_TX: i64 = 9_000_000_000_000_000_000;
 
 /// A replicator on `db` with its own hub, like one server process; no listener yet.
 async fn replicator(db: &str, wait: Duration) -> (Hub, Replicator<PgStore>) {
-    let cfg = config(db);
-    let store = PgStore::connect_lazy(
-        db,
-        &PoolSettings {
-            size: 4,
-            acquire_timeout: Duration::from_secs(5),
-            statement_cache_capacity: 100,
-            read_ahead_pages: 0,
-        },
-    )
-    .unwrap();
-    store.migrate().await.unwrap();
-    let collections = Collections::from_config(&cfg).unwrap();
-    let hub = Hub::new(collections.names());
+    let store = Arc::new(migrated_store(db, 4).await);
+    let parts = replicator_parts(store, &config(db));
+    let hub = parts.hub.clone();
     let replicator = Replicator::new(ReplicatorParts {
-        store: Arc::new(store),
-        collections,
-        limits: Limits::from_config(&cfg),
-        hub: hub.clone(),
         streams_max: 10,
         streams_per_principal_max: 10,
         stream_buffer_documents: 50,
-        page_bytes_max: cfg.page_bytes_max,
-        stream_buffer_bytes: cfg.stream_buffer_bytes,
-        stream_bytes_per_principal_max: cfg.stream_bytes_per_principal_max,
-        heartbeat: Duration::from_secs(60),
         visibility_wait: wait,
-        shutdown: CancellationToken::new(),
-        checkpoint_key: None,
+        ..parts
     });
     (hub, replicator)
 }

@@ -22,15 +22,12 @@ use syncline::config::Config;
 use syncline::proto::replication_service_client::ReplicationServiceClient;
 use syncline::proto::{Checkpoint, PullRequest, SubscribeRequest, subscribe_response::Event};
 use syncline::protocol::checkpoint::Sealer;
-use syncline::protocol::fanout::Hub;
 use syncline::protocol::{
-    Collections, DocumentInput, Limits, Principal, Replicator, ReplicatorParts, RowInput,
-    StreamEvent,
+    DocumentInput, Principal, Replicator, ReplicatorParts, RowInput, StreamEvent,
 };
 use syncline::purge::{purge_collection, purge_expired};
 use syncline::store::postgres::{PgStore, PoolSettings};
 use syncline::store::{PageLimit, Position, Resume, Store};
-use tokio_util::sync::CancellationToken;
 
 type Client = ReplicationServiceClient<tonic::transport::Channel>;
 
@@ -706,23 +703,14 @@ async fn a_stream_overtaken_by_a_purge_while_open_resyncs() {
     cfg.pull_limit_max = 20;
     let store = Arc::new(store_on(&db));
     store.migrate().await.unwrap();
-    let collections = Collections::from_config(&cfg).unwrap();
-    let hub = Hub::new(collections.names());
     let replicator = Replicator::new(ReplicatorParts {
-        store: store.clone(),
-        collections,
-        limits: Limits::from_config(&cfg),
-        hub,
         streams_max: 10,
         streams_per_principal_max: 10,
         stream_buffer_documents: 50,
         page_bytes_max: 4 << 20,
         stream_buffer_bytes: 64 << 20,
         stream_bytes_per_principal_max: 512 << 20,
-        heartbeat: Duration::from_secs(60),
-        visibility_wait: Duration::from_millis(100),
-        shutdown: CancellationToken::new(),
-        checkpoint_key: None,
+        ..replicator_parts(store.clone(), &cfg)
     });
     let tracker = tokio_util::task::TaskTracker::new();
     replicator.start(&tracker);

@@ -8,17 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use syncline::protocol::fanout::Hub;
 use syncline::protocol::{
-    Collections, DocumentInput, Limits, Principal, Replicator, ReplicatorParts, RowInput,
-    StreamEvent,
+    DocumentInput, Principal, Replicator, ReplicatorParts, RowInput, StreamEvent,
 };
 use syncline::store::postgres::{PgStore, PoolSettings};
 use syncline::store::{
     ChangePage, Idempotency, PageLimit, Position, PushApplied, PushError, PushPlan, PushTarget,
     Resume, Store, StoreError, StoredDocument,
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
 
@@ -89,23 +86,14 @@ async fn counting_replicator() -> (Arc<Counting>, Replicator<Counting>) {
         reads: AtomicUsize::new(0),
         documents: AtomicUsize::new(0),
     });
-    let collections = Collections::from_config(&cfg).unwrap();
-    let hub = Hub::new(collections.names());
     let replicator = Replicator::new(ReplicatorParts {
-        store: store.clone(),
-        collections,
-        limits: Limits::from_config(&cfg),
-        hub,
         streams_max: 10,
         streams_per_principal_max: 10,
         stream_buffer_documents: 50,
         page_bytes_max: 4 << 20,
         stream_buffer_bytes: 64 << 20,
         stream_bytes_per_principal_max: 512 << 20,
-        heartbeat: Duration::from_secs(60),
-        visibility_wait: Duration::from_millis(100),
-        shutdown: CancellationToken::new(),
-        checkpoint_key: None,
+        ..replicator_parts(store.clone(), &cfg)
     });
     replicator.start(&tokio_util::task::TaskTracker::new());
     (store, replicator)
