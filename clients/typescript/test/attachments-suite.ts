@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { after, afterEach, before, describe, test } from "node:test";
+import { describe } from "node:test";
 
 import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
@@ -17,7 +17,7 @@ import { replicateSyncline as replicateSynclineBrowser } from "../src/browser.js
 import { replicateSyncline, type SynclineReplicationState, type SynclineTransportKind } from "../src/index.js";
 import type { DownloadResponse, UploadRequest } from "../src/gen/syncline/v1/attachments_pb.js";
 import { createTestDatabase, pullAll, taskSchema, waitFor, type Task, type TestDatabase } from "./support/helpers.js";
-import { SynclineServer } from "./support/server.js";
+import { serverSuite } from "./support/server.js";
 
 addRxPlugin(RxDBAttachmentsPlugin);
 
@@ -112,42 +112,14 @@ async function putAttachment(side: TestDatabase, id: string, name: string, bytes
 
 export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
     describe(`syncline-rxdb attachments over ${kind}`, { timeout: 300_000 }, () => {
-        let server: SynclineServer;
-        const cleanups: Array<() => Promise<unknown>> = [];
-
-        let startError: unknown;
-        before(async () => {
-            try {
-                server = await SynclineServer.start({
-                    collections: COLLECTIONS,
-                    label: `att_${kind}`,
-                    // Small chunks, so that a few MiB take many messages (the restart test
-                    // kills the server in the middle of them).
-                    extraConfig: "attachments.chunk_bytes_max = 65536",
-                });
-            } catch (err) {
-                startError = err;
-            }
-        });
-
-        function serverTest(name: string, body: () => Promise<void>): void {
-            test(name, { timeout: 120_000 }, async () => {
-                if (startError !== undefined) {
-                    throw startError;
-                }
-                await body();
-            });
-        }
-
-        afterEach(async () => {
-            for (const cleanup of cleanups.splice(0).reverse()) {
-                await cleanup().catch(() => undefined);
-            }
-        });
-
-        after(async () => {
-            await server?.stop();
-        });
+        const suite = serverSuite({
+            collections: COLLECTIONS,
+            label: `att_${kind}`,
+            // Small chunks, so that a few MiB take many messages (the restart test
+            // kills the server in the middle of them).
+            extraConfig: "attachments.chunk_bytes_max = 65536",
+        }, 120_000);
+        const { cleanups, serverTest } = suite;
 
         async function database(name: string): Promise<TestDatabase> {
             const side = await createTestDatabase(name, undefined, attachmentSchema);
@@ -165,7 +137,7 @@ export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
             const start = entry === "browser" ? replicateSynclineBrowser : replicateSyncline;
             const state = start<Task>({
                 collection: side.tasks,
-                url: server.url,
+                url: suite.server.url,
                 collectionName,
                 transport: kind,
                 retryTime: 300,
@@ -204,14 +176,14 @@ export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
             assert.equal(onB?.digest, sha256(photo));
 
             // The document on the server describes the attachment; the bytes never travel in it.
-            const docs = await pullAll(server.url, "grpc-web", "photo");
+            const docs = await pullAll(suite.server.url, "grpc-web", "photo");
             assert.deepEqual(docs.get("p1")?.body._attachments, {
                 "photo.jpg": { digest: sha256(photo), length: photo.length, type: "image/jpeg" },
             });
             assert.equal(logA.uploads, 1, "one upload");
             assert.ok(logA.uploadedChunks >= Math.ceil(photo.length / 65_536), "uploaded in chunks");
             assert.equal(logB.downloads, 1, "one download");
-            assert.deepEqual(server.query("SELECT count(*), sum(length) FROM syncline_blobs WHERE collection = 'photo'"), [
+            assert.deepEqual(suite.server.query("SELECT count(*), sum(length) FROM syncline_blobs WHERE collection = 'photo'"), [
                 `1|${photo.length}`,
             ]);
         });
@@ -231,11 +203,11 @@ export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
             for (const id of [ids[0], ids[57], ids[99]]) {
                 assert.ok(await hasBytes(b, id, "file.bin", file), `${id} has the bytes on B`);
             }
-            assert.deepEqual(server.query("SELECT count(*), sum(length) FROM syncline_blobs WHERE collection = 'dedup'"), [
+            assert.deepEqual(suite.server.query("SELECT count(*), sum(length) FROM syncline_blobs WHERE collection = 'dedup'"), [
                 `1|${file.length}`,
             ]);
             assert.deepEqual(
-                server.query(
+                suite.server.query(
                     "SELECT sum(octet_length(c.data)) FROM syncline_blob_chunks c " +
                         "JOIN syncline_blobs b ON b.location = c.upload_id WHERE b.collection = 'dedup'",
                 ),
@@ -253,7 +225,7 @@ export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
             logA.afterUploadChunk = async (n) => {
                 if (n === 5 && !restarted) {
                     restarted = true;
-                    await server.restart();
+                    await suite.server.restart();
                 }
             };
             await a.tasks.insert({ id: "r1", title: "big" });
@@ -261,7 +233,7 @@ export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
             await waitFor("the scan on B after the restart", 90_000, () => hasBytes(b, "r1", "scan.pdf", blob));
             assert.ok(restarted, "the server was restarted during the upload");
             assert.ok(logA.uploads >= 2, `the upload was retried (${logA.uploads} uploads)`);
-            assert.deepEqual(server.query("SELECT count(*), sum(length) FROM syncline_blobs WHERE collection = 'restart'"), [
+            assert.deepEqual(suite.server.query("SELECT count(*), sum(length) FROM syncline_blobs WHERE collection = 'restart'"), [
                 `1|${blob.length}`,
             ]);
         });
@@ -312,7 +284,7 @@ export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
             await waitFor(
                 "A pushed",
                 30_000,
-                async () => (await pullAll(server.url, kind, "offline")).get("o1")?.body._attachments !== undefined,
+                async () => (await pullAll(suite.server.url, kind, "offline")).get("o1")?.body._attachments !== undefined,
             );
             const again = replicate(b, "offline", new TransferLog(), kind === "grpc-web" ? "browser" : "node");
             await again.awaitInitialReplication();
@@ -370,7 +342,7 @@ export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
             await putAttachment(side, "h1", "a.bin", new Uint8Array([1, 2, 3]), "application/octet-stream");
             await waitFor("the replication stopped", 30_000, () => state.isStopped());
             assert.ok(errors.some((err) => /defaultHashSha256/.test(JSON.stringify(err))), "the error names the hash function");
-            assert.equal((await pullAll(server.url, kind, "hash")).get("h1")?.body._attachments, undefined, "no attachment pushed");
+            assert.equal((await pullAll(suite.server.url, kind, "hash")).get("h1")?.body._attachments, undefined, "no attachment pushed");
         });
 
         if (kind === "grpc-web") {
@@ -385,7 +357,7 @@ export function defineAttachmentsSuite(kind: SynclineTransportKind): void {
 
                 const c = await database("c");
                 const state = replicate(c, "browser", new TransferLog(), "node", {
-                    transport: createGrpcWebTransport({ baseUrl: server.url }),
+                    transport: createGrpcWebTransport({ baseUrl: suite.server.url }),
                 });
                 const errors: unknown[] = [];
                 const sub = state.error$.subscribe((err) => errors.push(err));

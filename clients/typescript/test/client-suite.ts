@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, afterEach, before, describe, test } from "node:test";
+import { describe } from "node:test";
 
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { compressionGzip, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
@@ -32,17 +32,13 @@ import {
     type Task,
     type TestDatabase,
 } from "./support/helpers.js";
-import { SynclineServer } from "./support/server.js";
+import { serverSuite } from "./support/server.js";
 
 const SECRET = "syncline-rxdb client suite secret, 32+ bytes long";
 const SERVICE = "syncline:service";
 
 export function defineClientSuite(kind: SynclineTransportKind): void {
     describe(`syncline-rxdb client behaviour over ${kind}`, { timeout: 240_000 }, () => {
-        let server: SynclineServer;
-        let startError: unknown;
-        const cleanups: Array<() => Promise<unknown>> = [];
-
         // The server's schema for "wedge" is stricter than the clients' (title at most 20).
         const schemaDir = mkdtempSync(join(tmpdir(), "syncline-ts-schema-"));
         const wedgeSchema = join(schemaDir, "wedge.json");
@@ -55,39 +51,18 @@ export function defineClientSuite(kind: SynclineTransportKind): void {
             }),
         );
 
-        before(async () => {
-            try {
-                server = await SynclineServer.start({
-                    collections: ["authfail", "scoped", "expiry", "owners", "gzip", "wedge", "reuse"],
-                    label: `client_${kind}`,
-                    hs256Secret: SECRET,
-                    collectionSettings: {
-                        scoped: 'read_scopes = ["scoped:read"]',
-                        wedge: `schema = ${JSON.stringify(wedgeSchema)}`,
-                    },
-                });
-            } catch (err) {
-                startError = err;
-            }
-        });
-        afterEach(async () => {
-            for (const cleanup of cleanups.splice(0).reverse()) {
-                await cleanup().catch(() => undefined);
-            }
-        });
-        after(async () => {
-            await server?.stop();
+        const suite = serverSuite({
+            collections: ["authfail", "scoped", "expiry", "owners", "gzip", "wedge", "reuse"],
+            label: `client_${kind}`,
+            hs256Secret: SECRET,
+            collectionSettings: {
+                scoped: 'read_scopes = ["scoped:read"]',
+                wedge: `schema = ${JSON.stringify(wedgeSchema)}`,
+            },
+        }, 90_000, () => {
             rmSync(schemaDir, { recursive: true, force: true });
         });
-
-        function serverTest(name: string, body: () => Promise<void>): void {
-            test(name, { timeout: 90_000 }, async () => {
-                if (startError !== undefined) {
-                    throw startError;
-                }
-                await body();
-            });
-        }
+        const { cleanups, serverTest } = suite;
 
         async function database(name: string, schema?: RxJsonSchema<Task>): Promise<TestDatabase> {
             const side = await createTestDatabase(name, undefined, schema);
@@ -105,7 +80,7 @@ export function defineClientSuite(kind: SynclineTransportKind): void {
             const start = entry === "browser" ? replicateSynclineBrowser : replicateSyncline;
             const state = start<Task>({
                 collection: side.tasks,
-                url: server.url,
+                url: suite.server.url,
                 collectionName,
                 transport: kind,
                 retryTime: 300,
@@ -230,7 +205,7 @@ export function defineClientSuite(kind: SynclineTransportKind): void {
             assert.equal((await snapshot(bobSide.tasks)).size, 0);
             const raw = createClient(
                 ReplicationService,
-                kind === "grpc" ? createGrpcTransport({ baseUrl: server.url }) : createGrpcWebTransport({ baseUrl: server.url, httpVersion: "1.1" }),
+                kind === "grpc" ? createGrpcTransport({ baseUrl: suite.server.url }) : createGrpcWebTransport({ baseUrl: suite.server.url, httpVersion: "1.1" }),
             );
             const page = await raw.pull(
                 { collection: "owners", limit: 100 },
@@ -259,14 +234,14 @@ export function defineClientSuite(kind: SynclineTransportKind): void {
             const probe = createClient(
                 ReplicationService,
                 kind === "grpc"
-                    ? createGrpcTransport({ baseUrl: server.url })
-                    : createGrpcWebTransport({ baseUrl: server.url, httpVersion: "1.1" }),
+                    ? createGrpcTransport({ baseUrl: suite.server.url })
+                    : createGrpcWebTransport({ baseUrl: suite.server.url, httpVersion: "1.1" }),
             );
             const gzipProbe = createClient(
                 ReplicationService,
                 kind === "grpc"
-                    ? createGrpcTransport({ baseUrl: server.url, sendCompression: compressionGzip, acceptCompression: [compressionGzip] })
-                    : createGrpcWebTransport({ baseUrl: server.url, httpVersion: "1.1", sendCompression: compressionGzip, acceptCompression: [compressionGzip] }),
+                    ? createGrpcTransport({ baseUrl: suite.server.url, sendCompression: compressionGzip, acceptCompression: [compressionGzip] })
+                    : createGrpcWebTransport({ baseUrl: suite.server.url, httpVersion: "1.1", sendCompression: compressionGzip, acceptCompression: [compressionGzip] }),
             );
             const serverTakesGzip = await gzipProbe.pull({ collection: "gzip" }, { headers: { authorization: `Bearer ${token()}` } }).then(
                 () => true,

@@ -12,7 +12,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { after, afterEach, before, describe, test } from "node:test";
+import { describe } from "node:test";
 import { fileURLToPath } from "node:url";
 
 import { replicateSyncline as replicateSynclineBrowser } from "../src/browser.js";
@@ -23,7 +23,7 @@ import {
     type SynclineTransportKind,
 } from "../src/index.js";
 import { CallLog, createTestDatabase, pullAll, sleep, waitFor, within, type Task, type TestDatabase } from "./support/helpers.js";
-import { SynclineServer } from "./support/server.js";
+import { serverSuite } from "./support/server.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url)); // build/test
 const TS_ROOT = resolve(HERE, "../.."); // clients/typescript
@@ -83,45 +83,17 @@ function runPythonCounter(args: string[]): { ready: Promise<void>; result: Promi
 
 export function defineResolutionSuite(kind: SynclineTransportKind): void {
     describe(`server-side conflict resolution over ${kind}`, { timeout: 240_000 }, () => {
-        let server: SynclineServer;
-        let startError: unknown;
-        const cleanups: Array<() => Promise<unknown>> = [];
-
-        before(async () => {
-            try {
-                server = await SynclineServer.start({
-                    collections: ["merge", "counter", "replay", "overwritten"],
-                    label: `resolution_${kind}`,
-                    collectionSettings: {
-                        merge: 'conflict = "field-merge"',
-                        counter: 'conflict = "crdt"\ncrdt_fields = { n = "counter" }',
-                        replay: 'conflict = "crdt"\ncrdt_fields = { n = "counter" }',
-                        overwritten: 'conflict = "last-write-wins"\nkeep_overwritten = "1h"',
-                    },
-                });
-            } catch (err) {
-                startError = err;
-            }
-        });
-
-        function serverTest(name: string, body: () => Promise<void>): void {
-            test(name, { timeout: 120_000 }, async () => {
-                if (startError !== undefined) {
-                    throw startError;
-                }
-                await body();
-            });
-        }
-
-        afterEach(async () => {
-            for (const cleanup of cleanups.splice(0).reverse()) {
-                await cleanup().catch(() => undefined);
-            }
-        });
-
-        after(async () => {
-            await server?.stop();
-        });
+        const suite = serverSuite({
+            collections: ["merge", "counter", "replay", "overwritten"],
+            label: `resolution_${kind}`,
+            collectionSettings: {
+                merge: 'conflict = "field-merge"',
+                counter: 'conflict = "crdt"\ncrdt_fields = { n = "counter" }',
+                replay: 'conflict = "crdt"\ncrdt_fields = { n = "counter" }',
+                overwritten: 'conflict = "last-write-wins"\nkeep_overwritten = "1h"',
+            },
+        }, 120_000);
+        const { cleanups, serverTest } = suite;
 
         function replicate(
             side: TestDatabase,
@@ -132,7 +104,7 @@ export function defineResolutionSuite(kind: SynclineTransportKind): void {
             const start = entry === "browser" ? replicateSynclineBrowser : replicateSyncline;
             const state = start<Task>({
                 collection: side.tasks,
-                url: server.url,
+                url: suite.server.url,
                 collectionName,
                 transport: kind,
                 retryTime: 200,
@@ -164,7 +136,7 @@ export function defineResolutionSuite(kind: SynclineTransportKind): void {
             await (await a.tasks.findOne("m1").exec())!.incrementalPatch({ title: "title from A" });
             await (await b.tasks.findOne("m1").exec())!.incrementalPatch({ done: true });
             await sleep(200);
-            assert.equal((await pullAll(server.url, kind, "merge")).get("m1")?.body.title, "original");
+            assert.equal((await pullAll(suite.server.url, kind, "merge")).get("m1")?.body.title, "original");
 
             // A syncs first; B's push then conflicts and the server merges it.
             // The merged state reaches B's conflict handler as the master state (RxDB's
@@ -179,7 +151,7 @@ export function defineResolutionSuite(kind: SynclineTransportKind): void {
             await waitFor("A holds both edits", 15_000, async () => both((await a.tasks.findOne("m1").exec())?.toJSON() as Task));
             await rb.awaitInSync();
             await ra.awaitInSync();
-            const onServer = (await pullAll(server.url, kind, "merge")).get("m1");
+            const onServer = (await pullAll(suite.server.url, kind, "merge")).get("m1");
             assert.deepEqual(onServer?.body, { id: "m1", title: "title from A", done: true, n: 1 });
             sub.unsubscribe();
             assert.ok(logB.resolvedRows >= 1, "the server resolved B's row (field-merge), not B's conflict handler");
@@ -203,7 +175,7 @@ export function defineResolutionSuite(kind: SynclineTransportKind): void {
 
             const increments = 50;
             const total = 2 * increments;
-            const python = runPythonCounter([`127.0.0.1:${server.port}`, "counter", "c1", "n", String(increments), String(total)]);
+            const python = runPythonCounter([`127.0.0.1:${suite.server.port}`, "counter", "c1", "n", String(increments), String(total)]);
             python.result.catch(() => undefined);
             await within("the Python service starting", 30_000, python.ready);
             for (let i = 0; i < increments; i += 1) {
@@ -215,7 +187,7 @@ export function defineResolutionSuite(kind: SynclineTransportKind): void {
             // Converged: the app holds what the server holds (a double-counted increment
             // shows as a total above 100 on both).
             await waitFor("the app and the server to agree", 30_000, async () => {
-                const server_ = (await pullAll(server.url, kind, "counter")).get("c1")?.body.n;
+                const server_ = (await pullAll(suite.server.url, kind, "counter")).get("c1")?.body.n;
                 return (await a.tasks.findOne("c1").exec())?.n === server_ && (server_ as number) >= total;
             });
             await ra.awaitInSync();
@@ -223,7 +195,7 @@ export function defineResolutionSuite(kind: SynclineTransportKind): void {
             assert.equal(result.pushed, increments);
             assert.equal(result.conflicts, 0, "under crdt every conflict is resolved by the server");
             assert.equal(result.final, total, "the Python service reads the exact total");
-            assert.equal((await pullAll(server.url, kind, "counter")).get("c1")?.body.n, total, "the server holds the exact total");
+            assert.equal((await pullAll(suite.server.url, kind, "counter")).get("c1")?.body.n, total, "the server holds the exact total");
             assert.equal((await a.tasks.findOne("c1").exec())?.n, total, "the app holds the exact total");
             // They really raced: both sides had pushes resolved.
             assert.ok(result.resolved > 0, "no Python push was resolved: the writers did not interleave");
@@ -257,18 +229,18 @@ export function defineResolutionSuite(kind: SynclineTransportKind): void {
             assert.equal(keys[1], keys[0], "RxDB's retry of the same rows must reuse the key");
             assert.ok(errors.length >= 1, "the lost acknowledgement was reported on error$");
             // Applied once: a second application of the +1 would have been merged to n = 2.
-            assert.equal((await pullAll(server.url, kind, "replay")).get("r1")?.body.n, 1);
+            assert.equal((await pullAll(suite.server.url, kind, "replay")).get("r1")?.body.n, 1);
             assert.equal((await a.tasks.findOne("r1").exec())?.n, 1);
             // The next edit is a new logical push: a new key.
             await (await a.tasks.findOne("r1").exec())!.incrementalModify((doc) => ({ ...doc, n: 2 }));
             await ra.awaitInSync();
             const next = logA.pushKeys.slice(pushesBefore + 2);
             assert.ok(next.length >= 1 && next.every((k) => k !== keys[0]), "a new push needs a new key");
-            assert.equal((await pullAll(server.url, kind, "replay")).get("r1")?.body.n, 2);
+            assert.equal((await pullAll(suite.server.url, kind, "replay")).get("r1")?.body.n, 2);
         });
 
         serverTest("listOverwritten returns the version a last-write-wins resolution replaced", async () => {
-            const raw = createSynclineClient({ url: server.url, transport: kind });
+            const raw = createSynclineClient({ url: suite.server.url, transport: kind });
             const push = (title: string, assumed?: string) =>
                 raw.service.push({
                     collection: "overwritten",

@@ -8,7 +8,7 @@
 // replication over with exactly the new selection.
 
 import assert from "node:assert/strict";
-import { after, afterEach, before, describe, test } from "node:test";
+import { describe } from "node:test";
 
 import { createRxDatabase, type RxCollection } from "rxdb";
 import { getRxStorageMemory } from "rxdb/plugins/storage-memory";
@@ -17,48 +17,19 @@ import { wrappedValidateAjvStorage } from "rxdb/plugins/validate-ajv";
 import { replicateSyncline as replicateSynclineBrowser } from "../src/browser.js";
 import { replicateSyncline, type SynclineReplicationState, type SynclineTransportKind } from "../src/index.js";
 import { CallLog, createTestDatabase, pullAll, sleep, snapshot, taskSchema, waitFor, type Task, type TestDatabase } from "./support/helpers.js";
-import { SynclineServer } from "./support/server.js";
+import { serverSuite } from "./support/server.js";
 
 const COLLECTIONS = ["sel_initial", "sel_moves", "sel_local", "sel_change", "sel_valid", "sel_conflict"];
 const FILTER_FIELDS = 'filter_fields = { done = "boolean", n = "number" }';
 
 export function defineSelectiveSuite(kind: SynclineTransportKind): void {
     describe(`selective sync over ${kind}`, { timeout: 240_000 }, () => {
-        let server: SynclineServer;
-        let startError: unknown;
-        const cleanups: Array<() => Promise<unknown>> = [];
-
-        before(async () => {
-            try {
-                server = await SynclineServer.start({
-                    collections: COLLECTIONS,
-                    label: `selective_${kind}`,
-                    collectionSettings: Object.fromEntries(COLLECTIONS.map((c) => [c, FILTER_FIELDS])),
-                });
-            } catch (err) {
-                startError = err;
-            }
-        });
-
-        /** A test that FAILS (never skips) when the server could not be started. */
-        function serverTest(name: string, body: () => Promise<void>): void {
-            test(name, { timeout: 90_000 }, async () => {
-                if (startError !== undefined) {
-                    throw startError;
-                }
-                await body();
-            });
-        }
-
-        afterEach(async () => {
-            for (const cleanup of cleanups.splice(0).reverse()) {
-                await cleanup().catch(() => undefined);
-            }
-        });
-
-        after(async () => {
-            await server?.stop();
-        });
+        const suite = serverSuite({
+            collections: COLLECTIONS,
+            label: `selective_${kind}`,
+            collectionSettings: Object.fromEntries(COLLECTIONS.map((c) => [c, FILTER_FIELDS])),
+        }, 90_000);
+        const { cleanups, serverTest } = suite;
 
         /** Starts a replication (over gRPC-Web, a filtered one uses the browser entry point). */
         function replicate(
@@ -70,7 +41,7 @@ export function defineSelectiveSuite(kind: SynclineTransportKind): void {
             const start = kind === "grpc-web" && extra.selector !== undefined ? replicateSynclineBrowser : replicateSyncline;
             const state = start<Task>({
                 collection: side.tasks,
-                url: server.url,
+                url: suite.server.url,
                 collectionName,
                 transport: kind,
                 retryTime: 300,
@@ -88,7 +59,7 @@ export function defineSelectiveSuite(kind: SynclineTransportKind): void {
 
         /** Ids of the live documents on the server. */
         async function liveOnServer(collection: string): Promise<string[]> {
-            const docs = await pullAll(server.url, kind, collection);
+            const docs = await pullAll(suite.server.url, kind, collection);
             return [...docs.values()].filter((d) => !d.deleted).map((d) => d.id).sort();
         }
 
@@ -145,7 +116,7 @@ export function defineSelectiveSuite(kind: SynclineTransportKind): void {
             await firstB.awaitInSync();
             await ra.awaitInSync();
             assert.deepEqual([...(await snapshot(b.tasks)).keys()], ["y"]);
-            const onServer = await pullAll(server.url, kind, "sel_moves");
+            const onServer = await pullAll(suite.server.url, kind, "sel_moves");
             assert.equal(onServer.get("x")?.deleted, false, "the filtered replica deleted x on the server");
             assert.deepEqual(onServer.get("x")?.body, { id: "x", title: "moves", done: true });
             assert.equal((await a.tasks.findOne("x").exec())?.done, true, "A still holds x");
@@ -184,7 +155,7 @@ export function defineSelectiveSuite(kind: SynclineTransportKind): void {
             await (await a.tasks.findOne("mine").exec())!.incrementalPatch({ done: true, title: "done" });
             await waitFor("mine dropped locally", 10_000, async () => (await a.tasks.findOne("mine").exec()) === null);
             await ra.awaitInSync();
-            const onServer = await pullAll(server.url, kind, "sel_local");
+            const onServer = await pullAll(suite.server.url, kind, "sel_local");
             assert.equal(onServer.get("mine")?.deleted, false);
             assert.deepEqual(onServer.get("mine")?.body, { id: "mine", title: "done", done: true });
             assert.deepEqual(logA.pushedIds, ["mine", "mine"], "the insert and the edit, and no deletion");
@@ -211,7 +182,7 @@ export function defineSelectiveSuite(kind: SynclineTransportKind): void {
             await waitFor("k gone from B", 10_000, async () => (await b.tasks.findOne("k").exec()) === null);
             await rb.awaitInSync();
             // The default conflict handler keeps the server's state: outside the selector.
-            const onServer = await pullAll(server.url, kind, "sel_conflict");
+            const onServer = await pullAll(suite.server.url, kind, "sel_conflict");
             assert.deepEqual(onServer.get("k"), { id: "k", deleted: false, body: { id: "k", title: "shared", done: true } });
             assert.ok(logB.pushedIds.every((id) => id === "k") && logB.pushedIds.length <= 1, JSON.stringify(logB.pushedIds));
             // It stays gone (no push loop, nothing comes back).

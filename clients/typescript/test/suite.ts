@@ -2,7 +2,7 @@
 // server. Run once per transport (interop-grpc.test.ts, interop-grpc-web.test.ts).
 
 import assert from "node:assert/strict";
-import { after, afterEach, before, describe, test } from "node:test";
+import { describe } from "node:test";
 
 import type { RxConflictHandler } from "rxdb";
 
@@ -22,50 +22,20 @@ import {
     type Task,
     type TestDatabase,
 } from "./support/helpers.js";
-import { SynclineServer } from "./support/server.js";
+import { serverSuite } from "./support/server.js";
 
 const COLLECTIONS = ["live", "conflict", "offline", "restart", "race", "batch", "token", "purge", "resync"];
 
 export function defineInteropSuite(kind: SynclineTransportKind): void {
     describe(`syncline-rxdb over ${kind}`, { timeout: 240_000 }, () => {
-        let server: SynclineServer;
-        const cleanups: Array<() => Promise<unknown>> = [];
-
-        let startError: unknown;
-        before(async () => {
-            try {
-                server = await SynclineServer.start({
-                    collections: COLLECTIONS,
-                    label: kind,
-                    // "purge" and "resync" lose their tombstones a second after the delete.
-                    collectionSettings: { purge: 'tombstone_retention = "1s"', resync: 'tombstone_retention = "1s"' },
-                    extraConfig: "purge_interval_seconds = 1",
-                });
-            } catch (err) {
-                startError = err;
-            }
-        });
-
-        /** A test that FAILS (never skips) when the server could not be started. */
-        function serverTest(name: string, body: () => Promise<void>): void {
-            test(name, { timeout: 60_000 }, async () => {
-                if (startError !== undefined) {
-                    throw startError;
-                }
-                await body();
-            });
-        }
-
-        // Each test's replications and databases end with the test.
-        afterEach(async () => {
-            for (const cleanup of cleanups.splice(0).reverse()) {
-                await cleanup().catch(() => undefined);
-            }
-        });
-
-        after(async () => {
-            await server?.stop();
-        });
+        const suite = serverSuite({
+            collections: COLLECTIONS,
+            label: kind,
+            // "purge" and "resync" lose their tombstones a second after the delete.
+            collectionSettings: { purge: 'tombstone_retention = "1s"', resync: 'tombstone_retention = "1s"' },
+            extraConfig: "purge_interval_seconds = 1",
+        }, 60_000);
+        const { cleanups, serverTest } = suite;
 
         /**
          * Starts a replication and registers its cleanup. Over gRPC-Web, side "b" uses the
@@ -80,7 +50,7 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
             const start = entry === "browser" ? replicateSynclineBrowser : replicateSyncline;
             const state = start<Task>({
                 collection: side.tasks,
-                url: server.url,
+                url: suite.server.url,
                 collectionName,
                 transport: kind,
                 retryTime: 300,
@@ -145,7 +115,7 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
             // Delivered by the stream, not by polling: B made no Pull after the initial sync.
             assert.equal(logB.pulls, pullsBefore, "B pulled instead of receiving through Subscribe");
             assert.ok(logB.changeBatches.some((c) => c.ids.includes("t1")));
-            const server_ = await pullAll(server.url, kind, "live");
+            const server_ = await pullAll(suite.server.url, kind, "live");
             assert.equal(server_.get("t1")?.deleted, true, "the server keeps a tombstone");
             console.log(`# live latency ms: insert ${insertMs}, update ${updateMs}, delete ${deleteMs}`);
         });
@@ -174,7 +144,7 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
             await sleep(300);
             // A's edit is on the server; B, stopped, did not see it.
             assert.equal((await b.tasks.findOne("c1").exec())!.title, "from B");
-            assert.equal((await pullAll(server.url, kind, "conflict")).get("c1")?.body.title, "from A");
+            assert.equal((await pullAll(suite.server.url, kind, "conflict")).get("c1")?.body.title, "from A");
 
             const conflicts: unknown[] = [];
             const sub = rb.conflict$.subscribe((c) => conflicts.push(c));
@@ -188,7 +158,7 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
 
             assert.deepEqual(resolved, ["from A / from B"], "the conflict handler ran once with both states");
             assert.equal(conflicts.length, 1);
-            const onServer = (await pullAll(server.url, kind, "conflict")).get("c1");
+            const onServer = (await pullAll(suite.server.url, kind, "conflict")).get("c1");
             assert.equal(onServer?.body.title, expected);
             assert.deepEqual(await snapshot(a.tasks), await snapshot(b.tasks));
         });
@@ -206,7 +176,7 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
             await (await a.tasks.findOne("o0001").exec())!.incrementalPatch({ title: "offline 1, edited" });
             await (await a.tasks.findOne("o0002").exec())!.remove();
             await sleep(300);
-            assert.equal((await pullAll(server.url, kind, "offline")).size, 0, "nothing left A while offline");
+            assert.equal((await pullAll(suite.server.url, kind, "offline")).size, 0, "nothing left A while offline");
 
             await ra.start();
             await waitFor("all offline documents on B", 30_000, async () => (await b.tasks.count().exec()) === 999);
@@ -216,7 +186,7 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
             assert.equal(onB.has("o0002"), false);
             assert.equal(onB.get("o0999")?.n, 999);
             assert.deepEqual(onB, await snapshot(a.tasks));
-            const onServer = await pullAll(server.url, kind, "offline");
+            const onServer = await pullAll(suite.server.url, kind, "offline");
             assert.equal(onServer.size, 1000);
             assert.equal([...onServer.values()].filter((d) => d.deleted).length, 1);
         });
@@ -231,14 +201,14 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
 
             // Writes racing the kill, then writes while the server is down.
             const racing = a.tasks.bulkInsert(Array.from({ length: 10 }, (_, i) => ({ id: `k${i}`, title: `racing ${i}` })));
-            await server.kill();
+            await suite.server.kill();
             await racing;
             await a.tasks.bulkInsert(Array.from({ length: 10 }, (_, i) => ({ id: `d${i}`, title: `down ${i}` })));
             await (await a.tasks.findOne("r0").exec())!.incrementalPatch({ title: "edited while down" });
             await b.tasks.insert({ id: "fromB", title: "written on B while down" });
             await sleep(800);
 
-            await server.restart();
+            await suite.server.restart();
             await waitFor("B's stream reconnected", 15_000, () => logB.subscribesOpened > streamsBefore);
             await waitFor("everything on B", 15_000, async () => (await b.tasks.count().exec()) === 41);
             await waitFor("everything on A", 15_000, async () => (await a.tasks.count().exec()) === 41);
@@ -251,7 +221,7 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
 
             // A graceful restart too: the streams end with UNAVAILABLE and reconnect.
             const streamsBeforeTerm = logB.subscribesOpened;
-            await server.restart("SIGTERM");
+            await suite.server.restart("SIGTERM");
             await waitFor("B's stream reconnected after SIGTERM", 15_000, () => logB.subscribesOpened > streamsBeforeTerm);
             await a.tasks.insert({ id: "after2", title: "after graceful restart" });
             await waitFor("live write after the graceful restart on B", 5_000, async () => (await b.tasks.findOne("after2").exec()) !== null);
@@ -264,7 +234,7 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
             assert.equal(onB.size, 43);
             assert.deepEqual(onA, onB);
             assert.equal(onB.get("r0")?.title, "edited while down");
-            const onServer = await pullAll(server.url, kind, "restart");
+            const onServer = await pullAll(suite.server.url, kind, "restart");
             assert.equal(onServer.size, 43);
             assert.ok(errors.length > 0, "the outage was reported on error$");
         });
@@ -358,7 +328,7 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
             await b.tasks.insert({ id: "fromB", title: "written on B offline" });
             await (await b.tasks.findOne("p20").exec())!.incrementalPatch({ title: "edited on B offline" });
             await waitFor("the tombstones purged on the server", 20_000, async () => {
-                const docs = await pullAll(server.url, kind, "purge");
+                const docs = await pullAll(suite.server.url, kind, "purge");
                 return purged.every((id) => !docs.has(id));
             });
 
@@ -378,7 +348,7 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
             await ra.awaitInSync();
 
             // Exactly the server's live set on both sides.
-            const onServer = await pullAll(server.url, kind, "purge");
+            const onServer = await pullAll(suite.server.url, kind, "purge");
             const live = [...onServer.values()].filter((d) => !d.deleted).map((d) => d.id).sort();
             const onB = await snapshot(b.tasks);
             assert.deepEqual([...onB.keys()].sort(), live);
@@ -424,7 +394,7 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
             }
             await ra.awaitInSync();
             await waitFor("the tombstones purged on the server", 20_000, async () => {
-                const docs = await pullAll(server.url, kind, "resync");
+                const docs = await pullAll(suite.server.url, kind, "resync");
                 return !docs.has("s5") && !docs.has("s6");
             });
             const fetchedBefore = logB.fetchedDocs;
@@ -435,7 +405,7 @@ export function defineInteropSuite(kind: SynclineTransportKind): void {
                 return !onB.has("s5") && !onB.has("s6") && onB.get("s1")?.title === "edited s1";
             });
             await rb.awaitInSync();
-            const live = [...(await pullAll(server.url, kind, "resync")).values()].filter((d) => !d.deleted).map((d) => d.id).sort();
+            const live = [...(await pullAll(suite.server.url, kind, "resync")).values()].filter((d) => !d.deleted).map((d) => d.id).sort();
             assert.deepEqual([...(await snapshot(b.tasks)).keys()].sort(), live);
             assert.ok(logB.reconcileCalls > 0, "B did not reconcile");
             assert.ok(logB.fetchedDocs - fetchedBefore <= 3, `B fetched ${logB.fetchedDocs - fetchedBefore} documents`);

@@ -15,6 +15,7 @@ import { createWriteStream, mkdtempSync, mkdirSync, readFileSync, writeFileSync 
 import { createConnection, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { after, afterEach, before, test } from "node:test";
 
 export interface ServerOptions {
     /** Server collections to declare (besides "tasks"). */
@@ -250,4 +251,58 @@ export class SynclineServer {
             return "(no log)";
         }
     }
+}
+
+/** What a suite with a server of its own uses (see {@link serverSuite}). */
+export interface ServerSuite {
+    /** The running server (set before the first test). */
+    readonly server: SynclineServer;
+    /** The current test's cleanups, run after it in reverse order (failures ignored). */
+    readonly cleanups: Array<() => Promise<unknown>>;
+    /** A test that FAILS (never skips) when the server could not be started. */
+    serverTest(name: string, body: () => Promise<void>): void;
+}
+
+/**
+ * The lifecycle every suite with a server of its own shares; call it inside `describe`.
+ * Starts the server before the tests, runs each test's cleanups after it, and stops the
+ * server (then `atEnd`) after the last test.
+ */
+export function serverSuite(options: ServerOptions, testTimeoutMs: number, atEnd?: () => void): ServerSuite {
+    let server: SynclineServer | undefined;
+    let startError: unknown;
+    const cleanups: Array<() => Promise<unknown>> = [];
+    before(async () => {
+        try {
+            server = await SynclineServer.start(options);
+        } catch (err) {
+            startError = err;
+        }
+    });
+    afterEach(async () => {
+        for (const cleanup of cleanups.splice(0).reverse()) {
+            await cleanup().catch(() => undefined);
+        }
+    });
+    after(async () => {
+        await server?.stop();
+        atEnd?.();
+    });
+    return {
+        get server(): SynclineServer {
+            if (server === undefined) {
+                throw startError ?? new Error("the suite's server has not started");
+            }
+            return server;
+        },
+        cleanups,
+        serverTest(name: string, body: () => Promise<void>): void {
+            test(name, { timeout: testTimeoutMs }, async () => {
+                if (startError !== undefined) {
+                    throw startError;
+                }
+                await body();
+            });
+        },
+    };
 }
