@@ -115,7 +115,7 @@ echo "== node --test (gRPC and gRPC-Web against $(basename "$SYNCLINE_BIN"))"
 set +e
 SYNCLINE_BIN="$SYNCLINE_BIN" SYNCLINE_TEST_LOG_DIR="$WORK" SYNCLINE_TEST_RUN_ID="$RUN_ID" \
     node --test --test-concurrency=1 "$@" \
-    build/test/convert.test.js build/test/errors.test.js build/test/reconcile.test.js build/test/push-keys.test.js build/test/attachments-convert.test.js build/test/pull-page.test.js build/test/pull-ahead.test.js build/test/sha256.test.js build/test/response-compression.test.js build/test/interop-grpc.test.js build/test/interop-grpc-web.test.js \
+    build/test/convert.test.js build/test/errors.test.js build/test/reconcile.test.js build/test/push-keys.test.js build/test/attachments-convert.test.js build/test/pull-page.test.js build/test/pull-ahead.test.js build/test/sha256.test.js build/test/grpc-unary-node.test.js build/test/response-compression.test.js build/test/interop-grpc.test.js build/test/interop-grpc-web.test.js \
     build/test/client-grpc.test.js build/test/client-grpc-web.test.js build/test/grpc-web-off.test.js \
     build/test/resolution-grpc.test.js build/test/resolution-grpc-web.test.js \
     build/test/attachments-grpc.test.js build/test/attachments-grpc-web.test.js \

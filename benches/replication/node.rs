@@ -125,7 +125,7 @@ pub async fn run(ctx: &Ctx<'_>, report: &mut Report) {
     build(&dir);
     let db = ctx.cluster.fresh_database("node").await;
     let server = Server::start(&db, &ServerOptions::new(&COLLECTIONS), &ctx.work, "node").await;
-    let config = json!({
+    let mut config = json!({
         "url": format!("http://{}", server.addr),
         "databaseUrl": db,
         "rounds": s.rounds,
@@ -140,7 +140,11 @@ pub async fn run(ctx: &Ctx<'_>, report: &mut Report) {
         "pullAhead": s.node_pull_ahead,
         "pullDecoder": s.node_pull_decoder,
         "responseCompression": s.node_response_compression,
+        "unaryTransport": s.node_unary,
     });
+    if let Some(steps) = &s.node_steps {
+        config["only"] = json!(steps);
+    }
     let cpu_before = server.cpu_seconds();
     let result = spawn(&dir, &config.to_string()).await;
     eprintln!(

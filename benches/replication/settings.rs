@@ -94,6 +94,12 @@ pub struct Settings {
     /// Scenario 11: whether the pull steps accept gzip responses: `none` (like node-postgres)
     /// or `gzip` (`BENCH_NODE_RESPONSE_COMPRESSION`); a separate step always measures gzip.
     pub node_response_compression: String,
+    /// Scenario 11: the client's unary calls on its own HTTP/2 path (`lean`, what it uses) or
+    /// on connect-node's gRPC transport (`connect`), for an A/B (`BENCH_NODE_UNARY`).
+    pub node_unary: String,
+    /// Scenario 11: only these Node steps (`BENCH_NODE_STEPS=cas,live`; names as in the
+    /// Node bench's result); all when unset.
+    pub node_steps: Option<Vec<String>>,
     /// Port of the benchmark's own PostgreSQL cluster (`BENCH_PG_PORT`).
     pub pg_port: u16,
     /// Scenarios to run (`BENCH_ONLY=sync,push,fanout,idle,scale,owners,abuse,import,plans,attachments,node,selective`); all when unset.
@@ -151,6 +157,10 @@ impl Settings {
                 .unwrap_or_else(|_| "hand".to_owned()),
             node_response_compression: std::env::var("BENCH_NODE_RESPONSE_COMPRESSION")
                 .unwrap_or_else(|_| "none".to_owned()),
+            node_unary: std::env::var("BENCH_NODE_UNARY").unwrap_or_else(|_| "lean".to_owned()),
+            node_steps: std::env::var("BENCH_NODE_STEPS")
+                .ok()
+                .map(|s| s.split(',').map(|p| p.trim().to_owned()).collect()),
             pg_port: env_usize("BENCH_PG_PORT", 55460) as u16,
             only: std::env::var("BENCH_ONLY")
                 .ok()

@@ -31,9 +31,14 @@ export interface BenchConfig {
     pullDecoder?: PullDecoder;
     /** Whether the pull steps let the server gzip its pages (default "none"; step "sync_gzip" always does). */
     responseCompression?: "gzip" | "none";
+    /** Unary calls on the client's own HTTP/2 path ("lean", the default) or connect-node's ("connect"), for an A/B. */
+    unaryTransport?: UnaryTransport;
     /** Only these steps (names as in `BenchResult.steps`); all when absent. */
     only?: string[];
 }
+
+/** "lean": src/grpc-unary-node.ts, what the client uses; "connect": connect-node's gRPC transport. */
+export type UnaryTransport = "lean" | "connect";
 
 /** "hand": src/pull-page.ts, what the plugin uses; "generated": protobuf-es's reflection. */
 export type PullDecoder = "hand" | "generated";
@@ -119,6 +124,9 @@ export function parseConfig(text: string): BenchConfig {
     }
     if (config.pullDecoder !== undefined && config.pullDecoder !== "hand" && config.pullDecoder !== "generated") {
         throw new Error(`bench config: 'pullDecoder' must be "hand" or "generated"`);
+    }
+    if (config.unaryTransport !== undefined && config.unaryTransport !== "lean" && config.unaryTransport !== "connect") {
+        throw new Error(`bench config: 'unaryTransport' must be "lean" or "connect"`);
     }
     if (config.responseCompression !== undefined && config.responseCompression !== "gzip" && config.responseCompression !== "none") {
         throw new Error(`bench config: 'responseCompression' must be "gzip" or "none"`);

@@ -4,6 +4,7 @@
 
 import { create, toBinary } from "@bufbuild/protobuf";
 import type { Transport } from "@connectrpc/connect";
+import { compressionGzip, createGrpcTransport } from "@connectrpc/connect-node";
 
 import {
     createSynclineClient,
@@ -16,6 +17,7 @@ import type { RxDocState } from "../src/convert.js";
 import { ChangeRowSchema, PushMode, PushRequestSchema, type PushResponse } from "../src/gen/syncline/v1/replication_pb.js";
 import { PendingPushKeys } from "../src/push-keys.js";
 import { createNodeTransport } from "../src/transport-node.js";
+import type { UnaryTransport } from "./config.js";
 
 /** The primary key of the benchmark's documents. */
 export const PRIMARY = "id";
@@ -32,8 +34,18 @@ export interface Write {
  * accepts gzip.
  */
 export function connect(url: string, responseCompression: SynclineCompression = "none"): SynclineClient & { transport: Transport } {
-    const transport = createNodeTransport("grpc", url, { interceptors: [], compression: "none", responseCompression });
+    const transport =
+        unaryTransport === "connect"
+            ? createGrpcTransport({ baseUrl: url, acceptCompression: responseCompression === "gzip" ? [compressionGzip] : [] })
+            : createNodeTransport("grpc", url, { interceptors: [], compression: "none", responseCompression });
     return { ...createSynclineClient({ url, transport }), transport };
+}
+
+let unaryTransport: UnaryTransport = "lean";
+
+/** Which unary path `connect` builds from now on (the benchmark's A/B switch). */
+export function useUnaryTransport(kind: UnaryTransport): void {
+    unaryTransport = kind;
 }
 
 /** Pushes as the plugin's push handler does: per-row mode, one idempotency key per batch. */

@@ -3,7 +3,7 @@
 
 import { BASE_SUFFIX, COLLECTIONS, type BenchConfig, type BenchResult, type RoundFigures, type StepResult } from "./config.js";
 import { loadDocuments } from "./load.js";
-import { connect } from "./plugin-path.js";
+import { connect, useUnaryTransport } from "./plugin-path.js";
 import { pullBaseline, pullSyncline } from "./pull.js";
 import { pushBaseline, pushSyncline } from "./push.js";
 import { casBaseline, casSyncline, holder, liveBaseline, liveSyncline } from "./single.js";
@@ -60,6 +60,7 @@ async function step(
 export async function runBench(config: BenchConfig): Promise<BenchResult> {
     const violations: string[] = [];
     const steps: StepResult[] = [];
+    useUnaryTransport(config.unaryTransport ?? "lean");
     const runs = (name: string): boolean => config.only === undefined || config.only.includes(name);
     const db = config.databaseUrl;
     const singles = config.rounds * Math.max(config.casSamples, config.liveSamples);

@@ -4,9 +4,10 @@ import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 
 import type { Interceptor, Transport } from "@connectrpc/connect";
-import { compressionGzip, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { compressionGzip, createGrpcWebTransport } from "@connectrpc/connect-node";
 
 import type { SynclineTransportKind, TransportSettings } from "./core.js";
+import { createGrpcUnaryTransport } from "./grpc-unary-node.js";
 import { grpcWebDiagnosis, isDroppedConnection } from "./grpc-web-diagnosis.js";
 
 /**
@@ -60,7 +61,7 @@ export function createNodeTransport(kind: SynclineTransportKind, url: string, se
     };
     switch (kind) {
         case "grpc":
-            return createGrpcTransport({
+            return createGrpcUnaryTransport({
                 baseUrl: url,
                 interceptors: settings.interceptors,
                 ...compression,
