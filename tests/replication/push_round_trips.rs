@@ -1,8 +1,8 @@
 //! "A single write costs the fewest round trips": a push, keyed or not, is two statements on
 //! the wire (read, then the guarded write that also stores the key; no BEGIN, key claim,
 //! response update or COMMIT of their own), counted by a proxy that parses the store's
-//! messages to PostgreSQL. And the keyed push's two-statement path keeps
-//! the idempotency contract when duplicates race on it.
+//! messages to PostgreSQL; a push of new documents is one (its write checks that they are
+//! new). And these paths keep the idempotency contract when duplicates race on them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -137,10 +137,12 @@ async fn store_at(url: &str, size: u32) -> PgStore {
     store
 }
 
-fn targets(id: &str) -> Vec<PushTarget> {
+/// `id`, pushed as a new document when `new` (the store may then skip the read).
+fn targets(id: &str, new: bool) -> Vec<PushTarget> {
     vec![PushTarget {
         id: id.to_owned(),
         skip_body_at: None,
+        new,
     }]
 }
 
@@ -185,14 +187,14 @@ fn key<'a>(principal: &'a str, key: &'a str) -> Idempotency<'a, ()> {
 
 async fn push_increment(
     store: &PgStore,
-    id: &str,
+    (id, new): (&str, bool),
     idempotency: Option<&Idempotency<'_, ()>>,
     calls: &AtomicUsize,
 ) -> Result<PushApplied<()>, PushError<String>> {
     store
         .apply_push(
             "tasks",
-            &targets(id),
+            &targets(id, new),
             |current| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Ok::<_, String>(increment(id, current))
@@ -222,47 +224,71 @@ async fn a_push_keyed_or_not_is_two_round_trips_to_postgresql() {
     let calls = AtomicUsize::new(0);
     // Warm up: the first execution of each statement also prepares it (one more Sync).
     for i in 0..3 {
-        let k = format!("warm-{i}");
-        let warm = push_increment(&store, "warm", Some(&key("alice", &k)), &calls).await;
-        assert!(matches!(warm, Ok(PushApplied::Applied(_))), "warm-up push");
-        let warm = push_increment(&store, "warm", None, &calls).await;
-        assert!(matches!(warm, Ok(PushApplied::Applied(_))), "warm-up push");
+        for (id, new) in [(format!("warm-{i}"), true), ("warm".to_owned(), false)] {
+            let k = format!("{id}-{i}");
+            let warm = push_increment(&store, (&id, new), Some(&key("alice", &k)), &calls).await;
+            assert!(matches!(warm, Ok(PushApplied::Applied(_))), "warm-up push");
+            let warm = push_increment(&store, (&id, new), None, &calls).await;
+            assert!(matches!(warm, Ok(PushApplied::Applied(_))), "warm-up push");
+        }
     }
 
     let mut trips = Vec::new();
-    for (what, id, k) in [
-        ("keyed insert", "a", Some("k-insert")),
-        ("keyed update", "a", Some("k-update")),
-        ("insert without key", "b", None),
-        ("update without key", "b", None),
+    for (what, target, k, replayed) in [
+        ("keyed insert", ("a", true), Some("k-insert"), false),
+        ("keyed update", ("a", false), Some("k-update"), false),
+        ("insert without key", ("b", true), None, false),
+        ("update without key", ("b", false), None, false),
+        (
+            "keyed replay of the update",
+            ("a", false),
+            Some("k-update"),
+            true,
+        ),
+        (
+            "keyed replay of the insert",
+            ("a", true),
+            Some("k-insert"),
+            true,
+        ),
+        ("insert of an existing id", ("b", true), None, false),
     ] {
         let idempotency = k.map(|k| key("alice", k));
         let before = proxy.count();
-        let result = push_increment(&store, id, idempotency.as_ref(), &calls).await;
-        assert!(
-            matches!(result, Ok(PushApplied::Applied(_))),
-            "{what}: applied"
-        );
+        let result = push_increment(&store, target, idempotency.as_ref(), &calls).await;
+        match result {
+            Ok(PushApplied::Replayed(_)) if replayed => {}
+            Ok(PushApplied::Applied(_)) if !replayed => {}
+            other => panic!("{what}: {:?}", other.map_err(|e| describe(&e))),
+        }
         trips.push((what, proxy.count() - before));
     }
-    let before = proxy.count();
-    let replay = push_increment(&store, "a", Some(&key("alice", "k-update")), &calls).await;
-    assert!(matches!(replay, Ok(PushApplied::Replayed(_))), "replayed");
-    trips.push(("keyed replay", proxy.count() - before));
 
     assert_eq!(
         trips,
         vec![
-            ("keyed insert", 2),
+            ("keyed insert", 1),
             ("keyed update", 2),
-            ("insert without key", 2),
+            ("insert without key", 1),
             ("update without key", 2),
-            ("keyed replay", 1),
+            ("keyed replay of the update", 1),
+            // The write finds the key taken; the read finds its response.
+            ("keyed replay of the insert", 2),
+            // The write finds the id taken; the push is decided again on the read.
+            ("insert of an existing id", 3),
         ],
-        "round trips to PostgreSQL per push"
+        "statements sent to PostgreSQL per push"
     );
-    assert_eq!(stored_counter(&store, "a").await, 2);
-    assert_eq!(stored_counter(&store, "b").await, 2);
+    assert_eq!(
+        stored_counter(&store, "a").await,
+        2,
+        "replays write nothing"
+    );
+    assert_eq!(
+        stored_counter(&store, "b").await,
+        3,
+        "an insert of an existing id is decided on its stored state"
+    );
     store.close().await;
 }
 
@@ -274,6 +300,8 @@ async fn racing_duplicates_on_the_two_statement_path_apply_once_and_replay_the_s
     for round in 0..ROUNDS {
         let id = format!("doc-{}", round % 3);
         let before = stored_counter(&store, &id).await;
+        // Absent: every racer writes without reading first, and all but one find the key.
+        let new = before == 0;
         let k = format!("round-{round}");
         let start = Arc::new(tokio::sync::Barrier::new(RACERS));
         let mut tasks = Vec::new();
@@ -285,7 +313,7 @@ async fn racing_duplicates_on_the_two_statement_path_apply_once_and_replay_the_s
                 let idempotency = key("alice", &k);
                 let result = tokio::time::timeout(
                     Duration::from_secs(30),
-                    push_increment(&store, &id, Some(&idempotency), &calls),
+                    push_increment(&store, (&id, new), Some(&idempotency), &calls),
                 )
                 .await
                 .expect("a racing push ends");

@@ -4,7 +4,10 @@
 //! decided again inside a transaction that first claims every id, retried on serialization
 //! failures and deadlocks. Both paths take row locks and insert waits in id order (the one
 //! global order), so pushes over overlapping ids wait for each other but never deadlock.
-//! A push with an idempotency key is, first, the same two statements: the read also looks the
+//! A push whose every row creates its document skips the read: decided on no stored state,
+//! its guarded write alone (one statement) checks that every id is new; if one is not, the
+//! push is decided again on a read. A push with an idempotency key is, first, the same
+//! statements: the read also looks the
 //! key up, and the guarded write also stores the key with its response (which the decision
 //! determines). Its retries run in one transaction that claims the key before anything else
 //! (see `keyed_attempt`).
@@ -217,6 +220,18 @@ impl PgStore {
         let skip_at: Vec<Option<&str>> =
             targets.iter().map(|t| t.skip_body_at.as_deref()).collect();
         let ids = (ids.as_slice(), skip_at.as_slice());
+        if !targets.is_empty() && targets.iter().all(|t| t.new) {
+            match self
+                .blind_attempt(collection, ids.0, &decide, idempotency)
+                .await
+            {
+                Ok(Some(applied)) => return Ok(applied),
+                Err(AttemptError::Fail(e)) => return Err(PushError::Store(e)),
+                // Some id exists (or the key does), or the decision needs stored states:
+                // decide on what a read finds, at once (nothing to back off from).
+                Ok(None) | Err(_) => {}
+            }
+        }
         for attempt in 1..=MAX_ATTEMPTS {
             // Optimistic first; after any collision, under row locks. Each attempt is a
             // transaction of its own: a keyed attempt that does not commit leaves no key.
@@ -406,6 +421,49 @@ impl PgStore {
         }
         .await;
         end_keyed(tx, result).await
+    }
+}
+
+impl PgStore {
+    /// A push whose every row creates its document, in one statement: decided on no stored
+    /// state and written without a read (WRITE_SQL checks that every id is new, and stores
+    /// the key). `None` when that decision does not write every target (it refuses or
+    /// reports some, whose stored states it must see), keeps overwritten versions, or has a
+    /// keyed response that shows the commit time: the caller then reads and decides.
+    async fn blind_attempt<F, E, R>(
+        &self,
+        collection: &str,
+        ids: &[&str],
+        decide: &F,
+        idempotency: Option<&Idempotency<'_, R>>,
+    ) -> Result<Option<PushApplied<R>>, AttemptError<E>>
+    where
+        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
+        E: Send,
+        R: Send + Sync,
+    {
+        let current = Current::new();
+        let Ok(mut plan) = decide(&current) else {
+            return Ok(None);
+        };
+        let written: std::collections::HashSet<&str> =
+            plan.writes.iter().map(|w| w.id.as_str()).collect();
+        if !plan.overwritten.is_empty() || !ids.iter().all(|id| written.contains(id)) {
+            return Ok(None);
+        }
+        let response = match idempotency {
+            Some(key) => match response_before_write(&mut plan, key) {
+                Some(response) => Some(response),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let remember = idempotency.zip(response.as_deref());
+        let mut conn = self.acquire().await.map_err(AttemptError::Fail)?;
+        let sync = self.push_synchronous_commit;
+        let outcome =
+            write_plan(&mut conn, collection, &current, plan, &[], sync, remember).await?;
+        Ok(Some(PushApplied::Applied(outcome)))
     }
 }
 
