@@ -1,8 +1,8 @@
-//! "A single write costs the fewest round trips": a push, keyed or not, is two statements on
-//! the wire (read, then the guarded write that also stores the key; no BEGIN, key claim,
-//! response update or COMMIT of their own), counted by a proxy that parses the store's
-//! messages to PostgreSQL; a push of new documents is one (its write checks that they are
-//! new). And these paths keep the idempotency contract when duplicates race on them.
+//! "A single write costs the fewest round trips", counted by a proxy that parses the store's
+//! messages to PostgreSQL: a push of new documents, keyed or not, is one statement (the
+//! guarded write, which checks that they are new and stores the key); an update is two (the
+//! read, then that write); no BEGIN, key claim, response update or COMMIT of their own. And
+//! these paths keep the idempotency contract when duplicates race on them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -216,7 +216,7 @@ async fn stored_counter(store: &PgStore, id: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn a_push_keyed_or_not_is_two_round_trips_to_postgresql() {
+async fn a_push_is_one_statement_for_new_documents_and_two_for_updates_keyed_or_not() {
     let db = fresh_database().await;
     let proxy = CountingProxy::start(format!("127.0.0.1:{}", port_of(&db))).await;
     // One connection: its statements are prepared once, and no other work shares it.

@@ -343,7 +343,6 @@ impl PgStore {
             collection,
             ids,
             decide,
-            locking,
             key,
             self.push_synchronous_commit,
         )
@@ -553,13 +552,12 @@ enum KeyedEnd<R> {
     Replay(Vec<u8>),
 }
 
-/// The statements of a keyed attempt, in its transaction `conn`.
+/// The statements of a keyed attempt on the locking path, in its transaction `conn`.
 async fn keyed_body<F, E, R>(
     conn: &mut sqlx::PgConnection,
     collection: &str,
     ids: Ids<'_>,
     decide: &F,
-    locking: bool,
     key: &Idempotency<'_, R>,
     sync: &str,
 ) -> Result<KeyedEnd<R>, AttemptError<E>>
@@ -578,11 +576,7 @@ where
         } => return remembered(key, &request_hash, response).map(KeyedEnd::Replay),
         Claim::Vanished => return Err(AttemptError::Retry),
     }
-    let claimed = if locking {
-        claim_ids(conn, collection, ids, sync).await?
-    } else {
-        Vec::new()
-    };
+    let claimed = claim_ids(conn, collection, ids, sync).await?;
     let rows = read(conn, collection, ids).await?;
     let (current, plan) = decide_on(rows, decide)?;
     let outcome = write_plan(conn, collection, &current, plan, &claimed, sync, None).await?;
