@@ -2,7 +2,8 @@
 //! right assumed revision, (c) the same with 10% of rows stale — against the same rows
 //! upserted directly with one set-based statement per batch at the same concurrency. Then
 //! (c) again on a collection per server-side conflict strategy, whose stale rows are resolved
-//! and written (their assumed state carries the base body the merge needs).
+//! and written (their assumed state carries the base body the merge needs). Last, single-row
+//! pushes of new documents, with and without an idempotency key, one at a time, for latency.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tokio::sync::Barrier;
 
 use crate::report::{Report, Row, rate};
 use crate::server::{Server, ServerOptions, micros_per};
-use crate::stats::median;
+use crate::stats::{Latency, median};
 use crate::{Ctx, client};
 
 const COLLECTION: &str = "push";
@@ -165,6 +166,81 @@ pub async fn run(ctx: &Ctx<'_>, report: &mut Report) {
         }
         let measured = [median(&ours), median(&theirs), median(&cpu)];
         add_row(report, shape, variant, measured, strategy);
+    }
+    single_rows(ctx, &server, &db, report).await;
+}
+
+/// Single-row pushes of new documents, one at a time: without a key, and with an idempotency
+/// key (as the TypeScript client always sends), against PostgreSQL's own one-row upsert,
+/// interleaved call by call; p50 and p99 per round, medians over rounds.
+async fn single_rows(ctx: &Ctx<'_>, server: &Server, db: &str, report: &mut Report) {
+    let samples = ctx.settings.scale_samples;
+    let mut client = client::connect(server.addr).await;
+    let mut conn = crate::cluster::writer_connection(db).await;
+    let (mut plain, mut keyed, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ctx.settings.rounds {
+        let (mut p, mut k, mut t) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..samples {
+            let id = client::doc_id(&format!("single-{round}-"), i);
+            let body = client::body(&id, i, 1);
+            let clock = Instant::now();
+            let done = sqlx::query(UPSERT_SQL)
+                .bind(BASE_COLLECTION)
+                .bind([id.as_str()])
+                .bind([String::from_utf8_lossy(&body).as_ref()])
+                .bind(["1-baseline"])
+                .execute(&mut conn)
+                .await
+                .expect("baseline single-row upsert");
+            t.push(clock.elapsed());
+            report.expect_eq(
+                "single-row baseline: rows written",
+                done.rows_affected() as usize,
+                1,
+            );
+            for (key, times) in [
+                (String::new(), &mut p),
+                (format!("single-{round}-{i}"), &mut k),
+            ] {
+                let id = format!("{id}-{}", if key.is_empty() { "plain" } else { "keyed" });
+                let body = client::body(&id, i, 1);
+                let message = syncline::proto::PushRequest {
+                    collection: COLLECTION.into(),
+                    rows: vec![client::insert_row(id, body)],
+                    mode: 0,
+                    idempotency_key: key,
+                };
+                let clock = Instant::now();
+                let response = client
+                    .push(client::request(message, None))
+                    .await
+                    .unwrap_or_else(|s| panic!("single-row push: {s}"))
+                    .into_inner();
+                times.push(clock.elapsed());
+                report.expect_eq("single-row push: conflicts", response.conflicts.len(), 0);
+            }
+        }
+        plain.push(Latency::of(p));
+        keyed.push(Latency::of(k));
+        theirs.push(Latency::of(t));
+    }
+    let theirs = Latency::across(&theirs);
+    for (what, ours) in [("without key", plain), ("with idempotency key", keyed)] {
+        let ours = Latency::across(&ours);
+        report.add(Row {
+            scenario: format!("2. Push one new document {what}, sequential"),
+            syncline: format!("p50 {:.2} / p99 {:.2} ms", ours.p50, ours.p99),
+            baseline: format!(
+                "p50 {:.2} / p99 {:.2} ms (one-row upsert)",
+                theirs.p50, theirs.p99
+            ),
+            ratio: Some(ours.p50 / theirs.p50),
+            target: "— (issue 17 target 2 is measured from Node)".into(),
+            met: None,
+            figures: json!({ "p50_ms": ours.p50, "p99_ms": ours.p99,
+                             "baseline_p50_ms": theirs.p50, "baseline_p99_ms": theirs.p99,
+                             "samples": ours.count }),
+        });
     }
 }
 

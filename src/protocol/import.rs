@@ -193,6 +193,7 @@ pub fn targets(rows: &[ImportRow]) -> Vec<PushTarget> {
         .map(|r| PushTarget {
             id: r.row.id.clone(),
             skip_body_at: None,
+            new: false,
         })
         .collect()
 }

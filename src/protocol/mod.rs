@@ -465,6 +465,8 @@ fn push_targets<'a>(
                 Some(validate::Assumed::Revision(rev)) if !whole => Some(rev.clone()),
                 _ => None,
             },
+            // A refused row's id (no row) is read for the state reported with it.
+            new: row.is_some_and(|r| r.assumed.is_none()),
         })
         .collect()
 }

@@ -320,6 +320,10 @@ pub struct PushTarget {
     /// state at exactly this revision is replaced without being looked at, so the store may
     /// leave its `body` empty (which no stored body ever is).
     pub skip_body_at: Option<String>,
+    /// The push's first row for this id assumes the document absent. When every target
+    /// does, the store may decide on no stored state at all and skip the read: its guarded
+    /// write then checks that each id is indeed new, and decides again after a read if not.
+    pub new: bool,
 }
 
 /// One hash bucket's digest of live documents (see [`crate::protocol::reconcile`]).

@@ -42,6 +42,7 @@ fn targets(id: &str) -> Vec<PushTarget> {
     vec![PushTarget {
         id: id.to_owned(),
         skip_body_at: None,
+        new: false,
     }]
 }
 

@@ -26,6 +26,7 @@ mod per_row_push;
 mod plans;
 mod pull;
 mod push;
+mod push_round_trips;
 mod reconcile;
 mod restore;
 mod retention;

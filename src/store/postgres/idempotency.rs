@@ -33,6 +33,24 @@ const REMEMBERED_SQL: &str =
 const RESPOND_SQL: &str =
     "UPDATE syncline_push_keys SET response = $3 WHERE principal = $1 AND key = $2";
 
+// A keyed push that writes no document stores its key and response alone (a push that
+// writes stores them in its write statement: write.rs WRITE_SQL). Returns a row only when the
+// key was stored (absent, or expired and replaced); a concurrent push's key is waited for.
+const STORE_KEY_SQL: &str = concat!(
+    "
+INSERT INTO syncline_push_keys AS k
+    (principal, key, request_hash, response, created_at, expires_at)
+SELECT $1, $2, $3, $4, now(), now() + $5::float8 * interval '1 second'
+WHERE ",
+    marked!("$6"),
+    "
+ON CONFLICT (principal, key) DO UPDATE
+SET request_hash = excluded.request_hash, response = excluded.response,
+    created_at = excluded.created_at, expires_at = excluded.expires_at
+WHERE k.expires_at <= now()
+RETURNING true"
+);
+
 /// Longest retention stored (about 100 years): a longer one would overflow the timestamp.
 const RETENTION_MAX_SECONDS: f64 = 100.0 * 365.25 * 86_400.0;
 
@@ -56,7 +74,7 @@ pub(super) async fn claim<R>(
     key: &Idempotency<'_, R>,
     synchronous_commit: &str,
 ) -> Result<Claim, sqlx::Error> {
-    let seconds = key.retention.as_secs_f64().min(RETENTION_MAX_SECONDS);
+    let seconds = retention_seconds(key);
     let claimed: Option<bool> = sqlx::query_scalar(CLAIM_KEY_SQL)
         .bind(key.principal)
         .bind(key.key.as_bytes())
@@ -95,4 +113,29 @@ pub(super) async fn respond<R>(
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// How long `key` is remembered, in seconds, within what a timestamp can hold.
+pub(super) fn retention_seconds<R>(key: &Idempotency<'_, R>) -> f64 {
+    key.retention.as_secs_f64().min(RETENTION_MAX_SECONDS)
+}
+
+/// Stores `key` with `response` on `conn` (see STORE_KEY_SQL); false when another push holds
+/// it.
+pub(super) async fn store<R>(
+    conn: &mut sqlx::PgConnection,
+    key: &Idempotency<'_, R>,
+    response: &[u8],
+    synchronous_commit: &str,
+) -> Result<bool, sqlx::Error> {
+    let stored: Option<bool> = sqlx::query_scalar(STORE_KEY_SQL)
+        .bind(key.principal)
+        .bind(key.key.as_bytes())
+        .bind(&key.request_hash[..])
+        .bind(response)
+        .bind(retention_seconds(key))
+        .bind(synchronous_commit)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(stored.is_some())
 }

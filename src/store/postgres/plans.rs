@@ -34,7 +34,7 @@ use super::PgStore;
 use super::error::to_store_error;
 use super::read::{OWNER_PAGE_SQL, PAGE_SQL};
 use super::read_ahead::WRITTEN_SINCE_SQL;
-use super::write::{READ_SQL, UNCLAIM_SQL, WRITE_SQL};
+use super::write::{KEYED_READ_SQL, READ_SQL, UNCLAIM_SQL, WRITE_SQL};
 use crate::store::StoreError;
 
 /// Run on every new pool connection when prepared statements are cached. Without the cache
@@ -64,11 +64,18 @@ struct Hot {
 /// (`jit_above_cost`) on every execution.
 const DISABLED_COST: f64 = 1e9;
 
-const HOT: [Hot; 6] = [
+const HOT: [Hot; 7] = [
     Hot {
         name: "push_read",
         sql: READ_SQL,
         args: "$c, ARRAY['plan-probe-1'], ARRAY[NULL]::text[]",
+        index: Some("syncline_documents_pkey"),
+        ordered: false,
+    },
+    Hot {
+        name: "keyed_push_read",
+        sql: KEYED_READ_SQL,
+        args: "$c, ARRAY['plan-probe-1'], ARRAY[NULL]::text[], 'plan-probe', '\\x00'::bytea",
         index: Some("syncline_documents_pkey"),
         ordered: false,
     },
@@ -104,7 +111,7 @@ const HOT: [Hot; 6] = [
         name: "push_write",
         sql: WRITE_SQL,
         args: "$c, ARRAY['plan-probe-1'], ARRAY['{}'], ARRAY[false], ARRAY['1-probe'], \
-               ARRAY[''], '{}'::jsonb, 1, 'syncline_plan_probe', 'on'",
+               ARRAY[''], '{}'::jsonb, 1, 'syncline_plan_probe', 'on', NULL, NULL, NULL, NULL, 0, 0",
         index: None,
         ordered: false,
     },

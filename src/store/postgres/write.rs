@@ -4,14 +4,19 @@
 //! decided again inside a transaction that first claims every id, retried on serialization
 //! failures and deadlocks. Both paths take row locks and insert waits in id order (the one
 //! global order), so pushes over overlapping ids wait for each other but never deadlock.
-//! A push with an idempotency key runs every attempt in one transaction that claims the key
-//! before anything else (see `keyed_attempt`).
+//! A push whose every row creates its document skips the read: decided on no stored state,
+//! its guarded write alone (one statement) checks that every id is new; if one is not, the
+//! push is decided again on a read. A push with an idempotency key is, first, the same
+//! statements: the read also looks the
+//! key up, and the guarded write also stores the key with its response (which the decision
+//! determines). Its retries run in one transaction that claims the key before anything else
+//! (see `keyed_attempt`).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, Transaction};
+use sqlx::{Postgres, Row, Transaction};
 
 use super::error::{Class, classify};
 use super::idempotency::{self, Claim};
@@ -29,12 +34,33 @@ const MAX_ATTEMPTS: u32 = 12;
 // row's revision is not the one the push's first row for it assumes ($3): at that revision the
 // row is replaced unread, and bodies are most of what a push would otherwise read back. Rows
 // with the empty revision are the locking path's own placeholders (CLAIM_SQL), not documents.
-pub(super) const READ_SQL: &str = "
+macro_rules! read_sql {
+    () => {
+        "
 SELECT d.id, d.owner,
        CASE WHEN d.revision = t.skip_at THEN '' ELSE d.body::text END AS body,
        d.deleted, d.revision, d.updated_at, d.change_xid, d.change_seq
 FROM unnest($2::text[], $3::text[]) AS t(id, skip_at)
-JOIN syncline_documents d ON d.collection = $1 AND d.id = t.id AND d.revision <> ''";
+JOIN syncline_documents d ON d.collection = $1 AND d.id = t.id AND d.revision <> ''"
+    };
+}
+pub(super) const READ_SQL: &str = read_sql!();
+
+// A keyed push's optimistic read: READ_SQL's rows, each after the key's remembered request
+// hash and response when an earlier push committed it and it has not expired (NULLs
+// otherwise). One row at least, with NULL document columns when no target exists. The key is
+// not claimed here: the write statement inserts it (KEYED_WRITE), so that the common keyed
+// push is two round trips and no explicit transaction.
+pub(super) const KEYED_READ_SQL: &str = concat!(
+    "
+SELECT k.request_hash, k.response, r.*
+FROM (SELECT 1) AS one
+LEFT JOIN syncline_push_keys k ON k.principal = $4 AND k.key = $5 AND k.expires_at > now()
+LEFT JOIN (",
+    read_sql!(),
+    "
+) AS r ON true"
+);
 
 // Every statement of a push first marks its transaction (set_config(.., true) lasts until the
 // transaction ends, commit included, and costs no round trip): `syncline.writer = push` tells
@@ -87,9 +113,28 @@ pub(super) const UNCLAIM_SQL: &str = "DELETE FROM syncline_documents WHERE colle
 // `xmax = 0` holds for the rows this statement inserted (an updated row carries its lock).
 // Positions follow the request, not the lock order: the subquery (not flattened, its target
 // list being volatile) draws the sequence in array order before the rows are sorted by id.
+//
+// A keyed optimistic push also stores its key with its response here ($11-$15; $11 NULL: no
+// key), before any document (the uncorrelated count below is evaluated before the first row,
+// and the key's CTE runs when first read): a concurrent push with the same key waits on the
+// key, never on a document, as in the locking path (idempotency.rs claims the key first too),
+// so the two orders never form a cycle. A key another push holds and has not let expire is
+// not replaced: $16 keys stored are then missing, nothing is written, and the push is decided
+// again (the next attempt claims the key first and finds the remembered response).
 pub(super) const WRITE_SQL: &str = concat!(
     "
-WITH up AS (
+WITH keyed AS (
+    INSERT INTO syncline_push_keys AS k
+        (principal, key, request_hash, response, created_at, expires_at)
+    SELECT $11::text, $12::bytea, $13::bytea, $14::bytea, now(),
+           now() + $15::float8 * interval '1 second'
+    WHERE $11::text IS NOT NULL
+    ON CONFLICT (principal, key) DO UPDATE
+    SET request_hash = excluded.request_hash, response = excluded.response,
+        created_at = excluded.created_at, expires_at = excluded.expires_at
+    WHERE k.expires_at <= now()
+    RETURNING true
+), up AS (
     INSERT INTO syncline_documents AS d
         (collection, id, owner, body, deleted, revision, updated_at, change_xid, change_seq)
     SELECT $1, t.id, t.owner, t.body::jsonb, t.deleted, t.revision, now(),
@@ -99,7 +144,7 @@ WITH up AS (
                AS u(id, body, deleted, revision, owner)) AS t
     WHERE ",
     marked!("$10"),
-    "
+    " AND (SELECT count(*) FROM keyed) = $16::bigint
     ORDER BY t.id
     ON CONFLICT (collection, id) DO UPDATE
     SET body = excluded.body, deleted = excluded.deleted, revision = excluded.revision,
@@ -154,6 +199,9 @@ type Ids<'a> = (&'a [&'a str], &'a [Option<&'a str>]);
 /// The current states by id, as a decision sees them.
 type Current = HashMap<String, StoredDocument>;
 
+/// A key to store with the push's writes, and the response to remember under it.
+type Remember<'a, R> = (&'a Idempotency<'a, R>, &'a [u8]);
+
 impl PgStore {
     #[tracing::instrument(name = "db.push", skip_all, fields(db.system = "postgresql", collection = %collection, rows = targets.len(), keyed = idempotency.is_some()))]
     pub(crate) async fn push<F, E, R>(
@@ -172,6 +220,18 @@ impl PgStore {
         let skip_at: Vec<Option<&str>> =
             targets.iter().map(|t| t.skip_body_at.as_deref()).collect();
         let ids = (ids.as_slice(), skip_at.as_slice());
+        if !targets.is_empty() && targets.iter().all(|t| t.new) {
+            match self
+                .blind_attempt(collection, ids.0, &decide, idempotency)
+                .await
+            {
+                Ok(Some(applied)) => return Ok(applied),
+                Err(AttemptError::Fail(e)) => return Err(PushError::Store(e)),
+                // Some id exists (or the key does), or the decision needs stored states:
+                // decide on what a read finds, at once (nothing to back off from).
+                Ok(None) | Err(_) => {}
+            }
+        }
         for attempt in 1..=MAX_ATTEMPTS {
             // Optimistic first; after any collision, under row locks. Each attempt is a
             // transaction of its own: a keyed attempt that does not commit leaves no key.
@@ -228,7 +288,7 @@ impl PgStore {
             let rows = read(&mut conn, collection, ids).await?;
             let (current, plan) = decide_on(rows, decide)?;
             if plan.overwritten.is_empty() {
-                return write_plan(&mut conn, collection, &current, plan, &[], sync).await;
+                return write_plan(&mut conn, collection, &current, plan, &[], sync, None).await;
             }
             // Kept versions must commit with the writes, or not at all. Only a push that
             // resolved a conflict keeps any, so the common push stays one implicit
@@ -237,7 +297,7 @@ impl PgStore {
             // anything, a losing last-write-wins row, would not run). The read before BEGIN
             // is safe: the guarded write re-checks every revision it planned on.
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            let outcome = write_plan(&mut tx, collection, &current, plan, &[], sync).await?;
+            let outcome = write_plan(&mut tx, collection, &current, plan, &[], sync, None).await?;
             tx.commit().await?;
             return Ok(outcome);
         }
@@ -247,16 +307,17 @@ impl PgStore {
         let claimed = claim_ids(&mut tx, collection, ids, sync).await?;
         let rows = read(&mut tx, collection, ids).await?;
         let (current, plan) = decide_on(rows, decide)?;
-        let outcome = write_plan(&mut tx, collection, &current, plan, &claimed, sync).await?;
+        let outcome = write_plan(&mut tx, collection, &current, plan, &claimed, sync, None).await?;
         tx.commit().await?;
         Ok(outcome)
     }
 
-    /// One try with an idempotency key: one transaction that claims the key first (a
-    /// concurrent push with the same key waits here until this one ends), then reads,
-    /// decides and writes as [`PgStore::attempt`] does (optimistic or locking), and stores
-    /// the response before committing. A key held by an earlier push is answered from it,
-    /// without deciding.
+    /// One try with an idempotency key. The first: two statements (`keyed_optimistic`).
+    /// Later ones (after a collision): one transaction that claims the key first (a
+    /// concurrent push with the same key waits here until this one ends), then claims the
+    /// ids, reads, decides and writes as [`PgStore::attempt`] does, and stores the response
+    /// before committing. A key held by an earlier push is answered from it, without
+    /// deciding.
     async fn keyed_attempt<F, E, R>(
         &self,
         collection: &str,
@@ -270,6 +331,9 @@ impl PgStore {
         E: Send,
         R: Send + Sync,
     {
+        if !locking {
+            return self.keyed_optimistic(collection, ids, decide, key).await;
+        }
         let started = std::time::Instant::now();
         let mut tx: Transaction<'_, Postgres> = self.pool().begin().await?;
         metrics::histogram!(crate::telemetry::metrics::POOL_ACQUIRE_SECONDS)
@@ -279,30 +343,205 @@ impl PgStore {
             collection,
             ids,
             decide,
-            locking,
             key,
             self.push_synchronous_commit,
         )
         .await;
-        match result {
-            Ok(KeyedEnd::Commit(outcome)) => {
-                tx.commit().await?;
-                Ok(PushApplied::Applied(outcome))
-            }
-            Ok(KeyedEnd::Replay(response)) => {
-                // Nothing was written; ending now releases the key row's lock.
-                tx.rollback().await?;
-                Ok(PushApplied::Replayed(response))
-            }
-            Err(e) => {
-                // Roll back now rather than when the connection is next used: the key (and
-                // any row claimed) is released before this push backs off, and a concurrent
-                // duplicate waiting on the key goes ahead.
-                let _ = tx.rollback().await;
-                Err(e)
+        end_keyed(tx, result).await
+    }
+}
+
+impl PgStore {
+    /// The common keyed push in two statements and no explicit transaction: the read also
+    /// looks the key up (KEYED_READ_SQL), and the write stores the key with its response
+    /// (WRITE_SQL), which must therefore be known before the write. It is, unless it shows the
+    /// write's commit time (a state this push wrote, reported back) or the push keeps
+    /// overwritten versions: then the plan is written in a transaction that claims the key
+    /// first and stores the response after the write, as the locking path does. A concurrent
+    /// push with the same key makes the write fail (`Retry`), and the next attempt claims the
+    /// key first and finds the remembered response.
+    async fn keyed_optimistic<F, E, R>(
+        &self,
+        collection: &str,
+        ids: Ids<'_>,
+        decide: &F,
+        key: &Idempotency<'_, R>,
+    ) -> Result<PushApplied<R>, AttemptError<E>>
+    where
+        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
+        E: Send,
+        R: Send + Sync,
+    {
+        let mut conn = self.acquire().await.map_err(AttemptError::Fail)?;
+        let rows = sqlx::query(KEYED_READ_SQL)
+            .bind(collection)
+            .bind(ids.0)
+            .bind(ids.1)
+            .bind(key.principal)
+            .bind(key.key.as_bytes())
+            .fetch_all(&mut *conn)
+            .await?;
+        if let Some(first) = rows.first() {
+            let request_hash: Option<Vec<u8>> = first.try_get(0)?;
+            if let Some(request_hash) = request_hash {
+                let response = first.try_get(1)?;
+                return remembered(key, &request_hash, response).map(PushApplied::Replayed);
             }
         }
+        let mut documents = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<Option<&str>, _>(2)?.is_some() {
+                documents.push(super::read::document_at(row, 2)?);
+            }
+        }
+        let (current, mut plan) = decide_on(documents, decide)?;
+        let sync = self.push_synchronous_commit;
+        if let Some(response) = response_before_write(&mut plan, key) {
+            let remember = Some((key, response.as_slice()));
+            let outcome =
+                write_plan(&mut conn, collection, &current, plan, &[], sync, remember).await?;
+            return Ok(PushApplied::Applied(outcome));
+        }
+        // The read before BEGIN is safe: the guarded write re-checks every revision it
+        // planned on.
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let result = async {
+            match idempotency::claim(&mut tx, key, sync).await? {
+                Claim::Claimed => {}
+                Claim::Remembered {
+                    request_hash,
+                    response,
+                } => return remembered(key, &request_hash, response).map(KeyedEnd::Replay),
+                Claim::Vanished => return Err(AttemptError::Retry),
+            }
+            let outcome = write_plan(&mut tx, collection, &current, plan, &[], sync, None).await?;
+            idempotency::respond(&mut tx, key, &(key.respond)(&outcome)).await?;
+            Ok(KeyedEnd::Commit(outcome))
+        }
+        .await;
+        end_keyed(tx, result).await
     }
+}
+
+impl PgStore {
+    /// A push whose every row creates its document, in one statement: decided on no stored
+    /// state and written without a read (WRITE_SQL checks that every id is new, and stores
+    /// the key). `None` when that decision does not write every target (it refuses or
+    /// reports some, whose stored states it must see), keeps overwritten versions, or has a
+    /// keyed response that shows the commit time: the caller then reads and decides.
+    async fn blind_attempt<F, E, R>(
+        &self,
+        collection: &str,
+        ids: &[&str],
+        decide: &F,
+        idempotency: Option<&Idempotency<'_, R>>,
+    ) -> Result<Option<PushApplied<R>>, AttemptError<E>>
+    where
+        F: Fn(&HashMap<String, StoredDocument>) -> Result<PushPlan<R>, E> + Send + Sync,
+        E: Send,
+        R: Send + Sync,
+    {
+        let current = Current::new();
+        let Ok(mut plan) = decide(&current) else {
+            return Ok(None);
+        };
+        let written: std::collections::HashSet<&str> =
+            plan.writes.iter().map(|w| w.id.as_str()).collect();
+        if !plan.overwritten.is_empty() || !ids.iter().all(|id| written.contains(id)) {
+            return Ok(None);
+        }
+        let response = match idempotency {
+            Some(key) => match response_before_write(&mut plan, key) {
+                Some(response) => Some(response),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let remember = idempotency.zip(response.as_deref());
+        let mut conn = self.acquire().await.map_err(AttemptError::Fail)?;
+        let sync = self.push_synchronous_commit;
+        let outcome =
+            write_plan(&mut conn, collection, &current, plan, &[], sync, remember).await?;
+        Ok(Some(PushApplied::Applied(outcome)))
+    }
+}
+
+/// The remembered response of an earlier push with the same key, if it was the same request.
+fn remembered<R, E>(
+    key: &Idempotency<'_, R>,
+    request_hash: &[u8],
+    response: Option<Vec<u8>>,
+) -> Result<Vec<u8>, AttemptError<E>> {
+    if request_hash != key.request_hash.as_slice() {
+        return Err(AttemptError::KeyReused);
+    }
+    // A committed key always has its response (set in the claiming transaction).
+    response.ok_or_else(|| {
+        AttemptError::Fail(StoreError::Internal(
+            "a remembered push key has no response".into(),
+        ))
+    })
+}
+
+/// Ends a keyed attempt's transaction as `result` says.
+async fn end_keyed<R, E>(
+    tx: Transaction<'_, Postgres>,
+    result: Result<KeyedEnd<R>, AttemptError<E>>,
+) -> Result<PushApplied<R>, AttemptError<E>> {
+    match result {
+        Ok(KeyedEnd::Commit(outcome)) => {
+            tx.commit().await?;
+            Ok(PushApplied::Applied(outcome))
+        }
+        Ok(KeyedEnd::Replay(response)) => {
+            // Nothing was written; ending now releases the key row's lock.
+            tx.rollback().await?;
+            Ok(PushApplied::Replayed(response))
+        }
+        Err(e) => {
+            // Roll back now rather than when the connection is next used: the key (and
+            // any row claimed) is released before this push backs off, and a concurrent
+            // duplicate waiting on the key goes ahead.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// The response `plan` will have once written, when it does not depend on the write's commit
+/// time (compared by encoding it without and with a stand-in time), nor needs a transaction
+/// (overwritten versions are kept in the push's).
+fn response_before_write<R>(plan: &mut PushPlan<R>, key: &Idempotency<'_, R>) -> Option<Vec<u8>> {
+    if !plan.overwritten.is_empty() {
+        return None;
+    }
+    let writes = !plan.writes.is_empty();
+    // States this push writes are reported with its commit time, which only the write knows.
+    if writes
+        && (plan.conflicts.iter().any(|c| c.updated_at.is_none())
+            || plan.resolved.iter().any(|r| r.state.updated_at.is_none()))
+    {
+        return None;
+    }
+    let mut outcome = PushOutcome {
+        conflicts: std::mem::take(&mut plan.conflicts),
+        resolved: std::mem::take(&mut plan.resolved),
+        refused: std::mem::take(&mut plan.refused),
+        written: plan.writes.len(),
+        tx: None,
+        written_at: None,
+    };
+    let response = (key.respond)(&outcome);
+    let same = !writes || {
+        // The caller's encoding may show the commit time (a refused row's state it wrote).
+        outcome.tx = Some(0);
+        outcome.written_at = Some(DateTime::<Utc>::UNIX_EPOCH);
+        (key.respond)(&outcome) == response
+    };
+    plan.conflicts = outcome.conflicts;
+    plan.resolved = outcome.resolved;
+    plan.refused = outcome.refused;
+    same.then_some(response)
 }
 
 /// How a keyed attempt's transaction ends.
@@ -313,13 +552,12 @@ enum KeyedEnd<R> {
     Replay(Vec<u8>),
 }
 
-/// The statements of a keyed attempt, in its transaction `conn`.
+/// The statements of a keyed attempt on the locking path, in its transaction `conn`.
 async fn keyed_body<F, E, R>(
     conn: &mut sqlx::PgConnection,
     collection: &str,
     ids: Ids<'_>,
     decide: &F,
-    locking: bool,
     key: &Idempotency<'_, R>,
     sync: &str,
 ) -> Result<KeyedEnd<R>, AttemptError<E>>
@@ -335,28 +573,13 @@ where
         Claim::Remembered {
             request_hash,
             response,
-        } => {
-            if request_hash.as_slice() != key.request_hash.as_slice() {
-                return Err(AttemptError::KeyReused);
-            }
-            // A committed key always has its response (set in the claiming transaction).
-            return match response {
-                Some(response) => Ok(KeyedEnd::Replay(response)),
-                None => Err(AttemptError::Fail(StoreError::Internal(
-                    "a remembered push key has no response".into(),
-                ))),
-            };
-        }
+        } => return remembered(key, &request_hash, response).map(KeyedEnd::Replay),
         Claim::Vanished => return Err(AttemptError::Retry),
     }
-    let claimed = if locking {
-        claim_ids(conn, collection, ids, sync).await?
-    } else {
-        Vec::new()
-    };
+    let claimed = claim_ids(conn, collection, ids, sync).await?;
     let rows = read(conn, collection, ids).await?;
     let (current, plan) = decide_on(rows, decide)?;
-    let outcome = write_plan(conn, collection, &current, plan, &claimed, sync).await?;
+    let outcome = write_plan(conn, collection, &current, plan, &claimed, sync, None).await?;
     let response = (key.respond)(&outcome);
     idempotency::respond(conn, key, &response).await?;
     Ok(KeyedEnd::Commit(outcome))
@@ -417,6 +640,7 @@ async fn write_plan<E, R>(
     plan: PushPlan<R>,
     claimed: &[String],
     synchronous_commit: &str,
+    remember: Option<Remember<'_, R>>,
 ) -> Result<PushOutcome<R>, AttemptError<E>> {
     let mut conflicts = plan.conflicts;
     let mut resolved = plan.resolved;
@@ -435,6 +659,12 @@ async fn write_plan<E, R>(
             .await?;
     }
     if plan.writes.is_empty() {
+        if let Some((key, response)) = remember
+            && !idempotency::store(conn, key, response, synchronous_commit).await?
+        {
+            // Another push holds the key: decide again, claiming it first.
+            return Err(AttemptError::Retry);
+        }
         overwritten::keep(conn, collection, &plan.overwritten, synchronous_commit).await?;
         return Ok(PushOutcome {
             conflicts,
@@ -470,6 +700,12 @@ async fn write_plan<E, R>(
         .bind(i64::try_from(inserts).unwrap_or(i64::MAX))
         .bind(NOTIFY_CHANNEL)
         .bind(synchronous_commit)
+        .bind(remember.map(|(key, _)| key.principal))
+        .bind(remember.map(|(key, _)| key.key.as_bytes()))
+        .bind(remember.map(|(key, _)| &key.request_hash[..]))
+        .bind(remember.map(|(_, response)| response))
+        .bind(remember.map_or(0.0, |(key, _)| idempotency::retention_seconds(key)))
+        .bind(i64::from(remember.is_some()))
         .fetch_one(&mut *conn)
         .await?;
     // After the write: a stale plan fails the write statement before anything else is done.
