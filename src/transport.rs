@@ -278,6 +278,8 @@ pub struct LimitedStream {
     /// Until the first request; `None` after it.
     deadline: Option<Pin<Box<Sleep>>>,
     timed_out: bool,
+    /// A small write was put off once since the last flush (see [`AsyncWrite::poll_write`]).
+    write_deferred: bool,
     _slot: ConnectionSlot,
 }
 
@@ -294,6 +296,7 @@ impl LimitedStream {
             info,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
             timed_out: false,
+            write_deferred: false,
             _slot: ConnectionSlot::new(permit),
         }
     }
@@ -339,12 +342,26 @@ impl AsyncRead for LimitedStream {
     }
 }
 
+/// Writes shorter than this are put off once per flush (see [`AsyncWrite::poll_write`]).
+const DEFER_WRITES_BELOW: usize = 16 * 1024;
+
 impl AsyncWrite for LimitedStream {
+    /// The first small write after a flush is put off once: the connection task wakes itself
+    /// and returns `Pending`, which sends it to the back of the run queue. A change reaching
+    /// many streams wakes their tasks together, but tokio runs the task a running task woke
+    /// next, so the connection task used to run right after the first stream handed it a frame
+    /// and wrote that frame alone; put off, it finds the frames of the other streams woken by
+    /// the same change queued too and writes them at once. Large writes (Pull pages) go at once.
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if !self.write_deferred && buf.len() < DEFER_WRITES_BELOW {
+            self.write_deferred = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         Pin::new(&mut self.tcp).poll_write(cx, buf)
     }
 
@@ -367,6 +384,7 @@ impl AsyncWrite for LimitedStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.write_deferred = false;
         Pin::new(&mut self.tcp).poll_flush(cx)
     }
 
@@ -500,6 +518,74 @@ mod tests {
             "Max open files            unlimited            unlimited            files\n";
         assert_eq!(parse_open_files_limit(unlimited), None);
         assert_eq!(parse_open_files_limit(""), None);
+    }
+
+    /// Counts its wake-ups.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_small_write_waits_one_turn_per_flush_and_large_ones_go_at_once() {
+        use tokio::io::AsyncReadExt;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let permit = Arc::new(Semaphore::new(1))
+            .acquire_owned()
+            .await
+            .expect("a permit");
+        let mut stream = LimitedStream::new(tcp, permit, Duration::from_secs(60));
+        let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let woken = || wakes.0.load(Ordering::SeqCst);
+        let mut pinned = Pin::new(&mut stream);
+
+        // The first small write of a flush: put off once, the task woken to come back.
+        assert!(pinned.as_mut().poll_write(&mut cx, b"one").is_pending());
+        assert_eq!(woken(), 1);
+        // Back: it goes, and so does every write until the flush.
+        for part in [&b"one"[..], b"two"] {
+            match pinned.as_mut().poll_write(&mut cx, part) {
+                Poll::Ready(Ok(n)) => assert_eq!(n, part.len()),
+                other => panic!("a write after the turn did not go: {other:?}"),
+            }
+        }
+        assert!(pinned.as_mut().poll_flush(&mut cx).is_ready());
+        assert_eq!(woken(), 1);
+        // The next flush's first small write waits one turn again.
+        assert!(pinned.as_mut().poll_write(&mut cx, b"three").is_pending());
+        assert_eq!(woken(), 2);
+        assert!(matches!(
+            pinned.as_mut().poll_write(&mut cx, b"three"),
+            Poll::Ready(Ok(5))
+        ));
+        assert!(pinned.as_mut().poll_flush(&mut cx).is_ready());
+        // A large write (a Pull page's frame) goes at once.
+        let large = vec![b'x'; DEFER_WRITES_BELOW];
+        match pinned.as_mut().poll_write(&mut cx, &large) {
+            Poll::Ready(Ok(n)) => assert!(n > 0),
+            other => panic!("a large write was put off: {other:?}"),
+        }
+        assert_eq!(woken(), 2);
+        drop(stream);
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).await.expect("read");
+        assert!(
+            received.starts_with(b"onetwothreexxx"),
+            "bytes in order, none lost"
+        );
     }
 
     #[test]

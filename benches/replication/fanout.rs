@@ -43,6 +43,11 @@ struct Outcome {
     /// Server CPU (user + system, every process of the setup) from the first write until the
     /// last delivery, per delivery: far steadier than the latencies on a shared machine.
     cpu_us_per_delivery: f64,
+    /// The load generator's own CPU (this process: the writer and every subscriber decoding
+    /// its deliveries) over the same span, per delivery: its share of the same cores.
+    generator_us_per_delivery: f64,
+    /// The writer's push round trips: above the write period, they are what holds it back.
+    push: Latency,
 }
 
 pub async fn run(ctx: &Ctx<'_>, report: &mut Report) {
@@ -88,6 +93,13 @@ fn add_row(report: &mut Report, s: &Settings, setup: &Setup, ours: &[Outcome], t
     let duplicated: usize = ours.iter().map(|o| o.duplicated).sum();
     let reconnects: usize = ours.iter().map(|o| o.reconnects).sum();
     let write_rate = crate::stats::median(&ours.iter().map(|o| o.write_rate).collect::<Vec<_>>());
+    let generator = crate::stats::median(
+        &ours
+            .iter()
+            .map(|o| o.generator_us_per_delivery)
+            .collect::<Vec<_>>(),
+    );
+    let push = Latency::across(&ours.iter().map(|o| o.push).collect::<Vec<_>>());
     let cpu = crate::stats::median(
         &ours
             .iter()
@@ -113,7 +125,10 @@ fn add_row(report: &mut Report, s: &Settings, setup: &Setup, ours: &[Outcome], t
         ours_text.push_str(&format!("; {reconnects} stream errors (resumed)"));
     }
     if write_rate < 0.9 * f64::from(s.fanout_rate) {
-        ours_text.push_str(&format!("; writer held to {write_rate:.0} pushes/s"));
+        ours_text.push_str(&format!(
+            "; writer held to {write_rate:.0} pushes/s (push p50 {:.1} / p99 {:.1} ms)",
+            push.p50, push.p99
+        ));
     }
     report.add(Row {
         scenario: format!(
@@ -135,6 +150,8 @@ fn add_row(report: &mut Report, s: &Settings, setup: &Setup, ours: &[Outcome], t
             "deliveries": latency.count, "missed": missed, "duplicated": duplicated,
             "stream_errors": reconnects, "achieved_writes_per_s": write_rate,
             "server_cpu_us_per_delivery": cpu,
+            "generator_cpu_us_per_delivery": generator,
+            "push_p50_ms": push.p50, "push_p99_ms": push.p99,
             "baseline_p50_ms": base.p50, "baseline_p99_ms": base.p99, "baseline_max_ms": base.max,
         }),
     });
@@ -172,16 +189,19 @@ async fn syncline(servers: &[&Server], subscribers: usize, s: &Settings, tag: &s
     }
     let cpu = || servers.iter().map(|s| s.cpu_seconds()).sum::<f64>();
     let cpu_before = cpu();
-    let (acks, write_elapsed) = write(&mut writer, tag, planned, s).await;
+    let generator_before = own_cpu_seconds();
+    let (acks, pushes, write_elapsed) = write(&mut writer, tag, planned, s).await;
     let sent = acks.len();
     let deadline = Instant::now() + s.fanout_grace;
     while progress.iter().any(|d| d.load(Ordering::Relaxed) < sent) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu_seconds = cpu() - cpu_before;
+    let generator_seconds = own_cpu_seconds() - generator_before;
     cancel.cancel();
     let mut outcome = Outcome {
         write_rate: sent as f64 / write_elapsed.as_secs_f64(),
+        push: Latency::of(pushes),
         ..Outcome::default()
     };
     let mut latencies = Vec::with_capacity(sent * subscribers);
@@ -198,26 +218,47 @@ async fn syncline(servers: &[&Server], subscribers: usize, s: &Settings, tag: &s
         );
     }
     outcome.cpu_us_per_delivery = crate::server::micros_per(cpu_seconds, latencies.len());
+    outcome.generator_us_per_delivery =
+        crate::server::micros_per(generator_seconds, latencies.len());
     outcome.latency = Latency::of(latencies);
     eprintln!(
         "bench:   {subscribers} subscriber(s): {sent} writes at {:.0}/s, p99 {:.1} ms, {} missed, \
-         server CPU {:.1} µs/delivery",
-        outcome.write_rate, outcome.latency.p99, outcome.missed, outcome.cpu_us_per_delivery
+         server CPU {:.1} µs/delivery, generator {:.1} µs/delivery, push p50 {:.1} / p99 {:.1} ms",
+        outcome.write_rate,
+        outcome.latency.p99,
+        outcome.missed,
+        outcome.cpu_us_per_delivery,
+        outcome.generator_us_per_delivery,
+        outcome.push.p50,
+        outcome.push.p99
     );
     outcome
 }
 
+/// User + system CPU time this process (the load generator) used so far, in seconds.
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
+    // As in `Server::cpu_seconds`: utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').expect("stat has a command name").1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    ticks as f64 / crate::server::clock_ticks_per_second()
+}
+
 /// Pushes single-row batches at the configured rate (at most `planned`, and none after the
-/// configured duration: a server that falls behind gets fewer); the acknowledgement times.
+/// configured duration: a server that falls behind gets fewer); the acknowledgement times and
+/// each push's round trip.
 async fn write(
     client: &mut Client,
     tag: &str,
     planned: usize,
     s: &Settings,
-) -> (Vec<Instant>, Duration) {
+) -> (Vec<Instant>, Vec<Duration>, Duration) {
     let period = Duration::from_secs_f64(1.0 / f64::from(s.fanout_rate));
     let start = tokio::time::Instant::now();
     let mut acks = Vec::with_capacity(planned);
+    let mut pushes = Vec::with_capacity(planned);
     for seq in 0..planned {
         tokio::time::sleep_until(start + period.mul_f64(seq as f64)).await;
         if start.elapsed() >= s.fanout_duration {
@@ -225,11 +266,14 @@ async fn write(
         }
         let id = client::doc_id(tag, seq);
         let body = client::body(&id, seq, 1);
+        let began = Instant::now();
         let conflicts = client::push(client, COLLECTION, vec![client::insert_row(id, body)]).await;
         assert!(conflicts.is_empty(), "fan-out writer: unexpected conflict");
-        acks.push(Instant::now());
+        let now = Instant::now();
+        pushes.push(now - began);
+        acks.push(now);
     }
-    (acks, start.elapsed())
+    (acks, pushes, start.elapsed())
 }
 
 /// One stream's reader.
