@@ -22,6 +22,7 @@ mod inputs;
 mod memory_bounds;
 mod notifications;
 mod ordering;
+mod page_weights;
 mod per_row_push;
 mod plans;
 mod pull;
