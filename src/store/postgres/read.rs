@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use futures::TryStreamExt;
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgRow};
 
@@ -281,12 +282,13 @@ async fn fast_page(
     if let Some(owner) = owner {
         query = query.bind(owner);
     }
-    let rows = query.fetch_all(&mut *conn).await?;
-    let mut documents = Vec::with_capacity(rows.len());
+    // Each row is decoded as it arrives and dropped, rather than all kept until the last.
+    let mut rows = query.fetch(&mut *conn);
+    let mut documents = Vec::with_capacity((limit.documents as usize).min(1024));
     let mut header = None;
-    for row in &rows {
+    while let Some(row) = rows.try_next().await? {
         if row.try_get_unchecked::<Option<&str>, _>(3)?.is_some() {
-            documents.push(document_at(row, 3)?);
+            documents.push(document_at(&row, 3)?);
         } else {
             header = Some((
                 row.try_get_unchecked::<i64, _>(0)?,
