@@ -27,6 +27,7 @@ mod per_row_push;
 mod plans;
 mod pull;
 mod push;
+mod read_ahead_follow;
 mod reconcile;
 mod restore;
 mod retention;

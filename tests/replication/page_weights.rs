@@ -73,6 +73,7 @@ async fn loaded_store() -> (PgStore, Vec<i32>) {
         .expect("load");
     tx.commit().await.expect("commit the load");
     let _ = conn.close().await;
+    crate::read_ahead_follow::readable(&store, weights.len()).await;
     (store, weights)
 }
 

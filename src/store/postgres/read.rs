@@ -181,22 +181,47 @@ impl PgStore {
         if let Some(last) = page.documents.last()
             && page.more
         {
-            let next = key.from(last.position);
-            self.read_ahead.start(next.clone(), page.horizon, || {
+            self.read_next(key.from(last.position), page.horizon, true);
+        }
+        Ok(page)
+    }
+
+    /// Starts reading `next` ahead (it follows a page of horizon `horizon_before`); with
+    /// `follow` (a reader was just served the page before `next`), the page after `next` is
+    /// read too, once `next` came back full (see [`ReadAhead::start`]).
+    fn read_next(&self, next: PageKey, horizon_before: i64, follow: bool) {
+        let after = self
+            .read_ahead
+            .start(next.clone(), horizon_before, follow, |follow| {
                 let store = self.clone();
                 tokio::spawn(async move {
-                    store
+                    let page = store
                         .query_page(
                             &next.collection,
                             next.owner.as_deref(),
                             next.after,
                             next.limit,
                         )
-                        .await
+                        .await;
+                    if let Ok(page) = &page
+                        && page.more
+                        && let Some(last) = page.documents.last()
+                        && let Some((after, horizon)) =
+                            follow.read_full(next.from(last.position), page.horizon)
+                    {
+                        store.read_next(after, horizon, false);
+                    }
+                    page
                 })
             });
+        if let Some((after, horizon)) = after {
+            self.read_next(after, horizon, false);
         }
-        Ok(page)
+    }
+
+    /// How many pages are being read ahead or wait for their reader (tests).
+    pub fn pages_read_ahead(&self) -> usize {
+        self.read_ahead.len()
     }
 
     /// The prepared page if it is full and none of its documents was written since its read.
