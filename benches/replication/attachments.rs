@@ -134,7 +134,7 @@ impl<'a> Meter<'a> {
 }
 
 /// CPU seconds this process (the load generator) used so far.
-fn own_cpu_seconds() -> f64 {
+pub fn own_cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<u64> = rest

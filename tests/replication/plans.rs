@@ -56,7 +56,7 @@ async fn plans_after_load(vacuumed: bool) -> Vec<String> {
     probe.close().await;
     let _ = admin.close().await;
     store.close().await;
-    assert_eq!(plans.len(), 7, "every hot statement is explained");
+    assert_eq!(plans.len(), 9, "every hot statement is explained");
     plans
         .into_iter()
         .filter_map(|p| {

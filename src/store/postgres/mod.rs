@@ -167,7 +167,8 @@ impl PgStore {
         })
     }
 
-    /// The plans of the page (all owners, one owner) and push read queries, with sequential scans discouraged: tests and
+    /// The plans of the page (all owners, one owner), push read and page-without-running-sum
+    /// (all owners, one owner) queries, with sequential scans discouraged: tests and
     /// benchmarks check that an index serves each of them.
     pub async fn explain_queries(&self, collection: &str) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(error::to_store_error)?;
@@ -180,6 +181,8 @@ impl PgStore {
             (read::PAGE_SQL, 0),
             (read::OWNER_PAGE_SQL, 1),
             (write::READ_SQL, 2),
+            (read::FAST_PAGE_SQL, 3),
+            (read::OWNER_FAST_PAGE_SQL, 4),
         ] {
             let explain = sqlx::AssertSqlSafe(format!("EXPLAIN {sql}"));
             let query = sqlx::query_scalar::<_, String>(explain).bind(collection);
@@ -195,6 +198,13 @@ impl PgStore {
                     .bind(0_i64)
                     .bind(100_i64)
                     .bind(1_i64 << 22)
+                    .bind(0_i64)
+                    .bind("owner"),
+                3 => query.bind(0_i64).bind(0_i64).bind(100_i64).bind(0_i64),
+                4 => query
+                    .bind(0_i64)
+                    .bind(0_i64)
+                    .bind(100_i64)
                     .bind(0_i64)
                     .bind("owner"),
                 _ => query

@@ -10,7 +10,7 @@
 //! since (one range scan of the change index, usually empty) for the store to compare.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
@@ -58,6 +58,52 @@ pub(super) struct Prepared {
     pub read: JoinHandle<Result<ChangePage, StoreError>>,
     /// The previous page's horizon.
     pub horizon_before: i64,
+    /// Whether the page after this one is wanted, and where it starts.
+    follow: Follow,
+}
+
+/// Whether a read ahead should start the page after its own: wanted once a reader was served
+/// the page before it. The read and the reader may come in either order, so the first to come
+/// leaves word for the other: the read records where the next page starts, the reader that it
+/// is wanted; whichever comes second starts it, and only one does.
+#[derive(Clone, Default)]
+pub(super) struct Follow(Arc<Mutex<FollowState>>);
+
+#[derive(Default)]
+struct FollowState {
+    wanted: bool,
+    /// The page after, and the horizon of the page before it, once the read came back full.
+    next: Option<(PageKey, i64)>,
+}
+
+impl Follow {
+    fn new(wanted: bool) -> Follow {
+        Follow(Arc::new(Mutex::new(FollowState { wanted, next: None })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FollowState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The read came back full; the page after it starts at `next`. Returns it when it is
+    /// wanted already (the read starts it), else keeps it for the reader.
+    pub fn read_full(&self, next: PageKey, horizon: i64) -> Option<(PageKey, i64)> {
+        let mut state = self.lock();
+        if state.wanted {
+            Some((next, horizon))
+        } else {
+            state.next = Some((next, horizon));
+            None
+        }
+    }
+
+    /// A reader was served the page before: the page after, if the read already said where it
+    /// starts (the caller starts it), else the read will start it.
+    fn want(&self) -> Option<(PageKey, i64)> {
+        let mut state = self.lock();
+        state.wanted = true;
+        state.next.take()
+    }
 }
 
 /// Pages read ahead, at most `capacity` at a time.
@@ -87,13 +133,24 @@ impl ReadAhead {
     }
 
     /// Starts `read` for `key`, which follows a page of horizon `horizon_before`, unless
-    /// read-ahead is off, full, or already has it.
-    pub fn start<F>(&self, key: PageKey, horizon_before: i64, read: F)
+    /// read-ahead is off, full, or already has it. With `follow` (a reader was just served the
+    /// page before `key`), the read is to start the page after its own once it comes back full
+    /// (`read` gets the [`Follow`] to tell): so PostgreSQL works on two pages of a sync at once,
+    /// on two connections, while the server sends the one before. A read already held for
+    /// `key` is told to follow too; if it has already come back full, the page after it is
+    /// returned, for the caller to start (never started twice).
+    pub fn start<F>(
+        &self,
+        key: PageKey,
+        horizon_before: i64,
+        follow: bool,
+        read: F,
+    ) -> Option<(PageKey, i64)>
     where
-        F: FnOnce() -> JoinHandle<Result<ChangePage, StoreError>>,
+        F: FnOnce(Follow) -> JoinHandle<Result<ChangePage, StoreError>>,
     {
         if self.capacity == 0 {
-            return;
+            return None;
         }
         let mut prepared = self.lock();
         prepared.retain(|_, p| {
@@ -103,18 +160,29 @@ impl ReadAhead {
             }
             fresh
         });
-        if prepared.len() >= self.capacity || prepared.contains_key(&key) {
-            return;
+        if let Some(existing) = prepared.get(&key) {
+            return if follow { existing.follow.want() } else { None };
         }
+        if prepared.len() >= self.capacity {
+            return None;
+        }
+        let flag = Follow::new(follow);
         let started = Instant::now();
         prepared.insert(
             key,
             Prepared {
                 started,
-                read: read(),
+                read: read(flag.clone()),
                 horizon_before,
+                follow: flag,
             },
         );
+        None
+    }
+
+    /// How many reads ahead are held (tests).
+    pub fn len(&self) -> usize {
+        self.lock().len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PageKey, Prepared>> {
