@@ -47,7 +47,7 @@ fn targets(id: &str) -> Vec<PushTarget> {
 }
 
 /// The counter `n` of `id`'s current state (0 when absent).
-fn counter(current: &HashMap<String, StoredDocument>, id: &str) -> i64 {
+pub(crate) fn counter(current: &HashMap<String, StoredDocument>, id: &str) -> i64 {
     current
         .get(id)
         .and_then(|d| serde_json::from_str::<Value>(&d.body).ok())
@@ -56,7 +56,7 @@ fn counter(current: &HashMap<String, StoredDocument>, id: &str) -> i64 {
 }
 
 /// A decision that adds one to `id`'s counter, owned by `alice`.
-fn increment(id: &str, current: &HashMap<String, StoredDocument>) -> PushPlan {
+pub(crate) fn increment(id: &str, current: &HashMap<String, StoredDocument>) -> PushPlan {
     let n = counter(current, id) + 1;
     PushPlan {
         writes: vec![DocumentWrite {

@@ -4,21 +4,17 @@
 //! read, then that write); no BEGIN, key claim, response update or COMMIT of their own. And
 //! these paths keep the idempotency contract when duplicates race on them.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::{Value, json};
 use syncline::store::postgres::{PgStore, PoolSettings};
-use syncline::store::{
-    DocumentWrite, Idempotency, PushApplied, PushError, PushOutcome, PushPlan, PushTarget, Store,
-    StoredDocument,
-};
+use syncline::store::{Idempotency, PushApplied, PushError, PushOutcome, PushTarget, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::fresh_database;
+use crate::idempotency::increment;
 
 const DAY: Duration = Duration::from_secs(86_400);
 const RACERS: usize = 8;
@@ -144,30 +140,6 @@ fn targets(id: &str, new: bool) -> Vec<PushTarget> {
         skip_body_at: None,
         new,
     }]
-}
-
-fn counter(current: &HashMap<String, StoredDocument>, id: &str) -> i64 {
-    current
-        .get(id)
-        .and_then(|d| serde_json::from_str::<Value>(&d.body).ok())
-        .and_then(|b| b["n"].as_i64())
-        .unwrap_or(0)
-}
-
-/// A decision that adds one to `id`'s counter.
-fn increment(id: &str, current: &HashMap<String, StoredDocument>) -> PushPlan {
-    let n = counter(current, id) + 1;
-    PushPlan {
-        writes: vec![DocumentWrite {
-            id: id.to_owned(),
-            owner: "alice".into(),
-            body: json!({ "n": n }).to_string(),
-            deleted: false,
-            revision: format!("{n}-{:016x}", rand::random::<u64>()),
-            is_new: !current.contains_key(id),
-        }],
-        ..PushPlan::default()
-    }
 }
 
 /// A response that, like the server's for a push without conflicts, shows no commit time.
