@@ -87,10 +87,14 @@ test("a page read ahead is not served once a write has started, nor read while o
     // A push starts while page 2 is read ahead; the server applies it.
     ahead.writeStarted();
     server.write();
-    const second = await ahead.pull(first.checkpoint?.token, 100);
-    assert.equal(second.documents[0], 100 * 1000 + 1, "page 2 read after the write, not the one read before it");
-    assert.equal(server.requests.length, 3, "page 2 asked again; nothing read ahead during the write");
+    const pending = ahead.pull(first.checkpoint?.token, 100);
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+    assert.equal(server.requests.length, 2, "nothing asked, nor read ahead, while the write is in flight");
     ahead.writeFinished();
+    const second = await pending;
+    assert.equal(second.documents[0], 100 * 1000 + 1, "page 2 read after the write, not the one read before it");
+    assert.equal(second.request, 3, "page 2 asked again once the write had finished");
     const third = await ahead.pull(second.checkpoint?.token, 100);
     assert.equal(third.request, 3 + 1);
     assert.equal(server.requests.length, 5, "reading ahead resumes once the write has finished");
@@ -127,4 +131,57 @@ test("a failed read-ahead is asked again by the caller's pull; the caller's own 
         server.requests.map((r) => r.token),
         [undefined, undefined, "100", "100", "100", "200"],
     );
+});
+
+test("a pull waits for the write in flight, and one that a write overtook is asked again after it", async () => {
+    const answers: Array<(page: Page) => void> = [];
+    const asked: Array<string | undefined> = [];
+    const ahead = new PullAhead<Page>(
+        (token) =>
+            new Promise<Page>((resolve) => {
+                asked.push(token);
+                answers.push(resolve);
+            }),
+    );
+    const settle = () => new Promise((r) => setImmediate(r));
+
+    // A write in flight: the pull is not sent until it ends.
+    ahead.writeStarted();
+    let served = undefined as Page | undefined;
+    const first = ahead.pull("5", 10).then((page) => {
+        served = page;
+        return page;
+    });
+    await settle();
+    assert.equal(asked.length, 0, "a pull was sent while a write was in flight");
+    ahead.writeFinished();
+    await settle();
+    assert.equal(asked.length, 1);
+
+    // A write starts while that pull is on its way: its page may predate the write.
+    ahead.writeStarted();
+    answers[0]({ documents: [1], checkpoint: { token: "6" }, request: 1 });
+    await settle();
+    assert.equal(served, undefined, "a page read before the write was served");
+    assert.equal(asked.length, 1, "asked again while the write was still in flight");
+    ahead.writeFinished();
+    await settle();
+    assert.equal(asked.length, 2);
+    assert.equal(asked[1], "5");
+    answers[1]({ documents: [2], checkpoint: { token: "6" }, request: 2 });
+    assert.equal((await first).request, 2);
+});
+
+test("a writer that never pauses does not stall pulls: the page is served after a bounded number of asks", async () => {
+    let asks = 0;
+    const ahead = new PullAhead<Page>(async () => {
+        asks += 1;
+        // Every answer is overtaken by a write that ends at once.
+        ahead.writeStarted();
+        ahead.writeFinished();
+        return { documents: [asks], request: asks };
+    });
+    const page = await ahead.pull(undefined, 10);
+    assert.equal(asks, 5);
+    assert.equal(page.request, 5);
 });
