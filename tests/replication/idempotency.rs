@@ -23,11 +23,16 @@ const ROUNDS: usize = 10;
 
 /// A migrated store on a fresh database, with room for every racer's transaction.
 async fn store() -> PgStore {
-    let db = fresh_database().await;
+    store_at(&fresh_database().await, 12).await
+}
+
+/// A migrated store on the database at `url`, with a pool of `size` connections and no
+/// read-ahead.
+pub(crate) async fn store_at(url: &str, size: u32) -> PgStore {
     let store = PgStore::connect_lazy(
-        &db,
+        url,
         &PoolSettings {
-            size: 12,
+            size,
             acquire_timeout: Duration::from_secs(30),
             statement_cache_capacity: 100,
             read_ahead_pages: 0,

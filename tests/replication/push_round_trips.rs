@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use syncline::store::postgres::{PgStore, PoolSettings};
+use syncline::store::postgres::PgStore;
 use syncline::store::{Idempotency, PushApplied, PushError, PushOutcome, PushTarget, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::fresh_database;
-use crate::idempotency::increment;
+use crate::idempotency::{increment, store_at};
 
 const DAY: Duration = Duration::from_secs(86_400);
 const RACERS: usize = 8;
@@ -116,21 +116,6 @@ fn port_of(url: &str) -> u16 {
     let colon = at + url[at..].find(':').expect("host:port");
     let slash = colon + url[colon..].find('/').expect("/db");
     url[colon + 1..slash].parse().expect("port")
-}
-
-async fn store_at(url: &str, size: u32) -> PgStore {
-    let store = PgStore::connect_lazy(
-        url,
-        &PoolSettings {
-            size,
-            acquire_timeout: Duration::from_secs(30),
-            statement_cache_capacity: 100,
-            read_ahead_pages: 0,
-        },
-    )
-    .expect("store");
-    store.migrate().await.expect("migrate");
-    store
 }
 
 /// `id`, pushed as a new document when `new` (the store may then skip the read).
